@@ -1,0 +1,255 @@
+//! The OPT engine as a runtime backend: inspects checkpoints, opens and prewarms candle devices, loads engines.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use wc_actors::{
+    Anchor, DType, DeviceSpec, Engine, EngineError, Footprint, GenerateOutput, GenerateRequest,
+    MemoryInfo, ModelSpec, PrewarmOptions, PrewarmReport, Timeline, TokenEvent, WorkerDevice,
+};
+
+use crate::checkpoint::{Checkpoint, TensorHeader};
+use crate::device::{candle_dtype, host_memory};
+use crate::error::LoadError;
+use crate::opt::presets::{preset, random_weights};
+use crate::opt::{KvCache, OptEngine, OptModel};
+use crate::weights::DeviceWeights;
+
+/// Runs OPT checkpoints on candle devices.
+#[derive(Clone, Debug, Default)]
+pub struct CandleBackend;
+
+/// A checkpoint checked against its config, with the dtype it will be held in.
+pub struct CheckedCheckpoint {
+    pub checkpoint: Checkpoint,
+    pub dtype: DType,
+    pub footprint: Footprint,
+}
+
+/// Resolves `spec` and checks every tensor's presence and shape from the headers alone.
+pub fn check(spec: &ModelSpec) -> Result<CheckedCheckpoint, LoadError> {
+    let checkpoint = Checkpoint::resolve(&spec.model)?;
+    let headers = checkpoint.headers()?;
+    for (name, shape) in checkpoint.config.expected_tensors() {
+        let header = headers
+            .iter()
+            .find(|h| h.name == name)
+            .ok_or_else(|| LoadError::MissingTensor(name.clone()))?;
+        if header.shape != shape {
+            return Err(LoadError::WrongShape {
+                name,
+                expected: shape,
+                found: header.shape.clone(),
+            });
+        }
+    }
+    let dtype = spec
+        .dtype
+        .or_else(|| Checkpoint::stored_dtype(&headers))
+        .unwrap_or(DType::F32);
+    let elements: u64 = headers.iter().map(elements).sum();
+    let footprint = Footprint {
+        device_bytes: elements * dtype.size(),
+        file_bytes: headers.iter().map(|h| h.data_bytes).sum(),
+        dtype,
+    };
+    Ok(CheckedCheckpoint {
+        checkpoint,
+        dtype,
+        footprint,
+    })
+}
+
+fn elements(h: &TensorHeader) -> u64 {
+    h.shape.iter().product::<usize>() as u64
+}
+
+impl wc_actors::Backend for CandleBackend {
+    fn inspect(&self, spec: &ModelSpec) -> Result<Footprint, EngineError> {
+        Ok(check(spec)?.footprint)
+    }
+
+    fn open_device(
+        &self,
+        device: &DeviceSpec,
+        options: &PrewarmOptions,
+    ) -> Result<(Box<dyn WorkerDevice>, PrewarmReport), EngineError> {
+        let (opened, report) = CandleDevice::open(device, Some(options))?;
+        Ok((Box::new(opened), report))
+    }
+}
+
+/// One worker's candle device, with the bytes its engines hold.
+pub struct CandleDevice {
+    pub device: Device,
+    pub spec: DeviceSpec,
+    /// Cap on what this worker may use (0: the device's size).
+    memory_limit: u64,
+    /// Bytes held by engines loaded here; each engine gives its share back when dropped.
+    held: Arc<AtomicU64>,
+}
+
+impl CandleDevice {
+    /// Opens the device; with `prewarm`, also runs every kernel the engine uses in each dtype.
+    pub fn open(
+        spec: &DeviceSpec,
+        prewarm: Option<&PrewarmOptions>,
+    ) -> Result<(Self, PrewarmReport), LoadError> {
+        let started = Instant::now();
+        let mut report = PrewarmReport::default();
+        let mut step = |name: String, since: Instant| {
+            report
+                .steps
+                .push((name, since.elapsed().as_secs_f64() * 1e3));
+        };
+        let t = Instant::now();
+        let device = crate::device::open(spec)?;
+        device.synchronize()?;
+        step("context".into(), t);
+        if let Some(options) = prewarm {
+            for dtype in &options.dtypes {
+                let t = Instant::now();
+                run_tiny_forward(&device, candle_dtype(*dtype))?;
+                step(format!("kernels {dtype}"), t);
+            }
+        }
+        let opened = Self {
+            device,
+            spec: spec.clone(),
+            memory_limit: prewarm.map(|p| p.memory_limit_bytes).unwrap_or(0),
+            held: Arc::new(AtomicU64::new(0)),
+        };
+        report.total_ms = started.elapsed().as_secs_f64() * 1e3;
+        Ok((opened, report))
+    }
+
+    /// Loads a checkpoint as an [`OptEngine`], marking the anchors on `timeline`.
+    pub fn load_opt(
+        &self,
+        spec: &ModelSpec,
+        timeline: &mut Timeline,
+    ) -> Result<(OptEngine, u64), LoadError> {
+        let checked = check(spec)?;
+        let files = checked.checkpoint.read_weight_files()?;
+        timeline.mark(Anchor::WeightsRead);
+        let weights = DeviceWeights::upload(&files, &self.device, candle_dtype(checked.dtype))?;
+        drop(files);
+        self.device.synchronize()?;
+        timeline.mark(Anchor::WeightsOnDevice);
+        let tokenizer = match &checked.checkpoint.tokenizer {
+            Some(path) => Some(tokenizers::Tokenizer::from_file(path).map_err(|e| {
+                LoadError::InvalidTokenizer {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                }
+            })?),
+            None => None,
+        };
+        let model = OptModel::new(checked.checkpoint.config.clone(), &weights)?;
+        self.device.synchronize()?;
+        timeline.mark(Anchor::EngineReady);
+        let engine = OptEngine::new(model, tokenizer, weights.device_bytes);
+        Ok((engine, checked.footprint.file_bytes))
+    }
+}
+
+/// Builds a tiny random OPT in `dtype` and runs a prefill and a decode step, so that every
+/// kernel module and BLAS path the engine uses is loaded before any model is known.
+fn run_tiny_forward(device: &Device, dtype: candle_core::DType) -> Result<(), LoadError> {
+    let mut config = preset("tiny").expect("tiny preset exists");
+    config.hidden_size = 64;
+    config.ffn_dim = 128;
+    config.vocab_size = 64;
+    config.word_embed_proj_dim = Some(64);
+    let host = random_weights(&config, &Device::Cpu, candle_core::DType::F32, 0)?;
+    let on_device = host
+        .into_iter()
+        .map(|(name, t)| Ok((name, t.to_device(device)?.to_dtype(dtype)?)))
+        .collect::<Result<_, candle_core::Error>>()?;
+    let model = OptModel::new(config, &DeviceWeights::from_tensors(on_device))?;
+    let mut cache = KvCache::default();
+    let prompt = Tensor::new(&[[2u32, 5, 7, 9]], device)?;
+    model.forward(&prompt, &mut cache, false)?;
+    let next = Tensor::new(&[[11u32]], device)?;
+    model.forward(&next, &mut cache, false)?.to_vec2::<f32>()?;
+    Ok(())
+}
+
+/// An engine that gives its bytes back to its device's account when dropped.
+struct LeasedEngine {
+    engine: OptEngine,
+    held: Arc<AtomicU64>,
+}
+
+impl Drop for LeasedEngine {
+    fn drop(&mut self) {
+        self.held
+            .fetch_sub(self.engine.device_bytes(), Ordering::SeqCst);
+    }
+}
+
+impl Engine for LeasedEngine {
+    fn generate(
+        &mut self,
+        request: &GenerateRequest,
+        on_token: &mut dyn FnMut(TokenEvent) -> bool,
+    ) -> Result<GenerateOutput, EngineError> {
+        self.engine.generate(request, on_token)
+    }
+
+    fn warm_up(&mut self) -> Result<u32, EngineError> {
+        self.engine.warm_up()
+    }
+
+    fn device_bytes(&self) -> u64 {
+        self.engine.device_bytes()
+    }
+}
+
+impl WorkerDevice for CandleDevice {
+    fn memory(&self) -> MemoryInfo {
+        let held = self.held.load(Ordering::SeqCst);
+        let (device_total, device_free) = match &self.device {
+            #[cfg(feature = "cuda")]
+            Device::Cuda(cuda) => crate::cuda::memory_info(cuda).unwrap_or((0, 0)),
+            _ => {
+                let (total, _) = host_memory();
+                (total, total.saturating_sub(held))
+            }
+        };
+        if self.memory_limit == 0 {
+            return MemoryInfo {
+                total_bytes: device_total,
+                free_bytes: device_free,
+            };
+        }
+        MemoryInfo {
+            total_bytes: self.memory_limit,
+            free_bytes: self.memory_limit.saturating_sub(held).min(device_free),
+        }
+    }
+
+    fn load(
+        &mut self,
+        spec: &ModelSpec,
+        timeline: &mut Timeline,
+    ) -> Result<(Box<dyn Engine>, u64), EngineError> {
+        let (engine, bytes) = self.load_opt(spec, timeline)?;
+        self.held.fetch_add(engine.device_bytes(), Ordering::SeqCst);
+        Ok((
+            Box::new(LeasedEngine {
+                engine,
+                held: self.held.clone(),
+            }),
+            bytes,
+        ))
+    }
+
+    fn synchronize(&self) -> Result<(), EngineError> {
+        self.device
+            .synchronize()
+            .map_err(|e| EngineError::from(LoadError::from(e)))
+    }
+}

@@ -1,0 +1,119 @@
+//! Typed errors for loading checkpoints and running the engine, and their mapping to the runtime's kinds.
+
+use std::path::PathBuf;
+
+use wc_actors::{EngineError, ErrorKind};
+
+/// Everything that can go wrong between a model path and a running engine.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("model directory `{0}` does not exist")]
+    ModelNotFound(PathBuf),
+    #[error("`{id}` is not a directory and is not in the local Hugging Face cache (looked in {})", looked_in.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))]
+    HubModelNotCached { id: String, looked_in: Vec<PathBuf> },
+    #[error("`{0}` is missing from the checkpoint")]
+    MissingFile(PathBuf),
+    #[error("cannot read `{path}`: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config `{path}`: {reason}")]
+    InvalidConfig { path: PathBuf, reason: String },
+    #[error("unsupported model_type `{0}`: this engine runs OPT (`model_type = \"opt\"`)")]
+    UnknownModelType(String),
+    #[error("corrupt or truncated safetensors file `{path}`: {reason}")]
+    CorruptSafetensors { path: PathBuf, reason: String },
+    #[error("tensor `{0}` is missing from the checkpoint")]
+    MissingTensor(String),
+    #[error("tensor `{name}` has shape {found:?}, expected {expected:?}")]
+    WrongShape {
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    #[error("tensor `{name}` has unsupported dtype {dtype}")]
+    UnsupportedTensorDtype { name: String, dtype: String },
+    #[error("invalid tokenizer `{path}`: {reason}")]
+    InvalidTokenizer { path: PathBuf, reason: String },
+    #[error("this build has no CUDA support: rebuild with `--features cuda` to use `{0}`")]
+    CudaNotCompiled(String),
+    #[error("cannot open device `{device}`: {reason}")]
+    DeviceUnavailable { device: String, reason: String },
+    #[error("device error: {0}")]
+    Device(String),
+}
+
+impl From<candle_core::Error> for LoadError {
+    fn from(e: candle_core::Error) -> Self {
+        LoadError::Device(e.to_string())
+    }
+}
+
+impl From<LoadError> for EngineError {
+    fn from(e: LoadError) -> Self {
+        let kind = match &e {
+            LoadError::ModelNotFound(_)
+            | LoadError::HubModelNotCached { .. }
+            | LoadError::MissingFile(_) => ErrorKind::NotFound,
+            LoadError::CudaNotCompiled(_) | LoadError::DeviceUnavailable { .. } => {
+                ErrorKind::InvalidRequest
+            }
+            LoadError::Device(msg) if is_out_of_memory(msg) => ErrorKind::OutOfMemory,
+            LoadError::Device(_) => ErrorKind::Internal,
+            _ => ErrorKind::InvalidModel,
+        };
+        EngineError::new(kind, e.to_string())
+    }
+}
+
+/// Failures while generating.
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateError {
+    #[error("prompt has {len} tokens but the model's position table holds {max}")]
+    PromptTooLong { len: usize, max: usize },
+    #[error("empty prompt: give at least one token")]
+    EmptyPrompt,
+    #[error("token id {id} is outside the vocabulary (size {vocab})")]
+    TokenOutOfRange { id: u32, vocab: usize },
+    #[error("this model has no tokenizer.json: pass token ids instead of text")]
+    NoTokenizer,
+    #[error("tokenizer failed: {0}")]
+    Tokenizer(String),
+    #[error("invalid sampling parameter: {0}")]
+    InvalidSampling(String),
+    #[error("device error: {0}")]
+    Device(#[from] candle_core::Error),
+}
+
+impl From<GenerateError> for EngineError {
+    fn from(e: GenerateError) -> Self {
+        let kind = match &e {
+            GenerateError::Device(inner) if is_out_of_memory(&inner.to_string()) => {
+                ErrorKind::OutOfMemory
+            }
+            GenerateError::Device(inner) if is_fatal_device_error(&inner.to_string()) => {
+                ErrorKind::DeviceFatal
+            }
+            GenerateError::Device(_) | GenerateError::Tokenizer(_) => ErrorKind::Internal,
+            _ => ErrorKind::InvalidRequest,
+        };
+        EngineError::new(kind, e.to_string())
+    }
+}
+
+fn is_out_of_memory(message: &str) -> bool {
+    message.contains("OUT_OF_MEMORY") || message.contains("out of memory")
+}
+
+/// CUDA errors after which the context is unusable (sticky errors).
+fn is_fatal_device_error(message: &str) -> bool {
+    [
+        "ILLEGAL_ADDRESS",
+        "LAUNCH_FAILED",
+        "ECC_UNCORRECTABLE",
+        "HARDWARE_STACK_ERROR",
+    ]
+    .iter()
+    .any(|code| message.contains(code))
+}

@@ -1,0 +1,23 @@
+//! Worker Controller: prewarmed workers that attach OPT engines in milliseconds.
+//!
+//! # Layout
+//! - [`opt`]: the OPT model on candle (config, decoder, sampling, generation, presets).
+//! - [`checkpoint`]: finding a checkpoint (directory or hub cache) and reading its files.
+//! - [`weights`]: tensors on a device, looked up by name with shapes checked.
+//! - [`device`]: opening candle devices from a [`DeviceSpec`].
+//! - [`backend`]: the OPT engine as a backend of the actor runtime ([`wc_actors`]).
+//! - [`error`]: typed errors for loading and generating.
+//! - [`cli`]: the `worker-controller` command line.
+
+pub mod backend;
+pub mod checkpoint;
+pub mod cli;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+pub mod device;
+pub mod error;
+pub mod opt;
+pub mod weights;
+
+pub use backend::{CandleBackend, CandleDevice};
+pub use wc_actors::{DType, DeviceSpec, GenerateRequest, ModelSpec, Prompt};

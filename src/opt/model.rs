@@ -1,0 +1,328 @@
+//! The OPT decoder on candle, computed exactly as transformers' `OPTForCausalLM` does.
+
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::{LayerNorm, Linear};
+
+use super::config::{OptConfig, LAYER_NORM_EPS, POSITION_OFFSET};
+use crate::error::LoadError;
+use crate::weights::DeviceWeights;
+
+/// Keys and values of every layer for the tokens seen so far.
+#[derive(Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    /// Tokens already in the cache.
+    pub len: usize,
+}
+
+impl KvCache {
+    pub fn clear(&mut self) {
+        self.layers.clear();
+        self.len = 0;
+    }
+}
+
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    out_proj: Linear,
+    num_heads: usize,
+    head_dim: usize,
+}
+
+struct DecoderLayer {
+    self_attn: Attention,
+    self_attn_layer_norm: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    final_layer_norm: LayerNorm,
+}
+
+/// An OPT causal language model with its weights on one device.
+pub struct OptModel {
+    pub config: OptConfig,
+    embed_tokens: Tensor,
+    embed_positions: Tensor,
+    project_in: Option<Linear>,
+    project_out: Option<Linear>,
+    layers: Vec<DecoderLayer>,
+    final_layer_norm: Option<LayerNorm>,
+    lm_head: Tensor,
+    device: Device,
+    dtype: DType,
+}
+
+/// Builds the model's pieces from named weights, checking every name and shape.
+struct Builder<'a> {
+    weights: &'a DeviceWeights,
+    config: &'a OptConfig,
+}
+
+impl Builder<'_> {
+    fn linear(
+        &self,
+        prefix: &str,
+        out_dim: usize,
+        in_dim: usize,
+        bias: bool,
+    ) -> Result<Linear, LoadError> {
+        let weight = self
+            .weights
+            .get(&format!("{prefix}.weight"), &[out_dim, in_dim])?;
+        let bias = if bias {
+            Some(self.weights.get(&format!("{prefix}.bias"), &[out_dim])?)
+        } else {
+            None
+        };
+        Ok(Linear::new(weight, bias))
+    }
+
+    fn layer_norm(&self, prefix: &str, like: &Tensor) -> Result<LayerNorm, LoadError> {
+        let h = self.config.hidden_size;
+        let (weight, bias) = if self.config.layer_norm_elementwise_affine {
+            (
+                self.weights.get(&format!("{prefix}.weight"), &[h])?,
+                self.weights.get(&format!("{prefix}.bias"), &[h])?,
+            )
+        } else {
+            (
+                Tensor::ones(h, like.dtype(), like.device())?,
+                Tensor::zeros(h, like.dtype(), like.device())?,
+            )
+        };
+        Ok(LayerNorm::new(weight, bias, LAYER_NORM_EPS))
+    }
+
+    fn decoder_layer(&self, index: usize, like: &Tensor) -> Result<DecoderLayer, LoadError> {
+        let cfg = self.config;
+        let (h, f, bias) = (cfg.hidden_size, cfg.ffn_dim, cfg.enable_bias);
+        let p = format!("decoder.layers.{index}");
+        let proj = |name: &str| self.linear(&format!("{p}.self_attn.{name}"), h, h, bias);
+        Ok(DecoderLayer {
+            self_attn: Attention {
+                q_proj: proj("q_proj")?,
+                k_proj: proj("k_proj")?,
+                v_proj: proj("v_proj")?,
+                out_proj: proj("out_proj")?,
+                num_heads: cfg.num_attention_heads,
+                head_dim: cfg.head_dim(),
+            },
+            self_attn_layer_norm: self.layer_norm(&format!("{p}.self_attn_layer_norm"), like)?,
+            fc1: self.linear(&format!("{p}.fc1"), f, h, bias)?,
+            fc2: self.linear(&format!("{p}.fc2"), h, f, bias)?,
+            final_layer_norm: self.layer_norm(&format!("{p}.final_layer_norm"), like)?,
+        })
+    }
+}
+
+impl OptModel {
+    /// Assembles the model from weights already on the device.
+    pub fn new(config: OptConfig, weights: &DeviceWeights) -> Result<Self, LoadError> {
+        config.validate()?;
+        let b = Builder {
+            weights,
+            config: &config,
+        };
+        let (h, e) = (config.hidden_size, config.embed_dim());
+        let embed_tokens = weights.get("decoder.embed_tokens.weight", &[config.vocab_size, e])?;
+        let embed_positions = weights.get(
+            "decoder.embed_positions.weight",
+            &[config.max_position_embeddings + POSITION_OFFSET, h],
+        )?;
+        let (project_in, project_out) = if config.has_projections() {
+            (
+                Some(b.linear("decoder.project_in", h, e, false)?),
+                Some(b.linear("decoder.project_out", e, h, false)?),
+            )
+        } else {
+            (None, None)
+        };
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| b.decoder_layer(i, &embed_tokens))
+            .collect::<Result<Vec<_>, _>>()?;
+        let final_layer_norm = if config.has_final_layer_norm() {
+            Some(b.layer_norm("decoder.final_layer_norm", &embed_tokens)?)
+        } else {
+            None
+        };
+        let lm_head = if config.tie_word_embeddings {
+            embed_tokens.clone()
+        } else {
+            weights.get("lm_head.weight", &[config.vocab_size, e])?
+        };
+        Ok(Self {
+            device: embed_tokens.device().clone(),
+            dtype: embed_tokens.dtype(),
+            config,
+            embed_tokens,
+            embed_positions,
+            project_in,
+            project_out,
+            layers,
+            final_layer_norm,
+            lm_head,
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Runs `ids` (`[batch, seq]`) after the tokens already in `cache` and returns f32 logits:
+    /// `[batch, seq, vocab]` when `all_positions`, else `[batch, vocab]` for the last token.
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        cache: &mut KvCache,
+        all_positions: bool,
+    ) -> candle_core::Result<Tensor> {
+        let (batch, seq) = ids.dims2()?;
+        let past = cache.len;
+        if cache.layers.len() != self.layers.len() {
+            cache.layers = vec![None; self.layers.len()];
+        }
+        let tokens = self
+            .embed_tokens
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((batch, seq, ()))?;
+        let tokens = match &self.project_in {
+            Some(p) => p.forward(&tokens)?,
+            None => tokens,
+        };
+        let position_ids = Tensor::arange(
+            (past + POSITION_OFFSET) as u32,
+            (past + seq + POSITION_OFFSET) as u32,
+            &self.device,
+        )?;
+        let positions = self.embed_positions.index_select(&position_ids, 0)?;
+        let mut hidden = tokens.broadcast_add(&positions)?;
+        let mask = causal_mask(seq, past, &self.device)?;
+        for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            hidden = layer.forward(
+                &hidden,
+                slot,
+                mask.as_ref(),
+                self.config.do_layer_norm_before,
+                &self.config.activation_function,
+            )?;
+        }
+        cache.len = past + seq;
+        if !all_positions {
+            hidden = hidden.narrow(1, seq - 1, 1)?;
+        }
+        if let Some(norm) = &self.final_layer_norm {
+            hidden = norm.forward(&hidden)?;
+        }
+        if let Some(p) = &self.project_out {
+            hidden = p.forward(&hidden)?;
+        }
+        let logits = hidden
+            .broadcast_matmul(&self.lm_head.t()?)?
+            .to_dtype(DType::F32)?;
+        if all_positions {
+            Ok(logits)
+        } else {
+            logits.squeeze(1)
+        }
+    }
+}
+
+/// `-inf` above the diagonal, offset by the tokens already cached; `None` for one new token.
+fn causal_mask(seq: usize, past: usize, device: &Device) -> candle_core::Result<Option<Tensor>> {
+    if seq == 1 {
+        return Ok(None);
+    }
+    let total = past + seq;
+    let values: Vec<f32> = (0..seq)
+        .flat_map(|i| (0..total).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Tensor::from_vec(values, (seq, total), device).map(Some)
+}
+
+fn activate(x: &Tensor, activation: &str) -> candle_core::Result<Tensor> {
+    match activation {
+        "gelu" => x.gelu_erf(),
+        "gelu_new" => x.gelu(),
+        _ => x.relu(),
+    }
+}
+
+impl DecoderLayer {
+    fn forward(
+        &self,
+        x: &Tensor,
+        cache: &mut Option<(Tensor, Tensor)>,
+        mask: Option<&Tensor>,
+        norm_before: bool,
+        activation: &str,
+    ) -> candle_core::Result<Tensor> {
+        let residual = x;
+        let h = if norm_before {
+            self.self_attn_layer_norm.forward(x)?
+        } else {
+            x.clone()
+        };
+        let h = (residual + self.self_attn.forward(&h, cache, mask)?)?;
+        let h = if norm_before {
+            h
+        } else {
+            self.self_attn_layer_norm.forward(&h)?
+        };
+        let residual = &h;
+        let f = if norm_before {
+            self.final_layer_norm.forward(&h)?
+        } else {
+            h.clone()
+        };
+        let f = self
+            .fc2
+            .forward(&activate(&self.fc1.forward(&f)?, activation)?)?;
+        let out = (residual + f)?;
+        if norm_before {
+            Ok(out)
+        } else {
+            self.final_layer_norm.forward(&out)
+        }
+    }
+}
+
+impl Attention {
+    fn forward(
+        &self,
+        x: &Tensor,
+        cache: &mut Option<(Tensor, Tensor)>,
+        mask: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        let (batch, seq, hidden) = x.dims3()?;
+        let heads = |t: Tensor| -> candle_core::Result<Tensor> {
+            t.reshape((batch, seq, self.num_heads, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let scale = (self.head_dim as f64).powf(-0.5);
+        let q = heads((self.q_proj.forward(x)? * scale)?)?;
+        let k = heads(self.k_proj.forward(x)?)?;
+        let v = heads(self.v_proj.forward(x)?)?;
+        let (k, v) = match cache.take() {
+            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+            None => (k, v),
+        };
+        *cache = Some((k.clone(), v.clone()));
+        let scores = q.matmul(&k.t()?)?.to_dtype(DType::F32)?;
+        let scores = match mask {
+            Some(m) => scores.broadcast_add(m)?,
+            None => scores,
+        };
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
+        let out = probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((batch, seq, hidden))?;
+        self.out_proj.forward(&out)
+    }
+}

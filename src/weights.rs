@@ -1,0 +1,94 @@
+//! Weights on a device: tensors built from safetensors bytes, looked up by name with their shapes checked.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor};
+use safetensors::SafeTensors;
+
+use crate::checkpoint::canonical_name;
+use crate::error::LoadError;
+
+/// Named tensors on one device, in one dtype.
+pub struct DeviceWeights {
+    tensors: HashMap<String, Tensor>,
+    /// Bytes the tensors take on the device.
+    pub device_bytes: u64,
+}
+
+/// Maps a safetensors dtype to candle's, for the float types OPT checkpoints use.
+fn candle_dtype(name: &str, dtype: safetensors::Dtype) -> Result<DType, LoadError> {
+    match dtype {
+        safetensors::Dtype::F32 => Ok(DType::F32),
+        safetensors::Dtype::F16 => Ok(DType::F16),
+        safetensors::Dtype::BF16 => Ok(DType::BF16),
+        other => Err(LoadError::UnsupportedTensorDtype {
+            name: name.to_string(),
+            dtype: format!("{other:?}"),
+        }),
+    }
+}
+
+impl DeviceWeights {
+    /// Parses each file's bytes and puts every tensor on `device` as `dtype`; the dtype
+    /// conversion runs on the device after the copy.
+    pub fn upload(
+        files: &[(PathBuf, Vec<u8>)],
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self, LoadError> {
+        let mut tensors = HashMap::new();
+        let mut device_bytes = 0u64;
+        for (path, bytes) in files {
+            let parsed =
+                SafeTensors::deserialize(bytes).map_err(|e| LoadError::CorruptSafetensors {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+            for (name, view) in parsed.tensors() {
+                let stored = candle_dtype(&name, view.dtype())?;
+                let host =
+                    Tensor::from_raw_buffer(view.data(), stored, view.shape(), &Device::Cpu)?;
+                let on_device = host.to_device(device)?.to_dtype(dtype)?;
+                device_bytes += (on_device.elem_count() * dtype.size_in_bytes()) as u64;
+                tensors.insert(canonical_name(&name).to_string(), on_device);
+            }
+        }
+        Ok(Self {
+            tensors,
+            device_bytes,
+        })
+    }
+
+    /// Wraps tensors that are already on a device (e.g. made in memory for prewarming).
+    pub fn from_tensors(tensors: HashMap<String, Tensor>) -> Self {
+        let device_bytes = tensors
+            .values()
+            .map(|t| (t.elem_count() * t.dtype().size_in_bytes()) as u64)
+            .sum();
+        Self {
+            tensors,
+            device_bytes,
+        }
+    }
+
+    /// The tensor `name`, checked to have `shape`.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor, LoadError> {
+        let tensor = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| LoadError::MissingTensor(name.to_string()))?;
+        if tensor.dims() != shape {
+            return Err(LoadError::WrongShape {
+                name: name.to_string(),
+                expected: shape.to_vec(),
+                found: tensor.dims().to_vec(),
+            });
+        }
+        Ok(tensor.clone())
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+}

@@ -1,0 +1,185 @@
+//! The `worker-controller` binary as a user runs it: generate (text, ids, JSON), hub-cache lookup, make-model.
+
+mod common;
+
+use std::process::Command;
+
+use common::{fixture, scratch};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_worker-controller"))
+}
+
+fn reference_case(name: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(fixture(name).join("reference.json")).unwrap();
+    let reference: serde_json::Value = serde_json::from_str(&text).unwrap();
+    reference["cases"][1].clone()
+}
+
+#[test]
+fn generate_json_reports_tokens_text_and_every_anchor() {
+    let case = reference_case("tiny-opt-postnorm-proj");
+    let out = bin()
+        .args([
+            "generate",
+            "--json",
+            "--ignore-eos",
+            "--max-new-tokens",
+            "24",
+            "--model",
+        ])
+        .arg(fixture("tiny-opt-postnorm-proj"))
+        .args(["--prompt", case["prompt"].as_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["prompt_ids"], case["input_ids"]);
+    assert_eq!(report["new_tokens"], case["greedy_new_tokens"]);
+    assert_eq!(report["text"], case["greedy_text"]);
+    let phases = report["timings"]["phases_ms"].as_object().unwrap();
+    for anchor in [
+        "process_started",
+        "device_ready",
+        "weights_read",
+        "weights_on_device",
+        "engine_ready",
+        "first_token",
+    ] {
+        assert!(phases[anchor].as_f64().unwrap() >= 0.0, "{anchor}");
+    }
+    assert!(report["timings"]["total_ms"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn generate_from_prompt_ids_streams_text() {
+    let case = reference_case("tiny-opt-prenorm");
+    let ids: Vec<String> = case["input_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_string())
+        .collect();
+    let out = bin()
+        .args(["generate", "--ignore-eos", "--model"])
+        .arg(fixture("tiny-opt-prenorm"))
+        .args(["--prompt-ids", &ids.join(",")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        text.trim_end_matches('\n'),
+        case["greedy_text"].as_str().unwrap()
+    );
+}
+
+#[test]
+fn hub_ids_resolve_from_the_local_cache_and_say_where_they_looked() {
+    let cache = scratch("hub-cache");
+    let missing = bin()
+        .args(["generate", "--model", "facebook/opt-125m"])
+        .env("HF_HUB_CACHE", &cache)
+        .env("HF_HOME", cache.join("home"))
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(err.contains("not in the local Hugging Face cache"), "{err}");
+    assert!(
+        err.contains(
+            &cache
+                .join("models--facebook--opt-125m")
+                .display()
+                .to_string()
+        ),
+        "{err}"
+    );
+
+    let snapshot = cache.join("models--acme--tiny-opt/snapshots/0123abcd");
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::create_dir_all(cache.join("models--acme--tiny-opt/refs")).unwrap();
+    std::fs::write(cache.join("models--acme--tiny-opt/refs/main"), "0123abcd").unwrap();
+    for file in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(fixture("tiny-opt-prenorm").join(file), snapshot.join(file)).unwrap();
+    }
+    let found = bin()
+        .args([
+            "generate",
+            "--json",
+            "--model",
+            "acme/tiny-opt",
+            "--max-new-tokens",
+            "4",
+        ])
+        .env("HF_HUB_CACHE", &cache)
+        .output()
+        .unwrap();
+    assert!(
+        found.status.success(),
+        "{}",
+        String::from_utf8_lossy(&found.stderr)
+    );
+}
+
+#[test]
+fn bad_dtype_and_device_flags_are_rejected_with_their_names() {
+    let out = bin().args(["generate", "--dtype", "f8"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown dtype `f8`"));
+    let out = bin()
+        .args(["generate", "--device", "npu"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown device `npu`"));
+}
+
+#[test]
+fn make_model_writes_a_checkpoint_that_loads_and_generates() {
+    let dir = scratch("make-model");
+    let out = bin()
+        .args(["make-model", "--preset", "tiny", "--dtype", "f16", "--out"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["architectures"][0], "OPTForCausalLM");
+    assert_eq!(config["dtype"], "float16");
+    let run = bin()
+        .args([
+            "generate",
+            "--json",
+            "--prompt-ids",
+            "2,5,6",
+            "--max-new-tokens",
+            "3",
+            "--ignore-eos",
+            "--model",
+        ])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(report["dtype"], "f16");
+    assert_eq!(report["new_tokens"].as_array().unwrap().len(), 3);
+}

@@ -1,0 +1,28 @@
+//! Helpers shared by the integration tests: fixture paths and scratch copies of checkpoints.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+/// A bundled fixture checkpoint directory.
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// A fresh, empty directory for one test.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("wc-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A writable copy of a fixture's config, weights and tokenizer.
+pub fn copy_fixture(name: &str, test: &str) -> PathBuf {
+    let dir = scratch(test);
+    for file in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(fixture(name).join(file), dir.join(file)).unwrap();
+    }
+    dir
+}
