@@ -1,0 +1,336 @@
+//! The contract between the runtime and an engine implementation: devices, loaders and engines.
+//!
+//! The runtime never knows which model family it runs. A [`Backend`] opens a [`WorkerDevice`] on
+//! a worker's own thread; the device loads models into [`Engine`]s that live on that thread too.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::timeline::Timeline;
+
+/// Where a worker lives: the host CPU or one CUDA device.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum DeviceSpec {
+    Cpu,
+    Cuda(usize),
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceSpec::Cpu => write!(f, "cpu"),
+            DeviceSpec::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+impl FromStr for DeviceSpec {
+    type Err = EngineError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || {
+            EngineError::new(
+                ErrorKind::InvalidRequest,
+                format!("unknown device `{s}`: expected `cpu`, `cuda` or `cuda:N`"),
+            )
+        };
+        match s.trim() {
+            "cpu" => Ok(DeviceSpec::Cpu),
+            "cuda" | "gpu" => Ok(DeviceSpec::Cuda(0)),
+            other => {
+                let index = other.strip_prefix("cuda:").ok_or_else(bad)?;
+                index.parse().map(DeviceSpec::Cuda).map_err(|_| bad())
+            }
+        }
+    }
+}
+
+impl From<DeviceSpec> for String {
+    fn from(d: DeviceSpec) -> String {
+        d.to_string()
+    }
+}
+
+impl TryFrom<String> for DeviceSpec {
+    type Error = EngineError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+/// The floating-point type an engine's weights are held in on the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum DType {
+    F32,
+    F16,
+    BF16,
+}
+
+impl DType {
+    /// Bytes per element.
+    pub fn size(self) -> u64 {
+        match self {
+            DType::F32 => 4,
+            DType::F16 | DType::BF16 => 2,
+        }
+    }
+}
+
+impl fmt::Display for DType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+            DType::BF16 => "bf16",
+        })
+    }
+}
+
+impl FromStr for DType {
+    type Err = EngineError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "f32" | "float32" | "float" => Ok(DType::F32),
+            "f16" | "float16" | "half" => Ok(DType::F16),
+            "bf16" | "bfloat16" => Ok(DType::BF16),
+            _ => Err(EngineError::new(
+                ErrorKind::InvalidRequest,
+                format!("unknown dtype `{s}`: expected f32, f16 or bf16"),
+            )),
+        }
+    }
+}
+
+impl From<DType> for String {
+    fn from(d: DType) -> String {
+        d.to_string()
+    }
+}
+
+impl TryFrom<String> for DType {
+    type Error = EngineError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+/// A model to attach: a checkpoint directory or hub id, and the dtype to hold it in.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    /// A directory in the Hugging Face layout, or a hub id resolved from the local cache.
+    pub model: String,
+    /// The dtype on the device; `None` keeps the checkpoint's own.
+    pub dtype: Option<DType>,
+}
+
+/// What attaching a model will cost, read from its headers without loading it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Footprint {
+    /// Device bytes the weights take at the requested dtype.
+    pub device_bytes: u64,
+    /// Bytes of weight data in the checkpoint files.
+    pub file_bytes: u64,
+    /// The dtype the engine will use.
+    pub dtype: DType,
+}
+
+/// A device's memory, in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryInfo {
+    pub total_bytes: u64,
+    pub free_bytes: u64,
+}
+
+impl MemoryInfo {
+    pub fn used_bytes(&self) -> u64 {
+        self.total_bytes.saturating_sub(self.free_bytes)
+    }
+}
+
+/// What a worker does before any model is known.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PrewarmOptions {
+    /// Dtypes whose kernels are loaded by running a tiny forward pass in each.
+    pub dtypes: Vec<DType>,
+    /// Bytes of pinned host staging memory allocated up front (CUDA only).
+    pub staging_bytes: u64,
+    /// Cap on the device memory this worker may use (0: the device's own size).
+    pub memory_limit_bytes: u64,
+}
+
+impl Default for PrewarmOptions {
+    fn default() -> Self {
+        Self {
+            dtypes: vec![DType::F32],
+            staging_bytes: 64 << 20,
+            memory_limit_bytes: 0,
+        }
+    }
+}
+
+/// What prewarming a worker did and how long each step took.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PrewarmReport {
+    /// `(step, milliseconds)`, in order: e.g. `("context", 210.0)`, `("kernels f16", 12.5)`.
+    pub steps: Vec<(String, f64)>,
+    pub total_ms: f64,
+}
+
+/// A prompt as text (tokenized by the engine) or as token ids.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Prompt {
+    Text(String),
+    Ids(Vec<u32>),
+}
+
+/// One generation request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GenerateRequest {
+    pub prompt: Prompt,
+    pub max_new_tokens: usize,
+    /// 0 means greedy.
+    pub temperature: f64,
+    /// Nucleus sampling mass; 1.0 keeps every token.
+    pub top_p: f64,
+    /// Seed for sampling; `None` picks one.
+    pub seed: Option<u64>,
+    /// Strings that end generation; the stop string itself is not returned.
+    pub stop: Vec<String>,
+    /// Keep going past the end-of-sequence token.
+    pub ignore_eos: bool,
+}
+
+impl Default for GenerateRequest {
+    fn default() -> Self {
+        Self {
+            prompt: Prompt::Ids(Vec::new()),
+            max_new_tokens: 16,
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: None,
+            stop: Vec::new(),
+            ignore_eos: false,
+        }
+    }
+}
+
+/// One token as it is made.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TokenEvent {
+    pub id: u32,
+    /// The text this token adds to the output (may be empty mid-character).
+    pub text: String,
+}
+
+/// Why generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// `max_new_tokens` reached.
+    Length,
+    /// End-of-sequence token or a stop string.
+    Stop,
+    /// The receiver of the stream went away.
+    Cancelled,
+}
+
+/// The result of one generation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GenerateOutput {
+    pub prompt_ids: Vec<u32>,
+    pub new_tokens: Vec<u32>,
+    pub text: String,
+    pub finish_reason: FinishReason,
+    pub prefill_ms: f64,
+    pub decode_ms: f64,
+}
+
+/// The category of an engine failure; decides HTTP status and whether the worker survives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// Bad parameters in a request (unknown dtype, prompt too long, ...).
+    InvalidRequest,
+    /// The model or a file of it does not exist.
+    NotFound,
+    /// The checkpoint exists but cannot be loaded (corrupt, wrong shapes, unknown type).
+    InvalidModel,
+    /// The device has no room for it.
+    OutOfMemory,
+    /// The device is unusable; the worker must be restarted.
+    DeviceFatal,
+    /// Anything else.
+    Internal,
+}
+
+/// A typed failure from a backend or engine, carried in replies.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct EngineError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl EngineError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// Builds devices for workers. Shared by every worker; lives as long as the runtime.
+pub trait Backend: Send + Sync + 'static {
+    /// Resolves and checks a model from its headers alone, on the caller's thread, and says how
+    /// much device memory it needs. Cheap: no weights are read.
+    fn inspect(&self, spec: &ModelSpec) -> Result<Footprint, EngineError>;
+
+    /// Opens the device on the calling thread (the worker's own) and prewarms it. The returned
+    /// device stays on this thread for its whole life.
+    fn open_device(
+        &self,
+        device: &DeviceSpec,
+        options: &PrewarmOptions,
+    ) -> Result<(Box<dyn WorkerDevice>, PrewarmReport), EngineError>;
+}
+
+/// One worker's device context (CPU, or a CUDA context with its stream and staging memory).
+pub trait WorkerDevice {
+    /// Free and total memory now, as this worker may use it.
+    fn memory(&self) -> MemoryInfo;
+
+    /// Reads the weights, puts them on the device and builds an engine. Marks `weights_read`,
+    /// `weights_on_device` and `engine_ready` on `timeline` (each after a device sync) and
+    /// returns the number of weight bytes moved to the device.
+    fn load(
+        &mut self,
+        spec: &ModelSpec,
+        timeline: &mut Timeline,
+    ) -> Result<(Box<dyn Engine>, u64), EngineError>;
+
+    /// Waits until all queued device work is done.
+    fn synchronize(&self) -> Result<(), EngineError>;
+}
+
+/// A model on a device, ready to generate. Dropping it frees its device memory.
+pub trait Engine {
+    /// Generates for one request; calls `on_token` for each new token, and stops early (with
+    /// [`FinishReason::Cancelled`]) when it returns `false`.
+    fn generate(
+        &mut self,
+        request: &GenerateRequest,
+        on_token: &mut dyn FnMut(TokenEvent) -> bool,
+    ) -> Result<GenerateOutput, EngineError>;
+
+    /// Runs one step to produce a first token (the warm-up after attach).
+    fn warm_up(&mut self) -> Result<u32, EngineError>;
+
+    /// Device bytes this engine holds.
+    fn device_bytes(&self) -> u64;
+}

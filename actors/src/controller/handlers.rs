@@ -1,0 +1,308 @@
+//! The controller's message handlers: each a few lines around a method of the controller.
+
+use std::time::Instant;
+
+use actix::prelude::*;
+use tokio::sync::oneshot;
+
+use super::{ControllerActor, PendingAttach};
+use crate::backend::{EngineError, ErrorKind, GenerateOutput};
+use crate::errors::{AttachError, DetachError, GenerateError};
+use crate::guard::{call, Failure};
+use crate::messages::{
+    Attach, Detach, Generate, GetStats, ListEngines, ListWorkers, ReleaseEngine, RunGenerate,
+    Shutdown, WaitReady, WorkerFailed, WorkerReady,
+};
+use crate::reports::{DetachReport, EngineInfo, WorkerInfo, WorkerState};
+use crate::timeline::Timeline;
+use crate::worker::MAILBOX_CAPACITY;
+
+impl Actor for ControllerActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
+        for index in 0..self.workers.len() {
+            self.spawn_worker(index, ctx);
+        }
+        self.answer_ready_waiters();
+    }
+}
+
+impl Handler<Attach> for ControllerActor {
+    type Result = ResponseFuture<Result<crate::reports::AttachReport, AttachError>>;
+
+    fn handle(&mut self, msg: Attach, ctx: &mut Context<Self>) -> Self::Result {
+        let timeline = Timeline::starting_now();
+        let received = Instant::now();
+        let (engine_id, name) = match self.accept_attach(msg.name) {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                self.stats.attaches_failed += 1;
+                return Box::pin(async move { Err(error) });
+            }
+        };
+        let (reply, replied) = oneshot::channel();
+        let backend = self.backend.clone();
+        let spec = msg.model.clone();
+        // Inspecting reads file headers: keep it off the controller's thread.
+        let inspect = actix_rt::task::spawn_blocking(move || {
+            call("inspecting the model", || backend.inspect(&spec))
+        });
+        let (model, worker, device) = (msg.model, msg.worker, msg.device);
+        ctx.spawn(inspect.into_actor(self).map(move |inspected, act, ctx| {
+            let footprint = match inspected {
+                Ok(Ok(footprint)) => Ok(footprint),
+                Ok(Err(Failure::Engine(e))) => Err(e),
+                Ok(Err(Failure::Fatal(reason))) => {
+                    Err(EngineError::new(ErrorKind::Internal, reason))
+                }
+                Err(e) => Err(EngineError::new(
+                    ErrorKind::Internal,
+                    format!("inspecting the model did not finish: {e}"),
+                )),
+            };
+            match footprint {
+                Ok(footprint) => act.enqueue_attach(
+                    PendingAttach {
+                        engine_id,
+                        name,
+                        spec: model,
+                        footprint,
+                        worker,
+                        device,
+                        timeline,
+                        received,
+                        reply,
+                    },
+                    ctx,
+                ),
+                Err(e) => act.refuse_attach(&name, &model.model, reply, AttachError::Load(e)),
+            }
+        }));
+        Box::pin(async move {
+            replied.await.unwrap_or_else(|_| {
+                Err(AttachError::Unavailable {
+                    reason: "the controller stopped before answering".into(),
+                })
+            })
+        })
+    }
+}
+
+impl Handler<Detach> for ControllerActor {
+    type Result = ResponseActFuture<Self, Result<DetachReport, DetachError>>;
+
+    fn handle(&mut self, msg: Detach, _: &mut Context<Self>) -> Self::Result {
+        let started = Instant::now();
+        let id = match self.resolve(&msg.engine) {
+            Ok(id) => id,
+            Err(lost) => {
+                let engine = msg.engine;
+                let error = match lost {
+                    Some(reason) => DetachError::EngineLost { engine, reason },
+                    None => DetachError::EngineNotFound { engine },
+                };
+                return Box::pin(fut::ready(Err(error)));
+            }
+        };
+        let Some(entry) = self.engines.remove(&id) else {
+            let engine = msg.engine;
+            return Box::pin(fut::ready(Err(DetachError::EngineNotFound { engine })));
+        };
+        let (worker, incarnation) = (entry.worker, entry.incarnation);
+        let slot = &mut self.workers[worker];
+        slot.state = WorkerState::Detaching;
+        let release = slot.addr.clone().map(|addr| addr.send(ReleaseEngine));
+        let released = async move {
+            match release {
+                Some(release) => release
+                    .await
+                    .unwrap_or_else(|_| Err("the worker's thread stopped".into())),
+                None => Err("the worker has no thread".into()),
+            }
+        };
+        Box::pin(released.into_actor(self).map(move |released, act, ctx| {
+            let memory = match released {
+                Ok(memory) => memory,
+                Err(reason) => {
+                    act.worker_failed(worker, incarnation, reason.clone(), ctx);
+                    return Err(DetachError::WorkerFailed { worker, reason });
+                }
+            };
+            let slot = &mut act.workers[worker];
+            if slot.incarnation == incarnation && slot.state == WorkerState::Detaching {
+                slot.state = WorkerState::Idle;
+                slot.engine = None;
+                slot.memory = Some(memory);
+                slot.idle_memory = Some(memory);
+            }
+            act.stats.detaches += 1;
+            let report = DetachReport {
+                engine_id: entry.id,
+                name: entry.name,
+                worker,
+                memory_before_attach: entry.memory_before,
+                memory_attached: entry.memory_attached,
+                memory_after_detach: memory,
+                detach_ms: started.elapsed().as_secs_f64() * 1e3,
+            };
+            tracing::info!(
+                engine = %report.engine_id,
+                name = %report.name,
+                worker,
+                detach_ms = report.detach_ms,
+                freed_bytes = memory.free_bytes.saturating_sub(entry.memory_attached.free_bytes),
+                "engine detached"
+            );
+            act.dispatch_pending(ctx);
+            Ok(report)
+        }))
+    }
+}
+
+impl Handler<Generate> for ControllerActor {
+    type Result = ResponseActFuture<Self, Result<GenerateOutput, GenerateError>>;
+
+    fn handle(&mut self, msg: Generate, _: &mut Context<Self>) -> Self::Result {
+        if self.shutting_down {
+            return Box::pin(fut::ready(Err(GenerateError::ShuttingDown)));
+        }
+        let entry = match self.resolve(&msg.engine) {
+            Ok(id) => self.engines.get_mut(&id),
+            Err(lost) => {
+                self.stats.requests_failed += 1;
+                let engine = msg.engine;
+                let error = match lost {
+                    Some(reason) => GenerateError::EngineLost { engine, reason },
+                    None => GenerateError::EngineNotFound { engine },
+                };
+                return Box::pin(fut::ready(Err(error)));
+            }
+        };
+        let Some(entry) = entry else {
+            let engine = msg.engine;
+            return Box::pin(fut::ready(Err(GenerateError::EngineNotFound { engine })));
+        };
+        entry.in_flight += 1;
+        entry.total_requests += 1;
+        entry.last_used = Instant::now();
+        self.stats.requests_total += 1;
+        let (id, worker, incarnation) = (entry.id, entry.worker, entry.incarnation);
+        // Sent now, in the order requests arrived: the engine serves them in this order.
+        let run = entry.addr.send(RunGenerate {
+            request: msg.request,
+            stream: msg.stream,
+        });
+        Box::pin(run.into_actor(self).map(move |result, act, ctx| {
+            let result = result.unwrap_or_else(|_| {
+                let reason = "the worker's thread stopped".to_owned();
+                act.worker_failed(worker, incarnation, reason.clone(), ctx);
+                Err(GenerateError::WorkerLost { worker, reason })
+            });
+            let tokens = result.as_ref().map_or(0, |o| o.new_tokens.len() as u64);
+            if let Some(entry) = act.engines.get_mut(&id) {
+                entry.in_flight = entry.in_flight.saturating_sub(1);
+                entry.total_tokens += tokens;
+                entry.last_used = Instant::now();
+            }
+            act.stats.tokens_total += tokens;
+            if result.is_err() {
+                act.stats.requests_failed += 1;
+            }
+            result
+        }))
+    }
+}
+
+impl Handler<ListWorkers> for ControllerActor {
+    type Result = Vec<WorkerInfo>;
+
+    fn handle(&mut self, _: ListWorkers, _: &mut Context<Self>) -> Self::Result {
+        self.worker_infos()
+    }
+}
+
+impl Handler<ListEngines> for ControllerActor {
+    type Result = Vec<EngineInfo>;
+
+    fn handle(&mut self, _: ListEngines, _: &mut Context<Self>) -> Self::Result {
+        self.engine_infos()
+    }
+}
+
+impl Handler<GetStats> for ControllerActor {
+    type Result = MessageResult<GetStats>;
+
+    fn handle(&mut self, _: GetStats, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.runtime_stats())
+    }
+}
+
+impl Handler<WaitReady> for ControllerActor {
+    type Result = ResponseFuture<Vec<WorkerInfo>>;
+
+    fn handle(&mut self, _: WaitReady, _: &mut Context<Self>) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        self.ready_waiters.push(tx);
+        self.answer_ready_waiters();
+        Box::pin(async move { rx.await.unwrap_or_default() })
+    }
+}
+
+impl Handler<WorkerReady> for ControllerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: WorkerReady, ctx: &mut Context<Self>) {
+        self.worker_ready(msg.worker, msg.incarnation, msg.prewarm, msg.memory, ctx);
+    }
+}
+
+impl Handler<WorkerFailed> for ControllerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: WorkerFailed, ctx: &mut Context<Self>) {
+        self.worker_failed(msg.worker, msg.incarnation, msg.reason, ctx);
+    }
+}
+
+impl Handler<Shutdown> for ControllerActor {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) -> Self::Result {
+        self.shutting_down = true;
+        self.dispatch_pending(ctx);
+        let me = ctx.address();
+        let engines: Vec<_> = self.engines.keys().copied().collect();
+        let detach_all = async move {
+            for id in engines {
+                let _ = me.send(Detach { engine: id.into() }).await;
+            }
+        };
+        Box::pin(detach_all.into_actor(self).then(|(), act, _| {
+            let arbiters: Vec<_> = act
+                .workers
+                .iter_mut()
+                .filter_map(|slot| {
+                    slot.state = WorkerState::Stopped;
+                    slot.addr = None;
+                    slot.arbiter.take()
+                })
+                .collect();
+            for arbiter in &arbiters {
+                arbiter.stop();
+            }
+            act.answer_ready_waiters();
+            tracing::info!(workers = arbiters.len(), "runtime shut down");
+            let joined = actix_rt::task::spawn_blocking(move || {
+                for arbiter in arbiters {
+                    let _ = arbiter.join();
+                }
+            });
+            async move {
+                let _ = tokio::time::timeout(super::JOIN_TIMEOUT, joined).await;
+            }
+            .into_actor(act)
+        }))
+    }
+}

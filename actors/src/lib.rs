@@ -1,0 +1,41 @@
+//! Worker Controller's actor runtime: a controller, prewarmed workers and engines attached by message.
+//!
+//! Start it with [`Runtime::start`] (inside an actix system) or [`Runtime::start_in_background`]
+//! (anywhere), then use the returned [`Handle`]: attach models, generate, detach.
+//!
+//! # Layout
+//! - [`timeline`]: timing anchors shared by every path.
+//! - [`backend`]: the contract an engine implementation fulfils (devices, loading, generation).
+//! - [`runtime`]: configuration, starting the runtime, and the [`Handle`] to use it.
+//! - [`messages`]: every message, grouped by the actor that receives it.
+//! - [`reports`]: what comes back: attach/detach reports, worker and engine listings, stats.
+//! - [`errors`]: typed failures with their HTTP status and type name.
+//! - [`controller`]: the controller actor: placement, routing, supervision and restarts.
+//! - [`worker`]: the worker actor: one prewarmed device on its own thread.
+//! - [`engine`]: the engine actor: one attached model serving requests in order.
+//! - `guard`: the catch-unwind boundary around backend code.
+
+pub mod backend;
+pub mod controller;
+pub mod engine;
+pub mod errors;
+mod guard;
+pub mod messages;
+pub mod reports;
+pub mod runtime;
+pub mod timeline;
+pub mod worker;
+
+pub use backend::*;
+pub use controller::ControllerActor;
+pub use errors::{AttachError, DetachError, GenerateError};
+pub use messages::{
+    Attach, Detach, Generate, GetStats, ListEngines, ListWorkers, Shutdown, WaitReady,
+    WorkerFailed, WorkerReady,
+};
+pub use reports::{
+    AttachReport, DetachReport, EngineId, EngineInfo, EngineRef, RuntimeStats, WorkerInfo,
+    WorkerState,
+};
+pub use runtime::{GenerateStream, Handle, Runtime, RuntimeConfig, RuntimeStopped, WorkerConfig};
+pub use timeline::{monotonic_ns, Anchor, Phase, Timeline};

@@ -1,0 +1,214 @@
+//! What the runtime reports back: engine ids, worker and engine listings, attach/detach reports.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{DType, DeviceSpec, MemoryInfo, PrewarmReport};
+use crate::timeline::{Phase, Timeline};
+
+/// The runtime-wide id of one attached engine; never reused while the runtime runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct EngineId(pub u64);
+
+impl fmt::Display for EngineId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// An engine named by its id or by its name (as an HTTP path segment would give it).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum EngineRef {
+    Id(EngineId),
+    /// A name; also matches an engine whose id, written in decimal, equals it.
+    Name(String),
+}
+
+impl EngineRef {
+    /// Whether this reference names the engine with `id` and `name`.
+    pub fn matches(&self, id: EngineId, name: &str) -> bool {
+        match self {
+            EngineRef::Id(i) => *i == id,
+            EngineRef::Name(n) => n == name || n.parse::<u64>().ok() == Some(id.0),
+        }
+    }
+}
+
+impl fmt::Display for EngineRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EngineRef::Id(id) => write!(f, "#{id}"),
+            EngineRef::Name(name) => write!(f, "`{name}`"),
+        }
+    }
+}
+
+impl From<EngineId> for EngineRef {
+    fn from(id: EngineId) -> Self {
+        EngineRef::Id(id)
+    }
+}
+
+impl From<&str> for EngineRef {
+    fn from(name: &str) -> Self {
+        EngineRef::Name(name.to_owned())
+    }
+}
+
+impl From<String> for EngineRef {
+    fn from(name: String) -> Self {
+        EngineRef::Name(name)
+    }
+}
+
+/// Where a worker is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerState {
+    /// Its thread is opening and prewarming the device.
+    Warming,
+    /// Prewarmed, no engine: ready for an attach.
+    Idle,
+    /// Loading an engine.
+    Attaching,
+    /// Holding an engine that answers requests.
+    Serving,
+    /// Releasing its engine.
+    Detaching,
+    /// Failed, and out of restarts (or failing right now, before a restart is scheduled).
+    Failed,
+    /// Failed; a fresh thread will be started after a backoff.
+    Restarting,
+    /// Stopped by a runtime shutdown.
+    Stopped,
+}
+
+impl fmt::Display for WorkerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        f.write_str(&name)
+    }
+}
+
+/// One worker as the controller last heard of it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    /// Index of the worker, stable across restarts.
+    pub worker: usize,
+    pub device: DeviceSpec,
+    pub state: WorkerState,
+    /// The engine it holds (or is attaching).
+    pub engine: Option<EngineId>,
+    /// What the last successful prewarm did.
+    pub prewarm: Option<PrewarmReport>,
+    /// Device memory as last reported by the worker.
+    pub memory: Option<MemoryInfo>,
+    /// How many times the worker failed (panic, fatal device error, lost thread).
+    pub failures: u32,
+    /// How many times it was restarted on a fresh thread.
+    pub restarts: u32,
+    /// The last failure's description.
+    pub last_error: Option<String>,
+}
+
+/// One attached engine, with its request counters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EngineInfo {
+    pub engine_id: EngineId,
+    pub name: String,
+    pub worker: usize,
+    pub device: DeviceSpec,
+    pub model: String,
+    pub dtype: DType,
+    /// Device bytes its weights took when attached.
+    pub device_bytes: u64,
+    /// Milliseconds since it last finished (or started) a request, or since it was attached.
+    pub idle_ms: u64,
+    /// Requests being generated now (0 or 1: an engine serves one at a time).
+    pub requests_running: usize,
+    /// Requests queued behind the running one.
+    pub requests_waiting: usize,
+    /// Requests it received since attach.
+    pub total_requests: u64,
+    /// Tokens it generated since attach.
+    pub total_tokens: u64,
+    /// Milliseconds from `requested` to `first_token` of its attach.
+    pub attach_ms: f64,
+}
+
+/// What an attach did and how long each step took.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AttachReport {
+    pub engine_id: EngineId,
+    pub name: String,
+    pub worker: usize,
+    pub device: DeviceSpec,
+    pub model: String,
+    pub dtype: DType,
+    /// Every anchor marked, from `requested` (taken when the controller received the request).
+    pub timeline: Timeline,
+    /// One phase per anchor after `requested`; prewarmed steps are zero phases.
+    pub phases: Vec<Phase>,
+    /// From `requested` to `first_token`.
+    pub total_ms: f64,
+    /// Weight bytes moved onto the device.
+    pub bytes_moved: u64,
+    /// `bytes_moved` over the `weights_read -> weights_on_device` phase, in GB/s.
+    pub bandwidth_gb_per_s: f64,
+    pub memory_before: MemoryInfo,
+    pub memory_attached: MemoryInfo,
+    /// The prewarm of the worker it landed on (paid once, before this request).
+    pub prewarm: Option<PrewarmReport>,
+}
+
+impl AttachReport {
+    /// The phases as `name=ms` pairs, for a log line.
+    pub fn phases_summary(&self) -> String {
+        self.phases
+            .iter()
+            .map(|p| format!("{}={:.2}ms", p.anchor.name(), p.ms))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// What a detach freed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DetachReport {
+    pub engine_id: EngineId,
+    pub name: String,
+    pub worker: usize,
+    pub memory_before_attach: MemoryInfo,
+    pub memory_attached: MemoryInfo,
+    pub memory_after_detach: MemoryInfo,
+    /// From the controller receiving `Detach` to the worker being idle again.
+    pub detach_ms: f64,
+}
+
+/// Runtime-wide counters, for metrics.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RuntimeStats {
+    pub workers: usize,
+    pub workers_idle: usize,
+    pub workers_serving: usize,
+    pub workers_failed: usize,
+    pub engines: usize,
+    /// Attach requests waiting for a free worker.
+    pub attaches_waiting: usize,
+    pub attaches_succeeded: u64,
+    pub attaches_failed: u64,
+    pub detaches: u64,
+    pub requests_total: u64,
+    pub requests_failed: u64,
+    pub requests_running: usize,
+    pub requests_waiting: usize,
+    pub tokens_total: u64,
+    pub worker_failures: u64,
+    pub worker_restarts: u64,
+}

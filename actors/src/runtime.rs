@@ -1,0 +1,319 @@
+//! The library entry point: configuration, starting the runtime, and the [`Handle`] to use it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::backend::{
+    Backend, DeviceSpec, GenerateOutput, GenerateRequest, PrewarmOptions, TokenEvent,
+};
+use crate::controller::ControllerActor;
+use crate::errors::{AttachError, DetachError, GenerateError};
+use crate::messages::{
+    Attach, Detach, Generate, GetStats, ListEngines, ListWorkers, Shutdown, WaitReady,
+};
+use crate::reports::{AttachReport, DetachReport, EngineInfo, EngineRef, RuntimeStats, WorkerInfo};
+
+/// How the runtime is set up: which workers, and how attaches and restarts behave.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Groups of identical workers; each worker gets its own thread and device context.
+    pub workers: Vec<WorkerConfig>,
+    /// How long an attach waits for a busy worker to free up before `NoFreeWorker`.
+    /// In TOML/JSON: milliseconds, or a string such as `"30s"` or `"500ms"`.
+    #[serde(with = "duration_text")]
+    pub attach_timeout: Duration,
+    /// Restarts allowed in a row (without a successful attach in between) before a failed
+    /// worker is left `failed`.
+    pub max_restarts: u32,
+    /// Wait before the first restart; doubled for each further failure in a row.
+    #[serde(with = "duration_text")]
+    pub restart_backoff: Duration,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            workers: vec![WorkerConfig::default()],
+            attach_timeout: Duration::from_secs(30),
+            max_restarts: 3,
+            restart_backoff: Duration::from_millis(500),
+        }
+    }
+}
+
+/// `count` identical workers on one device.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    pub device: DeviceSpec,
+    #[serde(default = "one")]
+    pub count: usize,
+    #[serde(default)]
+    pub prewarm: PrewarmOptions,
+}
+
+fn one() -> usize {
+    1
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            device: DeviceSpec::Cpu,
+            count: 1,
+            prewarm: PrewarmOptions::default(),
+        }
+    }
+}
+
+/// Starts runtimes.
+pub struct Runtime;
+
+impl Runtime {
+    /// Starts the controller (which starts and prewarms every worker on its own thread) in the
+    /// current actix system. Call it from inside a running `actix_rt::System`.
+    pub fn start(config: RuntimeConfig, backend: Arc<dyn Backend>) -> Handle {
+        let controller = ControllerActor::new(config, backend).start();
+        Handle {
+            controller,
+            system: None,
+        }
+    }
+
+    /// Starts the runtime in its own thread with its own actix system, for programs that do
+    /// not run one (a plain tokio program). [`Handle::shutdown`] stops that system too.
+    pub fn start_in_background(config: RuntimeConfig, backend: Arc<dyn Backend>) -> Handle {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("wc-controller".into())
+            .spawn(move || {
+                let system = actix_rt::System::new();
+                system.block_on(async move {
+                    let mut handle = Runtime::start(config, backend);
+                    handle.system = Some(actix_rt::System::current());
+                    let _ = tx.send(handle);
+                });
+                let _ = system.run();
+            })
+            .expect("spawning the runtime's thread");
+        rx.recv()
+            .expect("the runtime's thread starts the controller")
+    }
+}
+
+/// A cheap, cloneable handle to a running runtime, usable from any thread or async runtime.
+#[derive(Clone)]
+pub struct Handle {
+    controller: Addr<ControllerActor>,
+    /// The system started by [`Runtime::start_in_background`], stopped on shutdown.
+    system: Option<actix_rt::System>,
+}
+
+/// The runtime is not running any more (it was shut down or its system stopped).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, thiserror::Error)]
+#[error("the runtime is not running")]
+pub struct RuntimeStopped;
+
+/// A streamed generation: tokens as they are made, then the whole output.
+pub struct GenerateStream {
+    /// Each token as it is made; ends when generation ends. Dropping it cancels generation.
+    pub tokens: mpsc::UnboundedReceiver<TokenEvent>,
+    /// The final output (already requested: tokens flow whether or not this is polled).
+    pub output: Pin<Box<dyn Future<Output = Result<GenerateOutput, GenerateError>> + Send>>,
+}
+
+fn stopped(e: MailboxError) -> String {
+    format!("the controller is not running ({e})")
+}
+
+impl Handle {
+    /// Attaches a model. The request is queued when this is called; await the report.
+    pub fn attach(
+        &self,
+        request: Attach,
+    ) -> impl Future<Output = Result<AttachReport, AttachError>> + Send + 'static {
+        let reply = self.controller.send(request);
+        async move {
+            reply
+                .await
+                .unwrap_or_else(|e| Err(AttachError::Unavailable { reason: stopped(e) }))
+        }
+    }
+
+    /// Detaches an engine by id or name.
+    pub fn detach(
+        &self,
+        engine: impl Into<EngineRef>,
+    ) -> impl Future<Output = Result<DetachReport, DetachError>> + Send + 'static {
+        let reply = self.controller.send(Detach {
+            engine: engine.into(),
+        });
+        async move {
+            reply
+                .await
+                .unwrap_or_else(|e| Err(DetachError::Unavailable { reason: stopped(e) }))
+        }
+    }
+
+    /// Generates with an engine. Requests are queued in the order of these calls, and each
+    /// engine serves its queue in that order.
+    pub fn generate(
+        &self,
+        engine: impl Into<EngineRef>,
+        request: GenerateRequest,
+    ) -> impl Future<Output = Result<GenerateOutput, GenerateError>> + Send + 'static {
+        self.send_generate(engine.into(), request, None)
+    }
+
+    /// Generates with an engine, streaming tokens as they are made.
+    pub fn generate_stream(
+        &self,
+        engine: impl Into<EngineRef>,
+        request: GenerateRequest,
+    ) -> GenerateStream {
+        let (tx, tokens) = mpsc::unbounded_channel();
+        let output = Box::pin(self.send_generate(engine.into(), request, Some(tx)));
+        GenerateStream { tokens, output }
+    }
+
+    fn send_generate(
+        &self,
+        engine: EngineRef,
+        request: GenerateRequest,
+        stream: Option<mpsc::UnboundedSender<TokenEvent>>,
+    ) -> impl Future<Output = Result<GenerateOutput, GenerateError>> + Send + 'static {
+        let reply = self.controller.send(Generate {
+            engine,
+            request,
+            stream,
+        });
+        async move {
+            reply
+                .await
+                .unwrap_or_else(|e| Err(GenerateError::Unavailable { reason: stopped(e) }))
+        }
+    }
+
+    /// Every worker with its state, prewarm report, memory and failures.
+    pub async fn list_workers(&self) -> Result<Vec<WorkerInfo>, RuntimeStopped> {
+        self.controller
+            .send(ListWorkers)
+            .await
+            .map_err(|_| RuntimeStopped)
+    }
+
+    /// Every attached engine with its request counters.
+    pub async fn list_engines(&self) -> Result<Vec<EngineInfo>, RuntimeStopped> {
+        self.controller
+            .send(ListEngines)
+            .await
+            .map_err(|_| RuntimeStopped)
+    }
+
+    /// Runtime-wide counters.
+    pub async fn stats(&self) -> Result<RuntimeStats, RuntimeStopped> {
+        self.controller
+            .send(GetStats)
+            .await
+            .map_err(|_| RuntimeStopped)
+    }
+
+    /// Waits until every worker has prewarmed (or failed for good); returns them.
+    pub async fn wait_ready(&self) -> Result<Vec<WorkerInfo>, RuntimeStopped> {
+        self.controller
+            .send(WaitReady)
+            .await
+            .map_err(|_| RuntimeStopped)
+    }
+
+    /// Detaches every engine (after their queued requests), stops every worker's thread, and
+    /// stops the runtime's own system if it has one. Safe to call more than once.
+    pub async fn shutdown(&self) {
+        let _ = self.controller.send(Shutdown).await;
+        if let Some(system) = &self.system {
+            system.stop();
+        }
+    }
+}
+
+/// Durations written as milliseconds (`1500`) or text (`"1.5s"`, `"250ms"`, `"2m"`).
+mod duration_text {
+    use std::time::Duration;
+
+    use serde::{de, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}ms", d.as_millis()))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Millis(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Millis(ms) => Ok(Duration::from_millis(ms)),
+            Raw::Text(text) => parse(&text).map_err(de::Error::custom),
+        }
+    }
+
+    pub(super) fn parse(text: &str) -> Result<Duration, String> {
+        let text = text.trim();
+        let split = text
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let value: f64 = number
+            .parse()
+            .map_err(|_| format!("bad duration `{text}`: expected e.g. `500ms`, `30s`, `2m`"))?;
+        let seconds = match unit.trim() {
+            "ms" => value / 1e3,
+            "" | "s" => value,
+            "m" => value * 60.0,
+            _ => return Err(format!("bad duration unit in `{text}`: use ms, s or m")),
+        };
+        Duration::try_from_secs_f64(seconds).map_err(|e| format!("bad duration `{text}`: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_reads_from_json_with_defaults_and_text_durations() {
+        let config: RuntimeConfig = serde_json::from_str(
+            r#"{"workers": [{"device": "cpu", "count": 2}], "attach_timeout": "1.5s",
+                "restart_backoff": 250}"#,
+        )
+        .unwrap();
+        assert_eq!(config.workers[0].count, 2);
+        assert_eq!(config.workers[0].prewarm, PrewarmOptions::default());
+        assert_eq!(config.attach_timeout, Duration::from_millis(1500));
+        assert_eq!(config.restart_backoff, Duration::from_millis(250));
+        assert_eq!(config.max_restarts, RuntimeConfig::default().max_restarts);
+        let back: RuntimeConfig =
+            serde_json::from_value(serde_json::to_value(&config).unwrap()).unwrap();
+        assert_eq!(back, config);
+    }
+
+    #[test]
+    fn bad_durations_are_refused_with_a_readable_message() {
+        assert!(duration_text::parse("5 parsecs")
+            .unwrap_err()
+            .contains("unit"));
+        assert_eq!(
+            duration_text::parse("2m").unwrap(),
+            Duration::from_secs(120)
+        );
+    }
+}
