@@ -165,7 +165,9 @@ impl Handler<Generate> for ControllerActor {
     type Result = ResponseActFuture<Self, Result<GenerateOutput, GenerateError>>;
 
     fn handle(&mut self, msg: Generate, _: &mut Context<Self>) -> Self::Result {
+        self.stats.requests_total += 1;
         if self.shutting_down {
+            self.stats.requests_failed += 1;
             return Box::pin(fut::ready(Err(GenerateError::ShuttingDown)));
         }
         let entry = match self.resolve(&msg.engine) {
@@ -181,13 +183,13 @@ impl Handler<Generate> for ControllerActor {
             }
         };
         let Some(entry) = entry else {
+            self.stats.requests_failed += 1;
             let engine = msg.engine;
             return Box::pin(fut::ready(Err(GenerateError::EngineNotFound { engine })));
         };
         entry.in_flight += 1;
         entry.total_requests += 1;
         entry.last_used = Instant::now();
-        self.stats.requests_total += 1;
         let (id, worker, incarnation) = (entry.id, entry.worker, entry.incarnation);
         // Sent now, in the order requests arrived: the engine serves them in this order.
         let run = entry.addr.send(RunGenerate {

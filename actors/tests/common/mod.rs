@@ -1,0 +1,370 @@
+//! A fake backend for the runtime's tests: models described by their spec string can be made
+//! slow, fail, or panic on purpose, and devices track the bytes their engines hold.
+//!
+//! A model is `fake:` followed by comma-separated options:
+//! `size=N` (device bytes, default 1000), `load_ms=N`, `gen_ms=N` (per token), `alloc` (really
+//! allocate `size` bytes of host memory), `fail_load`, `panic_on_load`, `fatal_on_load`,
+//! `panic_on_generate`, `fatal_on_generate`. Plain `fake` takes the defaults; anything not
+//! starting with `fake` is not found.
+#![allow(dead_code)]
+
+use std::cell::Cell;
+use std::future::Future;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use wc_actors::*;
+
+/// What a fake model spec asks for.
+#[derive(Clone, Debug, Default)]
+pub struct FakeModel {
+    pub size: u64,
+    pub load_ms: u64,
+    pub gen_ms: u64,
+    pub alloc: bool,
+    pub fail_load: bool,
+    pub panic_on_load: bool,
+    pub fatal_on_load: bool,
+    pub panic_on_generate: bool,
+    pub fatal_on_generate: bool,
+}
+
+impl FakeModel {
+    pub fn parse(spec: &str) -> Result<Self, EngineError> {
+        let options = spec.strip_prefix("fake").map(|rest| rest.trim_start_matches(':'));
+        let options = options
+            .ok_or_else(|| EngineError::new(ErrorKind::NotFound, format!("no model `{spec}`")))?;
+        let mut model = FakeModel {
+            size: 1000,
+            ..Default::default()
+        };
+        for option in options.split(',').filter(|o| !o.is_empty()) {
+            let (key, value) = option.split_once('=').unwrap_or((option, ""));
+            let number = || {
+                value.parse::<u64>().map_err(|_| {
+                    EngineError::new(ErrorKind::InvalidModel, format!("bad number in `{option}`"))
+                })
+            };
+            match key {
+                "size" => model.size = number()?,
+                "load_ms" => model.load_ms = number()?,
+                "gen_ms" => model.gen_ms = number()?,
+                "alloc" => model.alloc = true,
+                "fail_load" => model.fail_load = true,
+                "panic_on_load" => model.panic_on_load = true,
+                "fatal_on_load" => model.fatal_on_load = true,
+                "panic_on_generate" => model.panic_on_generate = true,
+                "fatal_on_generate" => model.fatal_on_generate = true,
+                _ => {
+                    return Err(EngineError::new(
+                        ErrorKind::InvalidModel,
+                        format!("unknown fake option `{option}`"),
+                    ))
+                }
+            }
+        }
+        Ok(model)
+    }
+}
+
+/// The model spec for a fake model string.
+pub fn spec(model: &str) -> ModelSpec {
+    ModelSpec {
+        model: model.to_owned(),
+        dtype: None,
+    }
+}
+
+/// The tokens a fake engine makes for a prompt: deterministic, so tests can check outputs.
+pub fn expected_tokens(prompt: &[u32], n: usize) -> Vec<u32> {
+    let seed: u32 = prompt.iter().fold(0u32, |a, b| a.wrapping_add(*b));
+    (0..n as u32).map(|i| (seed + i * 7) % 1000).collect()
+}
+
+fn prompt_ids(prompt: &Prompt) -> Vec<u32> {
+    match prompt {
+        Prompt::Ids(ids) => ids.clone(),
+        Prompt::Text(text) => text.bytes().map(u32::from).collect(),
+    }
+}
+
+/// Shared observations and knobs of a fake backend.
+#[derive(Default)]
+pub struct FakeState {
+    /// Every generate call, in the order engines saw them: `(model, prompt ids)`.
+    pub generated: Mutex<Vec<(String, Vec<u32>)>>,
+    /// Engines alive now (created and not dropped).
+    pub live_engines: AtomicI64,
+    /// How many times a device was opened.
+    pub opens: AtomicU32,
+    /// The next this many `open_device` calls fail.
+    pub open_failures: AtomicU32,
+}
+
+/// A backend whose devices have `memory_bytes` each and take `prewarm_ms` to open.
+#[derive(Clone)]
+pub struct FakeBackend {
+    pub memory_bytes: u64,
+    pub prewarm_ms: u64,
+    pub state: Arc<FakeState>,
+}
+
+impl FakeBackend {
+    pub fn new(memory_bytes: u64) -> Self {
+        Self {
+            memory_bytes,
+            prewarm_ms: 5,
+            state: Arc::default(),
+        }
+    }
+}
+
+impl Backend for FakeBackend {
+    fn inspect(&self, spec: &ModelSpec) -> Result<Footprint, EngineError> {
+        let model = FakeModel::parse(&spec.model)?;
+        Ok(Footprint {
+            device_bytes: model.size,
+            file_bytes: model.size,
+            dtype: spec.dtype.unwrap_or(DType::F32),
+        })
+    }
+
+    fn open_device(
+        &self,
+        _device: &DeviceSpec,
+        options: &PrewarmOptions,
+    ) -> Result<(Box<dyn WorkerDevice>, PrewarmReport), EngineError> {
+        self.state.opens.fetch_add(1, Ordering::SeqCst);
+        let failing = self
+            .state
+            .open_failures
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if failing {
+            return Err(EngineError::new(
+                ErrorKind::DeviceFatal,
+                "fake device refused to open",
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(self.prewarm_ms));
+        let total = match options.memory_limit_bytes {
+            0 => self.memory_bytes,
+            limit => limit.min(self.memory_bytes),
+        };
+        let device = FakeDevice {
+            total,
+            used: Rc::new(Cell::new(0)),
+            state: self.state.clone(),
+        };
+        let report = PrewarmReport {
+            steps: vec![("context".into(), self.prewarm_ms as f64)],
+            total_ms: self.prewarm_ms as f64,
+        };
+        Ok((Box::new(device), report))
+    }
+}
+
+/// A device that counts the bytes its engines hold. Not `Send` (an `Rc`), like a real context.
+struct FakeDevice {
+    total: u64,
+    used: Rc<Cell<u64>>,
+    state: Arc<FakeState>,
+}
+
+/// Device bytes held by an engine (or a load in progress); given back when dropped.
+struct Reservation {
+    used: Rc<Cell<u64>>,
+    bytes: u64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.used.set(self.used.get() - self.bytes);
+    }
+}
+
+impl WorkerDevice for FakeDevice {
+    fn memory(&self) -> MemoryInfo {
+        MemoryInfo {
+            total_bytes: self.total,
+            free_bytes: self.total - self.used.get(),
+        }
+    }
+
+    fn load(
+        &mut self,
+        spec: &ModelSpec,
+        timeline: &mut Timeline,
+    ) -> Result<(Box<dyn Engine>, u64), EngineError> {
+        let model = FakeModel::parse(&spec.model)?;
+        std::thread::sleep(Duration::from_millis(model.load_ms / 2));
+        timeline.mark(Anchor::WeightsRead);
+        if model.panic_on_load {
+            panic!("fake device panicked while loading on purpose");
+        }
+        if model.fatal_on_load {
+            return Err(EngineError::new(ErrorKind::DeviceFatal, "fake device lost"));
+        }
+        if self.used.get() + model.size > self.total {
+            return Err(EngineError::new(
+                ErrorKind::OutOfMemory,
+                "fake device is full",
+            ));
+        }
+        self.used.set(self.used.get() + model.size);
+        let reservation = Reservation {
+            used: self.used.clone(),
+            bytes: model.size,
+        };
+        let host = if model.alloc {
+            vec![1u8; model.size as usize]
+        } else {
+            Vec::new()
+        };
+        std::thread::sleep(Duration::from_millis(model.load_ms - model.load_ms / 2));
+        if model.fail_load {
+            return Err(EngineError::new(
+                ErrorKind::InvalidModel,
+                "fake checkpoint is corrupt",
+            ));
+        }
+        timeline.mark(Anchor::WeightsOnDevice);
+        self.state.live_engines.fetch_add(1, Ordering::SeqCst);
+        let engine = FakeEngine {
+            name: spec.model.clone(),
+            model: model.clone(),
+            _reservation: reservation,
+            _host: host,
+            state: self.state.clone(),
+        };
+        timeline.mark(Anchor::EngineReady);
+        Ok((Box::new(engine), model.size))
+    }
+
+    fn synchronize(&self) -> Result<(), EngineError> {
+        Ok(())
+    }
+}
+
+struct FakeEngine {
+    name: String,
+    model: FakeModel,
+    _reservation: Reservation,
+    _host: Vec<u8>,
+    state: Arc<FakeState>,
+}
+
+impl Drop for FakeEngine {
+    fn drop(&mut self) {
+        self.state.live_engines.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Engine for FakeEngine {
+    fn generate(
+        &mut self,
+        request: &GenerateRequest,
+        on_token: &mut dyn FnMut(TokenEvent) -> bool,
+    ) -> Result<GenerateOutput, EngineError> {
+        let prompt = prompt_ids(&request.prompt);
+        if prompt.is_empty() {
+            return Err(EngineError::new(
+                ErrorKind::InvalidRequest,
+                "the prompt is empty",
+            ));
+        }
+        self.state
+            .generated
+            .lock()
+            .unwrap()
+            .push((self.name.clone(), prompt.clone()));
+        if self.model.panic_on_generate {
+            panic!("fake engine panicked mid-request on purpose");
+        }
+        if self.model.fatal_on_generate {
+            return Err(EngineError::new(
+                ErrorKind::DeviceFatal,
+                "fake device fell off the bus",
+            ));
+        }
+        let mut output = GenerateOutput {
+            prompt_ids: prompt.clone(),
+            new_tokens: Vec::new(),
+            text: String::new(),
+            finish_reason: FinishReason::Length,
+            prefill_ms: 0.0,
+            decode_ms: 0.0,
+        };
+        for id in expected_tokens(&prompt, request.max_new_tokens) {
+            std::thread::sleep(Duration::from_millis(self.model.gen_ms));
+            let text = format!(" t{id}");
+            output.new_tokens.push(id);
+            output.text.push_str(&text);
+            if !on_token(TokenEvent { id, text }) {
+                output.finish_reason = FinishReason::Cancelled;
+                break;
+            }
+        }
+        Ok(output)
+    }
+
+    fn warm_up(&mut self) -> Result<u32, EngineError> {
+        Ok(0)
+    }
+
+    fn device_bytes(&self) -> u64 {
+        self.model.size
+    }
+}
+
+/// A runtime config of `count` CPU workers with test-friendly timeouts.
+pub fn config(count: usize) -> RuntimeConfig {
+    RuntimeConfig {
+        workers: vec![WorkerConfig {
+            device: DeviceSpec::Cpu,
+            count,
+            prewarm: PrewarmOptions::default(),
+        }],
+        attach_timeout: Duration::from_secs(30),
+        max_restarts: 3,
+        restart_backoff: Duration::from_millis(20),
+    }
+}
+
+/// A generate request for token ids.
+pub fn request(prompt: &[u32], max_new_tokens: usize) -> GenerateRequest {
+    GenerateRequest {
+        prompt: Prompt::Ids(prompt.to_vec()),
+        max_new_tokens,
+        ..Default::default()
+    }
+}
+
+/// Awaits `future`, failing the test (instead of hanging) after a generous `secs`.
+pub async fn within<T>(secs: u64, what: &str, future: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(Duration::from_secs(secs), future).await {
+        Ok(value) => value,
+        Err(_) => panic!("{what} did not finish within {secs} s"),
+    }
+}
+
+/// Polls the worker list until `check` holds for it, failing after a generous `secs`.
+pub async fn wait_for_workers(
+    handle: &Handle,
+    secs: u64,
+    what: &str,
+    check: impl Fn(&[WorkerInfo]) -> bool,
+) -> Vec<WorkerInfo> {
+    let poll = async {
+        loop {
+            let workers = handle.list_workers().await.expect("runtime running");
+            if check(&workers) {
+                return workers;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    within(secs, what, poll).await
+}
