@@ -33,7 +33,9 @@ pub struct FakeModel {
 
 impl FakeModel {
     pub fn parse(spec: &str) -> Result<Self, EngineError> {
-        let options = spec.strip_prefix("fake").map(|rest| rest.trim_start_matches(':'));
+        let options = spec
+            .strip_prefix("fake")
+            .map(|rest| rest.trim_start_matches(':'));
         let options = options
             .ok_or_else(|| EngineError::new(ErrorKind::NotFound, format!("no model `{spec}`")))?;
         let mut model = FakeModel {
