@@ -1,0 +1,89 @@
+//! The OpenAI inference API: `GET /v1/models` and `POST /v1/completions` (plain or streamed).
+
+use std::future::Future;
+use std::time::Instant;
+
+use actix_web::{web, HttpResponse};
+use wc_actors::{GenerateError, GenerateOutput};
+
+use super::error::ApiError;
+use super::openai::{finish_reason, model_list, CompletionMeta, CompletionRequest};
+use super::state::AppState;
+use super::stream;
+
+/// `GET /v1/models`: the attached engines, in OpenAI's list shape.
+pub async fn models(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let engines = state
+        .handle
+        .list_engines()
+        .await
+        .map_err(|_| ApiError::shutting_down())?;
+    let listed: Vec<_> = engines
+        .into_iter()
+        .map(|e| {
+            let created = state.pool.meta(e.engine_id).created;
+            (e, created)
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(model_list(&listed)))
+}
+
+/// `POST /v1/completions`.
+pub async fn completions(
+    state: web::Data<AppState>,
+    body: web::Json<CompletionRequest>,
+) -> Result<HttpResponse, ApiError> {
+    if state.is_draining() {
+        return Err(ApiError::shutting_down());
+    }
+    let body = body.into_inner();
+    let request = body.to_generate(state.limits())?;
+    let meta = CompletionMeta::new(&body.model);
+    if body.stream {
+        return stream::respond(state, &body, request, meta).await;
+    }
+    let started = Instant::now();
+    let handle = state.handle.clone();
+    let output = with_engine(&state, &body.model, |name| {
+        handle.generate(name, request.clone())
+    })
+    .await?;
+    record(&state, &meta.model, &output, started);
+    Ok(HttpResponse::Ok().json(meta.reply(&output)))
+}
+
+/// Runs `call` against the engine named `model`. When there is none (or it was lost) and
+/// `model` is a configured model, attaches it on demand and calls once more.
+pub async fn with_engine<T, F, Fut>(state: &AppState, model: &str, call: F) -> Result<T, ApiError>
+where
+    F: Fn(String) -> Fut,
+    Fut: Future<Output = Result<T, GenerateError>>,
+{
+    match call(model.to_owned()).await {
+        Err(GenerateError::EngineNotFound { .. } | GenerateError::EngineLost { .. }) => {
+            let Some(configured) = state.config.model(model) else {
+                return Err(ApiError::model_not_found(model));
+            };
+            if state.is_draining() {
+                return Err(ApiError::shutting_down());
+            }
+            state.metrics.waiting_for_attach(1);
+            let attached = state.pool.ensure(configured, &state.metrics).await;
+            state.metrics.waiting_for_attach(-1);
+            attached?;
+            call(model.to_owned()).await.map_err(ApiError::from)
+        }
+        other => other.map_err(ApiError::from),
+    }
+}
+
+/// Counts a finished completion in the metrics.
+pub fn record(state: &AppState, model: &str, output: &GenerateOutput, started: Instant) {
+    state.metrics.completion(
+        model,
+        finish_reason(output.finish_reason),
+        output.prompt_ids.len(),
+        output.new_tokens.len(),
+        started.elapsed().as_secs_f64(),
+    );
+}

@@ -1,0 +1,143 @@
+//! The control API of the Worker Controller RFC: `/workers`, `/engines`, `/engines/{id}`.
+
+use actix_web::http::header;
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use wc_actors::{Attach, DType, DeviceSpec, EngineInfo, EngineRef, ModelSpec};
+
+use super::error::ApiError;
+use super::state::AppState;
+use crate::config::KeepAlive;
+
+/// `POST /engines`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttachBody {
+    /// A configured model's name, a checkpoint directory, or a hub id.
+    pub model: String,
+    /// The dtype on the device; default: the configured one, else the checkpoint's own.
+    pub dtype: Option<DType>,
+    /// Attach to this worker only.
+    pub worker: Option<usize>,
+    /// Attach to a worker on this device only.
+    pub device: Option<DeviceSpec>,
+    /// The engine's name; default: the configured model's name, else `engine-<id>`.
+    pub name: Option<String>,
+    /// How long it stays while idle before another model may evict it; default: the
+    /// configured model's, else for ever.
+    pub keep_alive: Option<KeepAlive>,
+}
+
+/// `GET /workers`: every worker with its state, prewarm report and memory.
+pub async fn list_workers(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let workers = state
+        .handle
+        .list_workers()
+        .await
+        .map_err(|_| ApiError::shutting_down())?;
+    Ok(HttpResponse::Ok().json(json!({ "workers": workers })))
+}
+
+/// `POST /engines`: attaches a model; 201 with the engine id and the full timing report.
+pub async fn attach(
+    state: web::Data<AppState>,
+    body: web::Json<AttachBody>,
+) -> Result<HttpResponse, ApiError> {
+    if state.is_draining() {
+        return Err(ApiError::shutting_down());
+    }
+    let body = body.into_inner();
+    if body.model.trim().is_empty() {
+        return Err(ApiError::bad_request("`model` must not be empty"));
+    }
+    let configured = state.config.model(&body.model);
+    let spec = match configured {
+        Some(m) => ModelSpec {
+            dtype: body.dtype.or(m.dtype),
+            ..m.spec()
+        },
+        None => ModelSpec {
+            model: body.model.clone(),
+            dtype: body.dtype,
+        },
+    };
+    let name = body
+        .name
+        .or_else(|| configured.map(|m| m.name().to_owned()));
+    let keep_alive = body
+        .keep_alive
+        .or(configured.map(|m| m.keep_alive))
+        .unwrap_or(KeepAlive::Forever);
+    let attach = Attach {
+        model: spec,
+        worker: body.worker,
+        device: body.device,
+        name,
+    };
+    let report = state
+        .pool
+        .attach(attach, keep_alive, &state.metrics, false)
+        .await?;
+    let mut reply = serde_json::to_value(&report).unwrap_or_else(|_| json!({}));
+    reply["keep_alive"] = json!(keep_alive.to_string());
+    Ok(HttpResponse::Created()
+        .insert_header((header::LOCATION, format!("/engines/{}", report.engine_id)))
+        .json(reply))
+}
+
+/// `GET /engines`: every attached engine with its counters.
+pub async fn list_engines(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let engines = engines(&state).await?;
+    let list: Vec<Value> = engines.iter().map(|e| describe(&state, e)).collect();
+    Ok(HttpResponse::Ok().json(json!({ "engines": list })))
+}
+
+/// `GET /engines/{id}`: one engine, by id or name.
+pub async fn get_engine(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let wanted = EngineRef::Name(path.into_inner());
+    let engines = engines(&state).await?;
+    match engines
+        .iter()
+        .find(|e| wanted.matches(e.engine_id, &e.name))
+    {
+        Some(e) => Ok(HttpResponse::Ok().json(describe(&state, e))),
+        None => Err(ApiError::new(
+            actix_web::http::StatusCode::NOT_FOUND,
+            "engine_not_found",
+            format!("no engine {wanted}"),
+        )),
+    }
+}
+
+/// `DELETE /engines/{id}`: detaches an engine after the requests already sent to it.
+pub async fn detach(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let report = state
+        .pool
+        .detach(EngineRef::Name(path.into_inner()), &state.metrics)
+        .await?;
+    Ok(HttpResponse::Ok().json(report))
+}
+
+async fn engines(state: &AppState) -> Result<Vec<EngineInfo>, ApiError> {
+    state
+        .handle
+        .list_engines()
+        .await
+        .map_err(|_| ApiError::shutting_down())
+}
+
+/// An engine's listing with what the server adds (keep_alive, created).
+fn describe(state: &AppState, engine: &EngineInfo) -> Value {
+    let meta = state.pool.meta(engine.engine_id);
+    let mut value = serde_json::to_value(engine).unwrap_or_else(|_| json!({}));
+    value["keep_alive"] = json!(meta.keep_alive.to_string());
+    value["created"] = json!(meta.created);
+    value
+}

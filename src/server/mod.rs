@@ -1,0 +1,199 @@
+//! The standalone HTTP server: control API, OpenAI completions, probes, metrics, graceful stop.
+//!
+//! # Layout
+//! - [`state`]: what handlers share; [`pool`]: attaches with LRU eviction and keep_alive.
+//! - [`control`]: `/workers`, `/engines`; [`completions`] and [`stream`]: `/v1/...`.
+//! - [`health`]: `/health`, `/ready`, `/metrics`; [`metrics`]: the Prometheus registry.
+//! - [`error`]: the JSON error shape; [`auth`] and [`middleware`]: API key, request counting.
+//! - [`openai`] and [`sse`]: wire shapes; [`shutdown`]: signals; [`logging`]: tracing set-up.
+//!
+//! Start-up order: the listener is bound first (so `/health` answers and `/ready` says 503 while
+//! workers prewarm), then workers prewarm, `attach_on_start` models attach, and one `ready` line
+//! is logged with the address. On the first Ctrl-C / SIGTERM `/ready` turns 503, the listener
+//! closes after `drain_delay`, in-flight requests get `shutdown_deadline`, then every engine is
+//! detached and every worker released.
+
+pub mod auth;
+pub mod completions;
+pub mod control;
+pub mod error;
+pub mod health;
+pub mod logging;
+pub mod metrics;
+pub mod middleware;
+pub mod openai;
+pub mod pool;
+pub mod shutdown;
+pub mod sse;
+pub mod state;
+pub mod stream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::middleware::from_fn;
+use actix_web::{web, App, HttpRequest, HttpServer};
+use anyhow::Context;
+use wc_actors::{Attach, Handle, Runtime, WorkerState};
+
+use crate::backend::CandleBackend;
+use crate::config::Config;
+use error::ApiError;
+use state::AppState;
+
+/// Registers every route, the JSON error handler and the middleware on an app.
+pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
+    cfg.app_data(
+        web::JsonConfig::default()
+            .limit(max_body_bytes)
+            .content_type_required(false)
+            .error_handler(error::json_error),
+    )
+    .route("/health", web::get().to(health::health))
+    .route("/ready", web::get().to(health::ready))
+    .route("/v2/health/ready", web::get().to(health::ready))
+    .route("/metrics", web::get().to(health::metrics))
+    .route("/workers", web::get().to(control::list_workers))
+    .route("/engines", web::get().to(control::list_engines))
+    .route("/engines", web::post().to(control::attach))
+    .route("/engines/{id}", web::get().to(control::get_engine))
+    .route("/engines/{id}", web::delete().to(control::detach))
+    .route("/v1/models", web::get().to(completions::models))
+    .route("/v1/completions", web::post().to(completions::completions))
+    .default_service(web::to(not_found));
+}
+
+async fn not_found(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
+    Err(ApiError::route_not_found(req.path()))
+}
+
+/// Runs the server until a signal, then drains and stops. Call inside an actix system.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let mut signals = shutdown::on_signal().context("installing the Ctrl-C / SIGTERM handler")?;
+    let handle = Runtime::start(config.runtime_config(), Arc::new(CandleBackend));
+    let state = web::Data::new(AppState::new(handle.clone(), config.clone()));
+    let max_body = usize::try_from(config.server.max_body_bytes.0).unwrap_or(usize::MAX);
+    let app_state = state.clone();
+    let deadline = config.server.shutdown_deadline.0;
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(app_state.clone())
+            .wrap(from_fn(middleware::require_key))
+            .wrap(from_fn(middleware::count))
+            .configure(|cfg| configure(cfg, max_body))
+    })
+    .disable_signals()
+    .shutdown_timeout(deadline.as_secs_f64().ceil() as u64)
+    .bind((config.server.host.as_str(), config.server.port))
+    .with_context(|| format!("binding {}:{}", config.server.host, config.server.port))?;
+    let addrs = server.addrs();
+    let server = server.run();
+    let server_handle = server.handle();
+    let running = actix_web::rt::spawn(server);
+
+    let started = tokio::select! {
+        started = start_up(&state) => started,
+        _ = signals.recv() => Err(anyhow::anyhow!("interrupted during start-up")),
+    };
+    if let Err(e) = started {
+        server_handle.stop(false).await;
+        handle.shutdown().await;
+        return Err(e);
+    }
+    state.set_ready();
+    log_ready(&addrs, &config);
+
+    tokio::select! {
+        _ = signals.recv() => {}
+        result = running => {
+            handle.shutdown().await;
+            return match result {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e).context("the HTTP server failed"),
+                Err(e) => Err(anyhow::anyhow!("the HTTP server task failed: {e}")),
+            };
+        }
+    }
+    drain(&state, &server_handle, &handle).await;
+    Ok(())
+}
+
+/// Waits for the workers to prewarm and attaches the `attach_on_start` models.
+async fn start_up(state: &AppState) -> anyhow::Result<()> {
+    let workers = state
+        .handle
+        .wait_ready()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let failed: Vec<_> = workers
+        .iter()
+        .filter(|w| w.state == WorkerState::Failed)
+        .collect();
+    if !failed.is_empty() && failed.len() == workers.len() {
+        let reason = failed[0].last_error.clone().unwrap_or_default();
+        anyhow::bail!("every worker failed to prewarm (worker 0: {reason})");
+    }
+    for worker in failed {
+        tracing::warn!(
+            worker = worker.worker,
+            device = %worker.device,
+            error = worker.last_error.as_deref().unwrap_or(""),
+            "worker failed to prewarm; serving without it"
+        );
+    }
+    for model in state.config.models.iter().filter(|m| m.attach_on_start) {
+        let attach = Attach::new(model.spec()).named(model.name());
+        state
+            .pool
+            .attach(attach, model.keep_alive, &state.metrics, false)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", e.message))
+            .with_context(|| format!("attaching model `{}` at start", model.name()))?;
+    }
+    Ok(())
+}
+
+fn log_ready(addrs: &[SocketAddr], config: &Config) {
+    let workers: usize = config
+        .runtime_config()
+        .workers
+        .iter()
+        .map(|w| w.count)
+        .sum();
+    for addr in addrs {
+        tracing::info!(
+            address = %addr,
+            workers,
+            models = config.models.len(),
+            auth = config.server.api_key.is_some(),
+            "ready: listening on http://{addr}"
+        );
+    }
+}
+
+/// The graceful stop: not ready, stop accepting after the drain delay, let in-flight requests
+/// finish up to the deadline, then detach every engine and release every worker.
+async fn drain(state: &AppState, server: &actix_web::dev::ServerHandle, handle: &Handle) {
+    let server_config = &state.config.server;
+    state.start_draining();
+    tracing::info!(
+        drain_delay_ms = server_config.drain_delay.0.as_millis() as u64,
+        deadline_ms = server_config.shutdown_deadline.0.as_millis() as u64,
+        "draining: /ready answers 503; in-flight requests may finish"
+    );
+    if !server_config.drain_delay.0.is_zero() {
+        tokio::time::sleep(server_config.drain_delay.0).await;
+    }
+    let deadline = server_config.shutdown_deadline.0 + Duration::from_millis(500);
+    if tokio::time::timeout(deadline, server.stop(true))
+        .await
+        .is_err()
+    {
+        tracing::warn!("in-flight requests did not finish before the deadline; stopping them");
+        server.stop(false).await;
+    }
+    handle.shutdown().await;
+    tracing::info!("stopped: every engine detached and every worker released");
+}
