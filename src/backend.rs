@@ -89,7 +89,14 @@ pub struct CandleDevice {
     memory_limit: u64,
     /// Bytes held by engines loaded here; each engine gives its share back when dropped.
     held: Arc<AtomicU64>,
+    /// Pinned staging buffers (and host cache) for uploads, allocated at prewarm.
+    #[cfg(feature = "cuda")]
+    staging: Option<crate::cuda::StagingPool>,
 }
+
+/// Pinned buffers per CUDA worker: one to stage the next upload, one keeping the last model.
+#[cfg(feature = "cuda")]
+const STAGING_BUFFERS: usize = 2;
 
 impl CandleDevice {
     /// Opens the device; with `prewarm`, also runs every kernel the engine uses in each dtype.
@@ -115,11 +122,27 @@ impl CandleDevice {
                 step(format!("kernels {dtype}"), t);
             }
         }
+        #[cfg(feature = "cuda")]
+        let staging = match (&device, prewarm) {
+            (Device::Cuda(cuda), Some(options)) if options.staging_bytes > 0 => {
+                let t = Instant::now();
+                let pool = crate::cuda::StagingPool::new(
+                    cuda,
+                    options.staging_bytes as usize,
+                    STAGING_BUFFERS,
+                )?;
+                step(format!("pinned staging {} MiB", pool.bytes() >> 20), t);
+                Some(pool)
+            }
+            _ => None,
+        };
         let opened = Self {
             device,
             spec: spec.clone(),
             memory_limit: prewarm.map(|p| p.memory_limit_bytes).unwrap_or(0),
             held: Arc::new(AtomicU64::new(0)),
+            #[cfg(feature = "cuda")]
+            staging,
         };
         report.total_ms = started.elapsed().as_secs_f64() * 1e3;
         Ok((opened, report))
@@ -127,15 +150,20 @@ impl CandleDevice {
 
     /// Loads a checkpoint as an [`OptEngine`], marking the anchors on `timeline`.
     pub fn load_opt(
-        &self,
+        &mut self,
         spec: &ModelSpec,
         timeline: &mut Timeline,
     ) -> Result<(OptEngine, u64), LoadError> {
         let checked = check(spec)?;
-        let files = checked.checkpoint.read_weight_files()?;
-        timeline.mark(Anchor::WeightsRead);
-        let weights = DeviceWeights::upload(&files, &self.device, candle_dtype(checked.dtype))?;
-        drop(files);
+        let dtype = candle_dtype(checked.dtype);
+        let weights = match self.upload_pinned(&checked, dtype, timeline)? {
+            Some(weights) => weights,
+            None => {
+                let files = checked.checkpoint.read_weight_files()?;
+                timeline.mark(Anchor::WeightsRead);
+                DeviceWeights::upload(&files, &self.device, dtype)?
+            }
+        };
         self.device.synchronize()?;
         timeline.mark(Anchor::WeightsOnDevice);
         let tokenizer = match &checked.checkpoint.tokenizer {
@@ -152,6 +180,45 @@ impl CandleDevice {
         timeline.mark(Anchor::EngineReady);
         let engine = OptEngine::new(model, tokenizer, weights.device_bytes);
         Ok((engine, checked.footprint.file_bytes))
+    }
+}
+
+impl CandleDevice {
+    /// The CUDA fast path: a single-file checkpoint through the pinned staging buffers.
+    #[cfg(feature = "cuda")]
+    fn upload_pinned(
+        &mut self,
+        checked: &CheckedCheckpoint,
+        dtype: candle_core::DType,
+        timeline: &mut Timeline,
+    ) -> Result<Option<DeviceWeights>, LoadError> {
+        let (Device::Cuda(cuda), Some(pool), [file]) = (
+            &self.device,
+            self.staging.as_mut(),
+            checked.checkpoint.weight_files.as_slice(),
+        ) else {
+            return Ok(None);
+        };
+        let Some(uploaded) = crate::cuda::upload_file(cuda, pool, file, dtype)? else {
+            return Ok(None);
+        };
+        timeline.mark_at(Anchor::WeightsRead, uploaded.read_done_ns);
+        tracing::debug!(
+            from_host_cache = uploaded.from_host_cache,
+            bytes = uploaded.bytes,
+            "pinned upload"
+        );
+        Ok(Some(DeviceWeights::from_tensors(uploaded.tensors)))
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    fn upload_pinned(
+        &mut self,
+        _checked: &CheckedCheckpoint,
+        _dtype: candle_core::DType,
+        _timeline: &mut Timeline,
+    ) -> Result<Option<DeviceWeights>, LoadError> {
+        Ok(None)
     }
 }
 

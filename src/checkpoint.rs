@@ -28,6 +28,8 @@ pub struct TensorHeader {
     pub dtype: String,
     pub shape: Vec<usize>,
     pub data_bytes: u64,
+    /// Offset of the tensor's first byte from the start of the data section.
+    pub data_offset: u64,
 }
 
 #[derive(Deserialize)]
@@ -194,7 +196,13 @@ pub fn canonical_name(name: &str) -> &str {
     name.strip_prefix("model.").unwrap_or(name)
 }
 
-fn read_header(path: &Path) -> Result<Vec<TensorHeader>, LoadError> {
+/// The tensors of one safetensors file and where its data section starts.
+pub fn read_header(path: &Path) -> Result<Vec<TensorHeader>, LoadError> {
+    read_header_with_start(path).map(|(headers, _)| headers)
+}
+
+/// Like [`read_header`], also returning the file offset of the data section.
+pub fn read_header_with_start(path: &Path) -> Result<(Vec<TensorHeader>, u64), LoadError> {
     let corrupt = |reason: String| LoadError::CorruptSafetensors {
         path: path.to_path_buf(),
         reason,
@@ -229,6 +237,7 @@ fn read_header(path: &Path) -> Result<Vec<TensorHeader>, LoadError> {
             dtype: entry.dtype,
             shape: entry.shape,
             data_bytes: entry.data_offsets.1.saturating_sub(entry.data_offsets.0),
+            data_offset: entry.data_offsets.0,
         });
     }
     if 8 + header_len + data_end > file_len {
@@ -237,5 +246,5 @@ fn read_header(path: &Path) -> Result<Vec<TensorHeader>, LoadError> {
             8 + header_len + data_end
         )));
     }
-    Ok(out)
+    Ok((out, 8 + header_len))
 }

@@ -1,7 +1,29 @@
-//! CUDA-only helpers (feature `cuda`): device count and free/total device memory from the driver.
+//! CUDA-only pieces (feature `cuda`): device queries, pinned staging buffers and the pipelined weight upload.
+//!
+//! A worker allocates its pinned buffers once, at prewarm. Loading a single-file checkpoint reads
+//! its data section with several threads straight into a pinned buffer, chunk by chunk, and
+//! queues each tensor's host-to-device copy on the worker's stream as soon as its bytes are in,
+//! so reading and DMA overlap. Tensors are built on the copied device memory without another
+//! copy; a dtype change runs on the GPU. A buffer keeps the file it holds, so re-attaching a
+//! recently used model skips the disk (a host cache in pinned memory, LRU over the buffers).
 
-use candle_core::cuda_backend::cudarc::driver::{result, CudaContext};
-use candle_core::CudaDevice;
+use std::collections::HashMap;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::{Instant, SystemTime};
+
+use candle_core::backprop::BackpropOp;
+use candle_core::cuda_backend::cudarc::driver::{
+    result, CudaContext, CudaSlice, DevicePtrMut, DeviceRepr, PinnedHostSlice,
+};
+use candle_core::cuda_backend::CudaDType;
+use candle_core::{CudaDevice, DType, Storage, Tensor};
+use half::{bf16, f16};
+
+use crate::checkpoint::{read_header_with_start, TensorHeader};
+use crate::error::LoadError;
 
 /// Number of CUDA devices the driver sees.
 pub fn device_count() -> Result<usize, String> {
@@ -12,11 +34,306 @@ pub fn device_count() -> Result<usize, String> {
 
 /// `(total, free)` bytes of the device behind `device`, from `cuMemGetInfo`.
 pub fn memory_info(device: &CudaDevice) -> Result<(u64, u64), String> {
-    device
+    let (free, total) = device
         .cuda_stream()
         .context()
-        .bind_to_thread()
+        .mem_get_info()
         .map_err(|e| e.to_string())?;
-    let (free, total) = result::mem_get_info().map_err(|e| e.to_string())?;
     Ok((total as u64, free as u64))
+}
+
+fn driver(e: impl std::fmt::Display) -> LoadError {
+    LoadError::Device(e.to_string())
+}
+
+/// Identifies a file's contents without reading it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct FileKey {
+    path: PathBuf,
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+impl FileKey {
+    fn of(path: &Path) -> Result<Self, LoadError> {
+        let meta = std::fs::metadata(path).map_err(|source| LoadError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(Self {
+            path: std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()),
+            len: meta.len(),
+            modified: meta.modified().ok(),
+        })
+    }
+}
+
+struct Buffer {
+    memory: PinnedHostSlice<u8>,
+    holds: Option<FileKey>,
+    last_used: u64,
+}
+
+/// A worker's pinned host buffers: staging for uploads, and a cache of the files they hold.
+pub struct StagingPool {
+    buffers: Vec<Buffer>,
+    buffer_bytes: usize,
+    clock: u64,
+}
+
+impl StagingPool {
+    /// Allocates `count` pinned buffers of `buffer_bytes` each.
+    pub fn new(device: &CudaDevice, buffer_bytes: usize, count: usize) -> Result<Self, LoadError> {
+        let context = device.cuda_stream().context().clone();
+        let buffers = (0..count)
+            .map(|_| {
+                // SAFETY: the memory is only read after a file has been written into it.
+                let memory = unsafe { context.alloc_pinned_with_flags::<u8>(buffer_bytes, 0) }
+                    .map_err(driver)?;
+                Ok(Buffer {
+                    memory,
+                    holds: None,
+                    last_used: 0,
+                })
+            })
+            .collect::<Result<Vec<_>, LoadError>>()?;
+        Ok(Self {
+            buffers,
+            buffer_bytes,
+            clock: 0,
+        })
+    }
+
+    /// Total pinned bytes held.
+    pub fn bytes(&self) -> u64 {
+        (self.buffers.len() * self.buffer_bytes) as u64
+    }
+
+    /// The buffer holding `key` (a cache hit), else the least recently used one.
+    fn pick(&mut self, key: &FileKey) -> Option<(usize, bool)> {
+        self.clock += 1;
+        let hit = self
+            .buffers
+            .iter()
+            .position(|b| b.holds.as_ref() == Some(key));
+        let index = hit.or_else(|| {
+            (0..self.buffers.len())
+                .min_by_key(|&i| (self.buffers[i].holds.is_some(), self.buffers[i].last_used))
+        })?;
+        self.buffers[index].last_used = self.clock;
+        Some((index, hit.is_some()))
+    }
+}
+
+/// What an upload did.
+pub struct Uploaded {
+    pub tensors: HashMap<String, Tensor>,
+    /// The file's bytes were already in pinned memory.
+    pub from_host_cache: bool,
+    /// When the last byte was in host memory (monotonic ns).
+    pub read_done_ns: u64,
+    /// Bytes copied to the device.
+    pub bytes: u64,
+}
+
+const CHUNK: usize = 8 << 20;
+
+/// Uploads one safetensors file through the pool; `None` when its data does not fit a buffer.
+pub fn upload_file(
+    device: &CudaDevice,
+    pool: &mut StagingPool,
+    path: &Path,
+    dtype: DType,
+) -> Result<Option<Uploaded>, LoadError> {
+    let (mut headers, data_start) = read_header_with_start(path)?;
+    let key = FileKey::of(path)?;
+    let data_len = (key.len - data_start) as usize;
+    if data_len > pool.buffer_bytes {
+        return Ok(None);
+    }
+    let Some((index, hit)) = pool.pick(&key) else {
+        return Ok(None);
+    };
+    headers.sort_by_key(|h| h.data_offset);
+    let buffer = &mut pool.buffers[index];
+    buffer.holds = None;
+    let base = buffer.memory.as_mut_slice().map_err(driver)?.as_mut_ptr() as usize;
+    let mut copier = Copier::new(device, base, &headers);
+    if hit {
+        copier.copy_ready(data_len)?;
+    } else {
+        let file = std::fs::File::open(path).map_err(|source| LoadError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        read_overlapped(&file, base, data_start, data_len, |ready| {
+            copier.copy_ready(ready)
+        })?;
+    }
+    let read_done_ns = wc_actors::monotonic_ns();
+    copier.copy_ready(data_len)?;
+    device.cuda_stream().synchronize().map_err(driver)?;
+    pool.buffers[index].holds = Some(key);
+    let mut tensors = HashMap::new();
+    for (name, tensor) in copier.done {
+        tensors.insert(name, tensor.to_dtype(dtype)?);
+    }
+    Ok(Some(Uploaded {
+        tensors,
+        from_host_cache: hit,
+        read_done_ns,
+        bytes: data_len as u64,
+    }))
+}
+
+/// Reads `len` bytes at `start` into pinned memory at `base` with several threads, calling
+/// `on_ready(bytes)` each time the contiguous prefix read so far grows.
+fn read_overlapped(
+    file: &std::fs::File,
+    base: usize,
+    start: u64,
+    len: usize,
+    mut on_ready: impl FnMut(usize) -> Result<(), LoadError>,
+) -> Result<(), LoadError> {
+    let chunks = len.div_ceil(CHUNK);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(4)
+        .clamp(1, 8);
+    let next = AtomicUsize::new(0);
+    let (sender, receiver) = mpsc::channel::<Result<usize, std::io::Error>>();
+    std::thread::scope(|scope| {
+        for _ in 0..threads.min(chunks) {
+            let sender = sender.clone();
+            let next = &next;
+            scope.spawn(move || loop {
+                let chunk = next.fetch_add(1, Ordering::SeqCst);
+                if chunk >= chunks {
+                    break;
+                }
+                let offset = chunk * CHUNK;
+                let size = CHUNK.min(len - offset);
+                // SAFETY: each chunk index is taken once, so every thread writes a disjoint
+                // range of the pinned buffer, which is at least `len` bytes long.
+                let target =
+                    unsafe { std::slice::from_raw_parts_mut((base + offset) as *mut u8, size) };
+                let result = file
+                    .read_exact_at(target, start + offset as u64)
+                    .map(|_| chunk);
+                if sender.send(result).is_err() {
+                    break;
+                }
+            });
+        }
+        drop(sender);
+        let mut done = vec![false; chunks];
+        let mut prefix = 0;
+        for message in receiver {
+            let chunk = message.map_err(|e| LoadError::CorruptSafetensors {
+                path: PathBuf::from("<weights>"),
+                reason: e.to_string(),
+            })?;
+            done[chunk] = true;
+            while prefix < chunks && done[prefix] {
+                prefix += 1;
+            }
+            on_ready((prefix * CHUNK).min(len))?;
+        }
+        Ok(())
+    })
+}
+
+/// Queues host-to-device copies of tensors whose bytes are in pinned memory.
+struct Copier<'a> {
+    device: &'a CudaDevice,
+    base: usize,
+    pending: std::iter::Peekable<std::slice::Iter<'a, TensorHeader>>,
+    done: Vec<(String, Tensor)>,
+}
+
+impl<'a> Copier<'a> {
+    fn new(device: &'a CudaDevice, base: usize, headers: &'a [TensorHeader]) -> Self {
+        Self {
+            device,
+            base,
+            pending: headers.iter().peekable(),
+            done: Vec::new(),
+        }
+    }
+
+    /// Copies every pending tensor that ends within the first `ready` bytes.
+    fn copy_ready(&mut self, ready: usize) -> Result<(), LoadError> {
+        while let Some(header) = self
+            .pending
+            .next_if(|h| (h.data_offset + h.data_bytes) as usize <= ready)
+        {
+            // SAFETY: these bytes were fully written before `ready` was reported, and the buffer
+            // is not written again until the stream has been synchronized.
+            let bytes = unsafe {
+                std::slice::from_raw_parts(
+                    (self.base + header.data_offset as usize) as *const u8,
+                    header.data_bytes as usize,
+                )
+            };
+            let tensor = match header.dtype.as_str() {
+                "F32" => self.tensor::<f32>(bytes, &header.shape)?,
+                "F16" => self.tensor::<f16>(bytes, &header.shape)?,
+                "BF16" => self.tensor::<bf16>(bytes, &header.shape)?,
+                other => {
+                    return Err(LoadError::UnsupportedTensorDtype {
+                        name: header.name.clone(),
+                        dtype: other.to_string(),
+                    })
+                }
+            };
+            self.done.push((header.name.clone(), tensor));
+        }
+        Ok(())
+    }
+
+    /// A device tensor of `T` filled asynchronously from `bytes`.
+    fn tensor<T: CudaDType + DeviceRepr>(
+        &self,
+        bytes: &[u8],
+        shape: &[usize],
+    ) -> Result<Tensor, LoadError> {
+        let stream = self.device.cuda_stream();
+        let elements = bytes.len() / std::mem::size_of::<T>();
+        // SAFETY: the whole slice is written by the copy queued right after, on the same stream.
+        let mut slice: CudaSlice<T> = unsafe { stream.alloc::<T>(elements) }.map_err(driver)?;
+        {
+            let (pointer, _record) = slice.device_ptr_mut(&stream);
+            // SAFETY: `pointer` has room for `bytes`, and `bytes` stays valid until the sync.
+            unsafe { result::memcpy_htod_async(pointer, bytes, stream.cu_stream()) }
+                .map_err(driver)?;
+        }
+        let storage = Storage::Cuda(T::wrap_cuda_slice(slice, self.device.clone()));
+        Ok(Tensor::from_storage(
+            storage,
+            shape.to_vec(),
+            BackpropOp::none(),
+            false,
+        ))
+    }
+}
+
+/// Best-of-5 host-to-device bandwidth from pinned memory, in GB/s.
+pub fn pinned_h2d_bandwidth(index: usize, bytes: usize) -> Result<f64, String> {
+    let context = CudaContext::new(index).map_err(|e| e.to_string())?;
+    let stream = context.new_stream().map_err(|e| e.to_string())?;
+    // SAFETY: only copied from; its contents do not matter for a bandwidth measurement.
+    let host =
+        unsafe { context.alloc_pinned_with_flags::<u8>(bytes, 0) }.map_err(|e| e.to_string())?;
+    let mut target = stream.alloc_zeros::<u8>(bytes).map_err(|e| e.to_string())?;
+    let mut best = f64::MAX;
+    for _ in 0..5 {
+        stream.synchronize().map_err(|e| e.to_string())?;
+        let started = Instant::now();
+        stream
+            .memcpy_htod(&host, &mut target)
+            .map_err(|e| e.to_string())?;
+        stream.synchronize().map_err(|e| e.to_string())?;
+        best = best.min(started.elapsed().as_secs_f64());
+    }
+    Ok(bytes as f64 / best / 1e9)
 }

@@ -25,7 +25,7 @@ fn open_cuda(index: usize, spec: &DeviceSpec) -> Result<Device, LoadError> {
             "no such GPU: this machine has {count} CUDA device(s)"
         )));
     }
-    Device::new_cuda(index).map_err(|e| unavailable(e.to_string()))
+    Device::new_cuda_with_stream(index).map_err(|e| unavailable(e.to_string()))
 }
 
 #[cfg(not(feature = "cuda"))]

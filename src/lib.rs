@@ -7,16 +7,22 @@
 //! - [`device`]: opening candle devices from a [`DeviceSpec`].
 //! - [`backend`]: the OPT engine as a backend of the actor runtime ([`wc_actors`]).
 //! - [`error`]: typed errors for loading and generating.
+//! - [`bench`]: the cold-start benchmark (standard path vs controller).
+//! - [`config`]: the standalone server's TOML configuration.
+//! - [`server`]: the HTTP server (control API, OpenAI completions, metrics, graceful shutdown).
 //! - [`cli`]: the `worker-controller` command line.
 
 pub mod backend;
+pub mod bench;
 pub mod checkpoint;
 pub mod cli;
+pub mod config;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod device;
 pub mod error;
 pub mod opt;
+pub mod server;
 pub mod weights;
 
 pub use backend::{CandleBackend, CandleDevice};

@@ -11,7 +11,7 @@ use worker_controller::error::{GenerateError, LoadError};
 use worker_controller::CandleDevice;
 
 fn load(model: &std::path::Path) -> Result<worker_controller::opt::OptEngine, LoadError> {
-    let (device, _) = CandleDevice::open(&DeviceSpec::Cpu, None).unwrap();
+    let (mut device, _) = CandleDevice::open(&DeviceSpec::Cpu, None).unwrap();
     let spec = ModelSpec {
         model: model.display().to_string(),
         dtype: None,

@@ -32,7 +32,7 @@ fn reference(name: &str) -> Reference {
 }
 
 fn load(name: &str, dtype: Option<wc_actors::DType>) -> OptEngine {
-    let (device, _) = CandleDevice::open(&wc_actors::DeviceSpec::Cpu, None).unwrap();
+    let (mut device, _) = CandleDevice::open(&wc_actors::DeviceSpec::Cpu, None).unwrap();
     let spec = ModelSpec {
         model: fixture(name),
         dtype,

@@ -47,6 +47,9 @@ pub struct GenerateArgs {
     /// Print one JSON object (prompt_ids, new_tokens, text, timings) instead of streaming text.
     #[arg(long)]
     json: bool,
+    /// Write the timing anchors as one bincode frame on stdout (used by `bench`).
+    #[arg(long, hide = true)]
+    frame: bool,
 }
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
@@ -58,7 +61,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         (Some(text), None) => Prompt::Text(text),
         (None, None) => Prompt::Text("Beautiful is better than".into()),
     };
-    let (device, _) = CandleDevice::open(&args.device, None)?;
+    let (mut device, _) = CandleDevice::open(&args.device, None)?;
     timeline.mark(Anchor::DeviceReady);
     let spec = ModelSpec {
         model: args.model.clone(),
@@ -76,7 +79,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         stop: args.stop,
         ignore_eos: args.ignore_eos,
     };
-    let stream = !args.json;
+    let stream = !args.json && !args.frame;
     let mut stdout = std::io::stdout();
     let output = engine.run(&request, &mut |token| {
         if timeline.get(Anchor::FirstToken).is_none() {
@@ -99,7 +102,13 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         .iter()
         .map(|p| (p.anchor.name().to_string(), json!(p.ms)))
         .collect();
-    if args.json {
+    if args.frame {
+        let frame = crate::bench::frame::ChildReport {
+            timeline: timeline.clone(),
+            bytes,
+        };
+        crate::bench::frame::write(&mut std::io::stdout(), &frame)?;
+    } else if args.json {
         let report = json!({
             "model": args.model,
             "device": args.device.to_string(),

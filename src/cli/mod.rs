@@ -1,7 +1,9 @@
 //! The `worker-controller` command line: subcommands, their flags and help.
 
+mod bench;
 mod generate;
 mod make_model;
+mod serve;
 
 use std::process::ExitCode;
 use std::sync::OnceLock;
@@ -31,6 +33,10 @@ pub enum Command {
     Generate(generate::GenerateArgs),
     /// Write a random-weight OPT checkpoint with a published model's exact shapes.
     MakeModel(make_model::MakeModelArgs),
+    /// Prewarm the configured workers and serve the HTTP API (control + OpenAI completions).
+    Serve(serve::ServeArgs),
+    /// Measure cold starts: standard path (fresh process) vs controller (prewarmed worker).
+    Bench(bench::BenchArgs),
 }
 
 /// Runs the command line; errors are printed as `error: ...` with exit status 1.
@@ -40,6 +46,8 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::MakeModel(args) => make_model::run(args),
+        Command::Serve(args) => serve::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

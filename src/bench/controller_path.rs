@@ -1,0 +1,66 @@
+//! The controller path of the bench: a prewarmed worker that attaches, makes a first token, detaches.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use wc_actors::{
+    Attach, DType, DeviceSpec, EngineRef, Handle, ModelSpec, PrewarmOptions, Runtime,
+    RuntimeConfig, Timeline, WorkerConfig,
+};
+
+use crate::backend::CandleBackend;
+
+/// One prewarmed worker behind the actor runtime, driven from synchronous code.
+pub struct ControllerPath {
+    handle: Handle,
+    runtime: tokio::runtime::Runtime,
+    dtype: Option<DType>,
+}
+
+impl ControllerPath {
+    /// Starts the runtime with one worker on `device`, prewarmed for `dtype`.
+    pub fn start(device: &DeviceSpec, dtype: Option<DType>) -> anyhow::Result<Self> {
+        let config = RuntimeConfig {
+            workers: vec![WorkerConfig {
+                device: device.clone(),
+                count: 1,
+                prewarm: PrewarmOptions {
+                    dtypes: vec![dtype.unwrap_or(DType::F32)],
+                    ..PrewarmOptions::default()
+                },
+            }],
+            ..RuntimeConfig::default()
+        };
+        let handle = Runtime::start_in_background(config, Arc::new(CandleBackend));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime
+            .block_on(handle.wait_ready())
+            .context("prewarming the controller's worker")?;
+        Ok(Self {
+            handle,
+            runtime,
+            dtype,
+        })
+    }
+
+    /// Attaches `model`, takes the report's anchors (through `first_token`), and detaches.
+    pub fn start_engine(&mut self, model: &str) -> anyhow::Result<(Timeline, u64)> {
+        let spec = ModelSpec {
+            model: model.to_string(),
+            dtype: self.dtype,
+        };
+        let report = self
+            .runtime
+            .block_on(self.handle.attach(Attach::new(spec)))?;
+        self.runtime
+            .block_on(self.handle.detach(EngineRef::Id(report.engine_id)))?;
+        Ok((report.timeline, report.bytes_moved))
+    }
+
+    /// Detaches everything and stops the worker.
+    pub fn stop(&mut self) {
+        self.runtime.block_on(self.handle.shutdown());
+    }
+}

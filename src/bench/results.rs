@@ -1,0 +1,154 @@
+//! What a bench run records: every run's anchors, per-mode phase summaries, the floor and the machine.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use wc_actors::{Anchor, Timeline};
+
+use super::stats::Summary;
+
+/// One engine start through one path.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// `single` or `sequential`.
+    pub scenario: String,
+    /// `standard`, `controller` or `transformers`.
+    pub mode: String,
+    pub model: String,
+    pub round: usize,
+    pub run: usize,
+    /// Every anchor's instant, in monotonic nanoseconds.
+    pub timeline: Timeline,
+    /// Phase name -> milliseconds (a skipped step is 0).
+    pub phases_ms: BTreeMap<String, f64>,
+    pub total_ms: f64,
+    /// Weight bytes moved for this start.
+    pub bytes: u64,
+}
+
+impl RunRecord {
+    pub fn new(
+        scenario: &str,
+        mode: &str,
+        model: &str,
+        round: usize,
+        run: usize,
+        timeline: Timeline,
+        bytes: u64,
+    ) -> Self {
+        let phases_ms = timeline
+            .phases()
+            .into_iter()
+            .map(|p| (p.anchor.name().to_string(), p.ms))
+            .collect();
+        Self {
+            scenario: scenario.into(),
+            mode: mode.into(),
+            model: model.into(),
+            round,
+            run,
+            total_ms: timeline.total_ms(),
+            timeline,
+            phases_ms,
+            bytes,
+        }
+    }
+}
+
+/// The physical limit: weight bytes over the measured host-to-device bandwidth.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Floor {
+    /// `pinned host-to-device copy` on a GPU, `memcpy` on the CPU.
+    pub method: String,
+    pub bandwidth_gb_per_s: f64,
+    /// Model -> weight bytes.
+    pub bytes: BTreeMap<String, u64>,
+    /// Model -> bytes / bandwidth, in milliseconds.
+    pub floor_ms: BTreeMap<String, f64>,
+}
+
+/// Where and how the bench ran.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Meta {
+    pub date: String,
+    pub command: String,
+    pub machine: String,
+    pub device: String,
+    pub dtype: String,
+    /// `warm`, `cold` or `n/a` (CPU) for the driver's PTX JIT cache.
+    pub jit_cache: String,
+    pub runs: usize,
+    pub rounds: usize,
+    pub models: Vec<String>,
+}
+
+/// Phase summaries of one mode: phase name -> summary, plus `total`.
+pub type ModeSummary = BTreeMap<String, Summary>;
+
+/// Per scenario, per mode summaries.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ScenarioResult {
+    pub summary: BTreeMap<String, ModeSummary>,
+}
+
+/// Everything `results.json` holds.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Results {
+    pub meta: Meta,
+    pub floor: Floor,
+    pub runs: Vec<RunRecord>,
+    /// The single-engine scenario's summary: `summary[mode][phase]` and `summary[mode].total`.
+    pub summary: BTreeMap<String, ModeSummary>,
+    pub scenarios: BTreeMap<String, ScenarioResult>,
+}
+
+/// Phase names in anchor order (the phase ending at each anchor after `requested`).
+pub fn phase_names() -> Vec<&'static str> {
+    Anchor::ALL[1..].iter().map(|a| a.name()).collect()
+}
+
+/// Summaries by mode of the runs of one scenario.
+pub fn summarize(runs: &[RunRecord], scenario: &str) -> BTreeMap<String, ModeSummary> {
+    let mut by_mode: BTreeMap<String, Vec<&RunRecord>> = BTreeMap::new();
+    for run in runs.iter().filter(|r| r.scenario == scenario) {
+        by_mode.entry(run.mode.clone()).or_default().push(run);
+    }
+    by_mode
+        .into_iter()
+        .map(|(mode, runs)| {
+            let mut summary: ModeSummary = phase_names()
+                .into_iter()
+                .map(|phase| {
+                    let values: Vec<f64> = runs
+                        .iter()
+                        .map(|r| r.phases_ms.get(phase).copied().unwrap_or(0.0))
+                        .collect();
+                    (phase.to_string(), Summary::of(&values))
+                })
+                .collect();
+            let totals: Vec<f64> = runs.iter().map(|r| r.total_ms).collect();
+            summary.insert("total".into(), Summary::of(&totals));
+            (mode, summary)
+        })
+        .collect()
+}
+
+impl Results {
+    /// Fills `summary` and `scenarios` from `runs`.
+    pub fn summarize(&mut self) {
+        let names: std::collections::BTreeSet<String> =
+            self.runs.iter().map(|r| r.scenario.clone()).collect();
+        self.scenarios = names
+            .into_iter()
+            .map(|name| {
+                let summary = summarize(&self.runs, &name);
+                (name, ScenarioResult { summary })
+            })
+            .collect();
+        self.summary = self
+            .scenarios
+            .get("single")
+            .map(|s| s.summary.clone())
+            .unwrap_or_default();
+    }
+}

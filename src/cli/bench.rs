@@ -1,0 +1,78 @@
+//! `bench`: cold-start benchmark of the standard path against the worker controller.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use wc_actors::{DType, DeviceSpec};
+
+use crate::bench::{run as run_bench, BenchOptions};
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Models to load (directories or hub ids), comma-separated; the first is the single-engine one.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "tests/fixtures/tiny-opt-prenorm,tests/fixtures/tiny-opt-postnorm-proj"
+    )]
+    models: Vec<String>,
+    /// Single-engine cold starts per path.
+    #[arg(long, default_value_t = 20)]
+    runs: usize,
+    /// Rounds of the sequential multi-model scenario.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: DeviceSpec,
+    /// f32, f16 or bf16 (default: each checkpoint's own).
+    #[arg(long)]
+    dtype: Option<DType>,
+    /// Directory for results.json, report.md and chart.svg.
+    #[arg(long, default_value = "bench-results")]
+    out: PathBuf,
+    /// Which scenarios to run: all, single or sequential.
+    #[arg(long, default_value = "all", value_parser = ["all", "single", "sequential"])]
+    scenario: String,
+    /// Skip the transformers peer even when python3 has it.
+    #[arg(long)]
+    no_peer: bool,
+    /// Give every fresh process an empty CUDA JIT cache (a cold start on a fresh machine).
+    #[arg(long)]
+    cold_jit: bool,
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let options = BenchOptions {
+        models: args.models,
+        runs: args.runs,
+        rounds: args.rounds,
+        device: args.device,
+        dtype: args.dtype,
+        out: args.out.clone(),
+        single: args.scenario != "sequential",
+        sequential: args.scenario != "single",
+        peer: !args.no_peer,
+        cold_jit: args.cold_jit,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+    };
+    let results = run_bench(&options)?;
+    if let (Some(s), Some(c)) = (
+        results.summary.get("standard"),
+        results.summary.get("controller"),
+    ) {
+        eprintln!(
+            "single engine, to first token: standard p50 {:.1} ms (p95 {:.1}), controller p50 {:.2} ms (p95 {:.2}): {:.1}x",
+            s["total"].p50_ms,
+            s["total"].p95_ms,
+            c["total"].p50_ms,
+            c["total"].p95_ms,
+            s["total"].p50_ms / c["total"].p50_ms.max(1e-9)
+        );
+    }
+    eprintln!(
+        "wrote {}/results.json, report.md, chart.svg",
+        args.out.display()
+    );
+    Ok(())
+}
