@@ -18,6 +18,7 @@ use crate::messages::{
     Attach, Detach, Generate, GetStats, ListEngines, ListWorkers, Shutdown, WaitReady,
 };
 use crate::reports::{AttachReport, DetachReport, EngineInfo, EngineRef, RuntimeStats, WorkerInfo};
+use crate::worker::MAILBOX_CAPACITY;
 
 /// How the runtime is set up: which workers, and how attaches and restarts behave.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -80,7 +81,11 @@ impl Runtime {
     /// Starts the controller (which starts and prewarms every worker on its own thread) in the
     /// current actix system. Call it from inside a running `actix_rt::System`.
     pub fn start(config: RuntimeConfig, backend: Arc<dyn Backend>) -> Handle {
-        let controller = ControllerActor::new(config, backend).start();
+        // A large mailbox from the first message on, so requests are queued when they are sent.
+        let controller = ControllerActor::create(|ctx| {
+            ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
+            ControllerActor::new(config, backend)
+        });
         Handle {
             controller,
             system: None,

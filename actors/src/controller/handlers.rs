@@ -15,13 +15,11 @@ use crate::messages::{
 };
 use crate::reports::{DetachReport, EngineInfo, WorkerInfo, WorkerState};
 use crate::timeline::Timeline;
-use crate::worker::MAILBOX_CAPACITY;
 
 impl Actor for ControllerActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
         for index in 0..self.workers.len() {
             self.spawn_worker(index, ctx);
         }
