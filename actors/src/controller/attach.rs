@@ -1,0 +1,266 @@
+//! Attaching: accepting a request, placing it on a worker (or queueing it), and reporting.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use actix::prelude::*;
+
+use super::placement::{place, Candidate, Placement};
+use super::{AttachReply, ControllerActor, EngineEntry, PendingAttach, WorkerSlot};
+use crate::errors::AttachError;
+use crate::messages::{LoadEngine, LoadFailed, Loaded};
+use crate::reports::{AttachReport, EngineId, WorkerState};
+use crate::timeline::Anchor;
+
+impl ControllerActor {
+    /// Checks an attach on receipt and reserves its id and name.
+    pub(super) fn accept_attach(
+        &mut self,
+        name: Option<String>,
+    ) -> Result<(EngineId, String), AttachError> {
+        if self.shutting_down {
+            return Err(AttachError::ShuttingDown);
+        }
+        let id = EngineId(self.next_id);
+        let name = name.unwrap_or_else(|| format!("engine-{id}"));
+        let taken =
+            self.reserved_names.contains(&name) || self.engines.values().any(|e| e.name == name);
+        if taken {
+            return Err(AttachError::NameInUse { name });
+        }
+        self.next_id += 1;
+        self.reserved_names.insert(name.clone());
+        Ok((id, name))
+    }
+
+    /// Places an inspected attach now, fails it, or queues it until its timeout.
+    pub(super) fn enqueue_attach(&mut self, pending: PendingAttach, ctx: &mut Context<Self>) {
+        if self.shutting_down {
+            return self.fail_attach(pending, AttachError::ShuttingDown);
+        }
+        match self.placement_for(&pending) {
+            Placement::Now(worker) => self.start_attach(pending, worker, ctx),
+            Placement::Fail(error) => self.fail_attach(pending, error),
+            Placement::Wait => {
+                let deadline = pending.received + self.config.attach_timeout;
+                let ticket = pending.engine_id;
+                self.pending.push_back(pending);
+                ctx.run_later(
+                    deadline.saturating_duration_since(Instant::now()),
+                    move |act, _| act.expire_attach(ticket),
+                );
+            }
+        }
+    }
+
+    pub(super) fn placement_for(&self, pending: &PendingAttach) -> Placement {
+        let candidates: Vec<Candidate<'_>> = self
+            .workers
+            .iter()
+            .map(|w| Candidate {
+                device: &w.device,
+                state: w.state,
+                idle_free: w.idle_memory.map(|m| m.free_bytes),
+                free_now: w.memory.map(|m| m.free_bytes),
+            })
+            .collect();
+        place(
+            &candidates,
+            pending.footprint.device_bytes,
+            pending.worker,
+            pending.device.as_ref(),
+        )
+    }
+
+    /// Gives waiting attaches the workers that became idle, oldest first.
+    pub(super) fn dispatch_pending(&mut self, ctx: &mut Context<Self>) {
+        let mut waiting = VecDeque::new();
+        while let Some(pending) = self.pending.pop_front() {
+            if self.shutting_down {
+                self.fail_attach(pending, AttachError::ShuttingDown);
+                continue;
+            }
+            match self.placement_for(&pending) {
+                Placement::Now(worker) => self.start_attach(pending, worker, ctx),
+                Placement::Fail(error) => self.fail_attach(pending, error),
+                Placement::Wait => waiting.push_back(pending),
+            }
+        }
+        self.pending = waiting;
+    }
+
+    /// Fails a waiting attach whose timeout passed (if it is still waiting).
+    pub(super) fn expire_attach(&mut self, ticket: EngineId) {
+        if let Some(at) = self.pending.iter().position(|p| p.engine_id == ticket) {
+            if let Some(pending) = self.pending.remove(at) {
+                let waited_ms = pending.received.elapsed().as_millis() as u64;
+                self.fail_attach(pending, AttachError::NoFreeWorker { waited_ms });
+            }
+        }
+    }
+
+    pub(super) fn fail_attach(&mut self, pending: PendingAttach, error: AttachError) {
+        self.refuse_attach(&pending.name, &pending.spec.model, pending.reply, error);
+    }
+
+    /// Answers an attach with `error` and frees its name.
+    pub(super) fn refuse_attach(
+        &mut self,
+        name: &str,
+        model: &str,
+        reply: AttachReply,
+        error: AttachError,
+    ) {
+        self.reserved_names.remove(name);
+        self.stats.attaches_failed += 1;
+        tracing::info!(model, name, error = %error, "attach failed");
+        let _ = reply.send(Err(error));
+    }
+
+    /// Sends the load to `worker` and finishes the attach when it replies.
+    pub(super) fn start_attach(
+        &mut self,
+        pending: PendingAttach,
+        worker: usize,
+        ctx: &mut Context<Self>,
+    ) {
+        let slot = &mut self.workers[worker];
+        let Some(addr) = slot.addr.clone() else {
+            return self.fail_attach(
+                pending,
+                AttachError::WorkerFailed {
+                    worker,
+                    reason: "the worker has no thread".into(),
+                },
+            );
+        };
+        slot.state = WorkerState::Attaching;
+        slot.engine = Some(pending.engine_id);
+        let incarnation = slot.incarnation;
+        let load = addr.send(LoadEngine {
+            engine_id: pending.engine_id,
+            spec: pending.spec.clone(),
+            timeline: pending.timeline.clone(),
+        });
+        ctx.spawn(load.into_actor(self).map(move |result, act, ctx| {
+            let result = result.unwrap_or_else(|_| {
+                Err(LoadFailed {
+                    error: AttachError::WorkerFailed {
+                        worker,
+                        reason: "the worker's thread stopped".into(),
+                    },
+                    memory: None,
+                })
+            });
+            act.finish_attach(pending, worker, incarnation, result, ctx)
+        }));
+    }
+
+    pub(super) fn finish_attach(
+        &mut self,
+        pending: PendingAttach,
+        worker: usize,
+        incarnation: u64,
+        result: Result<Loaded, LoadFailed>,
+        ctx: &mut Context<Self>,
+    ) {
+        let slot = &mut self.workers[worker];
+        let current = slot.incarnation == incarnation && slot.state == WorkerState::Attaching;
+        let loaded = match result {
+            Ok(loaded) if current => loaded,
+            Ok(_) => {
+                let reason = slot.last_error.clone().unwrap_or_default();
+                return self.fail_attach(pending, AttachError::WorkerFailed { worker, reason });
+            }
+            Err(LoadFailed {
+                error: AttachError::WorkerFailed { reason, .. },
+                ..
+            }) => {
+                self.worker_failed(worker, incarnation, reason.clone(), ctx);
+                let error = if self.shutting_down {
+                    AttachError::ShuttingDown
+                } else {
+                    AttachError::WorkerFailed { worker, reason }
+                };
+                return self.fail_attach(pending, error);
+            }
+            Err(LoadFailed { error, memory }) => {
+                if current {
+                    slot.state = WorkerState::Idle;
+                    slot.engine = None;
+                    slot.memory = memory.or(slot.memory);
+                }
+                self.fail_attach(pending, error);
+                return self.dispatch_pending(ctx);
+            }
+        };
+        slot.state = WorkerState::Serving;
+        slot.memory = Some(loaded.memory_attached);
+        slot.consecutive_failures = 0;
+        let report = attach_report(&pending, slot, &loaded);
+        tracing::info!(
+            engine = %report.engine_id,
+            name = %report.name,
+            worker,
+            model = %report.model,
+            total_ms = report.total_ms,
+            phases = %report.phases_summary(),
+            bytes = report.bytes_moved,
+            gb_per_s = report.bandwidth_gb_per_s,
+            "engine attached"
+        );
+        self.reserved_names.remove(&pending.name);
+        self.stats.attaches_succeeded += 1;
+        self.engines.insert(
+            pending.engine_id,
+            EngineEntry {
+                id: pending.engine_id,
+                name: pending.name.clone(),
+                worker,
+                incarnation,
+                model: pending.spec.model.clone(),
+                dtype: pending.footprint.dtype,
+                addr: loaded.engine,
+                device_bytes: loaded.device_bytes,
+                attach_ms: report.total_ms,
+                memory_before: loaded.memory_before,
+                memory_attached: loaded.memory_attached,
+                last_used: Instant::now(),
+                in_flight: 0,
+                total_requests: 0,
+                total_tokens: 0,
+            },
+        );
+        let _ = pending.reply.send(Ok(report));
+    }
+}
+
+/// The report of a finished attach, from its request, worker and load.
+fn attach_report(pending: &PendingAttach, slot: &WorkerSlot, loaded: &Loaded) -> AttachReport {
+    let timeline = loaded.timeline.clone();
+    let mut transfer_ms = timeline.span_ms(Anchor::WeightsRead, Anchor::WeightsOnDevice);
+    if transfer_ms <= 0.0 {
+        transfer_ms = timeline.span_ms(Anchor::Requested, Anchor::WeightsOnDevice);
+    }
+    let bandwidth_gb_per_s = if transfer_ms > 0.0 {
+        loaded.bytes_moved as f64 / (transfer_ms / 1e3) / 1e9
+    } else {
+        0.0
+    };
+    AttachReport {
+        engine_id: pending.engine_id,
+        name: pending.name.clone(),
+        worker: slot.index,
+        device: slot.device.clone(),
+        model: pending.spec.model.clone(),
+        dtype: pending.footprint.dtype,
+        phases: timeline.phases(),
+        total_ms: timeline.total_ms(),
+        timeline,
+        bytes_moved: loaded.bytes_moved,
+        bandwidth_gb_per_s,
+        memory_before: loaded.memory_before,
+        memory_attached: loaded.memory_attached,
+        prewarm: slot.prewarm.clone(),
+    }
+}
