@@ -226,13 +226,10 @@ impl KeepAlive {
     /// Parses "5m", "30s", "250ms", "1h", "0", a bare number of seconds, or a negative for ever.
     pub fn parse(text: &str) -> Result<Self, String> {
         let t = text.trim();
-        if t.starts_with('-') {
-            return match parse_duration(&t[1..]) {
-                Ok(_) => Ok(KeepAlive::Forever),
-                Err(e) => Err(e),
-            };
+        match t.strip_prefix('-') {
+            Some(rest) => parse_duration(rest).map(|_| KeepAlive::Forever),
+            None => parse_duration(t).map(KeepAlive::For),
         }
-        parse_duration(t).map(KeepAlive::For)
     }
 }
 
