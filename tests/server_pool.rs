@@ -86,9 +86,24 @@ fn engines_within_keep_alive_are_not_evicted_and_the_request_gets_503() {
         model_entry("other", POSTNORM, false, "-1"),
     );
     let server = Server::start("keep-alive", &config, &[]);
-    let reply = server.post("/v1/completions", &json!({"model": "other", "prompt": "x"}));
-    reply.assert_error(503, "no_free_worker");
-    assert!(reply.header("retry-after").is_some());
+    // Four requests wait for one on-demand attach; when it fails they all get its answer
+    // together, not one attach timeout after another.
+    let started = std::time::Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                let reply =
+                    server.post("/v1/completions", &json!({"model": "other", "prompt": "x"}));
+                reply.assert_error(503, "no_free_worker");
+                assert!(reply.header("retry-after").is_some());
+            });
+        }
+    });
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(700),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(model_ids(&server), ["kept"]);
     ask(&server, "kept", PRENORM);
     // Detached by hand, the worker is free: `other` attaches on demand.

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use wc_actors::{
     Attach, AttachReport, DetachReport, EngineId, EngineInfo, EngineRef, Handle, WorkerInfo,
@@ -32,6 +32,9 @@ pub struct Pool {
     meta: Mutex<HashMap<EngineId, EngineMeta>>,
     /// Held while making room and attaching, so placement decisions do not interleave.
     placing: tokio::sync::Mutex<()>,
+    /// Per configured model: when its last on-demand attach failed, and why. Requests that
+    /// were already waiting for that attach get the same answer instead of trying again.
+    failed: Mutex<HashMap<String, (Instant, ApiError)>>,
 }
 
 impl Pool {
@@ -40,6 +43,7 @@ impl Pool {
             handle,
             meta: Mutex::new(HashMap::new()),
             placing: tokio::sync::Mutex::new(()),
+            failed: Mutex::new(HashMap::new()),
         }
     }
 
@@ -71,15 +75,39 @@ impl Pool {
     /// Makes sure the configured `model` is attached under its own name (attaching it on
     /// demand); concurrent callers for one model share one attach.
     pub async fn ensure(&self, model: &ModelConfig, metrics: &Metrics) -> Result<(), ApiError> {
+        let asked = Instant::now();
         let _placing = self.placing.lock().await;
         let engines = self.list_engines().await?;
         if engines.iter().any(|e| e.name == model.name()) {
             return Ok(());
         }
+        let earlier = self
+            .failures()
+            .get(model.name())
+            .filter(|(at, _)| *at >= asked)
+            .map(|(_, e)| e.clone());
+        if let Some(error) = earlier {
+            return Err(error);
+        }
         let attach = Attach::new(model.spec()).named(model.name());
-        self.attach_placed(attach, model.keep_alive, metrics, true)
-            .await
-            .map(|_| ())
+        let result = self
+            .attach_placed(attach, model.keep_alive, metrics, true)
+            .await;
+        match result {
+            Ok(_) => {
+                self.failures().remove(model.name());
+                Ok(())
+            }
+            Err(error) => {
+                self.failures()
+                    .insert(model.name().to_owned(), (Instant::now(), error.clone()));
+                Err(error)
+            }
+        }
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, ApiError)>> {
+        self.failed.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     async fn attach_placed(

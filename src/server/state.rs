@@ -30,7 +30,7 @@ pub struct AppState {
 impl AppState {
     pub fn new(handle: Handle, config: Arc<Config>) -> Self {
         let api_key = ApiKey {
-            key: config.server.api_key.clone(),
+            key: config.server.api_key.clone().filter(|k| !k.is_empty()),
             for_inference: config.server.api_key_for_inference,
         };
         Self {
