@@ -406,3 +406,17 @@ fn api_key_guards_control_endpoints_and_json_logs_are_one_object_per_line() {
         .lines()
         .any(|l| l.contains("engine attached") && l.contains("first_token")));
 }
+
+#[test]
+fn wrong_methods_are_405_in_the_error_shape() {
+    let server = Server::start("methods", &two_model_config(""), &[]);
+    server
+        .raw("PUT", "/engines", &[], Some("{}"))
+        .assert_error(405, "method_not_allowed");
+    server
+        .raw("GET", "/v1/completions", &[], None)
+        .assert_error(405, "method_not_allowed");
+    server
+        .raw("POST", "/engines/1", &[], Some("{}"))
+        .assert_error(405, "method_not_allowed");
+}

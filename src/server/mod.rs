@@ -32,8 +32,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix_web::http::StatusCode;
 use actix_web::middleware::from_fn;
-use actix_web::{web, App, HttpRequest, HttpServer};
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer, Resource};
 use anyhow::Context;
 use wc_actors::{Attach, Handle, Runtime, WorkerState};
 
@@ -50,22 +51,41 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
             .content_type_required(false)
             .error_handler(error::json_error),
     )
-    .route("/health", web::get().to(health::health))
-    .route("/ready", web::get().to(health::ready))
-    .route("/v2/health/ready", web::get().to(health::ready))
-    .route("/metrics", web::get().to(health::metrics))
-    .route("/workers", web::get().to(control::list_workers))
-    .route("/engines", web::get().to(control::list_engines))
-    .route("/engines", web::post().to(control::attach))
-    .route("/engines/{id}", web::get().to(control::get_engine))
-    .route("/engines/{id}", web::delete().to(control::detach))
-    .route("/v1/models", web::get().to(completions::models))
-    .route("/v1/completions", web::post().to(completions::completions))
+    .service(resource("/health").route(web::get().to(health::health)))
+    .service(resource("/ready").route(web::get().to(health::ready)))
+    .service(resource("/v2/health/ready").route(web::get().to(health::ready)))
+    .service(resource("/metrics").route(web::get().to(health::metrics)))
+    .service(resource("/workers").route(web::get().to(control::list_workers)))
+    .service(
+        resource("/engines")
+            .route(web::get().to(control::list_engines))
+            .route(web::post().to(control::attach)),
+    )
+    .service(
+        resource("/engines/{id}")
+            .route(web::get().to(control::get_engine))
+            .route(web::delete().to(control::detach)),
+    )
+    .service(resource("/v1/models").route(web::get().to(completions::models)))
+    .service(resource("/v1/completions").route(web::post().to(completions::completions)))
     .default_service(web::to(not_found));
 }
 
-async fn not_found(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
+/// A resource that answers other methods with 405 in the API's error shape.
+fn resource(path: &str) -> Resource {
+    web::resource(path).default_service(web::to(method_not_allowed))
+}
+
+async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     Err(ApiError::route_not_found(req.path()))
+}
+
+async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} is not allowed on `{}`", req.method(), req.path()),
+    ))
 }
 
 /// Runs the server until a signal, then drains and stops. Call inside an actix system.
