@@ -42,6 +42,8 @@ pub struct BenchOptions {
     /// Give every fresh process an empty CUDA JIT cache.
     pub cold_jit: bool,
     pub command: String,
+    /// The `worker-controller` binary for standard-path processes (default: this executable).
+    pub exe: Option<PathBuf>,
 }
 
 /// One way of starting an engine, timed.
@@ -159,7 +161,10 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<Results> {
     anyhow::ensure!(!options.models.is_empty(), "give at least one model");
     std::fs::create_dir_all(&options.out)
         .with_context(|| format!("creating {}", options.out.display()))?;
-    let exe = std::env::current_exe()?;
+    let exe = match &options.exe {
+        Some(exe) => exe.clone(),
+        None => std::env::current_exe()?,
+    };
     let peer_script = options
         .peer
         .then(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/peer_transformers.py"))

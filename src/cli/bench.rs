@@ -55,6 +55,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         peer: !args.no_peer,
         cold_jit: args.cold_jit,
         command: std::env::args().collect::<Vec<_>>().join(" "),
+        exe: None,
     };
     let results = run_bench(&options)?;
     if let (Some(s), Some(c)) = (
