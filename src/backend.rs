@@ -13,6 +13,7 @@ use wc_actors::{
 use crate::checkpoint::{Checkpoint, TensorHeader};
 use crate::device::{candle_dtype, host_memory};
 use crate::error::LoadError;
+use crate::host_cache::{check_cached, HostCache};
 use crate::opt::presets::{preset, random_weights};
 use crate::opt::{KvCache, OptEngine, OptModel};
 use crate::weights::DeviceWeights;
@@ -68,7 +69,7 @@ fn elements(h: &TensorHeader) -> u64 {
 
 impl wc_actors::Backend for CandleBackend {
     fn inspect(&self, spec: &ModelSpec) -> Result<Footprint, EngineError> {
-        Ok(check(spec)?.footprint)
+        Ok(check_cached(spec)?.footprint.clone())
     }
 
     fn open_device(
@@ -89,14 +90,12 @@ pub struct CandleDevice {
     memory_limit: u64,
     /// Bytes held by engines loaded here; each engine gives its share back when dropped.
     held: Arc<AtomicU64>,
+    /// Weight bytes and tokenizers of recently loaded models (empty for the standard path).
+    host_cache: HostCache,
     /// Pinned staging buffers (and host cache) for uploads, allocated at prewarm.
     #[cfg(feature = "cuda")]
     staging: Option<crate::cuda::StagingPool>,
 }
-
-/// Pinned buffers per CUDA worker: one to stage the next upload, one keeping the last model.
-#[cfg(feature = "cuda")]
-const STAGING_BUFFERS: usize = 2;
 
 impl CandleDevice {
     /// Opens the device; with `prewarm`, also runs every kernel the engine uses in each dtype.
@@ -126,10 +125,11 @@ impl CandleDevice {
         let staging = match (&device, prewarm) {
             (Device::Cuda(cuda), Some(options)) if options.staging_bytes > 0 => {
                 let t = Instant::now();
+                let buffers = (options.host_cache_bytes / options.staging_bytes).max(1);
                 let pool = crate::cuda::StagingPool::new(
                     cuda,
                     options.staging_bytes as usize,
-                    STAGING_BUFFERS,
+                    buffers as usize,
                 )?;
                 step(format!("pinned staging {} MiB", pool.bytes() >> 20), t);
                 Some(pool)
@@ -141,6 +141,7 @@ impl CandleDevice {
             spec: spec.clone(),
             memory_limit: prewarm.map(|p| p.memory_limit_bytes).unwrap_or(0),
             held: Arc::new(AtomicU64::new(0)),
+            host_cache: HostCache::new(prewarm.map(|p| p.host_cache_bytes).unwrap_or(0)),
             #[cfg(feature = "cuda")]
             staging,
         };
@@ -154,12 +155,17 @@ impl CandleDevice {
         spec: &ModelSpec,
         timeline: &mut Timeline,
     ) -> Result<(OptEngine, u64), LoadError> {
-        let checked = check(spec)?;
+        let checked = check_cached(spec)?;
         let dtype = candle_dtype(checked.dtype);
         let weights = match self.upload_pinned(&checked, dtype, timeline)? {
             Some(weights) => weights,
             None => {
-                let files = checked.checkpoint.read_weight_files()?;
+                let files = checked
+                    .checkpoint
+                    .weight_files
+                    .iter()
+                    .map(|path| Ok((path.clone(), self.host_cache.file(path)?.0)))
+                    .collect::<Result<Vec<_>, LoadError>>()?;
                 timeline.mark(Anchor::WeightsRead);
                 DeviceWeights::upload(&files, &self.device, dtype)?
             }
@@ -167,12 +173,7 @@ impl CandleDevice {
         self.device.synchronize()?;
         timeline.mark(Anchor::WeightsOnDevice);
         let tokenizer = match &checked.checkpoint.tokenizer {
-            Some(path) => Some(tokenizers::Tokenizer::from_file(path).map_err(|e| {
-                LoadError::InvalidTokenizer {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                }
-            })?),
+            Some(path) => Some(self.host_cache.tokenizer(path)?),
             None => None,
         };
         let model = OptModel::new(checked.checkpoint.config.clone(), &weights)?;

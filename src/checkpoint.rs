@@ -77,21 +77,6 @@ impl Checkpoint {
             _ => None,
         })
     }
-
-    /// Reads every weight file into memory, one thread per file.
-    pub fn read_weight_files(&self) -> Result<Vec<(PathBuf, Vec<u8>)>, LoadError> {
-        std::thread::scope(|scope| {
-            let readers: Vec<_> = self
-                .weight_files
-                .iter()
-                .map(|path| scope.spawn(move || read_file(path).map(|bytes| (path.clone(), bytes))))
-                .collect();
-            readers
-                .into_iter()
-                .map(|r| r.join().expect("file reader thread panicked"))
-                .collect()
-        })
-    }
 }
 
 fn io_error(path: &Path, source: std::io::Error) -> LoadError {
@@ -102,10 +87,6 @@ fn io_error(path: &Path, source: std::io::Error) -> LoadError {
             source,
         },
     }
-}
-
-fn read_file(path: &Path) -> Result<Vec<u8>, LoadError> {
-    std::fs::read(path).map_err(|e| io_error(path, e))
 }
 
 /// Where a model name points: an existing directory, or a snapshot in the Hugging Face cache.

@@ -117,8 +117,10 @@ impl Default for RuntimeSection {
 pub struct PrewarmConfig {
     /// Dtypes whose kernels each worker loads before any model is known.
     pub dtypes: Vec<DType>,
-    /// Pinned host staging memory per worker (CUDA only), e.g. "64MiB".
+    /// Size of each pinned host staging buffer (CUDA only), e.g. "256MiB".
     pub staging: ByteSize,
+    /// Host memory per worker that keeps recently loaded models for fast re-attach, e.g. "512MiB".
+    pub host_cache: ByteSize,
     /// Cap on the device memory each worker may use, e.g. "8GiB"; 0: the whole device.
     pub memory_limit: ByteSize,
 }
@@ -129,6 +131,7 @@ impl Default for PrewarmConfig {
         Self {
             dtypes: d.dtypes,
             staging: ByteSize(d.staging_bytes),
+            host_cache: ByteSize(d.host_cache_bytes),
             memory_limit: ByteSize(d.memory_limit_bytes),
         }
     }
@@ -140,6 +143,7 @@ impl PrewarmConfig {
         PrewarmOptions {
             dtypes: self.dtypes.clone(),
             staging_bytes: self.staging.0,
+            host_cache_bytes: self.host_cache.0,
             memory_limit_bytes: self.memory_limit.0,
         }
     }

@@ -12,18 +12,19 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
-use candle_core::backprop::BackpropOp;
 use candle_core::cuda_backend::cudarc::driver::{
     result, CudaContext, CudaSlice, DevicePtrMut, DeviceRepr, PinnedHostSlice,
 };
 use candle_core::cuda_backend::CudaDType;
+use candle_core::op::BackpropOp;
 use candle_core::{CudaDevice, DType, Storage, Tensor};
 use half::{bf16, f16};
 
 use crate::checkpoint::{read_header_with_start, TensorHeader};
 use crate::error::LoadError;
+use crate::host_cache::FileKey;
 
 /// Number of CUDA devices the driver sees.
 pub fn device_count() -> Result<usize, String> {
@@ -44,28 +45,6 @@ pub fn memory_info(device: &CudaDevice) -> Result<(u64, u64), String> {
 
 fn driver(e: impl std::fmt::Display) -> LoadError {
     LoadError::Device(e.to_string())
-}
-
-/// Identifies a file's contents without reading it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct FileKey {
-    path: PathBuf,
-    len: u64,
-    modified: Option<SystemTime>,
-}
-
-impl FileKey {
-    fn of(path: &Path) -> Result<Self, LoadError> {
-        let meta = std::fs::metadata(path).map_err(|source| LoadError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Ok(Self {
-            path: std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()),
-            len: meta.len(),
-            modified: meta.modified().ok(),
-        })
-    }
 }
 
 struct Buffer {

@@ -6,6 +6,7 @@
 //! - [`weights`]: tensors on a device, looked up by name with shapes checked.
 //! - [`device`]: opening candle devices from a [`DeviceSpec`].
 //! - [`backend`]: the OPT engine as a backend of the actor runtime ([`wc_actors`]).
+//! - [`host_cache`]: what a worker keeps from the disk for fast re-attach.
 //! - [`error`]: typed errors for loading and generating.
 //! - [`bench`]: the cold-start benchmark (standard path vs controller).
 //! - [`config`]: the standalone server's TOML configuration.
@@ -21,6 +22,7 @@ pub mod config;
 pub mod cuda;
 pub mod device;
 pub mod error;
+pub mod host_cache;
 pub mod opt;
 pub mod server;
 pub mod weights;

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use safetensors::SafeTensors;
@@ -33,18 +34,19 @@ impl DeviceWeights {
     /// Parses each file's bytes and puts every tensor on `device` as `dtype`; the dtype
     /// conversion runs on the device after the copy.
     pub fn upload(
-        files: &[(PathBuf, Vec<u8>)],
+        files: &[(PathBuf, Arc<Vec<u8>>)],
         device: &Device,
         dtype: DType,
     ) -> Result<Self, LoadError> {
         let mut tensors = HashMap::new();
         let mut device_bytes = 0u64;
         for (path, bytes) in files {
-            let parsed =
-                SafeTensors::deserialize(bytes).map_err(|e| LoadError::CorruptSafetensors {
+            let parsed = SafeTensors::deserialize(bytes.as_slice()).map_err(|e| {
+                LoadError::CorruptSafetensors {
                     path: path.clone(),
                     reason: e.to_string(),
-                })?;
+                }
+            })?;
             for (name, view) in parsed.tensors() {
                 let stored = candle_dtype(&name, view.dtype())?;
                 let host =

@@ -156,8 +156,12 @@ impl MemoryInfo {
 pub struct PrewarmOptions {
     /// Dtypes whose kernels are loaded by running a tiny forward pass in each.
     pub dtypes: Vec<DType>,
-    /// Bytes of pinned host staging memory allocated up front (CUDA only).
+    /// Bytes of each pinned host staging buffer, allocated up front (CUDA only). A single-file
+    /// checkpoint whose weights fit one buffer takes the pipelined upload path.
     pub staging_bytes: u64,
+    /// Host memory kept for recently loaded models so that attaching them again skips the disk
+    /// (on CUDA: pinned buffers of `staging_bytes`, at least one).
+    pub host_cache_bytes: u64,
     /// Cap on the device memory this worker may use (0: the device's own size).
     pub memory_limit_bytes: u64,
 }
@@ -166,7 +170,8 @@ impl Default for PrewarmOptions {
     fn default() -> Self {
         Self {
             dtypes: vec![DType::F32],
-            staging_bytes: 64 << 20,
+            staging_bytes: 256 << 20,
+            host_cache_bytes: 512 << 20,
             memory_limit_bytes: 0,
         }
     }
