@@ -1,0 +1,428 @@
+//! The cold-start bench's own logic: a small real run's files, percentiles, phase records, report and chart, and the child's frame.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use common::{fixture, scratch};
+use wc_actors::{Anchor, DeviceSpec, Timeline};
+use worker_controller::bench::results::{phase_names, Results, RunRecord};
+use worker_controller::bench::stats::{percentile, Summary};
+use worker_controller::bench::{chart, frame, report, BenchOptions};
+
+const PRENORM: &str = "tiny-opt-prenorm";
+const POSTNORM: &str = "tiny-opt-postnorm-proj";
+
+const CLI: &str = env!("CARGO_BIN_EXE_worker-controller");
+
+/// Bytes of tensor data in a safetensors file: everything after the 8-byte length and the header.
+fn safetensors_data_bytes(dir: &Path) -> u64 {
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap());
+    bytes.len() as u64 - 8 - header_len
+}
+
+/// The instants of every anchor in `timeline`, checked to be marked in order and non-decreasing.
+fn assert_ordered(timeline: &Timeline, what: &str) {
+    let anchors: Vec<Anchor> = timeline.marks.iter().map(|(a, _)| *a).collect();
+    let mut sorted = anchors.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(anchors, sorted, "{what}: anchors in order, once each");
+    assert!(
+        timeline.marks.windows(2).all(|w| w[0].1 <= w[1].1),
+        "{what}: instants are monotone: {timeline:?}"
+    );
+}
+
+fn assert_phases_sum_to_total(phases: &BTreeMap<String, f64>, total_ms: f64, what: &str) {
+    let names: Vec<&str> = phases.keys().map(String::as_str).collect();
+    let mut expected = phase_names();
+    expected.sort();
+    assert_eq!(names, expected, "{what}: one entry per phase");
+    let sum: f64 = phases.values().sum();
+    assert!(
+        (sum - total_ms).abs() < 1e-6,
+        "{what}: phases sum to {sum}, total_ms is {total_ms}"
+    );
+    assert!(phases.values().all(|ms| *ms >= 0.0), "{what}: {phases:?}");
+}
+
+/// Every well-formedness check the chart gets: one root, balanced elements.
+fn assert_svg_well_formed(svg: &str) {
+    let svg = svg.trim();
+    assert!(svg.starts_with("<svg"), "{}", &svg[..svg.len().min(80)]);
+    assert!(svg.ends_with("</svg>"));
+    assert_eq!(svg.matches("<svg").count(), 1);
+    for tag in ["text", "title"] {
+        assert_eq!(
+            svg.matches(&format!("<{tag}")).count(),
+            svg.matches(&format!("</{tag}>")).count(),
+            "<{tag}> elements are closed"
+        );
+    }
+    let rects = svg.matches("<rect").count();
+    let closed = svg.matches("</rect>").count();
+    let self_closed = svg
+        .split("<rect")
+        .skip(1)
+        .filter(|rest| rest.split('>').next().unwrap().ends_with('/'))
+        .count();
+    assert_eq!(rects, closed + self_closed, "<rect> elements are closed");
+}
+
+/// Phase bars the chart must draw: one per (scenario, mode, phase) with a nonzero p50.
+fn nonzero_bars(results: &Results) -> usize {
+    results
+        .scenarios
+        .values()
+        .flat_map(|s| s.summary.values())
+        .map(|mode| {
+            phase_names()
+                .iter()
+                .filter(|p| mode[**p].p50_ms > 0.0)
+                .count()
+        })
+        .sum()
+}
+
+#[test]
+fn a_small_real_bench_writes_consistent_results_report_and_chart() {
+    let out = scratch("bench-run");
+    let models: Vec<String> = [PRENORM, POSTNORM]
+        .iter()
+        .map(|m| fixture(m).display().to_string())
+        .collect();
+    let options = BenchOptions {
+        models: models.clone(),
+        runs: 3,
+        rounds: 1,
+        device: DeviceSpec::Cpu,
+        dtype: None,
+        out: out.clone(),
+        single: true,
+        sequential: true,
+        peer: false,
+        cold_jit: false,
+        command: "test".into(),
+        exe: Some(PathBuf::from(CLI)),
+        peer_runs: 0,
+        staging_bytes: 0,
+        host_cache_bytes: 64 << 20,
+    };
+    let returned = worker_controller::bench::run(&options).unwrap();
+
+    // results.json: what was returned, with the documented keys.
+    for file in ["results.json", "report.md", "chart.svg"] {
+        assert!(out.join(file).is_file(), "{file} written");
+    }
+    let text = std::fs::read_to_string(out.join("results.json")).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let runs = json["runs"].as_array().unwrap();
+    // The standard path and every controller path: no peer was asked for.
+    let modes: BTreeSet<&str> = runs.iter().map(|r| r["mode"].as_str().unwrap()).collect();
+    assert!(
+        modes.contains("standard") && modes.contains("controller"),
+        "{modes:?}"
+    );
+    assert!(
+        modes
+            .iter()
+            .all(|m| *m == "standard" || m.starts_with("controller")),
+        "{modes:?}"
+    );
+    assert_eq!(
+        runs.len(),
+        (3 + 2) * modes.len(),
+        "3 single + 2 sequential (2 models x 1 round) per mode"
+    );
+    let standard_p50 = json["summary"]["standard"]["total"]["p50_ms"]
+        .as_f64()
+        .unwrap();
+    assert!(standard_p50 > 0.0);
+    assert!(json["summary"]["controller"]["first_token"]["p50_ms"].is_f64());
+    assert_eq!(json["meta"]["command"], "test");
+    assert_eq!(json["meta"]["models"], serde_json::json!(models));
+    let results: Results = serde_json::from_value(json.clone()).unwrap();
+    assert_eq!(results.runs.len(), returned.runs.len());
+
+    for run in &results.runs {
+        let what = format!(
+            "{} {} {} run {}",
+            run.scenario, run.mode, run.model, run.run
+        );
+        assert_ordered(&run.timeline, &what);
+        assert!(run.timeline.get(Anchor::Requested).is_some(), "{what}");
+        assert!(run.timeline.get(Anchor::FirstToken).is_some(), "{what}");
+        assert_phases_sum_to_total(&run.phases_ms, run.total_ms, &what);
+        assert!(
+            (run.total_ms - run.timeline.total_ms()).abs() < 1e-9,
+            "{what}"
+        );
+        assert_eq!(
+            run.bytes,
+            safetensors_data_bytes(Path::new(&run.model)),
+            "{what}"
+        );
+        match run.mode.as_str() {
+            // A fresh process opens its device: both startup anchors are marked.
+            "standard" => {
+                assert!(run.timeline.get(Anchor::ProcessStarted).is_some(), "{what}");
+                assert!(run.timeline.get(Anchor::DeviceReady).is_some(), "{what}");
+            }
+            // A prewarmed worker skips them: zero phases.
+            _ => {
+                assert_eq!(run.phases_ms["process_started"], 0.0, "{what}");
+                assert_eq!(run.phases_ms["device_ready"], 0.0, "{what}");
+            }
+        }
+    }
+    let count = |scenario: &str, mode: &str| {
+        results
+            .runs
+            .iter()
+            .filter(|r| r.scenario == scenario && r.mode == mode)
+            .count()
+    };
+    for &mode in &modes {
+        assert_eq!(count("single", mode), 3, "{mode}");
+        assert_eq!(count("sequential", mode), 2, "{mode}");
+        let sequential: Vec<&str> = results
+            .runs
+            .iter()
+            .filter(|r| r.scenario == "sequential" && r.mode == mode)
+            .map(|r| r.model.as_str())
+            .collect();
+        assert_eq!(sequential, models, "{mode}: every model in turn");
+    }
+    // The single scenario's summary is the top-level one, and it summarizes those runs (checked
+    // on the returned results: serde_json's default float parsing may be 1 ulp off).
+    assert_eq!(returned.summary, returned.scenarios["single"].summary);
+    let single_standard: Vec<f64> = returned
+        .runs
+        .iter()
+        .filter(|r| r.scenario == "single" && r.mode == "standard")
+        .map(|r| r.total_ms)
+        .collect();
+    assert_eq!(
+        returned.summary["standard"]["total"],
+        Summary::of(&single_standard)
+    );
+    let written = results.summary["standard"]["total"].p50_ms;
+    let p50 = returned.summary["standard"]["total"].p50_ms;
+    assert!((written - p50).abs() <= 1e-9 * p50, "{written} vs {p50}");
+    assert_eq!(
+        results.floor.bytes[&models[1]],
+        safetensors_data_bytes(Path::new(&models[1]))
+    );
+
+    // report.md: a table per scenario with the ratio column.
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    for title in [
+        "## Single engine cold start",
+        "## Sequential multi-model loading",
+    ] {
+        let section = md.split(title).nth(1).unwrap_or_else(|| panic!("{title}"));
+        let table = section.split("\n## ").next().unwrap();
+        let header = table.lines().find(|l| l.starts_with("| phase |")).unwrap();
+        assert!(
+            header.contains("standard / controller"),
+            "{title}: {header}"
+        );
+        assert!(header.contains("standard p50 ms") && header.contains("controller p95 ms"));
+        assert!(table.contains("| **total** |"), "{title}");
+        for phase in phase_names() {
+            assert!(table.contains(&format!("| {phase} |")), "{title}: {phase}");
+        }
+    }
+    assert_eq!(md.matches("standard / controller (p50)").count(), 2);
+
+    // chart.svg: well-formed, one bar segment per nonzero p50 phase.
+    let svg = std::fs::read_to_string(out.join("chart.svg")).unwrap();
+    assert_svg_well_formed(&svg);
+    let bars = nonzero_bars(&results);
+    assert!(
+        bars >= 4,
+        "at least weights/engine/first-token phases are drawn"
+    );
+    assert_eq!(svg.matches("</title></rect>").count(), bars);
+    for scenario in ["single", "sequential"] {
+        assert_eq!(
+            svg.matches(&format!(">{scenario} / ")).count(),
+            modes.len(),
+            "{scenario}: one labelled bar per mode"
+        );
+    }
+    let _ = std::fs::remove_dir_all(out);
+}
+
+#[test]
+fn percentiles_interpolate_between_ranks() {
+    let one_to_ten: Vec<f64> = (1..=10).rev().map(f64::from).collect();
+    assert_eq!(percentile(&one_to_ten, 0.0), 1.0);
+    assert_eq!(percentile(&one_to_ten, 100.0), 10.0);
+    assert!((percentile(&one_to_ten, 50.0) - 5.5).abs() < 1e-12);
+    assert!((percentile(&one_to_ten, 95.0) - 9.55).abs() < 1e-12);
+    assert!((percentile(&one_to_ten, 90.0) - 9.1).abs() < 1e-12);
+    assert_eq!(percentile(&[3.0, 3.0, 3.0], 95.0), 3.0);
+    assert_eq!(percentile(&[], 95.0), 0.0);
+
+    let s = Summary::of(&[40.0, 10.0, 30.0, 20.0]);
+    assert_eq!(s.runs, 4);
+    assert_eq!(s.p50_ms, 25.0);
+    assert_eq!(s.mean_ms, 25.0);
+    assert!((s.p95_ms - 38.5).abs() < 1e-12);
+    assert_eq!(Summary::of(&[]), Summary::default());
+}
+
+/// A timeline at whole milliseconds from `requested = 0`; anchors not listed are skipped.
+fn timeline(marks: &[(Anchor, u64)]) -> Timeline {
+    let mut t = Timeline::default();
+    for (anchor, ms) in marks {
+        t.mark_at(*anchor, 1_000_000_000 + ms * 1_000_000);
+    }
+    t
+}
+
+#[test]
+fn a_run_record_gives_skipped_anchors_zero_phases() {
+    let t = timeline(&[
+        (Anchor::Requested, 0),
+        (Anchor::WeightsRead, 4),
+        (Anchor::WeightsOnDevice, 6),
+        (Anchor::EngineReady, 7),
+        (Anchor::FirstToken, 10),
+    ]);
+    let record = RunRecord::new("single", "controller", "m", 0, 2, t.clone(), 99);
+    assert_eq!(record.phases_ms["process_started"], 0.0);
+    assert_eq!(record.phases_ms["device_ready"], 0.0);
+    assert_eq!(record.phases_ms["weights_read"], 4.0);
+    assert_eq!(record.phases_ms["weights_on_device"], 2.0);
+    assert_eq!(record.phases_ms["engine_ready"], 1.0);
+    assert_eq!(record.phases_ms["first_token"], 3.0);
+    assert_eq!(record.total_ms, 10.0);
+    assert_phases_sum_to_total(&record.phases_ms, record.total_ms, "hand-made");
+    assert_eq!(record.timeline, t);
+    assert_eq!((record.run, record.bytes), (2, 99));
+
+    // A path that skips a later step: engine_ready missing, first_token measured from weights.
+    let record = RunRecord::new(
+        "single",
+        "standard",
+        "m",
+        0,
+        0,
+        timeline(&[
+            (Anchor::Requested, 0),
+            (Anchor::ProcessStarted, 1),
+            (Anchor::DeviceReady, 3),
+            (Anchor::WeightsRead, 4),
+            (Anchor::WeightsOnDevice, 5),
+            (Anchor::FirstToken, 8),
+        ]),
+        0,
+    );
+    assert_eq!(record.phases_ms["engine_ready"], 0.0);
+    assert_eq!(record.phases_ms["first_token"], 3.0);
+    assert_phases_sum_to_total(&record.phases_ms, record.total_ms, "no engine_ready");
+}
+
+#[test]
+fn report_ratio_and_chart_bars_follow_the_runs() {
+    // Standard: 100 ms total (50 ms device, 50 ms weights); controller: 10 ms, all weights.
+    let mut runs = Vec::new();
+    for run in 0..3 {
+        runs.push(RunRecord::new(
+            "single",
+            "standard",
+            "m",
+            0,
+            run,
+            timeline(&[
+                (Anchor::Requested, 0),
+                (Anchor::DeviceReady, 50),
+                (Anchor::FirstToken, 100),
+            ]),
+            8,
+        ));
+        runs.push(RunRecord::new(
+            "single",
+            "controller",
+            "m",
+            0,
+            run,
+            timeline(&[(Anchor::Requested, 0), (Anchor::WeightsRead, 10)]),
+            8,
+        ));
+    }
+    let mut results = Results {
+        runs,
+        ..Default::default()
+    };
+    results.summarize();
+    assert_eq!(results.summary["standard"]["total"].p50_ms, 100.0);
+    assert_eq!(results.summary["controller"]["total"].p50_ms, 10.0);
+    assert_eq!(results.summary["controller"]["weights_read"].p50_ms, 10.0);
+
+    let md = report::markdown(&results);
+    let total = md.lines().find(|l| l.starts_with("| **total** |")).unwrap();
+    assert!(
+        total.ends_with(" 10.0x |"),
+        "standard / controller = 10x: {total}"
+    );
+    // A phase the controller skips has no ratio rather than a division by zero.
+    let device = md
+        .lines()
+        .find(|l| l.starts_with("| device_ready |"))
+        .unwrap();
+    assert!(device.ends_with(" - |"), "{device}");
+
+    let svg = chart::svg(&results);
+    assert_svg_well_formed(&svg);
+    // standard: device_ready + first_token; controller: weights_read.
+    assert_eq!(nonzero_bars(&results), 3);
+    assert_eq!(svg.matches("</title></rect>").count(), 3);
+}
+
+#[test]
+fn a_generate_child_sends_its_anchors_in_one_frame() {
+    let model = fixture(PRENORM);
+    let child = Command::new(CLI)
+        .args([
+            "generate",
+            "--frame",
+            "--prompt-ids",
+            "2",
+            "--max-new-tokens",
+            "1",
+            "--ignore-eos",
+            "--model",
+        ])
+        .arg(&model)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(
+        child.status.success(),
+        "{}",
+        String::from_utf8_lossy(&child.stderr)
+    );
+    let mut stdout = child.stdout.as_slice();
+    let report = frame::read(&mut stdout).unwrap();
+    assert!(stdout.is_empty(), "nothing but the frame on stdout");
+    assert_ordered(&report.timeline, "child");
+    let instants: Vec<u64> = Anchor::ALL[1..]
+        .iter()
+        .map(|a| {
+            report
+                .timeline
+                .get(*a)
+                .unwrap_or_else(|| panic!("{} marked by the child", a.name()))
+        })
+        .collect();
+    assert!(instants.windows(2).all(|w| w[0] <= w[1]), "{instants:?}");
+    assert_eq!(report.bytes, safetensors_data_bytes(&model));
+}
