@@ -130,6 +130,7 @@ impl CandleDevice {
                     cuda,
                     options.staging_bytes as usize,
                     buffers as usize,
+                    options.host_cache_bytes > 0,
                 )?;
                 step(format!("pinned staging {} MiB", pool.bytes() >> 20), t);
                 Some(pool)

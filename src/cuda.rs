@@ -58,11 +58,18 @@ pub struct StagingPool {
     buffers: Vec<Buffer>,
     buffer_bytes: usize,
     clock: u64,
+    /// Whether buffers keep the files they held for the next attach (the host cache is on).
+    keep_files: bool,
 }
 
 impl StagingPool {
     /// Allocates `count` pinned buffers of `buffer_bytes` each.
-    pub fn new(device: &CudaDevice, buffer_bytes: usize, count: usize) -> Result<Self, LoadError> {
+    pub fn new(
+        device: &CudaDevice,
+        buffer_bytes: usize,
+        count: usize,
+        keep_files: bool,
+    ) -> Result<Self, LoadError> {
         let context = device.cuda_stream().context().clone();
         let buffers = (0..count)
             .map(|_| {
@@ -80,6 +87,7 @@ impl StagingPool {
             buffers,
             buffer_bytes,
             clock: 0,
+            keep_files,
         })
     }
 
@@ -94,7 +102,7 @@ impl StagingPool {
         let hit = self
             .buffers
             .iter()
-            .position(|b| b.holds.as_ref() == Some(key));
+            .position(|b| self.keep_files && b.holds.as_ref() == Some(key));
         let index = hit.or_else(|| {
             (0..self.buffers.len())
                 .min_by_key(|&i| (self.buffers[i].holds.is_some(), self.buffers[i].last_used))

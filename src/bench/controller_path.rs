@@ -18,14 +18,23 @@ pub struct ControllerPath {
 }
 
 impl ControllerPath {
-    /// Starts the runtime with one worker on `device`, prewarmed for `dtype`.
-    pub fn start(device: &DeviceSpec, dtype: Option<DType>) -> anyhow::Result<Self> {
+    /// Starts the runtime with one worker on `device`, prewarmed for `dtype`, with pinned
+    /// staging buffers of `staging_bytes` and a host cache of `host_cache_bytes` (0: off, so
+    /// every attach reads the checkpoint from the page cache).
+    pub fn start(
+        device: &DeviceSpec,
+        dtype: Option<DType>,
+        staging_bytes: u64,
+        host_cache_bytes: u64,
+    ) -> anyhow::Result<Self> {
         let config = RuntimeConfig {
             workers: vec![WorkerConfig {
                 device: device.clone(),
                 count: 1,
                 prewarm: PrewarmOptions {
                     dtypes: vec![dtype.unwrap_or(DType::F32)],
+                    staging_bytes,
+                    host_cache_bytes,
                     ..PrewarmOptions::default()
                 },
             }],

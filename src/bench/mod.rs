@@ -44,13 +44,22 @@ pub struct BenchOptions {
     pub command: String,
     /// The `worker-controller` binary for standard-path processes (default: this executable).
     pub exe: Option<PathBuf>,
+    /// Transformers peer starts in the single-engine scenario (each is a 10+ s Python start).
+    pub peer_runs: usize,
+    /// Size of each pinned staging buffer of the controller's workers.
+    pub staging_bytes: u64,
+    /// Host cache of the `controller_cached` worker (the `controller` worker has none).
+    pub host_cache_bytes: u64,
 }
 
 /// One way of starting an engine, timed.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Standard,
+    /// Attach with the host cache off: weights come from the page cache every time.
     Controller,
+    /// Attach with the host cache on: a re-attached model skips the disk.
+    ControllerCached,
     Transformers,
 }
 
@@ -59,6 +68,7 @@ impl Mode {
         match self {
             Mode::Standard => "standard",
             Mode::Controller => "controller",
+            Mode::ControllerCached => "controller_cached",
             Mode::Transformers => "transformers",
         }
     }
@@ -69,6 +79,7 @@ struct Bench<'a> {
     exe: PathBuf,
     peer_script: Option<PathBuf>,
     controller: ControllerPath,
+    controller_cached: ControllerPath,
     scratch: PathBuf,
     runs: Vec<RunRecord>,
 }
@@ -93,6 +104,7 @@ impl Bench<'_> {
                 &child,
             ),
             Mode::Controller => self.controller.start_engine(model),
+            Mode::ControllerCached => self.controller_cached.start_engine(model),
         };
         if let Some(dir) = jit_dir {
             let _ = std::fs::remove_dir_all(dir);
@@ -122,20 +134,18 @@ impl Bench<'_> {
         Ok(())
     }
 
-    fn modes(&self) -> Vec<Mode> {
-        let mut modes = vec![Mode::Standard, Mode::Controller];
-        if self.peer_script.is_some() {
-            modes.push(Mode::Transformers);
-        }
-        modes
-    }
+    const MODES: [Mode; 3] = [Mode::Standard, Mode::Controller, Mode::ControllerCached];
 
-    /// Scenario 1: the first model, started `runs` times through each path, interleaved.
+    /// Scenario 1: the first model, started `runs` times through each path, interleaved; the
+    /// transformers peer for its first `peer_runs`.
     fn single(&mut self) -> anyhow::Result<()> {
         let model = self.options.models[0].clone();
         for run in 0..self.options.runs {
-            for mode in self.modes() {
+            for mode in Self::MODES {
                 self.record("single", mode, &model, 0, run)?;
+            }
+            if self.peer_script.is_some() && run < self.options.peer_runs {
+                self.record("single", Mode::Transformers, &model, 0, run)?;
             }
         }
         eprintln!();
@@ -145,7 +155,7 @@ impl Bench<'_> {
     /// Scenario 2: every model in turn, `rounds` times, through each path.
     fn sequential(&mut self) -> anyhow::Result<()> {
         for round in 0..self.options.rounds {
-            for mode in self.modes() {
+            for mode in Self::MODES {
                 for (i, model) in self.options.models.clone().iter().enumerate() {
                     self.record("sequential", mode, model, round, i)?;
                 }
@@ -177,14 +187,25 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<Results> {
         (_, true) => "cold (an empty CUDA_CACHE_PATH for every fresh process)".to_string(),
         (_, false) => format!("{} at start", machine::jit_cache_state()),
     };
-    eprintln!("prewarming a controller worker on {} ...", options.device);
-    let controller = ControllerPath::start(&options.device, options.dtype)?;
+    eprintln!(
+        "prewarming two controller workers on {} (host cache off / on) ...",
+        options.device
+    );
+    let controller =
+        ControllerPath::start(&options.device, options.dtype, options.staging_bytes, 0)?;
+    let controller_cached = ControllerPath::start(
+        &options.device,
+        options.dtype,
+        options.staging_bytes,
+        options.host_cache_bytes,
+    )?;
     let scratch = std::env::temp_dir().join(format!("wc-bench-{}", std::process::id()));
     let mut bench = Bench {
         options,
         exe,
         peer_script,
         controller,
+        controller_cached,
         scratch,
         runs: Vec::new(),
     };
@@ -195,6 +216,7 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<Results> {
         bench.sequential()?;
     }
     bench.controller.stop();
+    bench.controller_cached.stop();
     let _ = std::fs::remove_dir_all(&bench.scratch);
 
     let (method, bandwidth) = floor::measure_bandwidth(&options.device)?;

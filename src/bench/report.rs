@@ -2,10 +2,17 @@
 
 use std::fmt::Write;
 
+use wc_actors::Anchor;
+
 use super::results::{phase_names, Results};
 
 /// Modes in the order the tables show them.
-pub const MODES: [&str; 3] = ["standard", "controller", "transformers"];
+pub const MODES: [&str; 4] = [
+    "standard",
+    "controller",
+    "controller_cached",
+    "transformers",
+];
 
 fn scenario_title(name: &str) -> &str {
     match name {
@@ -50,8 +57,11 @@ pub fn markdown(results: &Results) -> String {
             let _ = write!(header, " {mode} p50 ms | {mode} p95 ms |");
             rule.push_str("---:|---:|");
         }
-        header.push_str(" standard / controller (p50) |");
-        rule.push_str("---:|");
+        let others: Vec<&str> = modes.iter().copied().filter(|m| *m != "standard").collect();
+        for mode in &others {
+            let _ = write!(header, " standard / {mode} (p50) |");
+            rule.push_str("---:|");
+        }
         let _ = writeln!(md, "{header}\n{rule}");
         let mut rows: Vec<&str> = phase_names();
         rows.push("total");
@@ -68,21 +78,19 @@ pub fn markdown(results: &Results) -> String {
                     .unwrap_or_default();
                 let _ = write!(line, " {:.2} | {:.2} |", s.p50_ms, s.p95_ms);
             }
-            let ratio = match (
-                scenario.summary.get("standard"),
-                scenario.summary.get("controller"),
-            ) {
-                (Some(s), Some(c)) => {
-                    let (s, c) = (s[phase].p50_ms, c[phase].p50_ms);
-                    if c > 0.0 {
-                        format!("{:.1}x", s / c)
-                    } else {
-                        "-".into()
+            for mode in &others {
+                let ratio = match (
+                    scenario.summary.get("standard"),
+                    scenario.summary.get(*mode),
+                ) {
+                    (Some(s), Some(c)) if c[phase].p50_ms > 0.0 => {
+                        format!("{:.1}x", s[phase].p50_ms / c[phase].p50_ms)
                     }
-                }
-                _ => "-".into(),
-            };
-            let _ = writeln!(md, "{line} {ratio} |");
+                    _ => "-".into(),
+                };
+                let _ = write!(line, " {ratio} |");
+            }
+            let _ = writeln!(md, "{line}");
         }
         md.push('\n');
     }
@@ -94,24 +102,34 @@ pub fn markdown(results: &Results) -> String {
     );
     let _ = writeln!(
         md,
-        "| model | weight bytes | floor ms | controller p50 total / floor |"
+        "| model | weight bytes | floor ms | controller p50 total / floor | \
+         controller_cached p50 requested→engine_ready / floor |"
     );
-    let _ = writeln!(md, "|---|---:|---:|---:|");
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|");
     for (model, bytes) in &floor.bytes {
         let floor_ms = floor.floor_ms.get(model).copied().unwrap_or(0.0);
-        let controller = results
-            .runs
-            .iter()
-            .filter(|r| r.mode == "controller" && &r.model == model)
-            .map(|r| r.total_ms)
-            .collect::<Vec<_>>();
-        let p50 = super::stats::percentile(&controller, 50.0);
-        let multiple = if floor_ms > 0.0 {
-            format!("{:.0}x", p50 / floor_ms)
-        } else {
-            "-".into()
+        let p50_of = |mode: &str, to: Anchor| {
+            let values: Vec<f64> = results
+                .runs
+                .iter()
+                .filter(|r| r.mode == mode && &r.model == model)
+                .map(|r| r.timeline.span_ms(Anchor::Requested, to))
+                .collect();
+            super::stats::percentile(&values, 50.0)
         };
-        let _ = writeln!(md, "| {model} | {bytes} | {floor_ms:.3} | {multiple} |");
+        let multiple = |ms: f64| {
+            if floor_ms > 0.0 && ms > 0.0 {
+                format!("{:.1}x", ms / floor_ms)
+            } else {
+                "-".into()
+            }
+        };
+        let _ = writeln!(
+            md,
+            "| {model} | {bytes} | {floor_ms:.3} | {} | {} |",
+            multiple(p50_of("controller", Anchor::FirstToken)),
+            multiple(p50_of("controller_cached", Anchor::EngineReady))
+        );
     }
     md
 }

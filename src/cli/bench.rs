@@ -40,6 +40,15 @@ pub struct BenchArgs {
     /// Give every fresh process an empty CUDA JIT cache (a cold start on a fresh machine).
     #[arg(long)]
     cold_jit: bool,
+    /// Transformers peer starts (single-engine scenario only; each takes 10+ s).
+    #[arg(long, default_value_t = 5)]
+    peer_runs: usize,
+    /// Size of each pinned staging buffer of the controller's CUDA workers, in MiB.
+    #[arg(long, default_value_t = 1024)]
+    staging_mib: u64,
+    /// Host cache of the `controller_cached` worker, in MiB (`controller` has none).
+    #[arg(long, default_value_t = 2048)]
+    host_cache_mib: u64,
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -56,6 +65,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         cold_jit: args.cold_jit,
         command: std::env::args().collect::<Vec<_>>().join(" "),
         exe: None,
+        peer_runs: args.peer_runs,
+        staging_bytes: args.staging_mib << 20,
+        host_cache_bytes: args.host_cache_mib << 20,
     };
     let results = run_bench(&options)?;
     if let (Some(s), Some(c)) = (
