@@ -15,7 +15,7 @@ use std::sync::mpsc;
 use std::time::Instant;
 
 use candle_core::cuda_backend::cudarc::driver::{
-    result, CudaContext, CudaSlice, DevicePtrMut, DeviceRepr, PinnedHostSlice,
+    result, sys, CudaContext, CudaSlice, DevicePtrMut, DeviceRepr, PinnedHostSlice,
 };
 use candle_core::cuda_backend::CudaDType;
 use candle_core::op::BackpropOp;
@@ -33,8 +33,21 @@ pub fn device_count() -> Result<usize, String> {
         .map_err(|e| e.to_string())
 }
 
-/// `(total, free)` bytes of the device behind `device`, from `cuMemGetInfo`.
+/// `(total, free)` bytes of the device behind `device`, from `cuMemGetInfo`, after the
+/// worker's queued frees have run and the stream-ordered pool has handed its free memory back
+/// (candle allocates with `cuMemAllocAsync`; a freed block otherwise stays in the pool).
 pub fn memory_info(device: &CudaDevice) -> Result<(u64, u64), String> {
+    let stream = device.cuda_stream();
+    stream.synchronize().map_err(|e| e.to_string())?;
+    let context = stream.context();
+    context.bind_to_thread().map_err(|e| e.to_string())?;
+    let mut pool = std::ptr::null_mut();
+    // SAFETY: `pool` is a valid out-pointer and the device handle comes from a live context.
+    unsafe {
+        if sys::cuDeviceGetMemPool(&mut pool, context.cu_device()) == sys::CUresult::CUDA_SUCCESS {
+            sys::cuMemPoolTrimTo(pool, 0);
+        }
+    }
     let (free, total) = device
         .cuda_stream()
         .context()

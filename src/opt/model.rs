@@ -23,9 +23,9 @@ impl KvCache {
 }
 
 struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
+    /// `q_proj`, `k_proj` and `v_proj` stacked into one matmul, with OPT's query scaling
+    /// (`head_dim^-0.5`) folded into the query rows.
+    qkv_proj: Linear,
     out_proj: Linear,
     num_heads: usize,
     head_dim: usize,
@@ -101,9 +101,12 @@ impl Builder<'_> {
         let proj = |name: &str| self.linear(&format!("{p}.self_attn.{name}"), h, h, bias);
         Ok(DecoderLayer {
             self_attn: Attention {
-                q_proj: proj("q_proj")?,
-                k_proj: proj("k_proj")?,
-                v_proj: proj("v_proj")?,
+                qkv_proj: stack_qkv(
+                    &proj("q_proj")?,
+                    &proj("k_proj")?,
+                    &proj("v_proj")?,
+                    (cfg.head_dim() as f64).powf(-0.5),
+                )?,
                 out_proj: proj("out_proj")?,
                 num_heads: cfg.num_attention_heads,
                 head_dim: cfg.head_dim(),
@@ -114,6 +117,16 @@ impl Builder<'_> {
             final_layer_norm: self.layer_norm(&format!("{p}.final_layer_norm"), like)?,
         })
     }
+}
+
+/// One linear layer computing `[q * scale, k, v]`.
+fn stack_qkv(q: &Linear, k: &Linear, v: &Linear, scale: f64) -> candle_core::Result<Linear> {
+    let weight = Tensor::cat(&[&(q.weight() * scale)?, k.weight(), v.weight()], 0)?;
+    let bias = match (q.bias(), k.bias(), v.bias()) {
+        (Some(qb), Some(kb), Some(vb)) => Some(Tensor::cat(&[&(qb * scale)?, kb, vb], 0)?),
+        _ => None,
+    };
+    Ok(Linear::new(weight, bias))
 }
 
 impl OptModel {
@@ -201,7 +214,9 @@ impl OptModel {
         )?;
         let positions = self.embed_positions.index_select(&position_ids, 0)?;
         let mut hidden = tokens.broadcast_add(&positions)?;
-        let mask = causal_mask(seq, past, &self.device)?;
+        let mask = causal_mask(seq, past, &self.device)?
+            .map(|m| m.to_dtype(self.dtype))
+            .transpose()?;
         for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
             hidden = layer.forward(
                 &hidden,
@@ -299,26 +314,32 @@ impl Attention {
         mask: Option<&Tensor>,
     ) -> candle_core::Result<Tensor> {
         let (batch, seq, hidden) = x.dims3()?;
-        let heads = |t: Tensor| -> candle_core::Result<Tensor> {
-            t.reshape((batch, seq, self.num_heads, self.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()
-        };
-        let scale = (self.head_dim as f64).powf(-0.5);
-        let q = heads((self.q_proj.forward(x)? * scale)?)?;
-        let k = heads(self.k_proj.forward(x)?)?;
-        let v = heads(self.v_proj.forward(x)?)?;
+        // [batch, seq, 3 * hidden] -> [3, batch, heads, seq, head_dim], one copy for all three.
+        let qkv = self
+            .qkv_proj
+            .forward(x)?
+            .reshape((batch, seq, 3, self.num_heads, self.head_dim))?
+            .permute((2, 0, 3, 1, 4))?
+            .contiguous()?;
+        let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
         let (k, v) = match cache.take() {
             Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
             None => (k, v),
         };
         *cache = Some((k.clone(), v.clone()));
-        let scores = q.matmul(&k.t()?)?.to_dtype(DType::F32)?;
+        let scores = q.matmul(&k.t()?)?;
         let scores = match mask {
             Some(m) => scores.broadcast_add(m)?,
             None => scores,
         };
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
+        // transformers runs the softmax in f32 and rounds once to the model's dtype. candle's CUDA
+        // kernel accumulates in f32 for f16/bf16 already; its CPU one does not, so upcast there.
+        let upcast = scores.device().is_cpu() && scores.dtype() != DType::F32;
+        let probs = if upcast {
+            candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?
+        } else {
+            candle_nn::ops::softmax_last_dim(&scores)?
+        };
         let out = probs
             .matmul(&v)?
             .transpose(1, 2)?
