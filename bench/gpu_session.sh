@@ -3,7 +3,9 @@
 # in .gpu/ (wc-cuda, cuda_reference, bad_input): GPU tests, decode speed against transformers, and
 # the cold-start bench (JIT cache warm, then cold). Everything is written under $OUT.
 set -u
-OUT=${OUT:-/tmp/wc-out}; mkdir -p "$OUT"
+FINAL=${OUT:-/tmp/wc-out}; OUT=/tmp/wc-session; mkdir -p "$OUT" "$FINAL"
+# Everything is packed into one archive at the end ($FINAL/session.tgz), the log also beside it.
+trap 'tar czf "$FINAL/session.tgz" -C "$OUT" . ; cp "$OUT/session.log" "$FINAL/"' EXIT
 export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}
 # The test binaries and the bench name files by the build machine's checkout path.
 [ -e /work/main ] || { mkdir -p /work && ln -s "$PWD" /work/main; }

@@ -15,6 +15,8 @@ pub struct ControllerPath {
     handle: Handle,
     runtime: tokio::runtime::Runtime,
     dtype: Option<DType>,
+    /// How long the worker's prewarm took (context, kernels, staging), in milliseconds.
+    pub prewarm_ms: f64,
 }
 
 impl ControllerPath {
@@ -44,13 +46,19 @@ impl ControllerPath {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        runtime
+        let workers = runtime
             .block_on(handle.wait_ready())
             .context("prewarming the controller's worker")?;
+        let prewarm_ms = workers
+            .iter()
+            .filter_map(|w| w.prewarm.as_ref())
+            .map(|p| p.total_ms)
+            .sum();
         Ok(Self {
             handle,
             runtime,
             dtype,
+            prewarm_ms,
         })
     }
 

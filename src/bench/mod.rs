@@ -246,6 +246,7 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<Results> {
             runs: options.runs,
             rounds: options.rounds,
             models: options.models.clone(),
+            controller_prewarm_ms: bench.controller.prewarm_ms,
         },
         floor,
         runs: bench.runs,

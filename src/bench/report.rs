@@ -37,6 +37,11 @@ pub fn markdown(results: &Results) -> String {
         "- runs: {} single, {} sequential rounds",
         meta.runs, meta.rounds
     );
+    let _ = writeln!(
+        md,
+        "- controller worker prewarm (once, before any model is known): {:.1} ms",
+        meta.controller_prewarm_ms
+    );
     let _ = writeln!(md, "- command: `{}`\n", meta.command);
     let _ = writeln!(
         md,

@@ -80,6 +80,8 @@ pub struct Meta {
     pub runs: usize,
     pub rounds: usize,
     pub models: Vec<String>,
+    /// Prewarm of the controller's worker (paid once, before any model is known), in ms.
+    pub controller_prewarm_ms: f64,
 }
 
 /// Phase summaries of one mode: phase name -> summary, plus `total`.
