@@ -48,7 +48,7 @@ pub struct BenchOptions {
     pub peer_runs: usize,
     /// Size of each pinned staging buffer of the controller's workers.
     pub staging_bytes: u64,
-    /// Host cache of the `controller_cached` worker (the `controller` worker has none).
+    /// Host cache of the `controller` worker (`controller_nocache` has none).
     pub host_cache_bytes: u64,
 }
 
@@ -56,10 +56,10 @@ pub struct BenchOptions {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Standard,
-    /// Attach with the host cache off: weights come from the page cache every time.
+    /// Attach as configured by default, host cache on: a re-attached model skips the disk.
     Controller,
-    /// Attach with the host cache on: a re-attached model skips the disk.
-    ControllerCached,
+    /// Attach with the host cache off: weights come from the page cache every time.
+    ControllerNoCache,
     Transformers,
 }
 
@@ -68,7 +68,7 @@ impl Mode {
         match self {
             Mode::Standard => "standard",
             Mode::Controller => "controller",
-            Mode::ControllerCached => "controller_cached",
+            Mode::ControllerNoCache => "controller_nocache",
             Mode::Transformers => "transformers",
         }
     }
@@ -79,7 +79,7 @@ struct Bench<'a> {
     exe: PathBuf,
     peer_script: Option<PathBuf>,
     controller: ControllerPath,
-    controller_cached: ControllerPath,
+    controller_nocache: ControllerPath,
     scratch: PathBuf,
     runs: Vec<RunRecord>,
 }
@@ -104,7 +104,7 @@ impl Bench<'_> {
                 &child,
             ),
             Mode::Controller => self.controller.start_engine(model),
-            Mode::ControllerCached => self.controller_cached.start_engine(model),
+            Mode::ControllerNoCache => self.controller_nocache.start_engine(model),
         };
         if let Some(dir) = jit_dir {
             let _ = std::fs::remove_dir_all(dir);
@@ -134,7 +134,7 @@ impl Bench<'_> {
         Ok(())
     }
 
-    const MODES: [Mode; 3] = [Mode::Standard, Mode::Controller, Mode::ControllerCached];
+    const MODES: [Mode; 3] = [Mode::Standard, Mode::Controller, Mode::ControllerNoCache];
 
     /// Scenario 1: the first model, started `runs` times through each path, interleaved; the
     /// transformers peer for its first `peer_runs`.
@@ -191,21 +191,21 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<Results> {
         "prewarming two controller workers on {} (host cache off / on) ...",
         options.device
     );
-    let controller =
-        ControllerPath::start(&options.device, options.dtype, options.staging_bytes, 0)?;
-    let controller_cached = ControllerPath::start(
+    let controller = ControllerPath::start(
         &options.device,
         options.dtype,
         options.staging_bytes,
         options.host_cache_bytes,
     )?;
+    let controller_nocache =
+        ControllerPath::start(&options.device, options.dtype, options.staging_bytes, 0)?;
     let scratch = std::env::temp_dir().join(format!("wc-bench-{}", std::process::id()));
     let mut bench = Bench {
         options,
         exe,
         peer_script,
         controller,
-        controller_cached,
+        controller_nocache,
         scratch,
         runs: Vec::new(),
     };
@@ -216,7 +216,7 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<Results> {
         bench.sequential()?;
     }
     bench.controller.stop();
-    bench.controller_cached.stop();
+    bench.controller_nocache.stop();
     let _ = std::fs::remove_dir_all(&bench.scratch);
 
     let (method, bandwidth) = floor::measure_bandwidth(&options.device)?;

@@ -10,7 +10,7 @@ use super::results::{phase_names, Results};
 pub const MODES: [&str; 4] = [
     "standard",
     "controller",
-    "controller_cached",
+    "controller_nocache",
     "transformers",
 ];
 
@@ -107,8 +107,8 @@ pub fn markdown(results: &Results) -> String {
     );
     let _ = writeln!(
         md,
-        "| model | weight bytes | floor ms | controller p50 total / floor | \
-         controller_cached p50 requested→engine_ready / floor |"
+        "| model | weight bytes | floor ms | controller_nocache p50 requested→engine_ready / floor | \
+         controller (host cache) p50 requested→engine_ready / floor |"
     );
     let _ = writeln!(md, "|---|---:|---:|---:|---:|");
     for (model, bytes) in &floor.bytes {
@@ -133,7 +133,7 @@ pub fn markdown(results: &Results) -> String {
             md,
             "| {model} | {bytes} | {floor_ms:.3} | {} | {} |",
             multiple(p50_of("controller", Anchor::FirstToken)),
-            multiple(p50_of("controller_cached", Anchor::EngineReady))
+            multiple(p50_of("controller_nocache", Anchor::EngineReady))
         );
     }
     md

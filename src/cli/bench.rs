@@ -46,7 +46,7 @@ pub struct BenchArgs {
     /// Size of each pinned staging buffer of the controller's CUDA workers, in MiB.
     #[arg(long, default_value_t = 1024)]
     staging_mib: u64,
-    /// Host cache of the `controller_cached` worker, in MiB (`controller` has none).
+    /// Host cache of the `controller` worker, in MiB (`controller_nocache` has none).
     #[arg(long, default_value_t = 2048)]
     host_cache_mib: u64,
 }
@@ -70,18 +70,20 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         host_cache_bytes: args.host_cache_mib << 20,
     };
     let results = run_bench(&options)?;
-    if let (Some(s), Some(c)) = (
-        results.summary.get("standard"),
-        results.summary.get("controller"),
-    ) {
-        eprintln!(
-            "single engine, to first token: standard p50 {:.1} ms (p95 {:.1}), controller p50 {:.2} ms (p95 {:.2}): {:.1}x",
-            s["total"].p50_ms,
-            s["total"].p95_ms,
-            c["total"].p50_ms,
-            c["total"].p95_ms,
-            s["total"].p50_ms / c["total"].p50_ms.max(1e-9)
-        );
+    for (name, scenario) in &results.scenarios {
+        let Some(standard) = scenario.summary.get("standard") else {
+            continue;
+        };
+        for (mode, summary) in scenario.summary.iter().filter(|(m, _)| *m != "standard") {
+            eprintln!(
+                "{name}: to first token p50 (p95): standard {:.2} ms ({:.2}), {mode} {:.2} ms ({:.2}); standard / {mode} = {:.1}x",
+                standard["total"].p50_ms,
+                standard["total"].p95_ms,
+                summary["total"].p50_ms,
+                summary["total"].p95_ms,
+                standard["total"].p50_ms / summary["total"].p50_ms.max(1e-9)
+            );
+        }
     }
     eprintln!(
         "wrote {}/results.json, report.md, chart.svg",
