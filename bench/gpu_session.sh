@@ -2,6 +2,7 @@
 # One GPU session, run from the repo root on the GPU machine with the CUDA build's gzipped binaries
 # in .gpu/ (wc-cuda, cuda_reference, bad_input): GPU tests, decode speed against transformers, and
 # the cold-start bench (JIT cache warm, then cold). Everything is written under $OUT.
+# ONLY_BENCH=1 skips the tests and the decode measurement.
 set -u
 FINAL=${OUT:-/tmp/wc-out}; OUT=/tmp/wc-session; mkdir -p "$OUT" "$FINAL"
 # Everything is packed into one archive at the end ($FINAL/session.tgz), the log also beside it.
@@ -28,6 +29,7 @@ for d in ['/tmp/opt-125m', '/tmp/opt-350m']:
     m = OPTForCausalLM.from_pretrained(d)
     print(d, 'loaded by transformers:', sum(p.numel() for p in m.parameters()), 'parameters')
 " >> "$OUT/session.log" 2>&1
+if [ -z "${ONLY_BENCH:-}" ]; then
 log "GPU tests"
 /tmp/wc/cuda_reference --test-threads 1 --nocapture > "$OUT/test-cuda_reference.txt" 2>&1; log "cuda_reference rc=$?"
 /tmp/wc/bad_input --test-threads 1 > "$OUT/test-bad_input.txt" 2>&1; log "bad_input rc=$?"
@@ -38,6 +40,7 @@ for i in 1 2 3 4 5; do
 done
 log "decode tokens/s: transformers (eager) peer"
 python3 bench/peer_decode.py --model /tmp/opt-125m --device cuda:0 --dtype f16 --new-tokens 256 > "$OUT/decode-transformers.json" 2>> "$OUT/session.log"
+fi
 log "bench, JIT cache warm"
 $WC bench --models /tmp/opt-125m,/tmp/opt-350m --device cuda:0 --dtype f16 --runs 20 --rounds 3 --peer-runs 5 --out "$OUT/bench-warm" >> "$OUT/session.log" 2>&1
 log "bench rc=$?"
