@@ -113,11 +113,22 @@ pub fn markdown(results: &Results) -> String {
     let _ = writeln!(md, "|---|---:|---:|---:|---:|");
     for (model, bytes) in &floor.bytes {
         let floor_ms = floor.floor_ms.get(model).copied().unwrap_or(0.0);
+        // The single-engine scenario's runs of this model where it has them (repeated attaches
+        // of one model), else the sequential scenario's.
+        let scenario = if results
+            .runs
+            .iter()
+            .any(|r| r.scenario == "single" && &r.model == model)
+        {
+            "single"
+        } else {
+            "sequential"
+        };
         let p50_of = |mode: &str, to: Anchor| {
             let values: Vec<f64> = results
                 .runs
                 .iter()
-                .filter(|r| r.mode == mode && &r.model == model)
+                .filter(|r| r.mode == mode && &r.model == model && r.scenario == scenario)
                 .map(|r| r.timeline.span_ms(Anchor::Requested, to))
                 .collect();
             super::stats::percentile(&values, 50.0)
@@ -131,7 +142,7 @@ pub fn markdown(results: &Results) -> String {
         };
         let _ = writeln!(
             md,
-            "| {model} | {bytes} | {floor_ms:.3} | {} | {} |",
+            "| {model} ({scenario}) | {bytes} | {floor_ms:.3} | {} | {} |",
             multiple(p50_of("controller", Anchor::FirstToken)),
             multiple(p50_of("controller_nocache", Anchor::EngineReady))
         );
