@@ -143,8 +143,8 @@ pub fn markdown(results: &Results) -> String {
         let _ = writeln!(
             md,
             "| {model} ({scenario}) | {bytes} | {floor_ms:.3} | {} | {} |",
-            multiple(p50_of("controller", Anchor::FirstToken)),
-            multiple(p50_of("controller_nocache", Anchor::EngineReady))
+            multiple(p50_of("controller_nocache", Anchor::EngineReady)),
+            multiple(p50_of("controller", Anchor::EngineReady))
         );
     }
     md

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::Args;
 use wc_actors::{DType, DeviceSpec};
 
@@ -46,12 +47,25 @@ pub struct BenchArgs {
     /// Size of each pinned staging buffer of the controller's CUDA workers, in MiB.
     #[arg(long, default_value_t = 1024)]
     staging_mib: u64,
+    /// Only re-render report.md and chart.svg into --out from an earlier run's results.json.
+    #[arg(long, value_name = "RESULTS_JSON")]
+    render: Option<PathBuf>,
     /// Host cache of the `controller` worker, in MiB (`controller_nocache` has none).
     #[arg(long, default_value_t = 2048)]
     host_cache_mib: u64,
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(path) = &args.render {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let results: crate::bench::results::Results =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        std::fs::create_dir_all(&args.out)?;
+        crate::bench::write_outputs(&results, &args.out)?;
+        eprintln!("rendered {}/report.md and chart.svg", args.out.display());
+        return Ok(());
+    }
     let options = BenchOptions {
         models: args.models,
         runs: args.runs,
