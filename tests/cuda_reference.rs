@@ -7,32 +7,14 @@ mod common;
 use std::sync::Arc;
 
 use candle_core::DType as CandleDType;
-use common::{fixture, scratch};
-use serde::Deserialize;
+use common::{fixture, reference, scratch};
 use wc_actors::{
     Attach, DType, DeviceSpec, GenerateRequest, ModelSpec, PrewarmOptions, Prompt, Runtime,
     RuntimeConfig, Timeline, WorkerConfig,
 };
 use worker_controller::{CandleBackend, CandleDevice};
 
-#[derive(Deserialize)]
-struct Reference {
-    cases: Vec<Case>,
-}
-
-#[derive(Deserialize)]
-struct Case {
-    input_ids: Vec<u32>,
-    logits: Vec<Vec<f32>>,
-    greedy_new_tokens: Vec<u32>,
-}
-
 const FIXTURES: [&str; 2] = ["tiny-opt-prenorm", "tiny-opt-postnorm-proj"];
-
-fn reference(name: &str) -> Reference {
-    let text = std::fs::read_to_string(fixture(name).join("reference.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
 
 fn gpu() -> CandleDevice {
     CandleDevice::open(&DeviceSpec::Cuda(0), Some(&PrewarmOptions::default()))

@@ -1,34 +1,18 @@
 //! The OPT engine against transformers' own logits and greedy outputs for the bundled fixtures.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor};
-use serde::Deserialize;
 use wc_actors::{GenerateRequest, ModelSpec, Prompt, Timeline};
 use worker_controller::opt::{KvCache, OptEngine};
 use worker_controller::CandleDevice;
 
-#[derive(Deserialize)]
-struct Reference {
-    cases: Vec<Case>,
-}
-
-#[derive(Deserialize)]
-struct Case {
-    prompt: String,
-    input_ids: Vec<u32>,
-    logits: Vec<Vec<f32>>,
-    greedy_new_tokens: Vec<u32>,
-    greedy_text: String,
-}
+use common::reference;
 
 const FIXTURES: [&str; 2] = ["tiny-opt-prenorm", "tiny-opt-postnorm-proj"];
 
 fn fixture(name: &str) -> String {
     format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
-}
-
-fn reference(name: &str) -> Reference {
-    let text = std::fs::read_to_string(format!("{}/reference.json", fixture(name))).unwrap();
-    serde_json::from_str(&text).unwrap()
 }
 
 fn load(name: &str, dtype: Option<wc_actors::DType>) -> OptEngine {

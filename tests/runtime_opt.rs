@@ -6,8 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{copy_fixture, fixture};
-use serde::Deserialize;
+use common::{copy_fixture, fixture, reference, Case};
 use wc_actors::{
     Anchor, Attach, AttachError, AttachReport, DeviceSpec, EngineId, ErrorKind, FinishReason,
     GenerateRequest, Handle, ModelSpec, PrewarmOptions, Prompt, Runtime, RuntimeConfig,
@@ -20,24 +19,6 @@ const POSTNORM: &str = "tiny-opt-postnorm-proj";
 
 /// A guard against hangs only (never a timing assertion): far above what any step here takes.
 const HANG_GUARD: Duration = Duration::from_secs(300);
-
-#[derive(Deserialize)]
-struct Reference {
-    cases: Vec<Case>,
-}
-
-#[derive(Deserialize)]
-struct Case {
-    prompt: String,
-    input_ids: Vec<u32>,
-    greedy_new_tokens: Vec<u32>,
-    greedy_text: String,
-}
-
-fn reference(name: &str) -> Reference {
-    let text = std::fs::read_to_string(fixture(name).join("reference.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
 
 fn spec(dir: &Path) -> ModelSpec {
     ModelSpec {

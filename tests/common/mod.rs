@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use serde::Deserialize;
+
 /// A bundled fixture checkpoint directory.
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -25,4 +27,26 @@ pub fn copy_fixture(name: &str, test: &str) -> PathBuf {
         std::fs::copy(fixture(name).join(file), dir.join(file)).unwrap();
     }
     dir
+}
+
+/// A fixture's `reference.json`: what transformers computed for each prompt.
+#[derive(Deserialize)]
+pub struct Reference {
+    pub cases: Vec<Case>,
+}
+
+/// One prompt of a reference: its ids, full logits, and 24 greedy tokens (EOS ignored).
+#[derive(Deserialize)]
+pub struct Case {
+    pub prompt: String,
+    pub input_ids: Vec<u32>,
+    pub logits: Vec<Vec<f32>>,
+    pub greedy_new_tokens: Vec<u32>,
+    pub greedy_text: String,
+}
+
+/// The reference of a bundled fixture.
+pub fn reference(name: &str) -> Reference {
+    let text = std::fs::read_to_string(fixture(name).join("reference.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
 }
