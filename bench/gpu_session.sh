@@ -2,7 +2,7 @@
 # One GPU session, run from the repo root on the GPU machine with the CUDA build's gzipped binaries
 # in .gpu/ (wc-cuda, cuda_reference, bad_input): GPU tests, decode speed against transformers, and
 # the cold-start bench (JIT cache warm, then cold). Everything is written under $OUT.
-# ONLY_BENCH=1 skips the tests and the decode measurement.
+# ONLY_BENCH=1 skips the tests and the decode measurement; SKIP_COLD=1 the JIT-cold bench.
 set -u
 FINAL=${OUT:-/tmp/wc-out}; OUT=/tmp/wc-session; mkdir -p "$OUT" "$FINAL"
 # Everything is packed into one archive at the end ($FINAL/session.tgz), the log also beside it.
@@ -44,6 +44,7 @@ fi
 log "bench, JIT cache warm"
 $WC bench --models /tmp/opt-125m,/tmp/opt-350m --device cuda:0 --dtype f16 --runs 20 --rounds 3 --peer-runs 5 --out "$OUT/bench-warm" >> "$OUT/session.log" 2>&1
 log "bench rc=$?"
+[ -n "${SKIP_COLD:-}" ] && exit 0
 log "bench, JIT cache cold for every standard process"
 $WC bench --models /tmp/opt-125m --device cuda:0 --dtype f16 --scenario single --runs 5 --no-peer --cold-jit --out "$OUT/bench-cold" >> "$OUT/session.log" 2>&1
 log "bench cold rc=$?"

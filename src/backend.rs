@@ -122,6 +122,10 @@ impl CandleDevice {
             }
         }
         #[cfg(feature = "cuda")]
+        if let (Device::Cuda(cuda), Some(_)) = (&device, prewarm) {
+            crate::cuda::keep_pool_memory(cuda)?;
+        }
+        #[cfg(feature = "cuda")]
         let staging = match (&device, prewarm) {
             (Device::Cuda(cuda), Some(options)) if options.staging_bytes > 0 => {
                 let t = Instant::now();

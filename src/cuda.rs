@@ -33,27 +33,57 @@ pub fn device_count() -> Result<usize, String> {
         .map_err(|e| e.to_string())
 }
 
-/// `(total, free)` bytes of the device behind `device`, from `cuMemGetInfo`, after the
-/// worker's queued frees have run and the stream-ordered pool has handed its free memory back
-/// (candle allocates with `cuMemAllocAsync`; a freed block otherwise stays in the pool).
-pub fn memory_info(device: &CudaDevice) -> Result<(u64, u64), String> {
+/// The device's stream-ordered memory pool, which candle allocates from (`cuMemAllocAsync`).
+fn memory_pool(device: &CudaDevice) -> Result<sys::CUmemoryPool, String> {
     let stream = device.cuda_stream();
-    stream.synchronize().map_err(|e| e.to_string())?;
     let context = stream.context();
     context.bind_to_thread().map_err(|e| e.to_string())?;
     let mut pool = std::ptr::null_mut();
     // SAFETY: `pool` is a valid out-pointer and the device handle comes from a live context.
-    unsafe {
-        if sys::cuDeviceGetMemPool(&mut pool, context.cu_device()) == sys::CUresult::CUDA_SUCCESS {
-            sys::cuMemPoolTrimTo(pool, 0);
-        }
+    let status = unsafe { sys::cuDeviceGetMemPool(&mut pool, context.cu_device()) };
+    if status != sys::CUresult::CUDA_SUCCESS {
+        return Err(format!("cuDeviceGetMemPool: {status:?}"));
     }
-    let (free, total) = device
-        .cuda_stream()
-        .context()
-        .mem_get_info()
-        .map_err(|e| e.to_string())?;
-    Ok((total as u64, free as u64))
+    Ok(pool)
+}
+
+fn pool_attribute(pool: sys::CUmemoryPool, attribute: sys::CUmemPool_attribute) -> u64 {
+    let mut value = 0u64;
+    // SAFETY: these attributes are 64-bit values and `value` is a valid out-pointer.
+    unsafe { sys::cuMemPoolGetAttribute(pool, attribute, &mut value as *mut u64 as *mut _) };
+    value
+}
+
+/// Makes the worker's memory pool keep freed memory mapped instead of returning it to the
+/// driver at every synchronization (its default), so that the next attach allocates from warm
+/// memory instead of mapping fresh pages for every tensor.
+pub fn keep_pool_memory(device: &CudaDevice) -> Result<(), LoadError> {
+    let pool = memory_pool(device).map_err(driver)?;
+    let mut threshold = u64::MAX;
+    // SAFETY: the release threshold is a 64-bit value and `threshold` outlives the call.
+    unsafe {
+        sys::cuMemPoolSetAttribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            &mut threshold as *mut u64 as *mut _,
+        )
+    };
+    Ok(())
+}
+
+/// `(total, free)` bytes of the device behind `device`, after the worker's queued frees have
+/// run. Free counts what `cuMemGetInfo` reports plus the memory the worker's pool holds mapped
+/// but unused (freed by a detach and kept for the next attach; see [`keep_pool_memory`]).
+pub fn memory_info(device: &CudaDevice) -> Result<(u64, u64), String> {
+    let stream = device.cuda_stream();
+    stream.synchronize().map_err(|e| e.to_string())?;
+    let pool = memory_pool(device)?;
+    use sys::CUmemPool_attribute::{
+        CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT as RESERVED, CU_MEMPOOL_ATTR_USED_MEM_CURRENT as USED,
+    };
+    let held_unused = pool_attribute(pool, RESERVED).saturating_sub(pool_attribute(pool, USED));
+    let (free, total) = stream.context().mem_get_info().map_err(|e| e.to_string())?;
+    Ok((total as u64, free as u64 + held_unused))
 }
 
 fn driver(e: impl std::fmt::Display) -> LoadError {
