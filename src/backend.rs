@@ -162,8 +162,8 @@ impl CandleDevice {
     ) -> Result<(OptEngine, u64), LoadError> {
         let checked = check_cached(spec)?;
         let dtype = candle_dtype(checked.dtype);
-        let weights = match self.upload_pinned(&checked, dtype, timeline)? {
-            Some(weights) => weights,
+        let (weights, in_flight) = match self.upload_pinned(&checked, dtype, timeline)? {
+            Some((weights, in_flight)) => (weights, Some(in_flight)),
             None => {
                 let files = checked
                     .checkpoint
@@ -172,16 +172,20 @@ impl CandleDevice {
                     .map(|path| Ok((path.clone(), self.host_cache.file(path)?.0)))
                     .collect::<Result<Vec<_>, LoadError>>()?;
                 timeline.mark(Anchor::WeightsRead);
-                DeviceWeights::upload(&files, &self.device, dtype)?
+                let weights = DeviceWeights::upload(&files, &self.device, dtype)?;
+                self.device.synchronize()?;
+                timeline.mark(Anchor::WeightsOnDevice);
+                (weights, None)
             }
         };
-        self.device.synchronize()?;
-        timeline.mark(Anchor::WeightsOnDevice);
-        let tokenizer = match &checked.checkpoint.tokenizer {
-            Some(path) => Some(self.host_cache.tokenizer(path)?),
-            None => None,
-        };
-        let model = OptModel::new(checked.checkpoint.config.clone(), &weights)?;
+        // On the pinned path the copies are still running: building the model now queues its
+        // kernels behind them on the same stream, so the build's host work overlaps the DMA.
+        let built = self.build_model(&checked, &weights);
+        if let Some(in_flight) = in_flight {
+            wait_for_copies(in_flight)?;
+            timeline.mark(Anchor::WeightsOnDevice);
+        }
+        let (model, tokenizer) = built?;
         self.device.synchronize()?;
         timeline.mark(Anchor::EngineReady);
         let engine = OptEngine::new(model, tokenizer, weights.device_bytes);
@@ -189,15 +193,47 @@ impl CandleDevice {
     }
 }
 
+/// Host-to-device copies still running after the pinned upload returned.
+#[cfg(feature = "cuda")]
+type CopiesInFlight = crate::cuda::CopiesInFlight;
+/// Without CUDA there is no asynchronous upload.
+#[cfg(not(feature = "cuda"))]
+type CopiesInFlight = std::convert::Infallible;
+
+#[cfg(feature = "cuda")]
+fn wait_for_copies(copies: CopiesInFlight) -> Result<(), LoadError> {
+    copies.wait()
+}
+
+#[cfg(not(feature = "cuda"))]
+fn wait_for_copies(copies: CopiesInFlight) -> Result<(), LoadError> {
+    match copies {}
+}
+
 impl CandleDevice {
-    /// The CUDA fast path: a single-file checkpoint through the pinned staging buffers.
+    /// The model and its tokenizer, from weights on the device.
+    fn build_model(
+        &mut self,
+        checked: &CheckedCheckpoint,
+        weights: &DeviceWeights,
+    ) -> Result<(OptModel, Option<tokenizers::Tokenizer>), LoadError> {
+        let tokenizer = match &checked.checkpoint.tokenizer {
+            Some(path) => Some(self.host_cache.tokenizer(path)?),
+            None => None,
+        };
+        let model = OptModel::new(checked.checkpoint.config.clone(), weights)?;
+        Ok((model, tokenizer))
+    }
+
+    /// The CUDA fast path: a single-file checkpoint through the pinned staging buffers. Returns
+    /// with the copies queued, not finished.
     #[cfg(feature = "cuda")]
     fn upload_pinned(
         &mut self,
         checked: &CheckedCheckpoint,
         dtype: candle_core::DType,
         timeline: &mut Timeline,
-    ) -> Result<Option<DeviceWeights>, LoadError> {
+    ) -> Result<Option<(DeviceWeights, CopiesInFlight)>, LoadError> {
         let (Device::Cuda(cuda), Some(pool), [file]) = (
             &self.device,
             self.staging.as_mut(),
@@ -214,7 +250,10 @@ impl CandleDevice {
             bytes = uploaded.bytes,
             "pinned upload"
         );
-        Ok(Some(DeviceWeights::from_tensors(uploaded.tensors)))
+        Ok(Some((
+            DeviceWeights::from_tensors(uploaded.tensors),
+            uploaded.in_flight,
+        )))
     }
 
     #[cfg(not(feature = "cuda"))]
@@ -223,7 +262,7 @@ impl CandleDevice {
         _checked: &CheckedCheckpoint,
         _dtype: candle_core::DType,
         _timeline: &mut Timeline,
-    ) -> Result<Option<DeviceWeights>, LoadError> {
+    ) -> Result<Option<(DeviceWeights, CopiesInFlight)>, LoadError> {
         Ok(None)
     }
 }

@@ -15,7 +15,7 @@ use std::sync::mpsc;
 use std::time::Instant;
 
 use candle_core::cuda_backend::cudarc::driver::{
-    result, sys, CudaContext, CudaSlice, DevicePtrMut, DeviceRepr, PinnedHostSlice,
+    result, sys, CudaContext, CudaEvent, CudaSlice, DevicePtrMut, DeviceRepr, PinnedHostSlice,
 };
 use candle_core::cuda_backend::CudaDType;
 use candle_core::op::BackpropOp;
@@ -155,9 +155,23 @@ impl StagingPool {
     }
 }
 
+/// Copies (and dtype conversions) queued on a worker's stream and not yet finished. The pinned
+/// buffer they read stays untouched until they are: a worker loads one model at a time and waits
+/// on this before its load returns.
+pub struct CopiesInFlight(CudaEvent);
+
+impl CopiesInFlight {
+    /// Blocks until the copies are done.
+    pub fn wait(self) -> Result<(), LoadError> {
+        self.0.synchronize().map_err(driver)
+    }
+}
+
 /// What an upload did.
 pub struct Uploaded {
     pub tensors: HashMap<String, Tensor>,
+    /// The copies, still running.
+    pub in_flight: CopiesInFlight,
     /// The file's bytes were already in pinned memory.
     pub from_host_cache: bool,
     /// When the last byte was in host memory (monotonic ns).
@@ -196,20 +210,30 @@ pub fn upload_file(
             path: path.to_path_buf(),
             source,
         })?;
-        read_overlapped(&file, base, data_start, data_len, |ready| {
+        let read = read_overlapped(&file, base, data_start, data_len, |ready| {
             copier.copy_ready(ready)
-        })?;
+        });
+        if let Err(e) = read {
+            // Copies of the tensors read so far still use the buffer: let them finish first.
+            let _ = device.cuda_stream().synchronize();
+            return Err(e);
+        }
     }
     let read_done_ns = wc_actors::monotonic_ns();
     copier.copy_ready(data_len)?;
-    device.cuda_stream().synchronize().map_err(driver)?;
     pool.buffers[index].holds = Some(key);
     let mut tensors = HashMap::new();
     for (name, tensor) in copier.done {
         tensors.insert(name, tensor.to_dtype(dtype)?);
     }
+    let in_flight = device
+        .cuda_stream()
+        .record_event(None)
+        .map(CopiesInFlight)
+        .map_err(driver)?;
     Ok(Some(Uploaded {
         tensors,
+        in_flight,
         from_host_cache: hit,
         read_done_ns,
         bytes: data_len as u64,
