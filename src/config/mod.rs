@@ -1,17 +1,19 @@
-//! The standalone server's TOML configuration: sections, defaults, value parsing and validation.
+//! The standalone server's TOML configuration: sections, defaults and validation (value types in `units`).
 //!
 //! Every error names the file, line and column it comes from: unknown keys and bad values are
 //! caught while parsing (toml's spans), missing model paths and duplicate names right after.
 //! The bundled `config.toml` at the repository root documents every key.
 
-use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{de, Deserialize, Deserializer};
+use serde::Deserialize;
 use toml::Spanned;
 use wc_actors::{DType, DeviceSpec, ModelSpec, PrewarmOptions, RuntimeConfig, WorkerConfig};
+
+mod units;
+pub use units::{format_duration, parse_bytes, parse_duration, ByteSize, HumanDuration, KeepAlive};
 
 /// The whole configuration file.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -203,163 +205,6 @@ impl ModelConfig {
             dtype: self.dtype,
         }
     }
-}
-
-/// How long an idle engine is kept before it may be evicted: a duration, or for ever (`-1`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KeepAlive {
-    For(Duration),
-    Forever,
-}
-
-impl Default for KeepAlive {
-    fn default() -> Self {
-        KeepAlive::For(Duration::from_secs(300))
-    }
-}
-
-impl KeepAlive {
-    /// Whether an engine idle for `idle` may be evicted.
-    pub fn expired(&self, idle: Duration) -> bool {
-        match self {
-            KeepAlive::For(d) => idle >= *d,
-            KeepAlive::Forever => false,
-        }
-    }
-
-    /// Parses "5m", "30s", "250ms", "1h", "0", a bare number of seconds, or a negative for ever.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let t = text.trim();
-        match t.strip_prefix('-') {
-            Some(rest) => parse_duration(rest).map(|_| KeepAlive::Forever),
-            None => parse_duration(t).map(KeepAlive::For),
-        }
-    }
-}
-
-impl fmt::Display for KeepAlive {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            KeepAlive::For(d) => write!(f, "{}", format_duration(*d)),
-            KeepAlive::Forever => f.write_str("-1"),
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for KeepAlive {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        match NumberOrText::deserialize(d)? {
-            NumberOrText::Int(n) if n < 0 => Ok(KeepAlive::Forever),
-            NumberOrText::Int(n) => Ok(KeepAlive::For(Duration::from_secs(n as u64))),
-            NumberOrText::Float(x) if x < 0.0 => Ok(KeepAlive::Forever),
-            NumberOrText::Float(x) => Ok(KeepAlive::For(Duration::from_secs_f64(x))),
-            NumberOrText::Text(s) => KeepAlive::parse(&s).map_err(de::Error::custom),
-        }
-    }
-}
-
-/// A duration written as "30s", "5m", "250ms", "1h" or a bare number of seconds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HumanDuration(pub Duration);
-
-impl<'de> Deserialize<'de> for HumanDuration {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let negative = || de::Error::custom("a duration cannot be negative");
-        match NumberOrText::deserialize(d)? {
-            NumberOrText::Int(n) if n < 0 => Err(negative()),
-            NumberOrText::Int(n) => Ok(HumanDuration(Duration::from_secs(n as u64))),
-            NumberOrText::Float(x) if x < 0.0 || !x.is_finite() => Err(negative()),
-            NumberOrText::Float(x) => Ok(HumanDuration(Duration::from_secs_f64(x))),
-            NumberOrText::Text(s) => parse_duration(&s)
-                .map(HumanDuration)
-                .map_err(de::Error::custom),
-        }
-    }
-}
-
-/// A number of bytes written as an integer or with a unit: "512KiB", "64MiB", "2GB".
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ByteSize(pub u64);
-
-impl<'de> Deserialize<'de> for ByteSize {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        match NumberOrText::deserialize(d)? {
-            NumberOrText::Int(n) if n >= 0 => Ok(ByteSize(n as u64)),
-            NumberOrText::Text(s) => parse_bytes(&s).map(ByteSize).map_err(de::Error::custom),
-            _ => Err(de::Error::custom(
-                "expected a byte size such as 1048576, \"512KiB\", \"64MiB\" or \"2GB\"",
-            )),
-        }
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum NumberOrText {
-    Int(i64),
-    Float(f64),
-    Text(String),
-}
-
-/// Parses "250ms", "30s", "5m", "1h", "1.5s" or a bare number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let bad = || {
-        format!(
-            "invalid duration `{text}`: expected e.g. \"250ms\", \"30s\", \"5m\", \"1h\" or \"-1\""
-        )
-    };
-    let value: f64 = number.parse().map_err(|_| bad())?;
-    let seconds = match unit.trim() {
-        "" | "s" | "sec" | "secs" => value,
-        "ms" => value / 1e3,
-        "m" | "min" | "mins" => value * 60.0,
-        "h" | "hr" | "hours" => value * 3600.0,
-        _ => return Err(bad()),
-    };
-    Duration::try_from_secs_f64(seconds).map_err(|_| bad())
-}
-
-/// Writes a duration the way [`parse_duration`] reads it.
-pub fn format_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms % 1000 != 0 {
-        format!("{ms}ms")
-    } else if ms % 3_600_000 == 0 && ms > 0 {
-        format!("{}h", ms / 3_600_000)
-    } else if ms % 60_000 == 0 && ms > 0 {
-        format!("{}m", ms / 60_000)
-    } else {
-        format!("{}s", ms / 1000)
-    }
-}
-
-/// Parses "1048576", "512KiB", "64MiB", "2GiB", "1.5GB", "10K" (K/M/G alone are binary).
-pub fn parse_bytes(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let bad = || {
-        format!("invalid byte size `{text}`: expected e.g. \"1048576\", \"512KiB\", \"64MiB\" or \"2GB\"")
-    };
-    let value: f64 = number.parse().map_err(|_| bad())?;
-    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "kb" => 1_000,
-        "mb" => 1_000_000,
-        "gb" => 1_000_000_000,
-        "k" | "kib" => 1 << 10,
-        "m" | "mib" => 1 << 20,
-        "g" | "gib" => 1 << 30,
-        _ => return Err(bad()),
-    };
-    Ok((value * scale as f64).round() as u64)
 }
 
 /// A configuration that could not be used, with where in which file.
