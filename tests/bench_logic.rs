@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 
 use common::{fixture, scratch};
 use wc_actors::{Anchor, DeviceSpec, Timeline};
-use worker_controller::bench::results::{phase_names, Results, RunRecord};
+use worker_controller::bench::results::{phase_names, ModeSummary, Results, RunRecord};
 use worker_controller::bench::stats::{percentile, Summary};
 use worker_controller::bench::{chart, frame, report, BenchOptions};
 
@@ -74,16 +74,28 @@ fn assert_svg_well_formed(svg: &str) {
 }
 
 /// Phase bars the chart must draw: one per (scenario, mode, phase) with a nonzero p50.
+/// Bar segments the chart should draw: one per nonzero p50 phase of each mode, and again in the
+/// zoom panel for modes whose total is under a tenth of the slowest mode's.
 fn nonzero_bars(results: &Results) -> usize {
-    results
+    let modes: Vec<_> = results
         .scenarios
         .values()
         .flat_map(|s| s.summary.values())
+        .collect();
+    let longest = |mode: &&ModeSummary| mode["total"].p95_ms.max(mode["total"].p50_ms);
+    let slowest = modes.iter().map(longest).fold(0.0, f64::max);
+    modes
+        .iter()
         .map(|mode| {
-            phase_names()
+            let segments = phase_names()
                 .iter()
                 .filter(|p| mode[**p].p50_ms > 0.0)
-                .count()
+                .count();
+            if longest(mode) * 10.0 < slowest {
+                2 * segments
+            } else {
+                segments
+            }
         })
         .sum()
 }
@@ -381,9 +393,34 @@ fn report_ratio_and_chart_bars_follow_the_runs() {
 
     let svg = chart::svg(&results);
     assert_svg_well_formed(&svg);
-    // standard: device_ready + first_token; controller: weights_read.
+    // standard: device_ready + first_token; controller: weights_read. 10 ms is not under a
+    // tenth of 100 ms, so there is no zoom panel.
     assert_eq!(nonzero_bars(&results), 3);
     assert_eq!(svg.matches("</title></rect>").count(), 3);
+    assert!(!svg.contains("zoom"));
+
+    // A controller at 5 ms is: it is drawn again in a zoom panel on its own scale.
+    for run in results.runs.iter_mut().filter(|r| r.mode == "controller") {
+        *run = RunRecord::new(
+            "single",
+            "controller",
+            "m",
+            0,
+            run.run,
+            timeline(&[(Anchor::Requested, 0), (Anchor::WeightsRead, 5)]),
+            8,
+        );
+    }
+    results.summarize();
+    let svg = chart::svg(&results);
+    assert_svg_well_formed(&svg);
+    assert!(svg.contains("zoom"));
+    assert_eq!(nonzero_bars(&results), 4);
+    assert_eq!(svg.matches("</title></rect>").count(), 4);
+    assert!(
+        svg.contains("(full width = 5.0 ms)"),
+        "the zoom panel spans the fast mode"
+    );
 }
 
 #[test]

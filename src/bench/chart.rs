@@ -1,17 +1,34 @@
 //! `chart.svg`: stacked bars of p50 phases per scenario and mode, with the p95 total marked.
+//!
+//! One panel holds every bar on one scale. When some modes are more than ten times faster than
+//! the slowest (the controller next to a fresh process), a second panel shows just those on
+//! their own scale, so their phases stay readable.
 
 use std::fmt::Write;
 
 use super::report::MODES;
-use super::results::{phase_names, Results};
+use super::results::{phase_names, ModeSummary, Results};
 
 const COLORS: [&str; 6] = [
     "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948",
 ];
+const LABEL_W: f64 = 190.0;
+const PLOT_W: f64 = 560.0;
+const BAR_H: f64 = 26.0;
+const GAP: f64 = 14.0;
+const PANEL_TITLE_H: f64 = 24.0;
+
+type Bar<'a> = (String, &'a ModeSummary);
+
+fn slowest(bars: &[Bar]) -> f64 {
+    bars.iter()
+        .map(|(_, s)| s["total"].p95_ms.max(s["total"].p50_ms))
+        .fold(1e-9, f64::max)
+}
 
 /// An SVG with one bar per (scenario, mode): p50 of each phase stacked, p95 of the total as a tick.
 pub fn svg(results: &Results) -> String {
-    let bars: Vec<(String, &super::results::ModeSummary)> = results
+    let bars: Vec<Bar> = results
         .scenarios
         .iter()
         .flat_map(|(name, s)| {
@@ -20,14 +37,21 @@ pub fn svg(results: &Results) -> String {
                 .filter_map(move |m| s.summary.get(*m).map(|sum| (format!("{name} / {m}"), sum)))
         })
         .collect();
-    let max_ms = bars
+    let max_ms = slowest(&bars);
+    let fast: Vec<Bar> = bars
         .iter()
-        .map(|(_, s)| s["total"].p95_ms.max(s["total"].p50_ms))
-        .fold(1e-9, f64::max);
-    let (label_w, plot_w, bar_h, gap, top) = (190.0, 560.0, 26.0, 14.0, 60.0);
-    let height = top + bars.len() as f64 * (bar_h + gap) + 70.0;
-    let width = label_w + plot_w + 120.0;
-    let scale = plot_w / max_ms;
+        .filter(|(_, s)| s["total"].p95_ms.max(s["total"].p50_ms) * 10.0 < max_ms)
+        .cloned()
+        .collect();
+    let panel_h = |n: usize| PANEL_TITLE_H + n as f64 * (BAR_H + GAP);
+    let top = 60.0;
+    let fast_h = if fast.is_empty() {
+        0.0
+    } else {
+        panel_h(fast.len()) + 10.0
+    };
+    let height = top + panel_h(bars.len()) + fast_h + 50.0;
+    let width = LABEL_W + PLOT_W + 120.0;
     let mut svg = String::new();
     let _ = writeln!(
         svg,
@@ -46,53 +70,80 @@ pub fn svg(results: &Results) -> String {
         escape(&results.meta.dtype),
         escape(&results.meta.jit_cache)
     );
+    let mut y = top;
+    y = panel(&mut svg, "every mode, one scale", &bars, max_ms, y);
+    if !fast.is_empty() {
+        y = panel(
+            &mut svg,
+            "zoom: the modes under a tenth of the slowest, their own scale",
+            &fast,
+            slowest(&fast),
+            y + 10.0,
+        );
+    }
+    legend(&mut svg, y + 16.0);
+    svg.push_str("</svg>\n");
+    svg
+}
+
+/// Draws `bars` scaled so that `max_ms` spans the plot; returns the y below the panel.
+fn panel(svg: &mut String, title: &str, bars: &[Bar], max_ms: f64, top: f64) -> f64 {
+    let _ = writeln!(
+        svg,
+        r#"<text x="10" y="{:.1}" font-style="italic" fill="dimgray">{} (full width = {:.1} ms)</text>"#,
+        top + 14.0,
+        escape(title),
+        max_ms
+    );
+    let scale = PLOT_W / max_ms;
     for (i, (label, summary)) in bars.iter().enumerate() {
-        let y = top + i as f64 * (bar_h + gap);
+        let y = top + PANEL_TITLE_H + i as f64 * (BAR_H + GAP);
         let _ = writeln!(
             svg,
             r#"<text x="10" y="{:.1}">{}</text>"#,
-            y + bar_h * 0.65,
+            y + BAR_H * 0.65,
             escape(label)
         );
-        let mut x = label_w;
+        let mut x = LABEL_W;
         for (phase, color) in phase_names().iter().zip(COLORS) {
             let w = summary[*phase].p50_ms * scale;
             if w > 0.0 {
                 let _ = writeln!(
                     svg,
-                    r#"<rect x="{x:.2}" y="{y:.1}" width="{w:.2}" height="{bar_h}" fill="{color}"><title>{phase}: {:.2} ms</title></rect>"#,
+                    r#"<rect x="{x:.2}" y="{y:.1}" width="{w:.2}" height="{BAR_H}" fill="{color}"><title>{phase}: {:.2} ms</title></rect>"#,
                     summary[*phase].p50_ms
                 );
             }
             x += w;
         }
-        let p95_x = label_w + summary["total"].p95_ms * scale;
+        let p95_x = LABEL_W + summary["total"].p95_ms * scale;
         let _ = writeln!(
             svg,
             r#"<line x1="{p95_x:.2}" x2="{p95_x:.2}" y1="{:.1}" y2="{:.1}" stroke="black" stroke-width="2"/>"#,
             y - 3.0,
-            y + bar_h + 3.0
+            y + BAR_H + 3.0
         );
         let _ = writeln!(
             svg,
             r#"<text x="{:.2}" y="{:.1}">{:.1} ms</text>"#,
             p95_x.max(x) + 6.0,
-            y + bar_h * 0.65,
+            y + BAR_H * 0.65,
             summary["total"].p50_ms
         );
     }
-    let legend_y = top + bars.len() as f64 * (bar_h + gap) + 20.0;
+    top + PANEL_TITLE_H + bars.len() as f64 * (BAR_H + GAP)
+}
+
+fn legend(svg: &mut String, y: f64) {
     for (i, (phase, color)) in phase_names().iter().zip(COLORS).enumerate() {
         let x = 10.0 + i as f64 * 140.0;
         let _ = writeln!(
             svg,
-            r#"<rect x="{x}" y="{legend_y}" width="12" height="12" fill="{color}"/><text x="{}" y="{}">{phase}</text>"#,
+            r#"<rect x="{x}" y="{y}" width="12" height="12" fill="{color}"/><text x="{}" y="{}">{phase}</text>"#,
             x + 16.0,
-            legend_y + 10.0
+            y + 10.0
         );
     }
-    svg.push_str("</svg>\n");
-    svg
 }
 
 fn escape(text: &str) -> String {
