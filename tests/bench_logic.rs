@@ -75,7 +75,8 @@ fn assert_svg_well_formed(svg: &str) {
 
 /// Phase bars the chart must draw: one per (scenario, mode, phase) with a nonzero p50.
 /// Bar segments the chart should draw: one per nonzero p50 phase of each mode, and again in the
-/// zoom panel for modes whose total is under a tenth of the slowest mode's.
+/// zoom panel for modes whose total is under a tenth of the slowest mode's (the runs used here
+/// have at most two levels of speed, so at most one zoom).
 fn nonzero_bars(results: &Results) -> usize {
     let modes: Vec<_> = results
         .scenarios

@@ -1,8 +1,8 @@
 //! `chart.svg`: stacked bars of p50 phases per scenario and mode, with the p95 total marked.
 //!
 //! One panel holds every bar on one scale. When some modes are more than ten times faster than
-//! the slowest (the controller next to a fresh process), a second panel shows just those on
-//! their own scale, so their phases stay readable.
+//! the slowest in a panel (the controller next to a fresh process), a zoom panel below shows just
+//! those on their own scale, so their phases stay readable; zooms repeat while that holds.
 
 use std::fmt::Write;
 
@@ -37,20 +37,22 @@ pub fn svg(results: &Results) -> String {
                 .filter_map(move |m| s.summary.get(*m).map(|sum| (format!("{name} / {m}"), sum)))
         })
         .collect();
-    let max_ms = slowest(&bars);
-    let fast: Vec<Bar> = bars
-        .iter()
-        .filter(|(_, s)| s["total"].p95_ms.max(s["total"].p50_ms) * 10.0 < max_ms)
-        .cloned()
-        .collect();
-    let panel_h = |n: usize| PANEL_TITLE_H + n as f64 * (BAR_H + GAP);
+    let mut panels = vec![bars];
+    while let Some(last) = panels.last() {
+        let max_ms = slowest(last);
+        let fast: Vec<Bar> = last
+            .iter()
+            .filter(|(_, s)| s["total"].p95_ms.max(s["total"].p50_ms) * 10.0 < max_ms)
+            .cloned()
+            .collect();
+        if fast.is_empty() || panels.len() == 3 {
+            break;
+        }
+        panels.push(fast);
+    }
+    let panel_h = |n: usize| PANEL_TITLE_H + n as f64 * (BAR_H + GAP) + 10.0;
     let top = 60.0;
-    let fast_h = if fast.is_empty() {
-        0.0
-    } else {
-        panel_h(fast.len()) + 10.0
-    };
-    let height = top + panel_h(bars.len()) + fast_h + 50.0;
+    let height = top + panels.iter().map(|p| panel_h(p.len())).sum::<f64>() + 50.0;
     let width = LABEL_W + PLOT_W + 120.0;
     let mut svg = String::new();
     let _ = writeln!(
@@ -71,17 +73,15 @@ pub fn svg(results: &Results) -> String {
         escape(&results.meta.jit_cache)
     );
     let mut y = top;
-    y = panel(&mut svg, "every mode, one scale", &bars, max_ms, y);
-    if !fast.is_empty() {
-        y = panel(
-            &mut svg,
-            "zoom: the modes under a tenth of the slowest, their own scale",
-            &fast,
-            slowest(&fast),
-            y + 10.0,
-        );
+    for (i, bars) in panels.iter().enumerate() {
+        let title = if i == 0 {
+            "every mode, one scale"
+        } else {
+            "zoom: the modes under a tenth of the slowest above, their own scale"
+        };
+        y = panel(&mut svg, title, bars, slowest(bars), y) + 10.0;
     }
-    legend(&mut svg, y + 16.0);
+    legend(&mut svg, y + 6.0);
     svg.push_str("</svg>\n");
     svg
 }
