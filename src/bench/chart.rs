@@ -12,7 +12,7 @@ use super::results::{phase_names, ModeSummary, Results};
 const COLORS: [&str; 6] = [
     "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948",
 ];
-const LABEL_W: f64 = 190.0;
+const LABEL_W: f64 = 240.0;
 const PLOT_W: f64 = 560.0;
 const BAR_H: f64 = 26.0;
 const GAP: f64 = 14.0;
@@ -62,7 +62,7 @@ pub fn svg(results: &Results) -> String {
     let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
     let _ = writeln!(
         svg,
-        r#"<text x="10" y="22" font-size="15" font-weight="bold">Time to first token, p50 by phase (ms); | = p95 total</text>"#
+        r#"<text x="10" y="22" font-size="15" font-weight="bold">Time to first token: p50 by phase, | = p95 total, label = p50 total</text>"#
     );
     let _ = writeln!(
         svg,
