@@ -5,6 +5,7 @@
 //!
 //! # Layout
 //! - [`timeline`]: timing anchors shared by every path.
+//! - [`duration`]: durations written as text ("30s", "500ms").
 //! - [`backend`]: the contract an engine implementation fulfils (devices, loading, generation).
 //! - [`runtime`]: configuration, starting the runtime, and the [`Handle`] to use it.
 //! - [`messages`]: every message, grouped by the actor that receives it.
@@ -17,6 +18,7 @@
 
 pub mod backend;
 pub mod controller;
+pub mod duration;
 pub mod engine;
 pub mod errors;
 mod guard;
@@ -28,6 +30,7 @@ pub mod worker;
 
 pub use backend::*;
 pub use controller::ControllerActor;
+pub use duration::parse_duration;
 pub use errors::{AttachError, DetachError, GenerateError};
 pub use messages::{
     Attach, Detach, Generate, GetStats, ListEngines, ListWorkers, Shutdown, WaitReady,

@@ -4,6 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use serde::{de, Deserialize, Deserializer};
+pub use wc_actors::parse_duration;
 
 /// How long an idle engine is kept before it may be evicted: a duration, or for ever (`-1`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,29 +100,6 @@ enum NumberOrText {
     Int(i64),
     Float(f64),
     Text(String),
-}
-
-/// Parses "250ms", "30s", "5m", "1h", "1.5s" or a bare number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let bad = || {
-        format!(
-            "invalid duration `{text}`: expected e.g. \"250ms\", \"30s\", \"5m\", \"1h\" or \"-1\""
-        )
-    };
-    let value: f64 = number.parse().map_err(|_| bad())?;
-    let seconds = match unit.trim() {
-        "" | "s" | "sec" | "secs" => value,
-        "ms" => value / 1e3,
-        "m" | "min" | "mins" => value * 60.0,
-        "h" | "hr" | "hours" => value * 3600.0,
-        _ => return Err(bad()),
-    };
-    Duration::try_from_secs_f64(seconds).map_err(|_| bad())
 }
 
 /// Writes a duration the way [`parse_duration`] reads it.
