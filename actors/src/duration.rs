@@ -1,22 +1,27 @@
-//! Durations written as text in configuration: "250ms", "30s", "5m", "1h", "1.5s", or bare seconds.
+//! Quantities written as text in configuration: durations ("250ms", "30s", "5m", "1h", bare seconds) and the number/unit split they share with byte sizes.
 
 use std::time::Duration;
 
-/// Parses "250ms", "30s", "5m", "1h", "1.5s" or a bare number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+/// Splits a quantity such as "1.5s" or "64MiB" into its number and its (trimmed) unit.
+pub fn split_quantity(text: &str) -> Option<(f64, &str)> {
     let t = text.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
+    Some((number.parse().ok()?, unit.trim()))
+}
+
+/// Parses "250ms", "30s", "5m", "1h", "1.5s" or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let bad = || {
         format!(
             "invalid duration `{text}`: expected a number with a unit of ms, s, m or h, \
              e.g. \"250ms\", \"30s\", \"5m\""
         )
     };
-    let value: f64 = number.parse().map_err(|_| bad())?;
-    let seconds = match unit.trim() {
+    let (value, unit) = split_quantity(text).ok_or_else(bad)?;
+    let seconds = match unit {
         "" | "s" | "sec" | "secs" => value,
         "ms" => value / 1e3,
         "m" | "min" | "mins" => value * 60.0,

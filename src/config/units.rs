@@ -4,6 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use serde::{de, Deserialize, Deserializer};
+use wc_actors::duration::split_quantity;
 pub use wc_actors::parse_duration;
 
 /// How long an idle engine is kept before it may be evicted: a duration, or for ever (`-1`).
@@ -118,16 +119,11 @@ pub fn format_duration(d: Duration) -> String {
 
 /// Parses "1048576", "512KiB", "64MiB", "2GiB", "1.5GB", "10K" (K/M/G alone are binary).
 pub fn parse_bytes(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
     let bad = || {
         format!("invalid byte size `{text}`: expected e.g. \"1048576\", \"512KiB\", \"64MiB\" or \"2GB\"")
     };
-    let value: f64 = number.parse().map_err(|_| bad())?;
-    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+    let (value, unit) = split_quantity(text).ok_or_else(bad)?;
+    let scale: u64 = match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "kb" => 1_000,
         "mb" => 1_000_000,
