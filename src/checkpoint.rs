@@ -132,7 +132,7 @@ pub fn hub_cache_dirs() -> Vec<PathBuf> {
 }
 
 /// `refs/main`'s snapshot, or the only snapshot there is, if it has a `config.json`.
-fn cached_snapshot(repo: &Path) -> Option<PathBuf> {
+pub fn cached_snapshot(repo: &Path) -> Option<PathBuf> {
     let snapshots = repo.join("snapshots");
     let by_ref = std::fs::read_to_string(repo.join("refs/main"))
         .ok()

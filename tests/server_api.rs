@@ -33,7 +33,7 @@ fn completion(model: &str, prompt: Value, stream: bool) -> Value {
 
 #[test]
 fn control_api_attaches_lists_and_detaches_engines_with_timing_reports() {
-    let server = Server::start("control", &two_model_config(""), &[]);
+    let server = Server::start("control", &two_model_config(""));
     let health = server.get("/health");
     assert_eq!(health.status, 200, "{}", health.body);
     assert_eq!(health.json()["status"], "ok");
@@ -126,7 +126,7 @@ fn model_ids(server: &Server) -> Vec<String> {
 
 #[test]
 fn completions_match_the_reference_plain_and_streamed() {
-    let server = Server::start("reference", &two_model_config(""), &[]);
+    let server = Server::start("reference", &two_model_config(""));
     for model in [PRENORM, POSTNORM] {
         for (prompt, ids, greedy) in reference(model) {
             let reply = server.post("/v1/completions", &completion(model, json!(prompt), false));
@@ -191,7 +191,7 @@ fn completions_match_the_reference_plain_and_streamed() {
 
 #[test]
 fn metrics_expose_attach_phases_workers_requests_and_errors() {
-    let server = Server::start("metrics", &two_model_config(""), &[]);
+    let server = Server::start("metrics", &two_model_config(""));
     let (prompt, _, _) = &reference(PRENORM)[0];
     assert_eq!(
         server
@@ -238,10 +238,17 @@ fn metrics_expose_attach_phases_workers_requests_and_errors() {
 
 #[test]
 fn errors_have_the_right_status_and_json_shape() {
+    let broken = scratch("errors-truncated");
+    let roots = format!(
+        "model_roots = [{:?}, {:?}]\n",
+        fixture("").display().to_string(),
+        broken.display().to_string()
+    );
     let server = Server::start(
         "errors",
-        &two_model_config("max_body_bytes = \"4KiB\"\nmax_tokens = 64\n"),
-        &[],
+        &two_model_config(&format!(
+            "max_body_bytes = \"4KiB\"\nmax_tokens = 64\n{roots}"
+        )),
     );
     // 400: malformed JSON, wrong types, bad parameters, unknown attach options.
     server
@@ -294,6 +301,10 @@ fn errors_have_the_right_status_and_json_shape() {
     assert_eq!(stream.status, 404, "a refused stream is a plain error");
     server
         .post("/engines", &json!({"model": "/no/such/checkpoint"}))
+        .assert_error(403, "model_not_allowed");
+    let missing = fixture("no-such-checkpoint").display().to_string();
+    server
+        .post("/engines", &json!({"model": missing}))
         .assert_error(404, "model_not_found");
     server.get("/no/such/route").assert_error(404, "not_found");
     // 409: the name is taken.
@@ -306,7 +317,6 @@ fn errors_have_the_right_status_and_json_shape() {
         .raw("POST", "/v1/completions", &[], Some(&big))
         .assert_error(413, "payload_too_large");
     // 422: the checkpoint exists but cannot be loaded.
-    let broken = scratch("errors-truncated");
     for file in ["config.json", "tokenizer.json", "model.safetensors"] {
         std::fs::copy(fixture(PRENORM).join(file), broken.join(file)).unwrap();
     }
@@ -345,7 +355,7 @@ fn does_not_fit_is_507() {
         "[prewarm]\nmemory_limit = \"100KiB\"\n\n[[workers]]\ndevice = \"cpu\"\n\n{}",
         model_entry(PRENORM, PRENORM, false, "5m")
     );
-    let server = Server::start("does-not-fit", &config, &[]);
+    let server = Server::start("does-not-fit", &config);
     server
         .post("/engines", &json!({"model": PRENORM}))
         .assert_error(507, "does_not_fit");
@@ -356,7 +366,7 @@ fn does_not_fit_is_507() {
 
 #[test]
 fn api_key_guards_control_endpoints_and_json_logs_are_one_object_per_line() {
-    let server = Server::start(
+    let server = Server::spawn(
         "api-key",
         &two_model_config("api_key = \"from-the-file\"\n"),
         &["--api-key", "s3cret", "--log-format", "json"],
@@ -389,9 +399,10 @@ fn api_key_guards_control_endpoints_and_json_logs_are_one_object_per_line() {
         None,
     );
     assert_eq!(ok.status, 200, "{}", ok.body);
-    for open in ["/health", "/ready", "/metrics", "/v1/models"] {
+    for open in ["/health", "/ready", "/metrics"] {
         assert_eq!(server.get(open).status, 200, "{open} needs no key");
     }
+    server.get("/v1/models").assert_error(401, "unauthorized");
     let log = server.log();
     let ready = log
         .lines()
@@ -409,7 +420,7 @@ fn api_key_guards_control_endpoints_and_json_logs_are_one_object_per_line() {
 
 #[test]
 fn wrong_methods_are_405_in_the_error_shape() {
-    let server = Server::start("methods", &two_model_config(""), &[]);
+    let server = Server::start("methods", &two_model_config(""));
     server
         .raw("PUT", "/engines", &[], Some("{}"))
         .assert_error(405, "method_not_allowed");

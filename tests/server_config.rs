@@ -63,7 +63,7 @@ fn bad_configs_are_refused_with_file_line_and_reason() {
 
 #[test]
 fn flags_override_the_file() {
-    let server = Server::start(
+    let server = Server::spawn(
         "flags",
         "[server]\nport = 1\n\n[[workers]]\ndevice = \"cpu\"\ncount = 1\n",
         &["--workers", "3", "--device", "cpu"],

@@ -19,7 +19,7 @@ fn thirty_two_clients_on_two_engines_each_get_their_own_reference_text() {
         model_entry(MODELS[0], MODELS[0], true, "5m"),
         model_entry(MODELS[1], MODELS[1], true, "5m"),
     );
-    let server = Server::start("load", &config, &[]);
+    let server = Server::start("load", &config);
     let cases: Vec<_> = MODELS
         .iter()
         .flat_map(|m| reference(m).into_iter().map(move |c| (*m, c)))

@@ -20,7 +20,7 @@ fn config(drain_delay: &str, deadline: &str) -> String {
 
 #[test]
 fn sigint_during_a_stream_lets_it_finish_and_exits_zero() {
-    let mut server = Server::start("sigint-stream", &config("500ms", "10s"), &[]);
+    let mut server = Server::spawn("sigint-stream", &config("500ms", "10s"), &[]);
     let body = json!({"model": PRENORM, "prompt": [2, 506, 79, 268, 277, 276], "max_tokens": 100,
                       "temperature": 0, "ignore_eos": true, "stream": true});
     let mut stream = EventStream::open(&server.addr, "/v1/completions", &body);
@@ -62,7 +62,7 @@ fn sigint_during_a_stream_lets_it_finish_and_exits_zero() {
 
 #[test]
 fn sigterm_turns_ready_503_before_closing_and_exits_zero() {
-    let mut server = Server::start("sigterm", &config("600ms", "5s"), &[]);
+    let mut server = Server::spawn("sigterm", &config("600ms", "5s"), &[]);
     assert_eq!(server.get("/ready").status, 200);
     server.signal(libc::SIGTERM);
     std::thread::sleep(Duration::from_millis(150));
@@ -79,7 +79,7 @@ fn sigterm_turns_ready_503_before_closing_and_exits_zero() {
 
 #[test]
 fn a_second_ctrl_c_exits_at_once() {
-    let mut server = Server::start("double-ctrl-c", &config("60s", "60s"), &[]);
+    let mut server = Server::spawn("double-ctrl-c", &config("60s", "60s"), &[]);
     server.signal(libc::SIGINT);
     std::thread::sleep(Duration::from_millis(200));
     let second = Instant::now();

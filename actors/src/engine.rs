@@ -49,14 +49,18 @@ impl EngineActor {
         if let Some(reason) = &self.lost {
             return Err(self.worker_lost(reason.clone()));
         }
+        let stream_closed = msg.stream.as_ref().is_some_and(|tx| tx.is_closed());
+        if !msg.caller.is_alive() || stream_closed {
+            return Err(GenerateError::Cancelled);
+        }
         let mut slot = self.engine.borrow_mut();
         let Some(engine) = slot.as_mut() else {
             return Err(self.worker_lost("the engine was already released".into()));
         };
-        let stream = msg.stream;
+        let (stream, caller) = (msg.stream, msg.caller);
         let mut on_token = |token: TokenEvent| match &stream {
             Some(tx) => tx.send(token).is_ok(),
-            None => true,
+            None => caller.is_alive(),
         };
         let result = call("generating", || {
             engine.generate(&msg.request, &mut on_token)

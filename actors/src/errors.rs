@@ -12,6 +12,9 @@ pub enum AttachError {
     /// Another engine (or an attach in progress) already has this name.
     #[error("an engine named `{name}` already exists")]
     NameInUse { name: String },
+    /// The engine name breaks the naming rule ([`crate::reports::check_engine_name`]).
+    #[error("invalid engine name: {reason}")]
+    InvalidName { reason: String },
     /// The model is larger than what any matching worker has free when idle.
     #[error(
         "the model needs {needed_bytes} bytes of device memory but the largest matching worker \
@@ -21,6 +24,11 @@ pub enum AttachError {
     /// Every matching worker stayed busy for the whole attach timeout.
     #[error("no free worker became available within {waited_ms} ms")]
     NoFreeWorker { waited_ms: u64 },
+    /// Too many attaches are already waiting for a busy worker; try again later.
+    #[error(
+        "{waiting} attaches are already waiting for a free worker (the limit); try again later"
+    )]
+    TooManyWaiting { waiting: usize },
     /// The worker asked for does not exist.
     #[error("there is no worker {worker}")]
     UnknownWorker { worker: usize },
@@ -47,8 +55,9 @@ impl AttachError {
     pub fn status_code(&self) -> u16 {
         match self {
             AttachError::NameInUse { .. } => 409,
+            AttachError::InvalidName { .. } => 400,
             AttachError::DoesNotFit { .. } => 507,
-            AttachError::NoFreeWorker { .. } => 503,
+            AttachError::NoFreeWorker { .. } | AttachError::TooManyWaiting { .. } => 503,
             AttachError::UnknownWorker { .. } => 404,
             AttachError::NoWorkerOnDevice { .. } => 400,
             AttachError::Load(e) => engine_status(e),
@@ -61,8 +70,10 @@ impl AttachError {
     pub fn error_type(&self) -> &'static str {
         match self {
             AttachError::NameInUse { .. } => "name_in_use",
+            AttachError::InvalidName { .. } => "invalid_name",
             AttachError::DoesNotFit { .. } => "does_not_fit",
             AttachError::NoFreeWorker { .. } => "no_free_worker",
+            AttachError::TooManyWaiting { .. } => "too_many_waiting",
             AttachError::UnknownWorker { .. } => "unknown_worker",
             AttachError::NoWorkerOnDevice { .. } => "no_worker_on_device",
             AttachError::Load(e) => engine_type(e),
@@ -130,6 +141,12 @@ pub enum GenerateError {
     /// The engine's worker failed during or before this request; the worker is being restarted.
     #[error("worker {worker} was lost while serving this request: {reason}")]
     WorkerLost { worker: usize, reason: String },
+    /// The engine's waiting queue is full; try again later.
+    #[error("engine {engine} already has {waiting} requests waiting (the limit); try again later")]
+    QueueFull { engine: EngineRef, waiting: usize },
+    /// The caller went away before the engine got to this request; nothing was generated.
+    #[error("the request was cancelled by its caller before it started")]
+    Cancelled,
     /// The engine refused or failed this request; the engine is still usable.
     #[error("generation failed: {0}")]
     Engine(EngineError),
@@ -149,7 +166,11 @@ impl GenerateError {
             GenerateError::EngineLost { .. } => 410,
             GenerateError::WorkerLost { .. } => 500,
             GenerateError::Engine(e) => engine_status(e),
-            GenerateError::ShuttingDown | GenerateError::Unavailable { .. } => 503,
+            GenerateError::ShuttingDown
+            | GenerateError::Unavailable { .. }
+            | GenerateError::QueueFull { .. } => 503,
+            // nginx's "client closed request": nobody is left to read it.
+            GenerateError::Cancelled => 499,
         }
     }
 
@@ -159,6 +180,8 @@ impl GenerateError {
             GenerateError::EngineNotFound { .. } => "engine_not_found",
             GenerateError::EngineLost { .. } => "engine_lost",
             GenerateError::WorkerLost { .. } => "worker_lost",
+            GenerateError::QueueFull { .. } => "queue_full",
+            GenerateError::Cancelled => "cancelled",
             GenerateError::Engine(e) => engine_type(e),
             GenerateError::ShuttingDown => "shutting_down",
             GenerateError::Unavailable { .. } => "unavailable",

@@ -33,12 +33,12 @@ pub use controller::ControllerActor;
 pub use duration::parse_duration;
 pub use errors::{AttachError, DetachError, GenerateError};
 pub use messages::{
-    Attach, Detach, Generate, GetStats, ListEngines, ListWorkers, Shutdown, WaitReady,
-    WorkerFailed, WorkerReady,
+    Attach, CallerAlive, Detach, Generate, GetStats, Inspect, ListEngines, ListWorkers, Shutdown,
+    WaitReady, WorkerFailed, WorkerReady,
 };
 pub use reports::{
-    AttachReport, DetachReport, EngineId, EngineInfo, EngineRef, RuntimeStats, WorkerInfo,
-    WorkerState,
+    check_engine_name, AttachReport, DetachReport, EngineId, EngineInfo, EngineRef, RuntimeStats,
+    WorkerInfo, WorkerState,
 };
 pub use runtime::{GenerateStream, Handle, Runtime, RuntimeConfig, RuntimeStopped, WorkerConfig};
 pub use timeline::{monotonic_ns, Anchor, Phase, Timeline};

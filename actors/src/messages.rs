@@ -4,7 +4,8 @@ use actix::prelude::*;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::backend::{
-    DeviceSpec, GenerateOutput, GenerateRequest, MemoryInfo, ModelSpec, PrewarmReport, TokenEvent,
+    DeviceSpec, Footprint, GenerateOutput, GenerateRequest, MemoryInfo, ModelSpec, PrewarmReport,
+    TokenEvent,
 };
 use crate::engine::EngineActor;
 use crate::errors::{AttachError, DetachError, GenerateError};
@@ -75,6 +76,34 @@ pub struct Generate {
     pub request: GenerateRequest,
     /// Receives each token; generation stops early when its receiver is dropped.
     pub stream: Option<UnboundedSender<TokenEvent>>,
+    /// Alive while the caller waits for the answer: a request whose caller is gone is skipped
+    /// when its turn comes (and stopped early if it is running), so it frees its place.
+    pub caller: CallerAlive,
+}
+
+/// A weak handle on the caller's interest in a request; see [`Generate::caller`].
+#[derive(Clone, Debug, Default)]
+pub struct CallerAlive(Option<std::sync::Weak<()>>);
+
+impl CallerAlive {
+    /// Tied to `token`: gone once every strong reference to it is dropped.
+    pub fn tied_to(token: &std::sync::Arc<()>) -> Self {
+        Self(Some(std::sync::Arc::downgrade(token)))
+    }
+
+    /// Whether the caller still waits (always, when not tied to anything).
+    pub fn is_alive(&self) -> bool {
+        self.0.as_ref().is_none_or(|w| w.strong_count() > 0)
+    }
+}
+
+/// Check a model without loading it: resolve it, read its headers, size its footprint. An
+/// API calls this before it makes room for an attach, so a model that cannot load never costs
+/// another engine its place.
+#[derive(Clone, Debug, Message)]
+#[rtype(result = "Result<Footprint, AttachError>")]
+pub struct Inspect {
+    pub model: ModelSpec,
 }
 
 /// Every worker with its state, as the controller last heard; never waits on a worker.
@@ -174,6 +203,7 @@ pub(crate) struct ReleaseEngine;
 pub(crate) struct RunGenerate {
     pub request: GenerateRequest,
     pub stream: Option<UnboundedSender<TokenEvent>>,
+    pub caller: CallerAlive,
 }
 
 /// Drop the engine (after every request queued before this one) and stop the actor.

@@ -28,13 +28,47 @@ pub enum EngineRef {
 }
 
 impl EngineRef {
-    /// Whether this reference names the engine with `id` and `name`.
+    /// Whether this reference names the engine with `id` and `name`. A reference made only of
+    /// digits is an id: names never are (see [`check_engine_name`]).
     pub fn matches(&self, id: EngineId, name: &str) -> bool {
         match self {
             EngineRef::Id(i) => *i == id,
-            EngineRef::Name(n) => n == name || n.parse::<u64>().ok() == Some(id.0),
+            EngineRef::Name(n) => match n.parse::<u64>() {
+                Ok(number) if n.bytes().all(|b| b.is_ascii_digit()) => number == id.0,
+                _ => n == name,
+            },
         }
     }
+}
+
+/// Longest engine name accepted.
+pub const MAX_ENGINE_NAME_LEN: usize = 128;
+
+/// The rule for engine names: 1 to 128 of `A-Z a-z 0-9 . _ -`, not only digits (those are
+/// engine ids), not `.` or `..`. Such a name is safe in a URL path segment, a log line and a
+/// metric label as it is.
+pub fn check_engine_name(name: &str) -> Result<(), String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if name.is_empty() || name.len() > MAX_ENGINE_NAME_LEN {
+        return Err(format!(
+            "an engine name has 1 to {MAX_ENGINE_NAME_LEN} characters, got {}",
+            name.len()
+        ));
+    }
+    if let Some(bad) = name.chars().find(|c| !allowed(*c)) {
+        return Err(format!(
+            "an engine name may use only letters, digits, `.`, `_` and `-`; found {bad:?}"
+        ));
+    }
+    if name.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "an engine name may not be only digits (`{name}` would read as an engine id)"
+        ));
+    }
+    if name == "." || name == ".." {
+        return Err(format!("`{name}` is not a usable engine name"));
+    }
+    Ok(())
 }
 
 impl fmt::Display for EngineRef {

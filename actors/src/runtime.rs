@@ -10,12 +10,14 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::backend::{
-    Backend, DeviceSpec, GenerateOutput, GenerateRequest, PrewarmOptions, TokenEvent,
+    Backend, DeviceSpec, Footprint, GenerateOutput, GenerateRequest, ModelSpec, PrewarmOptions,
+    TokenEvent,
 };
 use crate::controller::ControllerActor;
 use crate::errors::{AttachError, DetachError, GenerateError};
 use crate::messages::{
-    Attach, Detach, Generate, GetStats, ListEngines, ListWorkers, Shutdown, WaitReady,
+    Attach, CallerAlive, Detach, Generate, GetStats, Inspect, ListEngines, ListWorkers, Shutdown,
+    WaitReady,
 };
 use crate::reports::{AttachReport, DetachReport, EngineInfo, EngineRef, RuntimeStats, WorkerInfo};
 use crate::worker::MAILBOX_CAPACITY;
@@ -36,6 +38,12 @@ pub struct RuntimeConfig {
     /// Wait before the first restart; doubled for each further failure in a row.
     #[serde(with = "duration_text")]
     pub restart_backoff: Duration,
+    /// Requests that may wait behind the running one on each engine; one more is refused at
+    /// once with [`GenerateError::QueueFull`] (an API answers 503 + `Retry-After`).
+    pub max_waiting_requests: usize,
+    /// Attaches that may wait for a busy worker; one more is refused at once with
+    /// [`AttachError::TooManyWaiting`].
+    pub max_waiting_attaches: usize,
 }
 
 impl Default for RuntimeConfig {
@@ -45,6 +53,8 @@ impl Default for RuntimeConfig {
             attach_timeout: Duration::from_secs(30),
             max_restarts: 3,
             restart_backoff: Duration::from_millis(500),
+            max_waiting_requests: 256,
+            max_waiting_attaches: 64,
         }
     }
 }
@@ -152,6 +162,19 @@ impl Handle {
         }
     }
 
+    /// Checks a model without loading it (see [`Inspect`]): its footprint, or why it cannot load.
+    pub fn inspect(
+        &self,
+        model: ModelSpec,
+    ) -> impl Future<Output = Result<Footprint, AttachError>> + Send + 'static {
+        let reply = self.controller.send(Inspect { model });
+        async move {
+            reply
+                .await
+                .unwrap_or_else(|e| Err(AttachError::Unavailable { reason: stopped(e) }))
+        }
+    }
+
     /// Detaches an engine by id or name.
     pub fn detach(
         &self,
@@ -194,15 +217,21 @@ impl Handle {
         request: GenerateRequest,
         stream: Option<mpsc::UnboundedSender<TokenEvent>>,
     ) -> impl Future<Output = Result<GenerateOutput, GenerateError>> + Send + 'static {
+        // Held until the answer arrives: dropping this future (a client that went away) lets
+        // the engine skip the request, or stop it, instead of running it for nobody.
+        let caller = Arc::new(());
         let reply = self.controller.send(Generate {
             engine,
             request,
             stream,
+            caller: CallerAlive::tied_to(&caller),
         });
         async move {
-            reply
+            let answer = reply
                 .await
-                .unwrap_or_else(|e| Err(GenerateError::Unavailable { reason: stopped(e) }))
+                .unwrap_or_else(|e| Err(GenerateError::Unavailable { reason: stopped(e) }));
+            drop(caller);
+            answer
         }
     }
 

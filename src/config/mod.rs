@@ -44,10 +44,20 @@ pub struct ServerConfig {
     pub host: String,
     /// Port to bind; 0 picks a free one (the ready log line says which).
     pub port: u16,
-    /// Bearer token required on the control endpoints (`/workers`, `/engines`); none: open.
+    /// Bearer token required on the control (`/workers`, `/engines`) and inference (`/v1/...`)
+    /// endpoints; none: open. Probes and `/metrics` never need it.
     pub api_key: Option<String>,
-    /// Also require the key on the inference endpoints (`/v1/...`).
-    pub api_key_for_inference: bool,
+    /// Leave the inference endpoints open even when `api_key` is set (control stays closed).
+    pub open_inference: bool,
+    /// Directories whose checkpoints `POST /engines` may load by path; empty: the configured
+    /// models' directories and the Hugging Face cache. Relative to the config file.
+    pub model_roots: Vec<PathBuf>,
+    /// Host names (besides loopback ones) a server bound to loopback answers to.
+    pub allowed_hosts: Vec<String>,
+    /// Origins allowed to call the API from a browser (CORS); empty: no CORS headers at all.
+    pub cors_allow_origins: Vec<String>,
+    /// How long a client has to send a request's head; slower ones get 408.
+    pub client_request_timeout: HumanDuration,
     /// Largest request body accepted; larger bodies get 413.
     pub max_body_bytes: ByteSize,
     /// Largest `max_tokens` a completion may ask for; more is a 400.
@@ -68,7 +78,11 @@ impl Default for ServerConfig {
             host: "127.0.0.1".into(),
             port: 8000,
             api_key: None,
-            api_key_for_inference: false,
+            open_inference: false,
+            model_roots: Vec::new(),
+            allowed_hosts: Vec::new(),
+            cors_allow_origins: Vec::new(),
+            client_request_timeout: HumanDuration(Duration::from_secs(10)),
             max_body_bytes: ByteSize(1 << 20),
             max_tokens: 4096,
             default_max_tokens: 16,
@@ -100,6 +114,10 @@ pub struct RuntimeSection {
     pub max_restarts: u32,
     /// Wait before restarting a failed worker; doubled for each further failure in a row.
     pub restart_backoff: HumanDuration,
+    /// Requests that may wait behind the running one on each engine; more get 503.
+    pub max_waiting_requests: usize,
+    /// Attaches that may wait for a busy worker; more get 503.
+    pub max_waiting_attaches: usize,
 }
 
 impl Default for RuntimeSection {
@@ -109,6 +127,8 @@ impl Default for RuntimeSection {
             attach_timeout: HumanDuration(Duration::from_secs(10)),
             max_restarts: d.max_restarts,
             restart_backoff: HumanDuration(d.restart_backoff),
+            max_waiting_requests: d.max_waiting_requests,
+            max_waiting_attaches: d.max_waiting_attaches,
         }
     }
 }
@@ -282,13 +302,26 @@ impl Config {
                 "[server] default_max_tokens is larger than max_tokens".into(),
             ));
         }
+        for root in &mut self.server.model_roots {
+            let full = base.join(&*root);
+            if !full.is_dir() {
+                return Err((
+                    None,
+                    format!(
+                        "[server] model_roots: `{}` is not a directory",
+                        full.display()
+                    ),
+                ));
+            }
+            *root = full;
+        }
         let mut seen: Vec<&str> = Vec::new();
         for model in &mut self.models {
             let name = model.name.get_ref();
-            if name.trim().is_empty() || name.contains('/') {
+            if let Err(reason) = wc_actors::check_engine_name(name) {
                 return Err((
                     Some(model.name.span()),
-                    format!("invalid model name `{name}`: use a non-empty name without `/`"),
+                    format!("invalid model name `{name}`: {reason}"),
                 ));
             }
             if seen.contains(&name.as_str()) {
@@ -357,6 +390,8 @@ impl Config {
             attach_timeout: self.runtime.attach_timeout.0,
             max_restarts: self.runtime.max_restarts,
             restart_backoff: self.runtime.restart_backoff.0,
+            max_waiting_requests: self.runtime.max_waiting_requests,
+            max_waiting_attaches: self.runtime.max_waiting_attaches,
         }
     }
 

@@ -1,78 +1,109 @@
-//! Bearer-token checks for the control endpoints (and, when configured, the inference ones).
+//! The API key: which access classes it guards, and the bearer-token check itself.
 
-use actix_web::http::header;
-use actix_web::HttpRequest;
+use actix_web::http::header::{self, HeaderMap};
 
 use super::error::ApiError;
-
-/// Which endpoints a request is for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Scope {
-    /// `/workers`, `/engines`: always behind the key when one is configured.
-    Control,
-    /// `/v1/...`: behind the key only when `api_key_for_inference` is set.
-    Inference,
-}
+use super::routes::Access;
 
 /// The configured key and where it applies.
 #[derive(Clone, Debug, Default)]
 pub struct ApiKey {
+    /// `None`: no key configured, everything is open.
     pub key: Option<String>,
-    pub for_inference: bool,
+    /// Leave the inference endpoints open even with a key (an explicit opt-out).
+    pub open_inference: bool,
 }
 
 impl ApiKey {
-    /// `Ok` when the request may go on; 401 when the key is required and missing or wrong.
-    pub fn check(&self, req: &HttpRequest, scope: Scope) -> Result<(), ApiError> {
-        let Some(key) = &self.key else {
+    /// Whether a request to an endpoint of this class needs the key.
+    pub fn required_for(&self, access: Access) -> bool {
+        match access {
+            Access::Public => false,
+            Access::Inference => self.key.is_some() && !self.open_inference,
+            Access::Control => self.key.is_some(),
+        }
+    }
+
+    /// `Ok` when the request may go on; 401 (with `WWW-Authenticate`) when the key is required
+    /// and missing or wrong.
+    pub fn check(&self, headers: &HeaderMap, access: Access) -> Result<(), ApiError> {
+        let Some(key) = self.key.as_deref().filter(|_| self.required_for(access)) else {
             return Ok(());
         };
-        if scope == Scope::Inference && !self.for_inference {
-            return Ok(());
-        }
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        match given {
+        match bearer_token(headers) {
             Some(token) if constant_time_eq(token.as_bytes(), key.as_bytes()) => Ok(()),
             _ => Err(ApiError::unauthorized()),
         }
     }
 }
 
-/// Compares without stopping at the first difference, so timing does not leak the key.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
+/// The token of an `Authorization: Bearer <token>` header; the scheme is case-insensitive
+/// (RFC 9110 §11.1).
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, token) = value.split_once(char::is_whitespace)?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// Compares in time that depends only on the key's length, not on where the bytes differ or
+/// on the guess's length.
+fn constant_time_eq(given: &[u8], key: &[u8]) -> bool {
+    let mut diff = (given.len() != key.len()) as u8;
+    for (i, k) in key.iter().enumerate() {
+        let g = given.get(i).copied().unwrap_or(!k);
+        diff |= g ^ k;
     }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    diff == 0
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use actix_web::test::TestRequest;
+    use actix_web::http::header::HeaderValue;
+
+    fn with_auth(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_str(value).unwrap());
+        headers
+    }
 
     #[test]
-    fn control_needs_the_key_inference_only_when_asked() {
+    fn the_key_guards_control_and_inference_unless_inference_is_opened() {
         let key = ApiKey {
             key: Some("s3cret".into()),
-            for_inference: false,
+            open_inference: false,
         };
-        let none = TestRequest::default().to_http_request();
-        let wrong = TestRequest::default()
-            .insert_header((header::AUTHORIZATION, "Bearer nope"))
-            .to_http_request();
-        let right = TestRequest::default()
-            .insert_header((header::AUTHORIZATION, "Bearer s3cret"))
-            .to_http_request();
-        assert!(key.check(&none, Scope::Control).is_err());
-        assert!(key.check(&wrong, Scope::Control).is_err());
-        assert!(key.check(&right, Scope::Control).is_ok());
-        assert!(key.check(&none, Scope::Inference).is_ok());
-        assert!(ApiKey::default().check(&none, Scope::Control).is_ok());
+        let none = HeaderMap::new();
+        for access in [Access::Control, Access::Inference] {
+            assert!(key.check(&none, access).is_err());
+            assert!(key.check(&with_auth("Bearer nope"), access).is_err());
+            assert!(key.check(&with_auth("Bearer s3cret"), access).is_ok());
+            assert!(key.check(&with_auth("bearer s3cret"), access).is_ok());
+            assert!(key.check(&with_auth("BEARER   s3cret "), access).is_ok());
+            assert!(key.check(&with_auth("Basic s3cret"), access).is_err());
+            assert!(key.check(&with_auth("Bearer s3cre"), access).is_err());
+            assert!(key.check(&with_auth("Bearer s3cretX"), access).is_err());
+            assert!(key.check(&with_auth("s3cret"), access).is_err());
+        }
+        assert!(key.check(&none, Access::Public).is_ok());
+        let open = ApiKey {
+            open_inference: true,
+            ..key
+        };
+        assert!(open.check(&none, Access::Inference).is_ok());
+        assert!(open.check(&none, Access::Control).is_err());
+        assert!(ApiKey::default().check(&none, Access::Control).is_ok());
+    }
+
+    #[test]
+    fn comparison_is_exact() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abd", b"abc"));
+        assert!(!constant_time_eq(b"", b"abc"));
+        assert!(!constant_time_eq(b"abcd", b"abc"));
+        assert!(!constant_time_eq(b"ab", b"abc"));
     }
 }

@@ -22,7 +22,8 @@ pub async fn models(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
         .into_iter()
         .map(|e| {
             let created = state.pool.meta(e.engine_id).created;
-            (e, created)
+            let root = state.model_roots.relative(std::path::Path::new(&e.model));
+            (e, created, root)
         })
         .collect();
     Ok(HttpResponse::Ok().json(model_list(&listed)))
@@ -33,9 +34,6 @@ pub async fn completions(
     state: web::Data<AppState>,
     body: web::Json<CompletionRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    if state.is_draining() {
-        return Err(ApiError::shutting_down());
-    }
     let body = body.into_inner();
     let request = body.to_generate(state.limits())?;
     let meta = CompletionMeta::new(&body.model);
@@ -64,9 +62,6 @@ where
             let Some(configured) = state.config.model(model) else {
                 return Err(ApiError::model_not_found(model));
             };
-            if state.is_draining() {
-                return Err(ApiError::shutting_down());
-            }
             state.metrics.waiting_for_attach(1);
             let attached = state.pool.ensure(configured, &state.metrics).await;
             state.metrics.waiting_for_attach(-1);

@@ -1,10 +1,10 @@
 //! The control API of the Worker Controller RFC: `/workers`, `/engines`, `/engines/{id}`.
 
-use actix_web::http::header;
+use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use wc_actors::{Attach, DType, DeviceSpec, EngineInfo, EngineRef, ModelSpec};
+use wc_actors::{check_engine_name, Attach, DType, DeviceSpec, EngineInfo, EngineRef, ModelSpec};
 
 use super::error::ApiError;
 use super::state::AppState;
@@ -40,16 +40,21 @@ pub async fn list_workers(state: web::Data<AppState>) -> Result<HttpResponse, Ap
 }
 
 /// `POST /engines`: attaches a model; 201 with the engine id and the full timing report.
+///
+/// The attach runs to its end even when the client goes away meanwhile, so the engine it
+/// makes is recorded with its keep_alive (and can be evicted) rather than left unaccounted.
 pub async fn attach(
     state: web::Data<AppState>,
     body: web::Json<AttachBody>,
 ) -> Result<HttpResponse, ApiError> {
-    if state.is_draining() {
-        return Err(ApiError::shutting_down());
-    }
     let body = body.into_inner();
     if body.model.trim().is_empty() {
         return Err(ApiError::bad_request("`model` must not be empty"));
+    }
+    if let Some(name) = &body.name {
+        check_engine_name(name).map_err(|reason| {
+            ApiError::bad_request(format!("invalid engine name `{}`: {reason}", shorten(name)))
+        })?;
     }
     let configured = state.config.model(&body.model);
     let spec = match configured {
@@ -58,13 +63,27 @@ pub async fn attach(
             ..m.spec()
         },
         None => ModelSpec {
-            model: body.model.clone(),
+            model: state
+                .model_roots
+                .admit(&body.model)?
+                .to_string_lossy()
+                .into_owned(),
             dtype: body.dtype,
         },
     };
     let name = body
         .name
         .or_else(|| configured.map(|m| m.name().to_owned()));
+    if let Some(name) = &name {
+        let shadowed = state.config.model(name);
+        if shadowed.is_some_and(|m| configured.is_none_or(|c| c.name() != m.name())) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "name_reserved",
+                format!("`{name}` is the name of a configured model; choose another engine name"),
+            ));
+        }
+    }
     let keep_alive = body
         .keep_alive
         .or(configured.map(|m| m.keep_alive))
@@ -75,15 +94,32 @@ pub async fn attach(
         device: body.device,
         name,
     };
-    let report = state
-        .pool
-        .attach(attach, keep_alive, &state.metrics, false)
-        .await?;
+    let task_state = state.clone();
+    let report = actix_web::rt::spawn(async move {
+        task_state
+            .pool
+            .attach(attach, keep_alive, &task_state.metrics, false)
+            .await
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+    .map_err(|e| e.redacted(&state.model_roots))?;
     let mut reply = serde_json::to_value(&report).unwrap_or_else(|_| json!({}));
+    reply["model"] = json!(state
+        .model_roots
+        .relative(std::path::Path::new(&report.model)));
     reply["keep_alive"] = json!(keep_alive.to_string());
     Ok(HttpResponse::Created()
         .insert_header((header::LOCATION, format!("/engines/{}", report.engine_id)))
         .json(reply))
+}
+
+/// At most the first 64 characters of a client's string, for error messages.
+fn shorten(text: &str) -> String {
+    match text.char_indices().nth(64) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text.to_owned(),
+    }
 }
 
 /// `GET /engines`: every attached engine with its counters.
@@ -106,7 +142,7 @@ pub async fn get_engine(
     {
         Some(e) => Ok(HttpResponse::Ok().json(describe(&state, e))),
         None => Err(ApiError::new(
-            actix_web::http::StatusCode::NOT_FOUND,
+            StatusCode::NOT_FOUND,
             "engine_not_found",
             format!("no engine {wanted}"),
         )),
@@ -137,6 +173,9 @@ async fn engines(state: &AppState) -> Result<Vec<EngineInfo>, ApiError> {
 fn describe(state: &AppState, engine: &EngineInfo) -> Value {
     let meta = state.pool.meta(engine.engine_id);
     let mut value = serde_json::to_value(engine).unwrap_or_else(|_| json!({}));
+    value["model"] = json!(state
+        .model_roots
+        .relative(std::path::Path::new(&engine.model)));
     value["keep_alive"] = json!(meta.keep_alive.to_string());
     value["created"] = json!(meta.created);
     value

@@ -17,6 +17,8 @@ pub struct ApiError {
     pub message: String,
     /// Seconds a client should wait before retrying (sent as `Retry-After`).
     pub retry_after: Option<u64>,
+    /// Sent as `WWW-Authenticate` (on 401).
+    pub challenge: Option<&'static str>,
 }
 
 /// Put on error responses so the metrics middleware can count errors by type.
@@ -30,6 +32,7 @@ impl ApiError {
             kind,
             message: message.into(),
             retry_after: None,
+            challenge: None,
         }
     }
 
@@ -40,11 +43,14 @@ impl ApiError {
 
     /// 401: the bearer token is missing or wrong.
     pub fn unauthorized() -> Self {
-        Self::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing or invalid API key: send `Authorization: Bearer <key>`",
-        )
+        Self {
+            challenge: Some("Bearer realm=\"worker-controller\""),
+            ..Self::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing or invalid API key: send `Authorization: Bearer <key>`",
+            )
+        }
     }
 
     /// 404: no such model (neither attached nor configured).
@@ -72,6 +78,12 @@ impl ApiError {
             "shutting_down",
             "the server is shutting down",
         )
+    }
+
+    /// The same error with absolute server paths written relative to the model roots.
+    pub fn redacted(mut self, roots: &super::model_access::ModelRoots) -> Self {
+        self.message = roots.redact(&self.message);
+        self
     }
 
     /// Adds a `Retry-After` header.
@@ -123,6 +135,9 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(self.status);
         if let Some(seconds) = self.retry_after {
             response.insert_header((header::RETRY_AFTER, seconds.to_string()));
+        }
+        if let Some(challenge) = self.challenge {
+            response.insert_header((header::WWW_AUTHENTICATE, challenge));
         }
         let mut response = response.json(self.body());
         response.extensions_mut().insert(ErrorKindTag(self.kind));

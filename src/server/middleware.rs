@@ -1,42 +1,32 @@
-//! Middleware around every route: the API key check, and counting requests and errors.
+//! Middleware around every route: the request guard (Host, API key, content type) and counting.
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::{header, Method, StatusCode};
 use actix_web::middleware::Next;
-use actix_web::{web, Error, ResponseError};
+use actix_web::{web, Error, HttpMessage, ResponseError};
 
-use super::auth::Scope;
-use super::error::ErrorKindTag;
+use super::error::{ApiError, ErrorKindTag};
+use super::routes::access_of;
 use super::state::AppState;
 
-/// Which key scope a path is in, if any.
-fn scope_of(path: &str) -> Option<Scope> {
-    let under = |prefix: &str| {
-        path == prefix
-            || path
-                .strip_prefix(prefix)
-                .is_some_and(|rest| rest.starts_with('/'))
-    };
-    if under("/workers") || under("/engines") {
-        Some(Scope::Control)
-    } else if under("/v1") {
-        Some(Scope::Inference)
-    } else {
-        None
-    }
-}
-
-/// Answers 401 before the handler (and before its body is read) when the key is required and
-/// missing or wrong.
-pub async fn require_key(
+/// Refuses, before any handler runs or any body is read: a `Host` the server does not answer
+/// to (403), a missing or wrong key for the endpoint's access class (401), and a request body
+/// that is not JSON (415). The path checked is the one the router matches, after its
+/// percent-decoding and our slash normalisation, so `/%65ngines` is `/engines` here too.
+pub async fn guard(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, Error> {
-    let denied = match (req.app_data::<web::Data<AppState>>(), scope_of(req.path())) {
-        (Some(state), Some(scope)) => state.api_key.check(req.request(), scope).err(),
-        _ => None,
+    let refused = match req.app_data::<web::Data<AppState>>() {
+        Some(state) => check(&req, state).err(),
+        None => Some(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the server state is missing",
+        )),
     };
-    match denied {
+    match refused {
         Some(error) => Ok(req
             .into_response(error.error_response())
             .map_into_right_body()),
@@ -45,6 +35,34 @@ pub async fn require_key(
             .await
             .map(ServiceResponse::map_into_left_body),
     }
+}
+
+fn check(req: &ServiceRequest, state: &AppState) -> Result<(), ApiError> {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok());
+    if !state.hosts.allows(host) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "host_not_allowed",
+            "this server does not answer to that Host (see [server] allowed_hosts)",
+        ));
+    }
+    let access = access_of(req.match_info().as_str());
+    state.api_key.check(req.headers(), access)?;
+    if [Method::POST, Method::PUT, Method::PATCH].contains(req.method()) && !is_json(req) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "request bodies must be JSON: send `Content-Type: application/json`",
+        ));
+    }
+    Ok(())
+}
+
+fn is_json(req: &ServiceRequest) -> bool {
+    matches!(req.mime_type(), Ok(Some(mime)) if mime.essence_str() == "application/json")
 }
 
 /// Counts every answered request by route and status, and every error by type.
@@ -65,20 +83,4 @@ pub async fn count(
         }
     }
     Ok(res)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn control_and_inference_paths_are_told_apart() {
-        assert_eq!(scope_of("/engines"), Some(Scope::Control));
-        assert_eq!(scope_of("/engines/3"), Some(Scope::Control));
-        assert_eq!(scope_of("/workers"), Some(Scope::Control));
-        assert_eq!(scope_of("/v1/completions"), Some(Scope::Inference));
-        assert_eq!(scope_of("/enginesx"), None);
-        assert_eq!(scope_of("/health"), None);
-        assert_eq!(scope_of("/metrics"), None);
-    }
 }

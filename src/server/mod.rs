@@ -18,23 +18,28 @@ pub mod completions;
 pub mod control;
 pub mod error;
 pub mod health;
+pub mod hosts;
 pub mod logging;
 pub mod metrics;
 pub mod middleware;
+pub mod model_access;
 pub mod openai;
 pub mod pool;
+pub mod routes;
 pub mod shutdown;
 pub mod sse;
 pub mod state;
 pub mod stream;
 
-use std::net::SocketAddr;
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::http::StatusCode;
-use actix_web::middleware::from_fn;
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer, Resource};
+use actix_cors::Cors;
+use actix_web::http::{header, Method, StatusCode};
+use actix_web::middleware::{from_fn, Condition, NormalizePath, TrailingSlash};
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use anyhow::Context;
 use wc_actors::{Attach, Handle, Runtime, WorkerState};
 
@@ -43,37 +48,33 @@ use crate::config::Config;
 use error::ApiError;
 use state::AppState;
 
-/// Registers every route, the JSON error handler and the middleware on an app.
+/// Registers every endpoint of the route table, the JSON error handler, and the 404 default.
 pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
     cfg.app_data(
         web::JsonConfig::default()
             .limit(max_body_bytes)
             .content_type_required(false)
             .error_handler(error::json_error),
-    )
-    .service(resource("/health").route(web::get().to(health::health)))
-    .service(resource("/ready").route(web::get().to(health::ready)))
-    .service(resource("/v2/health/ready").route(web::get().to(health::ready)))
-    .service(resource("/metrics").route(web::get().to(health::metrics)))
-    .service(resource("/workers").route(web::get().to(control::list_workers)))
-    .service(
-        resource("/engines")
-            .route(web::get().to(control::list_engines))
-            .route(web::post().to(control::attach)),
-    )
-    .service(
-        resource("/engines/{id}")
-            .route(web::get().to(control::get_engine))
-            .route(web::delete().to(control::detach)),
-    )
-    .service(resource("/v1/models").route(web::get().to(completions::models)))
-    .service(resource("/v1/completions").route(web::post().to(completions::completions)))
-    .default_service(web::to(not_found));
+    );
+    for endpoint in routes::endpoints() {
+        let mut resource =
+            web::resource(endpoint.path).default_service(web::to(method_not_allowed));
+        for route in endpoint.into_routes() {
+            resource = resource.route(route);
+        }
+        cfg.service(resource);
+    }
+    cfg.default_service(web::to(not_found));
 }
 
-/// A resource that answers other methods with 405 in the API's error shape.
-fn resource(path: &str) -> Resource {
-    web::resource(path).default_service(web::to(method_not_allowed))
+/// CORS for the configured origins (none configured: the middleware is left out entirely).
+fn cors(origins: &[String]) -> Cors {
+    origins
+        .iter()
+        .fold(Cors::default(), |cors, origin| cors.allowed_origin(origin))
+        .allowed_methods([Method::GET, Method::POST, Method::DELETE])
+        .allowed_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .max_age(600)
 }
 
 async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
@@ -88,47 +89,57 @@ async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> 
     ))
 }
 
-/// Runs the server until a signal, then drains and stops. Call inside an actix system.
-pub async fn serve(config: Config) -> anyhow::Result<()> {
+/// Runs the server on `listener` until `shutdown` resolves, then drains and stops. Call
+/// inside an actix system. Signals are the caller's business (the CLI turns Ctrl-C / SIGTERM
+/// into `shutdown`; tests use a channel).
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let config = Arc::new(config);
-    let mut signals = shutdown::on_signal().context("installing the Ctrl-C / SIGTERM handler")?;
     let handle = Runtime::start(config.runtime_config(), Arc::new(CandleBackend));
     let state = web::Data::new(AppState::new(handle.clone(), config.clone()));
     let max_body = usize::try_from(config.server.max_body_bytes.0).unwrap_or(usize::MAX);
     let app_state = state.clone();
     let deadline = config.server.shutdown_deadline.0;
+    let origins = config.server.cors_allow_origins.clone();
     let server = HttpServer::new(move || {
         App::new()
             .app_data(app_state.clone())
-            .wrap(from_fn(middleware::require_key))
+            .wrap(from_fn(middleware::guard))
             .wrap(from_fn(middleware::count))
+            .wrap(NormalizePath::new(TrailingSlash::Trim))
+            .wrap(Condition::new(!origins.is_empty(), cors(&origins)))
             .configure(|cfg| configure(cfg, max_body))
     })
     .disable_signals()
+    .client_request_timeout(config.server.client_request_timeout.0)
     .shutdown_timeout(deadline.as_secs_f64().ceil() as u64)
-    .bind((config.server.host.as_str(), config.server.port))
-    .with_context(|| format!("binding {}:{}", config.server.host, config.server.port))?;
+    .listen(listener)
+    .context("listening")?;
     let addrs = server.addrs();
     let server = server.run();
     let server_handle = server.handle();
     let running = actix_web::rt::spawn(server);
+    tokio::pin!(shutdown);
 
     let started = tokio::select! {
         started = start_up(&state) => started,
-        _ = signals.recv() => Err(anyhow::anyhow!("interrupted during start-up")),
+        _ = &mut shutdown => Err(anyhow::anyhow!("interrupted during start-up")),
     };
     if let Err(e) = started {
         server_handle.stop(false).await;
-        handle.shutdown().await;
+        stop_runtime(&handle, deadline).await;
         return Err(e);
     }
     state.set_ready();
     log_ready(&addrs, &config);
 
     tokio::select! {
-        _ = signals.recv() => {}
+        _ = &mut shutdown => {}
         result = running => {
-            handle.shutdown().await;
+            stop_runtime(&handle, deadline).await;
             return match result {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(e)) => Err(e).context("the HTTP server failed"),
@@ -138,6 +149,32 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     drain(&state, &server_handle, &handle).await;
     Ok(())
+}
+
+/// Binds `[server] host:port` and runs until the first Ctrl-C / SIGTERM.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let mut signals = shutdown::on_signal().context("installing the Ctrl-C / SIGTERM handler")?;
+    let (host, port) = (config.server.host.clone(), config.server.port);
+    let listener = TcpListener::bind((host.as_str(), port))
+        .with_context(|| format!("binding {host}:{port}"))?;
+    run(config, listener, async move {
+        signals.recv().await;
+    })
+    .await
+}
+
+/// Stops the runtime (detaching every engine), giving up after `deadline`.
+async fn stop_runtime(handle: &Handle, deadline: Duration) {
+    let limit = deadline + Duration::from_secs(5);
+    if tokio::time::timeout(limit, handle.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            limit_ms = limit.as_millis() as u64,
+            "the runtime did not stop in time; exiting without waiting for it"
+        );
+    }
 }
 
 /// Waits for the workers to prewarm and attaches the `attach_on_start` models.
@@ -188,6 +225,7 @@ fn log_ready(addrs: &[SocketAddr], config: &Config) {
             workers,
             models = config.models.len(),
             auth = config.server.api_key.is_some(),
+            open_inference = config.server.open_inference,
             "ready: listening on http://{addr}"
         );
     }
@@ -214,6 +252,6 @@ async fn drain(state: &AppState, server: &actix_web::dev::ServerHandle, handle: 
         tracing::warn!("in-flight requests did not finish before the deadline; stopping them");
         server.stop(false).await;
     }
-    handle.shutdown().await;
+    stop_runtime(handle, server_config.shutdown_deadline.0).await;
     tracing::info!("stopped: every engine detached and every worker released");
 }

@@ -207,16 +207,17 @@ impl CompletionMeta {
 }
 
 /// `GET /v1/models`: the OpenAI list of attached engines.
-pub fn model_list(engines: &[(EngineInfo, u64)]) -> Value {
+/// Each engine comes with its attach time and its checkpoint written relative to its model root.
+pub fn model_list(engines: &[(EngineInfo, u64, String)]) -> Value {
     let data: Vec<Value> = engines
         .iter()
-        .map(|(e, created)| {
+        .map(|(e, created, root)| {
             json!({
                 "id": e.name,
                 "object": "model",
                 "created": created,
                 "owned_by": "worker-controller",
-                "root": e.model,
+                "root": root,
                 "parent": null,
             })
         })

@@ -176,6 +176,8 @@ impl Pool {
         let Some(victim) = victim else {
             return Ok(());
         };
+        // A model that cannot load must not cost a working engine its place.
+        self.handle.inspect(attach.model.clone()).await?;
         tracing::info!(
             engine = %victim.engine_id,
             name = %victim.name,

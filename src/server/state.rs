@@ -6,7 +6,9 @@ use std::sync::Arc;
 use wc_actors::Handle;
 
 use super::auth::ApiKey;
+use super::hosts::HostPolicy;
 use super::metrics::Metrics;
+use super::model_access::ModelRoots;
 use super::openai::Limits;
 use super::pool::Pool;
 use crate::config::Config;
@@ -21,6 +23,10 @@ pub struct AppState {
     pub pool: Pool,
     pub metrics: Metrics,
     pub api_key: ApiKey,
+    /// Which `Host` headers are answered.
+    pub hosts: HostPolicy,
+    /// Where checkpoints named by path may come from.
+    pub model_roots: ModelRoots,
     /// Set once workers are prewarmed and start-up models attached.
     ready: AtomicBool,
     /// Set on Ctrl-C / SIGTERM: `/ready` says 503 and new work is refused.
@@ -30,10 +36,12 @@ pub struct AppState {
 impl AppState {
     pub fn new(handle: Handle, config: Arc<Config>) -> Self {
         let api_key = ApiKey {
-            key: config.server.api_key.clone().filter(|k| !k.is_empty()),
-            for_inference: config.server.api_key_for_inference,
+            key: config.server.api_key.clone(),
+            open_inference: config.server.open_inference,
         };
         Self {
+            hosts: HostPolicy::new(&config.server.host, &config.server.allowed_hosts),
+            model_roots: ModelRoots::from_config(&config),
             pool: Pool::new(handle.clone()),
             handle,
             config,

@@ -1,4 +1,5 @@
-//! Helpers for the server tests: start the real binary on a free port, a tiny HTTP/1.1 client, SSE.
+//! Helpers for the server tests: a server in this process or the real binary, on a free port; a
+//! tiny HTTP/1.1 client; SSE.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -9,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use worker_controller::config::Config;
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -51,18 +53,79 @@ pub fn model_entry(
     )
 }
 
-/// A running `worker-controller serve`, killed when dropped.
+/// A running server: in this process ([`Server::start`]) or a `worker-controller serve`
+/// child ([`Server::spawn`]); stopped when dropped.
 pub struct Server {
-    pub child: Child,
+    running: Running,
     pub addr: String,
-    /// Everything the server wrote to stderr and stdout so far.
+    /// Everything the child wrote to stderr and stdout so far (empty in process).
     pub log: Arc<Mutex<String>>,
     pub dir: PathBuf,
 }
 
+enum Running {
+    Child(Child),
+    InProcess {
+        stop: Option<tokio::sync::oneshot::Sender<()>>,
+        thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+    },
+}
+
 impl Server {
-    /// Writes `config` to a scratch file and starts the server on a free loopback port.
-    pub fn start(test: &str, config: &str, args: &[&str]) -> Server {
+    /// Runs `worker_controller::server::run` with `config` in this process, on a free loopback
+    /// port, and waits until it is ready.
+    pub fn start(test: &str, config: &str) -> Server {
+        let dir = scratch(test);
+        let path = dir.join("config.toml");
+        std::fs::write(&path, config).expect("write config");
+        let mut parsed = Config::load(&path).unwrap_or_else(|e| panic!("config: {e}"));
+        parsed.server.host = "127.0.0.1".into();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("address").to_string();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            actix_web::rt::System::new().block_on(worker_controller::server::run(
+                parsed,
+                listener,
+                async move {
+                    let _ = stopped.await;
+                },
+            ))
+        });
+        let server = Server {
+            running: Running::InProcess {
+                stop: Some(stop),
+                thread: Some(thread),
+            },
+            addr,
+            log: Arc::default(),
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while server.get("/ready").status != 200 {
+            assert!(Instant::now() < deadline, "the server never became ready");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+
+    /// Stops an in-process server the way a signal does (drain, detach, stop) and returns
+    /// what `run` returned.
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        match &mut self.running {
+            Running::InProcess { stop, thread } => {
+                if let Some(stop) = stop.take() {
+                    let _ = stop.send(());
+                }
+                let thread = thread.take().expect("not stopped yet");
+                thread.join().expect("server thread")
+            }
+            Running::Child(_) => panic!("stop() is for in-process servers"),
+        }
+    }
+
+    /// Writes `config` to a scratch file and starts the binary on a free loopback port.
+    pub fn spawn(test: &str, config: &str, args: &[&str]) -> Server {
         let dir = scratch(test);
         let path = dir.join("config.toml");
         std::fs::write(&path, config).expect("write config");
@@ -107,10 +170,17 @@ impl Server {
             }
         };
         Server {
-            child,
+            running: Running::Child(child),
             addr,
             log,
             dir,
+        }
+    }
+
+    fn child(&mut self) -> &mut Child {
+        match &mut self.running {
+            Running::Child(child) => child,
+            Running::InProcess { .. } => panic!("this is for servers started with spawn()"),
         }
     }
 
@@ -145,16 +215,17 @@ impl Server {
     }
 
     /// Sends SIGINT (as Ctrl-C does) or SIGTERM.
-    pub fn signal(&self, signal: i32) {
+    pub fn signal(&mut self, signal: i32) {
+        let pid = self.child().id() as i32;
         // SAFETY: kill(2) with a pid we spawned and a valid signal number.
-        unsafe { libc::kill(self.child.id() as i32, signal) };
+        unsafe { libc::kill(pid, signal) };
     }
 
     /// Waits for the process to exit, up to `limit`.
     pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
+            if let Ok(Some(status)) = self.child().try_wait() {
                 return Some(status);
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -169,8 +240,20 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        match &mut self.running {
+            Running::Child(child) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            Running::InProcess { stop, thread } => {
+                if let Some(stop) = stop.take() {
+                    let _ = stop.send(());
+                }
+                if let Some(thread) = thread.take() {
+                    let _ = thread.join();
+                }
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -235,7 +318,11 @@ fn send(
     headers: &[(&str, &str)],
     body: Option<&str>,
 ) {
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
+    let mut head = format!("{method} {path} HTTP/1.1\r\n");
+    if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
+        head.push_str("Host: localhost\r\n");
+    }
+    head.push_str("Connection: close\r\n");
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
@@ -315,7 +402,9 @@ pub fn request(
     let mut reader = BufReader::new(stream);
     let (status, headers) = read_head(&mut reader);
     let mut bytes = Vec::new();
-    if is_chunked(&headers) {
+    if method == "HEAD" {
+        // No body follows, whatever Content-Length says.
+    } else if is_chunked(&headers) {
         while let Some(chunk) = read_chunk(&mut reader) {
             bytes.extend(chunk);
         }

@@ -9,7 +9,7 @@ use super::placement::{place, Candidate, Placement};
 use super::{AttachReply, ControllerActor, EngineEntry, PendingAttach, WorkerSlot};
 use crate::errors::AttachError;
 use crate::messages::{LoadEngine, LoadFailed, Loaded};
-use crate::reports::{AttachReport, EngineId, WorkerState};
+use crate::reports::{check_engine_name, AttachReport, EngineId, WorkerState};
 use crate::timeline::Anchor;
 
 impl ControllerActor {
@@ -23,6 +23,7 @@ impl ControllerActor {
         }
         let id = EngineId(self.next_id);
         let name = name.unwrap_or_else(|| format!("engine-{id}"));
+        check_engine_name(&name).map_err(|reason| AttachError::InvalidName { reason })?;
         let taken =
             self.reserved_names.contains(&name) || self.engines.values().any(|e| e.name == name);
         if taken {
@@ -42,6 +43,10 @@ impl ControllerActor {
             Placement::Now(worker) => self.start_attach(pending, worker, ctx),
             Placement::Fail(error) => self.fail_attach(pending, error),
             Placement::Wait => {
+                if self.pending.len() >= self.config.max_waiting_attaches {
+                    let waiting = self.pending.len();
+                    return self.fail_attach(pending, AttachError::TooManyWaiting { waiting });
+                }
                 let deadline = pending.received + self.config.attach_timeout;
                 let ticket = pending.engine_id;
                 self.pending.push_back(pending);

@@ -1,17 +1,19 @@
 //! The controller's message handlers: each a few lines around a method of the controller.
 
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Instant;
 
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use super::{ControllerActor, PendingAttach};
-use crate::backend::{EngineError, ErrorKind, GenerateOutput};
+use crate::backend::{Backend, EngineError, ErrorKind, Footprint, GenerateOutput, ModelSpec};
 use crate::errors::{AttachError, DetachError, GenerateError};
 use crate::guard::{call, Failure};
 use crate::messages::{
-    Attach, Detach, Generate, GetStats, ListEngines, ListWorkers, ReleaseEngine, RunGenerate,
-    Shutdown, WaitReady, WorkerFailed, WorkerReady,
+    Attach, Detach, Generate, GetStats, Inspect, ListEngines, ListWorkers, ReleaseEngine,
+    RunGenerate, Shutdown, WaitReady, WorkerFailed, WorkerReady,
 };
 use crate::reports::{DetachReport, EngineInfo, WorkerInfo, WorkerState};
 use crate::timeline::Timeline;
@@ -41,43 +43,29 @@ impl Handler<Attach> for ControllerActor {
             }
         };
         let (reply, replied) = oneshot::channel();
-        let backend = self.backend.clone();
-        let spec = msg.model.clone();
-        // Inspecting reads file headers: keep it off the controller's thread.
-        let inspect = actix_rt::task::spawn_blocking(move || {
-            call("inspecting the model", || backend.inspect(&spec))
-        });
+        let inspect = inspect_off_thread(self.backend.clone(), msg.model.clone());
         let (model, worker, device) = (msg.model, msg.worker, msg.device);
-        ctx.spawn(inspect.into_actor(self).map(move |inspected, act, ctx| {
-            let footprint = match inspected {
-                Ok(Ok(footprint)) => Ok(footprint),
-                Ok(Err(Failure::Engine(e))) => Err(e),
-                Ok(Err(Failure::Fatal(reason))) => {
-                    Err(EngineError::new(ErrorKind::Internal, reason))
-                }
-                Err(e) => Err(EngineError::new(
-                    ErrorKind::Internal,
-                    format!("inspecting the model did not finish: {e}"),
-                )),
-            };
-            match footprint {
-                Ok(footprint) => act.enqueue_attach(
-                    PendingAttach {
-                        engine_id,
-                        name,
-                        spec: model,
-                        footprint,
-                        worker,
-                        device,
-                        timeline,
-                        received,
-                        reply,
-                    },
-                    ctx,
-                ),
-                Err(e) => act.refuse_attach(&name, &model.model, reply, AttachError::Load(e)),
-            }
-        }));
+        ctx.spawn(
+            inspect
+                .into_actor(self)
+                .map(move |footprint, act, ctx| match footprint {
+                    Ok(footprint) => act.enqueue_attach(
+                        PendingAttach {
+                            engine_id,
+                            name,
+                            spec: model,
+                            footprint,
+                            worker,
+                            device,
+                            timeline,
+                            received,
+                            reply,
+                        },
+                        ctx,
+                    ),
+                    Err(e) => act.refuse_attach(&name, &model.model, reply, AttachError::Load(e)),
+                }),
+        );
         Box::pin(async move {
             replied.await.unwrap_or_else(|_| {
                 Err(AttachError::Unavailable {
@@ -85,6 +73,40 @@ impl Handler<Attach> for ControllerActor {
                 })
             })
         })
+    }
+}
+
+/// Runs the backend's inspection on a blocking thread: it reads file headers, and a panic in it
+/// is a typed failure, not a dead controller.
+fn inspect_off_thread(
+    backend: Arc<dyn Backend>,
+    spec: ModelSpec,
+) -> impl Future<Output = Result<Footprint, EngineError>> {
+    let inspect = actix_rt::task::spawn_blocking(move || {
+        call("inspecting the model", || backend.inspect(&spec))
+    });
+    async move {
+        match inspect.await {
+            Ok(Ok(footprint)) => Ok(footprint),
+            Ok(Err(Failure::Engine(e))) => Err(e),
+            Ok(Err(Failure::Fatal(reason))) => Err(EngineError::new(ErrorKind::Internal, reason)),
+            Err(e) => Err(EngineError::new(
+                ErrorKind::Internal,
+                format!("inspecting the model did not finish: {e}"),
+            )),
+        }
+    }
+}
+
+impl Handler<Inspect> for ControllerActor {
+    type Result = ResponseFuture<Result<Footprint, AttachError>>;
+
+    fn handle(&mut self, msg: Inspect, _: &mut Context<Self>) -> Self::Result {
+        if self.shutting_down {
+            return Box::pin(async { Err(AttachError::ShuttingDown) });
+        }
+        let inspect = inspect_off_thread(self.backend.clone(), msg.model);
+        Box::pin(async move { inspect.await.map_err(AttachError::Load) })
     }
 }
 
@@ -185,6 +207,15 @@ impl Handler<Generate> for ControllerActor {
             let engine = msg.engine;
             return Box::pin(fut::ready(Err(GenerateError::EngineNotFound { engine })));
         };
+        let waiting = entry.in_flight.saturating_sub(1);
+        if entry.in_flight > 0 && waiting >= self.config.max_waiting_requests {
+            self.stats.requests_failed += 1;
+            let engine = msg.engine;
+            return Box::pin(fut::ready(Err(GenerateError::QueueFull {
+                engine,
+                waiting,
+            })));
+        }
         entry.in_flight += 1;
         entry.total_requests += 1;
         entry.last_used = Instant::now();
@@ -193,6 +224,7 @@ impl Handler<Generate> for ControllerActor {
         let run = entry.addr.send(RunGenerate {
             request: msg.request,
             stream: msg.stream,
+            caller: msg.caller,
         });
         Box::pin(run.into_actor(self).map(move |result, act, ctx| {
             let result = result.unwrap_or_else(|_| {

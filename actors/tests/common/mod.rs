@@ -332,6 +332,7 @@ pub fn config(count: usize) -> RuntimeConfig {
         attach_timeout: Duration::from_secs(30),
         max_restarts: 3,
         restart_backoff: Duration::from_millis(20),
+        ..RuntimeConfig::default()
     }
 }
 
