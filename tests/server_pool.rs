@@ -84,8 +84,7 @@ fn engines_within_keep_alive_are_not_evicted_and_the_request_gets_503() {
     );
     let server = Server::start("keep-alive", &config);
     // Four requests wait for one on-demand attach; when it fails they all get its answer
-    // together, not one attach timeout after another.
-    let started = std::time::Instant::now();
+    // together: one failed attach, not one attach timeout after another.
     std::thread::scope(|s| {
         for _ in 0..4 {
             s.spawn(|| {
@@ -96,10 +95,9 @@ fn engines_within_keep_alive_are_not_evicted_and_the_request_gets_503() {
             });
         }
     });
-    assert!(
-        started.elapsed() < std::time::Duration::from_millis(700),
-        "{:?}",
-        started.elapsed()
+    assert_eq!(
+        metric(&server, "wc_attaches_total{outcome=\"failed\"}"),
+        1.0
     );
     assert_eq!(model_ids(&server), ["kept"]);
     ask(&server, "kept", PRENORM);

@@ -104,6 +104,10 @@ pub async fn run(
     let app_state = state.clone();
     let deadline = config.server.shutdown_deadline.0;
     let origins = config.server.cors_allow_origins.clone();
+    // A second descriptor of the listening socket, to stop listening early when draining.
+    let listening = listener
+        .try_clone()
+        .context("duplicating the listening socket")?;
     let server = HttpServer::new(move || {
         App::new()
             .app_data(app_state.clone())
@@ -147,7 +151,7 @@ pub async fn run(
             };
         }
     }
-    drain(&state, &server_handle, &handle).await;
+    drain(&state, &server_handle, &listening, &handle).await;
     Ok(())
 }
 
@@ -161,6 +165,19 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         signals.recv().await;
     })
     .await
+}
+
+/// Makes the listening socket refuse new connections now. actix stops accepting on a graceful
+/// stop but keeps the socket open until every connection has finished, so clients would queue
+/// in the kernel's backlog instead of being told to go elsewhere.
+fn stop_listening(listener: &TcpListener) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: shutdown(2) on a socket descriptor we hold open for the call's duration.
+    let rc = unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RD) };
+    if rc != 0 {
+        let error = std::io::Error::last_os_error();
+        tracing::warn!(%error, "could not close the listening socket early");
+    }
 }
 
 /// Stops the runtime (detaching every engine), giving up after `deadline`.
@@ -233,7 +250,12 @@ fn log_ready(addrs: &[SocketAddr], config: &Config) {
 
 /// The graceful stop: not ready, stop accepting after the drain delay, let in-flight requests
 /// finish up to the deadline, then detach every engine and release every worker.
-async fn drain(state: &AppState, server: &actix_web::dev::ServerHandle, handle: &Handle) {
+async fn drain(
+    state: &AppState,
+    server: &actix_web::dev::ServerHandle,
+    listener: &TcpListener,
+    handle: &Handle,
+) {
     let server_config = &state.config.server;
     state.start_draining();
     tracing::info!(
@@ -244,6 +266,9 @@ async fn drain(state: &AppState, server: &actix_web::dev::ServerHandle, handle: 
     if !server_config.drain_delay.0.is_zero() {
         tokio::time::sleep(server_config.drain_delay.0).await;
     }
+    server.pause().await;
+    stop_listening(listener);
+    tracing::info!("listener closed: new connections are refused; in-flight requests go on");
     let deadline = server_config.shutdown_deadline.0 + Duration::from_millis(500);
     if tokio::time::timeout(deadline, server.stop(true))
         .await
