@@ -20,8 +20,8 @@ $WC generate --device cuda:0 --dtype f16 --model tests/fixtures/tiny-opt-prenorm
 log "second process (JIT cache warm)"
 $WC generate --device cuda:0 --dtype f16 --model tests/fixtures/tiny-opt-prenorm --prompt-ids 2 --max-new-tokens 4 --ignore-eos --json > "$OUT/second-process.json" 2>> "$OUT/session.log"
 log "make-model presets"
-$WC make-model --preset opt-125m --dtype f16 --out /tmp/opt-125m >> "$OUT/session.log" 2>&1
-$WC make-model --preset opt-350m --dtype f16 --out /tmp/opt-350m >> "$OUT/session.log" 2>&1
+$WC make-model --preset opt-125m --dtype f16 --force --out /tmp/opt-125m >> "$OUT/session.log" 2>&1
+$WC make-model --preset opt-350m --dtype f16 --force --out /tmp/opt-350m >> "$OUT/session.log" 2>&1
 log "transformers loads them"
 python3 -c "
 from transformers import OPTForCausalLM

@@ -117,7 +117,7 @@ fn a_small_real_bench_writes_consistent_results_report_and_chart() {
         out: out.clone(),
         single: true,
         sequential: true,
-        peer: false,
+        peer_script: None,
         cold_jit: false,
         command: "test".into(),
         exe: Some(PathBuf::from(CLI)),

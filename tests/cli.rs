@@ -111,22 +111,34 @@ fn hub_ids_resolve_from_the_local_cache_and_say_where_they_looked() {
     for file in ["config.json", "model.safetensors", "tokenizer.json"] {
         std::fs::copy(fixture("tiny-opt-prenorm").join(file), snapshot.join(file)).unwrap();
     }
-    let found = bin()
-        .args([
-            "generate",
-            "--json",
-            "--model",
-            "acme/tiny-opt",
-            "--max-new-tokens",
-            "4",
-        ])
-        .env("HF_HUB_CACHE", &cache)
-        .output()
-        .unwrap();
-    assert!(
-        found.status.success(),
-        "{}",
-        String::from_utf8_lossy(&found.stderr)
+    let tokens = |model: &std::ffi::OsStr| {
+        let out = bin()
+            .args([
+                "generate",
+                "--json",
+                "--ignore-eos",
+                "--max-new-tokens",
+                "8",
+            ])
+            .args(["--prompt", "Beautiful is better than", "--model"])
+            .arg(model)
+            .env("HF_HUB_CACHE", &cache)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (report["new_tokens"].clone(), report["text"].clone())
+    };
+    let from_hub = tokens("acme/tiny-opt".as_ref());
+    assert_eq!(from_hub.0.as_array().map(Vec::len), Some(8), "{from_hub:?}");
+    assert_eq!(
+        from_hub,
+        tokens(fixture("tiny-opt-prenorm").as_os_str()),
+        "the hub id loads the snapshot's checkpoint"
     );
 }
 

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::meeting::MeetingBackend;
 use common::{copy_fixture, fixture, reference, Case};
 use wc_actors::{
     Anchor, Attach, AttachError, AttachReport, DeviceSpec, EngineId, ErrorKind, FinishReason,
@@ -36,7 +37,11 @@ fn safetensors_data_bytes(path: &Path) -> u64 {
 
 /// `count` CPU workers with `prewarm`, and an attach timeout long enough to notice waiting.
 fn start(count: usize, prewarm: PrewarmOptions) -> Handle {
-    let config = RuntimeConfig {
+    Runtime::start(runtime_config(count, prewarm), Arc::new(CandleBackend))
+}
+
+fn runtime_config(count: usize, prewarm: PrewarmOptions) -> RuntimeConfig {
+    RuntimeConfig {
         workers: vec![WorkerConfig {
             device: DeviceSpec::Cpu,
             count,
@@ -44,8 +49,7 @@ fn start(count: usize, prewarm: PrewarmOptions) -> Handle {
         }],
         attach_timeout: Duration::from_secs(60),
         ..RuntimeConfig::default()
-    };
-    Runtime::start(config, Arc::new(CandleBackend))
+    }
 }
 
 async fn ready(handle: &Handle) {
@@ -184,7 +188,10 @@ async fn attach_generate_detach_and_reattach_on_the_same_worker() {
 #[actix_rt::test]
 async fn two_engines_on_two_workers_generate_concurrently() {
     let run = async {
-        let handle = start(2, PrewarmOptions::default());
+        // Each generation waits (up to 10 s) for the other to be running too.
+        let backend = Arc::new(MeetingBackend::new(CandleBackend, 2));
+        let meeting = backend.meeting.clone();
+        let handle = Runtime::start(runtime_config(2, PrewarmOptions::default()), backend);
         ready(&handle).await;
         let (pre_dir, post_dir) = (fixture(PRENORM), fixture(POSTNORM));
         let (pre, post) = tokio::join!(
@@ -204,6 +211,11 @@ async fn two_engines_on_two_workers_generate_concurrently() {
         tokio::join!(
             generate_reference(&handle, pre.engine_id, PRENORM),
             generate_reference(&handle, post.engine_id, POSTNORM),
+        );
+        assert_eq!(
+            meeting.max_running(),
+            2,
+            "the two engines' generations overlapped"
         );
         // Addressed by name too.
         let case = &reference(POSTNORM).cases[0];

@@ -158,9 +158,22 @@ mod tests {
     }
 
     #[test]
-    fn monotonic_clock_moves_forward() {
-        let a = monotonic_ns();
-        let b = monotonic_ns();
-        assert!(b >= a && a > 0);
+    fn a_phase_across_a_sleep_lasts_at_least_the_sleep() {
+        let mut t = Timeline::starting_now();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        t.mark(Anchor::WeightsRead);
+        let ms = t.span_ms(Anchor::Requested, Anchor::WeightsRead);
+        assert!(ms >= 20.0, "a 20 ms sleep measured as {ms} ms");
+        // Nanoseconds, not another unit: a span around an `Instant` interval covers it, and is
+        // not ten times longer (500 ms of slack for a preempted thread).
+        let before = monotonic_ns();
+        let started = std::time::Instant::now();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let inner = started.elapsed().as_nanos() as u64;
+        let span = monotonic_ns() - before;
+        assert!(
+            span >= inner && span <= inner + 500_000_000,
+            "monotonic span {span} ns around an Instant span of {inner} ns"
+        );
     }
 }

@@ -105,8 +105,9 @@ async fn two_engines_on_two_workers_answer_at_once() {
     let backend = FakeBackend::new(1_000_000);
     let handle = Runtime::start(config(2), Arc::new(backend.clone()));
     within(30, "prewarm", handle.wait_ready()).await.unwrap();
-    let a = handle.attach(Attach::new(spec("fake:gen_ms=2")).named("a"));
-    let b = handle.attach(Attach::new(spec("fake:gen_ms=2")).named("b"));
+    // Each generation waits (up to 10 s) for the other to be running too.
+    let a = handle.attach(Attach::new(spec("fake:gen_ms=2,meet=2")).named("a"));
+    let b = handle.attach(Attach::new(spec("fake:gen_ms=2,meet=2")).named("b"));
     let (a, b) = within(30, "attaches", async { (a.await, b.await) }).await;
     let (a, b) = (a.unwrap(), b.unwrap());
     assert_ne!(a.worker, b.worker, "each engine has a worker of its own");
@@ -116,6 +117,11 @@ async fn two_engines_on_two_workers_answer_at_once() {
     let (ga, gb) = within(30, "generates", async { (ga.await, gb.await) }).await;
     assert_eq!(ga.unwrap().new_tokens, expected_tokens(&[1], 20));
     assert_eq!(gb.unwrap().new_tokens, expected_tokens(&[2], 20));
+    assert_eq!(
+        backend.state.max_running.load(Ordering::SeqCst),
+        2,
+        "the two generations overlapped"
+    );
 
     let workers = handle.list_workers().await.unwrap();
     assert!(workers.iter().all(|w| w.state == WorkerState::Serving));

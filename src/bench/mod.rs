@@ -37,8 +37,9 @@ pub struct BenchOptions {
     pub out: PathBuf,
     pub single: bool,
     pub sequential: bool,
-    /// Also time the transformers peer when python3 has it.
-    pub peer: bool,
+    /// The transformers peer script (`bench/peer_transformers.py`): also time the peer when
+    /// python3 has torch and transformers; `None`: no peer.
+    pub peer_script: Option<PathBuf>,
     /// Give every fresh process an empty CUDA JIT cache.
     pub cold_jit: bool,
     pub command: String,
@@ -175,11 +176,16 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<Results> {
         Some(exe) => exe.clone(),
         None => std::env::current_exe()?,
     };
-    let peer_script = options
-        .peer
-        .then(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/peer_transformers.py"))
-        .filter(|p| p.is_file() && peer_available());
-    if options.peer && peer_script.is_none() {
+    anyhow::ensure!(
+        options.runs > 0 || !options.single,
+        "runs must be at least 1"
+    );
+    anyhow::ensure!(
+        options.rounds > 0 || !options.sequential,
+        "rounds must be at least 1"
+    );
+    let peer_script = options.peer_script.clone().filter(|_| peer_available());
+    if options.peer_script.is_some() && peer_script.is_none() {
         eprintln!("transformers peer skipped: python3 with torch and transformers not found");
     }
     let jit_cache = match (&options.device, options.cold_jit) {

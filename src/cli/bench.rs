@@ -11,17 +11,15 @@ use crate::bench::{run as run_bench, BenchOptions};
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// Models to load (directories or hub ids), comma-separated; the first is the single-engine one.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "tests/fixtures/tiny-opt-prenorm,tests/fixtures/tiny-opt-postnorm-proj"
-    )]
-    models: Vec<String>,
-    /// Single-engine cold starts per path.
-    #[arg(long, default_value_t = 20)]
+    /// Default: the two bundled tests/fixtures models, looked for in the current directory, then
+    /// next to the binary and the directories above it.
+    #[arg(long, value_delimiter = ',', value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    models: Option<Vec<String>>,
+    /// Single-engine cold starts per path (at least 1).
+    #[arg(long, default_value_t = 20, value_parser = at_least_one)]
     runs: usize,
-    /// Rounds of the sequential multi-model scenario.
-    #[arg(long, default_value_t = 3)]
+    /// Rounds of the sequential multi-model scenario (at least 1).
+    #[arg(long, default_value_t = 3, value_parser = at_least_one)]
     rounds: usize,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
@@ -38,6 +36,10 @@ pub struct BenchArgs {
     /// Skip the transformers peer even when python3 has it.
     #[arg(long)]
     no_peer: bool,
+    /// The transformers peer script. Default: bench/peer_transformers.py, looked for in the
+    /// current directory, then next to the binary and the directories above it.
+    #[arg(long, value_name = "PATH", conflicts_with = "no_peer")]
+    peer_script: Option<PathBuf>,
     /// Give every fresh process an empty CUDA JIT cache (a cold start on a fresh machine).
     #[arg(long)]
     cold_jit: bool,
@@ -55,6 +57,23 @@ pub struct BenchArgs {
     host_cache_mib: u64,
 }
 
+/// The models `bench` starts when `--models` is not given.
+pub const DEFAULT_MODELS: [&str; 2] = [
+    "tests/fixtures/tiny-opt-prenorm",
+    "tests/fixtures/tiny-opt-postnorm-proj",
+];
+
+/// The transformers peer script when `--peer-script` is not given.
+pub const DEFAULT_PEER_SCRIPT: &str = "bench/peer_transformers.py";
+
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1 (0 would write an empty report)".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.render {
         let text =
@@ -66,8 +85,45 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         eprintln!("rendered {}/report.md and chart.svg", args.out.display());
         return Ok(());
     }
+    let models = match args.models {
+        Some(models) => models,
+        None => DEFAULT_MODELS
+            .iter()
+            .map(|m| {
+                super::bundled::find(m, "the default model", "--models DIR,DIR")
+                    .map(|p| p.display().to_string())
+            })
+            .collect::<anyhow::Result<_>>()?,
+    };
+    let peer_script = match (&args.peer_script, args.no_peer) {
+        (_, true) => None,
+        (Some(path), false) => {
+            anyhow::ensure!(
+                path.is_file(),
+                "--peer-script {} is not a file",
+                path.display()
+            );
+            Some(path.clone())
+        }
+        (None, false) => match super::bundled::find(
+            DEFAULT_PEER_SCRIPT,
+            "the transformers peer script",
+            "--peer-script PATH (or --no-peer)",
+        ) {
+            Ok(path) => Some(path),
+            // Without the script the peer could run: say so. Without transformers it could not.
+            Err(e) if crate::bench::standard::peer_available() => return Err(e),
+            Err(_) => {
+                eprintln!(
+                    "transformers peer skipped: python3 with torch and transformers not found"
+                );
+                None
+            }
+        },
+    };
     let options = BenchOptions {
-        models: args.models,
+        models,
+        peer_script,
         runs: args.runs,
         rounds: args.rounds,
         device: args.device,
@@ -75,7 +131,6 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         out: args.out.clone(),
         single: args.scenario != "sequential",
         sequential: args.scenario != "single",
-        peer: !args.no_peer,
         cold_jit: args.cold_jit,
         command: std::env::args().collect::<Vec<_>>().join(" "),
         exe: None,

@@ -12,8 +12,10 @@ use crate::backend::CandleDevice;
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
     /// Checkpoint directory (Hugging Face layout) or hub id in the local cache (facebook/opt-125m).
-    #[arg(long, default_value = "tests/fixtures/tiny-opt-prenorm")]
-    model: String,
+    /// Default: the bundled tests/fixtures/tiny-opt-prenorm, looked for in the current directory,
+    /// then next to the binary and the directories above it.
+    #[arg(long)]
+    model: Option<String>,
     /// Prompt text (tokenized with the model's tokenizer.json).
     #[arg(long, conflicts_with = "prompt_ids")]
     prompt: Option<String>,
@@ -38,8 +40,8 @@ pub struct GenerateArgs {
     /// Seed for sampling.
     #[arg(long)]
     seed: Option<u64>,
-    /// Stop when this text appears (repeatable).
-    #[arg(long)]
+    /// Stop when this text appears (repeatable; not empty).
+    #[arg(long, value_parser = clap::builder::NonEmptyStringValueParser::new())]
     stop: Vec<String>,
     /// Keep generating past the end-of-sequence token.
     #[arg(long)]
@@ -52,7 +54,16 @@ pub struct GenerateArgs {
     frame: bool,
 }
 
+/// The model `generate` loads when `--model` is not given.
+pub const DEFAULT_MODEL: &str = "tests/fixtures/tiny-opt-prenorm";
+
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
+    let model = match args.model {
+        Some(model) => model,
+        None => super::bundled::find(DEFAULT_MODEL, "the default model", "--model DIR")?
+            .display()
+            .to_string(),
+    };
     let mut timeline = Timeline::default();
     timeline.mark_at(Anchor::Requested, super::process_started_ns());
     timeline.mark_at(Anchor::ProcessStarted, super::process_started_ns());
@@ -64,12 +75,12 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let (mut device, _) = CandleDevice::open(&args.device, None)?;
     timeline.mark(Anchor::DeviceReady);
     let spec = ModelSpec {
-        model: args.model.clone(),
+        model: model.clone(),
         dtype: args.dtype,
     };
     let (mut engine, bytes) = device
         .load_opt(&spec, &mut timeline)
-        .with_context(|| format!("loading {}", args.model))?;
+        .with_context(|| format!("loading {model}"))?;
     let request = GenerateRequest {
         prompt,
         max_new_tokens: args.max_new_tokens,
@@ -110,7 +121,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         crate::bench::frame::write(&mut std::io::stdout(), &frame)?;
     } else if args.json {
         let report = json!({
-            "model": args.model,
+            "model": model,
             "device": args.device.to_string(),
             "dtype": engine.model.dtype().as_str(),
             "prompt_ids": output.prompt_ids,

@@ -1,6 +1,7 @@
 //! The `worker-controller` command line: subcommands, their flags and help.
 
 mod bench;
+mod bundled;
 mod generate;
 mod make_model;
 mod serve;

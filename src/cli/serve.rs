@@ -5,13 +5,16 @@ use std::path::PathBuf;
 use clap::Args;
 use wc_actors::DeviceSpec;
 
-use crate::config::{Config, LogFormat, WorkerGroup};
+use crate::config::{check_api_key, check_worker_count, Config, LogFormat, WorkerGroup};
 
 /// Flags override the config file; without `--config`, `./config.toml` is read when present.
 #[derive(Args, Debug)]
 #[command(
     after_help = "Endpoints: GET /health, GET /ready, GET /metrics, GET /workers, \
     POST|GET /engines, GET|DELETE /engines/{id}, GET /v1/models, POST /v1/completions.\n\
+    Security: the key guards control and inference; POST bodies must be application/json; on a \
+    loopback address only loopback Host names are answered; POST /engines loads paths only under \
+    [server] model_roots.\n\
     Ctrl-C or SIGTERM drains in-flight requests and exits 0; a second Ctrl-C exits at once."
 )]
 pub struct ServeArgs {
@@ -25,10 +28,15 @@ pub struct ServeArgs {
     /// Port to bind; 0 picks a free one, printed in the ready line (overrides [server] port).
     #[arg(long)]
     port: Option<u16>,
-    /// Bearer token required on /workers and /engines (overrides [server] api_key).
-    #[arg(long, env = "WC_API_KEY", hide_env_values = true)]
+    /// Bearer token required on /workers, /engines and /v1/... (overrides [server] api_key);
+    /// /health, /ready and /metrics stay open. An empty key (here, in WC_API_KEY or in the
+    /// file) is refused: leave it unset for no auth.
+    #[arg(long, env = API_KEY_ENV, hide_env_values = true)]
     api_key: Option<String>,
-    /// Number of workers, replacing the config's [[workers]] (on --device, default cpu).
+    /// With --api-key: leave the inference endpoints (/v1/...) open; control stays closed.
+    #[arg(long)]
+    open_inference: bool,
+    /// Number of workers, replacing the config's [[workers]] (on --device, default cpu); 1 to 64.
     #[arg(long)]
     workers: Option<usize>,
     /// Device of the workers, replacing the config's [[workers]]: cpu, cuda or cuda:N.
@@ -38,6 +46,9 @@ pub struct ServeArgs {
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
 }
+
+/// The environment variable `--api-key` falls back to.
+const API_KEY_ENV: &str = "WC_API_KEY";
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = load(&args)?;
@@ -60,19 +71,33 @@ fn load(args: &ServeArgs) -> anyhow::Result<Config> {
     if let Some(port) = args.port {
         config.server.port = port;
     }
-    if let Some(key) = &args.api_key {
-        config.server.api_key = Some(key.clone()).filter(|k| !k.is_empty());
+    if args.open_inference {
+        config.server.open_inference = true;
+    }
+    match &args.api_key {
+        Some(key) => {
+            check_api_key(key).map_err(|e| anyhow::anyhow!("--api-key (or {API_KEY_ENV}): {e}"))?;
+            config.server.api_key = Some(key.clone());
+        }
+        // clap reads an empty variable as unset: that must not quietly mean "no auth".
+        None if std::env::var_os(API_KEY_ENV).is_some() => {
+            anyhow::bail!(
+                "{API_KEY_ENV} is set but empty: give a non-empty key, or unset it for no auth"
+            )
+        }
+        None => {}
     }
     if let Some(format) = args.log_format {
         config.server.log_format = format;
     }
     if args.workers.is_some() || args.device.is_some() {
         let count = args.workers.unwrap_or(1);
-        anyhow::ensure!(count > 0, "--workers must be at least 1");
+        check_worker_count(count).map_err(|e| anyhow::anyhow!("--workers: {e}"))?;
         config.workers = vec![WorkerGroup {
             device: args.device.clone().unwrap_or(DeviceSpec::Cpu),
             count,
         }];
     }
+    config.check().map_err(anyhow::Error::msg)?;
     Ok(config)
 }

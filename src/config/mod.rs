@@ -8,12 +8,23 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{de, Deserialize, Deserializer};
 use toml::Spanned;
-use wc_actors::{DType, DeviceSpec, ModelSpec, PrewarmOptions, RuntimeConfig, WorkerConfig};
+use wc_actors::{
+    Backend, DType, DeviceSpec, ModelSpec, PrewarmOptions, RuntimeConfig, WorkerConfig,
+};
 
 mod units;
-pub use units::{format_duration, parse_bytes, parse_duration, ByteSize, HumanDuration, KeepAlive};
+pub use units::{
+    format_duration, parse_bytes, parse_duration, ByteSize, HumanDuration, KeepAlive, MAX_DURATION,
+};
+
+/// The most workers a server may run, over all `[[workers]]` groups: each is an OS thread with
+/// a device context and one engine; 64 covers eight GPUs with eight engines each.
+pub const MAX_WORKERS: usize = 64;
+
+/// The smallest `max_body_bytes`: a completion request with a short prompt must fit.
+pub const MIN_BODY_BYTES: u64 = 1024;
 
 /// The whole configuration file.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -45,7 +56,9 @@ pub struct ServerConfig {
     /// Port to bind; 0 picks a free one (the ready log line says which).
     pub port: u16,
     /// Bearer token required on the control (`/workers`, `/engines`) and inference (`/v1/...`)
-    /// endpoints; none: open. Probes and `/metrics` never need it.
+    /// endpoints; none: open. Probes and `/metrics` never need it. An empty or blank key is
+    /// refused (it would silently turn auth off).
+    #[serde(deserialize_with = "api_key")]
     pub api_key: Option<String>,
     /// Leave the inference endpoints open even when `api_key` is set (control stays closed).
     pub open_inference: bool,
@@ -58,7 +71,8 @@ pub struct ServerConfig {
     pub cors_allow_origins: Vec<String>,
     /// How long a client has to send a request's head; slower ones get 408.
     pub client_request_timeout: HumanDuration,
-    /// Largest request body accepted; larger bodies get 413.
+    /// Largest request body accepted (at least [`MIN_BODY_BYTES`]); larger bodies get 413.
+    #[serde(deserialize_with = "body_bytes")]
     pub max_body_bytes: ByteSize,
     /// Largest `max_tokens` a completion may ask for; more is a 400.
     pub max_tokens: usize,
@@ -177,13 +191,56 @@ impl PrewarmConfig {
 pub struct WorkerGroup {
     /// `cpu`, `cuda` or `cuda:N`.
     pub device: DeviceSpec,
-    /// How many workers (each holds one engine at a time).
-    #[serde(default = "one")]
+    /// How many workers (each holds one engine at a time): 1 to [`MAX_WORKERS`].
+    #[serde(default = "one", deserialize_with = "worker_count")]
     pub count: usize,
 }
 
 fn one() -> usize {
     1
+}
+
+/// Checks an API key from any source (file, flag, environment): blank keys are refused.
+pub fn check_api_key(key: &str) -> Result<(), String> {
+    if key.trim().is_empty() {
+        return Err(
+            "the API key is empty: give a non-empty key, or leave it unset for no auth".into(),
+        );
+    }
+    Ok(())
+}
+
+/// Checks a number of workers in one group (or given by `--workers`).
+pub fn check_worker_count(count: usize) -> Result<(), String> {
+    if !(1..=MAX_WORKERS).contains(&count) {
+        return Err(format!(
+            "worker count {count} is out of range: 1 to {MAX_WORKERS}"
+        ));
+    }
+    Ok(())
+}
+
+fn api_key<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let key = String::deserialize(d)?;
+    check_api_key(&key).map_err(de::Error::custom)?;
+    Ok(Some(key))
+}
+
+fn body_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<ByteSize, D::Error> {
+    let size = ByteSize::deserialize(d)?;
+    if size.0 < MIN_BODY_BYTES {
+        return Err(de::Error::custom(format!(
+            "max_body_bytes = {} is too small: at least {MIN_BODY_BYTES} (1KiB)",
+            size.0
+        )));
+    }
+    Ok(size)
+}
+
+fn worker_count<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    let count = usize::deserialize(d)?;
+    check_worker_count(count).map_err(de::Error::custom)?;
+    Ok(count)
 }
 
 /// One `[[models]]` entry.
@@ -197,7 +254,7 @@ pub struct ModelConfig {
     pub path: Option<Spanned<String>>,
     /// A Hugging Face hub id, looked up in the local cache (e.g. "facebook/opt-125m").
     #[serde(default)]
-    pub hub: Option<String>,
+    pub hub: Option<Spanned<String>>,
     /// The dtype on the device; default: the checkpoint's own.
     #[serde(default)]
     pub dtype: Option<DType>,
@@ -230,10 +287,11 @@ impl ModelConfig {
 /// A configuration that could not be used, with where in which file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file `{}`: {source}", path.display())]
+    /// The OS error is part of the message (and not also a `source`, which would print it twice).
+    #[error("cannot read config file `{}`: {error}", path.display())]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{}:{line}:{column}: {reason}", path.display())]
     Invalid {
@@ -249,9 +307,9 @@ pub enum ConfigError {
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         Self::parse(&text, path, base)
@@ -283,16 +341,10 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks what parsing cannot (names, paths, counts) and resolves model locations.
+    /// Checks what parsing cannot (names, paths, counts, the checkpoints of `attach_on_start`
+    /// models) and resolves model locations.
     fn resolve(&mut self, base: &Path) -> Result<(), (Option<Range<usize>>, String)> {
-        for group in &self.workers {
-            if group.count == 0 {
-                return Err((
-                    None,
-                    format!("[[workers]] on `{}` has count = 0", group.device),
-                ));
-            }
-        }
+        self.check_workers().map_err(|reason| (None, reason))?;
         if self.server.max_tokens == 0 {
             return Err((None, "[server] max_tokens must be at least 1".into()));
         }
@@ -343,10 +395,20 @@ impl Config {
                             ),
                         ));
                     }
+                    if !full.join("config.json").is_file() {
+                        return Err((
+                            Some(path.span()),
+                            format!(
+                                "model `{name}`: `{}` has no config.json (not a Hugging Face \
+                                 checkpoint directory)",
+                                full.display()
+                            ),
+                        ));
+                    }
                     let full = full.canonicalize().unwrap_or(full);
                     full.to_string_lossy().into_owned()
                 }
-                (None, Some(hub)) => hub.clone(),
+                (None, Some(hub)) => hub.get_ref().clone(),
                 (Some(path), Some(_)) => {
                     return Err((
                         Some(path.span()),
@@ -362,6 +424,61 @@ impl Config {
                     ))
                 }
             };
+            if model.attach_on_start {
+                // What an attach would find wrong before loading (config, weight headers, the
+                // hub cache), said here with the model's line rather than after start-up.
+                if let Err(e) = crate::backend::CandleBackend.inspect(&model.spec()) {
+                    let span = match (&model.path, &model.hub) {
+                        (Some(path), _) => path.span(),
+                        (None, Some(hub)) => hub.span(),
+                        (None, None) => model.name.span(),
+                    };
+                    return Err((
+                        Some(span),
+                        format!("model `{name}` (attach_on_start): {}", e.message),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks what flags can change after the file was read: the worker counts, that every
+    /// `attach_on_start` model has a worker of its own, and the API key.
+    pub fn check(&self) -> Result<(), String> {
+        self.check_workers()?;
+        let workers: usize = self.runtime_config().workers.iter().map(|w| w.count).sum();
+        let at_start: Vec<&str> = self
+            .models
+            .iter()
+            .filter(|m| m.attach_on_start)
+            .map(|m| m.name())
+            .collect();
+        if at_start.len() > workers {
+            // Otherwise the extra ones wait `attach_timeout` for a worker that never comes.
+            return Err(format!(
+                "{} models attach at start ({}) but there are only {workers} workers: \
+                 each engine needs a worker of its own",
+                at_start.len(),
+                at_start.join(", ")
+            ));
+        }
+        if let Some(key) = &self.server.api_key {
+            check_api_key(key)?;
+        }
+        Ok(())
+    }
+
+    fn check_workers(&self) -> Result<(), String> {
+        for group in &self.workers {
+            check_worker_count(group.count)
+                .map_err(|reason| format!("[[workers]] on `{}`: {reason}", group.device))?;
+        }
+        let total: usize = self.workers.iter().map(|g| g.count).sum();
+        if total > MAX_WORKERS {
+            return Err(format!(
+                "{total} workers in all: at most {MAX_WORKERS} over every [[workers]] group"
+            ));
         }
         Ok(())
     }
@@ -483,5 +600,161 @@ mod tests {
         );
         assert!(!KeepAlive::Forever.expired(Duration::MAX));
         assert_eq!(format_duration(Duration::from_secs(300)), "5m");
+    }
+
+    /// The line an error names, or a panic with the error.
+    fn error_line(text: &str) -> (usize, String) {
+        let err = parse(text).unwrap_err();
+        match &err {
+            ConfigError::Invalid { line, .. } => (*line, err.to_string()),
+            other => panic!("expected a file:line error, got {other}"),
+        }
+    }
+
+    #[test]
+    fn huge_or_invalid_durations_are_line_errors_not_panics() {
+        let model = "[[models]]\nname = \"m\"\nhub = \"a/b\"\n";
+        for value in [
+            "1e300",
+            "nan",
+            "inf",
+            "-2",
+            "\"-5m\"",
+            "\"8761h\"",
+            "31536001",
+        ] {
+            let (line, err) = error_line(&format!("{model}keep_alive = {value}\n"));
+            assert_eq!(line, 4, "{value}: {err}");
+        }
+        assert_eq!(
+            parse(&format!("{model}keep_alive = -1\n")).unwrap().models[0].keep_alive,
+            KeepAlive::Forever
+        );
+        for (key, value) in [
+            ("drain_delay", "1e300"),
+            ("shutdown_deadline", "nan"),
+            ("shutdown_deadline", "\"9000h\""),
+            ("drain_delay", "-1"),
+        ] {
+            let (line, err) = error_line(&format!("[server]\n{key} = {value}\n"));
+            assert_eq!(line, 2, "{key} = {value}: {err}");
+        }
+        let (line, err) = error_line("[runtime]\nattach_timeout = 1e300\n");
+        assert_eq!(line, 2, "{err}");
+        assert!(err.contains("out of range"), "{err}");
+    }
+
+    #[test]
+    fn tiny_bodies_too_many_workers_and_empty_keys_are_refused_with_their_line() {
+        let (line, err) = error_line("[server]\nmax_body_bytes = \"0\"\n");
+        assert_eq!(line, 2, "{err}");
+        assert!(err.contains("at least 1024"), "{err}");
+        assert!(parse("[server]\nmax_body_bytes = \"1KiB\"\n").is_ok());
+        let (line, err) = error_line("[[workers]]\ndevice = \"cpu\"\ncount = 1000\n");
+        assert_eq!(line, 3, "{err}");
+        assert!(err.contains("1 to 64"), "{err}");
+        let (line, _) = error_line("[[workers]]\ndevice = \"cpu\"\ncount = 0\n");
+        assert_eq!(line, 3);
+        let groups = "[[workers]]\ndevice = \"cpu\"\ncount = 40\n".repeat(2);
+        let err = parse(&groups).unwrap_err().to_string();
+        assert!(err.contains("80 workers in all"), "{err}");
+        for key in ["\"\"", "\"  \""] {
+            let (line, err) = error_line(&format!("[server]\nport = 1\napi_key = {key}\n"));
+            assert_eq!(line, 3, "{err}");
+            assert!(err.contains("API key is empty"), "{err}");
+        }
+    }
+
+    #[test]
+    fn model_checkpoints_are_checked_at_load_with_their_line() {
+        let dir = std::env::temp_dir().join(format!("wc-config-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("empty")).unwrap();
+        std::fs::create_dir_all(dir.join("no-weights")).unwrap();
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-opt-prenorm");
+        std::fs::copy(
+            fixture.join("config.json"),
+            dir.join("no-weights/config.json"),
+        )
+        .unwrap();
+        let at = |text: &str| match Config::parse(text, Path::new("t.toml"), &dir) {
+            Err(err @ ConfigError::Invalid { line, .. }) => (line, err.to_string()),
+            other => panic!("expected a file:line error, got {other:?}"),
+        };
+        let (line, err) = at("[[models]]\nname = \"a\"\npath = \"empty\"\n");
+        assert_eq!(line, 3, "{err}");
+        assert!(err.contains("no config.json"), "{err}");
+        // Not attached at start: the weights are looked at when it is first used.
+        assert!(Config::parse(
+            "[[models]]\nname = \"a\"\npath = \"no-weights\"\n",
+            Path::new("t.toml"),
+            &dir
+        )
+        .is_ok());
+        let (line, err) =
+            at("[[models]]\nname = \"a\"\npath = \"no-weights\"\nattach_on_start = true\n");
+        assert_eq!(line, 3, "{err}");
+        assert!(
+            err.contains("attach_on_start") && err.contains("model.safetensors"),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn more_models_attached_at_start_than_workers_is_refused_by_check() {
+        let model = |name: &str| {
+            format!(
+                "[[models]]\nname = \"{name}\"\npath = \"tests/fixtures/tiny-opt-prenorm\"\n\
+                 attach_on_start = true\n"
+            )
+        };
+        let one_worker = format!("[[workers]]\ndevice = \"cpu\"\ncount = 1\n{}", model("a"));
+        assert!(parse(&one_worker).unwrap().check().is_ok());
+        let mut config = parse(&format!("{one_worker}{}", model("b"))).unwrap();
+        let err = config.check().unwrap_err();
+        assert!(err.contains("2 models attach at start (a, b)"), "{err}");
+        config.workers[0].count = 2;
+        assert!(config.check().is_ok());
+    }
+
+    #[test]
+    fn the_bundled_config_says_the_code_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
+        let file = Config::load(&path).unwrap();
+        let code = Config::default();
+        let server = |c: &Config| {
+            let s = &c.server;
+            format!(
+                "{} {} {:?} {} {:?} {:?} {:?} {:?} {:?} {} {} {:?} {:?} {:?}",
+                s.host,
+                s.port,
+                s.api_key,
+                s.open_inference,
+                s.model_roots,
+                s.allowed_hosts,
+                s.cors_allow_origins,
+                s.client_request_timeout,
+                s.max_body_bytes,
+                s.max_tokens,
+                s.default_max_tokens,
+                s.shutdown_deadline,
+                s.drain_delay,
+                s.log_format
+            )
+        };
+        assert_eq!(server(&file), server(&code), "[server]");
+        let runtime = |c: &Config| format!("{:?}", c.runtime);
+        assert_eq!(runtime(&file), runtime(&code), "[runtime]");
+        assert_eq!(file.prewarm.options(), code.prewarm.options(), "[prewarm]");
+    }
+
+    #[test]
+    fn a_missing_file_says_the_os_error_once() {
+        let err = Config::load(Path::new("/no/such/config.toml")).unwrap_err();
+        assert!(std::error::Error::source(&err).is_none());
+        let printed = format!("{:#}", anyhow::Error::from(err));
+        assert_eq!(printed.matches("No such file").count(), 1, "{printed}");
+        assert!(printed.contains("/no/such/config.toml"), "{printed}");
     }
 }

@@ -4,7 +4,8 @@ use std::fmt;
 use std::time::Duration;
 
 use serde::{de, Deserialize, Deserializer};
-use wc_actors::duration::split_quantity;
+pub use wc_actors::duration::MAX_DURATION;
+use wc_actors::duration::{duration_from_secs, split_quantity};
 pub use wc_actors::parse_duration;
 
 /// How long an idle engine is kept before it may be evicted: a duration, or for ever (`-1`).
@@ -29,13 +30,34 @@ impl KeepAlive {
         }
     }
 
-    /// Parses "5m", "30s", "250ms", "1h", "0", a bare number of seconds, or a negative for ever.
+    /// Parses "5m", "30s", "250ms", "1h", "0", a bare number of seconds (at most
+    /// [`MAX_DURATION`]), or "-1" for ever; other negatives are errors.
     pub fn parse(text: &str) -> Result<Self, String> {
         let t = text.trim();
-        match t.strip_prefix('-') {
-            Some(rest) => parse_duration(rest).map(|_| KeepAlive::Forever),
-            None => parse_duration(t).map(KeepAlive::For),
+        if t == "-1" {
+            return Ok(KeepAlive::Forever);
         }
+        if t.starts_with('-') {
+            return Err(Self::negative(t));
+        }
+        parse_duration(t).map(KeepAlive::For)
+    }
+
+    /// A keep-alive given in seconds: -1 is for ever, other negatives and NaN are errors.
+    pub fn from_secs(seconds: f64) -> Result<Self, String> {
+        if seconds == -1.0 {
+            return Ok(KeepAlive::Forever);
+        }
+        if seconds < 0.0 {
+            return Err(Self::negative(seconds));
+        }
+        duration_from_secs(seconds)
+            .map(KeepAlive::For)
+            .map_err(|reason| format!("invalid keep_alive: {reason}"))
+    }
+
+    fn negative(value: impl fmt::Display) -> String {
+        format!("invalid keep_alive `{value}`: use -1 to keep the engine for ever, or a duration")
     }
 }
 
@@ -50,32 +72,28 @@ impl fmt::Display for KeepAlive {
 
 impl<'de> Deserialize<'de> for KeepAlive {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        match NumberOrText::deserialize(d)? {
-            NumberOrText::Int(n) if n < 0 => Ok(KeepAlive::Forever),
-            NumberOrText::Int(n) => Ok(KeepAlive::For(Duration::from_secs(n as u64))),
-            NumberOrText::Float(x) if x < 0.0 => Ok(KeepAlive::Forever),
-            NumberOrText::Float(x) => Ok(KeepAlive::For(Duration::from_secs_f64(x))),
-            NumberOrText::Text(s) => KeepAlive::parse(&s).map_err(de::Error::custom),
-        }
+        let parsed = match NumberOrText::deserialize(d)? {
+            NumberOrText::Int(n) => KeepAlive::from_secs(n as f64),
+            NumberOrText::Float(x) => KeepAlive::from_secs(x),
+            NumberOrText::Text(s) => KeepAlive::parse(&s),
+        };
+        parsed.map_err(de::Error::custom)
     }
 }
 
-/// A duration written as "30s", "5m", "250ms", "1h" or a bare number of seconds.
+/// A duration written as "30s", "5m", "250ms", "1h" or a bare number of seconds, at most
+/// [`MAX_DURATION`] (365 days).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HumanDuration(pub Duration);
 
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let negative = || de::Error::custom("a duration cannot be negative");
-        match NumberOrText::deserialize(d)? {
-            NumberOrText::Int(n) if n < 0 => Err(negative()),
-            NumberOrText::Int(n) => Ok(HumanDuration(Duration::from_secs(n as u64))),
-            NumberOrText::Float(x) if x < 0.0 || !x.is_finite() => Err(negative()),
-            NumberOrText::Float(x) => Ok(HumanDuration(Duration::from_secs_f64(x))),
-            NumberOrText::Text(s) => parse_duration(&s)
-                .map(HumanDuration)
-                .map_err(de::Error::custom),
-        }
+        let parsed = match NumberOrText::deserialize(d)? {
+            NumberOrText::Int(n) => duration_from_secs(n as f64),
+            NumberOrText::Float(x) => duration_from_secs(x),
+            NumberOrText::Text(s) => parse_duration(&s),
+        };
+        parsed.map(HumanDuration).map_err(de::Error::custom)
     }
 }
 
@@ -86,7 +104,7 @@ pub struct ByteSize(pub u64);
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         match NumberOrText::deserialize(d)? {
-            NumberOrText::Int(n) if n >= 0 => Ok(ByteSize(n as u64)),
+            NumberOrText::Int(n) if n >= 0 => Ok(ByteSize(n.unsigned_abs())),
             NumberOrText::Text(s) => parse_bytes(&s).map(ByteSize).map_err(de::Error::custom),
             _ => Err(de::Error::custom(
                 "expected a byte size such as 1048576, \"512KiB\", \"64MiB\" or \"2GB\"",
@@ -133,5 +151,69 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
         "g" | "gib" => 1 << 30,
         _ => return Err(bad()),
     };
-    Ok((value * scale as f64).round() as u64)
+    let bytes = (value * scale as f64).round();
+    // 2^64 as f64: the first value a u64 cannot hold.
+    if bytes >= 18_446_744_073_709_551_616.0 {
+        return Err(format!("byte size `{text}` is out of range"));
+    }
+    Ok(bytes as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keep_alive(json: &str) -> Result<KeepAlive, String> {
+        serde_json::from_str(json).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn keep_alive_from_json_is_bounded_and_only_minus_one_is_forever() {
+        assert_eq!(keep_alive("-1").unwrap(), KeepAlive::Forever);
+        assert_eq!(keep_alive("-1.0").unwrap(), KeepAlive::Forever);
+        assert_eq!(keep_alive("\"-1\"").unwrap(), KeepAlive::Forever);
+        assert_eq!(
+            keep_alive("300").unwrap(),
+            KeepAlive::For(Duration::from_secs(300))
+        );
+        assert_eq!(
+            keep_alive("0.5").unwrap(),
+            KeepAlive::For(Duration::from_millis(500))
+        );
+        for bad in [
+            "1e300",
+            "18446744073709551615",
+            "31536001",
+            "\"8761h\"",
+            "-2",
+            "-0.5",
+            "\"-5m\"",
+            "\"soon\"",
+        ] {
+            let err = keep_alive(bad).unwrap_err();
+            assert!(
+                err.contains("keep_alive") || err.contains("duration"),
+                "{bad}: {err}"
+            );
+        }
+        assert!(keep_alive("1e300").unwrap_err().contains("out of range"));
+    }
+
+    #[test]
+    fn durations_in_seconds_are_bounded_and_never_negative() {
+        let duration = |json: &str| serde_json::from_str::<HumanDuration>(json).map(|d| d.0);
+        assert_eq!(duration("1.5").unwrap(), Duration::from_millis(1500));
+        assert_eq!(duration("31536000").unwrap(), MAX_DURATION);
+        for bad in ["31536001", "1e300", "-1", "-0.5", "\"-1s\"", "\"9000h\""] {
+            assert!(duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn byte_sizes_beyond_u64_are_errors_not_saturated() {
+        assert!(parse_bytes("99999999999999999999999GiB")
+            .unwrap_err()
+            .contains("out of range"));
+        assert_eq!(parse_bytes("1.5KiB").unwrap(), 1536);
+    }
 }

@@ -4,16 +4,17 @@
 //! A model is `fake:` followed by comma-separated options:
 //! `size=N` (device bytes, default 1000), `load_ms=N`, `gen_ms=N` (per token), `alloc` (really
 //! allocate `size` bytes of host memory), `fail_load`, `panic_on_load`, `fatal_on_load`,
-//! `panic_on_generate`, `fatal_on_generate`. Plain `fake` takes the defaults; anything not
-//! starting with `fake` is not found.
+//! `panic_on_generate`, `fatal_on_generate`, `meet=N` (each generation waits, up to 10 s, until
+//! N generations have been running at once). Plain `fake` takes the defaults; anything not
+//! starting with `fake` is not found. [`FakeState`] counts the generations running at once.
 #![allow(dead_code)]
 
 use std::cell::Cell;
 use std::future::Future;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use wc_actors::*;
 
@@ -29,6 +30,7 @@ pub struct FakeModel {
     pub fatal_on_load: bool,
     pub panic_on_generate: bool,
     pub fatal_on_generate: bool,
+    pub meet: usize,
 }
 
 impl FakeModel {
@@ -59,6 +61,7 @@ impl FakeModel {
                 "fatal_on_load" => model.fatal_on_load = true,
                 "panic_on_generate" => model.panic_on_generate = true,
                 "fatal_on_generate" => model.fatal_on_generate = true,
+                "meet" => model.meet = number()? as usize,
                 _ => {
                     return Err(EngineError::new(
                         ErrorKind::InvalidModel,
@@ -103,6 +106,32 @@ pub struct FakeState {
     pub opens: AtomicU32,
     /// The next this many `open_device` calls fail.
     pub open_failures: AtomicU32,
+    /// Generations running now, on every engine.
+    pub running: AtomicUsize,
+    /// The most generations that ever ran at the same time.
+    pub max_running: AtomicUsize,
+}
+
+/// One generation in progress; dropping it (also on an error or a panic) counts it out.
+struct Running(Arc<FakeState>);
+
+impl Running {
+    /// Counts a generation in and waits, up to 10 s, until `meet` have been running at once.
+    fn enter(state: &Arc<FakeState>, meet: usize) -> Self {
+        let now = state.running.fetch_add(1, Ordering::SeqCst) + 1;
+        state.max_running.fetch_max(now, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while state.max_running.load(Ordering::SeqCst) < meet && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Running(state.clone())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// A backend whose devices have `memory_bytes` each and take `prewarm_ms` to open.
@@ -282,6 +311,7 @@ impl Engine for FakeEngine {
             .lock()
             .unwrap()
             .push((self.name.clone(), prompt.clone()));
+        let _running = Running::enter(&self.state, self.model.meet);
         if self.model.panic_on_generate {
             panic!("fake engine panicked mid-request on purpose");
         }
