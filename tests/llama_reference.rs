@@ -441,3 +441,46 @@ fn reduced_precision_weights_run_and_mostly_agree() {
         }
     }
 }
+
+#[derive(serde::Deserialize)]
+struct RopeReference {
+    inv_freq: Vec<f32>,
+    input_ids: Vec<u32>,
+    logits: Vec<Vec<f32>>,
+}
+
+#[test]
+fn llama3_rope_scaling_matches_transformers() {
+    // A Hub-style config (top-level rope_theta + rope_scaling of rope_type "llama3") with 64
+    // positions past original_max_position_embeddings 16.
+    let dir = fixture("tiny-llama-rope-llama3");
+    let reference: RopeReference =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+            .unwrap();
+    let ModelConfig::Llama(config) = ModelConfig::from_file(&dir.join("config.json")).unwrap()
+    else {
+        unreachable!()
+    };
+    for (ours, theirs) in config.inv_freq().iter().zip(&reference.inv_freq) {
+        assert!(
+            (ours - theirs).abs() <= 1e-6 * theirs.abs(),
+            "{ours} vs {theirs}"
+        );
+    }
+    let w = weights(&dir, DType::F32);
+    let model = LlamaModel::new(config.clone(), &w).unwrap();
+    let logits = model
+        .forward(&reference.input_ids, &mut KvCache::new(), true)
+        .unwrap();
+    let diff = max_abs_diff(&logits, &reference.logits);
+    println!("tiny-llama-rope-llama3: max abs logit diff {diff:e}");
+    assert!(diff < 1e-4, "max abs diff {diff}");
+    // Without the scaling the same weights give other logits: the scaling is what matched.
+    let mut plain = config;
+    plain.rope_scaling = worker_controller::models::llama::config::RopeScaling::Default;
+    let unscaled = LlamaModel::new(plain, &w)
+        .unwrap()
+        .forward(&reference.input_ids, &mut KvCache::new(), true)
+        .unwrap();
+    assert!(max_abs_diff(&unscaled, &reference.logits) > 1e-2);
+}
