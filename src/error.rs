@@ -20,7 +20,7 @@ pub enum LoadError {
     },
     #[error("invalid config `{path}`: {reason}")]
     InvalidConfig { path: PathBuf, reason: String },
-    #[error("unsupported model_type `{0}`: this engine runs OPT (`model_type = \"opt\"`)")]
+    #[error("unsupported model_type `{0}`: supported are `opt`, `llama`, `mistral`, `qwen2` and `qwen3`")]
     UnknownModelType(String),
     #[error("corrupt or truncated safetensors file `{path}`: {reason}")]
     CorruptSafetensors { path: PathBuf, reason: String },

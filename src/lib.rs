@@ -1,7 +1,8 @@
-//! Worker Controller: prewarmed workers that attach OPT engines in milliseconds.
+//! Worker Controller: prewarmed workers that attach LLM engines (OPT and the Llama family) in milliseconds.
 //!
 //! # Layout
-//! - [`opt`]: the OPT model on candle (config, decoder, sampling, generation, presets).
+//! - [`models`]: the model layer: family chosen by `model_type`, one engine and generation loop
+//!   for all; [`models::opt`] (OPT, also at [`opt`]) and [`models::llama`] (Llama, Mistral, Qwen2, Qwen3).
 //! - [`checkpoint`]: finding a checkpoint (directory or hub cache) and reading its files.
 //! - [`weights`]: tensors on a device, looked up by name with shapes checked.
 //! - [`device`]: opening candle devices from a [`DeviceSpec`].
@@ -23,9 +24,12 @@ pub mod cuda;
 pub mod device;
 pub mod error;
 pub mod host_cache;
-pub mod opt;
+pub mod models;
 pub mod server;
 pub mod weights;
+
+/// OPT, at its historical path.
+pub use models::opt;
 
 pub use backend::{CandleBackend, CandleDevice};
 pub use wc_actors::{DType, DeviceSpec, GenerateRequest, ModelSpec, Prompt};

@@ -113,12 +113,12 @@ fn unknown_model_type() {
     let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
     std::fs::write(
         dir.join("config.json"),
-        config.replace("\"opt\"", "\"llama\""),
+        config.replace("\"opt\"", "\"gpt_neox\""),
     )
     .unwrap();
     let err = load(&dir).err().unwrap();
     assert!(
-        matches!(err, LoadError::UnknownModelType(ref t) if t == "llama"),
+        matches!(err, LoadError::UnknownModelType(ref t) if t == "gpt_neox"),
         "{err}"
     );
 }

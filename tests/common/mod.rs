@@ -35,6 +35,25 @@ pub fn copy_fixture(name: &str, test: &str) -> PathBuf {
 #[derive(Deserialize)]
 pub struct Reference {
     pub cases: Vec<Case>,
+    /// Chat conversations (Llama-family fixtures only).
+    #[serde(default)]
+    pub chat_cases: Vec<ChatCase>,
+    /// The ids generation stops on (Llama-family fixtures only).
+    #[serde(default)]
+    pub eos_token_ids: Vec<u32>,
+}
+
+/// One conversation of a reference: the rendered prompt's ids and the greedy reply.
+#[derive(Deserialize)]
+pub struct ChatCase {
+    pub messages: Vec<serde_json::Value>,
+    /// The chat template rendered with `add_generation_prompt` and tokenized.
+    pub input_ids: Vec<u32>,
+    /// 24 greedy tokens, EOS ignored.
+    pub greedy_new_tokens: Vec<u32>,
+    /// The greedy tokens up to the first EOS, and their text.
+    pub reply_tokens: Vec<u32>,
+    pub reply: String,
 }
 
 /// One prompt of a reference: its ids, full logits, and 24 greedy tokens (EOS ignored).

@@ -1,0 +1,522 @@
+//! One decoder for the Llama family, parameterised by [`LlamaConfig`]: RMSNorm, rotary
+//! embeddings (default or Llama 3 scaled), grouped-query attention with optional q/k/v biases,
+//! per-head q/k RMSNorm and a sliding window, a SwiGLU MLP, and a tied or untied `lm_head`,
+//! computed as transformers' `LlamaForCausalLM` / `MistralForCausalLM` / `Qwen2ForCausalLM` /
+//! `Qwen3ForCausalLM` do.
+//!
+//! Tokens of all sequences in a pass are packed along one axis (`[tokens, hidden]`); only
+//! attention looks at each sequence separately, against that sequence's own [`KvCache`].
+
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::Linear;
+
+use super::cache::KvCache;
+use super::config::LlamaConfig;
+use crate::error::LoadError;
+use crate::models::{CausalLm, TokenCache};
+use crate::weights::DeviceWeights;
+
+/// A Llama-family causal language model with its weights on one device.
+pub struct LlamaModel {
+    pub config: LlamaConfig,
+    embed_tokens: Tensor,
+    layers: Vec<DecoderLayer>,
+    norm: Tensor,
+    lm_head: Tensor,
+    /// `[head_dim / 2]`, f32: angles are `position * inv_freq`, computed in f32 as transformers does.
+    inv_freq: Tensor,
+    device: Device,
+    dtype: DType,
+}
+
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    q_norm: Option<Tensor>,
+    k_norm: Option<Tensor>,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+    /// Positions a query sees, itself included; `None`: all before it.
+    window: Option<usize>,
+}
+
+struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+struct DecoderLayer {
+    input_layernorm: Tensor,
+    self_attn: Attention,
+    post_attention_layernorm: Tensor,
+    mlp: Mlp,
+}
+
+/// One sequence's part of a forward pass: its new tokens and its cache.
+pub struct SequenceInput<'a> {
+    pub ids: &'a [u32],
+    pub cache: &'a mut KvCache,
+}
+
+/// Where each sequence's tokens sit in the packed pass.
+struct Span {
+    /// First row in the packed tokens.
+    offset: usize,
+    /// New tokens.
+    len: usize,
+    /// Tokens already in the cache: the position of the first new token.
+    past: usize,
+}
+
+struct Builder<'a> {
+    weights: &'a DeviceWeights,
+    config: &'a LlamaConfig,
+}
+
+impl Builder<'_> {
+    fn linear(
+        &self,
+        prefix: &str,
+        out_dim: usize,
+        in_dim: usize,
+        bias: bool,
+    ) -> Result<Linear, LoadError> {
+        let weight = self
+            .weights
+            .get(&format!("{prefix}.weight"), &[out_dim, in_dim])?;
+        let bias = if bias {
+            Some(self.weights.get(&format!("{prefix}.bias"), &[out_dim])?)
+        } else {
+            None
+        };
+        Ok(Linear::new(weight, bias))
+    }
+
+    fn layer(&self, index: usize) -> Result<DecoderLayer, LoadError> {
+        let c = self.config;
+        let (h, i, d) = (c.hidden_size, c.intermediate_size, c.head_dim);
+        let (q, kv) = (c.num_attention_heads * d, c.num_key_value_heads * d);
+        let p = format!("layers.{index}");
+        let attn =
+            |name: &str, o, i, bias| self.linear(&format!("{p}.self_attn.{name}"), o, i, bias);
+        let mlp = |name: &str, o, i| self.linear(&format!("{p}.mlp.{name}"), o, i, c.mlp_bias);
+        let qk_norm = |name: &str| -> Result<Option<Tensor>, LoadError> {
+            if c.qk_norm {
+                Ok(Some(
+                    self.weights
+                        .get(&format!("{p}.self_attn.{name}.weight"), &[d])?,
+                ))
+            } else {
+                Ok(None)
+            }
+        };
+        Ok(DecoderLayer {
+            input_layernorm: self
+                .weights
+                .get(&format!("{p}.input_layernorm.weight"), &[h])?,
+            self_attn: Attention {
+                q_proj: attn("q_proj", q, h, c.qkv_bias)?,
+                k_proj: attn("k_proj", kv, h, c.qkv_bias)?,
+                v_proj: attn("v_proj", kv, h, c.qkv_bias)?,
+                o_proj: attn("o_proj", h, q, c.o_bias)?,
+                q_norm: qk_norm("q_norm")?,
+                k_norm: qk_norm("k_norm")?,
+                num_heads: c.num_attention_heads,
+                num_kv_heads: c.num_key_value_heads,
+                head_dim: d,
+                window: c.layer_windows.get(index).copied().flatten(),
+            },
+            post_attention_layernorm: self
+                .weights
+                .get(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+            mlp: Mlp {
+                gate_proj: mlp("gate_proj", i, h)?,
+                up_proj: mlp("up_proj", i, h)?,
+                down_proj: mlp("down_proj", h, i)?,
+            },
+        })
+    }
+}
+
+impl LlamaModel {
+    /// Assembles the model from weights already on the device, checking every name and shape.
+    pub fn new(config: LlamaConfig, weights: &DeviceWeights) -> Result<Self, LoadError> {
+        let b = Builder {
+            weights,
+            config: &config,
+        };
+        let (v, h) = (config.vocab_size, config.hidden_size);
+        let embed_tokens = weights.get("embed_tokens.weight", &[v, h])?;
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| b.layer(i))
+            .collect::<Result<Vec<_>, _>>()?;
+        let norm = weights.get("norm.weight", &[h])?;
+        let lm_head = if config.tie_word_embeddings {
+            embed_tokens.clone()
+        } else {
+            weights.get("lm_head.weight", &[v, h])?
+        };
+        let device = embed_tokens.device().clone();
+        let inv_freq = Tensor::new(config.inv_freq(), &device)?;
+        Ok(Self {
+            dtype: embed_tokens.dtype(),
+            device,
+            config,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            inv_freq,
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Runs `ids` after the tokens in `cache` and returns f32 logits: `[ids.len(), vocab]` when
+    /// `all_positions`, else `[vocab]` for the last token.
+    pub fn forward(
+        &self,
+        ids: &[u32],
+        cache: &mut KvCache,
+        all_positions: bool,
+    ) -> candle_core::Result<Tensor> {
+        let logits = self.forward_sequences(&mut [SequenceInput { ids, cache }], all_positions)?;
+        if all_positions {
+            Ok(logits)
+        } else {
+            logits.squeeze(0)
+        }
+    }
+
+    /// Runs several sequences, each with its own cache and length, in one pass. Returns f32
+    /// logits `[total new tokens, vocab]` when `all_positions` (sequences in order), else
+    /// `[sequences, vocab]` for each sequence's last token.
+    pub fn forward_sequences(
+        &self,
+        seqs: &mut [SequenceInput<'_>],
+        all_positions: bool,
+    ) -> candle_core::Result<Tensor> {
+        let c = &self.config;
+        let mut spans = Vec::with_capacity(seqs.len());
+        let mut ids = Vec::new();
+        let mut positions = Vec::new();
+        for seq in seqs.iter_mut() {
+            let past = seq.cache.len();
+            if seq.ids.is_empty() {
+                candle_core::bail!("a sequence in the pass has no new tokens");
+            }
+            if past + seq.ids.len() > c.max_position_embeddings {
+                candle_core::bail!(
+                    "{} tokens exceed the model's {} positions",
+                    past + seq.ids.len(),
+                    c.max_position_embeddings
+                );
+            }
+            if let Some(&id) = seq.ids.iter().find(|&&id| id as usize >= c.vocab_size) {
+                candle_core::bail!("token id {id} is outside the vocabulary ({})", c.vocab_size);
+            }
+            seq.cache.reserve(
+                seq.ids.len(),
+                c.max_position_embeddings,
+                c.num_hidden_layers,
+                c.num_key_value_heads,
+                c.head_dim,
+                self.dtype,
+                &self.device,
+            )?;
+            spans.push(Span {
+                offset: ids.len(),
+                len: seq.ids.len(),
+                past,
+            });
+            ids.extend_from_slice(seq.ids);
+            positions.extend((past..past + seq.ids.len()).map(|p| p as f32));
+        }
+        let total = ids.len();
+        let ids = Tensor::new(ids, &self.device)?;
+        let (cos, sin) = self.rotary(&positions)?;
+        let mut hidden = self.embed_tokens.index_select(&ids, 0)?;
+        let caches: Vec<&KvCache> = seqs.iter().map(|s| &*s.cache).collect();
+        for (index, layer) in self.layers.iter().enumerate() {
+            hidden = layer.forward(&hidden, index, &caches, &spans, &cos, &sin, c.rms_norm_eps)?;
+        }
+        for (seq, span) in seqs.iter_mut().zip(&spans) {
+            seq.cache.advance(span.len);
+        }
+        if !all_positions {
+            let last: Vec<u32> = spans
+                .iter()
+                .map(|s| (s.offset + s.len - 1) as u32)
+                .collect();
+            hidden = hidden.index_select(&Tensor::new(last, &self.device)?, 0)?;
+        } else {
+            debug_assert_eq!(hidden.dim(0)?, total);
+        }
+        let hidden = rms_norm(&hidden, &self.norm, c.rms_norm_eps)?;
+        hidden.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)
+    }
+
+    /// `cos` and `sin` (`[tokens, head_dim / 2]`, model dtype) of each token's position.
+    fn rotary(&self, positions: &[f32]) -> candle_core::Result<(Tensor, Tensor)> {
+        let positions = Tensor::from_slice(positions, (positions.len(), 1), &self.device)?;
+        let angles = positions.broadcast_mul(&self.inv_freq.unsqueeze(0)?)?;
+        Ok((
+            angles.cos()?.to_dtype(self.dtype)?,
+            angles.sin()?.to_dtype(self.dtype)?,
+        ))
+    }
+}
+
+/// RMSNorm as transformers computes it (in f32 for half types), over the last dimension.
+fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
+    candle_nn::ops::rms_norm(&x.contiguous()?, weight, eps as f32)
+}
+
+impl DecoderLayer {
+    #[allow(clippy::too_many_arguments)]
+    fn forward(
+        &self,
+        x: &Tensor,
+        index: usize,
+        caches: &[&KvCache],
+        spans: &[Span],
+        cos: &Tensor,
+        sin: &Tensor,
+        eps: f64,
+    ) -> candle_core::Result<Tensor> {
+        let h = rms_norm(x, &self.input_layernorm, eps)?;
+        let h = (x + self
+            .self_attn
+            .forward(&h, index, caches, spans, cos, sin, eps)?)?;
+        let m = rms_norm(&h, &self.post_attention_layernorm, eps)?;
+        h + self.mlp.forward(&m)?
+    }
+}
+
+impl Mlp {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let gate = candle_nn::ops::silu(&self.gate_proj.forward(x)?)?;
+        self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
+    }
+}
+
+impl Attention {
+    /// Projects to `[tokens, heads, head_dim]`, then the per-head norm and RoPE when given.
+    fn project(
+        &self,
+        x: &Tensor,
+        proj: &Linear,
+        heads: usize,
+        norm: Option<(&Tensor, f64)>,
+        rope: Option<(&Tensor, &Tensor)>,
+    ) -> candle_core::Result<Tensor> {
+        let tokens = x.dim(0)?;
+        let mut y = proj.forward(x)?.reshape((tokens, heads, self.head_dim))?;
+        if let Some((weight, eps)) = norm {
+            y = rms_norm(&y, weight, eps)?;
+        }
+        if let Some((cos, sin)) = rope {
+            y = candle_nn::rotary_emb::rope_thd(&y.unsqueeze(0)?.contiguous()?, cos, sin)?
+                .squeeze(0)?;
+        }
+        Ok(y)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn forward(
+        &self,
+        x: &Tensor,
+        layer: usize,
+        caches: &[&KvCache],
+        spans: &[Span],
+        cos: &Tensor,
+        sin: &Tensor,
+        eps: f64,
+    ) -> candle_core::Result<Tensor> {
+        let rope = Some((cos, sin));
+        let q_norm = self.q_norm.as_ref().map(|w| (w, eps));
+        let k_norm = self.k_norm.as_ref().map(|w| (w, eps));
+        let q = self.project(x, &self.q_proj, self.num_heads, q_norm, rope)?;
+        let k = self.project(x, &self.k_proj, self.num_kv_heads, k_norm, rope)?;
+        let v = self.project(x, &self.v_proj, self.num_kv_heads, None, None)?;
+        let mut outputs = Vec::with_capacity(spans.len());
+        for (cache, span) in caches.iter().zip(spans) {
+            let rows = |t: &Tensor| -> candle_core::Result<Tensor> {
+                t.narrow(0, span.offset, span.len)?
+                    .transpose(0, 1)?
+                    .contiguous()
+            };
+            // [kv_heads, new tokens, head_dim] into the cache, then attend over what it holds.
+            cache.write(layer, &rows(&k)?, &rows(&v)?)?;
+            outputs.push(self.attend(&rows(&q)?, cache, layer, span)?);
+        }
+        let out = if outputs.len() == 1 {
+            outputs.pop().expect("one output")
+        } else {
+            Tensor::cat(&outputs, 0)?
+        };
+        self.o_proj.forward(&out)
+    }
+
+    /// Attention of one sequence's queries (`[heads, tokens, head_dim]`) over its cache; returns
+    /// `[tokens, heads * head_dim]`.
+    fn attend(
+        &self,
+        q: &Tensor,
+        cache: &KvCache,
+        layer: usize,
+        span: &Span,
+    ) -> candle_core::Result<Tensor> {
+        let (t, group) = (span.len, self.num_heads / self.num_kv_heads);
+        let end = span.past + t;
+        // The first query (at position `past`) sees keys after `past - window`.
+        let start = match self.window {
+            Some(w) => (span.past + 1).saturating_sub(w),
+            None => 0,
+        };
+        let (k, v) = cache.read(layer, start, end)?;
+        let keys = end - start;
+        // Query heads of one kv head side by side: [kv_heads, group * t, head_dim].
+        let q = q.reshape((self.num_kv_heads, group * t, self.head_dim))?;
+        let scale = (self.head_dim as f64).powf(-0.5);
+        let scores = (q.matmul(&k.t()?)? * scale)?;
+        let scores = match mask(t, span.past, start, self.window, q.device())? {
+            Some(mask) => scores
+                .reshape((self.num_kv_heads, group, t, keys))?
+                .broadcast_add(&mask.to_dtype(scores.dtype())?)?
+                .reshape((self.num_kv_heads, group * t, keys))?,
+            None => scores,
+        };
+        // transformers runs the softmax in f32 and rounds once to the model's dtype. candle's CUDA
+        // kernel accumulates in f32 for f16/bf16 already; its CPU one does not, so upcast there.
+        let probs = if scores.device().is_cpu() && scores.dtype() != DType::F32 {
+            candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?
+        } else {
+            candle_nn::ops::softmax_last_dim(&scores)?
+        };
+        probs
+            .matmul(&v)?
+            .reshape((self.num_heads, t, self.head_dim))?
+            .transpose(0, 1)?
+            .reshape((t, self.num_heads * self.head_dim))
+    }
+}
+
+/// `[t, keys]` with `-inf` where query `i` (position `past + i`) must not see key `j` (position
+/// `start + j`): later positions, and those at or before `past + i - window`. `None` when every
+/// query sees every key (a single new token).
+fn mask(
+    t: usize,
+    past: usize,
+    start: usize,
+    window: Option<usize>,
+    device: &Device,
+) -> candle_core::Result<Option<Tensor>> {
+    if t == 1 {
+        return Ok(None);
+    }
+    let keys = past + t - start;
+    let values: Vec<f32> = (0..t)
+        .flat_map(|i| {
+            let p = past + i;
+            (0..keys).map(move |j| {
+                let k = start + j;
+                let too_old = window.is_some_and(|w| k + w <= p);
+                if k > p || too_old {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
+        .collect();
+    Tensor::from_vec(values, (t, keys), device).map(Some)
+}
+
+impl CausalLm for LlamaModel {
+    type Cache = KvCache;
+
+    fn new_cache(&self) -> KvCache {
+        KvCache::new()
+    }
+
+    fn forward_tokens(
+        &self,
+        ids: &[u32],
+        cache: &mut KvCache,
+        all_positions: bool,
+    ) -> candle_core::Result<Tensor> {
+        self.forward(ids, cache, all_positions)
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.config.vocab_size
+    }
+
+    fn max_positions(&self) -> usize {
+        self.config.max_position_embeddings
+    }
+
+    fn eos_ids(&self) -> Vec<u32> {
+        self.config.eos_token_ids.clone()
+    }
+
+    fn warm_up_token(&self) -> u32 {
+        self.config.bos_token_id.unwrap_or(0)
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mask;
+    use candle_core::Device;
+
+    fn allowed(t: usize, past: usize, start: usize, window: Option<usize>) -> Vec<Vec<bool>> {
+        let m: Vec<Vec<f32>> = mask(t, past, start, window, &Device::Cpu)
+            .unwrap()
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        m.iter()
+            .map(|row| row.iter().map(|v| v.is_finite()).collect())
+            .collect()
+    }
+
+    #[test]
+    fn causal_mask_offsets_by_the_cache() {
+        // Two new tokens after three cached: each sees the past and itself.
+        let a = allowed(2, 3, 0, None);
+        assert_eq!(a[0], vec![true, true, true, true, false]);
+        assert_eq!(a[1], vec![true, true, true, true, true]);
+    }
+
+    #[test]
+    fn sliding_window_sees_itself_and_window_minus_one_before() {
+        // Window 2, positions 0..4, no cache: position p sees p-1 and p.
+        let a = allowed(4, 0, 0, Some(2));
+        assert_eq!(a[0], vec![true, false, false, false]);
+        assert_eq!(a[3], vec![false, false, true, true]);
+    }
+
+    #[test]
+    fn sliding_window_with_keys_starting_later() {
+        // Window 3, past 5 (keys from position 3), two new tokens at 5 and 6.
+        let a = allowed(2, 5, 3, Some(3));
+        assert_eq!(a[0], vec![true, true, true, false]);
+        assert_eq!(a[1], vec![false, true, true, true]);
+    }
+}

@@ -1,0 +1,175 @@
+//! The model layer: which family a checkpoint is (from `config.json`'s `model_type`), the
+//! [`CausalLm`] trait every family implements, and the engine, generation loop, sampler and chat
+//! template they share.
+//!
+//! Adding a family means a folder here, a [`ModelConfig`] variant and a [`CausalLm`] impl.
+
+pub mod chat_template;
+pub mod engine;
+pub mod generate;
+pub mod generation_config;
+pub mod llama;
+pub mod opt;
+pub mod sampler;
+
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use tokenizers::Tokenizer;
+
+use crate::error::LoadError;
+use crate::weights::DeviceWeights;
+pub use engine::TextEngine;
+pub use llama::{LlamaConfig, LlamaEngine, LlamaModel};
+pub use opt::{OptConfig, OptEngine, OptModel};
+
+/// The `model_type`s this engine runs, as named in errors and `--help`.
+pub const SUPPORTED_MODEL_TYPES: [&str; 5] = ["opt", "llama", "mistral", "qwen2", "qwen3"];
+
+/// A causal language model the shared generation loop can drive.
+pub trait CausalLm {
+    /// The keys and values of one sequence's tokens so far.
+    type Cache: TokenCache;
+
+    /// An empty cache for one sequence.
+    fn new_cache(&self) -> Self::Cache;
+
+    /// Runs `ids` after the tokens already in `cache` (appending them to it) and returns f32
+    /// logits: `[ids.len(), vocab]` when `all_positions`, else `[vocab]` for the last token.
+    fn forward_tokens(
+        &self,
+        ids: &[u32],
+        cache: &mut Self::Cache,
+        all_positions: bool,
+    ) -> candle_core::Result<Tensor>;
+
+    fn vocab_size(&self) -> usize;
+
+    /// The most positions (prompt plus generated tokens) one sequence may use.
+    fn max_positions(&self) -> usize;
+
+    /// End-of-sequence ids from `config.json` (the engine adds `generation_config.json`'s).
+    fn eos_ids(&self) -> Vec<u32>;
+
+    /// A token to run the one-step warm-up after attach with.
+    fn warm_up_token(&self) -> u32;
+
+    fn device(&self) -> &Device;
+}
+
+/// What the generation loop needs to know of a cache.
+pub trait TokenCache {
+    /// Tokens already in the cache: the position the next token gets.
+    fn len(&self) -> usize;
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A checkpoint's `config.json`, read as the family its `model_type` names.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ModelConfig {
+    Opt(OptConfig),
+    Llama(LlamaConfig),
+}
+
+/// Only `model_type`, to choose the family before reading the rest.
+#[derive(serde::Deserialize)]
+struct ModelTypeOnly {
+    model_type: Option<String>,
+}
+
+impl ModelConfig {
+    /// Reads `config.json` and checks it for the family its `model_type` names.
+    pub fn from_file(path: &Path) -> Result<Self, LoadError> {
+        let text = std::fs::read_to_string(path).map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => LoadError::MissingFile(path.to_path_buf()),
+            _ => LoadError::Io {
+                path: path.to_path_buf(),
+                source,
+            },
+        })?;
+        Self::from_json(&text).map_err(|e| match e {
+            LoadError::InvalidConfig { reason, .. } => LoadError::InvalidConfig {
+                path: path.to_path_buf(),
+                reason,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and checks the text of a `config.json`.
+    pub fn from_json(text: &str) -> Result<Self, LoadError> {
+        let invalid = |reason: String| LoadError::InvalidConfig {
+            path: "config.json".into(),
+            reason,
+        };
+        let probe: ModelTypeOnly =
+            serde_json::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        // OPT checkpoints from before `model_type` existed have none; OptConfig defaults it.
+        match probe.model_type.as_deref().unwrap_or("opt") {
+            "opt" => {
+                let config: OptConfig =
+                    serde_json::from_str(text).map_err(|e| invalid(e.to_string()))?;
+                config.validate()?;
+                Ok(Self::Opt(config))
+            }
+            t if llama::config::FAMILIES.contains(&t) => {
+                Ok(Self::Llama(LlamaConfig::from_json(text)?))
+            }
+            other => Err(LoadError::UnknownModelType(other.to_string())),
+        }
+    }
+
+    pub fn model_type(&self) -> &str {
+        match self {
+            Self::Opt(c) => &c.model_type,
+            Self::Llama(c) => &c.model_type,
+        }
+    }
+
+    /// Every tensor the model needs, by its name without the `model.` prefix, with its shape.
+    pub fn expected_tensors(&self) -> Vec<(String, Vec<usize>)> {
+        match self {
+            Self::Opt(c) => c.expected_tensors(),
+            Self::Llama(c) => c.expected_tensors(),
+        }
+    }
+
+    pub fn parameter_count(&self) -> u64 {
+        self.expected_tensors()
+            .iter()
+            .map(|(_, shape)| shape.iter().product::<usize>() as u64)
+            .sum()
+    }
+
+    /// Builds the engine from weights on the device, with the checkpoint's tokenizer and the
+    /// stopping ids and chat template of the files in `dir` (`generation_config.json`,
+    /// `tokenizer_config.json`, `chat_template.jinja`; each optional).
+    pub fn build_engine(
+        &self,
+        weights: &DeviceWeights,
+        tokenizer: Option<Tokenizer>,
+        dir: &Path,
+    ) -> Result<Box<dyn wc_actors::Engine>, LoadError> {
+        Ok(match self {
+            Self::Opt(c) => Box::new(
+                OptEngine::new(
+                    OptModel::new(c.clone(), weights)?,
+                    tokenizer,
+                    weights.device_bytes,
+                )
+                .with_checkpoint_files(dir)?,
+            ),
+            Self::Llama(c) => Box::new(
+                LlamaEngine::new(
+                    LlamaModel::new(c.clone(), weights)?,
+                    tokenizer,
+                    weights.device_bytes,
+                )
+                .with_checkpoint_files(dir)?,
+            ),
+        })
+    }
+}
