@@ -247,7 +247,9 @@ pub fn upload_file(
     };
     let data_len = header.data_len as usize;
     if data_len > pool.buffer_bytes {
-        return Err(corrupt(format!("{data_len} bytes do not fit the staging buffer")));
+        return Err(corrupt(format!(
+            "{data_len} bytes do not fit the staging buffer"
+        )));
     }
     let hit = file.is_none();
     let buffer = &mut pool.buffers[index];
@@ -420,7 +422,8 @@ impl<'a> Copier<'a> {
     ) -> Result<Tensor, LoadError> {
         let stream = self.device.cuda_stream();
         let elements = bytes.len() / std::mem::size_of::<T>();
-        if elements != shape.iter().product::<usize>() || bytes.len() % std::mem::size_of::<T>() != 0
+        if elements != shape.iter().product::<usize>()
+            || bytes.len() % std::mem::size_of::<T>() != 0
         {
             return Err(LoadError::Device(format!(
                 "{} bytes do not hold a tensor of shape {shape:?}",

@@ -18,7 +18,11 @@ pub enum LoadError {
     #[error("`{path}` is {kind}, not a regular file")]
     NotRegularFile { path: PathBuf, kind: &'static str },
     #[error("`{path}` is {bytes} bytes, more than the {limit} allowed for it")]
-    FileTooLarge { path: PathBuf, bytes: u64, limit: u64 },
+    FileTooLarge {
+        path: PathBuf,
+        bytes: u64,
+        limit: u64,
+    },
     #[error("`{path}` resolves outside the checkpoint directory")]
     OutsideCheckpoint { path: PathBuf },
     #[error("cannot read `{path}`: {source}")]
@@ -73,7 +77,9 @@ impl LoadError {
                 bytes,
                 limit,
             },
-            LoadError::OutsideCheckpoint { path } => LoadError::OutsideCheckpoint { path: rel(path) },
+            LoadError::OutsideCheckpoint { path } => {
+                LoadError::OutsideCheckpoint { path: rel(path) }
+            }
             LoadError::Io { path, source } => LoadError::Io {
                 path: rel(path),
                 source,

@@ -91,8 +91,7 @@ pub fn check_cached(spec: &ModelSpec) -> Result<Arc<CheckedCheckpoint>, LoadErro
             return Err(e);
         }
     };
-    let keys = checkpoint_keys(&checked)
-        .map_err(|e| e.relative_to(&checked.checkpoint.dir))?;
+    let keys = checkpoint_keys(&checked).map_err(|e| e.relative_to(&checked.checkpoint.dir))?;
     if let Ok(mut c) = cache.lock() {
         c.insert(key, (keys, checked.clone()));
     }
@@ -177,11 +176,10 @@ impl HostCache {
             return Ok((key, tokenizer.clone()));
         }
         let bytes = read_bounded(path, MAX_TOKENIZER_BYTES)?;
-        let tokenizer =
-            Tokenizer::from_bytes(&bytes).map_err(|e| LoadError::InvalidTokenizer {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            })?;
+        let tokenizer = Tokenizer::from_bytes(&bytes).map_err(|e| LoadError::InvalidTokenizer {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
         Ok((key, tokenizer))
     }
 
@@ -227,7 +225,10 @@ mod tests {
         let mut cache = HostCache::new(1000);
         let (file, hit) = cache.file(&a).unwrap();
         assert!(!hit, "first read goes to disk");
-        assert!(!cache.file(&a).unwrap().1, "not kept until the load succeeds");
+        assert!(
+            !cache.file(&a).unwrap().1,
+            "not kept until the load succeeds"
+        );
         cache.keep(file);
         assert!(cache.file(&a).unwrap().1, "kept: the next read is a hit");
         let (file, _) = cache.file(&b).unwrap();

@@ -19,7 +19,9 @@ fn cached_worker() -> CandleDevice {
         host_cache_bytes: 64 << 20,
         ..PrewarmOptions::default()
     };
-    CandleDevice::open(&DeviceSpec::Cpu, Some(&options)).unwrap().0
+    CandleDevice::open(&DeviceSpec::Cpu, Some(&options))
+        .unwrap()
+        .0
 }
 
 fn load(device: &mut CandleDevice, dir: &Path) -> Result<OptEngine, LoadError> {
@@ -92,5 +94,8 @@ fn a_failed_load_leaves_nothing_in_the_host_cache() {
 
     std::fs::write(dir.join("tokenizer.json"), tokenizer).unwrap();
     load(&mut device, &dir).unwrap();
-    assert!(device.host_cache_holds(&weights), "a successful load is cached");
+    assert!(
+        device.host_cache_holds(&weights),
+        "a successful load is cached"
+    );
 }

@@ -31,7 +31,9 @@ fn worker() -> CandleDevice {
         host_cache_bytes: 64 << 20,
         ..PrewarmOptions::default()
     };
-    CandleDevice::open(&DeviceSpec::Cpu, Some(&options)).unwrap().0
+    CandleDevice::open(&DeviceSpec::Cpu, Some(&options))
+        .unwrap()
+        .0
 }
 
 /// Asserts that `dir` is refused, by the check and by a load on a worker, promptly, with an error
@@ -40,7 +42,11 @@ fn worker() -> CandleDevice {
 fn assert_refused(dir: &Path, kind: ErrorKind, expected: impl Fn(&LoadError) -> bool) {
     let started = Instant::now();
     let err = check(&spec(dir)).err().expect("the check refuses it");
-    assert!(started.elapsed() < PROMPTLY, "check took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < PROMPTLY,
+        "check took {:?}",
+        started.elapsed()
+    );
     assert!(expected(&err), "unexpected error from the check: {err:?}");
     assert!(
         !err.to_string().contains(&*dir.to_string_lossy()),
@@ -53,7 +59,11 @@ fn assert_refused(dir: &Path, kind: ErrorKind, expected: impl Fn(&LoadError) -> 
         .load(&spec(dir), &mut Timeline::default())
         .err()
         .expect("the load refuses it");
-    assert!(started.elapsed() < PROMPTLY, "load took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < PROMPTLY,
+        "load took {:?}",
+        started.elapsed()
+    );
     assert_eq!(refused.kind, kind, "{}", refused.message);
     assert_eq!(refused.message, err.to_string());
     assert!(!device.host_cache_holds(&dir.join("model.safetensors")));
@@ -106,7 +116,11 @@ const WEIGHT: &str = "model.decoder.final_layer_norm.weight";
 #[test]
 fn byte_length_not_matching_shape_and_dtype() {
     let dir = with_header("byte-length", |h| h[BIAS]["shape"] = json!([100]));
-    assert_refused(&dir, ErrorKind::InvalidModel, corrupt_with(&["needs 400 bytes"]));
+    assert_refused(
+        &dir,
+        ErrorKind::InvalidModel,
+        corrupt_with(&["needs 400 bytes"]),
+    );
 }
 
 #[test]
@@ -124,7 +138,11 @@ fn offsets_out_of_range() {
             - h[BIAS]["data_offsets"][0].as_u64().unwrap();
         h[BIAS]["data_offsets"] = json!([1u64 << 40, (1u64 << 40) + len]);
     });
-    assert_refused(&dir, ErrorKind::InvalidModel, corrupt_with(&["data_offsets"]));
+    assert_refused(
+        &dir,
+        ErrorKind::InvalidModel,
+        corrupt_with(&["data_offsets"]),
+    );
 }
 
 #[test]
@@ -142,7 +160,11 @@ fn header_length_of_two_to_the_63() {
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[..8].copy_from_slice(&(1u64 << 63).to_le_bytes());
     std::fs::write(&path, bytes).unwrap();
-    assert_refused(&dir, ErrorKind::InvalidModel, corrupt_with(&["over the limit"]));
+    assert_refused(
+        &dir,
+        ErrorKind::InvalidModel,
+        corrupt_with(&["over the limit"]),
+    );
 }
 
 #[test]
@@ -178,9 +200,16 @@ fn sizes_are_compared_before_any_data_is_read() {
         let declared = file.metadata().unwrap().len();
         file.set_len(declared + len).unwrap();
         let before = peak_rss();
-        assert_refused(&dir, ErrorKind::InvalidModel, corrupt_with(&["bytes after"]));
+        assert_refused(
+            &dir,
+            ErrorKind::InvalidModel,
+            corrupt_with(&["bytes after"]),
+        );
         let grown = peak_rss().saturating_sub(before);
-        assert!(grown < 64 << 20, "peak RSS grew by {grown} bytes for {test}");
+        assert!(
+            grown < 64 << 20,
+            "peak RSS grew by {grown} bytes for {test}"
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
@@ -193,9 +222,11 @@ fn config_of_50_mb() {
         .open(dir.join("config.json"))
         .unwrap();
     file.set_len(50 << 20).unwrap();
-    assert_refused(&dir, ErrorKind::InvalidModel, |e| {
-        matches!(e, LoadError::FileTooLarge { path, bytes, .. } if path == Path::new("config.json") && *bytes == 50 << 20)
-    });
+    assert_refused(
+        &dir,
+        ErrorKind::InvalidModel,
+        |e| matches!(e, LoadError::FileTooLarge { path, bytes, .. } if path == Path::new("config.json") && *bytes == 50 << 20),
+    );
 }
 
 #[test]
@@ -219,9 +250,11 @@ fn absurd_dimensions_in_the_config() {
             config[key] = value.clone();
         }
         std::fs::write(&path, config.to_string()).unwrap();
-        assert_refused(&dir, ErrorKind::InvalidModel, |e| {
-            matches!(e, LoadError::InvalidConfig { path, .. } if path == Path::new("config.json"))
-        });
+        assert_refused(
+            &dir,
+            ErrorKind::InvalidModel,
+            |e| matches!(e, LoadError::InvalidConfig { path, .. } if path == Path::new("config.json")),
+        );
     }
 }
 
@@ -256,7 +289,12 @@ fn index_pointing_outside_the_directory() {
     let target = outside_weights("index-escape");
     let relative = format!(
         "../{}/outside.safetensors",
-        target.parent().unwrap().file_name().unwrap().to_string_lossy()
+        target
+            .parent()
+            .unwrap()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
     );
     for (test, shard) in [
         ("index-dotdot", relative.as_str()),

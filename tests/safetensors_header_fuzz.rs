@@ -28,7 +28,14 @@ const DTYPES: &[(&str, u32)] = &[
     ("X9", 8),
     ("f32", 32),
 ];
-const NAMES: &[&str] = &["a", "b", "model.a", "model.decoder.w", "c.weight", "__metadata__"];
+const NAMES: &[&str] = &[
+    "a",
+    "b",
+    "model.a",
+    "model.decoder.w",
+    "c.weight",
+    "__metadata__",
+];
 
 #[derive(Clone, Debug)]
 struct Tensor {
@@ -123,15 +130,17 @@ fn file() -> impl Strategy<Value = File> {
         prop::bool::weighted(0.4),
     )
         .prop_map(
-            |(tensors, metadata, padding, prefix, data_shift, cut_header, garbage, pristine)| File {
-                tensors,
-                metadata,
-                padding,
-                prefix,
-                data_shift,
-                cut_header,
-                garbage,
-                pristine,
+            |(tensors, metadata, padding, prefix, data_shift, cut_header, garbage, pristine)| {
+                File {
+                    tensors,
+                    metadata,
+                    padding,
+                    prefix,
+                    data_shift,
+                    cut_header,
+                    garbage,
+                    pristine,
+                }
             },
         )
 }
@@ -143,7 +152,8 @@ fn render(file: &File) -> Vec<u8> {
         for t in &mut file.tensors {
             (t.start_shift, t.end_shift) = (0, 0);
         }
-        (file.prefix, file.data_shift, file.cut_header, file.garbage) = (Prefix::Exact, 0, None, None);
+        (file.prefix, file.data_shift, file.cut_header, file.garbage) =
+            (Prefix::Exact, 0, None, None);
         file.pristine = false;
         return render(&file);
     }
@@ -280,5 +290,8 @@ fn the_generated_files_are_both_accepted_and_refused() {
             Err(_) => refused += 1,
         }
     }
-    assert!(accepted > 50 && refused > 50, "{accepted} accepted, {refused} refused");
+    assert!(
+        accepted > 50 && refused > 50,
+        "{accepted} accepted, {refused} refused"
+    );
 }

@@ -151,13 +151,23 @@ impl OptConfig {
             ("hidden_size", self.hidden_size, MAX_WIDTH),
             ("ffn_dim", self.ffn_dim, MAX_FFN),
             ("num_hidden_layers", self.num_hidden_layers, MAX_LAYERS),
-            ("num_attention_heads", self.num_attention_heads, self.hidden_size),
-            ("max_position_embeddings", self.max_position_embeddings, MAX_POSITIONS),
+            (
+                "num_attention_heads",
+                self.num_attention_heads,
+                self.hidden_size,
+            ),
+            (
+                "max_position_embeddings",
+                self.max_position_embeddings,
+                MAX_POSITIONS,
+            ),
             ("word_embed_proj_dim", self.embed_dim(), MAX_WIDTH),
         ];
         for (name, value, max) in bounds {
             if value > max {
-                return Err(invalid(format!("{name} {value} is over the limit of {max}")));
+                return Err(invalid(format!(
+                    "{name} {value} is over the limit of {max}"
+                )));
             }
         }
         if self.embed_dim() == 0 {
