@@ -343,3 +343,24 @@ fn a_hub_cache_miss_does_not_reveal_the_cache_paths() {
     );
     assert_eq!(wc_actors::EngineError::from(err).kind, ErrorKind::NotFound);
 }
+
+#[test]
+fn a_hub_snapshot_may_link_into_its_blobs_but_not_beyond_its_repo() {
+    let repo = scratch("hub-layout").join("models--acme--tiny-opt");
+    let (blobs, snapshot) = (repo.join("blobs"), repo.join("snapshots/0123abcd"));
+    std::fs::create_dir_all(&blobs).unwrap();
+    std::fs::create_dir_all(&snapshot).unwrap();
+    for (i, file) in ["config.json", "model.safetensors", "tokenizer.json"]
+        .iter()
+        .enumerate()
+    {
+        std::fs::copy(fixture(GOOD).join(file), blobs.join(format!("blob{i}"))).unwrap();
+        std::os::unix::fs::symlink(format!("../../blobs/blob{i}"), snapshot.join(file)).unwrap();
+    }
+    check(&spec(&snapshot)).expect("links into the repo's blobs are inside the checkpoint");
+
+    let target = outside_weights("hub-layout");
+    std::fs::remove_file(snapshot.join("model.safetensors")).unwrap();
+    std::os::unix::fs::symlink(&target, snapshot.join("model.safetensors")).unwrap();
+    assert_refused(&snapshot, ErrorKind::InvalidModel, outside);
+}
