@@ -270,10 +270,16 @@ pub fn upload_file(
         }
     }
     let read_done_ns = wc_actors::monotonic_ns();
-    copier.copy_ready(data_len)?;
-    if copier.pending.peek().is_some() {
+    let copied = copier
+        .copy_ready(data_len)
+        .and_then(|()| match copier.pending.peek() {
+            Some(_) => Err(corrupt("a tensor lies outside the data section".into())),
+            None => Ok(()),
+        });
+    if let Err(e) = copied {
+        // Copies queued so far still use the buffer: let them finish first.
         let _ = device.cuda_stream().synchronize();
-        return Err(corrupt("a tensor lies outside the data section".into()));
+        return Err(e);
     }
     let mut tensors = HashMap::new();
     for (name, tensor) in copier.done {
