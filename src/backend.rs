@@ -1,5 +1,6 @@
 //! The OPT engine as a runtime backend: inspects checkpoints, opens and prewarms candle devices, loads engines.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -29,14 +30,26 @@ pub struct CheckedCheckpoint {
     pub footprint: Footprint,
 }
 
-/// Resolves `spec` and checks every tensor's presence and shape from the headers alone.
+/// Resolves `spec` and checks every tensor's presence, shape and dtype from the headers alone
+/// (each weight file's header checked against the file's length; no tensor data is read).
+/// Errors name files relative to the checkpoint directory.
 pub fn check(spec: &ModelSpec) -> Result<CheckedCheckpoint, LoadError> {
     let checkpoint = Checkpoint::resolve(&spec.model)?;
+    check_headers(spec, checkpoint.clone()).map_err(|e| e.relative_to(&checkpoint.dir))
+}
+
+fn check_headers(spec: &ModelSpec, checkpoint: Checkpoint) -> Result<CheckedCheckpoint, LoadError> {
     let headers = checkpoint.headers()?;
+    let mut by_name = HashMap::with_capacity(headers.len());
+    for header in &headers {
+        crate::weights::candle_dtype(&header.name, header.dtype)?;
+        if by_name.insert(header.name.as_str(), header).is_some() {
+            return Err(LoadError::DuplicateTensor(header.name.clone()));
+        }
+    }
     for (name, shape) in checkpoint.config.expected_tensors() {
-        let header = headers
-            .iter()
-            .find(|h| h.name == name)
+        let header = by_name
+            .get(name.as_str())
             .ok_or_else(|| LoadError::MissingTensor(name.clone()))?;
         if header.shape != shape {
             return Err(LoadError::WrongShape {
@@ -50,7 +63,7 @@ pub fn check(spec: &ModelSpec) -> Result<CheckedCheckpoint, LoadError> {
         .dtype
         .or_else(|| Checkpoint::stored_dtype(&headers))
         .unwrap_or(DType::F32);
-    let elements: u64 = headers.iter().map(elements).sum();
+    let elements: u64 = headers.iter().map(TensorHeader::elements).sum();
     let footprint = Footprint {
         device_bytes: elements * dtype.size(),
         file_bytes: headers.iter().map(|h| h.data_bytes).sum(),
@@ -61,10 +74,6 @@ pub fn check(spec: &ModelSpec) -> Result<CheckedCheckpoint, LoadError> {
         dtype,
         footprint,
     })
-}
-
-fn elements(h: &TensorHeader) -> u64 {
-    h.shape.iter().product::<usize>() as u64
 }
 
 impl wc_actors::Backend for CandleBackend {
@@ -154,33 +163,58 @@ impl CandleDevice {
         Ok((opened, report))
     }
 
-    /// Loads a checkpoint as an [`OptEngine`], marking the anchors on `timeline`.
+    /// Loads a checkpoint as an [`OptEngine`], marking the anchors on `timeline`. What it read
+    /// goes into the host cache only if the load succeeds.
     pub fn load_opt(
         &mut self,
         spec: &ModelSpec,
         timeline: &mut Timeline,
     ) -> Result<(OptEngine, u64), LoadError> {
         let checked = check_cached(spec)?;
+        let mut read = ReadForCache::default();
+        let loaded = self
+            .load_checked(&checked, timeline, &mut read)
+            .map_err(|e| e.relative_to(&checked.checkpoint.dir))?;
+        for file in read.files {
+            self.host_cache.keep(file);
+        }
+        if let Some((key, tokenizer)) = read.tokenizer {
+            self.host_cache.keep_tokenizer(key, tokenizer);
+        }
+        #[cfg(feature = "cuda")]
+        if let (Some(pool), Some(entry)) = (self.staging.as_mut(), read.pinned) {
+            pool.keep(entry);
+        }
+        Ok(loaded)
+    }
+
+    fn load_checked(
+        &mut self,
+        checked: &CheckedCheckpoint,
+        timeline: &mut Timeline,
+        read: &mut ReadForCache,
+    ) -> Result<(OptEngine, u64), LoadError> {
         let dtype = candle_dtype(checked.dtype);
-        let (weights, in_flight) = match self.upload_pinned(&checked, dtype, timeline)? {
+        let (weights, in_flight) = match self.upload_pinned(checked, dtype, timeline, read)? {
             Some((weights, in_flight)) => (weights, Some(in_flight)),
             None => {
                 let files = checked
                     .checkpoint
                     .weight_files
                     .iter()
-                    .map(|path| Ok((path.clone(), self.host_cache.file(path)?.0)))
+                    .map(|path| Ok(self.host_cache.file(path)?.0))
                     .collect::<Result<Vec<_>, LoadError>>()?;
                 timeline.mark(Anchor::WeightsRead);
                 let weights = DeviceWeights::upload(&files, &self.device, dtype)?;
                 self.device.synchronize()?;
                 timeline.mark(Anchor::WeightsOnDevice);
+                read.files = files;
                 (weights, None)
             }
         };
         // On the pinned path the copies are still running: building the model now queues its
         // kernels behind them on the same stream, so the build's host work overlaps the DMA.
-        let built = self.build_model(&checked, &weights);
+        let built = self.build_model(checked, &weights, read);
         if let Some(in_flight) = in_flight {
             wait_for_copies(in_flight)?;
             timeline.mark(Anchor::WeightsOnDevice);
@@ -191,6 +225,20 @@ impl CandleDevice {
         let engine = OptEngine::new(model, tokenizer, weights.device_bytes);
         Ok((engine, checked.footprint.file_bytes))
     }
+
+    /// Whether the host cache holds a version of the weight file `path` (for tests and reports).
+    pub fn host_cache_holds(&self, path: &std::path::Path) -> bool {
+        self.host_cache.holds(path)
+    }
+}
+
+/// What a load read that the host caches may keep once the load has succeeded.
+#[derive(Default)]
+struct ReadForCache {
+    files: Vec<Arc<crate::checkpoint::WeightFile>>,
+    tokenizer: Option<(crate::host_cache::FileKey, tokenizers::Tokenizer)>,
+    #[cfg(feature = "cuda")]
+    pinned: Option<crate::cuda::PinnedEntry>,
 }
 
 /// Host-to-device copies still running after the pinned upload returned.
@@ -216,9 +264,14 @@ impl CandleDevice {
         &mut self,
         checked: &CheckedCheckpoint,
         weights: &DeviceWeights,
+        read: &mut ReadForCache,
     ) -> Result<(OptModel, Option<tokenizers::Tokenizer>), LoadError> {
         let tokenizer = match &checked.checkpoint.tokenizer {
-            Some(path) => Some(self.host_cache.tokenizer(path)?),
+            Some(path) => {
+                let (key, tokenizer) = self.host_cache.tokenizer(path)?;
+                read.tokenizer = Some((key, tokenizer.clone()));
+                Some(tokenizer)
+            }
             None => None,
         };
         let model = OptModel::new(checked.checkpoint.config.clone(), weights)?;
@@ -233,6 +286,7 @@ impl CandleDevice {
         checked: &CheckedCheckpoint,
         dtype: candle_core::DType,
         timeline: &mut Timeline,
+        read: &mut ReadForCache,
     ) -> Result<Option<(DeviceWeights, CopiesInFlight)>, LoadError> {
         let (Device::Cuda(cuda), Some(pool), [file]) = (
             &self.device,
@@ -250,6 +304,7 @@ impl CandleDevice {
             bytes = uploaded.bytes,
             "pinned upload"
         );
+        read.pinned = Some(uploaded.entry);
         Ok(Some((
             DeviceWeights::from_tensors(uploaded.tensors),
             uploaded.in_flight,
@@ -262,6 +317,7 @@ impl CandleDevice {
         _checked: &CheckedCheckpoint,
         _dtype: candle_core::DType,
         _timeline: &mut Timeline,
+        _read: &mut ReadForCache,
     ) -> Result<Option<(DeviceWeights, CopiesInFlight)>, LoadError> {
         Ok(None)
     }

@@ -1,13 +1,33 @@
-//! Finds a checkpoint (a directory or a hub id in the local Hugging Face cache) and reads its files.
+//! Finds a checkpoint (a directory or a hub id in the local Hugging Face cache) and reads its files, checking every size before reading.
+//!
+//! Every file is opened through [`open_regular`] (regular files only: a FIFO, socket or device
+//! is refused before it is opened), every small file through [`read_bounded`] (a size limit
+//! each), every file must resolve inside the checkpoint, and [`parse_header`] is the one
+//! safetensors header reader of the crate: the CPU load, the CUDA upload and the header-only
+//! check all take tensor offsets from it, so a tensor's bytes are proven to lie inside the data
+//! section before anything is built from them.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::{File, Metadata};
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Component, Path, PathBuf};
 
+use safetensors::Dtype;
 use serde::Deserialize;
 
 use crate::error::LoadError;
+use crate::host_cache::FileKey;
 use crate::opt::OptConfig;
+
+/// Most bytes a `config.json` may have.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+/// Most bytes a `tokenizer.json` may have (the largest public ones are ~35 MB).
+pub const MAX_TOKENIZER_BYTES: u64 = 64 << 20;
+/// Most bytes a `model.safetensors.index.json` may have.
+pub const MAX_INDEX_BYTES: u64 = 64 << 20;
+/// Most bytes a safetensors header may have: the `safetensors` crate's own limit.
+pub const MAX_HEADER_BYTES: u64 = 100_000_000;
 
 /// A checkpoint directory in the Hugging Face layout, its config read and its files located.
 #[derive(Clone, Debug)]
@@ -16,6 +36,8 @@ pub struct Checkpoint {
     pub config: OptConfig,
     /// `model.safetensors`, or every shard named by `model.safetensors.index.json`.
     pub weight_files: Vec<PathBuf>,
+    /// `model.safetensors.index.json`, when the weights are sharded.
+    pub index: Option<PathBuf>,
     /// `tokenizer.json`, when the checkpoint has one.
     pub tokenizer: Option<PathBuf>,
 }
@@ -25,11 +47,36 @@ pub struct Checkpoint {
 pub struct TensorHeader {
     /// Name without the `model.` prefix.
     pub name: String,
-    pub dtype: String,
+    pub dtype: Dtype,
     pub shape: Vec<usize>,
+    /// Equal to the shape's element count times the dtype's size.
     pub data_bytes: u64,
     /// Offset of the tensor's first byte from the start of the data section.
     pub data_offset: u64,
+}
+
+impl TensorHeader {
+    pub fn elements(&self) -> u64 {
+        self.shape.iter().map(|&d| d as u64).product()
+    }
+
+    /// The tensor's bytes within `data`, the data section of its file.
+    pub fn bytes<'a>(&self, data: &'a [u8]) -> Option<&'a [u8]> {
+        let start = usize::try_from(self.data_offset).ok()?;
+        let end = start.checked_add(usize::try_from(self.data_bytes).ok()?)?;
+        data.get(start..end)
+    }
+}
+
+/// A safetensors file's header, checked against the file's length.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SafetensorsHeader {
+    /// In data order: the first starts at 0 and each one where the previous one ends.
+    pub tensors: Vec<TensorHeader>,
+    /// File offset of the data section (8 + the header's length).
+    pub data_start: u64,
+    /// Bytes of the data section: the file is exactly `data_start + data_len` bytes long.
+    pub data_len: u64,
 }
 
 #[derive(Deserialize)]
@@ -37,49 +84,72 @@ struct ShardIndex {
     weight_map: BTreeMap<String, String>,
 }
 
+/// The header's JSON, in the shape the `safetensors` crate reads it (so both accept the same).
 #[derive(Deserialize)]
-struct HeaderEntry {
-    dtype: String,
+struct RawHeader {
+    #[serde(rename = "__metadata__")]
+    #[allow(dead_code)]
+    metadata: Option<HashMap<String, String>>,
+    #[serde(flatten)]
+    tensors: HashMap<String, RawEntry>,
+}
+
+#[derive(Deserialize)]
+struct RawEntry {
+    dtype: Dtype,
     shape: Vec<usize>,
-    data_offsets: (u64, u64),
+    data_offsets: (usize, usize),
 }
 
 impl Checkpoint {
     /// Resolves `model` as a directory, or as a hub id (`facebook/opt-125m`) in the local cache.
+    /// Errors about files inside the checkpoint name them relative to its directory.
     pub fn resolve(model: &str) -> Result<Self, LoadError> {
         let dir = locate(model)?;
-        let config = OptConfig::from_file(&dir.join("config.json"))?;
-        let weight_files = weight_files(&dir)?;
-        let tokenizer = Some(dir.join("tokenizer.json")).filter(|p| p.is_file());
+        Self::read(&dir).map_err(|e| e.relative_to(&dir))
+    }
+
+    fn read(dir: &Path) -> Result<Self, LoadError> {
+        let root = confinement_root(dir)?;
+        let config_path = inside(&root, dir, "config.json")?;
+        let config = OptConfig::from_file(&config_path)?;
+        let (weight_files, index) = weight_files(&root, dir)?;
+        let tokenizer = match inside(&root, dir, "tokenizer.json") {
+            Ok(path) => Some(path),
+            Err(LoadError::MissingFile(_)) => None,
+            Err(e) => return Err(e),
+        };
         Ok(Self {
-            dir,
+            dir: dir.to_path_buf(),
             config,
             weight_files,
+            index,
             tokenizer,
         })
     }
 
-    /// Reads only the safetensors headers, checking each file is as long as its header says.
+    /// Reads only the safetensors headers, checking each file is exactly as long as its header
+    /// says; no tensor data is read.
     pub fn headers(&self) -> Result<Vec<TensorHeader>, LoadError> {
         let mut out = Vec::new();
         for path in &self.weight_files {
-            out.extend(read_header(path)?);
+            out.extend(read_header(path)?.tensors);
         }
         Ok(out)
     }
 
     /// The floating dtype the weights are stored in (that of the first float tensor).
     pub fn stored_dtype(headers: &[TensorHeader]) -> Option<wc_actors::DType> {
-        headers.iter().find_map(|h| match h.dtype.as_str() {
-            "F32" => Some(wc_actors::DType::F32),
-            "F16" => Some(wc_actors::DType::F16),
-            "BF16" => Some(wc_actors::DType::BF16),
+        headers.iter().find_map(|h| match h.dtype {
+            Dtype::F32 => Some(wc_actors::DType::F32),
+            Dtype::F16 => Some(wc_actors::DType::F16),
+            Dtype::BF16 => Some(wc_actors::DType::BF16),
             _ => None,
         })
     }
 }
 
-fn io_error(path: &Path, source: std::io::Error) -> LoadError {
+pub(crate) fn io_error(path: &Path, source: std::io::Error) -> LoadError {
     match source.kind() {
         std::io::ErrorKind::NotFound => LoadError::MissingFile(path.to_path_buf()),
         _ => LoadError::Io {
@@ -87,6 +157,72 @@ fn io_error(path: &Path, source: std::io::Error) -> LoadError {
             source,
         },
     }
+}
+
+/// What a file that is not a regular file is, for messages.
+fn file_kind(file_type: std::fs::FileType) -> &'static str {
+    if file_type.is_dir() {
+        "a directory"
+    } else if file_type.is_fifo() {
+        "a FIFO"
+    } else if file_type.is_socket() {
+        "a socket"
+    } else if file_type.is_block_device() || file_type.is_char_device() {
+        "a device"
+    } else {
+        "a special file"
+    }
+}
+
+/// `Ok` when `meta` (symlinks followed) describes a regular file.
+pub fn ensure_regular(path: &Path, meta: &Metadata) -> Result<(), LoadError> {
+    if meta.file_type().is_file() {
+        Ok(())
+    } else {
+        Err(LoadError::NotRegularFile {
+            path: path.to_path_buf(),
+            kind: file_kind(meta.file_type()),
+        })
+    }
+}
+
+/// Opens `path` for reading if it is a regular file (symlinks followed), with its metadata.
+///
+/// The type is checked before opening (opening a FIFO would block) and again on the open file,
+/// so a file swapped in between is refused too.
+pub fn open_regular(path: &Path) -> Result<(File, Metadata), LoadError> {
+    let before = std::fs::metadata(path).map_err(|e| io_error(path, e))?;
+    ensure_regular(path, &before)?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        // No effect on regular files; makes opening a FIFO swapped in after the check return.
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| io_error(path, e))?;
+    let meta = file.metadata().map_err(|e| io_error(path, e))?;
+    ensure_regular(path, &meta)?;
+    Ok((file, meta))
+}
+
+/// The whole of a small file, refused when it is longer than `limit` bytes.
+pub fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, LoadError> {
+    let (file, meta) = open_regular(path)?;
+    let too_large = |bytes| LoadError::FileTooLarge {
+        path: path.to_path_buf(),
+        bytes,
+        limit,
+    };
+    if meta.len() > limit {
+        return Err(too_large(meta.len()));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| io_error(path, e))?;
+    if bytes.len() as u64 > limit {
+        return Err(too_large(bytes.len() as u64));
+    }
+    Ok(bytes)
 }
 
 /// Where a model name points: an existing directory, or a snapshot in the Hugging Face cache.
@@ -97,7 +233,7 @@ fn locate(model: &str) -> Result<PathBuf, LoadError> {
     }
     let looks_like_hub_id = !model.starts_with(['/', '.', '~'])
         && model.split('/').count() == 2
-        && !model.split('/').any(str::is_empty);
+        && !model.split('/').any(|part| part.is_empty() || part == "..");
     if path.exists() || !looks_like_hub_id {
         return Err(LoadError::ModelNotFound(path.to_path_buf()));
     }
@@ -136,7 +272,9 @@ pub fn cached_snapshot(repo: &Path) -> Option<PathBuf> {
     let snapshots = repo.join("snapshots");
     let by_ref = std::fs::read_to_string(repo.join("refs/main"))
         .ok()
-        .map(|rev| snapshots.join(rev.trim()));
+        .map(|rev| rev.trim().to_string())
+        .filter(|rev| is_plain_name(rev))
+        .map(|rev| snapshots.join(rev));
     let candidates = by_ref.into_iter().chain(
         std::fs::read_dir(&snapshots)
             .into_iter()
@@ -149,27 +287,77 @@ pub fn cached_snapshot(repo: &Path) -> Option<PathBuf> {
         .find(|dir| dir.join("config.json").is_file())
 }
 
-fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
+/// One path component, not `.` or `..`: what a file name inside a directory may be.
+fn is_plain_name(name: &str) -> bool {
+    let mut components = Path::new(name).components();
+    matches!(
+        (components.next(), components.next()),
+        (Some(Component::Normal(_)), None)
+    )
+}
+
+/// The directory every file of the checkpoint in `dir` must resolve into: the directory itself,
+/// or for a hub snapshot (whose files are symlinks into `../../blobs`) its repository directory.
+fn confinement_root(dir: &Path) -> Result<PathBuf, LoadError> {
+    let dir = dir.canonicalize().map_err(|e| io_error(dir, e))?;
+    let repo = dir
+        .parent()
+        .filter(|p| p.file_name().is_some_and(|n| n == "snapshots"))
+        .and_then(Path::parent)
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("models--"))
+        });
+    Ok(repo.map(Path::to_path_buf).unwrap_or(dir))
+}
+
+/// `dir/relative`, checked to exist and to resolve (symlinks followed) inside `root`. Relative
+/// paths with `..`, absolute paths and symlinks leading out are refused.
+fn inside(root: &Path, dir: &Path, relative: &str) -> Result<PathBuf, LoadError> {
+    let path = dir.join(relative);
+    let plain = Path::new(relative)
+        .components()
+        .all(|c| matches!(c, Component::Normal(_)));
+    if !plain || relative.is_empty() {
+        return Err(LoadError::OutsideCheckpoint { path });
+    }
+    let resolved = path.canonicalize().map_err(|e| io_error(&path, e))?;
+    if !resolved.starts_with(root) {
+        return Err(LoadError::OutsideCheckpoint { path });
+    }
+    Ok(path)
+}
+
+/// `model.safetensors` if there is one (of whatever type: a FIFO is refused when opened, not
+/// taken for missing), else every shard named by `model.safetensors.index.json`.
+fn weight_files(root: &Path, dir: &Path) -> Result<(Vec<PathBuf>, Option<PathBuf>), LoadError> {
     let single = dir.join("model.safetensors");
-    if single.is_file() {
-        return Ok(vec![single]);
+    if std::fs::symlink_metadata(&single).is_ok() {
+        let single = inside(root, dir, "model.safetensors")?;
+        ensure_regular(
+            &single,
+            &std::fs::metadata(&single).map_err(|e| io_error(&single, e))?,
+        )?;
+        return Ok((vec![single], None));
     }
-    let index_path = dir.join("model.safetensors.index.json");
-    if !index_path.is_file() {
-        return Err(LoadError::MissingFile(single));
-    }
-    let text = std::fs::read_to_string(&index_path).map_err(|e| io_error(&index_path, e))?;
+    let index_path = match inside(root, dir, "model.safetensors.index.json") {
+        Ok(path) => path,
+        Err(LoadError::MissingFile(_)) => return Err(LoadError::MissingFile(single)),
+        Err(e) => return Err(e),
+    };
+    let text = read_bounded(&index_path, MAX_INDEX_BYTES)?;
     let index: ShardIndex =
-        serde_json::from_str(&text).map_err(|e| LoadError::CorruptSafetensors {
+        serde_json::from_slice(&text).map_err(|e| LoadError::CorruptSafetensors {
             path: index_path.clone(),
             reason: e.to_string(),
         })?;
     let shards: BTreeSet<&String> = index.weight_map.values().collect();
-    let files: Vec<PathBuf> = shards.into_iter().map(|s| dir.join(s)).collect();
-    if let Some(missing) = files.iter().find(|f| !f.is_file()) {
-        return Err(LoadError::MissingFile(missing.clone()));
-    }
-    Ok(files)
+    let files = shards
+        .into_iter()
+        .map(|shard| inside(root, dir, shard))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((files, Some(index_path)))
 }
 
 /// Strips the `model.` prefix that `OPTForCausalLM` checkpoints carry and `OPTModel` ones lack.
@@ -177,55 +365,153 @@ pub fn canonical_name(name: &str) -> &str {
     name.strip_prefix("model.").unwrap_or(name)
 }
 
-/// The tensors of one safetensors file and where its data section starts.
-pub fn read_header(path: &Path) -> Result<Vec<TensorHeader>, LoadError> {
-    read_header_with_start(path).map(|(headers, _)| headers)
-}
-
-/// Like [`read_header`], also returning the file offset of the data section.
-pub fn read_header_with_start(path: &Path) -> Result<(Vec<TensorHeader>, u64), LoadError> {
-    let corrupt = |reason: String| LoadError::CorruptSafetensors {
+/// The checked header of the safetensors file at `path` (a regular file), without its data.
+pub fn read_header(path: &Path) -> Result<SafetensorsHeader, LoadError> {
+    let (mut file, meta) = open_regular(path)?;
+    parse_header(&mut file, meta.len()).map_err(|reason| LoadError::CorruptSafetensors {
         path: path.to_path_buf(),
         reason,
-    };
-    let mut file = std::fs::File::open(path).map_err(|e| io_error(path, e))?;
-    let file_len = file.metadata().map_err(|e| io_error(path, e))?.len();
-    let mut len_bytes = [0u8; 8];
-    file.read_exact(&mut len_bytes)
-        .map_err(|_| corrupt(format!("only {file_len} bytes, too short for a header")))?;
-    let header_len = u64::from_le_bytes(len_bytes);
-    if header_len > 100 << 20 || 8 + header_len > file_len {
-        return Err(corrupt(format!(
+    })
+}
+
+/// Reads a safetensors header from the start of a file `file_len` bytes long, reading exactly
+/// the length prefix and the header (`reader` is left at the data section), and checks it:
+///
+/// - the header is at most [`MAX_HEADER_BYTES`] and fits the file; it is UTF-8 JSON;
+/// - sorted by offsets, the tensors tile the data section: the first starts at 0, each starts
+///   where the previous one ends (no gap, no overlap);
+/// - each tensor's byte length is its element count times its dtype's size, computed without
+///   overflow, in whole bytes;
+/// - the data section ends exactly at the end of the file.
+///
+/// This accepts exactly what `safetensors::SafeTensors::deserialize` accepts for the whole
+/// file (a property test holds it to that), while reading only the header.
+pub fn parse_header(reader: &mut impl Read, file_len: u64) -> Result<SafetensorsHeader, String> {
+    let mut prefix = [0u8; 8];
+    reader
+        .read_exact(&mut prefix)
+        .map_err(|_| format!("only {file_len} bytes, too short for a header"))?;
+    let header_len = u64::from_le_bytes(prefix);
+    if header_len > MAX_HEADER_BYTES {
+        return Err(format!(
+            "header length {header_len} is over the limit of {MAX_HEADER_BYTES} bytes"
+        ));
+    }
+    let data_start = 8 + header_len;
+    if data_start > file_len {
+        return Err(format!(
             "header claims {header_len} bytes but the file has {file_len}"
-        )));
+        ));
     }
     let mut header = vec![0u8; header_len as usize];
-    file.read_exact(&mut header)
-        .map_err(|e| corrupt(e.to_string()))?;
-    let entries: BTreeMap<String, serde_json::Value> =
-        serde_json::from_slice(&header).map_err(|e| corrupt(format!("bad header: {e}")))?;
-    let mut out = Vec::new();
-    let mut data_end = 0;
-    for (name, value) in entries {
-        if name == "__metadata__" {
-            continue;
+    reader
+        .read_exact(&mut header)
+        .map_err(|e| format!("cannot read the header: {e}"))?;
+    let text = std::str::from_utf8(&header).map_err(|e| format!("header is not UTF-8: {e}"))?;
+    let raw: RawHeader = serde_json::from_str(text).map_err(|e| format!("bad header: {e}"))?;
+    let mut entries: Vec<(String, RawEntry)> = raw.tensors.into_iter().collect();
+    entries.sort_by(|a, b| (a.1.data_offsets, &a.0).cmp(&(b.1.data_offsets, &b.0)));
+    let mut tensors = Vec::with_capacity(entries.len());
+    let mut end = 0u64;
+    for (name, entry) in entries {
+        let (start, stop) = (entry.data_offsets.0 as u64, entry.data_offsets.1 as u64);
+        if start != end || stop < start {
+            return Err(format!(
+                "tensor `{name}` has data_offsets [{start}, {stop}]: tensors must follow each \
+                 other from offset 0 without gaps or overlaps (the previous one ends at {end})"
+            ));
         }
-        let entry: HeaderEntry = serde_json::from_value(value)
-            .map_err(|e| corrupt(format!("bad entry for `{name}`: {e}")))?;
-        data_end = data_end.max(entry.data_offsets.1);
-        out.push(TensorHeader {
+        let bits = entry
+            .shape
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .and_then(|n| n.checked_mul(entry.dtype.bitsize()))
+            .ok_or_else(|| {
+                format!(
+                    "tensor `{name}`: shape {:?} of {:?} overflows",
+                    entry.shape, entry.dtype
+                )
+            })?;
+        if bits % 8 != 0 {
+            return Err(format!(
+                "tensor `{name}`: {bits} bits of {:?} are not a whole number of bytes",
+                entry.dtype
+            ));
+        }
+        let bytes = (bits / 8) as u64;
+        if stop - start != bytes {
+            return Err(format!(
+                "tensor `{name}`: shape {:?} of {:?} needs {bytes} bytes but data_offsets \
+                 [{start}, {stop}] hold {}",
+                entry.shape,
+                entry.dtype,
+                stop - start
+            ));
+        }
+        end = stop;
+        tensors.push(TensorHeader {
             name: canonical_name(&name).to_string(),
             dtype: entry.dtype,
             shape: entry.shape,
-            data_bytes: entry.data_offsets.1.saturating_sub(entry.data_offsets.0),
-            data_offset: entry.data_offsets.0,
+            data_bytes: bytes,
+            data_offset: start,
         });
     }
-    if 8 + header_len + data_end > file_len {
-        return Err(corrupt(format!(
-            "file is truncated: its header needs {} bytes, the file has {file_len}",
-            8 + header_len + data_end
-        )));
+    let declared = data_start
+        .checked_add(end)
+        .ok_or_else(|| "declared size overflows".to_string())?;
+    if declared > file_len {
+        return Err(format!(
+            "file is truncated: its header declares {declared} bytes, the file has {file_len}"
+        ));
     }
-    Ok((out, 8 + header_len))
+    if declared < file_len {
+        return Err(format!(
+            "{} bytes after the {declared} its header declares",
+            file_len - declared
+        ));
+    }
+    Ok(SafetensorsHeader {
+        tensors,
+        data_start,
+        data_len: end,
+    })
+}
+
+/// A weight file read whole: its identity, its checked header and its data section.
+#[derive(Debug)]
+pub struct WeightFile {
+    pub key: FileKey,
+    pub header: SafetensorsHeader,
+    /// The data section, exactly `header.data_len` bytes.
+    pub data: Vec<u8>,
+}
+
+impl WeightFile {
+    /// Opens `path`, checks its header against its length, then reads exactly the data section
+    /// (so a file with bytes beyond what its header declares is refused before any is read).
+    pub fn read(path: &Path) -> Result<Self, LoadError> {
+        let (mut file, meta) = open_regular(path)?;
+        let key = FileKey::from_metadata(path, &meta);
+        let corrupt = |reason: String| LoadError::CorruptSafetensors {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let header = parse_header(&mut file, meta.len()).map_err(corrupt)?;
+        let len = usize::try_from(header.data_len)
+            .map_err(|_| corrupt(format!("{} bytes of data", header.data_len)))?;
+        let mut data = Vec::new();
+        data.try_reserve_exact(len)
+            .map_err(|e| corrupt(format!("cannot hold {len} bytes of data: {e}")))?;
+        file.take(header.data_len)
+            .read_to_end(&mut data)
+            .map_err(|e| io_error(path, e))?;
+        if data.len() != len {
+            return Err(corrupt(format!(
+                "file is truncated: it changed while read, {} of {len} data bytes",
+                data.len()
+            )));
+        }
+        Ok(Self { key, header, data })
+    }
 }

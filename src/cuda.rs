@@ -6,12 +6,17 @@
 //! so reading and DMA overlap. Tensors are built on the copied device memory without another
 //! copy; a dtype change runs on the GPU. A buffer keeps the file it holds, so re-attaching a
 //! recently used model skips the disk (a host cache in pinned memory, LRU over the buffers).
+//!
+//! Tensors are placed from the file's header as [`parse_header`] checked it (every tensor inside
+//! the data section, its length its shape times its dtype's size), and a buffer is keyed by the
+//! file's identity ([`FileKey`]) and kept only once the load that filled it has succeeded.
 
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
+use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::cuda_backend::cudarc::driver::{
@@ -22,7 +27,7 @@ use candle_core::op::BackpropOp;
 use candle_core::{CudaDevice, DType, Storage, Tensor};
 use half::{bf16, f16};
 
-use crate::checkpoint::{read_header_with_start, TensorHeader};
+use crate::checkpoint::{open_regular, parse_header, SafetensorsHeader, TensorHeader};
 use crate::error::LoadError;
 use crate::host_cache::FileKey;
 
@@ -92,8 +97,17 @@ fn driver(e: impl std::fmt::Display) -> LoadError {
 
 struct Buffer {
     memory: PinnedHostSlice<u8>,
-    holds: Option<FileKey>,
+    /// The file whose data section the buffer holds, with its checked header.
+    holds: Option<(FileKey, Arc<SafetensorsHeader>)>,
     last_used: u64,
+}
+
+/// A buffer filled by an upload, to be kept as that file's cache entry once the load succeeds
+/// ([`StagingPool::keep`]).
+pub struct PinnedEntry {
+    index: usize,
+    key: FileKey,
+    header: Arc<SafetensorsHeader>,
 }
 
 /// A worker's pinned host buffers: staging for uploads, and a cache of the files they hold.
@@ -139,19 +153,38 @@ impl StagingPool {
         (self.buffers.len() * self.buffer_bytes) as u64
     }
 
-    /// The buffer holding `key` (a cache hit), else the least recently used one.
-    fn pick(&mut self, key: &FileKey) -> Option<(usize, bool)> {
+    /// The buffer holding the file `key` and its header (a cache hit).
+    fn lookup(&mut self, key: &FileKey) -> Option<(usize, Arc<SafetensorsHeader>)> {
+        if !self.keep_files {
+            return None;
+        }
         self.clock += 1;
-        let hit = self
+        let index = self
             .buffers
             .iter()
-            .position(|b| self.keep_files && b.holds.as_ref() == Some(key));
-        let index = hit.or_else(|| {
-            (0..self.buffers.len())
-                .min_by_key(|&i| (self.buffers[i].holds.is_some(), self.buffers[i].last_used))
-        })?;
+            .position(|b| b.holds.as_ref().is_some_and(|(k, _)| k == key))?;
         self.buffers[index].last_used = self.clock;
-        Some((index, hit.is_some()))
+        let header = self.buffers[index].holds.as_ref()?.1.clone();
+        Some((index, header))
+    }
+
+    /// The least recently used buffer (empty ones first), emptied for a new file.
+    fn take_lru(&mut self) -> Option<usize> {
+        self.clock += 1;
+        let index = (0..self.buffers.len())
+            .min_by_key(|&i| (self.buffers[i].holds.is_some(), self.buffers[i].last_used))?;
+        self.buffers[index].holds = None;
+        self.buffers[index].last_used = self.clock;
+        Some(index)
+    }
+
+    /// Keeps the file an upload put in a buffer, after the load that used it succeeded.
+    pub fn keep(&mut self, entry: PinnedEntry) {
+        if self.keep_files {
+            if let Some(buffer) = self.buffers.get_mut(entry.index) {
+                buffer.holds = Some((entry.key, entry.header));
+            }
+        }
     }
 }
 
@@ -178,50 +211,76 @@ pub struct Uploaded {
     pub read_done_ns: u64,
     /// Bytes copied to the device.
     pub bytes: u64,
+    /// The buffer's cache entry, for [`StagingPool::keep`] once the load has succeeded.
+    pub entry: PinnedEntry,
 }
 
 const CHUNK: usize = 8 << 20;
 
 /// Uploads one safetensors file through the pool; `None` when its data does not fit a buffer.
+/// The file's header is checked against its length before any data is read.
 pub fn upload_file(
     device: &CudaDevice,
     pool: &mut StagingPool,
     path: &Path,
     dtype: DType,
 ) -> Result<Option<Uploaded>, LoadError> {
-    let (mut headers, data_start) = read_header_with_start(path)?;
-    let key = FileKey::of(path)?;
-    let data_len = (key.len - data_start) as usize;
-    if data_len > pool.buffer_bytes {
-        return Ok(None);
-    }
-    let Some((index, hit)) = pool.pick(&key) else {
-        return Ok(None);
+    let corrupt = |reason: String| LoadError::CorruptSafetensors {
+        path: path.to_path_buf(),
+        reason,
     };
-    headers.sort_by_key(|h| h.data_offset);
+    let key = FileKey::of(path)?;
+    let (index, header, file, key) = match pool.lookup(&key) {
+        Some((index, header)) => (index, header, None, key),
+        None => {
+            let (mut file, meta) = open_regular(path)?;
+            let key = FileKey::from_metadata(path, &meta);
+            let header = parse_header(&mut file, meta.len()).map_err(corrupt)?;
+            if header.data_len > pool.buffer_bytes as u64 {
+                return Ok(None);
+            }
+            let Some(index) = pool.take_lru() else {
+                return Ok(None);
+            };
+            (index, Arc::new(header), Some(file), key)
+        }
+    };
+    let data_len = header.data_len as usize;
+    if data_len > pool.buffer_bytes {
+        return Err(corrupt(format!(
+            "{data_len} bytes do not fit the staging buffer"
+        )));
+    }
+    let hit = file.is_none();
     let buffer = &mut pool.buffers[index];
     buffer.holds = None;
     let base = buffer.memory.as_mut_slice().map_err(driver)?.as_mut_ptr() as usize;
-    let mut copier = Copier::new(device, base, &headers);
-    if hit {
-        copier.copy_ready(data_len)?;
-    } else {
-        let file = std::fs::File::open(path).map_err(|source| LoadError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let read = read_overlapped(&file, base, data_start, data_len, |ready| {
+    let mut copier = Copier::new(device, base, data_len, &header.tensors);
+    if let Some(file) = file {
+        let read = read_overlapped(&file, base, header.data_start, data_len, |ready| {
             copier.copy_ready(ready)
         });
         if let Err(e) = read {
             // Copies of the tensors read so far still use the buffer: let them finish first.
             let _ = device.cuda_stream().synchronize();
-            return Err(e);
+            return Err(match e {
+                ReadError::Io(source) => corrupt(format!("cannot read the data: {source}")),
+                ReadError::Load(e) => e,
+            });
         }
     }
     let read_done_ns = wc_actors::monotonic_ns();
-    copier.copy_ready(data_len)?;
-    pool.buffers[index].holds = Some(key);
+    let copied = copier
+        .copy_ready(data_len)
+        .and_then(|()| match copier.pending.peek() {
+            Some(_) => Err(corrupt("a tensor lies outside the data section".into())),
+            None => Ok(()),
+        });
+    if let Err(e) = copied {
+        // Copies queued so far still use the buffer: let them finish first.
+        let _ = device.cuda_stream().synchronize();
+        return Err(e);
+    }
     let mut tensors = HashMap::new();
     for (name, tensor) in copier.done {
         tensors.insert(name, tensor.to_dtype(dtype)?);
@@ -237,7 +296,14 @@ pub fn upload_file(
         from_host_cache: hit,
         read_done_ns,
         bytes: data_len as u64,
+        entry: PinnedEntry { index, key, header },
     }))
+}
+
+/// Why reading into pinned memory stopped.
+enum ReadError {
+    Io(std::io::Error),
+    Load(LoadError),
 }
 
 /// Reads `len` bytes at `start` into pinned memory at `base` with several threads, calling
@@ -248,7 +314,7 @@ fn read_overlapped(
     start: u64,
     len: usize,
     mut on_ready: impl FnMut(usize) -> Result<(), LoadError>,
-) -> Result<(), LoadError> {
+) -> Result<(), ReadError> {
     let chunks = len.div_ceil(CHUNK);
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -283,15 +349,12 @@ fn read_overlapped(
         let mut done = vec![false; chunks];
         let mut prefix = 0;
         for message in receiver {
-            let chunk = message.map_err(|e| LoadError::CorruptSafetensors {
-                path: PathBuf::from("<weights>"),
-                reason: e.to_string(),
-            })?;
+            let chunk = message.map_err(ReadError::Io)?;
             done[chunk] = true;
             while prefix < chunks && done[prefix] {
                 prefix += 1;
             }
-            on_ready((prefix * CHUNK).min(len))?;
+            on_ready((prefix * CHUNK).min(len)).map_err(ReadError::Load)?;
         }
         Ok(())
     })
@@ -301,42 +364,54 @@ fn read_overlapped(
 struct Copier<'a> {
     device: &'a CudaDevice,
     base: usize,
+    /// Bytes of the buffer at `base` that belong to the file's data section.
+    len: usize,
     pending: std::iter::Peekable<std::slice::Iter<'a, TensorHeader>>,
     done: Vec<(String, Tensor)>,
 }
 
 impl<'a> Copier<'a> {
-    fn new(device: &'a CudaDevice, base: usize, headers: &'a [TensorHeader]) -> Self {
+    fn new(device: &'a CudaDevice, base: usize, len: usize, headers: &'a [TensorHeader]) -> Self {
         Self {
             device,
             base,
+            len,
             pending: headers.iter().peekable(),
             done: Vec::new(),
         }
     }
 
-    /// Copies every pending tensor that ends within the first `ready` bytes.
+    /// Copies every pending tensor that ends within the first `ready` bytes (and within the
+    /// data section: the header's checks already prove it, this re-checks before the pointer
+    /// arithmetic).
     fn copy_ready(&mut self, ready: usize) -> Result<(), LoadError> {
+        let ready = ready.min(self.len);
+        let end = |h: &TensorHeader| {
+            h.data_offset
+                .checked_add(h.data_bytes)
+                .and_then(|end| usize::try_from(end).ok())
+        };
         while let Some(header) = self
             .pending
-            .next_if(|h| (h.data_offset + h.data_bytes) as usize <= ready)
+            .next_if(|h| end(h).is_some_and(|end| end <= ready))
         {
-            // SAFETY: these bytes were fully written before `ready` was reported, and the buffer
-            // is not written again until the stream has been synchronized.
+            // SAFETY: `data_offset + data_bytes <= ready <= len`, the buffer's data section;
+            // these bytes were fully written before `ready` was reported, and the buffer is not
+            // written again until the stream has been synchronized.
             let bytes = unsafe {
                 std::slice::from_raw_parts(
                     (self.base + header.data_offset as usize) as *const u8,
                     header.data_bytes as usize,
                 )
             };
-            let tensor = match header.dtype.as_str() {
-                "F32" => self.tensor::<f32>(bytes, &header.shape)?,
-                "F16" => self.tensor::<f16>(bytes, &header.shape)?,
-                "BF16" => self.tensor::<bf16>(bytes, &header.shape)?,
+            let tensor = match header.dtype {
+                safetensors::Dtype::F32 => self.tensor::<f32>(bytes, &header.shape)?,
+                safetensors::Dtype::F16 => self.tensor::<f16>(bytes, &header.shape)?,
+                safetensors::Dtype::BF16 => self.tensor::<bf16>(bytes, &header.shape)?,
                 other => {
                     return Err(LoadError::UnsupportedTensorDtype {
                         name: header.name.clone(),
-                        dtype: other.to_string(),
+                        dtype: format!("{other:?}"),
                     })
                 }
             };
@@ -353,6 +428,14 @@ impl<'a> Copier<'a> {
     ) -> Result<Tensor, LoadError> {
         let stream = self.device.cuda_stream();
         let elements = bytes.len() / std::mem::size_of::<T>();
+        if elements != shape.iter().product::<usize>()
+            || bytes.len() % std::mem::size_of::<T>() != 0
+        {
+            return Err(LoadError::Device(format!(
+                "{} bytes do not hold a tensor of shape {shape:?}",
+                bytes.len()
+            )));
+        }
         // SAFETY: the whole slice is written by the copy queued right after, on the same stream.
         let mut slice: CudaSlice<T> = unsafe { stream.alloc::<T>(elements) }.map_err(driver)?;
         {

@@ -9,10 +9,22 @@ use wc_actors::{EngineError, ErrorKind};
 pub enum LoadError {
     #[error("model directory `{0}` does not exist")]
     ModelNotFound(PathBuf),
-    #[error("`{id}` is not a directory and is not in the local Hugging Face cache (looked in {})", looked_in.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))]
+    /// `looked_in` (absolute cache paths) is for logs: the message never shows it, so that a
+    /// client learns nothing about the server's home directory.
+    #[error("`{id}` is not a directory and is not in the local Hugging Face cache")]
     HubModelNotCached { id: String, looked_in: Vec<PathBuf> },
     #[error("`{0}` is missing from the checkpoint")]
     MissingFile(PathBuf),
+    #[error("`{path}` is {kind}, not a regular file")]
+    NotRegularFile { path: PathBuf, kind: &'static str },
+    #[error("`{path}` is {bytes} bytes, more than the {limit} allowed for it")]
+    FileTooLarge {
+        path: PathBuf,
+        bytes: u64,
+        limit: u64,
+    },
+    #[error("`{path}` resolves outside the checkpoint directory")]
+    OutsideCheckpoint { path: PathBuf },
     #[error("cannot read `{path}`: {source}")]
     Io {
         path: PathBuf,
@@ -26,6 +38,8 @@ pub enum LoadError {
     CorruptSafetensors { path: PathBuf, reason: String },
     #[error("tensor `{0}` is missing from the checkpoint")]
     MissingTensor(String),
+    #[error("tensor `{0}` appears more than once in the checkpoint")]
+    DuplicateTensor(String),
     #[error("tensor `{name}` has shape {found:?}, expected {expected:?}")]
     WrongShape {
         name: String,
@@ -42,6 +56,49 @@ pub enum LoadError {
     DeviceUnavailable { device: String, reason: String },
     #[error("device error: {0}")]
     Device(String),
+}
+
+impl LoadError {
+    /// The same error with the file it names made relative to the checkpoint directory `dir`,
+    /// so that messages name `model.safetensors`, not where the server keeps it.
+    pub fn relative_to(self, dir: &std::path::Path) -> Self {
+        let rel = |path: PathBuf| match path.strip_prefix(dir) {
+            Ok(inner) if !inner.as_os_str().is_empty() => inner.to_path_buf(),
+            _ => path,
+        };
+        match self {
+            LoadError::MissingFile(path) => LoadError::MissingFile(rel(path)),
+            LoadError::NotRegularFile { path, kind } => LoadError::NotRegularFile {
+                path: rel(path),
+                kind,
+            },
+            LoadError::FileTooLarge { path, bytes, limit } => LoadError::FileTooLarge {
+                path: rel(path),
+                bytes,
+                limit,
+            },
+            LoadError::OutsideCheckpoint { path } => {
+                LoadError::OutsideCheckpoint { path: rel(path) }
+            }
+            LoadError::Io { path, source } => LoadError::Io {
+                path: rel(path),
+                source,
+            },
+            LoadError::InvalidConfig { path, reason } => LoadError::InvalidConfig {
+                path: rel(path),
+                reason,
+            },
+            LoadError::CorruptSafetensors { path, reason } => LoadError::CorruptSafetensors {
+                path: rel(path),
+                reason,
+            },
+            LoadError::InvalidTokenizer { path, reason } => LoadError::InvalidTokenizer {
+                path: rel(path),
+                reason,
+            },
+            other => other,
+        }
+    }
 }
 
 impl From<candle_core::Error> for LoadError {

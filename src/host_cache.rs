@@ -1,42 +1,57 @@
 //! What a worker keeps from the disk for recently loaded models: checked metadata, weight bytes, tokenizers.
 //!
-//! Every entry is keyed by the file's path, length and modification time, so a checkpoint that
-//! changes on disk is read again. Weight bytes are kept within a byte budget, least recently
-//! used first out; this is the CPU form of the pinned host cache in `cuda.rs`.
+//! Every entry is keyed by the file's identity ([`FileKey`]: device, inode, length and the
+//! nanosecond modification and change times), so a checkpoint that changes on disk, even by a
+//! same-size copy that keeps the modification time, is read again. Weight bytes are kept within a
+//! byte budget, least recently used first out, and only once the load that read them has
+//! succeeded ([`HostCache::keep`]); this is the CPU form of the pinned host cache in `cuda.rs`.
 
 use std::collections::HashMap;
+use std::fs::Metadata;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::SystemTime;
 
 use tokenizers::Tokenizer;
 use wc_actors::ModelSpec;
 
 use crate::backend::{check, CheckedCheckpoint};
+use crate::checkpoint::{ensure_regular, io_error, read_bounded, WeightFile, MAX_TOKENIZER_BYTES};
 use crate::error::LoadError;
 
-/// Identifies a file's contents without reading it.
+/// Identifies a file's contents without reading it: a file replaced by another (even one of the
+/// same size with the same modification time, as `cp -p` makes) has another key, because its
+/// inode or its change time differs.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct FileKey {
     pub path: PathBuf,
+    pub device: u64,
+    pub inode: u64,
     pub len: u64,
-    pub modified: Option<SystemTime>,
+    /// Modification time, seconds and nanoseconds since the epoch.
+    pub modified: (i64, i64),
+    /// Status change time (set by the kernel on every write, rename or `utimensat`).
+    pub changed: (i64, i64),
 }
 
 impl FileKey {
+    /// The key of the regular file at `path` (symlinks followed).
     pub fn of(path: &Path) -> Result<Self, LoadError> {
-        let meta = std::fs::metadata(path).map_err(|source| match source.kind() {
-            std::io::ErrorKind::NotFound => LoadError::MissingFile(path.to_path_buf()),
-            _ => LoadError::Io {
-                path: path.to_path_buf(),
-                source,
-            },
-        })?;
-        Ok(Self {
+        let meta = std::fs::metadata(path).map_err(|e| io_error(path, e))?;
+        ensure_regular(path, &meta)?;
+        Ok(Self::from_metadata(path, &meta))
+    }
+
+    /// The key of a file from metadata already taken (e.g. of the open file).
+    pub fn from_metadata(path: &Path, meta: &Metadata) -> Self {
+        Self {
             path: path.to_path_buf(),
-            len: meta.len(),
-            modified: meta.modified().ok(),
-        })
+            device: meta.dev(),
+            inode: meta.ino(),
+            len: meta.size(),
+            modified: (meta.mtime(), meta.mtime_nsec()),
+            changed: (meta.ctime(), meta.ctime_nsec()),
+        }
     }
 }
 
@@ -44,6 +59,7 @@ impl FileKey {
 fn checkpoint_keys(checked: &CheckedCheckpoint) -> Result<Vec<FileKey>, LoadError> {
     let ckpt = &checked.checkpoint;
     std::iter::once(ckpt.dir.join("config.json"))
+        .chain(ckpt.index.iter().cloned())
         .chain(ckpt.weight_files.iter().cloned())
         .chain(ckpt.tokenizer.iter().cloned())
         .map(|p| FileKey::of(&p))
@@ -66,8 +82,16 @@ pub fn check_cached(spec: &ModelSpec) -> Result<Arc<CheckedCheckpoint>, LoadErro
             return Ok(checked);
         }
     }
-    let checked = Arc::new(check(spec)?);
-    let keys = checkpoint_keys(&checked)?;
+    let checked = match check(spec) {
+        Ok(checked) => Arc::new(checked),
+        Err(e) => {
+            if let Ok(mut c) = cache.lock() {
+                c.remove(&key);
+            }
+            return Err(e);
+        }
+    };
+    let keys = checkpoint_keys(&checked).map_err(|e| e.relative_to(&checked.checkpoint.dir))?;
     if let Ok(mut c) = cache.lock() {
         c.insert(key, (keys, checked.clone()));
     }
@@ -75,8 +99,7 @@ pub fn check_cached(spec: &ModelSpec) -> Result<Arc<CheckedCheckpoint>, LoadErro
 }
 
 struct CachedFile {
-    key: FileKey,
-    bytes: Arc<Vec<u8>>,
+    file: Arc<WeightFile>,
     last_used: u64,
 }
 
@@ -103,55 +126,78 @@ impl HostCache {
 
     /// Bytes of weight files held.
     pub fn bytes(&self) -> u64 {
-        self.files.iter().map(|f| f.bytes.len() as u64).sum()
+        self.files.iter().map(|f| f.file.data.len() as u64).sum()
     }
 
-    /// The bytes of `path`, from the cache when unchanged on disk, else read (and kept if they
-    /// fit the budget). The flag says whether the disk was skipped.
-    pub fn file(&mut self, path: &Path) -> Result<(Arc<Vec<u8>>, bool), LoadError> {
+    /// The weight file at `path`, from the cache when the same file is still there, else read
+    /// (its header checked against its length first). The flag says whether the disk was
+    /// skipped. A file read here is not kept until [`Self::keep`] is given it.
+    pub fn file(&mut self, path: &Path) -> Result<(Arc<WeightFile>, bool), LoadError> {
         self.clock += 1;
         let key = FileKey::of(path)?;
-        if let Some(hit) = self.files.iter_mut().find(|f| f.key == key) {
+        if let Some(hit) = self.files.iter_mut().find(|f| f.file.key == key) {
             hit.last_used = self.clock;
-            return Ok((hit.bytes.clone(), true));
+            return Ok((hit.file.clone(), true));
         }
-        self.files.retain(|f| f.key.path != key.path);
-        let bytes = Arc::new(std::fs::read(path).map_err(|source| LoadError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?);
-        if bytes.len() as u64 <= self.budget_bytes {
-            while self.bytes() + bytes.len() as u64 > self.budget_bytes {
-                let oldest = (0..self.files.len()).min_by_key(|&i| self.files[i].last_used);
-                match oldest {
-                    Some(i) => drop(self.files.swap_remove(i)),
-                    None => break,
-                }
-            }
-            self.files.push(CachedFile {
-                key,
-                bytes: bytes.clone(),
-                last_used: self.clock,
-            });
-        }
-        Ok((bytes, false))
+        Ok((Arc::new(WeightFile::read(path)?), false))
     }
 
-    /// The tokenizer in `path`, parsed once per file version.
-    pub fn tokenizer(&mut self, path: &Path) -> Result<Tokenizer, LoadError> {
+    /// Keeps `file` (read by a load that succeeded) if it fits the budget, dropping older
+    /// versions of the same path and then the least recently used files to make room.
+    pub fn keep(&mut self, file: Arc<WeightFile>) {
+        self.clock += 1;
+        if let Some(held) = self.files.iter_mut().find(|f| f.file.key == file.key) {
+            held.last_used = self.clock;
+            return;
+        }
+        self.files.retain(|f| f.file.key.path != file.key.path);
+        let len = file.data.len() as u64;
+        if len > self.budget_bytes {
+            return;
+        }
+        while self.bytes() + len > self.budget_bytes {
+            let oldest = (0..self.files.len()).min_by_key(|&i| self.files[i].last_used);
+            match oldest {
+                Some(i) => drop(self.files.swap_remove(i)),
+                None => break,
+            }
+        }
+        self.files.push(CachedFile {
+            file,
+            last_used: self.clock,
+        });
+    }
+
+    /// The tokenizer in `path` and its file's key, parsed once per file version (see
+    /// [`Self::keep_tokenizer`]).
+    pub fn tokenizer(&mut self, path: &Path) -> Result<(FileKey, Tokenizer), LoadError> {
         let key = FileKey::of(path)?;
         if let Some(tokenizer) = self.tokenizers.get(&key) {
-            return Ok(tokenizer.clone());
+            return Ok((key, tokenizer.clone()));
         }
-        let tokenizer = Tokenizer::from_file(path).map_err(|e| LoadError::InvalidTokenizer {
+        let bytes = read_bounded(path, MAX_TOKENIZER_BYTES)?;
+        let tokenizer = Tokenizer::from_bytes(&bytes).map_err(|e| LoadError::InvalidTokenizer {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
+        Ok((key, tokenizer))
+    }
+
+    /// Keeps a tokenizer that a successful load used.
+    pub fn keep_tokenizer(&mut self, key: FileKey, tokenizer: Tokenizer) {
+        if self.tokenizers.contains_key(&key) {
+            return;
+        }
         if self.tokenizers.len() >= MAX_TOKENIZERS {
             self.tokenizers.clear();
         }
-        self.tokenizers.insert(key, tokenizer.clone());
-        Ok(tokenizer)
+        self.tokenizers.retain(|k, _| k.path != key.path);
+        self.tokenizers.insert(key, tokenizer);
+    }
+
+    /// Whether a weight file of `path` is held (any version).
+    pub fn holds(&self, path: &Path) -> bool {
+        self.files.iter().any(|f| f.file.key.path == path)
     }
 }
 
@@ -159,22 +205,39 @@ impl HostCache {
 mod tests {
     use super::*;
 
+    /// A safetensors file with one `U8` tensor of `len` bytes, all `value`.
+    fn write_weights(path: &Path, value: u8, len: usize) {
+        let header =
+            format!(r#"{{"t":{{"dtype":"U8","shape":[{len}],"data_offsets":[0,{len}]}}}}"#);
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend(header.as_bytes());
+        bytes.extend(std::iter::repeat_n(value, len));
+        std::fs::write(path, bytes).unwrap();
+    }
+
     #[test]
-    fn files_come_from_the_cache_until_they_change_and_the_budget_holds() {
+    fn files_are_kept_only_when_given_back_and_within_the_budget() {
         let dir = std::env::temp_dir().join(format!("wc-host-cache-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let (a, b) = (dir.join("a"), dir.join("b"));
-        std::fs::write(&a, vec![1u8; 600]).unwrap();
-        std::fs::write(&b, vec![2u8; 600]).unwrap();
+        write_weights(&a, 1, 600);
+        write_weights(&b, 2, 600);
         let mut cache = HostCache::new(1000);
-        assert!(!cache.file(&a).unwrap().1, "first read goes to disk");
-        assert!(cache.file(&a).unwrap().1, "second read is a hit");
-        assert!(!cache.file(&b).unwrap().1);
+        let (file, hit) = cache.file(&a).unwrap();
+        assert!(!hit, "first read goes to disk");
+        assert!(
+            !cache.file(&a).unwrap().1,
+            "not kept until the load succeeds"
+        );
+        cache.keep(file);
+        assert!(cache.file(&a).unwrap().1, "kept: the next read is a hit");
+        let (file, _) = cache.file(&b).unwrap();
+        cache.keep(file);
         assert!(cache.bytes() <= 1000, "b evicted a to stay in budget");
-        assert!(!cache.file(&a).unwrap().1);
-        std::fs::write(&a, vec![3u8; 10]).unwrap();
-        let (bytes, hit) = cache.file(&a).unwrap();
-        assert!(!hit && bytes.len() == 10, "a changed file is read again");
+        assert!(cache.holds(&b) && !cache.holds(&a));
+        write_weights(&b, 3, 600);
+        let (file, hit) = cache.file(&b).unwrap();
+        assert!(!hit && file.data[0] == 3, "a rewritten file is read again");
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

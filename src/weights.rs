@@ -1,13 +1,11 @@
-//! Weights on a device: tensors built from safetensors bytes, looked up by name with their shapes checked.
+//! Weights on a device: tensors built from checked safetensors data, looked up by name with their shapes checked.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
-use safetensors::SafeTensors;
 
-use crate::checkpoint::canonical_name;
+use crate::checkpoint::WeightFile;
 use crate::error::LoadError;
 
 /// Named tensors on one device, in one dtype.
@@ -18,7 +16,7 @@ pub struct DeviceWeights {
 }
 
 /// Maps a safetensors dtype to candle's, for the float types OPT checkpoints use.
-fn candle_dtype(name: &str, dtype: safetensors::Dtype) -> Result<DType, LoadError> {
+pub fn candle_dtype(name: &str, dtype: safetensors::Dtype) -> Result<DType, LoadError> {
     match dtype {
         safetensors::Dtype::F32 => Ok(DType::F32),
         safetensors::Dtype::F16 => Ok(DType::F16),
@@ -31,29 +29,29 @@ fn candle_dtype(name: &str, dtype: safetensors::Dtype) -> Result<DType, LoadErro
 }
 
 impl DeviceWeights {
-    /// Parses each file's bytes and puts every tensor on `device` as `dtype`; the dtype
-    /// conversion runs on the device after the copy.
+    /// Puts every tensor of each file on `device` as `dtype`, each from the bytes its checked
+    /// header places it at; the dtype conversion runs on the device after the copy.
     pub fn upload(
-        files: &[(PathBuf, Arc<Vec<u8>>)],
+        files: &[Arc<WeightFile>],
         device: &Device,
         dtype: DType,
     ) -> Result<Self, LoadError> {
         let mut tensors = HashMap::new();
         let mut device_bytes = 0u64;
-        for (path, bytes) in files {
-            let parsed = SafeTensors::deserialize(bytes.as_slice()).map_err(|e| {
-                LoadError::CorruptSafetensors {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                }
-            })?;
-            for (name, view) in parsed.tensors() {
-                let stored = candle_dtype(&name, view.dtype())?;
-                let host =
-                    Tensor::from_raw_buffer(view.data(), stored, view.shape(), &Device::Cpu)?;
+        for file in files {
+            for header in &file.header.tensors {
+                let stored = candle_dtype(&header.name, header.dtype)?;
+                let bytes =
+                    header
+                        .bytes(&file.data)
+                        .ok_or_else(|| LoadError::CorruptSafetensors {
+                            path: file.key.path.clone(),
+                            reason: format!("tensor `{}` lies outside the data", header.name),
+                        })?;
+                let host = Tensor::from_raw_buffer(bytes, stored, &header.shape, &Device::Cpu)?;
                 let on_device = host.to_device(device)?.to_dtype(dtype)?;
                 device_bytes += (on_device.elem_count() * dtype.size_in_bytes()) as u64;
-                tensors.insert(canonical_name(&name).to_string(), on_device);
+                tensors.insert(header.name.clone(), on_device);
             }
         }
         Ok(Self {

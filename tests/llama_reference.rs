@@ -13,6 +13,7 @@ use worker_controller::error::LoadError;
 use worker_controller::models::chat_template::ChatMessage;
 use worker_controller::models::llama::{KvCache, LlamaEngine, LlamaModel, SequenceInput};
 use worker_controller::models::{ModelConfig, TokenCache};
+use worker_controller::checkpoint::WeightFile;
 use worker_controller::weights::DeviceWeights;
 
 use common::{fixture, reference};
@@ -21,9 +22,8 @@ const FIXTURES: [&str; 4] = ["tiny-llama", "tiny-mistral", "tiny-qwen2", "tiny-q
 
 /// Weights of a fixture on the CPU in `dtype`.
 fn weights(dir: &Path, dtype: DType) -> DeviceWeights {
-    let path = dir.join("model.safetensors");
-    let bytes = Arc::new(std::fs::read(&path).unwrap());
-    DeviceWeights::upload(&[(path, bytes)], &Device::Cpu, dtype).unwrap()
+    let file = WeightFile::read(&dir.join("model.safetensors")).unwrap();
+    DeviceWeights::upload(&[Arc::new(file)], &Device::Cpu, dtype).unwrap()
 }
 
 fn load(name: &str) -> LlamaEngine {

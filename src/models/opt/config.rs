@@ -94,21 +94,25 @@ mod d {
 /// OPT's learned positions start at index 2 (fairseq's padding offset).
 pub const POSITION_OFFSET: usize = 2;
 
+/// Limits on a config's dimensions, checked before anything is sized from them: far above any
+/// released OPT (175B: vocab 50272, hidden 12288, ffn 49152, 96 layers, 2048 positions).
+pub const MAX_VOCAB: usize = 1 << 22;
+pub const MAX_WIDTH: usize = 1 << 16;
+pub const MAX_FFN: usize = 1 << 18;
+pub const MAX_LAYERS: usize = 1 << 10;
+pub const MAX_POSITIONS: usize = 1 << 20;
+/// Most parameters a config may imply (about 1.1 trillion).
+pub const MAX_PARAMETERS: u64 = 1 << 40;
+
 /// Layer norm epsilon of `nn.LayerNorm`'s default, which OPT uses.
 pub const LAYER_NORM_EPS: f64 = 1e-5;
 
 impl OptConfig {
-    /// Reads and checks `config.json`.
+    /// Reads and checks `config.json` (a regular file of at most 1 MiB).
     pub fn from_file(path: &Path) -> Result<Self, LoadError> {
-        let text = std::fs::read_to_string(path).map_err(|source| match source.kind() {
-            std::io::ErrorKind::NotFound => LoadError::MissingFile(path.to_path_buf()),
-            _ => LoadError::Io {
-                path: path.to_path_buf(),
-                source,
-            },
-        })?;
+        let text = crate::checkpoint::read_bounded(path, crate::checkpoint::MAX_CONFIG_BYTES)?;
         let config: OptConfig =
-            serde_json::from_str(&text).map_err(|e| LoadError::InvalidConfig {
+            serde_json::from_slice(&text).map_err(|e| LoadError::InvalidConfig {
                 path: path.to_path_buf(),
                 reason: e.to_string(),
             })?;
@@ -141,6 +145,39 @@ impl OptConfig {
             return Err(invalid(
                 "vocab_size, ffn_dim and max_position_embeddings must be positive".into(),
             ));
+        }
+        let bounds = [
+            ("vocab_size", self.vocab_size, MAX_VOCAB),
+            ("hidden_size", self.hidden_size, MAX_WIDTH),
+            ("ffn_dim", self.ffn_dim, MAX_FFN),
+            ("num_hidden_layers", self.num_hidden_layers, MAX_LAYERS),
+            (
+                "num_attention_heads",
+                self.num_attention_heads,
+                self.hidden_size,
+            ),
+            (
+                "max_position_embeddings",
+                self.max_position_embeddings,
+                MAX_POSITIONS,
+            ),
+            ("word_embed_proj_dim", self.embed_dim(), MAX_WIDTH),
+        ];
+        for (name, value, max) in bounds {
+            if value > max {
+                return Err(invalid(format!(
+                    "{name} {value} is over the limit of {max}"
+                )));
+            }
+        }
+        if self.embed_dim() == 0 {
+            return Err(invalid("word_embed_proj_dim must be positive".into()));
+        }
+        let parameters = self.parameter_count();
+        if parameters > MAX_PARAMETERS {
+            return Err(invalid(format!(
+                "the config implies {parameters} parameters, over the limit of {MAX_PARAMETERS}"
+            )));
         }
         if !matches!(
             self.activation_function.as_str(),
