@@ -390,3 +390,59 @@ fn a_full_engine_queue_answers_503_with_retry_after() {
     assert!(refused.header("retry-after").is_some());
     assert_eq!(server.get("/ready").status, 200);
 }
+
+#[test]
+fn slow_heads_and_bodies_get_408_and_huge_headers_431() {
+    use std::io::{Read, Write};
+    let config = format!(
+        "[server]\nclient_request_timeout = \"1s\"\n\n[[workers]]\ndevice = \"cpu\"\n\n{}",
+        model_entry(PRENORM, PRENORM, true, "5m"),
+    );
+    let server = Server::start("slowloris", &config);
+    let reply_to = |bytes: &[u8]| {
+        let mut stream = std::net::TcpStream::connect(&server.addr).unwrap();
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .unwrap();
+        let _ = stream.write_all(bytes);
+        let started = std::time::Instant::now();
+        let mut reply = vec![0u8; 64];
+        let n = stream.read(&mut reply).unwrap_or(0);
+        (
+            String::from_utf8_lossy(&reply[..n]).into_owned(),
+            started.elapsed(),
+        )
+    };
+    let (head, waited) = reply_to(b"GET /health HTTP/1.1\r\nHost: local");
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    assert!(waited < std::time::Duration::from_secs(10));
+    let (body, waited) = reply_to(
+        b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+          Content-Length: 100\r\n\r\n{\"model\"",
+    );
+    assert!(body.starts_with("HTTP/1.1 408"), "{body}");
+    assert!(waited < std::time::Duration::from_secs(10));
+    let huge = format!(
+        "GET /health HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(300_000)
+    );
+    let (big, _) = reply_to(huge.as_bytes());
+    assert!(big.starts_with("HTTP/1.1 431"), "{big}");
+    assert_eq!(server.get("/health").status, 200, "still serving");
+}
+
+#[test]
+fn null_means_absent_in_completion_parameters() {
+    let config = format!(
+        "[[workers]]\ndevice = \"cpu\"\n\n{}",
+        model_entry(PRENORM, PRENORM, true, "5m"),
+    );
+    let server = Server::start("nulls", &config);
+    let reply = server.post(
+        "/v1/completions",
+        &json!({"model": PRENORM, "prompt": [2, 5], "max_tokens": 3, "stream": null,
+                "stop": null, "n": null, "seed": null, "ignore_eos": null, "stream_options": null}),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json()["object"], "text_completion");
+}

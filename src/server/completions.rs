@@ -6,6 +6,7 @@ use std::time::Instant;
 use actix_web::{web, HttpResponse};
 use wc_actors::{GenerateError, GenerateOutput};
 
+use super::body::JsonBody;
 use super::error::ApiError;
 use super::openai::{finish_reason, model_list, CompletionMeta, CompletionRequest};
 use super::state::AppState;
@@ -32,7 +33,7 @@ pub async fn models(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
 /// `POST /v1/completions`.
 pub async fn completions(
     state: web::Data<AppState>,
-    body: web::Json<CompletionRequest>,
+    body: JsonBody<CompletionRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let request = body.to_generate(state.limits())?;

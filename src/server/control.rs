@@ -6,6 +6,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use wc_actors::{check_engine_name, Attach, DType, DeviceSpec, EngineInfo, EngineRef, ModelSpec};
 
+use super::body::JsonBody;
 use super::error::ApiError;
 use super::state::AppState;
 use crate::config::KeepAlive;
@@ -45,7 +46,7 @@ pub async fn list_workers(state: web::Data<AppState>) -> Result<HttpResponse, Ap
 /// makes is recorded with its keep_alive (and can be evicted) rather than left unaccounted.
 pub async fn attach(
     state: web::Data<AppState>,
-    body: web::Json<AttachBody>,
+    body: JsonBody<AttachBody>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     if body.model.trim().is_empty() {

@@ -2,9 +2,8 @@
 
 use std::fmt;
 
-use actix_web::error::JsonPayloadError;
 use actix_web::http::{header, StatusCode};
-use actix_web::{HttpRequest, HttpResponse, ResponseError};
+use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
 use wc_actors::{AttachError, DetachError, GenerateError};
 
@@ -161,27 +160,6 @@ impl From<GenerateError> for ApiError {
     fn from(e: GenerateError) -> Self {
         Self::from_status(e.status_code(), e.error_type(), e.to_string())
     }
-}
-
-/// actix-web's JSON extractor errors, in our shape: 413 for too large, 400 for the rest.
-pub fn json_error(err: JsonPayloadError, _req: &HttpRequest) -> actix_web::Error {
-    let api = match &err {
-        JsonPayloadError::OverflowKnownLength { length, limit } => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("the request body has {length} bytes; the limit is {limit}"),
-        ),
-        JsonPayloadError::Overflow { limit } => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("the request body is larger than the limit of {limit} bytes"),
-        ),
-        JsonPayloadError::Deserialize(e) => {
-            ApiError::bad_request(format!("invalid JSON body: {e}"))
-        }
-        other => ApiError::bad_request(format!("invalid request body: {other}")),
-    };
-    api.into()
 }
 
 #[cfg(test)]

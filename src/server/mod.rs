@@ -14,6 +14,7 @@
 //! detached and every worker released.
 
 pub mod auth;
+pub mod body;
 pub mod completions;
 pub mod control;
 pub mod error;
@@ -48,14 +49,9 @@ use crate::config::Config;
 use error::ApiError;
 use state::AppState;
 
-/// Registers every endpoint of the route table, the JSON error handler, and the 404 default.
-pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
-    cfg.app_data(
-        web::JsonConfig::default()
-            .limit(max_body_bytes)
-            .content_type_required(false)
-            .error_handler(error::json_error),
-    );
+/// Registers every endpoint of the route table and the 404 default. Bodies are read by
+/// [`body::JsonBody`] within `[server] max_body_bytes` and `client_request_timeout`.
+pub fn configure(cfg: &mut web::ServiceConfig) {
     for endpoint in routes::endpoints() {
         let mut resource =
             web::resource(endpoint.path).default_service(web::to(method_not_allowed));
@@ -100,7 +96,6 @@ pub async fn run(
     let config = Arc::new(config);
     let handle = Runtime::start(config.runtime_config(), Arc::new(CandleBackend));
     let state = web::Data::new(AppState::new(handle.clone(), config.clone()));
-    let max_body = usize::try_from(config.server.max_body_bytes.0).unwrap_or(usize::MAX);
     let app_state = state.clone();
     let deadline = config.server.shutdown_deadline.0;
     let origins = config.server.cors_allow_origins.clone();
@@ -115,7 +110,7 @@ pub async fn run(
             .wrap(from_fn(middleware::count))
             .wrap(NormalizePath::new(TrailingSlash::Trim))
             .wrap(Condition::new(!origins.is_empty(), cors(&origins)))
-            .configure(|cfg| configure(cfg, max_body))
+            .configure(configure)
     })
     .disable_signals()
     .client_request_timeout(config.server.client_request_timeout.0)

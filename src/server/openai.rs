@@ -17,14 +17,24 @@ pub struct CompletionRequest {
     pub top_p: Option<f64>,
     pub seed: Option<u64>,
     pub stop: Option<StopInput>,
-    #[serde(default)]
+    /// `null` reads as absent, as OpenAI's API does.
+    #[serde(default, deserialize_with = "null_as_default")]
     pub stream: bool,
     pub stream_options: Option<StreamOptions>,
     /// How many choices; only 1 is supported.
     pub n: Option<usize>,
     /// vLLM's extension: keep generating past the end-of-sequence token.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub ignore_eos: bool,
+}
+
+/// A value where JSON `null` means the type's default, as for an absent field.
+pub fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 /// A prompt: text, token ids, or a batch of one of either.
