@@ -183,6 +183,9 @@ pub struct PrewarmReport {
     /// `(step, milliseconds)`, in order: e.g. `("context", 210.0)`, `("kernels f16", 12.5)`.
     pub steps: Vec<(String, f64)>,
     pub total_ms: f64,
+    /// The worker's process id, when it runs in its own process.
+    #[serde(default)]
+    pub pid: Option<u32>,
 }
 
 /// A prompt as text (tokenized by the engine) or as token ids.
@@ -321,6 +324,12 @@ pub trait WorkerDevice {
 
     /// Waits until all queued device work is done.
     fn synchronize(&self) -> Result<(), EngineError>;
+
+    /// Whatever holds the device (a worker process) is still there; polled while the worker
+    /// is idle. An error fails the worker, which is then restarted.
+    fn check_alive(&self) -> Result<(), EngineError> {
+        Ok(())
+    }
 }
 
 /// Turns a prompt into token ids away from the engine's thread: tokenizing (and rendering a

@@ -38,6 +38,18 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Measure cold starts: standard path (fresh process) vs controller (prewarmed worker).
     Bench(bench::BenchArgs),
+    /// One worker process, started by `serve` (`[runtime] isolation = "process"`); speaks
+    /// frames on stdin/stdout, logs on stderr.
+    #[command(hide = true)]
+    Worker,
+}
+
+/// A worker process logs as its server does (the server passes `WC_LOG_FORMAT` down).
+fn log_format_from_env() -> crate::config::LogFormat {
+    match std::env::var("WC_LOG_FORMAT").as_deref() {
+        Ok("json") => crate::config::LogFormat::Json,
+        _ => crate::config::LogFormat::Text,
+    }
 }
 
 /// Runs the command line; errors are printed as `error: ...` with exit status 1.
@@ -49,6 +61,11 @@ pub fn main() -> ExitCode {
         Command::MakeModel(args) => make_model::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Worker => {
+            crate::server::logging::init(log_format_from_env());
+            wc_actors::process::serve_worker(std::sync::Arc::new(crate::CandleBackend));
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -192,6 +192,7 @@ impl Backend for FakeBackend {
         let report = PrewarmReport {
             steps: vec![("context".into(), self.prewarm_ms as f64)],
             total_ms: self.prewarm_ms as f64,
+            pid: None,
         };
         Ok((Box::new(device), report))
     }
