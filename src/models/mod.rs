@@ -11,6 +11,7 @@ pub mod generation_config;
 pub mod llama;
 pub mod opt;
 pub mod sampler;
+pub mod writer;
 
 use std::path::Path;
 
