@@ -14,6 +14,7 @@
 //! detached and every worker released.
 
 pub mod auth;
+pub mod chat;
 pub mod completions;
 pub mod control;
 pub mod error;
