@@ -212,12 +212,7 @@ impl CandleDevice {
         &mut self,
         spec: &ModelSpec,
         timeline: &mut Timeline,
-        build: impl FnOnce(
-            &ModelConfig,
-            &DeviceWeights,
-            Option<tokenizers::Tokenizer>,
-            &std::path::Path,
-        ) -> Result<E, LoadError>,
+        build: impl Build<E>,
     ) -> Result<(E, u64), LoadError> {
         let checked = check_cached(spec)?;
         let mut read = ReadForCache::default();
@@ -242,12 +237,7 @@ impl CandleDevice {
         checked: &CheckedCheckpoint,
         timeline: &mut Timeline,
         read: &mut ReadForCache,
-        build: impl FnOnce(
-            &ModelConfig,
-            &DeviceWeights,
-            Option<tokenizers::Tokenizer>,
-            &std::path::Path,
-        ) -> Result<E, LoadError>,
+        build: impl Build<E>,
     ) -> Result<(E, u64), LoadError> {
         let dtype = candle_dtype(checked.dtype);
         let (weights, in_flight) = match self.upload_pinned(checked, dtype, timeline, read)? {
@@ -291,6 +281,28 @@ impl CandleDevice {
     pub fn host_cache_holds(&self, path: &std::path::Path) -> bool {
         self.host_cache.holds(path)
     }
+}
+
+/// Builds what a load returns from the checkpoint's config, its weights on the device, its
+/// tokenizer and its directory (for the side files).
+trait Build<E>:
+    FnOnce(
+    &ModelConfig,
+    &DeviceWeights,
+    Option<tokenizers::Tokenizer>,
+    &std::path::Path,
+) -> Result<E, LoadError>
+{
+}
+
+impl<E, F> Build<E> for F where
+    F: FnOnce(
+        &ModelConfig,
+        &DeviceWeights,
+        Option<tokenizers::Tokenizer>,
+        &std::path::Path,
+    ) -> Result<E, LoadError>
+{
 }
 
 /// What a load read that the host caches may keep once the load has succeeded.

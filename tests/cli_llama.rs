@@ -13,14 +13,19 @@ fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_worker-controller"))
 }
 
-fn run_json(cmd: &mut Command) -> serde_json::Value {
+/// Runs `cmd`, which must succeed, and returns its stdout.
+fn run_ok(cmd: &mut Command) -> Vec<u8> {
     let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).unwrap()
+    out.stdout
+}
+
+fn run_json(cmd: &mut Command) -> serde_json::Value {
+    serde_json::from_slice(&run_ok(cmd)).unwrap()
 }
 
 #[test]
@@ -52,18 +57,13 @@ fn generate_on_each_llama_family_fixture_equals_the_reference() {
 #[test]
 fn generate_streams_the_text_and_stops_on_eos() {
     let case = &reference("tiny-llama").cases[0];
-    let out = bin()
-        .args(["generate", "--model"])
-        .arg(fixture("tiny-llama-sharded"))
-        .args(["--prompt", &case.prompt])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok(
+        bin()
+            .args(["generate", "--model"])
+            .arg(fixture("tiny-llama-sharded"))
+            .args(["--prompt", &case.prompt]),
     );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = String::from_utf8_lossy(&out);
     // The reference's greedy stream up to its first EOS id (`<|im_end|>` or `<|end_of_text|>`).
     let eos = reference("tiny-llama").eos_token_ids;
     assert!(
@@ -77,15 +77,10 @@ fn generate_streams_the_text_and_stops_on_eos() {
 #[test]
 fn make_model_writes_a_sharded_llama_checkpoint_that_generates() {
     let dir = scratch("make-model-llama");
-    let out = bin()
-        .args(["make-model", "--preset", "llama-tiny", "--out"])
-        .arg(&dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        bin()
+            .args(["make-model", "--preset", "llama-tiny", "--out"])
+            .arg(&dir),
     );
     for file in [
         "config.json",

@@ -220,43 +220,56 @@ impl ChatMeta {
         })
     }
 
-    /// The non-streamed reply.
-    fn reply(&self, output: &GenerateOutput) -> Value {
+    /// The fields every reply and chunk of this completion carries, with `object` and `rest`.
+    fn envelope(&self, object: &str, rest: Value) -> Value {
         let m = &self.0;
-        json!({
+        let mut value = json!({
             "id": m.id,
-            "object": "chat.completion",
+            "object": object,
             "created": m.created,
             "model": m.model,
             "system_fingerprint": null,
-            "choices": [{
-                "index": 0,
-                "message": {"role": "assistant", "content": output.text, "refusal": null},
-                "logprobs": null,
-                "finish_reason": finish_reason(output.finish_reason),
-            }],
-            "usage": usage(output),
-        })
+        });
+        if let (Some(fields), Value::Object(more)) = (value.as_object_mut(), rest) {
+            fields.extend(more);
+        }
+        value
+    }
+
+    /// The non-streamed reply.
+    fn reply(&self, output: &GenerateOutput) -> Value {
+        self.envelope(
+            "chat.completion",
+            json!({
+                "choices": [{
+                    "index": 0,
+                    "message": {"role": "assistant", "content": output.text, "refusal": null},
+                    "logprobs": null,
+                    "finish_reason": finish_reason(output.finish_reason),
+                }],
+                "usage": usage(output),
+            }),
+        )
     }
 
     /// One streamed chunk with `delta` and `finish_reason`.
     fn chunk(&self, delta: Value, finish: Option<&str>) -> Value {
-        let m = &self.0;
-        json!({
-            "id": m.id,
-            "object": "chat.completion.chunk",
-            "created": m.created,
-            "model": m.model,
-            "system_fingerprint": null,
-            "choices": [{
-                "index": 0,
-                "delta": delta,
-                "logprobs": null,
-                "finish_reason": finish,
-            }],
-        })
+        self.envelope(
+            CHUNK,
+            json!({
+                "choices": [{
+                    "index": 0,
+                    "delta": delta,
+                    "logprobs": null,
+                    "finish_reason": finish,
+                }],
+            }),
+        )
     }
 }
+
+/// The `object` of a streamed chunk.
+const CHUNK: &str = "chat.completion.chunk";
 
 impl Chunks for ChatMeta {
     fn model(&self) -> &str {
@@ -276,16 +289,7 @@ impl Chunks for ChatMeta {
     }
 
     fn usage(&self, output: &GenerateOutput) -> Value {
-        let m = &self.0;
-        json!({
-            "id": m.id,
-            "object": "chat.completion.chunk",
-            "created": m.created,
-            "model": m.model,
-            "system_fingerprint": null,
-            "choices": [],
-            "usage": usage(output),
-        })
+        self.envelope(CHUNK, json!({"choices": [], "usage": usage(output)}))
     }
 }
 
