@@ -381,3 +381,52 @@ async fn make_model_presets_load_the_same_sharded_or_not() {
     };
     tokio::time::timeout(HANG_GUARD, run).await.unwrap();
 }
+
+#[actix_rt::test]
+async fn side_files_are_read_like_every_other_file_of_a_checkpoint() {
+    use std::os::unix::ffi::OsStrExt;
+    let run = async {
+        let handle = start(1);
+        ready(&handle).await;
+        let copy = |test: &str| {
+            let dir = common::scratch(test);
+            for entry in std::fs::read_dir(fixture("tiny-llama")).unwrap() {
+                let path = entry.unwrap().path();
+                std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+            }
+            dir
+        };
+        // A FIFO where the chat template should be: refused, not waited on.
+        let fifo = copy("side-file-fifo");
+        let path = fifo.join("chat_template.jinja");
+        std::fs::remove_file(&path).unwrap();
+        let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        let err = handle.attach(Attach::new(spec(&fifo))).await.unwrap_err();
+        assert_eq!(err.status_code(), 422, "{err}");
+        assert!(
+            err.to_string().contains("`chat_template.jinja` is a FIFO"),
+            "{err}"
+        );
+        // A link out of the checkpoint: refused.
+        let escape = copy("side-file-escape");
+        let outside = common::scratch("side-file-outside").join("generation_config.json");
+        std::fs::write(&outside, "{}").unwrap();
+        std::fs::remove_file(escape.join("generation_config.json")).unwrap();
+        std::os::unix::fs::symlink(&outside, escape.join("generation_config.json")).unwrap();
+        let err = handle.attach(Attach::new(spec(&escape))).await.unwrap_err();
+        assert!(err.to_string().contains("outside the checkpoint"), "{err}");
+        // The worker is fine.
+        let report = handle
+            .attach(Attach::new(spec(&fixture("tiny-llama"))))
+            .await
+            .unwrap();
+        check_reference(&handle, report.engine_id, "tiny-llama").await;
+        for dir in [fifo, escape, outside.parent().unwrap().to_path_buf()] {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        handle.shutdown().await;
+    };
+    tokio::time::timeout(HANG_GUARD, run).await.unwrap();
+}
