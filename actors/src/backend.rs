@@ -188,12 +188,30 @@ pub struct PrewarmReport {
     pub pid: Option<u32>,
 }
 
-/// A prompt as text (tokenized by the engine) or as token ids.
+/// A prompt as text (tokenized by the engine), as token ids, or as a chat that the engine
+/// renders with the model's chat template.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Prompt {
     Text(String),
     Ids(Vec<u32>),
+    Chat(Vec<ChatMessage>),
+}
+
+/// One message of a chat: a role (`system`, `user`, `assistant`, `tool`) and its text.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn new(role: &str, content: &str) -> Self {
+        Self {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
 }
 
 /// One generation request.

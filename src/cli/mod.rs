@@ -29,12 +29,15 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Load a model in this fresh process and generate (the "standard path": the device
-    /// context is created during startup, as a fresh vLLM engine does).
+    /// Load a model (OPT, Llama 2/3.x, Mistral, Qwen2/2.5, Qwen3) in this fresh process and
+    /// generate (the "standard path": the device context is created during startup, as a fresh
+    /// vLLM engine does).
     Generate(generate::GenerateArgs),
-    /// Write a random-weight OPT checkpoint with a published model's exact shapes.
+    /// Write a random-weight checkpoint with a published model's exact shapes and tensor names
+    /// (OPT, Llama 3.x, Qwen2.5, Qwen3, Mistral; sharded like the original).
     MakeModel(make_model::MakeModelArgs),
-    /// Prewarm the configured workers and serve the HTTP API (control + OpenAI completions).
+    /// Prewarm the configured workers and serve the HTTP API (control, OpenAI completions and
+    /// chat completions) for OPT and Llama-family models.
     Serve(serve::ServeArgs),
     /// Measure cold starts: standard path (fresh process) vs controller (prewarmed worker).
     Bench(bench::BenchArgs),

@@ -15,6 +15,7 @@
 
 pub mod auth;
 pub mod body;
+pub mod chat;
 pub mod completions;
 pub mod control;
 pub mod error;

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{
-    DeviceSpec, EngineError, GenerateOutput, GenerateRequest, MemoryInfo, ModelSpec,
+    ChatMessage, DeviceSpec, EngineError, GenerateOutput, GenerateRequest, MemoryInfo, ModelSpec,
     PrewarmOptions, PrewarmReport, Prompt, TokenEvent,
 };
 use crate::timeline::Timeline;
@@ -69,6 +69,8 @@ pub struct LoadedEngine {
 pub enum WirePrompt {
     Text(String),
     Ids(Vec<u32>),
+    /// `(role, content)` of each message.
+    Chat(Vec<(String, String)>),
 }
 
 impl From<&Prompt> for WirePrompt {
@@ -76,6 +78,12 @@ impl From<&Prompt> for WirePrompt {
         match prompt {
             Prompt::Text(text) => WirePrompt::Text(text.clone()),
             Prompt::Ids(ids) => WirePrompt::Ids(ids.clone()),
+            Prompt::Chat(messages) => WirePrompt::Chat(
+                messages
+                    .iter()
+                    .map(|m| (m.role.clone(), m.content.clone()))
+                    .collect(),
+            ),
         }
     }
 }
@@ -85,6 +93,12 @@ impl From<WirePrompt> for Prompt {
         match prompt {
             WirePrompt::Text(text) => Prompt::Text(text),
             WirePrompt::Ids(ids) => Prompt::Ids(ids),
+            WirePrompt::Chat(messages) => Prompt::Chat(
+                messages
+                    .into_iter()
+                    .map(|(role, content)| ChatMessage { role, content })
+                    .collect(),
+            ),
         }
     }
 }
