@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use wc_actors::{GenerateOutput, Prompt};
 
+use super::body::JsonBody;
 use super::completions::{record, with_engine};
 use super::error::ApiError;
 use super::openai::{finish_reason, usage, CompletionMeta, Sampling, StopInput, StreamOptions};
@@ -184,7 +185,7 @@ fn check(body: Value, limits: super::openai::Limits) -> Result<Checked, ApiError
 /// `POST /v1/chat/completions`.
 pub async fn chat_completions(
     state: web::Data<AppState>,
-    body: web::Json<Value>,
+    body: JsonBody<Value>,
 ) -> Result<HttpResponse, ApiError> {
     let checked = check(body.into_inner(), state.limits())?;
     let meta = ChatMeta::new(&checked.model);
