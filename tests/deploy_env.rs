@@ -4,12 +4,14 @@
 mod server_common;
 
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
 use serde_json::json;
-use server_common::{reference, request};
+use server_common::{reference, request, scratch};
+use worker_controller::config::Config;
 
 /// The repository root: `./config.toml` is there, and must be left unread when `WC_MODEL` is set
 /// (it configures `tiny-opt-prenorm` too, which would be a duplicate name).
@@ -242,5 +244,26 @@ fn help_names_every_wc_variable() {
             help.contains(&format!("[env: {var}")),
             "{var} missing from:\n{help}"
         );
+    }
+}
+
+#[test]
+fn the_container_images_config_files_are_valid() {
+    for file in [
+        "deploy/docker/config.cuda.toml",
+        "deploy/docker/config.cpu.toml",
+    ] {
+        let text = std::fs::read_to_string(Path::new(ROOT).join(file)).unwrap();
+        // /models is the image's volume; here a scratch directory stands in for it.
+        let models = scratch("image-config");
+        let text = text.replace(
+            "\"/models\"",
+            &format!("{:?}", models.display().to_string()),
+        );
+        let config =
+            Config::parse(&text, Path::new(file), &models).unwrap_or_else(|e| panic!("{e}"));
+        assert!(config.check().is_ok(), "{file}");
+        assert_eq!(config.server.model_roots.len(), 1, "{file}");
+        let _ = std::fs::remove_dir_all(&models);
     }
 }
