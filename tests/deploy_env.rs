@@ -41,9 +41,24 @@ fn bound_address(line: &str) -> Option<String> {
     Some(rest[..end].to_owned())
 }
 
-/// Starts the server and waits for its ready line; returns the child, its address and the log
-/// lines read so far (the rest keep arriving on the receiver).
-fn start(env: &[(&str, &str)]) -> (Child, String, Vec<String>, mpsc::Receiver<String>) {
+/// A started server, killed when dropped.
+struct Running {
+    child: Child,
+    addr: String,
+    /// The log lines up to the ready line (later ones keep arriving on `_rest`).
+    lines: Vec<String>,
+    _rest: mpsc::Receiver<String>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the server and waits for its ready line.
+fn start(env: &[(&str, &str)]) -> Running {
     let mut child = serve(env)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -68,11 +83,17 @@ fn start(env: &[(&str, &str)]) -> (Child, String, Vec<String>, mpsc::Receiver<St
                 let addr = bound_address(&line);
                 lines.push(line);
                 if let Some(addr) = addr {
-                    return (child, addr, lines, rx);
+                    return Running {
+                        child,
+                        addr,
+                        lines,
+                        _rest: rx,
+                    };
                 }
             }
             Err(_) => {
                 let _ = child.kill();
+                let _ = child.wait();
                 panic!("the server never became ready:\n{}", lines.join("\n"));
             }
         }
@@ -82,7 +103,7 @@ fn start(env: &[(&str, &str)]) -> (Child, String, Vec<String>, mpsc::Receiver<St
 #[test]
 fn serve_with_only_wc_env_answers_a_completion() {
     let key = "deploy-env-test-key";
-    let (mut child, addr, lines, _rx) = start(&[
+    let mut server = start(&[
         ("WC_MODEL", "tests/fixtures/tiny-opt-prenorm"),
         ("WC_SERVED_MODEL_NAME", "tiny"),
         ("WC_DTYPE", "f32"),
@@ -93,8 +114,8 @@ fn serve_with_only_wc_env_answers_a_completion() {
         ("WC_WORKERS", "1"),
         ("WC_LOG_FORMAT", "json"),
     ]);
-    let ready = lines.last().unwrap();
-    let ready: serde_json::Value = serde_json::from_str(ready).unwrap_or_else(|e| {
+    let (addr, ready) = (server.addr.clone(), server.lines.last().unwrap().clone());
+    let ready: serde_json::Value = serde_json::from_str(&ready).unwrap_or_else(|e| {
         panic!("WC_LOG_FORMAT=json, yet the ready line is not JSON ({e}): {ready}")
     });
     assert_eq!(ready["workers"], 1, "{ready}");
@@ -138,10 +159,10 @@ fn serve_with_only_wc_env_answers_a_completion() {
 
     // SIGTERM drains and exits 0, as a container stop does.
     // SAFETY: kill(2) on the child we spawned.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) };
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = server.child.try_wait().unwrap() {
             break status;
         }
         assert!(
@@ -155,7 +176,7 @@ fn serve_with_only_wc_env_answers_a_completion() {
 
 #[test]
 fn wc_open_inference_reads_a_boolean_and_the_default_name_is_the_directory() {
-    let (mut child, addr, _, _rx) = start(&[
+    let server = start(&[
         ("WC_MODEL", "tests/fixtures/tiny-opt-prenorm"),
         ("WC_HOST", "127.0.0.1"),
         ("WC_PORT", "0"),
@@ -163,12 +184,13 @@ fn wc_open_inference_reads_a_boolean_and_the_default_name_is_the_directory() {
         ("WC_OPEN_INFERENCE", "1"),
     ]);
     // Open inference, closed control; the default name is the directory's last component.
-    let models = request(&addr, "GET", "/v1/models", &[], None);
+    let models = request(&server.addr, "GET", "/v1/models", &[], None);
     assert_eq!(models.status, 200, "{}", models.body);
     assert_eq!(models.json()["data"][0]["id"], "tiny-opt-prenorm");
-    assert_eq!(request(&addr, "GET", "/engines", &[], None).status, 401);
-    let _ = child.kill();
-    let _ = child.wait();
+    assert_eq!(
+        request(&server.addr, "GET", "/engines", &[], None).status,
+        401
+    );
 }
 
 fn run(env: &[(&str, &str)], args: &[&str]) -> Output {
