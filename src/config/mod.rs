@@ -146,7 +146,7 @@ impl Default for RuntimeSection {
     fn default() -> Self {
         let d = RuntimeConfig::default();
         Self {
-            attach_timeout: HumanDuration(Duration::from_secs(10)),
+            attach_timeout: HumanDuration(d.attach_timeout),
             max_restarts: d.max_restarts,
             restart_backoff: HumanDuration(d.restart_backoff),
             isolation: Isolation::Process,
