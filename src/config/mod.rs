@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde::{de, Deserialize, Deserializer};
 use toml::Spanned;
+
+use crate::checkpoint::is_hub_id;
 use wc_actors::{
     Backend, DType, DeviceSpec, ModelSpec, PrewarmOptions, RuntimeConfig, WorkerConfig,
 };
@@ -560,19 +562,6 @@ pub fn default_model_name(model: &str) -> String {
         name.truncate(128);
     }
     name
-}
-
-/// `owner/name` as the hub spells repository ids (letters, digits, `.`, `_`, `-`; not `.`/`..`).
-fn is_hub_id(model: &str) -> bool {
-    let part = |s: &str| {
-        !s.is_empty()
-            && s != "."
-            && s != ".."
-            && s.len() <= 96
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-    };
-    matches!(model.split_once('/'), Some((owner, name)) if part(owner) && part(name))
 }
 
 /// Checks one model entry (name rule, unique among `earlier`, path or hub id, the checkpoint of an
