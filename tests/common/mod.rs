@@ -64,6 +64,9 @@ pub struct Case {
     pub logits: Vec<Vec<f32>>,
     pub greedy_new_tokens: Vec<u32>,
     pub greedy_text: String,
+    /// The smallest gap between the best and second-best logit over the greedy steps.
+    #[serde(default)]
+    pub min_top2_margin: Option<f32>,
 }
 
 /// The reference of a bundled fixture.

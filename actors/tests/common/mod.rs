@@ -217,11 +217,11 @@ impl Drop for Reservation {
 }
 
 impl WorkerDevice for FakeDevice {
-    fn memory(&self) -> MemoryInfo {
-        MemoryInfo {
+    fn memory(&self) -> Result<MemoryInfo, EngineError> {
+        Ok(MemoryInfo {
             total_bytes: self.total,
             free_bytes: self.total - self.used.get(),
-        }
+        })
     }
 
     fn load(
