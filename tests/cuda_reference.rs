@@ -21,8 +21,12 @@ use wc_actors::{
     Attach, DType, DeviceSpec, GenerateRequest, ModelSpec, PrewarmOptions, Prompt, Runtime,
     RuntimeConfig, Timeline, WorkerConfig, WorkerDevice,
 };
+use worker_controller::checkpoint::WeightFile;
 use worker_controller::cuda::{fail_next_read_at, pinned_upload_counts, pool_usage};
+use worker_controller::models::llama::{LlamaEngine, LlamaModel};
+use worker_controller::models::ModelConfig;
 use worker_controller::opt::OptEngine;
+use worker_controller::weights::DeviceWeights;
 use worker_controller::{CandleBackend, CandleDevice};
 
 const FIXTURES: [&str; 2] = ["tiny-opt-prenorm", "tiny-opt-postnorm-proj"];
@@ -694,4 +698,83 @@ async fn engines_on_two_gpus_attach_at_the_same_time() {
         );
     }
     handle.shutdown().await;
+}
+
+const LLAMA_FIXTURES: [&str; 4] = ["tiny-llama", "tiny-mistral", "tiny-qwen2", "tiny-qwen3"];
+
+/// A Llama-family fixture built on `device` in `dtype` (weights converted on the device).
+fn llama_on(device: &Device, name: &str, dtype: CandleDType) -> LlamaEngine {
+    let dir = fixture(name);
+    let ModelConfig::Llama(config) = ModelConfig::from_file(&dir.join("config.json")).unwrap()
+    else {
+        panic!("{name} is not a Llama-family config");
+    };
+    let file = WeightFile::read(&dir.join("model.safetensors")).unwrap();
+    let weights = DeviceWeights::upload(&[Arc::new(file)], device, dtype).unwrap();
+    let tokenizer = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
+    let model = LlamaModel::new(config, &weights).unwrap();
+    LlamaEngine::new(model, Some(tokenizer), weights.device_bytes)
+        .with_checkpoint_files(&dir)
+        .unwrap()
+}
+
+#[test]
+fn llama_family_fixtures_match_transformers_on_the_gpu() {
+    let _gpu = serial();
+    let device = Device::new_cuda(0).unwrap();
+    let mut failures = Vec::new();
+    for name in LLAMA_FIXTURES {
+        let reference = reference(name);
+        let engine = llama_on(&device, name, CandleDType::F32);
+        let diff = reference
+            .cases
+            .iter()
+            .map(|case| max_abs_diff(&engine.logits(&case.input_ids).unwrap(), &case.logits))
+            .fold(0.0, f32::max);
+        println!("{name}: f32 max abs logit diff on cuda:0 = {diff:e} (limit 1e-3)");
+        if diff >= 1e-3 {
+            failures.push(format!("{name} f32 logits: max abs diff {diff}"));
+        }
+        // Every prompt and conversation whose greedy margins leave room for the precision.
+        let streams: Vec<(&[u32], &[u32], Option<f32>)> = reference
+            .cases
+            .iter()
+            .map(|c| {
+                (
+                    &c.input_ids[..],
+                    &c.greedy_new_tokens[..],
+                    c.min_top2_margin,
+                )
+            })
+            .chain(reference.chat_cases.iter().map(|c| {
+                (
+                    &c.input_ids[..],
+                    &c.greedy_new_tokens[..],
+                    c.min_top2_margin,
+                )
+            }))
+            .collect();
+        for dtype in [CandleDType::F16, CandleDType::BF16] {
+            let mut engine = llama_on(&device, name, dtype);
+            let (mut compared, mut skipped) = (0, 0);
+            for (i, (ids, expected, margin)) in streams.iter().enumerate() {
+                if margin.is_none_or(|m| m < MIN_MARGIN) {
+                    skipped += 1;
+                    continue;
+                }
+                compared += 1;
+                let out = engine
+                    .run(&greedy(ids, expected.len()), &mut |_| true)
+                    .unwrap();
+                if out.new_tokens != *expected {
+                    failures.push(format!(
+                        "{name} {dtype:?} stream {i} (margin {margin:?}): {:?} != {expected:?}",
+                        out.new_tokens
+                    ));
+                }
+            }
+            println!("{name} {dtype:?}: {compared} greedy streams compared, {skipped} skipped (margin < {MIN_MARGIN})");
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
 }
