@@ -93,3 +93,26 @@ fn help_explains_the_flags() {
         assert!(help.contains(flag), "{flag} in\n{help}");
     }
 }
+
+#[test]
+fn a_start_up_model_that_cannot_attach_fails_the_start_at_once_naming_its_line() {
+    let fixture = server_common::fixture("tiny-opt-prenorm");
+    let config = format!(
+        "[prewarm]\nmemory_limit = \"100KiB\"\n\n[[workers]]\ndevice = \"cpu\"\n\n\
+         [[models]]\nname = \"big\"\npath = {:?}\nattach_on_start = true\n",
+        fixture.display().to_string()
+    );
+    let started = std::time::Instant::now();
+    let (ok, stderr) = serve_with("start-fails", &config);
+    assert!(!ok, "{stderr}");
+    assert!(stderr.contains("bad.toml:8"), "{stderr}");
+    assert!(
+        stderr.contains("does not fit") || stderr.contains("needs"),
+        "{stderr}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(8),
+        "failed only after {:?}",
+        started.elapsed()
+    );
+}

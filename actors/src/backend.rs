@@ -324,6 +324,19 @@ pub trait WorkerDevice {
     fn synchronize(&self) -> Result<(), EngineError>;
 }
 
+/// Turns a prompt into token ids away from the engine's thread: tokenizing (and rendering a
+/// chat template) is CPU work that would otherwise stall every request queued on the engine.
+/// It refuses, before tokenizing, a prompt that cannot fit the model's context.
+pub trait PromptEncoder: Send + Sync {
+    fn encode(&self, prompt: &Prompt) -> Result<Vec<u32>, EngineError>;
+}
+
+impl fmt::Debug for dyn PromptEncoder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PromptEncoder")
+    }
+}
+
 /// A model on a device, ready to generate. Dropping it frees its device memory.
 pub trait Engine {
     /// Generates for one request; calls `on_token` for each new token, and stops early (with
@@ -339,4 +352,10 @@ pub trait Engine {
 
     /// Device bytes this engine holds.
     fn device_bytes(&self) -> u64;
+
+    /// What encodes this engine's prompts off its thread; `None`: [`Engine::generate`] takes
+    /// prompts as they come. The runtime asks once, after the attach.
+    fn prompt_encoder(&self) -> Option<std::sync::Arc<dyn PromptEncoder>> {
+        None
+    }
 }

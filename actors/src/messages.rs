@@ -173,6 +173,8 @@ pub(crate) struct LoadEngine {
 #[derive(Debug)]
 pub(crate) struct Loaded {
     pub engine: Addr<EngineActor>,
+    /// The engine's prompt encoder, run by the controller off the engine's thread.
+    pub encoder: Option<std::sync::Arc<dyn crate::backend::PromptEncoder>>,
     pub timeline: Timeline,
     pub bytes_moved: u64,
     pub device_bytes: u64,

@@ -162,6 +162,9 @@ impl WorkerActor {
             "engine loaded and warmed up"
         );
         let memory_attached = call("reading device memory", || device.memory())?;
+        let encoder = call("asking for the prompt encoder", || {
+            Ok(engine.prompt_encoder())
+        })?;
 
         *self.engine.borrow_mut() = Some(engine);
         let (worker, incarnation, shared) = (self.index, self.incarnation, self.engine.clone());
@@ -173,6 +176,7 @@ impl WorkerActor {
         self.engine_addr = Some(addr.clone());
         Ok(Loaded {
             engine: addr,
+            encoder,
             timeline,
             bytes_moved,
             device_bytes,

@@ -267,6 +267,9 @@ pub struct ModelConfig {
     /// Where the checkpoint is, resolved after parsing (the `path`, or the `hub` id).
     #[serde(skip)]
     pub resolved: String,
+    /// Where the entry is written (`file:line`), for errors found after loading.
+    #[serde(skip)]
+    pub origin: String,
 }
 
 impl ModelConfig {
@@ -338,6 +341,10 @@ impl Config {
         config
             .resolve(base)
             .map_err(|(span, reason)| at(span, reason))?;
+        for model in &mut config.models {
+            let (line, _) = line_column(text, model.name.span().start);
+            model.origin = format!("{}:{line}", file.display());
+        }
         Ok(config)
     }
 

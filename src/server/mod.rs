@@ -219,7 +219,13 @@ async fn start_up(state: &AppState) -> anyhow::Result<()> {
             .attach(attach, model.keep_alive, &state.metrics, false)
             .await
             .map_err(|e| anyhow::anyhow!("{}", e.message))
-            .with_context(|| format!("attaching model `{}` at start", model.name()))?;
+            .with_context(|| {
+                format!(
+                    "attaching model `{}` ({}) at start (attach_on_start)",
+                    model.name(),
+                    model.origin
+                )
+            })?;
     }
     Ok(())
 }

@@ -226,6 +226,7 @@ impl ControllerActor {
                 model: pending.spec.model.clone(),
                 dtype: pending.footprint.dtype,
                 addr: loaded.engine,
+                encoder: loaded.encoder,
                 device_bytes: loaded.device_bytes,
                 attach_ms: report.total_ms,
                 memory_before: loaded.memory_before,

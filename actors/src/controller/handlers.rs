@@ -1,6 +1,7 @@
 //! The controller's message handlers: each a few lines around a method of the controller.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -8,7 +9,9 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use super::{ControllerActor, PendingAttach};
-use crate::backend::{Backend, EngineError, ErrorKind, Footprint, GenerateOutput, ModelSpec};
+use crate::backend::{
+    Backend, EngineError, ErrorKind, Footprint, GenerateOutput, ModelSpec, Prompt, PromptEncoder,
+};
 use crate::errors::{AttachError, DetachError, GenerateError};
 use crate::guard::{call, Failure};
 use crate::messages::{
@@ -95,6 +98,21 @@ fn inspect_off_thread(
                 format!("inspecting the model did not finish: {e}"),
             )),
         }
+    }
+}
+
+/// Runs a prompt encoder on a blocking thread; a panic in it is an internal error.
+async fn encode_off_thread(
+    encoder: Arc<dyn PromptEncoder>,
+    prompt: &Prompt,
+) -> Result<Vec<u32>, EngineError> {
+    let prompt = prompt.clone();
+    match actix_rt::task::spawn_blocking(move || encoder.encode(&prompt)).await {
+        Ok(encoded) => encoded,
+        Err(e) => Err(EngineError::new(
+            ErrorKind::Internal,
+            format!("encoding the prompt failed: {e}"),
+        )),
     }
 }
 
@@ -220,12 +238,36 @@ impl Handler<Generate> for ControllerActor {
         entry.total_requests += 1;
         entry.last_used = Instant::now();
         let (id, worker, incarnation) = (entry.id, entry.worker, entry.incarnation);
-        // Sent now, in the order requests arrived: the engine serves them in this order.
-        let run = entry.addr.send(RunGenerate {
-            request: msg.request,
-            stream: msg.stream,
-            caller: msg.caller,
-        });
+        let encoder = entry
+            .encoder
+            .clone()
+            .filter(|_| !matches!(msg.request.prompt, Prompt::Ids(_)));
+        let run: Pin<Box<dyn Future<Output = Result<_, MailboxError>>>> = match encoder {
+            // Token ids are sent now, in the order requests arrived: the engine serves them in
+            // this order.
+            None => Box::pin(entry.addr.send(RunGenerate {
+                request: msg.request,
+                stream: msg.stream,
+                caller: msg.caller,
+            })),
+            // Text and chats are encoded first, on a blocking thread, then queued.
+            Some(encoder) => {
+                let addr = entry.addr.clone();
+                Box::pin(async move {
+                    let mut request = msg.request;
+                    match encode_off_thread(encoder, &request.prompt).await {
+                        Ok(ids) => request.prompt = Prompt::Ids(ids),
+                        Err(e) => return Ok(Err(GenerateError::Engine(e))),
+                    }
+                    addr.send(RunGenerate {
+                        request,
+                        stream: msg.stream,
+                        caller: msg.caller,
+                    })
+                    .await
+                })
+            }
+        };
         Box::pin(run.into_actor(self).map(move |result, act, ctx| {
             let result = result.unwrap_or_else(|_| {
                 let reason = "the worker's thread stopped".to_owned();

@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 
 use crate::backend::{
     Backend, DType, DeviceSpec, Footprint, MemoryInfo, ModelSpec, PrewarmOptions, PrewarmReport,
+    PromptEncoder,
 };
 use crate::engine::EngineActor;
 use crate::errors::AttachError;
@@ -94,6 +95,8 @@ struct EngineEntry {
     model: String,
     dtype: DType,
     addr: Addr<EngineActor>,
+    /// Encodes text and chat prompts before they are queued on the engine.
+    encoder: Option<Arc<dyn PromptEncoder>>,
     device_bytes: u64,
     attach_ms: f64,
     memory_before: MemoryInfo,
