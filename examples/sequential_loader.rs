@@ -57,6 +57,7 @@ fn parse_args(args: &[String]) -> anyhow::Result<Options> {
         options.models = vec![
             format!("{fixtures}/tiny-opt-prenorm"),
             format!("{fixtures}/tiny-opt-postnorm-proj"),
+            format!("{fixtures}/tiny-llama"),
         ];
     }
     Ok(options)

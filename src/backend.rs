@@ -1,4 +1,5 @@
-//! The OPT engine as a runtime backend: inspects checkpoints, opens and prewarms candle devices, loads engines.
+//! The model layer as a runtime backend: inspects checkpoints, opens and prewarms candle devices,
+//! loads engines of every supported family (OPT and the Llama family).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,11 +16,12 @@ use crate::checkpoint::{Checkpoint, TensorHeader};
 use crate::device::{candle_dtype, host_memory};
 use crate::error::LoadError;
 use crate::host_cache::{check_cached, HostCache};
+use crate::models::ModelConfig;
 use crate::opt::presets::{preset, random_weights};
 use crate::opt::{KvCache, OptEngine, OptModel};
 use crate::weights::DeviceWeights;
 
-/// Runs OPT checkpoints on candle devices.
+/// Runs checkpoints of every supported family on candle devices.
 #[derive(Clone, Debug, Default)]
 pub struct CandleBackend;
 
@@ -128,6 +130,9 @@ impl CandleDevice {
                 let t = Instant::now();
                 run_tiny_forward(&device, candle_dtype(*dtype))?;
                 step(format!("kernels {dtype}"), t);
+                let t = Instant::now();
+                crate::models::llama::prewarm(&device, candle_dtype(*dtype))?;
+                step(format!("kernels {dtype} llama"), t);
             }
         }
         #[cfg(feature = "cuda")]
@@ -163,17 +168,56 @@ impl CandleDevice {
         Ok((opened, report))
     }
 
-    /// Loads a checkpoint as an [`OptEngine`], marking the anchors on `timeline`. What it read
-    /// goes into the host cache only if the load succeeds.
+    /// Loads a checkpoint of any supported family as a runtime engine, marking the anchors on
+    /// `timeline`; returns it with the number of weight bytes read. What it read goes into the
+    /// host cache only if the load succeeds.
+    pub fn load_engine(
+        &mut self,
+        spec: &ModelSpec,
+        timeline: &mut Timeline,
+    ) -> Result<(Box<dyn Engine>, u64), LoadError> {
+        self.load_with(spec, timeline, |config, weights, tokenizer, dir| {
+            config.build_engine(weights, tokenizer, dir)
+        })
+    }
+
+    /// Loads an OPT checkpoint as a concrete [`OptEngine`] (for tests and tools that need the
+    /// model itself); a checkpoint of another family is a typed [`LoadError::WrongFamily`],
+    /// refused before any weight is read.
     pub fn load_opt(
         &mut self,
         spec: &ModelSpec,
         timeline: &mut Timeline,
     ) -> Result<(OptEngine, u64), LoadError> {
         let checked = check_cached(spec)?;
+        if checked.checkpoint.config.as_opt().is_none() {
+            return Err(LoadError::WrongFamily {
+                expected: "opt",
+                found: checked.checkpoint.config.model_type().to_string(),
+            });
+        }
+        self.load_with(spec, timeline, |config, weights, tokenizer, dir| {
+            let config = config.as_opt().expect("checked above");
+            OptEngine::new(
+                OptModel::new(config.clone(), weights)?,
+                tokenizer,
+                weights.device_bytes,
+            )
+            .with_checkpoint_files(dir)
+        })
+    }
+
+    /// Loads the checkpoint of `spec` and builds it with `build`.
+    fn load_with<E>(
+        &mut self,
+        spec: &ModelSpec,
+        timeline: &mut Timeline,
+        build: impl Build<E>,
+    ) -> Result<(E, u64), LoadError> {
+        let checked = check_cached(spec)?;
         let mut read = ReadForCache::default();
         let loaded = self
-            .load_checked(&checked, timeline, &mut read)
+            .load_checked(&checked, timeline, &mut read, build)
             .map_err(|e| e.relative_to(&checked.checkpoint.dir))?;
         for file in read.files {
             self.host_cache.keep(file);
@@ -188,12 +232,13 @@ impl CandleDevice {
         Ok(loaded)
     }
 
-    fn load_checked(
+    fn load_checked<E>(
         &mut self,
         checked: &CheckedCheckpoint,
         timeline: &mut Timeline,
         read: &mut ReadForCache,
-    ) -> Result<(OptEngine, u64), LoadError> {
+        build: impl Build<E>,
+    ) -> Result<(E, u64), LoadError> {
         let dtype = candle_dtype(checked.dtype);
         let (weights, in_flight) = match self.upload_pinned(checked, dtype, timeline, read)? {
             Some((weights, in_flight)) => (weights, Some(in_flight)),
@@ -214,15 +259,21 @@ impl CandleDevice {
         };
         // On the pinned path the copies are still running: building the model now queues its
         // kernels behind them on the same stream, so the build's host work overlaps the DMA.
-        let built = self.build_model(checked, &weights, read);
+        let built = self.tokenizer(checked, read).and_then(|tokenizer| {
+            build(
+                &checked.checkpoint.config,
+                &weights,
+                tokenizer,
+                &checked.checkpoint.dir,
+            )
+        });
         if let Some(in_flight) = in_flight {
             wait_for_copies(in_flight)?;
             timeline.mark(Anchor::WeightsOnDevice);
         }
-        let (model, tokenizer) = built?;
+        let engine = built?;
         self.device.synchronize()?;
         timeline.mark(Anchor::EngineReady);
-        let engine = OptEngine::new(model, tokenizer, weights.device_bytes);
         Ok((engine, checked.footprint.file_bytes))
     }
 
@@ -230,6 +281,28 @@ impl CandleDevice {
     pub fn host_cache_holds(&self, path: &std::path::Path) -> bool {
         self.host_cache.holds(path)
     }
+}
+
+/// Builds what a load returns from the checkpoint's config, its weights on the device, its
+/// tokenizer and its directory (for the side files).
+trait Build<E>:
+    FnOnce(
+    &ModelConfig,
+    &DeviceWeights,
+    Option<tokenizers::Tokenizer>,
+    &std::path::Path,
+) -> Result<E, LoadError>
+{
+}
+
+impl<E, F> Build<E> for F where
+    F: FnOnce(
+        &ModelConfig,
+        &DeviceWeights,
+        Option<tokenizers::Tokenizer>,
+        &std::path::Path,
+    ) -> Result<E, LoadError>
+{
 }
 
 /// What a load read that the host caches may keep once the load has succeeded.
@@ -259,23 +332,18 @@ fn wait_for_copies(copies: CopiesInFlight) -> Result<(), LoadError> {
 }
 
 impl CandleDevice {
-    /// The model and its tokenizer, from weights on the device.
-    fn build_model(
+    /// The checkpoint's tokenizer, from the host cache when the same file is still there.
+    fn tokenizer(
         &mut self,
         checked: &CheckedCheckpoint,
-        weights: &DeviceWeights,
         read: &mut ReadForCache,
-    ) -> Result<(OptModel, Option<tokenizers::Tokenizer>), LoadError> {
-        let tokenizer = match &checked.checkpoint.tokenizer {
-            Some(path) => {
-                let (key, tokenizer) = self.host_cache.tokenizer(path)?;
-                read.tokenizer = Some((key, tokenizer.clone()));
-                Some(tokenizer)
-            }
-            None => None,
+    ) -> Result<Option<tokenizers::Tokenizer>, LoadError> {
+        let Some(path) = &checked.checkpoint.tokenizer else {
+            return Ok(None);
         };
-        let model = OptModel::new(checked.checkpoint.config.clone(), weights)?;
-        Ok((model, tokenizer))
+        let (key, tokenizer) = self.host_cache.tokenizer(path)?;
+        read.tokenizer = Some((key, tokenizer.clone()));
+        Ok(Some(tokenizer))
     }
 
     /// The CUDA fast path: a single-file checkpoint through the pinned staging buffers. Returns
@@ -347,7 +415,7 @@ fn run_tiny_forward(device: &Device, dtype: candle_core::DType) -> Result<(), Lo
 
 /// An engine that gives its bytes back to its device's account when dropped.
 struct LeasedEngine {
-    engine: OptEngine,
+    engine: Box<dyn Engine>,
     held: Arc<AtomicU64>,
 }
 
@@ -406,7 +474,7 @@ impl WorkerDevice for CandleDevice {
         spec: &ModelSpec,
         timeline: &mut Timeline,
     ) -> Result<(Box<dyn Engine>, u64), EngineError> {
-        let (engine, bytes) = self.load_opt(spec, timeline)?;
+        let (engine, bytes) = self.load_engine(spec, timeline)?;
         self.held.fetch_add(engine.device_bytes(), Ordering::SeqCst);
         Ok((
             Box::new(LeasedEngine {

@@ -18,7 +18,7 @@ use serde::Deserialize;
 
 use crate::error::LoadError;
 use crate::host_cache::FileKey;
-use crate::opt::OptConfig;
+use crate::models::ModelConfig;
 
 /// Most bytes a `config.json` may have.
 pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
@@ -33,14 +33,25 @@ pub const MAX_HEADER_BYTES: u64 = 100_000_000;
 #[derive(Clone, Debug)]
 pub struct Checkpoint {
     pub dir: PathBuf,
-    pub config: OptConfig,
+    /// `config.json`, read as the family its `model_type` names.
+    pub config: ModelConfig,
     /// `model.safetensors`, or every shard named by `model.safetensors.index.json`.
     pub weight_files: Vec<PathBuf>,
     /// `model.safetensors.index.json`, when the weights are sharded.
     pub index: Option<PathBuf>,
     /// `tokenizer.json`, when the checkpoint has one.
     pub tokenizer: Option<PathBuf>,
+    /// The side files the engine reads when it is built, those present of [`SIDE_FILES`]
+    /// (each checked to resolve inside the checkpoint).
+    pub side_files: Vec<PathBuf>,
 }
+
+/// Optional files read when an engine is built: stopping ids and the chat template.
+pub const SIDE_FILES: [&str; 3] = [
+    "generation_config.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+];
 
 /// One tensor as the file header describes it.
 #[derive(Clone, Debug, PartialEq)]
@@ -112,19 +123,25 @@ impl Checkpoint {
     fn read(dir: &Path) -> Result<Self, LoadError> {
         let root = confinement_root(dir)?;
         let config_path = inside(&root, dir, "config.json")?;
-        let config = OptConfig::from_file(&config_path)?;
+        let config = read_config(&config_path)?;
         let (weight_files, index) = weight_files(&root, dir)?;
-        let tokenizer = match inside(&root, dir, "tokenizer.json") {
-            Ok(path) => Some(path),
-            Err(LoadError::MissingFile(_)) => None,
-            Err(e) => return Err(e),
+        let optional = |name: &str| match inside(&root, dir, name) {
+            Ok(path) => Ok(Some(path)),
+            Err(LoadError::MissingFile(_)) => Ok(None),
+            Err(e) => Err(e),
         };
+        let tokenizer = optional("tokenizer.json")?;
+        let mut side_files = Vec::new();
+        for name in SIDE_FILES {
+            side_files.extend(optional(name)?);
+        }
         Ok(Self {
             dir: dir.to_path_buf(),
             config,
             weight_files,
             index,
             tokenizer,
+            side_files,
         })
     }
 
@@ -147,6 +164,23 @@ impl Checkpoint {
             _ => None,
         })
     }
+}
+
+/// Reads `config.json` (a regular file of at most [`MAX_CONFIG_BYTES`]) and checks it for the
+/// family its `model_type` names: every dimension is bounded before anything is allocated from it.
+pub fn read_config(path: &Path) -> Result<ModelConfig, LoadError> {
+    let bytes = read_bounded(path, MAX_CONFIG_BYTES)?;
+    let text = std::str::from_utf8(&bytes).map_err(|e| LoadError::InvalidConfig {
+        path: path.to_path_buf(),
+        reason: format!("not UTF-8: {e}"),
+    })?;
+    ModelConfig::from_json(text).map_err(|e| match e {
+        LoadError::InvalidConfig { reason, .. } => LoadError::InvalidConfig {
+            path: path.to_path_buf(),
+            reason,
+        },
+        other => other,
+    })
 }
 
 pub(crate) fn io_error(path: &Path, source: std::io::Error) -> LoadError {

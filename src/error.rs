@@ -34,6 +34,11 @@ pub enum LoadError {
     InvalidConfig { path: PathBuf, reason: String },
     #[error("unsupported model_type `{0}`: supported are `opt`, `llama`, `mistral`, `qwen2` and `qwen3`")]
     UnknownModelType(String),
+    #[error("this loader runs `{expected}` checkpoints only, and this one is `{found}`")]
+    WrongFamily {
+        expected: &'static str,
+        found: String,
+    },
     #[error("corrupt or truncated safetensors file `{path}`: {reason}")]
     CorruptSafetensors { path: PathBuf, reason: String },
     #[error("tensor `{0}` is missing from the checkpoint")]
@@ -139,12 +144,18 @@ pub enum GenerateError {
     Tokenizer(String),
     #[error("invalid sampling parameter: {0}")]
     InvalidSampling(String),
+    #[error(transparent)]
+    Chat(#[from] crate::models::chat_template::ChatTemplateError),
     #[error("device error: {0}")]
     Device(#[from] candle_core::Error),
 }
 
 impl From<GenerateError> for EngineError {
     fn from(e: GenerateError) -> Self {
+        let e = match e {
+            GenerateError::Chat(chat) => return chat.into(),
+            other => other,
+        };
         let kind = match &e {
             GenerateError::Device(inner) if is_out_of_memory(&inner.to_string()) => {
                 ErrorKind::OutOfMemory

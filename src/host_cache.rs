@@ -62,6 +62,7 @@ fn checkpoint_keys(checked: &CheckedCheckpoint) -> Result<Vec<FileKey>, LoadErro
         .chain(ckpt.index.iter().cloned())
         .chain(ckpt.weight_files.iter().cloned())
         .chain(ckpt.tokenizer.iter().cloned())
+        .chain(ckpt.side_files.iter().cloned())
         .map(|p| FileKey::of(&p))
         .collect()
 }

@@ -11,7 +11,7 @@ use tokenizers::Tokenizer;
 use wc_actors::{FinishReason, GenerateRequest, Prompt};
 use worker_controller::checkpoint::WeightFile;
 use worker_controller::error::LoadError;
-use worker_controller::models::chat_template::ChatMessage;
+use worker_controller::models::chat_template::{ChatMessage, MessageExt};
 use worker_controller::models::llama::{KvCache, LlamaEngine, LlamaModel, SequenceInput};
 use worker_controller::models::{ModelConfig, TokenCache};
 use worker_controller::weights::DeviceWeights;

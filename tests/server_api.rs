@@ -115,6 +115,7 @@ fn model_ids(server: &Server) -> Vec<String> {
         .as_array()
         .unwrap()
         .iter()
+        .filter(|m| m["state"] == "attached")
         .map(|m| {
             assert_eq!(m["object"], "model");
             assert!(m["created"].as_u64().unwrap() > 0);

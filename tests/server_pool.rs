@@ -27,6 +27,7 @@ fn model_ids(server: &Server) -> Vec<String> {
         .as_array()
         .unwrap()
         .iter()
+        .filter(|m| m["state"] == "attached")
         .map(|m| m["id"].as_str().unwrap().to_owned())
         .collect();
     ids.sort();

@@ -3,13 +3,10 @@
 
 mod server_common;
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use candle_core::DType;
 use serde_json::json;
-use server_common::{model_entry, request, stream_text, EventStream, Server};
-use worker_controller::opt::presets::{preset, write_checkpoint};
+use server_common::{model_entry, request, slow_model, stream_text, EventStream, Server};
 
 const PRENORM: &str = "tiny-opt-prenorm";
 
@@ -19,23 +16,6 @@ fn config(drain_delay: &str, deadline: &str) -> String {
          [[workers]]\ndevice = \"cpu\"\n\n{}",
         model_entry(PRENORM, PRENORM, true, "5m")
     )
-}
-
-/// A random-weight OPT big enough that a long generation takes seconds on a CPU worker.
-fn slow_model(dir: &Path) -> PathBuf {
-    let mut config = preset("tiny").expect("tiny preset");
-    config.hidden_size = 512;
-    config.ffn_dim = 2048;
-    config.num_hidden_layers = 6;
-    config.num_attention_heads = 8;
-    config.word_embed_proj_dim = Some(512);
-    config.max_position_embeddings = 4096;
-    let out = dir.join("slow-opt");
-    write_checkpoint(&config, DType::F32, &out, 7).expect("write the slow model");
-    // The fixtures' tokenizer (same vocabulary size), so every token streams as text.
-    let tokenizer = server_common::fixture(PRENORM).join("tokenizer.json");
-    std::fs::copy(tokenizer, out.join("tokenizer.json")).expect("copy the tokenizer");
-    out
 }
 
 /// Polls `path` until it answers `status` (or the connection is refused, for `None`).
@@ -122,6 +102,7 @@ fn sigint_lets_a_generation_that_outlasts_the_listener_finish_and_exits_zero() {
     assert!(log.contains("draining"), "{log}");
     assert!(log.contains("engine detached"), "{log}");
     assert!(log.contains("every worker released"), "{log}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

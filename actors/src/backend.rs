@@ -183,14 +183,35 @@ pub struct PrewarmReport {
     /// `(step, milliseconds)`, in order: e.g. `("context", 210.0)`, `("kernels f16", 12.5)`.
     pub steps: Vec<(String, f64)>,
     pub total_ms: f64,
+    /// The worker's process id, when it runs in its own process.
+    #[serde(default)]
+    pub pid: Option<u32>,
 }
 
-/// A prompt as text (tokenized by the engine) or as token ids.
+/// A prompt as text (tokenized by the engine), as token ids, or as a chat that the engine
+/// renders with the model's chat template.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Prompt {
     Text(String),
     Ids(Vec<u32>),
+    Chat(Vec<ChatMessage>),
+}
+
+/// One message of a chat: a role (`system`, `user`, `assistant`, `tool`) and its text.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn new(role: &str, content: &str) -> Self {
+        Self {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
 }
 
 /// One generation request.
@@ -322,6 +343,12 @@ pub trait WorkerDevice {
 
     /// Waits until all queued device work is done.
     fn synchronize(&self) -> Result<(), EngineError>;
+
+    /// Whatever holds the device (a worker process) is still there; polled while the worker
+    /// is idle. An error fails the worker, which is then restarted.
+    fn check_alive(&self) -> Result<(), EngineError> {
+        Ok(())
+    }
 }
 
 /// Turns a prompt into token ids away from the engine's thread: tokenizing (and rendering a

@@ -61,7 +61,8 @@ impl AttachError {
             AttachError::UnknownWorker { .. } => 404,
             AttachError::NoWorkerOnDevice { .. } => 400,
             AttachError::Load(e) => engine_status(e),
-            AttachError::WorkerFailed { .. } => 500,
+            // The worker is being restarted: the attach may be tried again.
+            AttachError::WorkerFailed { .. } => 503,
             AttachError::ShuttingDown | AttachError::Unavailable { .. } => 503,
         }
     }
@@ -164,7 +165,8 @@ impl GenerateError {
         match self {
             GenerateError::EngineNotFound { .. } => 404,
             GenerateError::EngineLost { .. } => 410,
-            GenerateError::WorkerLost { .. } => 500,
+            // The worker is being restarted: another try soon may well succeed.
+            GenerateError::WorkerLost { .. } => 503,
             GenerateError::Engine(e) => engine_status(e),
             GenerateError::ShuttingDown
             | GenerateError::Unavailable { .. }

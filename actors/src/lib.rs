@@ -23,6 +23,7 @@ pub mod engine;
 pub mod errors;
 mod guard;
 pub mod messages;
+pub mod process;
 pub mod reports;
 pub mod runtime;
 pub mod timeline;

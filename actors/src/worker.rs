@@ -16,6 +16,9 @@ use crate::messages::{
 };
 use crate::timeline::Anchor;
 
+/// How often an idle worker checks that its device (or worker process) is still there.
+const HEALTH_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// Mailbox size for workers and engines: large, so that queued requests are never refused.
 pub(crate) const MAILBOX_CAPACITY: usize = 1 << 16;
 
@@ -185,6 +188,20 @@ impl WorkerActor {
         })
     }
 
+    /// Fails the worker when its device reports that it is gone.
+    fn poll_health(&mut self) {
+        let Some(device) = self.device.as_ref() else {
+            return;
+        };
+        if let Err(failure) = call("checking the device", || device.check_alive()) {
+            let reason = match failure {
+                Failure::Fatal(reason) => reason,
+                Failure::Engine(e) => e.to_string(),
+            };
+            self.fail(reason);
+        }
+    }
+
     /// The device's memory now, or why it cannot be read.
     fn memory_now(&self) -> Result<MemoryInfo, String> {
         let device = self
@@ -201,8 +218,10 @@ impl WorkerActor {
 impl Actor for WorkerActor {
     type Context = Context<Self>;
 
-    fn started(&mut self, _: &mut Context<Self>) {
+    fn started(&mut self, ctx: &mut Context<Self>) {
         self.prewarm();
+        // Between messages, make sure what holds the device (a worker process) is still there.
+        ctx.run_interval(HEALTH_POLL, |act, _| act.poll_health());
     }
 }
 

@@ -96,8 +96,8 @@ pub fn start_in_this_process(
         model: model.to_string(),
         dtype,
     };
-    let (mut engine, bytes) = opened.load_opt(&spec, &mut timeline)?;
-    wc_actors::Engine::warm_up(&mut engine)?;
+    let (mut engine, bytes) = opened.load_engine(&spec, &mut timeline)?;
+    engine.warm_up()?;
     opened.device.synchronize()?;
     timeline.mark(Anchor::FirstToken);
     Ok(frame::ChildReport { timeline, bytes })

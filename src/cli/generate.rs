@@ -11,8 +11,9 @@ use crate::backend::CandleDevice;
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
-    /// Checkpoint directory (Hugging Face layout) or hub id in the local cache (facebook/opt-125m).
-    /// Default: the bundled tests/fixtures/tiny-opt-prenorm, looked for in the current directory,
+    /// Checkpoint directory (Hugging Face layout) or hub id in the local cache
+    /// (facebook/opt-125m, meta-llama/Llama-3.2-1B). Families: OPT, Llama 2/3 (`llama`),
+    /// Mistral, Qwen2/2.5 and Qwen3, chosen by `model_type` in config.json. Default: the bundled tests/fixtures/tiny-opt-prenorm, looked for in the current directory,
     /// then next to the binary and the directories above it.
     #[arg(long)]
     model: Option<String>,
@@ -79,8 +80,9 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         dtype: args.dtype,
     };
     let (mut engine, bytes) = device
-        .load_opt(&spec, &mut timeline)
+        .load_engine(&spec, &mut timeline)
         .with_context(|| format!("loading {model}"))?;
+    let dtype = crate::host_cache::check_cached(&spec)?.dtype;
     let request = GenerateRequest {
         prompt,
         max_new_tokens: args.max_new_tokens,
@@ -92,7 +94,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     };
     let stream = !args.json && !args.frame;
     let mut stdout = std::io::stdout();
-    let output = engine.run(&request, &mut |token| {
+    let output = engine.generate(&request, &mut |token| {
         if timeline.get(Anchor::FirstToken).is_none() {
             timeline.mark(Anchor::FirstToken);
         }
@@ -123,7 +125,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         let report = json!({
             "model": model,
             "device": args.device.to_string(),
-            "dtype": engine.model.dtype().as_str(),
+            "dtype": dtype.to_string(),
             "prompt_ids": output.prompt_ids,
             "new_tokens": output.new_tokens,
             "text": output.text,

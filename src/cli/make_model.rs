@@ -1,4 +1,6 @@
-//! `make-model`: writes a random-weight OPT checkpoint with a preset's exact shapes and names.
+//! `make-model`: writes a random-weight checkpoint with a published model's exact shapes and
+//! tensor names: OPT, or the Llama family (Llama 3.x, Qwen2.5, Qwen3, Mistral) sharded like the
+//! original.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -8,21 +10,30 @@ use clap::Args;
 use wc_actors::DType;
 
 use crate::device::candle_dtype;
-use crate::opt::presets::{preset, write_checkpoint, PRESETS};
+use crate::models::llama::presets as llama;
+use crate::opt::presets::{preset as opt_preset, write_checkpoint, PRESETS as OPT_PRESETS};
 
 #[derive(Args, Debug)]
 pub struct MakeModelArgs {
-    /// Shapes to copy: opt-125m, opt-350m or tiny (the bundled fixtures' shape).
+    /// Shapes to copy. OPT: opt-125m, opt-350m, tiny (the bundled fixtures' shape). Llama
+    /// family: llama-3.2-1b, llama-3.1-8b, qwen2.5-7b, qwen3-8b, mistral-7b, and llama-tiny
+    /// (Llama 3.2's layout, a few hundred thousand parameters, for tests).
     #[arg(long, default_value = "opt-125m")]
     preset: String,
-    /// Dtype of the written weights: f32, f16 or bf16.
-    #[arg(long, default_value = "f16")]
-    dtype: DType,
+    /// Dtype of the written weights: f32, f16 or bf16 (default: f16 for OPT, bf16 for the Llama
+    /// family, as published).
+    #[arg(long)]
+    dtype: Option<DType>,
+    /// Number of weight files (Llama family only; default: as many as the original, e.g. 4 for
+    /// llama-3.1-8b). More than one writes model-0000i-of-0000n.safetensors and
+    /// model.safetensors.index.json.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    shards: Option<u16>,
     /// Output directory: created if missing; one that is not empty is refused unless --force.
     #[arg(long)]
     out: PathBuf,
-    /// Write into a non-empty --out, replacing its config.json and model.safetensors (other
-    /// files are left as they are).
+    /// Write into a non-empty --out, replacing the files it writes (other files are left as
+    /// they are).
     #[arg(long)]
     force: bool,
     /// Seed of the random weights.
@@ -31,36 +42,74 @@ pub struct MakeModelArgs {
 }
 
 pub fn run(args: MakeModelArgs) -> anyhow::Result<()> {
-    let Some(config) = preset(&args.preset) else {
+    let opt = opt_preset(&args.preset);
+    let llama = llama::preset(&args.preset);
+    if opt.is_none() && llama.is_none() {
+        let names: Vec<&str> = OPT_PRESETS
+            .iter()
+            .copied()
+            .chain(llama::PRESETS.iter().map(|p| p.name))
+            .collect();
         bail!(
             "unknown preset `{}`: expected one of {}",
             args.preset,
-            PRESETS.join(", ")
+            names.join(", ")
         );
-    };
+    }
+    if opt.is_some() && args.shards.is_some_and(|n| n != 1) {
+        bail!("--shards is for the Llama-family presets; OPT presets write one file");
+    }
     if !args.force && !is_empty_or_missing(&args.out)? {
         bail!(
             "{} is not empty: pass --force to write the checkpoint into it anyway",
             args.out.display()
         );
     }
-    eprintln!(
-        "writing {} ({} parameters, {}) to {} ...",
-        args.preset,
-        config.parameter_count(),
-        args.dtype,
-        args.out.display()
-    );
-    let bytes = write_checkpoint(&config, candle_dtype(args.dtype), &args.out, args.seed)
-        .with_context(|| format!("writing {}", args.out.display()))?;
-    // The weights writer creates its file owner-only; give it the mode any new file gets here.
-    for file in ["model.safetensors", "config.json"] {
+    let written: Vec<String> = if let Some(config) = opt {
+        let dtype = args.dtype.unwrap_or(DType::F16);
+        eprintln!(
+            "writing {} ({} parameters, {dtype}) to {} ...",
+            args.preset,
+            config.parameter_count(),
+            args.out.display()
+        );
+        let bytes = write_checkpoint(&config, candle_dtype(dtype), &args.out, args.seed)
+            .with_context(|| format!("writing {}", args.out.display()))?;
+        eprintln!("wrote {:.1} MB of weights", bytes as f64 / 1e6);
+        vec!["model.safetensors".into(), "config.json".into()]
+    } else {
+        let preset = llama.expect("one of the two");
+        let dtype = args.dtype.unwrap_or(DType::BF16);
+        eprintln!(
+            "writing {} ({} parameters, {dtype}) to {} ...",
+            args.preset,
+            preset.config().parameter_count(),
+            args.out.display()
+        );
+        let shards = args.shards.map(usize::from);
+        let written =
+            llama::write_checkpoint(preset, candle_dtype(dtype), &args.out, args.seed, shards)
+                .with_context(|| format!("writing {}", args.out.display()))?;
+        eprintln!(
+            "wrote {:.1} MB of weights in {} file(s)",
+            written.data_bytes as f64 / 1e6,
+            written.files.len()
+        );
+        let mut files = written.files;
+        files.extend(["config.json".into(), "generation_config.json".into()]);
+        if files.len() > 3 {
+            files.push("model.safetensors.index.json".into());
+        }
+        files
+    };
+    // Give every written file the mode any new file gets here (the weights writer of the OPT
+    // path creates its file owner-only).
+    for file in written {
         let path = args.out.join(file);
         let mode = super::bundled::default_file_mode();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
             .with_context(|| format!("setting the mode of {}", path.display()))?;
     }
-    eprintln!("wrote {:.1} MB of weights", bytes as f64 / 1e6);
     Ok(())
 }
 

@@ -29,15 +29,30 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Load a model in this fresh process and generate (the "standard path": the device
-    /// context is created during startup, as a fresh vLLM engine does).
+    /// Load a model (OPT, Llama 2/3.x, Mistral, Qwen2/2.5, Qwen3) in this fresh process and
+    /// generate (the "standard path": the device context is created during startup, as a fresh
+    /// vLLM engine does).
     Generate(generate::GenerateArgs),
-    /// Write a random-weight OPT checkpoint with a published model's exact shapes.
+    /// Write a random-weight checkpoint with a published model's exact shapes and tensor names
+    /// (OPT, Llama 3.x, Qwen2.5, Qwen3, Mistral; sharded like the original).
     MakeModel(make_model::MakeModelArgs),
-    /// Prewarm the configured workers and serve the HTTP API (control + OpenAI completions).
+    /// Prewarm the configured workers and serve the HTTP API (control, OpenAI completions and
+    /// chat completions) for OPT and Llama-family models.
     Serve(serve::ServeArgs),
     /// Measure cold starts: standard path (fresh process) vs controller (prewarmed worker).
     Bench(bench::BenchArgs),
+    /// One worker process, started by `serve` (`[runtime] isolation = "process"`); speaks
+    /// frames on stdin/stdout, logs on stderr.
+    #[command(hide = true)]
+    Worker,
+}
+
+/// A worker process logs as its server does (the server passes `WC_LOG_FORMAT` down).
+fn log_format_from_env() -> crate::config::LogFormat {
+    match std::env::var("WC_LOG_FORMAT").as_deref() {
+        Ok("json") => crate::config::LogFormat::Json,
+        _ => crate::config::LogFormat::Text,
+    }
 }
 
 /// Runs the command line; errors are printed as `error: ...` with exit status 1.
@@ -49,6 +64,11 @@ pub fn main() -> ExitCode {
         Command::MakeModel(args) => make_model::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Worker => {
+            crate::server::logging::init(log_format_from_env());
+            wc_actors::process::serve_worker(std::sync::Arc::new(crate::CandleBackend));
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

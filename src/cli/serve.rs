@@ -10,8 +10,11 @@ use crate::config::{check_api_key, check_worker_count, Config, LogFormat, Worker
 /// Flags override the config file; without `--config`, `./config.toml` is read when present.
 #[derive(Args, Debug)]
 #[command(
-    after_help = "Endpoints: GET /health, GET /ready, GET /metrics, GET /workers, \
-    POST|GET /engines, GET|DELETE /engines/{id}, GET /v1/models, POST /v1/completions.\n\
+    after_help = "Models: OPT and the Llama family (Llama 2/3.x, Mistral, Qwen2/2.5, Qwen3), \
+    chosen by config.json's model_type; chats use the checkpoint's own chat template.\n\
+    Endpoints: GET /health, GET /ready, GET /metrics, GET /workers, \
+    POST|GET /engines, GET|DELETE /engines/{id}, GET /v1/models, POST /v1/completions, \
+    POST /v1/chat/completions.\n\
     Security: the key guards control and inference; POST bodies must be application/json; on a \
     loopback address only loopback Host names are answered; POST /engines loads paths only under \
     [server] model_roots.\n\

@@ -128,6 +128,14 @@ pub struct RuntimeSection {
     pub max_restarts: u32,
     /// Wait before restarting a failed worker; doubled for each further failure in a row.
     pub restart_backoff: HumanDuration,
+    /// Where workers run: each in its own process (a crash costs only that worker) or as
+    /// threads of the server's process.
+    pub isolation: Isolation,
+    /// A worker process that sends no heartbeat for this long is killed and restarted.
+    pub heartbeat_timeout: HumanDuration,
+    /// The program worker processes run (default: this one); for embedding and tests.
+    #[serde(skip)]
+    pub worker_exe: Option<PathBuf>,
     /// Requests that may wait behind the running one on each engine; more get 503.
     pub max_waiting_requests: usize,
     /// Attaches that may wait for a busy worker; more get 503.
@@ -141,10 +149,24 @@ impl Default for RuntimeSection {
             attach_timeout: HumanDuration(Duration::from_secs(10)),
             max_restarts: d.max_restarts,
             restart_backoff: HumanDuration(d.restart_backoff),
+            isolation: Isolation::Process,
+            heartbeat_timeout: HumanDuration(Duration::from_secs(30)),
+            worker_exe: None,
             max_waiting_requests: d.max_waiting_requests,
             max_waiting_attaches: d.max_waiting_attaches,
         }
     }
+}
+
+/// Where workers run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// Each worker in its own `worker-controller worker` process.
+    #[default]
+    Process,
+    /// Each worker on a thread of the server's process.
+    Thread,
 }
 
 /// The `[prewarm]` section.

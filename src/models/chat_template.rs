@@ -6,7 +6,6 @@ use std::path::Path;
 
 use minijinja::value::{Kwargs, ValueKind};
 use minijinja::{Environment, ErrorKind, Value};
-use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use wc_actors::EngineError;
 
@@ -48,25 +47,28 @@ impl From<ChatTemplateError> for EngineError {
     }
 }
 
-/// One chat message, as the template sees it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ChatMessage {
-    pub role: String,
-    pub content: String,
-}
+/// One chat message, as the template sees it (the runtime's type, carried by `Prompt::Chat`).
+pub use wc_actors::ChatMessage;
 
-impl ChatMessage {
-    pub fn new(role: &str, content: &str) -> Self {
-        Self {
-            role: role.into(),
-            content: content.into(),
-        }
-    }
-
+/// Reading chat messages as clients send them, and checking them.
+pub trait MessageExt: Sized {
     /// A message in the OpenAI shape: `role` one of [`ROLES`], `content` a string or a list of
     /// `{"type": "text", "text": ...}` parts (joined with newlines).
-    pub fn from_openai(index: usize, value: &Json) -> Result<Self, ChatTemplateError> {
+    fn from_openai(index: usize, value: &Json) -> Result<Self, ChatTemplateError>;
+
+    /// Checks the role.
+    fn check(&self, index: usize) -> Result<(), ChatTemplateError>;
+}
+
+impl MessageExt for ChatMessage {
+    fn from_openai(index: usize, value: &Json) -> Result<Self, ChatTemplateError> {
         let bad = |reason: String| ChatTemplateError::InvalidMessage { index, reason };
+        if !value.is_object() {
+            return Err(bad(format!(
+                "a message must be an object with `role` and `content`, got {}",
+                json_kind(value)
+            )));
+        }
         let role = value
             .get("role")
             .and_then(Json::as_str)
@@ -93,16 +95,12 @@ impl ChatMessage {
             }
             None => return Err(bad("`content` is missing".into())),
         };
-        let message = Self {
-            role: role.into(),
-            content,
-        };
+        let message = ChatMessage::new(role, &content);
         message.check(index)?;
         Ok(message)
     }
 
-    /// Checks the role.
-    pub fn check(&self, index: usize) -> Result<(), ChatTemplateError> {
+    fn check(&self, index: usize) -> Result<(), ChatTemplateError> {
         if ROLES.contains(&self.role.as_str()) {
             Ok(())
         } else {

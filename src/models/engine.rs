@@ -68,11 +68,13 @@ impl<M: CausalLm> TextEngine<M> {
     }
 
     /// Token ids for a prompt: text goes through `tokenizer.json` with its special tokens (its
-    /// post-processor adds BOS where the model wants one).
+    /// post-processor adds BOS where the model wants one); a chat is rendered by the model's
+    /// chat template and tokenized without adding special tokens again.
     pub fn encode(&self, prompt: &Prompt) -> Result<Vec<u32>, GenerateError> {
         let ids = match prompt {
             Prompt::Ids(ids) => ids.clone(),
             Prompt::Text(text) => self.tokenize(text, true)?,
+            Prompt::Chat(messages) => self.encode_chat(messages)?,
         };
         self.check_ids(&ids)?;
         Ok(ids)

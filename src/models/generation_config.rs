@@ -33,28 +33,20 @@ pub fn union(ids: &mut Vec<u32>, more: impl IntoIterator<Item = u32>) {
     }
 }
 
-/// Reads a small optional side file of a checkpoint: `Ok(None)` when it is absent.
+/// Reads a small optional side file of a checkpoint: `Ok(None)` when it is absent. It must be a
+/// regular file (a FIFO is refused, not waited on) of at most [`MAX_SIDE_FILE_BYTES`], in UTF-8.
 pub fn read_side_file(path: &Path) -> Result<Option<String>, LoadError> {
-    let io = |source: std::io::Error| LoadError::Io {
-        path: path.to_path_buf(),
-        source,
+    let bytes = match crate::checkpoint::read_bounded(path, MAX_SIDE_FILE_BYTES) {
+        Ok(bytes) => bytes,
+        Err(LoadError::MissingFile(_)) => return Ok(None),
+        Err(e) => return Err(e),
     };
-    let meta = match std::fs::metadata(path) {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io(e)),
-    };
-    if meta.len() > MAX_SIDE_FILE_BYTES {
-        return Err(LoadError::InvalidConfig {
+    String::from_utf8(bytes)
+        .map(Some)
+        .map_err(|e| LoadError::InvalidConfig {
             path: path.to_path_buf(),
-            reason: format!(
-                "{} bytes, more than the {} MiB allowed",
-                meta.len(),
-                MAX_SIDE_FILE_BYTES >> 20
-            ),
-        });
-    }
-    std::fs::read_to_string(path).map(Some).map_err(io)
+            reason: format!("not UTF-8: {e}"),
+        })
 }
 
 /// `eos_token_id` of `generation_config.json` in `dir`; empty when the file is absent.

@@ -11,6 +11,7 @@ pub mod generation_config;
 pub mod llama;
 pub mod opt;
 pub mod sampler;
+pub mod writer;
 
 use std::path::Path;
 
@@ -22,6 +23,9 @@ use crate::weights::DeviceWeights;
 pub use engine::TextEngine;
 pub use llama::{LlamaConfig, LlamaEngine, LlamaModel};
 pub use opt::{OptConfig, OptEngine, OptModel};
+
+/// Most parameters a config may imply (about 1.1 trillion), for every family.
+pub const MAX_PARAMETERS: u64 = opt::config::MAX_PARAMETERS;
 
 /// The `model_type`s this engine runs, as named in errors and `--help`.
 pub const SUPPORTED_MODEL_TYPES: [&str; 5] = ["opt", "llama", "mistral", "qwen2", "qwen3"];
@@ -81,22 +85,10 @@ struct ModelTypeOnly {
 }
 
 impl ModelConfig {
-    /// Reads `config.json` and checks it for the family its `model_type` names.
+    /// Reads `config.json` (a regular file, size-bounded) and checks it for the family its
+    /// `model_type` names.
     pub fn from_file(path: &Path) -> Result<Self, LoadError> {
-        let text = std::fs::read_to_string(path).map_err(|source| match source.kind() {
-            std::io::ErrorKind::NotFound => LoadError::MissingFile(path.to_path_buf()),
-            _ => LoadError::Io {
-                path: path.to_path_buf(),
-                source,
-            },
-        })?;
-        Self::from_json(&text).map_err(|e| match e {
-            LoadError::InvalidConfig { reason, .. } => LoadError::InvalidConfig {
-                path: path.to_path_buf(),
-                reason,
-            },
-            other => other,
-        })
+        crate::checkpoint::read_config(path)
     }
 
     /// Parses and checks the text of a `config.json`.
@@ -116,9 +108,32 @@ impl ModelConfig {
                 Ok(Self::Opt(config))
             }
             t if llama::config::FAMILIES.contains(&t) => {
-                Ok(Self::Llama(LlamaConfig::from_json(text)?))
+                let config = Self::Llama(LlamaConfig::from_json(text)?);
+                let parameters = config.parameter_count();
+                if parameters > MAX_PARAMETERS {
+                    return Err(invalid(format!(
+                        "the config implies {parameters} parameters, over the limit of {MAX_PARAMETERS}"
+                    )));
+                }
+                Ok(config)
             }
             other => Err(LoadError::UnknownModelType(other.to_string())),
+        }
+    }
+
+    /// The OPT config, when this is one.
+    pub fn as_opt(&self) -> Option<&OptConfig> {
+        match self {
+            Self::Opt(c) => Some(c),
+            Self::Llama(_) => None,
+        }
+    }
+
+    /// The family's name for messages: `opt` or `llama` (for every Llama-family `model_type`).
+    pub fn family(&self) -> &'static str {
+        match self {
+            Self::Opt(_) => "opt",
+            Self::Llama(_) => "llama",
         }
     }
 

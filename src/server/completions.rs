@@ -12,7 +12,8 @@ use super::openai::{finish_reason, model_list, CompletionMeta, CompletionRequest
 use super::state::AppState;
 use super::stream;
 
-/// `GET /v1/models`: the attached engines, in OpenAI's list shape.
+/// `GET /v1/models`: the attached engines, then the configured models not attached, in
+/// OpenAI's list shape with each one's state.
 pub async fn models(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let engines = state
         .handle
@@ -27,7 +28,21 @@ pub async fn models(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
             (e, created, root)
         })
         .collect();
-    Ok(HttpResponse::Ok().json(model_list(&listed)))
+    static FIRST_LISTED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let first_listed = *FIRST_LISTED.get_or_init(super::openai::unix_now);
+    let not_attached: Vec<_> = state
+        .config
+        .models
+        .iter()
+        .filter(|m| !listed.iter().any(|(e, _, _)| e.name == m.name()))
+        .map(|m| {
+            let root = state
+                .model_roots
+                .relative(std::path::Path::new(&m.resolved));
+            (m.name().to_owned(), first_listed, root)
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(model_list(&listed, &not_attached)))
 }
 
 /// `POST /v1/completions`.
@@ -39,7 +54,8 @@ pub async fn completions(
     let request = body.to_generate(state.limits())?;
     let meta = CompletionMeta::new(&body.model);
     if body.stream {
-        return stream::respond(state, &body, request, meta).await;
+        let include_usage = body.include_usage();
+        return stream::respond(state, &body.model, include_usage, request, meta).await;
     }
     let started = Instant::now();
     let handle = state.handle.clone();

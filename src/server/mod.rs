@@ -15,6 +15,7 @@
 
 pub mod auth;
 pub mod body;
+pub mod chat;
 pub mod completions;
 pub mod control;
 pub mod error;
@@ -42,10 +43,11 @@ use actix_web::http::{header, Method, StatusCode};
 use actix_web::middleware::{from_fn, Condition, NormalizePath, TrailingSlash};
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use anyhow::Context;
-use wc_actors::{Attach, Handle, Runtime, WorkerState};
+use wc_actors::process::{ProcessBackend, WorkerCommand};
+use wc_actors::{Attach, Backend, Handle, Runtime, WorkerState};
 
 use crate::backend::CandleBackend;
-use crate::config::Config;
+use crate::config::{Config, Isolation};
 use error::ApiError;
 use state::AppState;
 
@@ -94,7 +96,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
-    let handle = Runtime::start(config.runtime_config(), Arc::new(CandleBackend));
+    let handle = Runtime::start(config.runtime_config(), backend(&config)?);
     let state = web::Data::new(AppState::new(handle.clone(), config.clone()));
     let app_state = state.clone();
     let deadline = config.server.shutdown_deadline.0;
@@ -148,6 +150,34 @@ pub async fn run(
     }
     drain(&state, &server_handle, &listening, &handle).await;
     Ok(())
+}
+
+/// The backend for `[runtime] isolation`: workers as processes of this same binary
+/// (`worker-controller worker`), or as threads.
+fn backend(config: &Config) -> anyhow::Result<Arc<dyn Backend>> {
+    let local: Arc<dyn Backend> = Arc::new(CandleBackend);
+    if config.runtime.isolation == Isolation::Thread {
+        return Ok(local);
+    }
+    let exe = match &config.runtime.worker_exe {
+        Some(exe) => exe.clone(),
+        None => std::env::current_exe().context("finding this program to start workers with")?,
+    };
+    Ok(Arc::new(ProcessBackend::new(
+        local,
+        WorkerCommand {
+            exe,
+            args: vec!["worker".into()],
+            env: vec![(
+                "WC_LOG_FORMAT".into(),
+                match config.server.log_format {
+                    crate::config::LogFormat::Json => "json".into(),
+                    crate::config::LogFormat::Text => "text".into(),
+                },
+            )],
+            heartbeat_timeout: config.runtime.heartbeat_timeout.0,
+        },
+    )))
 }
 
 /// Binds `[server] host:port` and runs until the first Ctrl-C / SIGTERM.

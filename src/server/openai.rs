@@ -77,9 +77,6 @@ impl CompletionRequest {
         if self.model.is_empty() {
             return Err(bad("`model` must not be empty"));
         }
-        if self.n.is_some_and(|n| n != 1) {
-            return Err(bad("only `n` = 1 is supported"));
-        }
         let prompt = match &self.prompt {
             PromptInput::Text(t) => Prompt::Text(t.clone()),
             PromptInput::Ids(ids) => Prompt::Ids(ids.clone()),
@@ -89,6 +86,45 @@ impl CompletionRequest {
         };
         if matches!(&prompt, Prompt::Ids(ids) if ids.is_empty()) {
             return Err(bad("`prompt` must not be an empty list of token ids"));
+        }
+        Sampling {
+            max_tokens: self.max_tokens,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            seed: self.seed,
+            stop: self.stop.clone(),
+            n: self.n,
+            ignore_eos: self.ignore_eos,
+        }
+        .to_generate(prompt, limits)
+    }
+
+    /// Whether a streamed reply ends with a usage chunk.
+    pub fn include_usage(&self) -> bool {
+        self.stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage)
+    }
+}
+
+/// The sampling parameters every completion endpoint takes.
+#[derive(Clone, Debug, Default)]
+pub struct Sampling {
+    pub max_tokens: Option<usize>,
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub seed: Option<u64>,
+    pub stop: Option<StopInput>,
+    pub n: Option<usize>,
+    pub ignore_eos: bool,
+}
+
+impl Sampling {
+    /// Checks the parameters against `limits` and builds the runtime's request for `prompt`.
+    pub fn to_generate(&self, prompt: Prompt, limits: Limits) -> Result<GenerateRequest, ApiError> {
+        let bad = |m: &str| ApiError::bad_request(m);
+        if self.n.is_some_and(|n| n != 1) {
+            return Err(bad("only `n` = 1 is supported"));
         }
         let max_tokens = self.max_tokens.unwrap_or(limits.default_max_tokens);
         if max_tokens == 0 || max_tokens > limits.max_tokens {
@@ -124,13 +160,6 @@ impl CompletionRequest {
             stop,
             ignore_eos: self.ignore_eos,
         })
-    }
-
-    /// Whether a streamed reply ends with a usage chunk.
-    pub fn include_usage(&self) -> bool {
-        self.stream_options
-            .as_ref()
-            .is_some_and(|o| o.include_usage)
     }
 }
 
@@ -216,21 +245,33 @@ impl CompletionMeta {
     }
 }
 
-/// `GET /v1/models`: the OpenAI list of attached engines.
-/// Each engine comes with its attach time and its checkpoint written relative to its model root.
-pub fn model_list(engines: &[(EngineInfo, u64, String)]) -> Value {
+/// `GET /v1/models`: the OpenAI list of attached engines (`"state": "attached"`), then the
+/// configured models that are not attached (`"state": "not_attached"`: attached on first use).
+/// Each comes with its attach time (for the others, when the server first listed them) and its
+/// checkpoint written relative to its model root.
+pub fn model_list(
+    engines: &[(EngineInfo, u64, String)],
+    not_attached: &[(String, u64, String)],
+) -> Value {
+    let entry = |id: &str, created: u64, root: &str, state: &str| {
+        json!({
+            "id": id,
+            "object": "model",
+            "created": created,
+            "owned_by": "worker-controller",
+            "root": root,
+            "parent": null,
+            "state": state,
+        })
+    };
     let data: Vec<Value> = engines
         .iter()
-        .map(|(e, created, root)| {
-            json!({
-                "id": e.name,
-                "object": "model",
-                "created": created,
-                "owned_by": "worker-controller",
-                "root": root,
-                "parent": null,
-            })
-        })
+        .map(|(e, created, root)| entry(&e.name, *created, root, "attached"))
+        .chain(
+            not_attached
+                .iter()
+                .map(|(name, created, root)| entry(name, *created, root, "not_attached")),
+        )
         .collect();
     json!({ "object": "list", "data": data })
 }

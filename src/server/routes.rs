@@ -12,7 +12,7 @@ use actix_web::dev::ResourceDef;
 use actix_web::http::Method;
 use actix_web::{web, FromRequest, Handler, Responder, Route};
 
-use super::{completions, control, health};
+use super::{chat, completions, control, health};
 
 /// Who may call an endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,6 +117,7 @@ pub fn endpoints() -> Vec<Endpoint> {
             .delete(control::detach),
         Endpoint::new("/v1/models", Inference).get(completions::models),
         Endpoint::new("/v1/completions", Inference).post(completions::completions),
+        Endpoint::new("/v1/chat/completions", Inference).post(chat::chat_completions),
     ]
 }
 
@@ -149,6 +150,7 @@ mod tests {
         assert_eq!(access_of("/workers"), Access::Control);
         assert_eq!(access_of("/v1/completions"), Access::Inference);
         assert_eq!(access_of("/v1/models"), Access::Inference);
+        assert_eq!(access_of("/v1/chat/completions"), Access::Inference);
         assert_eq!(access_of("/healthz"), Access::Control);
         assert_eq!(access_of("/HEALTH"), Access::Control);
         assert_eq!(access_of("/health/x"), Access::Control);

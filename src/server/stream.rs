@@ -1,4 +1,5 @@
-//! Streamed completions: OpenAI `text_completion` chunks as server-sent events, then `[DONE]`.
+//! Streamed completions: OpenAI chunks as server-sent events, then `[DONE]`. The chunks' shape
+//! is the endpoint's ([`Chunks`]: `text_completion` or `chat.completion.chunk`); the rest is shared.
 //!
 //! The reply's status is decided before the first byte: the handler waits for the first token
 //! (or the end), so an unknown model or a refused request is a plain JSON error, not a stream.
@@ -14,11 +15,44 @@ use futures_util::stream::unfold;
 use tokio::sync::mpsc;
 use wc_actors::{GenerateError, GenerateOutput, GenerateRequest, GenerateStream, TokenEvent};
 
+use serde_json::Value;
+
 use super::completions::{record, with_engine};
 use super::error::ApiError;
-use super::openai::{finish_reason, CompletionMeta, CompletionRequest};
+use super::openai::{finish_reason, CompletionMeta};
 use super::sse;
 use super::state::AppState;
+
+/// How one endpoint writes its stream's chunks.
+pub trait Chunks: Send + 'static {
+    /// The model name, for metrics and logs.
+    fn model(&self) -> &str;
+    /// Chunks sent before the first text (a chat's announces the role).
+    fn opening(&self) -> Vec<Value> {
+        Vec::new()
+    }
+    /// A chunk adding `text`.
+    fn text(&self, text: &str) -> Value;
+    /// The chunk saying why generation ended.
+    fn finish(&self, reason: &str) -> Value;
+    /// The last chunk when usage was asked for: no choices, only counts.
+    fn usage(&self, output: &GenerateOutput) -> Value;
+}
+
+impl Chunks for CompletionMeta {
+    fn model(&self) -> &str {
+        &self.model
+    }
+    fn text(&self, text: &str) -> Value {
+        self.chunk(text, None)
+    }
+    fn finish(&self, reason: &str) -> Value {
+        self.chunk("", Some(reason))
+    }
+    fn usage(&self, output: &GenerateOutput) -> Value {
+        self.usage_chunk(output)
+    }
+}
 
 /// How a stream began: with a first token, or already finished (no token was made).
 enum Start {
@@ -26,23 +60,24 @@ enum Start {
     Finished(GenerateOutput, GenerateStream),
 }
 
-/// Starts generation and answers with an event stream (or an error before any event).
+/// Starts generation on `model` and answers with an event stream of `chunks`' shape (or an
+/// error before any event).
 pub async fn respond(
     state: web::Data<AppState>,
-    body: &CompletionRequest,
+    model: &str,
+    include_usage: bool,
     request: GenerateRequest,
-    meta: CompletionMeta,
+    chunks: impl Chunks,
 ) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
     let handle = state.handle.clone();
-    let start = with_engine(&state, &body.model, |name| {
+    let start = with_engine(&state, model, |name| {
         let stream = handle.generate_stream(name, request.clone());
         first_event(stream)
     })
     .await?;
-    let include_usage = body.include_usage();
     let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
-    actix_web::rt::spawn(forward(state, start, meta, include_usage, started, tx));
+    actix_web::rt::spawn(forward(state, start, chunks, include_usage, started, tx));
     let body = unfold(rx, |mut rx| async move {
         rx.recv()
             .await
@@ -74,16 +109,21 @@ async fn first_event(mut stream: GenerateStream) -> Result<Start, GenerateError>
 async fn forward(
     state: web::Data<AppState>,
     start: Start,
-    meta: CompletionMeta,
+    chunks: impl Chunks,
     include_usage: bool,
     started: Instant,
     tx: mpsc::UnboundedSender<Bytes>,
 ) {
+    for chunk in chunks.opening() {
+        if tx.send(sse::event(&chunk)).is_err() {
+            return;
+        }
+    }
     let send_text = |text: &str| {
         if text.is_empty() {
             return true;
         }
-        tx.send(sse::event(&meta.chunk(text, None))).is_ok()
+        tx.send(sse::event(&chunks.text(text))).is_ok()
     };
     let (finished, mut stream) = match start {
         Start::Finished(output, stream) => (Some(output), stream),
@@ -108,15 +148,15 @@ async fn forward(
     match output {
         Ok(output) => {
             let finish = finish_reason(output.finish_reason);
-            let _ = tx.send(sse::event(&meta.chunk("", Some(finish))));
+            let _ = tx.send(sse::event(&chunks.finish(finish)));
             if include_usage {
-                let _ = tx.send(sse::event(&meta.usage_chunk(&output)));
+                let _ = tx.send(sse::event(&chunks.usage(&output)));
             }
-            record(&state, &meta.model, &output, started);
+            record(&state, chunks.model(), &output, started);
         }
         Err(error) => {
             let error = ApiError::from(error);
-            tracing::warn!(model = %meta.model, error = %error, "streamed completion failed");
+            tracing::warn!(model = %chunks.model(), error = %error, "streamed completion failed");
             state.metrics.error(error.kind);
             let _ = tx.send(sse::event(&error.body()));
         }

@@ -40,6 +40,25 @@ pub fn reference(name: &str) -> Vec<(String, Vec<u32>, String)> {
         .collect()
 }
 
+/// A random-weight OPT (the fixtures' tokenizer, 4096 positions) big enough that a long
+/// generation takes seconds on a CPU worker, written into `dir`.
+pub fn slow_model(dir: &std::path::Path) -> PathBuf {
+    use worker_controller::opt::presets::{preset, write_checkpoint};
+    let mut config = preset("tiny").expect("tiny preset");
+    config.hidden_size = 512;
+    config.ffn_dim = 2048;
+    config.num_hidden_layers = 6;
+    config.num_attention_heads = 8;
+    config.word_embed_proj_dim = Some(512);
+    config.max_position_embeddings = 4096;
+    let out = dir.join("slow-opt");
+    write_checkpoint(&config, candle_core::DType::F32, &out, 7).expect("write the slow model");
+    // The fixtures' tokenizer (same vocabulary size), so every token streams as text.
+    let tokenizer = fixture("tiny-opt-prenorm").join("tokenizer.json");
+    std::fs::copy(tokenizer, out.join("tokenizer.json")).expect("copy the tokenizer");
+    out
+}
+
 /// A `[[models]]` entry for a bundled fixture.
 pub fn model_entry(
     name: &str,
@@ -80,6 +99,8 @@ impl Server {
         std::fs::write(&path, config).expect("write config");
         let mut parsed = Config::load(&path).unwrap_or_else(|e| panic!("config: {e}"));
         parsed.server.host = "127.0.0.1".into();
+        // Workers run as processes of the real binary (the default isolation), not of this test.
+        parsed.runtime.worker_exe = Some(env!("CARGO_BIN_EXE_worker-controller").into());
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("address").to_string();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

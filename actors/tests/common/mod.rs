@@ -92,6 +92,10 @@ fn prompt_ids(prompt: &Prompt) -> Vec<u32> {
     match prompt {
         Prompt::Ids(ids) => ids.clone(),
         Prompt::Text(text) => text.bytes().map(u32::from).collect(),
+        Prompt::Chat(messages) => messages
+            .iter()
+            .flat_map(|m| m.content.bytes().map(u32::from))
+            .collect(),
     }
 }
 
@@ -194,6 +198,7 @@ impl Backend for FakeBackend {
         let report = PrewarmReport {
             steps: vec![("context".into(), self.prewarm_ms as f64)],
             total_ms: self.prewarm_ms as f64,
+            pid: None,
         };
         Ok((Box::new(device), report))
     }

@@ -2,6 +2,7 @@
 //! `make-model`), and random weights for any Llama-family config.
 
 use std::collections::HashMap;
+use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use rand::rngs::StdRng;
@@ -10,6 +11,7 @@ use rand_distr::{Distribution, Normal};
 
 use super::config::LlamaConfig;
 use crate::error::LoadError;
+use crate::models::writer::{write_json, write_safetensors, Init, TensorSpec, Written};
 
 /// A published checkpoint's `config.json` and how its weights are sharded.
 pub struct Preset {
@@ -20,8 +22,9 @@ pub struct Preset {
     pub shards: usize,
 }
 
-/// Presets accepted by `make-model`.
-pub const PRESETS: [Preset; 5] = [
+/// Presets accepted by `make-model`: five published checkpoints, and `llama-tiny` (a few
+/// hundred thousand parameters in Llama 3.2's layout, two shards) for tests.
+pub const PRESETS: [Preset; 6] = [
     Preset {
         name: "llama-3.2-1b",
         config_json: r#"{"architectures": ["LlamaForCausalLM"], "attention_bias": false, "attention_dropout": 0.0,
@@ -79,6 +82,19 @@ pub const PRESETS: [Preset; 5] = [
   "vocab_size": 32000}"#,
         shards: 2,
     },
+    Preset {
+        name: "llama-tiny",
+        config_json: r#"{"architectures": ["LlamaForCausalLM"], "attention_bias": false, "attention_dropout": 0.0,
+  "bos_token_id": 0, "eos_token_id": [1, 3], "head_dim": 16, "hidden_act": "silu", "hidden_size": 64,
+  "initializer_range": 0.02, "intermediate_size": 128, "max_position_embeddings": 256, "mlp_bias": false,
+  "model_type": "llama", "num_attention_heads": 4, "num_hidden_layers": 2, "num_key_value_heads": 2,
+  "pretraining_tp": 1, "rms_norm_eps": 1e-05,
+  "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                   "original_max_position_embeddings": 64, "rope_type": "llama3"},
+  "rope_theta": 500000.0, "tie_word_embeddings": false, "torch_dtype": "bfloat16", "use_cache": true,
+  "vocab_size": 512}"#,
+        shards: 2,
+    },
 ];
 
 /// The preset called `name`.
@@ -91,6 +107,82 @@ impl Preset {
     pub fn config(&self) -> LlamaConfig {
         LlamaConfig::from_json(self.config_json).expect("preset configs are valid")
     }
+}
+
+/// The tensors of `config` as `save_pretrained` writes them: full names (`model.` prefix but
+/// for `lm_head`), in state-dict order (embeddings, each layer in turn, final norm, head), each
+/// with transformers' initialisation (normal(0, 0.02) matrices, ones for norms, zeros for biases).
+pub fn tensor_specs(config: &LlamaConfig) -> Vec<TensorSpec> {
+    let mut tensors: Vec<TensorSpec> = config
+        .expected_tensors()
+        .into_iter()
+        .map(|(name, shape)| {
+            let init = if name.ends_with("norm.weight") {
+                Init::Ones
+            } else if name.ends_with(".bias") {
+                Init::Zeros
+            } else {
+                Init::Normal(0.02)
+            };
+            let name = if name == "lm_head.weight" {
+                name
+            } else {
+                format!("model.{name}")
+            };
+            TensorSpec { name, shape, init }
+        })
+        .collect();
+    let place = |name: &str| -> (usize, usize) {
+        let layer = name
+            .strip_prefix("model.layers.")
+            .and_then(|rest| rest.split('.').next())
+            .and_then(|i| i.parse::<usize>().ok());
+        match (layer, name) {
+            (Some(i), _) => (1, i),
+            (None, "model.embed_tokens.weight") => (0, 0),
+            (None, "lm_head.weight") => (3, 0),
+            _ => (2, 0),
+        }
+    };
+    tensors.sort_by_key(|t| place(&t.name));
+    tensors
+}
+
+/// Writes a random-weight checkpoint of `preset` in `dtype` into `out`: `config.json` (the
+/// published one, its dtype set to the one written), `generation_config.json` (its BOS and EOS
+/// ids), and the weights in `shards` files (`None`: as many as the original) with
+/// `model.safetensors.index.json` when there are several. Streams tensor by tensor.
+pub fn write_checkpoint(
+    preset: &Preset,
+    dtype: DType,
+    out: &Path,
+    seed: u64,
+    shards: Option<usize>,
+) -> Result<Written, LoadError> {
+    let config = preset.config();
+    let mut config_json: serde_json::Value =
+        serde_json::from_str(preset.config_json).expect("preset configs are JSON");
+    let dtype_name = match dtype {
+        DType::F16 => "float16",
+        DType::BF16 => "bfloat16",
+        _ => "float32",
+    };
+    config_json["torch_dtype"] = dtype_name.into();
+    std::fs::create_dir_all(out).map_err(|e| crate::checkpoint::io_error(out, e))?;
+    write_json(&out.join("config.json"), &config_json)?;
+    let generation = serde_json::json!({
+        "_from_model_config": true,
+        "bos_token_id": config_json["bos_token_id"],
+        "eos_token_id": config_json["eos_token_id"],
+    });
+    write_json(&out.join("generation_config.json"), &generation)?;
+    write_safetensors(
+        out,
+        &tensor_specs(&config),
+        dtype,
+        shards.unwrap_or(preset.shards),
+        seed,
+    )
 }
 
 /// Random weights with every tensor of `config`, on `device` in `dtype`: normal(0, 0.02) for

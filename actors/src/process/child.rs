@@ -1,0 +1,293 @@
+//! The worker process's side: opens one device and serves its controller over stdin/stdout.
+//!
+//! The main thread runs the device and the engine, as a worker thread does in thread mode. A
+//! reader thread takes frames off stdin (a `Cancel` reaches a running generation; an `Encode`
+//! runs beside it), and a heartbeat thread sends `Alive` while the main thread keeps beating:
+//! between messages, per token, and for the whole of a prewarm, a load or a prefill.
+
+use std::collections::VecDeque;
+use std::io::{BufReader, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::frame::{read_frame, write_frame};
+use super::protocol::{FromWorker, LoadedEngine, ToWorker};
+use crate::backend::{
+    Backend, Engine, EngineError, ErrorKind, Prompt, PromptEncoder, TokenEvent, WorkerDevice,
+};
+use crate::timeline::monotonic_ns;
+
+/// How often the heartbeat thread looks, and how stale a beat may be before it stays silent.
+const HEARTBEAT_EVERY: Duration = Duration::from_millis(200);
+const STALE_AFTER_NS: u64 = 1_000_000_000;
+
+type Output = Arc<Mutex<Box<dyn Write + Send>>>;
+
+/// The main thread's signs of life.
+#[derive(Default)]
+struct Beat {
+    last_ns: AtomicU64,
+    /// Inside a step allowed to run long without beating (prewarm, load, prefill).
+    long_step: AtomicBool,
+}
+
+impl Beat {
+    fn now(&self) {
+        self.last_ns.store(monotonic_ns(), Ordering::SeqCst);
+    }
+
+    fn during<T>(&self, step: impl FnOnce() -> T) -> T {
+        self.long_step.store(true, Ordering::SeqCst);
+        let out = step();
+        self.long_step.store(false, Ordering::SeqCst);
+        self.now();
+        out
+    }
+
+    fn alive(&self) -> bool {
+        self.long_step.load(Ordering::SeqCst)
+            || monotonic_ns().saturating_sub(self.last_ns.load(Ordering::SeqCst)) < STALE_AFTER_NS
+    }
+}
+
+fn send(out: &Output, message: &FromWorker) {
+    let mut out = out.lock().unwrap_or_else(|p| p.into_inner());
+    if write_frame(&mut *out, message).is_err() {
+        // The controller is gone: nothing is left to serve.
+        std::process::exit(0);
+    }
+}
+
+/// Ends this process with its parent (Linux), so a dead controller leaves no worker behind.
+fn die_with_parent() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl(PR_SET_PDEATHSIG) with a valid signal number affects only this process.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+    }
+    // SAFETY: getppid has no preconditions.
+    if unsafe { libc::getppid() } == 1 {
+        std::process::exit(0);
+    }
+}
+
+/// Serves one worker for the controller that started this process, on stdin and stdout, until
+/// stdin closes. Logs must go to stderr: stdout carries only frames.
+pub fn serve_worker(backend: Arc<dyn Backend>) {
+    die_with_parent();
+    let out: Output = Arc::new(Mutex::new(Box::new(std::io::stdout())));
+    let beat = Arc::new(Beat::default());
+    beat.now();
+    let encoder: Arc<Mutex<Option<Arc<dyn PromptEncoder>>>> = Arc::default();
+    {
+        let (out, beat) = (out.clone(), beat.clone());
+        std::thread::spawn(move || loop {
+            std::thread::sleep(HEARTBEAT_EVERY);
+            if beat.alive() {
+                send(&out, &FromWorker::Alive);
+            }
+        });
+    }
+    let (tx, rx) = mpsc::channel::<ToWorker>();
+    {
+        let (out, encoder) = (out.clone(), encoder.clone());
+        std::thread::spawn(move || {
+            let mut input = BufReader::new(std::io::stdin());
+            while let Ok(Some(message)) = read_frame::<ToWorker>(&mut input) {
+                match message {
+                    ToWorker::Encode { id, prompt } => {
+                        let (out, encoder) = (out.clone(), encoder.clone());
+                        std::thread::spawn(move || {
+                            let current = encoder.lock().map(|e| e.clone()).unwrap_or(None);
+                            let ids = match current {
+                                Some(encoder) => encoder.encode(&Prompt::from(prompt)),
+                                None => Err(no("an engine with an encoder")),
+                            };
+                            send(&out, &FromWorker::Encoded { id, ids });
+                        });
+                    }
+                    other => {
+                        if tx.send(other).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            // stdin closed: the controller let go of this worker (or died).
+            std::process::exit(0);
+        });
+    }
+    let mut worker = Worker {
+        backend,
+        out,
+        beat,
+        encoder,
+        device: None,
+        engine: None,
+        stashed: VecDeque::new(),
+    };
+    worker.run(&rx);
+}
+
+fn no(what: &str) -> EngineError {
+    EngineError::new(
+        ErrorKind::Internal,
+        format!("the worker process has no {what}"),
+    )
+}
+
+/// Faults for the tests of supervision, honoured only in debug builds: a generation with a
+/// stop string of this prefix and `abort` aborts the process; with `hang`, it hangs after
+/// sending its first token. `WC_WORKER_FAULT_ON_LOAD=<text>` aborts a load whose model path contains it.
+const FAULT_PREFIX: &str = "\u{0}wc-fault:";
+
+struct Worker {
+    backend: Arc<dyn Backend>,
+    out: Output,
+    beat: Arc<Beat>,
+    encoder: Arc<Mutex<Option<Arc<dyn PromptEncoder>>>>,
+    device: Option<Box<dyn WorkerDevice>>,
+    engine: Option<Box<dyn Engine>>,
+    /// Messages that arrived during a generation (other than `Cancel`).
+    stashed: VecDeque<ToWorker>,
+}
+
+impl Worker {
+    fn run(&mut self, rx: &Receiver<ToWorker>) {
+        loop {
+            let message = match self.stashed.pop_front() {
+                Some(message) => message,
+                None => match rx.recv_timeout(Duration::from_millis(100)) {
+                    Ok(message) => message,
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.beat.now();
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => return,
+                },
+            };
+            self.beat.now();
+            let reply = self.handle(message, rx);
+            send(&self.out, &reply);
+        }
+    }
+
+    fn handle(&mut self, message: ToWorker, rx: &Receiver<ToWorker>) -> FromWorker {
+        match message {
+            ToWorker::Open { device, options } => {
+                let backend = self.backend.clone();
+                let opened = self.beat.during(|| backend.open_device(&device, &options));
+                FromWorker::Opened(opened.map(|(device, report)| {
+                    self.device = Some(device);
+                    report
+                }))
+            }
+            ToWorker::Memory => match &self.device {
+                Some(device) => FromWorker::Memory(device.memory()),
+                None => FromWorker::Memory(Err(no("open device"))),
+            },
+            ToWorker::Load { spec, mut timeline } => {
+                let Some(device) = self.device.as_mut() else {
+                    return FromWorker::Loaded(Err(no("open device")));
+                };
+                if cfg!(debug_assertions)
+                    && std::env::var("WC_WORKER_FAULT_ON_LOAD")
+                        .is_ok_and(|m| !m.is_empty() && spec.model.contains(&m))
+                {
+                    std::process::abort();
+                }
+                let beat = self.beat.clone();
+                let loaded = beat.during(|| device.load(&spec, &mut timeline));
+                FromWorker::Loaded(loaded.map(|(engine, bytes_moved)| {
+                    let encoder = engine.prompt_encoder();
+                    let has_encoder = encoder.is_some();
+                    if let Ok(mut slot) = self.encoder.lock() {
+                        *slot = encoder;
+                    }
+                    self.engine = Some(engine);
+                    LoadedEngine {
+                        timeline,
+                        bytes_moved,
+                        has_encoder,
+                    }
+                }))
+            }
+            ToWorker::WarmUp => match self.engine.as_mut() {
+                Some(engine) => {
+                    let beat = self.beat.clone();
+                    FromWorker::WarmedUp(beat.during(|| engine.warm_up()))
+                }
+                None => FromWorker::WarmedUp(Err(no("engine"))),
+            },
+            ToWorker::DeviceBytes => {
+                FromWorker::DeviceBytes(self.engine.as_ref().map_or(0, |e| e.device_bytes()))
+            }
+            ToWorker::Generate(request) => self.generate(request.into(), rx),
+            // A cancel that came after its generation ended.
+            ToWorker::Cancel => FromWorker::Alive,
+            ToWorker::Encode { .. } => unreachable!("encodes are answered by the reader thread"),
+            ToWorker::Synchronize => FromWorker::Synchronized(match &self.device {
+                Some(device) => device.synchronize(),
+                None => Err(no("open device")),
+            }),
+            ToWorker::DropEngine => {
+                if let Ok(mut slot) = self.encoder.lock() {
+                    *slot = None;
+                }
+                self.engine = None;
+                FromWorker::Dropped
+            }
+        }
+    }
+
+    fn generate(
+        &mut self,
+        request: crate::backend::GenerateRequest,
+        rx: &Receiver<ToWorker>,
+    ) -> FromWorker {
+        let fault = match cfg!(debug_assertions) {
+            true => request
+                .stop
+                .iter()
+                .find_map(|s| s.strip_prefix(FAULT_PREFIX))
+                .map(str::to_owned),
+            false => None,
+        };
+        let fault = fault.as_deref();
+        if fault == Some("abort") {
+            std::process::abort();
+        }
+        let Some(engine) = self.engine.as_mut() else {
+            return FromWorker::Generated(Err(no("engine")));
+        };
+        let (out, beat, stashed) = (&self.out, &self.beat, &mut self.stashed);
+        // The prefill may take long; from the first token on, every token is a beat.
+        beat.long_step.store(true, Ordering::SeqCst);
+        let mut tokens = 0usize;
+        let mut on_token = |token: TokenEvent| {
+            beat.long_step.store(false, Ordering::SeqCst);
+            if fault == Some("hang") && tokens == 1 {
+                loop {
+                    std::thread::sleep(Duration::from_secs(3600));
+                }
+            }
+            tokens += 1;
+            beat.now();
+            send(out, &FromWorker::Token(token));
+            let mut cancelled = false;
+            while let Ok(message) = rx.try_recv() {
+                match message {
+                    ToWorker::Cancel => cancelled = true,
+                    other => stashed.push_back(other),
+                }
+            }
+            !cancelled
+        };
+        let result = engine.generate(&request, &mut on_token);
+        beat.long_step.store(false, Ordering::SeqCst);
+        beat.now();
+        FromWorker::Generated(result)
+    }
+}

@@ -1,0 +1,194 @@
+//! The messages between a worker's thread in the controller and its worker process.
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{
+    ChatMessage, DeviceSpec, EngineError, GenerateOutput, GenerateRequest, MemoryInfo, ModelSpec,
+    PrewarmOptions, PrewarmReport, Prompt, TokenEvent,
+};
+use crate::timeline::Timeline;
+
+/// From the controller to the worker process. Each is answered by one [`FromWorker`] (a
+/// generation first by its tokens), except `Cancel`, which stops the running generation.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ToWorker {
+    Open {
+        device: DeviceSpec,
+        options: PrewarmOptions,
+    },
+    Memory,
+    Load {
+        spec: ModelSpec,
+        timeline: Timeline,
+    },
+    WarmUp,
+    DeviceBytes,
+    Generate(WireRequest),
+    Cancel,
+    /// Encode a prompt with the engine's encoder, beside (not behind) a running generation.
+    Encode {
+        id: u64,
+        prompt: WirePrompt,
+    },
+    Synchronize,
+    DropEngine,
+}
+
+/// From the worker process to the controller.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum FromWorker {
+    /// Sent a few times a second while the process's main thread is responsive.
+    Alive,
+    Opened(Result<PrewarmReport, EngineError>),
+    Memory(Result<MemoryInfo, EngineError>),
+    Loaded(Result<LoadedEngine, EngineError>),
+    WarmedUp(Result<u32, EngineError>),
+    DeviceBytes(u64),
+    Token(TokenEvent),
+    Generated(Result<GenerateOutput, EngineError>),
+    Encoded {
+        id: u64,
+        ids: Result<Vec<u32>, EngineError>,
+    },
+    Synchronized(Result<(), EngineError>),
+    Dropped,
+}
+
+/// What a load in the worker process gives back.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LoadedEngine {
+    /// The anchors the load marked (on the clock every process shares).
+    pub timeline: Timeline,
+    pub bytes_moved: u64,
+    /// Whether the engine encodes prompts off its thread.
+    pub has_encoder: bool,
+}
+
+/// A prompt on the wire ([`Prompt`] is untagged for JSON, which bincode cannot read back).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum WirePrompt {
+    Text(String),
+    Ids(Vec<u32>),
+    /// `(role, content)` of each message.
+    Chat(Vec<(String, String)>),
+}
+
+impl From<&Prompt> for WirePrompt {
+    fn from(prompt: &Prompt) -> Self {
+        match prompt {
+            Prompt::Text(text) => WirePrompt::Text(text.clone()),
+            Prompt::Ids(ids) => WirePrompt::Ids(ids.clone()),
+            Prompt::Chat(messages) => WirePrompt::Chat(
+                messages
+                    .iter()
+                    .map(|m| (m.role.clone(), m.content.clone()))
+                    .collect(),
+            ),
+        }
+    }
+}
+
+impl From<WirePrompt> for Prompt {
+    fn from(prompt: WirePrompt) -> Self {
+        match prompt {
+            WirePrompt::Text(text) => Prompt::Text(text),
+            WirePrompt::Ids(ids) => Prompt::Ids(ids),
+            WirePrompt::Chat(messages) => Prompt::Chat(
+                messages
+                    .into_iter()
+                    .map(|(role, content)| ChatMessage { role, content })
+                    .collect(),
+            ),
+        }
+    }
+}
+
+/// A [`GenerateRequest`] on the wire.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WireRequest {
+    pub prompt: WirePrompt,
+    pub max_new_tokens: usize,
+    pub temperature: f64,
+    pub top_p: f64,
+    pub seed: Option<u64>,
+    pub stop: Vec<String>,
+    pub ignore_eos: bool,
+}
+
+impl From<&GenerateRequest> for WireRequest {
+    fn from(r: &GenerateRequest) -> Self {
+        Self {
+            prompt: (&r.prompt).into(),
+            max_new_tokens: r.max_new_tokens,
+            temperature: r.temperature,
+            top_p: r.top_p,
+            seed: r.seed,
+            stop: r.stop.clone(),
+            ignore_eos: r.ignore_eos,
+        }
+    }
+}
+
+impl From<WireRequest> for GenerateRequest {
+    fn from(r: WireRequest) -> Self {
+        Self {
+            prompt: r.prompt.into(),
+            max_new_tokens: r.max_new_tokens,
+            temperature: r.temperature,
+            top_p: r.top_p,
+            seed: r.seed,
+            stop: r.stop,
+            ignore_eos: r.ignore_eos,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::process::frame::{read_frame, write_frame};
+
+    #[test]
+    fn every_kind_of_message_crosses_the_wire() {
+        let request = GenerateRequest {
+            prompt: Prompt::Text("hi".into()),
+            stop: vec!["\n".into()],
+            seed: Some(3),
+            ..GenerateRequest::default()
+        };
+        let mut buffer = Vec::new();
+        write_frame(&mut buffer, &ToWorker::Generate((&request).into())).unwrap();
+        write_frame(
+            &mut buffer,
+            &ToWorker::Open {
+                device: DeviceSpec::Cpu,
+                options: PrewarmOptions::default(),
+            },
+        )
+        .unwrap();
+        write_frame(
+            &mut buffer,
+            &FromWorker::Generated(Err(EngineError::new(
+                crate::backend::ErrorKind::InvalidRequest,
+                "too long",
+            ))),
+        )
+        .unwrap();
+        let mut input = buffer.as_slice();
+        match read_frame::<ToWorker>(&mut input).unwrap().unwrap() {
+            ToWorker::Generate(wire) => assert_eq!(GenerateRequest::from(wire), request),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            read_frame::<ToWorker>(&mut input).unwrap().unwrap(),
+            ToWorker::Open {
+                device: DeviceSpec::Cpu,
+                ..
+            }
+        ));
+        match read_frame::<FromWorker>(&mut input).unwrap().unwrap() {
+            FromWorker::Generated(Err(e)) => assert_eq!(e.message, "too long"),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! Writes random-weight checkpoints in the Hugging Face layout, one tensor at a time: each
+//! safetensors header is written first (every shape is known up front), then each tensor's bytes
+//! are generated in bounded chunks and written straight to the file, so an 8B model (16 GB in
+//! bf16) never has more than a few MiB in memory. Several files get a
+//! `model.safetensors.index.json`, as `save_pretrained` writes it.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use half::{bf16, f16};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use rand_distr::{Distribution, Normal};
+use serde_json::{json, Value};
+
+use crate::error::LoadError;
+
+/// How a tensor is filled.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Init {
+    /// Normal(0, std), as transformers initialises matrices.
+    Normal(f32),
+    Ones,
+    Zeros,
+}
+
+/// One tensor to write: its full name in the file, its shape and how it is filled.
+#[derive(Clone, Debug)]
+pub struct TensorSpec {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub init: Init,
+}
+
+impl TensorSpec {
+    fn elements(&self) -> u64 {
+        self.shape.iter().map(|&d| d as u64).product()
+    }
+}
+
+/// Elements generated and written per step.
+const CHUNK: usize = 1 << 20;
+
+/// What was written.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Written {
+    /// The weight files, in order (`model.safetensors`, or `model-0000i-of-0000n.safetensors`).
+    pub files: Vec<String>,
+    /// Bytes of tensor data, over all files.
+    pub data_bytes: u64,
+}
+
+/// The file names of `shards` weight files, as `save_pretrained` names them.
+pub fn shard_names(shards: usize) -> Vec<String> {
+    if shards <= 1 {
+        return vec!["model.safetensors".into()];
+    }
+    (1..=shards)
+        .map(|i| format!("model-{i:05}-of-{shards:05}.safetensors"))
+        .collect()
+}
+
+/// Writes `tensors` in `dtype` into `shards` files in `dir` (split in order, by size, each file
+/// at least one tensor), with an index when there are several. Values come from one random
+/// stream seeded with `seed`, tensor by tensor in order, so the same tensors and seed give the
+/// same weights however they are sharded.
+pub fn write_safetensors(
+    dir: &Path,
+    tensors: &[TensorSpec],
+    dtype: candle_core::DType,
+    shards: usize,
+    seed: u64,
+) -> Result<Written, LoadError> {
+    let size = match dtype {
+        candle_core::DType::F32 => 4u64,
+        candle_core::DType::F16 | candle_core::DType::BF16 => 2,
+        other => {
+            return Err(LoadError::Device(format!(
+                "cannot write weights in {other:?}: use f32, f16 or bf16"
+            )))
+        }
+    };
+    let shards = shards.clamp(1, tensors.len().max(1));
+    let total: u64 = tensors.iter().map(|t| t.elements() * size).sum();
+    // In order: a tensor starts the next shard when it begins past that shard's share of the
+    // bytes, or when the tensors left are just enough to give every later shard one.
+    let mut assignment = Vec::with_capacity(tensors.len());
+    let (mut offset, mut shard, mut in_shard) = (0u64, 0usize, 0usize);
+    for (i, t) in tensors.iter().enumerate() {
+        let later = shards - 1 - shard;
+        let past_share = offset as u128 * shards as u128 >= total as u128 * (shard as u128 + 1);
+        if in_shard > 0 && later > 0 && (past_share || tensors.len() - i <= later) {
+            shard += 1;
+            in_shard = 0;
+        }
+        assignment.push(shard);
+        in_shard += 1;
+        offset += t.elements() * size;
+    }
+    let names = shard_names(shards);
+    std::fs::create_dir_all(dir).map_err(|e| crate::checkpoint::io_error(dir, e))?;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut weight_map = BTreeMap::new();
+    for (shard, file_name) in names.iter().enumerate() {
+        let members: Vec<&TensorSpec> = tensors
+            .iter()
+            .zip(&assignment)
+            .filter(|(_, s)| **s == shard)
+            .map(|(t, _)| t)
+            .collect();
+        let path = dir.join(file_name);
+        write_file(&path, &members, dtype, size, &mut rng)?;
+        for t in members {
+            weight_map.insert(t.name.clone(), file_name.clone());
+        }
+    }
+    if shards > 1 {
+        let index = json!({
+            "metadata": {"total_size": total},
+            "weight_map": weight_map,
+        });
+        let path = dir.join("model.safetensors.index.json");
+        write_json(&path, &index)?;
+    }
+    Ok(Written {
+        files: names,
+        data_bytes: total,
+    })
+}
+
+/// One safetensors file: the header (padded with spaces to 8 bytes, as the `safetensors` crate
+/// pads it), then each tensor's data in order.
+fn write_file(
+    path: &Path,
+    tensors: &[&TensorSpec],
+    dtype: candle_core::DType,
+    size: u64,
+    rng: &mut StdRng,
+) -> Result<(), LoadError> {
+    let io = |e| crate::checkpoint::io_error(path, e);
+    let dtype_name = match dtype {
+        candle_core::DType::F32 => "F32",
+        candle_core::DType::F16 => "F16",
+        _ => "BF16",
+    };
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), json!({"format": "pt"}));
+    let mut offset = 0u64;
+    for t in tensors {
+        let bytes = t.elements() * size;
+        header.insert(
+            t.name.clone(),
+            json!({"dtype": dtype_name, "shape": t.shape, "data_offsets": [offset, offset + bytes]}),
+        );
+        offset += bytes;
+    }
+    let mut header = Value::Object(header).to_string().into_bytes();
+    while header.len() % 8 != 0 {
+        header.push(b' ');
+    }
+    let mut out = BufWriter::with_capacity(8 << 20, File::create(path).map_err(io)?);
+    out.write_all(&(header.len() as u64).to_le_bytes())
+        .map_err(io)?;
+    out.write_all(&header).map_err(io)?;
+    let mut values = Vec::with_capacity(CHUNK);
+    let mut bytes = Vec::with_capacity(CHUNK * size as usize);
+    for t in tensors {
+        let mut left = t.elements() as usize;
+        let normal = match t.init {
+            Init::Normal(std) => Some(Normal::new(0f32, std).map_err(|e| {
+                LoadError::Device(format!("bad standard deviation for `{}`: {e}", t.name))
+            })?),
+            _ => None,
+        };
+        while left > 0 {
+            let n = left.min(CHUNK);
+            values.clear();
+            match (t.init, &normal) {
+                (Init::Normal(_), Some(normal)) => {
+                    values.extend((0..n).map(|_| normal.sample(&mut *rng)))
+                }
+                (Init::Ones, _) => values.resize(n, 1.0),
+                _ => values.resize(n, 0.0),
+            }
+            bytes.clear();
+            match dtype {
+                candle_core::DType::F32 => {
+                    bytes.extend(values.iter().flat_map(|v| v.to_le_bytes()))
+                }
+                candle_core::DType::F16 => {
+                    bytes.extend(values.iter().flat_map(|v| f16::from_f32(*v).to_le_bytes()))
+                }
+                _ => bytes.extend(values.iter().flat_map(|v| bf16::from_f32(*v).to_le_bytes())),
+            }
+            out.write_all(&bytes).map_err(io)?;
+            left -= n;
+        }
+    }
+    out.flush().map_err(io)?;
+    Ok(())
+}
+
+/// Writes `value` as pretty JSON with a trailing newline.
+pub fn write_json(path: &Path, value: &Value) -> Result<(), LoadError> {
+    let mut text = serde_json::to_string_pretty(value).expect("JSON values serialise");
+    text.push('\n');
+    std::fs::write(path, text).map_err(|e| crate::checkpoint::io_error(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, shape: &[usize], init: Init) -> TensorSpec {
+        TensorSpec {
+            name: name.into(),
+            shape: shape.to_vec(),
+            init,
+        }
+    }
+
+    #[test]
+    fn sharded_and_single_files_hold_the_same_tensors() {
+        let base = std::env::temp_dir().join(format!("wc-writer-{}", std::process::id()));
+        let tensors = vec![
+            spec("a", &[3, 4], Init::Normal(0.02)),
+            spec("b", &[5], Init::Ones),
+            spec("c", &[2, 2], Init::Zeros),
+            spec("d", &[7, 3], Init::Normal(1.0)),
+        ];
+        let mut read = Vec::new();
+        for shards in [1, 3] {
+            let dir = base.join(format!("s{shards}"));
+            let written =
+                write_safetensors(&dir, &tensors, candle_core::DType::BF16, shards, 7).unwrap();
+            assert_eq!(written.files.len(), shards);
+            assert_eq!(written.data_bytes, (12 + 5 + 4 + 21) * 2);
+            let mut all = std::collections::BTreeMap::new();
+            for file in &written.files {
+                let loaded =
+                    candle_core::safetensors::load(dir.join(file), &candle_core::Device::Cpu)
+                        .unwrap();
+                assert!(!loaded.is_empty(), "{file} holds a tensor");
+                for (name, t) in loaded {
+                    let values: Vec<f32> = t
+                        .to_dtype(candle_core::DType::F32)
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1()
+                        .unwrap();
+                    all.insert(name, (t.dims().to_vec(), values));
+                }
+            }
+            assert_eq!(all["b"].1, vec![1.0; 5]);
+            assert_eq!(all["c"].1, vec![0.0; 4]);
+            assert_eq!(all["d"].0, vec![7, 3]);
+            if shards > 1 {
+                let index: Value = serde_json::from_str(
+                    &std::fs::read_to_string(dir.join("model.safetensors.index.json")).unwrap(),
+                )
+                .unwrap();
+                assert_eq!(index["weight_map"].as_object().unwrap().len(), 4);
+                assert_eq!(index["metadata"]["total_size"], 84);
+            }
+            read.push(all);
+        }
+        assert_eq!(read[0], read[1], "sharding does not change the weights");
+        std::fs::remove_dir_all(base).unwrap();
+    }
+
+    #[test]
+    fn shards_split_by_size_in_order() {
+        let base = std::env::temp_dir().join(format!("wc-writer-split-{}", std::process::id()));
+        let tensors: Vec<TensorSpec> = (0..8)
+            .map(|i| spec(&format!("t{i}"), &[16], Init::Zeros))
+            .collect();
+        write_safetensors(&base, &tensors, candle_core::DType::F32, 4, 0).unwrap();
+        let index: Value = serde_json::from_str(
+            &std::fs::read_to_string(base.join("model.safetensors.index.json")).unwrap(),
+        )
+        .unwrap();
+        let map = index["weight_map"].as_object().unwrap();
+        for i in 0..8 {
+            let expected = format!("model-{:05}-of-00004.safetensors", i / 2 + 1);
+            assert_eq!(map[&format!("t{i}")], expected.as_str(), "t{i}");
+        }
+        std::fs::remove_dir_all(base).unwrap();
+    }
+}

@@ -1,0 +1,410 @@
+//! `POST /v1/chat/completions`: OpenAI chat completions, plain or streamed, on the completions
+//! machinery (on-demand attach, limits, metrics, the event stream). The prompt is the model's
+//! own chat template rendered by the engine; a model without one answers 400.
+//!
+//! Every parameter is either used, accepted as harmless (`user`, `metadata`, ...), or refused
+//! with a 400 naming it: a parameter the engine cannot honour (`logprobs`, `tools`,
+//! `response_format`, penalties, ...) is never silently ignored. Given at its no-op value
+//! (`"logprobs": false`, `"tools": []`, `"presence_penalty": 0`, null, ...) it is accepted.
+
+use std::time::Instant;
+
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use wc_actors::{GenerateOutput, Prompt};
+
+use super::completions::{record, with_engine};
+use super::error::ApiError;
+use super::openai::{finish_reason, usage, CompletionMeta, Sampling, StopInput, StreamOptions};
+use super::state::AppState;
+use super::stream::{self, Chunks};
+use crate::models::chat_template::{ChatMessage, MessageExt};
+
+/// The parameters used.
+const SUPPORTED: [&str; 12] = [
+    "model",
+    "messages",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "seed",
+    "stop",
+    "n",
+    "stream",
+    "stream_options",
+    "ignore_eos",
+];
+
+/// Accepted and not used: they change nothing about the reply.
+const HARMLESS: [&str; 6] = [
+    "user",
+    "metadata",
+    "store",
+    "service_tier",
+    "safety_identifier",
+    "prompt_cache_key",
+];
+
+/// Parameters the engine cannot honour, accepted only at the value that asks for nothing.
+fn is_no_op(name: &str, value: &Value) -> Option<bool> {
+    let empty = |v: &Value| {
+        v.as_array().is_some_and(Vec::is_empty) || v.as_object().is_some_and(Map::is_empty)
+    };
+    let zero = |v: &Value| v.as_f64() == Some(0.0);
+    Some(match name {
+        "logprobs" => value == &Value::Bool(false),
+        "top_logprobs" => zero(value),
+        "presence_penalty" | "frequency_penalty" => zero(value),
+        "repetition_penalty" => value.as_f64() == Some(1.0),
+        "logit_bias" | "tools" | "functions" => empty(value),
+        "tool_choice" | "function_call" => value == "none" || value == "auto",
+        "parallel_tool_calls" => value.is_boolean(),
+        "response_format" => value.get("type").and_then(Value::as_str) == Some("text"),
+        "modalities" => value == &json!(["text"]),
+        "audio" | "prediction" | "reasoning_effort" | "web_search_options" | "verbosity"
+        | "top_k" | "min_p" | "best_of" | "echo" | "suffix" | "guided_json" | "guided_regex"
+        | "guided_choice" | "guided_grammar" => false,
+        _ => return None,
+    })
+}
+
+/// The parameters used, typed.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChatRequest {
+    model: String,
+    messages: Value,
+    max_tokens: Option<usize>,
+    max_completion_tokens: Option<usize>,
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    seed: Option<u64>,
+    stop: Option<StopInput>,
+    n: Option<usize>,
+    #[serde(default)]
+    stream: bool,
+    stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    ignore_eos: bool,
+}
+
+/// A checked chat request: the model, the runtime's request, and how to reply.
+struct Checked {
+    model: String,
+    request: wc_actors::GenerateRequest,
+    stream: bool,
+    include_usage: bool,
+}
+
+/// Checks the body: every field known, every message well formed, the sampling in range.
+fn check(body: Value, limits: super::openai::Limits) -> Result<Checked, ApiError> {
+    let Value::Object(fields) = body else {
+        return Err(ApiError::bad_request("the body must be a JSON object"));
+    };
+    let mut used = Map::new();
+    for (name, value) in fields {
+        if value.is_null() || HARMLESS.contains(&name.as_str()) {
+            continue;
+        }
+        if SUPPORTED.contains(&name.as_str()) {
+            used.insert(name, value);
+            continue;
+        }
+        match is_no_op(&name, &value) {
+            Some(true) => {}
+            Some(false) => {
+                return Err(ApiError::bad_request(format!(
+                    "`{name}` is not supported by this server (only its no-op value is accepted): leave it out"
+                )))
+            }
+            None => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown parameter `{name}`"
+                )))
+            }
+        }
+    }
+    let request: ChatRequest = serde_json::from_value(Value::Object(used))
+        .map_err(|e| ApiError::bad_request(format!("invalid request: {e}")))?;
+    if request.model.is_empty() {
+        return Err(ApiError::bad_request("`model` must not be empty"));
+    }
+    let Value::Array(messages) = &request.messages else {
+        return Err(ApiError::bad_request(
+            "`messages` must be a list of {\"role\", \"content\"} objects",
+        ));
+    };
+    if messages.is_empty() {
+        return Err(ApiError::bad_request(
+            "`messages` is empty: give at least one message",
+        ));
+    }
+    let messages = messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| ChatMessage::from_openai(i, m))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ApiError::bad_request(format!("`messages`: {e}")))?;
+    let max_tokens = match (request.max_tokens, request.max_completion_tokens) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(ApiError::bad_request(format!(
+                "`max_tokens` ({a}) and `max_completion_tokens` ({b}) differ: give one"
+            )))
+        }
+        (a, b) => b.or(a),
+    };
+    if request.stream_options.is_some() && !request.stream {
+        return Err(ApiError::bad_request(
+            "`stream_options` is only allowed when `stream` is true",
+        ));
+    }
+    let generate = Sampling {
+        max_tokens,
+        temperature: request.temperature,
+        top_p: request.top_p,
+        seed: request.seed,
+        stop: request.stop,
+        n: request.n,
+        ignore_eos: request.ignore_eos,
+    }
+    .to_generate(Prompt::Chat(messages), limits)?;
+    Ok(Checked {
+        model: request.model,
+        request: generate,
+        stream: request.stream,
+        include_usage: request
+            .stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage),
+    })
+}
+
+/// `POST /v1/chat/completions`.
+pub async fn chat_completions(
+    state: web::Data<AppState>,
+    body: web::Json<Value>,
+) -> Result<HttpResponse, ApiError> {
+    let checked = check(body.into_inner(), state.limits())?;
+    let meta = ChatMeta::new(&checked.model);
+    if checked.stream {
+        return stream::respond(
+            state,
+            &checked.model,
+            checked.include_usage,
+            checked.request,
+            meta,
+        )
+        .await;
+    }
+    let started = Instant::now();
+    let handle = state.handle.clone();
+    let request = checked.request;
+    let output = with_engine(&state, &checked.model, |name| {
+        handle.generate(name, request.clone())
+    })
+    .await?;
+    record(&state, &meta.0.model, &output, started);
+    Ok(HttpResponse::Ok().json(meta.reply(&output)))
+}
+
+/// Identifies one chat completion in its reply and every chunk.
+struct ChatMeta(CompletionMeta);
+
+impl ChatMeta {
+    fn new(model: &str) -> Self {
+        Self(CompletionMeta {
+            id: format!("chatcmpl-{:032x}", rand::random::<u128>()),
+            ..CompletionMeta::new(model)
+        })
+    }
+
+    /// The fields every reply and chunk of this completion carries, with `object` and `rest`.
+    fn envelope(&self, object: &str, rest: Value) -> Value {
+        let m = &self.0;
+        let mut value = json!({
+            "id": m.id,
+            "object": object,
+            "created": m.created,
+            "model": m.model,
+            "system_fingerprint": null,
+        });
+        if let (Some(fields), Value::Object(more)) = (value.as_object_mut(), rest) {
+            fields.extend(more);
+        }
+        value
+    }
+
+    /// The non-streamed reply.
+    fn reply(&self, output: &GenerateOutput) -> Value {
+        self.envelope(
+            "chat.completion",
+            json!({
+                "choices": [{
+                    "index": 0,
+                    "message": {"role": "assistant", "content": output.text, "refusal": null},
+                    "logprobs": null,
+                    "finish_reason": finish_reason(output.finish_reason),
+                }],
+                "usage": usage(output),
+            }),
+        )
+    }
+
+    /// One streamed chunk with `delta` and `finish_reason`.
+    fn chunk(&self, delta: Value, finish: Option<&str>) -> Value {
+        self.envelope(
+            CHUNK,
+            json!({
+                "choices": [{
+                    "index": 0,
+                    "delta": delta,
+                    "logprobs": null,
+                    "finish_reason": finish,
+                }],
+            }),
+        )
+    }
+}
+
+/// The `object` of a streamed chunk.
+const CHUNK: &str = "chat.completion.chunk";
+
+impl Chunks for ChatMeta {
+    fn model(&self) -> &str {
+        &self.0.model
+    }
+
+    fn opening(&self) -> Vec<Value> {
+        vec![self.chunk(json!({"role": "assistant", "content": ""}), None)]
+    }
+
+    fn text(&self, text: &str) -> Value {
+        self.chunk(json!({ "content": text }), None)
+    }
+
+    fn finish(&self, reason: &str) -> Value {
+        self.chunk(json!({}), Some(reason))
+    }
+
+    fn usage(&self, output: &GenerateOutput) -> Value {
+        self.envelope(CHUNK, json!({"choices": [], "usage": usage(output)}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::openai::Limits;
+
+    const LIMITS: Limits = Limits {
+        max_tokens: 100,
+        default_max_tokens: 16,
+    };
+
+    fn err(body: Value) -> String {
+        match check(body.clone(), LIMITS) {
+            Ok(_) => panic!("accepted: {body}"),
+            Err(e) => {
+                assert_eq!(e.status.as_u16(), 400, "{body}");
+                e.message
+            }
+        }
+    }
+
+    fn user() -> Value {
+        json!([{"role": "user", "content": "hi"}])
+    }
+
+    #[test]
+    fn messages_become_a_chat_prompt_with_the_sampling_checked() {
+        let c = check(
+            json!({"model": "m", "messages": [
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}
+            ], "max_completion_tokens": 5, "temperature": 0, "stop": "x", "user": "u1",
+               "metadata": {"k": "v"}, "logprobs": false, "tools": [], "presence_penalty": 0,
+               "stream": true, "stream_options": {"include_usage": true}, "top_logprobs": null}),
+            LIMITS,
+        )
+        .unwrap();
+        assert_eq!(
+            c.request.prompt,
+            Prompt::Chat(vec![
+                ChatMessage::new("system", "be brief"),
+                ChatMessage::new("user", "a\nb")
+            ])
+        );
+        assert_eq!(c.request.max_new_tokens, 5);
+        assert_eq!(c.request.stop, vec!["x".to_string()]);
+        assert!(c.stream && c.include_usage);
+    }
+
+    #[test]
+    fn unsupported_parameters_are_400_naming_them() {
+        for (name, value) in [
+            ("logprobs", json!(true)),
+            ("top_logprobs", json!(2)),
+            (
+                "tools",
+                json!([{"type": "function", "function": {"name": "f"}}]),
+            ),
+            ("response_format", json!({"type": "json_object"})),
+            ("presence_penalty", json!(0.5)),
+            ("frequency_penalty", json!(1)),
+            ("logit_bias", json!({"50256": -100})),
+            ("top_k", json!(5)),
+            ("frobnicate", json!(1)),
+        ] {
+            let mut body = json!({"model": "m", "messages": user()});
+            body[name] = value;
+            let message = err(body);
+            assert!(message.contains(&format!("`{name}`")), "{name}: {message}");
+        }
+    }
+
+    #[test]
+    fn malformed_messages_and_parameters_are_400() {
+        for (body, says) in [
+            (json!({"model": "m", "messages": []}), "empty"),
+            (json!({"model": "m", "messages": "hi"}), "list"),
+            (json!({"model": "m"}), "messages"),
+            (
+                json!({"model": "m", "messages": [{"role": "wizard", "content": "x"}]}),
+                "wizard",
+            ),
+            (
+                json!({"model": "m", "messages": [{"role": "user", "content": 5}]}),
+                "content",
+            ),
+            (
+                json!({"model": "m", "messages": [{"role": "user"}]}),
+                "content",
+            ),
+            (json!({"model": "m", "messages": ["hi"]}), "object"),
+            (json!({"model": "m", "messages": user(), "n": 2}), "`n`"),
+            (
+                json!({"model": "m", "messages": user(), "max_tokens": 3, "max_completion_tokens": 4}),
+                "differ",
+            ),
+            (
+                json!({"model": "m", "messages": user(), "stream_options": {"include_usage": true}}),
+                "stream_options",
+            ),
+            (
+                json!({"model": "m", "messages": user(), "max_tokens": 101}),
+                "max_tokens",
+            ),
+            (json!({"model": "", "messages": user()}), "model"),
+            (
+                json!({"model": "m", "messages": user(), "temperature": "hot"}),
+                "invalid",
+            ),
+            (json!([1, 2]), "object"),
+        ] {
+            let message = err(body.clone());
+            assert!(message.contains(says), "{body}: {message}");
+        }
+    }
+}
