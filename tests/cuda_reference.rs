@@ -796,3 +796,63 @@ fn llama_family_fixtures_match_transformers_on_the_gpu() {
     }
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+#[test]
+fn llama_family_fixtures_through_the_pinned_upload_and_the_host_cache() {
+    let _gpu = serial();
+    let mut device = gpu_with(PrewarmOptions {
+        dtypes: vec![DType::F16, DType::BF16],
+        ..Default::default()
+    });
+    let mut failures = Vec::new();
+    for name in LLAMA_FIXTURES {
+        let reference = reference(name);
+        let streams: Vec<(&[u32], &[u32], Option<f32>)> = reference
+            .cases
+            .iter()
+            .map(|c| {
+                (
+                    &c.input_ids[..],
+                    &c.greedy_new_tokens[..],
+                    c.min_top2_margin,
+                )
+            })
+            .chain(reference.chat_cases.iter().map(|c| {
+                (
+                    &c.input_ids[..],
+                    &c.greedy_new_tokens[..],
+                    c.min_top2_margin,
+                )
+            }))
+            .filter(|(_, _, margin)| margin.is_some_and(|m| m >= MIN_MARGIN))
+            .collect();
+        let counts = pinned_upload_counts();
+        // The first load reads the file; the other three come from the pinned host cache.
+        for dtype in [DType::F16, DType::F16, DType::BF16, DType::BF16] {
+            let (mut engine, _) = device
+                .load_engine(&spec(fixture(name), Some(dtype)), &mut Timeline::default())
+                .unwrap();
+            for (i, (ids, expected, margin)) in streams.iter().enumerate() {
+                let out = engine
+                    .generate(&greedy(ids, expected.len()), &mut |_| true)
+                    .unwrap();
+                if out.new_tokens != *expected {
+                    failures.push(format!(
+                        "{name} {dtype} stream {i} (margin {margin:?}): {:?} != {expected:?}",
+                        out.new_tokens
+                    ));
+                }
+            }
+        }
+        assert_eq!(
+            pinned_upload_counts(),
+            (counts.0 + 4, counts.1 + 3),
+            "{name}: one read, three host-cache hits"
+        );
+        println!(
+            "{name}: {} streams x 4 loads (f16, bf16) through the pinned path",
+            streams.len()
+        );
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
