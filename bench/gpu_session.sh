@@ -21,7 +21,7 @@ mkdir -p /tmp/wc && for f in "$GPU_BIN"/*.gz; do gunzip -c "$f" > "/tmp/wc/$(bas
 WC=/tmp/wc/wc-cuda
 log() { echo "== $(date -u +%FT%TZ) $*" | tee -a "$OUT/session.log"; }
 # Runs a command and logs its wall time (the machine may have no /usr/bin/time).
-timed() { local t0; t0=$(date +%s.%N); "$@"; local rc=$?; log "wall $(python3 -c "print(round($(date +%s.%N) - $t0, 3))") s (rc=$rc): ${*:1:3}"; return $rc; }
+timed() { local t0; t0=$(date +%s.%N); "$@"; local rc=$?; log "wall $(python3 -c "print(round($(date +%s.%N) - $t0, 3))") s (rc=$rc): ${*:1:3}" > /dev/null; return $rc; }
 GPUS=$(nvidia-smi -L 2>/dev/null | wc -l)
 { date -u; $WC --version; nvidia-smi; nproc; free -g; } > "$OUT/machine.txt" 2>&1
 log "build: $($WC --version); $GPUS GPU(s): $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | paste -sd'|')"
