@@ -285,6 +285,19 @@ fn locate(model: &str) -> Result<PathBuf, LoadError> {
     })
 }
 
+/// `owner/name` as the hub spells repository ids (letters, digits, `.`, `_`, `-`; not `.`/`..`).
+pub fn is_hub_id(model: &str) -> bool {
+    let part = |s: &str| {
+        !s.is_empty()
+            && s != "."
+            && s != ".."
+            && s.len() <= 96
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    };
+    matches!(model.split_once('/'), Some((owner, name)) if part(owner) && part(name))
+}
+
 /// The Hugging Face hub cache locations, in the order `huggingface_hub` uses them.
 pub fn hub_cache_dirs() -> Vec<PathBuf> {
     let mut dirs = Vec::new();

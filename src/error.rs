@@ -134,6 +134,20 @@ impl From<LoadError> for EngineError {
 pub enum GenerateError {
     #[error("prompt has {len} tokens but the model's position table holds {max}")]
     PromptTooLong { len: usize, max: usize },
+    #[error(
+        "this model's context holds {max} tokens, but {prompt} in the prompt and {asked} to \
+         generate were asked for: shorten the prompt or lower max_tokens"
+    )]
+    ContextExceeded {
+        prompt: usize,
+        asked: usize,
+        max: usize,
+    },
+    #[error(
+        "the prompt has more than {limit} characters, more than the model's {max} positions can \
+         hold: shorten it"
+    )]
+    PromptFarTooLong { limit: usize, max: usize },
     #[error("empty prompt: give at least one token")]
     EmptyPrompt,
     #[error("token id {id} is outside the vocabulary (size {vocab})")]

@@ -73,32 +73,54 @@ fn assert_svg_well_formed(svg: &str) {
     assert_eq!(rects, closed + self_closed, "<rect> elements are closed");
 }
 
-/// Phase bars the chart must draw: one per (scenario, mode, phase) with a nonzero p50.
-/// Bar segments the chart should draw: one per nonzero p50 phase of each mode, and again in the
-/// zoom panel for modes whose total is under a tenth of the slowest mode's (the runs used here
-/// have at most two levels of speed, so at most one zoom).
-fn nonzero_bars(results: &Results) -> usize {
-    let modes: Vec<_> = results
+/// The panels the chart draws, as lists of `(scenario, mode summary)`: every mode, then while
+/// some modes' totals are under a tenth of the slowest in the panel above, those again on their
+/// own scale (at most three panels).
+fn chart_panels(results: &Results) -> Vec<Vec<(String, &ModeSummary)>> {
+    let longest = |mode: &ModeSummary| mode["total"].p95_ms.max(mode["total"].p50_ms);
+    let all: Vec<(String, &ModeSummary)> = results
         .scenarios
-        .values()
-        .flat_map(|s| s.summary.values())
-        .collect();
-    let longest = |mode: &&ModeSummary| mode["total"].p95_ms.max(mode["total"].p50_ms);
-    let slowest = modes.iter().map(longest).fold(0.0, f64::max);
-    modes
         .iter()
-        .map(|mode| {
-            let segments = phase_names()
+        .flat_map(|(name, s)| s.summary.values().map(move |m| (name.clone(), m)))
+        .collect();
+    let mut panels = vec![all];
+    while panels.len() < 3 {
+        let last = panels.last().unwrap();
+        let slowest = last.iter().map(|(_, m)| longest(m)).fold(0.0, f64::max);
+        let fast: Vec<_> = last
+            .iter()
+            .filter(|(_, m)| longest(m) * 10.0 < slowest)
+            .cloned()
+            .collect();
+        if fast.is_empty() {
+            break;
+        }
+        panels.push(fast);
+    }
+    panels
+}
+
+/// Bar segments the chart should draw: one per nonzero p50 phase of each mode in each panel.
+fn nonzero_bars(results: &Results) -> usize {
+    chart_panels(results)
+        .iter()
+        .flatten()
+        .map(|(_, mode)| {
+            phase_names()
                 .iter()
                 .filter(|p| mode[**p].p50_ms > 0.0)
-                .count();
-            if longest(mode) * 10.0 < slowest {
-                2 * segments
-            } else {
-                segments
-            }
+                .count()
         })
         .sum()
+}
+
+/// How many labelled bars of `scenario` the chart should draw, over every panel.
+fn labelled_bars(results: &Results, scenario: &str) -> usize {
+    chart_panels(results)
+        .iter()
+        .flatten()
+        .filter(|(name, _)| name == scenario)
+        .count()
 }
 
 #[test]
@@ -262,10 +284,15 @@ fn a_small_real_bench_writes_consistent_results_report_and_chart() {
     );
     assert_eq!(svg.matches("</title></rect>").count(), bars);
     for scenario in ["single", "sequential"] {
+        let labelled = labelled_bars(&results, scenario);
+        assert!(
+            labelled >= modes.len(),
+            "{scenario}: every mode in the first panel"
+        );
         assert_eq!(
             svg.matches(&format!(">{scenario} / ")).count(),
-            modes.len(),
-            "{scenario}: one labelled bar per mode"
+            labelled,
+            "{scenario}: one labelled bar per mode and panel"
         );
     }
     let _ = std::fs::remove_dir_all(out);

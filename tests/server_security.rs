@@ -446,3 +446,53 @@ fn null_means_absent_in_completion_parameters() {
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(reply.json()["object"], "text_completion");
 }
+
+#[test]
+fn a_prompt_that_cannot_fit_is_refused_before_it_is_tokenized() {
+    let config = format!(
+        "[server]\nmax_body_bytes = \"4MiB\"\n\n[[workers]]\ndevice = \"cpu\"\n\n{}",
+        model_entry(PRENORM, PRENORM, true, "5m"),
+    );
+    let server = Server::start("huge-prompt", &config);
+    let huge = "Beautiful is better than ugly. ".repeat(35_000);
+    let replies: Vec<Response> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    server.post(
+                        "/v1/completions",
+                        &json!({"model": PRENORM, "prompt": huge, "max_tokens": 4}),
+                    )
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for reply in replies {
+        reply.assert_error(400, "invalid_request");
+        let message = reply.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            message.contains("characters"),
+            "refused by its length: {message}"
+        );
+    }
+    // Asking for more tokens than the context has room for is refused, not cut short.
+    let reply = server.post(
+        "/v1/completions",
+        &json!({"model": PRENORM, "prompt": vec![5; 100], "max_tokens": 64}),
+    );
+    reply.assert_error(400, "invalid_request");
+    assert!(
+        reply.body.contains("context holds 128 tokens"),
+        "{}",
+        reply.body
+    );
+    let ok = server.post(
+        "/v1/completions",
+        &json!({"model": PRENORM, "prompt": "Beautiful is better than", "max_tokens": 4}),
+    );
+    assert_eq!(ok.status, 200, "{}", ok.body);
+}

@@ -29,7 +29,7 @@ pub struct RuntimeConfig {
     /// Groups of identical workers; each worker gets its own thread and device context.
     pub workers: Vec<WorkerConfig>,
     /// How long an attach waits for a busy worker to free up before `NoFreeWorker`.
-    /// In TOML/JSON: milliseconds, or a string such as `"30s"` or `"500ms"`.
+    /// In TOML/JSON: seconds, or a string such as `"30s"` or `"500ms"` (as in `serve`'s config).
     #[serde(with = "duration_text")]
     pub attach_timeout: Duration,
     /// Restarts allowed in a row (without a successful attach in between) before a failed
@@ -50,7 +50,7 @@ impl Default for RuntimeConfig {
     fn default() -> Self {
         Self {
             workers: vec![WorkerConfig::default()],
-            attach_timeout: Duration::from_secs(30),
+            attach_timeout: Duration::from_secs(10),
             max_restarts: 3,
             restart_backoff: Duration::from_millis(500),
             max_waiting_requests: 256,
@@ -288,14 +288,15 @@ mod duration_text {
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        // One rule with the server's TOML: a bare number is seconds, text has a unit.
         #[derive(Deserialize)]
         #[serde(untagged)]
         enum Raw {
-            Millis(u64),
+            Seconds(f64),
             Text(String),
         }
         match Raw::deserialize(d)? {
-            Raw::Millis(ms) => Ok(Duration::from_millis(ms)),
+            Raw::Seconds(s) => crate::duration::duration_from_secs(s).map_err(de::Error::custom),
             Raw::Text(text) => crate::duration::parse_duration(&text).map_err(de::Error::custom),
         }
     }
@@ -309,7 +310,7 @@ mod tests {
     fn config_reads_from_json_with_defaults_and_text_durations() {
         let config: RuntimeConfig = serde_json::from_str(
             r#"{"workers": [{"device": "cpu", "count": 2}], "attach_timeout": "1.5s",
-                "restart_backoff": 250}"#,
+                "restart_backoff": 0.25}"#,
         )
         .unwrap();
         assert_eq!(config.workers[0].count, 2);

@@ -119,7 +119,7 @@ async fn a_fatal_device_error_on_load_fails_the_attach_and_restarts_the_worker()
         matches!(error, AttachError::WorkerFailed { worker: 0, .. }),
         "{error:?}"
     );
-    assert_eq!(error.status_code(), 500);
+    assert_eq!(error.status_code(), 503, "the worker restarts: try again");
 
     let panicking = Attach::new(spec("fake:panic_on_load"));
     wait_for_workers(&handle, 60, "restart", |w| w[0].state == WorkerState::Idle).await;

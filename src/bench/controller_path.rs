@@ -1,10 +1,12 @@
 //! The controller path of the bench: a prewarmed worker that attaches, makes a first token, detaches.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
+use wc_actors::process::{ProcessBackend, WorkerCommand};
 use wc_actors::{
-    Attach, DType, DeviceSpec, EngineRef, Handle, ModelSpec, PrewarmOptions, Runtime,
+    Attach, Backend, DType, DeviceSpec, EngineRef, Handle, ModelSpec, PrewarmOptions, Runtime,
     RuntimeConfig, Timeline, WorkerConfig,
 };
 
@@ -23,11 +25,14 @@ impl ControllerPath {
     /// Starts the runtime with one worker on `device`, prewarmed for `dtype`, with pinned
     /// staging buffers of `staging_bytes` and a host cache of `host_cache_bytes` (0: off, so
     /// every attach reads the checkpoint from the page cache).
+    /// With `worker_exe`, the worker runs in its own process of that program (the server's
+    /// default isolation); without, on a thread of this one.
     pub fn start(
         device: &DeviceSpec,
         dtype: Option<DType>,
         staging_bytes: u64,
         host_cache_bytes: u64,
+        worker_exe: Option<&Path>,
     ) -> anyhow::Result<Self> {
         let config = RuntimeConfig {
             workers: vec![WorkerConfig {
@@ -42,7 +47,20 @@ impl ControllerPath {
             }],
             ..RuntimeConfig::default()
         };
-        let handle = Runtime::start_in_background(config, Arc::new(CandleBackend));
+        let local: Arc<dyn Backend> = Arc::new(CandleBackend);
+        let backend: Arc<dyn Backend> = match worker_exe {
+            Some(exe) => Arc::new(ProcessBackend::new(
+                local,
+                WorkerCommand {
+                    exe: exe.to_path_buf(),
+                    args: vec!["worker".into()],
+                    env: Vec::new(),
+                    heartbeat_timeout: std::time::Duration::from_secs(60),
+                },
+            )),
+            None => local,
+        };
+        let handle = Runtime::start_in_background(config, backend);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;

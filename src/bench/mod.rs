@@ -61,6 +61,8 @@ enum Mode {
     Controller,
     /// Attach with the host cache off: weights come from the page cache every time.
     ControllerNoCache,
+    /// As `Controller`, with the worker in its own process (the server's default isolation).
+    ControllerProcess,
     Transformers,
 }
 
@@ -70,6 +72,7 @@ impl Mode {
             Mode::Standard => "standard",
             Mode::Controller => "controller",
             Mode::ControllerNoCache => "controller_nocache",
+            Mode::ControllerProcess => "controller_process",
             Mode::Transformers => "transformers",
         }
     }
@@ -81,6 +84,7 @@ struct Bench<'a> {
     peer_script: Option<PathBuf>,
     controller: ControllerPath,
     controller_nocache: ControllerPath,
+    controller_process: ControllerPath,
     scratch: PathBuf,
     runs: Vec<RunRecord>,
 }
@@ -106,6 +110,7 @@ impl Bench<'_> {
             ),
             Mode::Controller => self.controller.start_engine(model),
             Mode::ControllerNoCache => self.controller_nocache.start_engine(model),
+            Mode::ControllerProcess => self.controller_process.start_engine(model),
         };
         if let Some(dir) = jit_dir {
             let _ = std::fs::remove_dir_all(dir);
@@ -135,7 +140,12 @@ impl Bench<'_> {
         Ok(())
     }
 
-    const MODES: [Mode; 3] = [Mode::Standard, Mode::Controller, Mode::ControllerNoCache];
+    const MODES: [Mode; 4] = [
+        Mode::Standard,
+        Mode::Controller,
+        Mode::ControllerNoCache,
+        Mode::ControllerProcess,
+    ];
 
     /// Scenario 1: the first model, started `runs` times through each path, interleaved; the
     /// transformers peer for its first `peer_runs`.
@@ -194,17 +204,14 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<Results> {
         (_, false) => format!("{} at start", machine::jit_cache_state()),
     };
     eprintln!(
-        "prewarming two controller workers on {} (host cache off / on) ...",
+        "prewarming three controller workers on {} (host cache on / off / in a process) ...",
         options.device
     );
-    let controller = ControllerPath::start(
-        &options.device,
-        options.dtype,
-        options.staging_bytes,
-        options.host_cache_bytes,
-    )?;
-    let controller_nocache =
-        ControllerPath::start(&options.device, options.dtype, options.staging_bytes, 0)?;
+    let (device, dtype, staging) = (&options.device, options.dtype, options.staging_bytes);
+    let cache = options.host_cache_bytes;
+    let controller = ControllerPath::start(device, dtype, staging, cache, None)?;
+    let controller_nocache = ControllerPath::start(device, dtype, staging, 0, None)?;
+    let controller_process = ControllerPath::start(device, dtype, staging, cache, Some(&exe))?;
     let scratch = std::env::temp_dir().join(format!("wc-bench-{}", std::process::id()));
     let mut bench = Bench {
         options,
@@ -212,6 +219,7 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<Results> {
         peer_script,
         controller,
         controller_nocache,
+        controller_process,
         scratch,
         runs: Vec::new(),
     };
@@ -223,6 +231,7 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<Results> {
     }
     bench.controller.stop();
     bench.controller_nocache.stop();
+    bench.controller_process.stop();
     let _ = std::fs::remove_dir_all(&bench.scratch);
 
     let (method, bandwidth) = floor::measure_bandwidth(&options.device)?;

@@ -7,10 +7,11 @@ use wc_actors::Anchor;
 use super::results::{phase_names, Results};
 
 /// Modes in the order the tables show them.
-pub const MODES: [&str; 4] = [
+pub const MODES: [&str; 5] = [
     "standard",
     "controller",
     "controller_nocache",
+    "controller_process",
     "transformers",
 ];
 

@@ -5,11 +5,13 @@
 //! The bundled `config.toml` at the repository root documents every key.
 
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use serde::{de, Deserialize, Deserializer};
 use toml::Spanned;
+
+use crate::checkpoint::is_hub_id;
 use wc_actors::{
     Backend, DType, DeviceSpec, ModelSpec, PrewarmOptions, RuntimeConfig, WorkerConfig,
 };
@@ -146,7 +148,7 @@ impl Default for RuntimeSection {
     fn default() -> Self {
         let d = RuntimeConfig::default();
         Self {
-            attach_timeout: HumanDuration(Duration::from_secs(10)),
+            attach_timeout: HumanDuration(d.attach_timeout),
             max_restarts: d.max_restarts,
             restart_backoff: HumanDuration(d.restart_backoff),
             isolation: Isolation::Process,
@@ -396,80 +398,56 @@ impl Config {
             }
             *root = full;
         }
-        let mut seen: Vec<&str> = Vec::new();
-        for model in &mut self.models {
-            let name = model.name.get_ref();
-            if let Err(reason) = wc_actors::check_engine_name(name) {
-                return Err((
-                    Some(model.name.span()),
-                    format!("invalid model name `{name}`: {reason}"),
-                ));
-            }
-            if seen.contains(&name.as_str()) {
-                return Err((
-                    Some(model.name.span()),
-                    format!("model name `{name}` is used twice"),
-                ));
-            }
-            seen.push(name);
-            model.resolved = match (&model.path, &model.hub) {
-                (Some(path), None) => {
-                    let full = base.join(path.get_ref());
-                    if !full.is_dir() {
-                        return Err((
-                            Some(path.span()),
-                            format!(
-                                "model `{name}`: path `{}` is not a directory",
-                                full.display()
-                            ),
-                        ));
-                    }
-                    if !full.join("config.json").is_file() {
-                        return Err((
-                            Some(path.span()),
-                            format!(
-                                "model `{name}`: `{}` has no config.json (not a Hugging Face \
-                                 checkpoint directory)",
-                                full.display()
-                            ),
-                        ));
-                    }
-                    let full = full.canonicalize().unwrap_or(full);
-                    full.to_string_lossy().into_owned()
-                }
-                (None, Some(hub)) => hub.get_ref().clone(),
-                (Some(path), Some(_)) => {
-                    return Err((
-                        Some(path.span()),
-                        format!("model `{name}`: give `path` or `hub`, not both"),
-                    ))
-                }
-                (None, None) => {
-                    return Err((
-                        Some(model.name.span()),
-                        format!(
-                            "model `{name}`: give its `path` (a checkpoint directory) or `hub` id"
-                        ),
-                    ))
-                }
-            };
-            if model.attach_on_start {
-                // What an attach would find wrong before loading (config, weight headers, the
-                // hub cache), said here with the model's line rather than after start-up.
-                if let Err(e) = crate::backend::CandleBackend.inspect(&model.spec()) {
-                    let span = match (&model.path, &model.hub) {
-                        (Some(path), _) => path.span(),
-                        (None, Some(hub)) => hub.span(),
-                        (None, None) => model.name.span(),
-                    };
-                    return Err((
-                        Some(span),
-                        format!("model `{name}` (attach_on_start): {}", e.message),
-                    ));
-                }
-            }
+        for i in 0..self.models.len() {
+            let (before, rest) = self.models.split_at_mut(i);
+            resolve_model(&mut rest[0], base, before)?;
         }
         Ok(())
+    }
+
+    /// Adds a model given outside the file (`serve --model`): `model` is a checkpoint directory
+    /// (relative to the current directory) or, when no such directory exists, a hub id
+    /// (`owner/name`) from the local cache. It attaches at start and is never evicted. `name`
+    /// defaults to [`default_model_name`]. Checked exactly as a `[[models]]` entry is (name rule,
+    /// unique name, `config.json`, the checkpoint's headers), and its dtype's kernels join
+    /// `[prewarm] dtypes`. Errors name `origin` (e.g. `--model`).
+    pub fn add_model(
+        &mut self,
+        model: &str,
+        name: Option<&str>,
+        dtype: Option<DType>,
+        origin: &str,
+    ) -> Result<&ModelConfig, String> {
+        let is_dir = Path::new(model).is_dir();
+        if !is_dir && !is_hub_id(model) {
+            return Err(format!(
+                "{origin} `{model}`: not a directory, nor a hub id (`owner/name`)"
+            ));
+        }
+        let name = match name {
+            Some(name) => name.to_owned(),
+            None => default_model_name(model),
+        };
+        let value = |v: &str| Some(Spanned::new(0..0, v.to_owned()));
+        let mut entry = ModelConfig {
+            name: Spanned::new(0..0, name),
+            path: if is_dir { value(model) } else { None },
+            hub: if is_dir { None } else { value(model) },
+            dtype,
+            attach_on_start: true,
+            keep_alive: KeepAlive::Forever,
+            resolved: String::new(),
+            origin: format!("{origin} {model}"),
+        };
+        resolve_model(&mut entry, Path::new("."), &self.models)
+            .map_err(|(_, reason)| format!("{origin} `{model}`: {reason}"))?;
+        if let Some(dtype) = dtype {
+            if !self.prewarm.dtypes.contains(&dtype) {
+                self.prewarm.dtypes.push(dtype);
+            }
+        }
+        self.models.push(entry);
+        Ok(self.models.last().expect("just pushed"))
     }
 
     /// Checks what flags can change after the file was read: the worker counts, that every
@@ -545,6 +523,123 @@ impl Config {
     pub fn model(&self, name: &str) -> Option<&ModelConfig> {
         self.models.iter().find(|m| m.name() == name)
     }
+}
+
+/// The name a `serve --model` entry gets when none is given: a directory's last component, or a
+/// hub id's name part (`facebook/opt-125m` → `opt-125m`), made to satisfy the engine name rule:
+/// characters other than letters, digits, `.`, `_` and `-` become `-`, at most 128 characters,
+/// and a name of digits alone gets a `model-` prefix.
+pub fn default_model_name(model: &str) -> String {
+    let path = Path::new(model);
+    let last = if path.is_dir() {
+        // `models/opt/` ends in `opt`; `.` or `..` are named by what they resolve to.
+        match path.components().next_back() {
+            Some(Component::Normal(part)) => Some(part.to_string_lossy().into_owned()),
+            _ => path
+                .canonicalize()
+                .ok()
+                .and_then(|full| Some(full.file_name()?.to_string_lossy().into_owned())),
+        }
+    } else {
+        model.rsplit('/').next().map(str::to_owned)
+    };
+    let mut name: String = last
+        .unwrap_or_default()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(128)
+        .collect();
+    if name.is_empty() || name == "." || name == ".." {
+        name = "model".into();
+    } else if name.bytes().all(|b| b.is_ascii_digit()) {
+        name = format!("model-{name}");
+        name.truncate(128);
+    }
+    name
+}
+
+/// Checks one model entry (name rule, unique among `earlier`, path or hub id, the checkpoint of an
+/// `attach_on_start` model) and resolves where it is; relative paths start at `base`. Errors carry
+/// the span of the value they are about.
+fn resolve_model(
+    model: &mut ModelConfig,
+    base: &Path,
+    earlier: &[ModelConfig],
+) -> Result<(), (Option<Range<usize>>, String)> {
+    let name = model.name.get_ref();
+    if let Err(reason) = wc_actors::check_engine_name(name) {
+        return Err((
+            Some(model.name.span()),
+            format!("invalid model name `{name}`: {reason}"),
+        ));
+    }
+    if earlier.iter().any(|m| m.name() == name.as_str()) {
+        return Err((
+            Some(model.name.span()),
+            format!("model name `{name}` is used twice"),
+        ));
+    }
+    model.resolved = match (&model.path, &model.hub) {
+        (Some(path), None) => {
+            let full = base.join(path.get_ref());
+            if !full.is_dir() {
+                return Err((
+                    Some(path.span()),
+                    format!(
+                        "model `{name}`: path `{}` is not a directory",
+                        full.display()
+                    ),
+                ));
+            }
+            if !full.join("config.json").is_file() {
+                return Err((
+                    Some(path.span()),
+                    format!(
+                        "model `{name}`: `{}` has no config.json (not a Hugging Face \
+                             checkpoint directory)",
+                        full.display()
+                    ),
+                ));
+            }
+            let full = full.canonicalize().unwrap_or(full);
+            full.to_string_lossy().into_owned()
+        }
+        (None, Some(hub)) => hub.get_ref().clone(),
+        (Some(path), Some(_)) => {
+            return Err((
+                Some(path.span()),
+                format!("model `{name}`: give `path` or `hub`, not both"),
+            ))
+        }
+        (None, None) => {
+            return Err((
+                Some(model.name.span()),
+                format!("model `{name}`: give its `path` (a checkpoint directory) or `hub` id"),
+            ))
+        }
+    };
+    if model.attach_on_start {
+        // What an attach would find wrong before loading (config, weight headers, the
+        // hub cache), said here with the model's line rather than after start-up.
+        if let Err(e) = crate::backend::CandleBackend.inspect(&model.spec()) {
+            let span = match (&model.path, &model.hub) {
+                (Some(path), _) => path.span(),
+                (None, Some(hub)) => hub.span(),
+                (None, None) => model.name.span(),
+            };
+            return Err((
+                Some(span),
+                format!("model `{name}` (attach_on_start): {}", e.message),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// 1-based line and column of a byte offset.
@@ -776,6 +871,82 @@ mod tests {
         let runtime = |c: &Config| format!("{:?}", c.runtime);
         assert_eq!(runtime(&file), runtime(&code), "[runtime]");
         assert_eq!(file.prewarm.options(), code.prewarm.options(), "[prewarm]");
+    }
+
+    #[test]
+    fn command_line_models_are_checked_like_file_entries() {
+        let fixture = "tests/fixtures/tiny-opt-prenorm";
+        let mut config = Config::default();
+        let added = config.add_model(fixture, None, None, "--model").unwrap();
+        assert_eq!(added.name(), "tiny-opt-prenorm");
+        assert!(added.attach_on_start);
+        assert_eq!(added.keep_alive, KeepAlive::Forever);
+        assert!(
+            Path::new(&added.resolved).is_absolute(),
+            "{}",
+            added.resolved
+        );
+        // The same directory under another name is fine; the same name twice is not.
+        let added = config
+            .add_model(
+                &format!("{fixture}/"),
+                Some("second"),
+                Some(DType::F16),
+                "--model",
+            )
+            .unwrap();
+        assert_eq!(added.name(), "second");
+        assert!(config.prewarm.dtypes.contains(&DType::F16));
+        let err = config
+            .add_model(fixture, None, None, "--model")
+            .unwrap_err();
+        assert!(err.contains("used twice"), "{err}");
+        let err = config
+            .add_model(fixture, Some("12345"), None, "--model")
+            .unwrap_err();
+        assert!(err.contains("invalid model name"), "{err}");
+        let err = config
+            .add_model("no/such/dir/here", None, None, "--model")
+            .unwrap_err();
+        assert!(err.contains("nor a hub id"), "{err}");
+        let err = config
+            .add_model("tests/fixtures", Some("x"), None, "--model")
+            .unwrap_err();
+        assert!(err.contains("no config.json"), "{err}");
+        // A file's models come first: a command-line model may not take their names.
+        let mut config = parse(&format!(
+            "[[models]]\nname = \"tiny-opt-prenorm\"\npath = \"{fixture}\"\n"
+        ))
+        .unwrap();
+        let err = config
+            .add_model(fixture, None, None, "--model")
+            .unwrap_err();
+        assert!(err.contains("used twice"), "{err}");
+    }
+
+    #[test]
+    fn default_model_names_follow_the_engine_name_rule() {
+        assert_eq!(default_model_name("facebook/opt-125m"), "opt-125m");
+        assert_eq!(default_model_name("Qwen/Qwen2.5-0.5B"), "Qwen2.5-0.5B");
+        assert_eq!(
+            default_model_name("tests/fixtures/tiny-opt-prenorm/"),
+            "tiny-opt-prenorm"
+        );
+        assert_eq!(
+            default_model_name("tests/fixtures/tiny-opt-prenorm/.."),
+            "fixtures"
+        );
+        assert_eq!(default_model_name("org/2024"), "model-2024");
+        assert_eq!(default_model_name("org/a b+c"), "a-b-c");
+        assert_eq!(default_model_name(""), "model");
+        let long = format!("org/{}", "x".repeat(300));
+        assert_eq!(default_model_name(&long).len(), 128);
+        for model in ["facebook/opt-125m", "org/2024", "org/a b+c", "", &long] {
+            let name = default_model_name(model);
+            assert!(wc_actors::check_engine_name(&name).is_ok(), "{name}");
+        }
+        assert!(is_hub_id("facebook/opt-125m"));
+        assert!(!is_hub_id("a/b/c") && !is_hub_id("../x") && !is_hub_id("opt"));
     }
 
     #[test]

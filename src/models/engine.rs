@@ -2,6 +2,7 @@
 //! prompts, renders chats, and generates through the shared loop as a runtime [`wc_actors::Engine`].
 
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::Tensor;
 use tokenizers::Tokenizer;
@@ -10,27 +11,28 @@ use wc_actors::{EngineError, GenerateOutput, GenerateRequest, Prompt, TokenEvent
 use super::chat_template::{ChatMessage, ChatTemplate, ChatTemplateError};
 use super::generate::{decode, generate};
 use super::generation_config::{generation_eos_ids, union};
+use super::prompt::PromptCodec;
 use super::CausalLm;
 use crate::error::{GenerateError, LoadError};
 
 /// A model ready to generate.
 pub struct TextEngine<M: CausalLm> {
     pub model: M,
-    tokenizer: Option<Tokenizer>,
+    /// Tokenizer, chat template and prompt checks; shared with the runtime's encoder.
+    codec: Arc<PromptCodec>,
     /// Ids that end generation: `config.json`'s, then `generation_config.json`'s.
     eos_ids: Vec<u32>,
-    chat_template: Option<ChatTemplate>,
     /// Device bytes held by the weights.
     device_bytes: u64,
 }
 
 impl<M: CausalLm> TextEngine<M> {
     pub fn new(model: M, tokenizer: Option<Tokenizer>, device_bytes: u64) -> Self {
+        let codec = PromptCodec::new(tokenizer, None, model.vocab_size(), model.max_positions());
         Self {
             eos_ids: model.eos_ids(),
             model,
-            tokenizer,
-            chat_template: None,
+            codec: Arc::new(codec),
             device_bytes,
         }
     }
@@ -39,8 +41,8 @@ impl<M: CausalLm> TextEngine<M> {
     /// ids and the chat template (each optional).
     pub fn with_checkpoint_files(mut self, dir: &Path) -> Result<Self, LoadError> {
         union(&mut self.eos_ids, generation_eos_ids(dir)?);
-        self.chat_template = ChatTemplate::from_dir(dir)?;
-        Ok(self)
+        let template = ChatTemplate::from_dir(dir)?;
+        Ok(self.with_chat_template(template))
     }
 
     /// Adds end-of-sequence ids.
@@ -50,7 +52,13 @@ impl<M: CausalLm> TextEngine<M> {
     }
 
     pub fn with_chat_template(mut self, template: Option<ChatTemplate>) -> Self {
-        self.chat_template = template;
+        let tokenizer = self.codec.tokenizer().cloned();
+        self.codec = Arc::new(PromptCodec::new(
+            tokenizer,
+            template,
+            self.model.vocab_size(),
+            self.model.max_positions(),
+        ));
         self
     }
 
@@ -60,80 +68,36 @@ impl<M: CausalLm> TextEngine<M> {
     }
 
     pub fn chat_template(&self) -> Option<&ChatTemplate> {
-        self.chat_template.as_ref()
+        self.codec.chat_template()
     }
 
     pub fn tokenizer(&self) -> Option<&Tokenizer> {
-        self.tokenizer.as_ref()
+        self.codec.tokenizer()
     }
 
-    /// Token ids for a prompt: text goes through `tokenizer.json` with its special tokens (its
-    /// post-processor adds BOS where the model wants one); a chat is rendered by the model's
-    /// chat template and tokenized without adding special tokens again.
+    /// Token ids for a prompt (see [`PromptCodec::encode`]).
     pub fn encode(&self, prompt: &Prompt) -> Result<Vec<u32>, GenerateError> {
-        let ids = match prompt {
-            Prompt::Ids(ids) => ids.clone(),
-            Prompt::Text(text) => self.tokenize(text, true)?,
-            Prompt::Chat(messages) => self.encode_chat(messages)?,
-        };
-        self.check_ids(&ids)?;
-        Ok(ids)
-    }
-
-    fn tokenize(&self, text: &str, special: bool) -> Result<Vec<u32>, GenerateError> {
-        let tokenizer = self.tokenizer.as_ref().ok_or(GenerateError::NoTokenizer)?;
-        Ok(tokenizer
-            .encode(text, special)
-            .map_err(|e| GenerateError::Tokenizer(e.to_string()))?
-            .get_ids()
-            .to_vec())
+        self.codec.encode(prompt)
     }
 
     /// Checks prompt ids against the vocabulary and the position limit.
     pub fn check_ids(&self, ids: &[u32]) -> Result<(), GenerateError> {
-        let vocab = self.model.vocab_size();
-        if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab) {
-            return Err(GenerateError::TokenOutOfRange { id, vocab });
-        }
-        if ids.is_empty() {
-            return Err(GenerateError::EmptyPrompt);
-        }
-        let max = self.model.max_positions();
-        if ids.len() > max {
-            return Err(GenerateError::PromptTooLong {
-                len: ids.len(),
-                max,
-            });
-        }
-        Ok(())
+        self.codec.check_ids(ids)
     }
 
     /// The chat rendered by the model's template, ending where the assistant's reply begins.
     pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String, ChatTemplateError> {
-        self.chat_template
-            .as_ref()
-            .ok_or(ChatTemplateError::NoTemplate)?
-            .render(messages, true)
+        self.codec.render_chat(messages)
     }
 
-    /// Prompt ids of a chat: the rendered template tokenized without adding special tokens
-    /// again (the template writes BOS itself when the model wants one).
-    pub fn encode_chat(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, ChatTemplateError> {
-        let text = self.render_chat(messages)?;
-        let tokenizer = self
-            .tokenizer
-            .as_ref()
-            .ok_or(ChatTemplateError::NoTokenizer)?;
-        Ok(tokenizer
-            .encode(text.as_str(), false)
-            .map_err(|e| ChatTemplateError::Tokenizer(e.to_string()))?
-            .get_ids()
-            .to_vec())
+    /// Prompt ids of a chat, rendered by the model's template.
+    pub fn encode_chat(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, GenerateError> {
+        self.codec.encode_chat(messages)
     }
 
     /// Text of generated tokens, special tokens skipped; empty without a tokenizer.
     pub fn decode(&self, ids: &[u32]) -> String {
-        decode(self.tokenizer.as_ref(), ids)
+        decode(self.codec.tokenizer(), ids)
     }
 
     /// Logits (`[seq, vocab]`, f32) of one forward pass over `ids`, without a cache.
@@ -151,9 +115,17 @@ impl<M: CausalLm> TextEngine<M> {
         on_token: &mut dyn FnMut(TokenEvent) -> bool,
     ) -> Result<GenerateOutput, GenerateError> {
         let prompt_ids = self.encode(&request.prompt)?;
+        let max = self.model.max_positions();
+        if prompt_ids.len() + request.max_new_tokens > max {
+            return Err(GenerateError::ContextExceeded {
+                prompt: prompt_ids.len(),
+                asked: request.max_new_tokens,
+                max,
+            });
+        }
         generate(
             &self.model,
-            self.tokenizer.as_ref(),
+            self.codec.tokenizer(),
             &self.eos_ids,
             prompt_ids,
             request,
@@ -184,5 +156,9 @@ impl<M: CausalLm> wc_actors::Engine for TextEngine<M> {
 
     fn device_bytes(&self) -> u64 {
         self.device_bytes
+    }
+
+    fn prompt_encoder(&self) -> Option<Arc<dyn wc_actors::PromptEncoder>> {
+        Some(self.codec.clone())
     }
 }

@@ -10,6 +10,7 @@ pub mod generate;
 pub mod generation_config;
 pub mod llama;
 pub mod opt;
+pub mod prompt;
 pub mod sampler;
 pub mod writer;
 

@@ -11,12 +11,14 @@ use std::time::Instant;
 
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use wc_actors::{GenerateOutput, Prompt};
 
+use super::body::JsonBody;
 use super::completions::{record, with_engine};
 use super::error::ApiError;
 use super::openai::{finish_reason, usage, CompletionMeta, Sampling, StopInput, StreamOptions};
+use super::params;
 use super::state::AppState;
 use super::stream::{self, Chunks};
 use crate::models::chat_template::{ChatMessage, MessageExt};
@@ -36,39 +38,6 @@ const SUPPORTED: [&str; 12] = [
     "stream_options",
     "ignore_eos",
 ];
-
-/// Accepted and not used: they change nothing about the reply.
-const HARMLESS: [&str; 6] = [
-    "user",
-    "metadata",
-    "store",
-    "service_tier",
-    "safety_identifier",
-    "prompt_cache_key",
-];
-
-/// Parameters the engine cannot honour, accepted only at the value that asks for nothing.
-fn is_no_op(name: &str, value: &Value) -> Option<bool> {
-    let empty = |v: &Value| {
-        v.as_array().is_some_and(Vec::is_empty) || v.as_object().is_some_and(Map::is_empty)
-    };
-    let zero = |v: &Value| v.as_f64() == Some(0.0);
-    Some(match name {
-        "logprobs" => value == &Value::Bool(false),
-        "top_logprobs" => zero(value),
-        "presence_penalty" | "frequency_penalty" => zero(value),
-        "repetition_penalty" => value.as_f64() == Some(1.0),
-        "logit_bias" | "tools" | "functions" => empty(value),
-        "tool_choice" | "function_call" => value == "none" || value == "auto",
-        "parallel_tool_calls" => value.is_boolean(),
-        "response_format" => value.get("type").and_then(Value::as_str) == Some("text"),
-        "modalities" => value == &json!(["text"]),
-        "audio" | "prediction" | "reasoning_effort" | "web_search_options" | "verbosity"
-        | "top_k" | "min_p" | "best_of" | "echo" | "suffix" | "guided_json" | "guided_regex"
-        | "guided_choice" | "guided_grammar" => false,
-        _ => return None,
-    })
-}
 
 /// The parameters used, typed.
 #[derive(Debug, Deserialize)]
@@ -100,33 +69,8 @@ struct Checked {
 
 /// Checks the body: every field known, every message well formed, the sampling in range.
 fn check(body: Value, limits: super::openai::Limits) -> Result<Checked, ApiError> {
-    let Value::Object(fields) = body else {
-        return Err(ApiError::bad_request("the body must be a JSON object"));
-    };
-    let mut used = Map::new();
-    for (name, value) in fields {
-        if value.is_null() || HARMLESS.contains(&name.as_str()) {
-            continue;
-        }
-        if SUPPORTED.contains(&name.as_str()) {
-            used.insert(name, value);
-            continue;
-        }
-        match is_no_op(&name, &value) {
-            Some(true) => {}
-            Some(false) => {
-                return Err(ApiError::bad_request(format!(
-                    "`{name}` is not supported by this server (only its no-op value is accepted): leave it out"
-                )))
-            }
-            None => {
-                return Err(ApiError::bad_request(format!(
-                    "unknown parameter `{name}`"
-                )))
-            }
-        }
-    }
-    let request: ChatRequest = serde_json::from_value(Value::Object(used))
+    let used = params::used(body, &SUPPORTED)?;
+    let request: ChatRequest = serde_json::from_value(used)
         .map_err(|e| ApiError::bad_request(format!("invalid request: {e}")))?;
     if request.model.is_empty() {
         return Err(ApiError::bad_request("`model` must not be empty"));
@@ -184,7 +128,7 @@ fn check(body: Value, limits: super::openai::Limits) -> Result<Checked, ApiError
 /// `POST /v1/chat/completions`.
 pub async fn chat_completions(
     state: web::Data<AppState>,
-    body: web::Json<Value>,
+    body: JsonBody<Value>,
 ) -> Result<HttpResponse, ApiError> {
     let checked = check(body.into_inner(), state.limits())?;
     let meta = ChatMeta::new(&checked.model);

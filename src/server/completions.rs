@@ -4,11 +4,13 @@ use std::future::Future;
 use std::time::Instant;
 
 use actix_web::{web, HttpResponse};
+use serde_json::Value;
 use wc_actors::{GenerateError, GenerateOutput};
 
 use super::body::JsonBody;
 use super::error::ApiError;
 use super::openai::{finish_reason, model_list, CompletionMeta, CompletionRequest};
+use super::params;
 use super::state::AppState;
 use super::stream;
 
@@ -45,12 +47,29 @@ pub async fn models(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
     Ok(HttpResponse::Ok().json(model_list(&listed, &not_attached)))
 }
 
+/// The parameters `/v1/completions` uses.
+const COMPLETION_PARAMETERS: [&str; 11] = [
+    "model",
+    "prompt",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "seed",
+    "stop",
+    "n",
+    "stream",
+    "stream_options",
+    "ignore_eos",
+];
+
 /// `POST /v1/completions`.
 pub async fn completions(
     state: web::Data<AppState>,
-    body: JsonBody<CompletionRequest>,
+    body: JsonBody<Value>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = body.into_inner();
+    let used = params::used(body.into_inner(), &COMPLETION_PARAMETERS)?;
+    let body: CompletionRequest = serde_json::from_value(used)
+        .map_err(|e| ApiError::bad_request(format!("invalid request: {e}")))?;
     let request = body.to_generate(state.limits())?;
     let meta = CompletionMeta::new(&body.model);
     if body.stream {

