@@ -19,7 +19,7 @@ p.add_argument("--dtype", default="f32")
 a = p.parse_args()
 
 import torch  # noqa: E402
-from transformers import OPTForCausalLM  # noqa: E402
+from transformers import AutoModelForCausalLM  # noqa: E402
 
 dtype = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}[a.dtype]
 dev = torch.device(a.device)
@@ -34,7 +34,7 @@ marks = {"process_started": T0}
 torch.zeros(1, device=dev)
 sync()
 marks["device_ready"] = now()
-model = OPTForCausalLM.from_pretrained(a.model, dtype=dtype, attn_implementation="eager")
+model = AutoModelForCausalLM.from_pretrained(a.model, dtype=dtype, attn_implementation="eager")
 marks["weights_read"] = now()
 model = model.to(dev).eval()
 sync()

@@ -445,26 +445,28 @@ impl Engine for LeasedEngine {
 }
 
 impl WorkerDevice for CandleDevice {
-    fn memory(&self) -> MemoryInfo {
+    fn memory(&self) -> Result<MemoryInfo, EngineError> {
         let held = self.held.load(Ordering::SeqCst);
         let (device_total, device_free) = match &self.device {
             #[cfg(feature = "cuda")]
-            Device::Cuda(cuda) => crate::cuda::memory_info(cuda).unwrap_or((0, 0)),
+            Device::Cuda(cuda) => crate::cuda::memory_info(cuda).map_err(|e| {
+                EngineError::from(LoadError::Device(format!("reading device memory: {e}")))
+            })?,
             _ => {
                 let (total, _) = host_memory();
                 (total, total.saturating_sub(held))
             }
         };
         if self.memory_limit == 0 {
-            return MemoryInfo {
+            return Ok(MemoryInfo {
                 total_bytes: device_total,
                 free_bytes: device_free,
-            };
+            });
         }
-        MemoryInfo {
+        Ok(MemoryInfo {
             total_bytes: self.memory_limit,
             free_bytes: self.memory_limit.saturating_sub(held).min(device_free),
-        }
+        })
     }
 
     fn load(

@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Instant;
@@ -52,11 +52,41 @@ fn memory_pool(device: &CudaDevice) -> Result<sys::CUmemoryPool, String> {
     Ok(pool)
 }
 
-fn pool_attribute(pool: sys::CUmemoryPool, attribute: sys::CUmemPool_attribute) -> u64 {
+fn pool_attribute(
+    pool: sys::CUmemoryPool,
+    attribute: sys::CUmemPool_attribute,
+) -> Result<u64, String> {
     let mut value = 0u64;
     // SAFETY: these attributes are 64-bit values and `value` is a valid out-pointer.
-    unsafe { sys::cuMemPoolGetAttribute(pool, attribute, &mut value as *mut u64 as *mut _) };
-    value
+    let status =
+        unsafe { sys::cuMemPoolGetAttribute(pool, attribute, &mut value as *mut u64 as *mut _) };
+    if status != sys::CUresult::CUDA_SUCCESS {
+        return Err(format!("cuMemPoolGetAttribute({attribute:?}): {status:?}"));
+    }
+    Ok(value)
+}
+
+/// What the device's stream-ordered memory pool holds: `reserved` bytes mapped (in use or kept
+/// for the next allocation), of which `used` are allocated now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolUsage {
+    pub reserved: u64,
+    pub used: u64,
+}
+
+/// The memory the device's pool holds (the pool is the device's, shared by every context and
+/// stream of this process on that device).
+pub fn pool_usage(device: &CudaDevice) -> Result<PoolUsage, String> {
+    let stream = device.cuda_stream();
+    stream.synchronize().map_err(|e| e.to_string())?;
+    let pool = memory_pool(device)?;
+    use sys::CUmemPool_attribute::{
+        CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT as RESERVED, CU_MEMPOOL_ATTR_USED_MEM_CURRENT as USED,
+    };
+    Ok(PoolUsage {
+        reserved: pool_attribute(pool, RESERVED)?,
+        used: pool_attribute(pool, USED)?,
+    })
 }
 
 /// Makes the worker's memory pool keep freed memory mapped instead of returning it to the
@@ -66,13 +96,16 @@ pub fn keep_pool_memory(device: &CudaDevice) -> Result<(), LoadError> {
     let pool = memory_pool(device).map_err(driver)?;
     let mut threshold = u64::MAX;
     // SAFETY: the release threshold is a 64-bit value and `threshold` outlives the call.
-    unsafe {
+    let status = unsafe {
         sys::cuMemPoolSetAttribute(
             pool,
             sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
             &mut threshold as *mut u64 as *mut _,
         )
     };
+    if status != sys::CUresult::CUDA_SUCCESS {
+        return Err(driver(format!("cuMemPoolSetAttribute: {status:?}")));
+    }
     Ok(())
 }
 
@@ -80,14 +113,16 @@ pub fn keep_pool_memory(device: &CudaDevice) -> Result<(), LoadError> {
 /// run. Free counts what `cuMemGetInfo` reports plus the memory the worker's pool holds mapped
 /// but unused (freed by a detach and kept for the next attach; see [`keep_pool_memory`]).
 pub fn memory_info(device: &CudaDevice) -> Result<(u64, u64), String> {
-    let stream = device.cuda_stream();
-    stream.synchronize().map_err(|e| e.to_string())?;
-    let pool = memory_pool(device)?;
-    use sys::CUmemPool_attribute::{
-        CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT as RESERVED, CU_MEMPOOL_ATTR_USED_MEM_CURRENT as USED,
-    };
-    let held_unused = pool_attribute(pool, RESERVED).saturating_sub(pool_attribute(pool, USED));
-    let (free, total) = stream.context().mem_get_info().map_err(|e| e.to_string())?;
+    let pool = pool_usage(device)?;
+    let held_unused = pool.reserved.saturating_sub(pool.used);
+    let (free, total) = device
+        .cuda_stream()
+        .context()
+        .mem_get_info()
+        .map_err(|e| e.to_string())?;
+    if total == 0 {
+        return Err("cuMemGetInfo reported a device of 0 bytes".into());
+    }
     Ok((total as u64, free as u64 + held_unused))
 }
 
@@ -217,6 +252,32 @@ pub struct Uploaded {
 
 const CHUNK: usize = 8 << 20;
 
+/// Pinned uploads finished in this process, and how many of them came from the host cache.
+static PINNED_UPLOADS: AtomicU64 = AtomicU64::new(0);
+static PINNED_HITS: AtomicU64 = AtomicU64::new(0);
+
+/// `(uploads, host-cache hits)` of the pinned path in this process so far (for tests and
+/// reports: which path an attach took).
+pub fn pinned_upload_counts() -> (u64, u64) {
+    (
+        PINNED_UPLOADS.load(Ordering::SeqCst),
+        PINNED_HITS.load(Ordering::SeqCst),
+    )
+}
+
+/// Test hook (see [`fail_next_read_at`]): data-section offset at which the next pinned read
+/// from disk fails; `u64::MAX` for none.
+static FAIL_READ_AT: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// Test hook: the next pinned read from disk fails with an I/O error once its contiguous read
+/// prefix has reached `offset` bytes of the data section, after the copies of the tensors
+/// within that prefix have been queued (a read error in the middle of an upload, made
+/// deterministic). Applies once.
+#[doc(hidden)]
+pub fn fail_next_read_at(offset: u64) {
+    FAIL_READ_AT.store(offset, Ordering::SeqCst);
+}
+
 /// Uploads one safetensors file through the pool; `None` when its data does not fit a buffer.
 /// The file's header is checked against its length before any data is read.
 pub fn upload_file(
@@ -290,6 +351,10 @@ pub fn upload_file(
         .record_event(None)
         .map(CopiesInFlight)
         .map_err(driver)?;
+    PINNED_UPLOADS.fetch_add(1, Ordering::SeqCst);
+    if hit {
+        PINNED_HITS.fetch_add(1, Ordering::SeqCst);
+    }
     Ok(Some(Uploaded {
         tensors,
         in_flight,
@@ -354,7 +419,18 @@ fn read_overlapped(
             while prefix < chunks && done[prefix] {
                 prefix += 1;
             }
-            on_ready((prefix * CHUNK).min(len)).map_err(ReadError::Load)?;
+            let ready = (prefix * CHUNK).min(len);
+            on_ready(ready).map_err(ReadError::Load)?;
+            let fail_at = FAIL_READ_AT.load(Ordering::SeqCst);
+            if ready as u64 >= fail_at
+                && FAIL_READ_AT
+                    .compare_exchange(fail_at, u64::MAX, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+            {
+                return Err(ReadError::Io(std::io::Error::other(
+                    "injected read failure (test hook)",
+                )));
+            }
         }
         Ok(())
     })

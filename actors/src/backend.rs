@@ -328,8 +328,9 @@ pub trait Backend: Send + Sync + 'static {
 
 /// One worker's device context (CPU, or a CUDA context with its stream and staging memory).
 pub trait WorkerDevice {
-    /// Free and total memory now, as this worker may use it.
-    fn memory(&self) -> MemoryInfo;
+    /// Free and total memory now, as this worker may use it; a failed query is an error, never a
+    /// made-up figure.
+    fn memory(&self) -> Result<MemoryInfo, EngineError>;
 
     /// Reads the weights, puts them on the device and builds an engine. Marks `weights_read`,
     /// `weights_on_device` and `engine_ready` on `timeline` (each after a device sync) and

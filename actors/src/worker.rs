@@ -79,7 +79,7 @@ impl WorkerActor {
         let (backend, spec, options) = (&self.backend, &self.device_spec, &self.options);
         let opened = call("opening the device", || backend.open_device(spec, options)).and_then(
             |(device, report)| {
-                let memory = call("reading device memory", || Ok(device.memory()))?;
+                let memory = call("reading device memory", || device.memory())?;
                 Ok((device, report, memory))
             },
         );
@@ -140,7 +140,7 @@ impl WorkerActor {
             .device
             .as_mut()
             .ok_or_else(|| Failure::Fatal("the worker has no open device".into()))?;
-        let memory_before = call("reading device memory", || Ok(device.memory()))?;
+        let memory_before = call("reading device memory", || device.memory())?;
         let mut timeline = msg.timeline;
         let (mut engine, bytes_moved) = call("loading the model", || {
             device.load(&msg.spec, &mut timeline)
@@ -164,7 +164,7 @@ impl WorkerActor {
             bytes_moved,
             "engine loaded and warmed up"
         );
-        let memory_attached = call("reading device memory", || Ok(device.memory()))?;
+        let memory_attached = call("reading device memory", || device.memory())?;
         let encoder = call("asking for the prompt encoder", || {
             Ok(engine.prompt_encoder())
         })?;
@@ -188,7 +188,6 @@ impl WorkerActor {
         })
     }
 
-    /// The device's memory now, if it can be read.
     /// Fails the worker when its device reports that it is gone.
     fn poll_health(&mut self) {
         let Some(device) = self.device.as_ref() else {
@@ -203,9 +202,16 @@ impl WorkerActor {
         }
     }
 
-    fn memory_now(&self) -> Option<MemoryInfo> {
-        let device = self.device.as_ref()?;
-        call("reading device memory", || Ok(device.memory())).ok()
+    /// The device's memory now, or why it cannot be read.
+    fn memory_now(&self) -> Result<MemoryInfo, String> {
+        let device = self
+            .device
+            .as_ref()
+            .ok_or_else(|| "the worker has no open device".to_owned())?;
+        call("reading device memory", || device.memory()).map_err(|failure| match failure {
+            Failure::Fatal(reason) => reason,
+            Failure::Engine(e) => format!("reading device memory failed: {e}"),
+        })
     }
 }
 
@@ -227,7 +233,7 @@ impl Handler<LoadEngine> for WorkerActor {
             Ok(loaded) => Ok(loaded),
             Err(Failure::Engine(e)) => Err(LoadFailed {
                 error: AttachError::Load(e),
-                memory: self.memory_now(),
+                memory: self.memory_now().ok(),
             }),
             Err(Failure::Fatal(reason)) => {
                 self.fail(reason.clone());
@@ -261,10 +267,7 @@ impl Handler<ReleaseEngine> for WorkerActor {
             let leftover = act.engine.borrow_mut().take();
             let result = dropped
                 .and_then(|()| drop_guarded("dropping the engine", leftover))
-                .and_then(|()| {
-                    act.memory_now()
-                        .ok_or_else(|| "reading device memory failed".to_owned())
-                });
+                .and_then(|()| act.memory_now());
             match &result {
                 Ok(memory) => tracing::debug!(
                     worker = act.index,

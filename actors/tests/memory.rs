@@ -60,3 +60,33 @@ async fn two_hundred_attach_detach_cycles_leave_memory_flat() {
     assert_eq!(stats.engines, 0);
     handle.shutdown().await;
 }
+
+#[actix_rt::test]
+async fn a_failed_memory_query_fails_the_attach_with_its_reason_not_a_zero() {
+    let backend = FakeBackend::new(1_000_000);
+    let handle = Runtime::start(config(1), Arc::new(backend.clone()));
+    within(30, "prewarm", handle.wait_ready()).await.unwrap();
+    backend.state.memory_failures.store(1, Ordering::SeqCst);
+    let error = within(
+        30,
+        "attach",
+        handle.attach(Attach::new(spec("fake:size=5000"))),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&error, AttachError::Load(e) if e.message.contains("fake memory query failed")),
+        "{error:?}"
+    );
+    // The worker stays usable and the next query succeeds.
+    let report = within(
+        30,
+        "attach",
+        handle.attach(Attach::new(spec("fake:size=5000"))),
+    )
+    .await
+    .unwrap();
+    assert!(report.memory_before.free_bytes > 0);
+    assert_eq!(backend.state.live_engines.load(Ordering::SeqCst), 1);
+    handle.shutdown().await;
+}

@@ -250,6 +250,7 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<Results> {
     let mut results = Results {
         meta: Meta {
             date: machine::today(),
+            commit: env!("WC_GIT_DESCRIBE").to_owned(),
             command: options.command.clone(),
             machine: machine::describe(),
             device: options.device.to_string(),

@@ -71,6 +71,9 @@ pub struct Floor {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Meta {
     pub date: String,
+    /// `git describe --always --dirty` of the build that ran (see `build.rs`).
+    #[serde(default)]
+    pub commit: String,
     pub command: String,
     pub machine: String,
     pub device: String,

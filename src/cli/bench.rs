@@ -132,7 +132,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         single: args.scenario != "sequential",
         sequential: args.scenario != "single",
         cold_jit: args.cold_jit,
-        command: std::env::args().collect::<Vec<_>>().join(" "),
+        // The environment that changes what is measured, then the command line.
+        command: ["RAYON_NUM_THREADS", "CUDA_CACHE_PATH"]
+            .iter()
+            .filter_map(|k| std::env::var(k).ok().map(|v| format!("{k}={v}")))
+            .chain(std::env::args())
+            .collect::<Vec<_>>()
+            .join(" "),
         exe: None,
         peer_runs: args.peer_runs,
         staging_bytes: args.staging_mib << 20,

@@ -21,7 +21,7 @@ pub fn process_started_ns() -> u64 {
 
 /// Worker Controller: prewarmed GPU workers that attach LLM engines in milliseconds.
 #[derive(Parser, Debug)]
-#[command(name = "worker-controller", version, about, long_about = None)]
+#[command(name = "worker-controller", version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("WC_GIT_DESCRIBE"), ")"), about, long_about = None)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

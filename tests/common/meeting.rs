@@ -91,7 +91,7 @@ struct MeetingDevice {
 }
 
 impl WorkerDevice for MeetingDevice {
-    fn memory(&self) -> MemoryInfo {
+    fn memory(&self) -> Result<MemoryInfo, EngineError> {
         self.inner.memory()
     }
 

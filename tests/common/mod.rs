@@ -54,6 +54,9 @@ pub struct ChatCase {
     /// The greedy tokens up to the first EOS, and their text.
     pub reply_tokens: Vec<u32>,
     pub reply: String,
+    /// The smallest gap between the best and second-best logit over the greedy steps.
+    #[serde(default)]
+    pub min_top2_margin: Option<f32>,
 }
 
 /// One prompt of a reference: its ids, full logits, and 24 greedy tokens (EOS ignored).
@@ -64,6 +67,9 @@ pub struct Case {
     pub logits: Vec<Vec<f32>>,
     pub greedy_new_tokens: Vec<u32>,
     pub greedy_text: String,
+    /// The smallest gap between the best and second-best logit over the greedy steps.
+    #[serde(default)]
+    pub min_top2_margin: Option<f32>,
 }
 
 /// The reference of a bundled fixture.

@@ -186,7 +186,7 @@ impl Worker {
             }
             ToWorker::Memory => match &self.device {
                 Some(device) => FromWorker::Memory(device.memory()),
-                None => FromWorker::Memory(Default::default()),
+                None => FromWorker::Memory(Err(no("open device"))),
             },
             ToWorker::Load { spec, mut timeline } => {
                 let Some(device) = self.device.as_mut() else {

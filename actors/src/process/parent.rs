@@ -237,14 +237,11 @@ struct ProcessDevice {
 }
 
 impl WorkerDevice for ProcessDevice {
-    fn memory(&self) -> MemoryInfo {
-        let answer = self
-            .link
-            .send(&ToWorker::Memory)
-            .and_then(|()| self.link.wait());
-        match answer {
-            Ok(FromWorker::Memory(memory)) => memory,
-            _ => MemoryInfo::default(),
+    fn memory(&self) -> Result<MemoryInfo, EngineError> {
+        self.link.send(&ToWorker::Memory)?;
+        match self.link.wait()? {
+            FromWorker::Memory(memory) => memory,
+            other => Err(self.link.unexpected(&other)),
         }
     }
 

@@ -40,7 +40,7 @@ pub enum FromWorker {
     /// Sent a few times a second while the process's main thread is responsive.
     Alive,
     Opened(Result<PrewarmReport, EngineError>),
-    Memory(MemoryInfo),
+    Memory(Result<MemoryInfo, EngineError>),
     Loaded(Result<LoadedEngine, EngineError>),
     WarmedUp(Result<u32, EngineError>),
     DeviceBytes(u64),

@@ -114,6 +114,8 @@ pub struct FakeState {
     pub running: AtomicUsize,
     /// The most generations that ever ran at the same time.
     pub max_running: AtomicUsize,
+    /// The next this many memory queries fail.
+    pub memory_failures: AtomicU32,
 }
 
 /// One generation in progress; dropping it (also on an error or a panic) counts it out.
@@ -222,11 +224,22 @@ impl Drop for Reservation {
 }
 
 impl WorkerDevice for FakeDevice {
-    fn memory(&self) -> MemoryInfo {
-        MemoryInfo {
+    fn memory(&self) -> Result<MemoryInfo, EngineError> {
+        let failing = self
+            .state
+            .memory_failures
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if failing {
+            return Err(EngineError::new(
+                ErrorKind::Internal,
+                "fake memory query failed",
+            ));
+        }
+        Ok(MemoryInfo {
             total_bytes: self.total,
             free_bytes: self.total - self.used.get(),
-        }
+        })
     }
 
     fn load(
