@@ -490,4 +490,15 @@ impl WorkerDevice for CandleDevice {
             .synchronize()
             .map_err(|e| EngineError::from(LoadError::from(e)))
     }
+
+    #[cfg(feature = "cuda")]
+    fn inject_fault(&self) -> Result<(), EngineError> {
+        match &self.device {
+            Device::Cuda(cuda) => Err(EngineError::from(crate::cuda::fault_illegal_address(cuda))),
+            _ => Err(EngineError::new(
+                wc_actors::ErrorKind::InvalidRequest,
+                "only a CUDA device has a fault to inject",
+            )),
+        }
+    }
 }

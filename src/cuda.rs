@@ -550,3 +550,41 @@ pub fn pinned_h2d_bandwidth(index: usize, bytes: usize) -> Result<f64, String> {
     }
     Ok(bytes as f64 / best / 1e9)
 }
+
+/// For the supervision tests: launches one of candle's own kernels (`affine_f32`) on an address
+/// nothing is mapped at and waits for it, which leaves the context with the sticky
+/// `CUDA_ERROR_ILLEGAL_ADDRESS`, as a buggy kernel would. Returns the error the wait reported.
+pub fn fault_illegal_address(device: &CudaDevice) -> LoadError {
+    use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+    let func = match device.get_or_load_func("affine_f32", &candle_kernels::AFFINE) {
+        Ok(func) => func,
+        Err(e) => return LoadError::Device(e.to_string()),
+    };
+    let stream = device.cuda_stream();
+    let numel: usize = 1 << 20;
+    let dims: usize = 1;
+    let no_info: u64 = 0;
+    let no_input: u64 = 0;
+    // Far from anything cudaMalloc hands out: every write faults.
+    let invalid: u64 = 0x10;
+    let (mul, add) = (1.0f32, 0.0f32);
+    let mut launch = stream.launch_builder(&func);
+    launch
+        .arg(&numel)
+        .arg(&dims)
+        .arg(&no_info)
+        .arg(&no_input)
+        .arg(&invalid)
+        .arg(&mul)
+        .arg(&add);
+    // SAFETY: deliberately not: the kernel writes to an invalid device address. It can only
+    // corrupt this context, which the fault makes unusable; the worker process is restarted.
+    let launched = unsafe { launch.launch(LaunchConfig::for_num_elems(numel as u32)) };
+    if let Err(e) = launched {
+        return LoadError::Device(e.to_string());
+    }
+    match stream.synchronize() {
+        Ok(()) => LoadError::Device("the injected fault did not fault".into()),
+        Err(e) => LoadError::Device(e.to_string()),
+    }
+}

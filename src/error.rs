@@ -122,6 +122,7 @@ impl From<LoadError> for EngineError {
                 ErrorKind::InvalidRequest
             }
             LoadError::Device(msg) if is_out_of_memory(msg) => ErrorKind::OutOfMemory,
+            LoadError::Device(msg) if is_fatal_device_error(msg) => ErrorKind::DeviceFatal,
             LoadError::Device(_) => ErrorKind::Internal,
             _ => ErrorKind::InvalidModel,
         };

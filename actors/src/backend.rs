@@ -349,6 +349,15 @@ pub trait WorkerDevice {
     fn check_alive(&self) -> Result<(), EngineError> {
         Ok(())
     }
+
+    /// For the supervision tests only: make the device fail as a faulting kernel does (on CUDA,
+    /// a kernel writing to an invalid address, a sticky error). Devices without one say so.
+    fn inject_fault(&self) -> Result<(), EngineError> {
+        Err(EngineError::new(
+            ErrorKind::InvalidRequest,
+            "this device has no fault to inject",
+        ))
+    }
 }
 
 /// Turns a prompt into token ids away from the engine's thread: tokenizing (and rendering a

@@ -138,9 +138,10 @@ fn no(what: &str) -> EngineError {
     )
 }
 
-/// Faults for the tests of supervision, honoured only in debug builds: a generation with a
-/// stop string of this prefix and `abort` aborts the process; with `hang`, it hangs after
-/// sending its first token. `WC_WORKER_FAULT_ON_LOAD=<text>` aborts a load whose model path contains it.
+/// Faults for the tests of supervision, honoured only in debug builds or with the
+/// `fault-injection` feature: a generation with a stop string of this prefix and `abort` aborts
+/// the process; with `hang`, it hangs after sending its first token; with `device`, the device
+/// faults ([`WorkerDevice::inject_fault`]). `WC_WORKER_FAULT_ON_LOAD=<text>` aborts a load whose model path contains it.
 const FAULT_PREFIX: &str = "\u{0}wc-fault:";
 
 struct Worker {
@@ -192,7 +193,7 @@ impl Worker {
                 let Some(device) = self.device.as_mut() else {
                     return FromWorker::Loaded(Err(no("open device")));
                 };
-                if cfg!(debug_assertions)
+                if cfg!(any(debug_assertions, feature = "fault-injection"))
                     && std::env::var("WC_WORKER_FAULT_ON_LOAD")
                         .is_ok_and(|m| !m.is_empty() && spec.model.contains(&m))
                 {
@@ -247,7 +248,7 @@ impl Worker {
         request: crate::backend::GenerateRequest,
         rx: &Receiver<ToWorker>,
     ) -> FromWorker {
-        let fault = match cfg!(debug_assertions) {
+        let fault = match cfg!(any(debug_assertions, feature = "fault-injection")) {
             true => request
                 .stop
                 .iter()
@@ -258,6 +259,18 @@ impl Worker {
         let fault = fault.as_deref();
         if fault == Some("abort") {
             std::process::abort();
+        }
+        if fault == Some("device") {
+            let injected = match &self.device {
+                Some(device) => device.inject_fault(),
+                None => Err(no("open device")),
+            };
+            return FromWorker::Generated(injected.and_then(|()| {
+                Err(EngineError::new(
+                    ErrorKind::Internal,
+                    "the fault did not fault",
+                ))
+            }));
         }
         let Some(engine) = self.engine.as_mut() else {
             return FromWorker::Generated(Err(no("engine")));
