@@ -118,6 +118,22 @@ fn stop_leaving_no_orphans(server: Server) {
     }
 }
 
+/// Sets its flag when dropped, also while unwinding from a failed assertion.
+struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// These tests time how fast a fault is reported: they run one at a time, not beside each other.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// The faults a worker process meets.
 #[derive(Clone, Copy, PartialEq)]
 enum Fault {
@@ -131,6 +147,7 @@ enum Fault {
 
 /// One fault in the slow engine's worker while the tiny engine on the other is kept busy.
 fn survive(test: &str, heartbeat: &str, fault: Fault) {
+    let _alone = one_at_a_time();
     let dir = scratch(&format!("{test}-models"));
     let server = Server::start(test, &config(&dir, heartbeat));
     let (index, pid) = worker_of(&server, "slow");
@@ -138,6 +155,9 @@ fn survive(test: &str, heartbeat: &str, fault: Fault) {
     let stop = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|s| {
         let asking = s.spawn(|| keep_asking(&server, &stop));
+        // A failed assertion below must stop the other engine's client too, or the scope waits
+        // for it for ever.
+        let _stop_on_exit = StopOnDrop(&stop);
         let stream_body = |fault_stop: &[&str]| {
             json!({"model": "slow", "prompt": [2, 506, 79], "max_tokens": 3000,
                    "ignore_eos": true, "stream": true, "stop": fault_stop})
@@ -147,18 +167,20 @@ fn survive(test: &str, heartbeat: &str, fault: Fault) {
                 let mut stream =
                     EventStream::open(&server.addr, "/v1/completions", &stream_body(&[]));
                 assert_eq!(stream.status, 200);
-                stream.next_data().expect("a first chunk");
+                let first = stream.next_data().expect("a first chunk");
                 // SAFETY: kill(2) on a worker process this test's server started.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
-                assert_lost(&mut stream, Duration::from_secs(1));
+                assert_lost(first, &mut stream, Duration::from_secs(1));
             }
             Fault::Hang => {
                 let body = stream_body(&["\u{0}wc-fault:hang"]);
                 let mut stream = EventStream::open(&server.addr, "/v1/completions", &body);
                 assert_eq!(stream.status, 200);
-                stream.next_data().expect("a first chunk");
-                // Found out by the heartbeat (1 s), then a typed error within a second.
-                assert_lost(&mut stream, Duration::from_secs(3));
+                // The worker hangs after its first token; when that token had no text of its own
+                // the first event is already the error.
+                let first = stream.next_data().expect("a first event");
+                // Found out by the heartbeat (1 s of silence after 1 s without a beat).
+                assert_lost(first, &mut stream, Duration::from_secs(4));
             }
             Fault::Abort => {
                 let started = Instant::now();
@@ -198,17 +220,21 @@ fn survive(test: &str, heartbeat: &str, fault: Fault) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Reads the stream to its end; its last event must be a typed `worker_lost` error, soon.
-fn assert_lost(stream: &mut EventStream, within: Duration) {
+/// Reads the stream to its end (after `first`, already read); its last event must be a typed
+/// `worker_lost` error, soon.
+fn assert_lost(first: String, stream: &mut EventStream, within: Duration) {
     let started = Instant::now();
-    let mut last = None;
+    let mut events = vec![first];
     while let Some(data) = stream.next_data() {
-        if data != "[DONE]" {
-            last = Some(data);
-        }
+        events.push(data);
     }
     assert!(started.elapsed() < within, "took {:?}", started.elapsed());
-    let last: Value = serde_json::from_str(&last.expect("events")).unwrap();
+    let last = events
+        .iter()
+        .rev()
+        .find(|e| *e != "[DONE]")
+        .unwrap_or_else(|| panic!("no event but [DONE]: {events:?}"));
+    let last: Value = serde_json::from_str(last).unwrap();
     assert_eq!(last["error"]["type"], "worker_lost", "{last}");
 }
 
@@ -229,6 +255,7 @@ fn a_hung_worker_is_killed_by_its_heartbeat() {
 
 #[test]
 fn a_worker_killed_mid_attach_fails_only_that_attach() {
+    let _alone = one_at_a_time();
     let dir = scratch("kill-attach-models");
     let victim = dir.join(FAULT_ON_LOAD);
     std::fs::create_dir_all(&victim).unwrap();
