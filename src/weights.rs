@@ -88,6 +88,24 @@ impl DeviceWeights {
         Ok(tensor.clone())
     }
 
+    /// The linear layer `prefix` (`{prefix}.weight` `[out_dim, in_dim]`, and with `bias`,
+    /// `{prefix}.bias` `[out_dim]`), shapes checked.
+    pub fn linear(
+        &self,
+        prefix: &str,
+        out_dim: usize,
+        in_dim: usize,
+        bias: bool,
+    ) -> Result<candle_nn::Linear, LoadError> {
+        let weight = self.get(&format!("{prefix}.weight"), &[out_dim, in_dim])?;
+        let bias = if bias {
+            Some(self.get(&format!("{prefix}.bias"), &[out_dim])?)
+        } else {
+            None
+        };
+        Ok(candle_nn::Linear::new(weight, bias))
+    }
+
     pub fn contains(&self, name: &str) -> bool {
         self.tensors.contains_key(name)
     }

@@ -78,32 +78,19 @@ struct Builder<'a> {
 }
 
 impl Builder<'_> {
-    fn linear(
-        &self,
-        prefix: &str,
-        out_dim: usize,
-        in_dim: usize,
-        bias: bool,
-    ) -> Result<Linear, LoadError> {
-        let weight = self
-            .weights
-            .get(&format!("{prefix}.weight"), &[out_dim, in_dim])?;
-        let bias = if bias {
-            Some(self.weights.get(&format!("{prefix}.bias"), &[out_dim])?)
-        } else {
-            None
-        };
-        Ok(Linear::new(weight, bias))
-    }
-
     fn layer(&self, index: usize) -> Result<DecoderLayer, LoadError> {
         let c = self.config;
         let (h, i, d) = (c.hidden_size, c.intermediate_size, c.head_dim);
         let (q, kv) = (c.num_attention_heads * d, c.num_key_value_heads * d);
         let p = format!("layers.{index}");
-        let attn =
-            |name: &str, o, i, bias| self.linear(&format!("{p}.self_attn.{name}"), o, i, bias);
-        let mlp = |name: &str, o, i| self.linear(&format!("{p}.mlp.{name}"), o, i, c.mlp_bias);
+        let attn = |name: &str, o, i, bias| {
+            self.weights
+                .linear(&format!("{p}.self_attn.{name}"), o, i, bias)
+        };
+        let mlp = |name: &str, o, i| {
+            self.weights
+                .linear(&format!("{p}.mlp.{name}"), o, i, c.mlp_bias)
+        };
         let qk_norm = |name: &str| -> Result<Option<Tensor>, LoadError> {
             if c.qk_norm {
                 Ok(Some(

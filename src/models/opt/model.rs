@@ -60,24 +60,6 @@ struct Builder<'a> {
 }
 
 impl Builder<'_> {
-    fn linear(
-        &self,
-        prefix: &str,
-        out_dim: usize,
-        in_dim: usize,
-        bias: bool,
-    ) -> Result<Linear, LoadError> {
-        let weight = self
-            .weights
-            .get(&format!("{prefix}.weight"), &[out_dim, in_dim])?;
-        let bias = if bias {
-            Some(self.weights.get(&format!("{prefix}.bias"), &[out_dim])?)
-        } else {
-            None
-        };
-        Ok(Linear::new(weight, bias))
-    }
-
     fn layer_norm(&self, prefix: &str, like: &Tensor) -> Result<LayerNorm, LoadError> {
         let h = self.config.hidden_size;
         let (weight, bias) = if self.config.layer_norm_elementwise_affine {
@@ -98,7 +80,10 @@ impl Builder<'_> {
         let cfg = self.config;
         let (h, f, bias) = (cfg.hidden_size, cfg.ffn_dim, cfg.enable_bias);
         let p = format!("decoder.layers.{index}");
-        let proj = |name: &str| self.linear(&format!("{p}.self_attn.{name}"), h, h, bias);
+        let proj = |name: &str| {
+            self.weights
+                .linear(&format!("{p}.self_attn.{name}"), h, h, bias)
+        };
         Ok(DecoderLayer {
             self_attn: Attention {
                 qkv_proj: stack_qkv(
@@ -112,8 +97,8 @@ impl Builder<'_> {
                 head_dim: cfg.head_dim(),
             },
             self_attn_layer_norm: self.layer_norm(&format!("{p}.self_attn_layer_norm"), like)?,
-            fc1: self.linear(&format!("{p}.fc1"), f, h, bias)?,
-            fc2: self.linear(&format!("{p}.fc2"), h, f, bias)?,
+            fc1: self.weights.linear(&format!("{p}.fc1"), f, h, bias)?,
+            fc2: self.weights.linear(&format!("{p}.fc2"), h, f, bias)?,
             final_layer_norm: self.layer_norm(&format!("{p}.final_layer_norm"), like)?,
         })
     }
@@ -145,8 +130,8 @@ impl OptModel {
         )?;
         let (project_in, project_out) = if config.has_projections() {
             (
-                Some(b.linear("decoder.project_in", h, e, false)?),
-                Some(b.linear("decoder.project_out", e, h, false)?),
+                Some(b.weights.linear("decoder.project_in", h, e, false)?),
+                Some(b.weights.linear("decoder.project_out", e, h, false)?),
             )
         } else {
             (None, None)
