@@ -57,14 +57,7 @@ async fn a_full_queue_refuses_at_once_and_the_queued_requests_still_finish() {
     for reply in queued {
         within(30, "queued", reply).await.unwrap().unwrap();
     }
-    let prompts: Vec<u32> = backend
-        .state
-        .generated
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(_, p)| p[0])
-        .collect();
+    let prompts: Vec<u32> = generated_firsts(&backend);
     assert_eq!(
         prompts,
         [1, 2, 3],
@@ -106,14 +99,7 @@ async fn a_caller_that_goes_away_frees_its_place_in_the_queue_and_stops_its_gene
         "took {:?}",
         started.elapsed()
     );
-    let prompts: Vec<u32> = backend
-        .state
-        .generated
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(_, p)| p[0])
-        .collect();
+    let prompts: Vec<u32> = generated_firsts(&backend);
     assert_eq!(prompts, [1, 3], "the abandoned waiting request was skipped");
     wait_for_engine(&handle, "queue empty", |e| {
         e.requests_running == 0 && e.requests_waiting == 0
@@ -134,12 +120,7 @@ async fn too_many_waiting_attaches_are_refused_at_once() {
         .await
         .unwrap();
     let waiting = actix_rt::spawn(handle.attach(Attach::new(spec("fake")).named("second")));
-    let queued = async {
-        while handle.stats().await.unwrap().attaches_waiting == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    };
-    within(30, "attach queued", queued).await;
+    wait_for_queued_attach(&handle).await;
     let refused = handle
         .attach(Attach::new(spec("fake")).named("third"))
         .await;

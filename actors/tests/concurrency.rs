@@ -100,12 +100,7 @@ async fn a_busy_worker_frees_up_for_a_waiting_attach() {
         .await
         .unwrap();
     let waiting = actix_rt::spawn(handle.attach(Attach::new(spec("fake")).named("second")));
-    let stats = async {
-        while handle.stats().await.unwrap().attaches_waiting == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    };
-    within(30, "attach queued", stats).await;
+    wait_for_queued_attach(&handle).await;
     handle.detach(first.engine_id).await.unwrap();
     let second = within(30, "waiting attach", waiting)
         .await
@@ -135,14 +130,7 @@ async fn concurrent_generates_to_one_engine_are_all_answered_in_order() {
         let output = within(60, "a generate", reply).await.unwrap().unwrap();
         assert_eq!(output.new_tokens, expected_tokens(&[i as u32, 100], 4));
     }
-    let order: Vec<u32> = backend
-        .state
-        .generated
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(_, prompt)| prompt[0])
-        .collect();
+    let order: Vec<u32> = generated_firsts(&backend);
     assert_eq!(
         order,
         (0..40).collect::<Vec<_>>(),

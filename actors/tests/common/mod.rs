@@ -419,3 +419,25 @@ pub async fn wait_for_workers(
     };
     within(secs, what, poll).await
 }
+
+/// Waits until at least one attach is queued for a busy worker.
+pub async fn wait_for_queued_attach(handle: &Handle) {
+    let queued = async {
+        while handle.stats().await.unwrap().attaches_waiting == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    within(30, "attach queued", queued).await;
+}
+
+/// The first prompt id of every generation the fake engines ran, in order.
+pub fn generated_firsts(backend: &FakeBackend) -> Vec<u32> {
+    backend
+        .state
+        .generated
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, prompt)| prompt[0])
+        .collect()
+}
