@@ -45,17 +45,6 @@ impl ModelRoots {
         Self { roots }
     }
 
-    /// Roots given explicitly (canonicalised; missing ones left out).
-    pub fn new(roots: &[PathBuf]) -> Self {
-        Self {
-            roots: roots.iter().filter_map(|p| p.canonicalize().ok()).collect(),
-        }
-    }
-
-    pub fn roots(&self) -> &[PathBuf] {
-        &self.roots
-    }
-
     fn inside(&self, path: &Path) -> bool {
         self.roots.iter().any(|root| path.starts_with(root))
     }
