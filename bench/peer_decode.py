@@ -1,8 +1,8 @@
-# Decode speed of Hugging Face transformers (eager attention, batch 1, greedy) on an OPT checkpoint,
+# Decode speed of Hugging Face transformers (eager attention, batch 1, greedy) on any causal LM checkpoint,
 # the peer of `worker-controller generate --json`'s decode_tokens_per_s. Prints one JSON line.
 import argparse, json, statistics, time
 import torch
-from transformers import OPTForCausalLM
+from transformers import AutoModelForCausalLM
 
 p = argparse.ArgumentParser()
 p.add_argument("--model", required=True)
@@ -13,7 +13,7 @@ p.add_argument("--repeats", type=int, default=5)
 a = p.parse_args()
 dtype = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}[a.dtype]
 dev = torch.device(a.device)
-model = OPTForCausalLM.from_pretrained(a.model, dtype=dtype, attn_implementation="eager").to(dev).eval()
+model = AutoModelForCausalLM.from_pretrained(a.model, dtype=dtype, attn_implementation="eager").to(dev).eval()
 prompt = torch.tensor([[2]], device=dev)
 
 

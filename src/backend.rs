@@ -13,8 +13,9 @@ use wc_actors::{
 };
 
 use crate::checkpoint::{Checkpoint, TensorHeader};
+use crate::cuda::{self, CacheInserts, CopiesInFlight, PinnedPool, SharedPool};
 use crate::device::{candle_dtype, host_memory};
-use crate::error::LoadError;
+use crate::error::{DeviceError, LoadError};
 use crate::host_cache::{check_cached, HostCache};
 use crate::models::ModelConfig;
 use crate::opt::presets::{preset, random_weights};
@@ -66,8 +67,12 @@ fn check_headers(spec: &ModelSpec, checkpoint: Checkpoint) -> Result<CheckedChec
         .or_else(|| Checkpoint::stored_dtype(&headers))
         .unwrap_or(DType::F32);
     let elements: u64 = headers.iter().map(TensorHeader::elements).sum();
+    // The engine must hold at least one sequence of the model's full context.
+    let config = &checkpoint.config;
+    let kv_cache_bytes = config.kv_bytes_per_token(dtype.size()) * config.max_positions() as u64;
     let footprint = Footprint {
         device_bytes: elements * dtype.size(),
+        kv_cache_bytes,
         file_bytes: headers.iter().map(|h| h.data_bytes).sum(),
         dtype,
     };
@@ -103,9 +108,9 @@ pub struct CandleDevice {
     held: Arc<AtomicU64>,
     /// Weight bytes and tokenizers of recently loaded models (empty for the standard path).
     host_cache: HostCache,
-    /// Pinned staging buffers (and host cache) for uploads, allocated at prewarm.
-    #[cfg(feature = "cuda")]
-    staging: Option<crate::cuda::StagingPool>,
+    /// Pinned staging ring and host cache for uploads (CUDA), allocated at prewarm and shared
+    /// by the workers of the device in this process.
+    pinned: Option<SharedPool>,
 }
 
 impl CandleDevice {
@@ -135,23 +140,25 @@ impl CandleDevice {
                 step(format!("kernels {dtype} llama"), t);
             }
         }
-        #[cfg(feature = "cuda")]
-        if let (Device::Cuda(cuda), Some(_)) = (&device, prewarm) {
-            crate::cuda::keep_pool_memory(cuda)?;
-        }
-        #[cfg(feature = "cuda")]
-        let staging = match (&device, prewarm) {
-            (Device::Cuda(cuda), Some(options)) if options.staging_bytes > 0 => {
+        let pinned = match (&device, spec, prewarm) {
+            (Device::Cuda(cuda), DeviceSpec::Cuda(ordinal), Some(options)) => {
+                cuda::keep_pool_memory(cuda)?;
                 let t = Instant::now();
-                let buffers = (options.host_cache_bytes / options.staging_bytes).max(1);
-                let pool = crate::cuda::StagingPool::new(
-                    cuda,
-                    options.staging_bytes as usize,
-                    buffers as usize,
-                    options.host_cache_bytes > 0,
-                )?;
-                step(format!("pinned staging {} MiB", pool.bytes() >> 20), t);
-                Some(pool)
+                let (staging, cache) = (options.staging_bytes, options.host_cache_bytes);
+                let shared = cuda::device_pool(cuda, *ordinal, staging, cache)?;
+                let (staging, total) = shared
+                    .lock()
+                    .map(|p| (p.staging_bytes(), p.bytes()))
+                    .map_err(|_| pool_poisoned())?;
+                step(
+                    format!(
+                        "pinned staging {} MiB, host cache {} MiB",
+                        staging >> 20,
+                        (total - staging) >> 20
+                    ),
+                    t,
+                );
+                Some(shared)
             }
             _ => None,
         };
@@ -161,8 +168,7 @@ impl CandleDevice {
             memory_limit: prewarm.map(|p| p.memory_limit_bytes).unwrap_or(0),
             held: Arc::new(AtomicU64::new(0)),
             host_cache: HostCache::new(prewarm.map(|p| p.host_cache_bytes).unwrap_or(0)),
-            #[cfg(feature = "cuda")]
-            staging,
+            pinned,
         };
         report.total_ms = started.elapsed().as_secs_f64() * 1e3;
         Ok((opened, report))
@@ -216,18 +222,23 @@ impl CandleDevice {
     ) -> Result<(E, u64), LoadError> {
         let checked = check_cached(spec)?;
         let mut read = ReadForCache::default();
-        let loaded = self
-            .load_checked(&checked, timeline, &mut read, build)
-            .map_err(|e| e.relative_to(&checked.checkpoint.dir))?;
+        // The device's pinned pool is this load's from the first read to the last copy.
+        let shared = self.pinned.clone();
+        let mut pool = shared
+            .as_ref()
+            .map(|p| p.lock().map_err(|_| pool_poisoned()))
+            .transpose()?;
+        let loaded = self.load_checked(&checked, timeline, &mut read, pool.as_deref_mut(), build);
+        if let Some(pool) = pool.as_mut() {
+            pool.finish_load(read.pinned, loaded.is_ok());
+        }
+        drop(pool);
+        let loaded = loaded.map_err(|e| e.relative_to(&checked.checkpoint.dir))?;
         for file in read.files {
             self.host_cache.keep(file);
         }
         if let Some((key, tokenizer)) = read.tokenizer {
             self.host_cache.keep_tokenizer(key, tokenizer);
-        }
-        #[cfg(feature = "cuda")]
-        if let (Some(pool), Some(entry)) = (self.staging.as_mut(), read.pinned) {
-            pool.keep(entry);
         }
         Ok(loaded)
     }
@@ -237,10 +248,13 @@ impl CandleDevice {
         checked: &CheckedCheckpoint,
         timeline: &mut Timeline,
         read: &mut ReadForCache,
+        pool: Option<&mut PinnedPool>,
         build: impl Build<E>,
     ) -> Result<(E, u64), LoadError> {
         let dtype = candle_dtype(checked.dtype);
-        let (weights, in_flight) = match self.upload_pinned(checked, dtype, timeline, read)? {
+        self.check_fits(checked)?;
+        let uploaded = self.upload_pinned(pool, checked, dtype, timeline, read)?;
+        let (weights, in_flight) = match uploaded {
             Some((weights, in_flight)) => (weights, Some(in_flight)),
             None => {
                 let files = checked
@@ -268,7 +282,7 @@ impl CandleDevice {
             )
         });
         if let Some(in_flight) = in_flight {
-            wait_for_copies(in_flight)?;
+            in_flight.wait()?;
             timeline.mark(Anchor::WeightsOnDevice);
         }
         let engine = built?;
@@ -281,6 +295,12 @@ impl CandleDevice {
     pub fn host_cache_holds(&self, path: &std::path::Path) -> bool {
         self.host_cache.holds(path)
     }
+}
+
+fn pool_poisoned() -> LoadError {
+    LoadError::Device(DeviceError::other(
+        "the device's pinned pool is unusable: a load panicked while holding it",
+    ))
 }
 
 /// Builds what a load returns from the checkpoint's config, its weights on the device, its
@@ -310,25 +330,8 @@ impl<E, F> Build<E> for F where
 struct ReadForCache {
     files: Vec<Arc<crate::checkpoint::WeightFile>>,
     tokenizer: Option<(crate::host_cache::FileKey, tokenizers::Tokenizer)>,
-    #[cfg(feature = "cuda")]
-    pinned: Option<crate::cuda::PinnedEntry>,
-}
-
-/// Host-to-device copies still running after the pinned upload returned.
-#[cfg(feature = "cuda")]
-type CopiesInFlight = crate::cuda::CopiesInFlight;
-/// Without CUDA there is no asynchronous upload.
-#[cfg(not(feature = "cuda"))]
-type CopiesInFlight = std::convert::Infallible;
-
-#[cfg(feature = "cuda")]
-fn wait_for_copies(copies: CopiesInFlight) -> Result<(), LoadError> {
-    copies.wait()
-}
-
-#[cfg(not(feature = "cuda"))]
-fn wait_for_copies(copies: CopiesInFlight) -> Result<(), LoadError> {
-    match copies {}
+    /// Files read into the pinned host cache.
+    pinned: CacheInserts,
 }
 
 impl CandleDevice {
@@ -346,48 +349,48 @@ impl CandleDevice {
         Ok(Some(tokenizer))
     }
 
-    /// The CUDA fast path: a single-file checkpoint through the pinned staging buffers. Returns
-    /// with the copies queued, not finished.
-    #[cfg(feature = "cuda")]
+    /// Refuses, before any weight is read, a model whose weights and KV cache cannot fit the
+    /// memory this worker has free.
+    fn check_fits(&self, checked: &CheckedCheckpoint) -> Result<(), LoadError> {
+        let needed = checked.footprint.device_bytes + checked.footprint.kv_cache_bytes;
+        let free = self
+            .memory()
+            .map_err(|e| LoadError::Device(DeviceError::other(e.message)))?;
+        if needed > free.free_bytes {
+            return Err(LoadError::DoesNotFit {
+                needed_bytes: needed,
+                free_bytes: free.free_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// The CUDA path: every weight file through the pinned staging ring and host cache.
+    /// Returns with the copies queued, not finished; `None` without pinned memory (CPU).
     fn upload_pinned(
-        &mut self,
+        &self,
+        pool: Option<&mut PinnedPool>,
         checked: &CheckedCheckpoint,
         dtype: candle_core::DType,
         timeline: &mut Timeline,
         read: &mut ReadForCache,
     ) -> Result<Option<(DeviceWeights, CopiesInFlight)>, LoadError> {
-        let (Device::Cuda(cuda), Some(pool), [file]) = (
-            &self.device,
-            self.staging.as_mut(),
-            checked.checkpoint.weight_files.as_slice(),
-        ) else {
+        let (Device::Cuda(cuda), Some(pool)) = (&self.device, pool) else {
             return Ok(None);
         };
-        let Some(uploaded) = crate::cuda::upload_file(cuda, pool, file, dtype)? else {
-            return Ok(None);
-        };
+        let files = &checked.checkpoint.weight_files;
+        let uploaded = cuda::upload_checkpoint(cuda, pool, files, dtype, &mut read.pinned)?;
         timeline.mark_at(Anchor::WeightsRead, uploaded.read_done_ns);
         tracing::debug!(
-            from_host_cache = uploaded.from_host_cache,
+            from_host_cache = uploaded.from_host_cache(),
             bytes = uploaded.bytes,
+            cached_bytes = uploaded.cached_bytes,
             "pinned upload"
         );
-        read.pinned = Some(uploaded.entry);
         Ok(Some((
             DeviceWeights::from_tensors(uploaded.tensors),
             uploaded.in_flight,
         )))
-    }
-
-    #[cfg(not(feature = "cuda"))]
-    fn upload_pinned(
-        &mut self,
-        _checked: &CheckedCheckpoint,
-        _dtype: candle_core::DType,
-        _timeline: &mut Timeline,
-        _read: &mut ReadForCache,
-    ) -> Result<Option<(DeviceWeights, CopiesInFlight)>, LoadError> {
-        Ok(None)
     }
 }
 
@@ -448,9 +451,10 @@ impl WorkerDevice for CandleDevice {
     fn memory(&self) -> Result<MemoryInfo, EngineError> {
         let held = self.held.load(Ordering::SeqCst);
         let (device_total, device_free) = match &self.device {
-            #[cfg(feature = "cuda")]
-            Device::Cuda(cuda) => crate::cuda::memory_info(cuda).map_err(|e| {
-                EngineError::from(LoadError::Device(format!("reading device memory: {e}")))
+            Device::Cuda(cuda) => cuda::memory_info(cuda).map_err(|e| {
+                EngineError::from(LoadError::Device(DeviceError::other(format!(
+                    "reading device memory: {e}"
+                ))))
             })?,
             _ => {
                 let (total, _) = host_memory();
@@ -491,10 +495,9 @@ impl WorkerDevice for CandleDevice {
             .map_err(|e| EngineError::from(LoadError::from(e)))
     }
 
-    #[cfg(feature = "cuda")]
     fn inject_fault(&self) -> Result<(), EngineError> {
         match &self.device {
-            Device::Cuda(cuda) => Err(EngineError::from(crate::cuda::fault_illegal_address(cuda))),
+            Device::Cuda(cuda) => Err(EngineError::from(cuda::fault_illegal_address(cuda))),
             _ => Err(EngineError::new(
                 wc_actors::ErrorKind::InvalidRequest,
                 "only a CUDA device has a fault to inject",

@@ -13,24 +13,21 @@ pub fn open(spec: &DeviceSpec) -> Result<Device, LoadError> {
     }
 }
 
-#[cfg(feature = "cuda")]
 fn open_cuda(index: usize, spec: &DeviceSpec) -> Result<Device, LoadError> {
+    if !crate::cuda::COMPILED {
+        return Err(LoadError::CudaNotCompiled(spec.to_string()));
+    }
     let unavailable = |reason: String| LoadError::DeviceUnavailable {
         device: spec.to_string(),
         reason,
     };
-    let count = crate::cuda::device_count().map_err(|e| unavailable(e.to_string()))?;
+    let count = crate::cuda::device_count().map_err(unavailable)?;
     if index >= count {
         return Err(unavailable(format!(
             "no such GPU: this machine has {count} CUDA device(s)"
         )));
     }
     Device::new_cuda_with_stream(index).map_err(|e| unavailable(e.to_string()))
-}
-
-#[cfg(not(feature = "cuda"))]
-fn open_cuda(_index: usize, spec: &DeviceSpec) -> Result<Device, LoadError> {
-    Err(LoadError::CudaNotCompiled(spec.to_string()))
 }
 
 /// candle's dtype for the runtime's.

@@ -59,8 +59,51 @@ pub enum LoadError {
     CudaNotCompiled(String),
     #[error("cannot open device `{device}`: {reason}")]
     DeviceUnavailable { device: String, reason: String },
+    #[error(
+        "the model does not fit: it needs {needed_bytes} bytes of device memory (weights and KV \
+         cache), the worker has {free_bytes} free"
+    )]
+    DoesNotFit { needed_bytes: u64, free_bytes: u64 },
     #[error("device error: {0}")]
-    Device(String),
+    Device(DeviceError),
+}
+
+/// What a device error means for the worker, read from the driver's error code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceFault {
+    /// The device (or pinned host memory) has no room: the request may fit elsewhere or later.
+    OutOfMemory,
+    /// A sticky error: the context is unusable and the worker must be restarted.
+    Fatal,
+    /// Anything else.
+    Other,
+}
+
+/// A failure of the device or its driver, with its meaning for the worker.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct DeviceError {
+    pub message: String,
+    pub fault: DeviceFault,
+}
+
+impl DeviceError {
+    /// A device failure that is neither out-of-memory nor fatal.
+    pub fn other(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            fault: DeviceFault::Other,
+        }
+    }
+}
+
+impl From<&candle_core::Error> for DeviceError {
+    fn from(e: &candle_core::Error) -> Self {
+        Self {
+            message: e.to_string(),
+            fault: crate::cuda::fault_of(e),
+        }
+    }
 }
 
 impl LoadError {
@@ -108,7 +151,18 @@ impl LoadError {
 
 impl From<candle_core::Error> for LoadError {
     fn from(e: candle_core::Error) -> Self {
-        LoadError::Device(e.to_string())
+        LoadError::Device(DeviceError::from(&e))
+    }
+}
+
+impl DeviceFault {
+    /// The runtime's kind for a failure of this sort.
+    pub fn kind(self) -> ErrorKind {
+        match self {
+            DeviceFault::OutOfMemory => ErrorKind::OutOfMemory,
+            DeviceFault::Fatal => ErrorKind::DeviceFatal,
+            DeviceFault::Other => ErrorKind::Internal,
+        }
     }
 }
 
@@ -121,9 +175,8 @@ impl From<LoadError> for EngineError {
             LoadError::CudaNotCompiled(_) | LoadError::DeviceUnavailable { .. } => {
                 ErrorKind::InvalidRequest
             }
-            LoadError::Device(msg) if is_out_of_memory(msg) => ErrorKind::OutOfMemory,
-            LoadError::Device(msg) if is_fatal_device_error(msg) => ErrorKind::DeviceFatal,
-            LoadError::Device(_) => ErrorKind::Internal,
+            LoadError::DoesNotFit { .. } => ErrorKind::OutOfMemory,
+            LoadError::Device(device) => device.fault.kind(),
             _ => ErrorKind::InvalidModel,
         };
         EngineError::new(kind, e.to_string())
@@ -172,31 +225,10 @@ impl From<GenerateError> for EngineError {
             other => other,
         };
         let kind = match &e {
-            GenerateError::Device(inner) if is_out_of_memory(&inner.to_string()) => {
-                ErrorKind::OutOfMemory
-            }
-            GenerateError::Device(inner) if is_fatal_device_error(&inner.to_string()) => {
-                ErrorKind::DeviceFatal
-            }
-            GenerateError::Device(_) | GenerateError::Tokenizer(_) => ErrorKind::Internal,
+            GenerateError::Device(inner) => crate::cuda::fault_of(inner).kind(),
+            GenerateError::Tokenizer(_) => ErrorKind::Internal,
             _ => ErrorKind::InvalidRequest,
         };
         EngineError::new(kind, e.to_string())
     }
-}
-
-fn is_out_of_memory(message: &str) -> bool {
-    message.contains("OUT_OF_MEMORY") || message.contains("out of memory")
-}
-
-/// CUDA errors after which the context is unusable (sticky errors).
-fn is_fatal_device_error(message: &str) -> bool {
-    [
-        "ILLEGAL_ADDRESS",
-        "LAUNCH_FAILED",
-        "ECC_UNCORRECTABLE",
-        "HARDWARE_STACK_ERROR",
-    ]
-    .iter()
-    .any(|code| message.contains(code))
 }

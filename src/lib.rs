@@ -19,11 +19,11 @@ pub mod bench;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
-#[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod device;
 pub mod error;
 pub mod host_cache;
+pub mod load;
 pub mod models;
 pub mod server;
 pub mod weights;

@@ -146,6 +146,7 @@ fn a_small_real_bench_writes_consistent_results_report_and_chart() {
         peer_runs: 0,
         staging_bytes: 0,
         host_cache_bytes: 64 << 20,
+        modes: Vec::new(),
     };
     let returned = worker_controller::bench::run(&options).unwrap();
 
@@ -156,6 +157,20 @@ fn a_small_real_bench_writes_consistent_results_report_and_chart() {
     let text = std::fs::read_to_string(out.join("results.json")).unwrap();
     let json: serde_json::Value = serde_json::from_str(&text).unwrap();
     let runs = json["runs"].as_array().unwrap();
+    // Every controller start gives its worker's memory back: free after the detach equals free
+    // at prewarm.
+    for run in runs
+        .iter()
+        .filter(|r| r["mode"].as_str().unwrap().starts_with("controller"))
+    {
+        let memory = &run["memory"];
+        assert!(memory["baseline_free_bytes"].as_u64().unwrap() > 0, "{run}");
+        assert_eq!(
+            memory["after_detach_free_bytes"], memory["baseline_free_bytes"],
+            "memory back after the detach: {run}"
+        );
+        assert!(memory["rss_bytes"].as_u64().unwrap() > 0, "{run}");
+    }
     // The standard path and every controller path: no peer was asked for.
     let modes: BTreeSet<&str> = runs.iter().map(|r| r["mode"].as_str().unwrap()).collect();
     assert!(
@@ -490,4 +505,36 @@ fn a_generate_child_sends_its_anchors_in_one_frame() {
         .collect();
     assert!(instants.windows(2).all(|w| w[0] <= w[1]), "{instants:?}");
     assert_eq!(report.bytes, safetensors_data_bytes(&model));
+}
+
+#[test]
+fn modes_limit_the_bench_to_the_paths_asked_for_and_unknown_ones_are_refused() {
+    let out = scratch("bench-modes");
+    let mut options = BenchOptions {
+        models: vec![fixture(PRENORM).display().to_string()],
+        runs: 2,
+        rounds: 1,
+        device: DeviceSpec::Cpu,
+        dtype: None,
+        out: out.clone(),
+        single: true,
+        sequential: false,
+        peer_script: None,
+        cold_jit: false,
+        command: "test".into(),
+        exe: Some(PathBuf::from(CLI)),
+        peer_runs: 0,
+        staging_bytes: 0,
+        host_cache_bytes: 64 << 20,
+        modes: vec!["controller".into(), "controller_nocache".into()],
+    };
+    let results = worker_controller::bench::run(&options).unwrap();
+    let modes: BTreeSet<&str> = results.runs.iter().map(|r| r.mode.as_str()).collect();
+    assert_eq!(modes, BTreeSet::from(["controller", "controller_nocache"]));
+    assert_eq!(results.runs.len(), 4, "two runs of each path asked for");
+    options.modes = vec!["warp-drive".into()];
+    let error = worker_controller::bench::run(&options)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("unknown mode `warp-drive`"), "{error}");
 }

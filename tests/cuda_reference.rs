@@ -22,7 +22,10 @@ use wc_actors::{
     RuntimeConfig, Timeline, WorkerConfig, WorkerDevice,
 };
 use worker_controller::checkpoint::WeightFile;
-use worker_controller::cuda::{fail_next_read_at, pinned_upload_counts, pool_usage};
+use worker_controller::cuda::{
+    fail_next_read_at, pinned_upload_counts, pool_usage, upload_checkpoint, CacheInserts,
+    PinnedPool, BLOCK_BYTES,
+};
 use worker_controller::models::llama::{LlamaEngine, LlamaModel};
 use worker_controller::models::ModelConfig;
 use worker_controller::opt::OptEngine;
@@ -260,49 +263,37 @@ fn sharded_copy(name: &str, test: &str) -> PathBuf {
 }
 
 #[test]
-fn the_fallback_upload_path_gives_the_reference_output() {
+fn sharded_and_uncached_checkpoints_take_the_pinned_path_and_give_the_reference_output() {
     let _gpu = serial();
-    // Staging buffers smaller than the fixtures' 1.9 MB of weights: every load falls back to the
-    // pageable path (its own host cache on), twice each so that the second is served from it.
-    let mut small = gpu_with(PrewarmOptions {
-        staging_bytes: 1 << 20,
-        host_cache_bytes: 8 << 20,
+    // No host cache: every load streams through the staging ring from disk.
+    let mut uncached = gpu_with(PrewarmOptions {
+        host_cache_bytes: 0,
         ..Default::default()
     });
-    // A sharded checkpoint falls back even when it would fit one buffer.
-    let mut device = gpu();
+    let mut cached = gpu();
     for name in FIXTURES {
         let sharded = sharded_copy(name, &format!("{name}-sharded"));
-        let cases: [(&str, &mut CandleDevice, PathBuf); 2] = [
-            ("larger than a staging buffer", &mut small, fixture(name)),
-            ("sharded", &mut device, sharded),
+        let cases: [(&str, &mut CandleDevice, PathBuf, bool); 2] = [
+            ("through the ring", &mut uncached, fixture(name), false),
+            ("sharded", &mut cached, sharded, true),
         ];
-        for (what, device, model) in cases {
-            for round in ["read", "host cache"] {
-                let uploads = pinned_upload_counts();
+        for (what, device, model, caches) in cases {
+            for round in 0..2 {
+                let (uploads, hits) = pinned_upload_counts();
                 let engine = load(device, &model, Some(DType::F32));
+                let hit = caches && round == 1;
+                assert_eq!(
+                    pinned_upload_counts(),
+                    (uploads + 1, hits + u64::from(hit)),
+                    "{name} {what} round {round}: the pinned path, from the host cache: {hit}"
+                );
                 let diff = worst_logit_diff(&engine, name);
-                println!("{name} {what} ({round}): f32 max abs logit diff = {diff:e}");
-                assert!(diff < 1e-3, "{name} {what} ({round}): {diff}");
+                println!("{name} {what} (round {round}): f32 max abs logit diff = {diff:e}");
+                assert!(diff < 1e-3, "{name} {what} (round {round}): {diff}");
                 drop(engine);
                 let mut engine = load(device, &model, Some(DType::F16));
                 assert_greedy_reference(&mut engine, name, &format!("f16 {what} ({round})"));
-                assert_eq!(
-                    pinned_upload_counts(),
-                    uploads,
-                    "{what}: not the pinned path"
-                );
             }
-            let file = model.join(if what == "sharded" {
-                "model-00001-of-00002.safetensors"
-            } else {
-                "model.safetensors"
-            });
-            assert!(
-                device.host_cache_holds(&file)
-                    || device.host_cache_holds(&std::fs::canonicalize(&file).unwrap()),
-                "{name} {what}: the pageable host cache keeps the file"
-            );
         }
     }
 }
@@ -361,7 +352,7 @@ fn a_read_error_mid_upload_leaves_no_memory_behind_and_the_device_serves_afterwa
         "free memory changed by more than 4 MiB"
     );
     assert_eq!(pinned_upload_counts(), counts, "nothing was uploaded");
-    // The pinned buffer kept nothing of the failed file: the next load reads it from disk.
+    // The host cache kept nothing of the failed file: the next load reads it from disk.
     let mut engine = load(&mut device, &model, Some(DType::F16));
     assert_eq!(pinned_upload_counts(), (counts.0 + 1, counts.1), "a miss");
     let tokens = engine
@@ -390,17 +381,13 @@ fn a_read_error_mid_upload_leaves_no_memory_behind_and_the_device_serves_afterwa
 }
 
 /// Uploads `path` through `pool` and keeps it, as a successful load does; whether it was a hit.
-fn staged(
-    device: &CandleDevice,
-    pool: &mut worker_controller::cuda::StagingPool,
-    path: &Path,
-) -> bool {
-    let uploaded = worker_controller::cuda::upload_file(cuda(device), pool, path, CandleDType::F32)
-        .unwrap()
-        .expect("fits a buffer");
-    let hit = uploaded.from_host_cache;
+fn staged(device: &CandleDevice, pool: &mut PinnedPool, path: &Path) -> bool {
+    let mut inserts = CacheInserts::default();
+    let uploaded =
+        upload_checkpoint(cuda(device), pool, &[path], CandleDType::F32, &mut inserts).unwrap();
+    let hit = uploaded.from_host_cache();
     uploaded.in_flight.wait().unwrap();
-    pool.keep(uploaded.entry);
+    pool.finish_load(inserts, true);
     hit
 }
 
@@ -429,14 +416,11 @@ fn negate_in_place(path: &Path, tensor: &str) {
 }
 
 #[test]
-fn staging_buffers_evict_the_least_recently_used_file_and_drop_a_changed_one() {
+fn the_host_cache_evicts_the_least_recently_used_file_and_drops_a_changed_one() {
     let _gpu = serial();
-    let device = gpu_with(PrewarmOptions {
-        staging_bytes: 0,
-        ..Default::default()
-    });
-    let mut pool =
-        worker_controller::cuda::StagingPool::new(cuda(&device), 4 << 20, 2, true).unwrap();
+    let device = gpu();
+    // Room for two files of one block each.
+    let mut pool = PinnedPool::new(cuda(&device), 0, 2 * BLOCK_BYTES as u64).unwrap();
     let files: Vec<PathBuf> = ["a", "b", "c"]
         .iter()
         .map(|n| {
@@ -447,7 +431,7 @@ fn staging_buffers_evict_the_least_recently_used_file_and_drop_a_changed_one() {
         })
         .collect();
     let (a, b, c) = (&files[0], &files[1], &files[2]);
-    // Two buffers: each miss takes the least recently used one.
+    // Two blocks: each miss evicts the least recently used file.
     let order = [a, b, a, c, a, b, c, b, a];
     let hits: Vec<bool> = order
         .iter()

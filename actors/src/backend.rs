@@ -131,6 +131,9 @@ pub struct ModelSpec {
 pub struct Footprint {
     /// Device bytes the weights take at the requested dtype.
     pub device_bytes: u64,
+    /// Device bytes of the KV cache the engine reserves beside its weights.
+    #[serde(default)]
+    pub kv_cache_bytes: u64,
     /// Bytes of weight data in the checkpoint files.
     pub file_bytes: u64,
     /// The dtype the engine will use.
@@ -156,11 +159,11 @@ impl MemoryInfo {
 pub struct PrewarmOptions {
     /// Dtypes whose kernels are loaded by running a tiny forward pass in each.
     pub dtypes: Vec<DType>,
-    /// Bytes of each pinned host staging buffer, allocated up front (CUDA only). A single-file
-    /// checkpoint whose weights fit one buffer takes the pipelined upload path.
+    /// Bytes of pinned host staging memory every upload streams through, allocated up front
+    /// (CUDA only; bounded whatever the model size).
     pub staging_bytes: u64,
     /// Host memory kept for recently loaded models so that attaching them again skips the disk
-    /// (on CUDA: pinned buffers of `staging_bytes`, at least one).
+    /// (on CUDA: pinned, allocated up front; LRU by bytes).
     pub host_cache_bytes: u64,
     /// Cap on the device memory this worker may use (0: the device's own size).
     pub memory_limit_bytes: u64,

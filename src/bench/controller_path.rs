@@ -10,20 +10,38 @@ use wc_actors::{
     RuntimeConfig, Timeline, WorkerConfig,
 };
 
+use super::results::RunMemory;
 use crate::backend::CandleBackend;
+
+/// This process's resident set size, from `/proc/self/statm` (0 where it cannot be read).
+fn resident_bytes() -> u64 {
+    let pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    // SAFETY: sysconf only reads a configuration value.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    pages * page.max(0) as u64
+}
 
 /// One prewarmed worker behind the actor runtime, driven from synchronous code.
 pub struct ControllerPath {
     handle: Handle,
     runtime: tokio::runtime::Runtime,
     dtype: Option<DType>,
+    /// The worker's free device memory once prewarmed.
+    baseline_free_bytes: u64,
     /// How long the worker's prewarm took (context, kernels, staging), in milliseconds.
     pub prewarm_ms: f64,
 }
 
 impl ControllerPath {
     /// Starts the runtime with one worker on `device`, prewarmed for `dtype`, with pinned
-    /// staging buffers of `staging_bytes` and a host cache of `host_cache_bytes` (0: off, so
+    /// staging memory of `staging_bytes` and a host cache of `host_cache_bytes` (0: off, so
     /// every attach reads the checkpoint from the page cache).
     /// With `worker_exe`, the worker runs in its own process of that program (the server's
     /// default isolation); without, on a thread of this one.
@@ -72,16 +90,26 @@ impl ControllerPath {
             .filter_map(|w| w.prewarm.as_ref())
             .map(|p| p.total_ms)
             .sum();
+        let baseline_free_bytes = workers
+            .iter()
+            .filter_map(|w| w.memory)
+            .map(|m| m.free_bytes)
+            .sum();
         Ok(Self {
             handle,
             runtime,
             dtype,
+            baseline_free_bytes,
             prewarm_ms,
         })
     }
 
-    /// Attaches `model`, takes the report's anchors (through `first_token`), and detaches.
-    pub fn start_engine(&mut self, model: &str) -> anyhow::Result<(Timeline, u64)> {
+    /// Attaches `model`, takes the report's anchors (through `first_token`), and detaches;
+    /// with the memory around it.
+    pub fn start_engine(
+        &mut self,
+        model: &str,
+    ) -> anyhow::Result<(Timeline, u64, Option<RunMemory>)> {
         let spec = ModelSpec {
             model: model.to_string(),
             dtype: self.dtype,
@@ -89,9 +117,15 @@ impl ControllerPath {
         let report = self
             .runtime
             .block_on(self.handle.attach(Attach::new(spec)))?;
-        self.runtime
+        let detached = self
+            .runtime
             .block_on(self.handle.detach(EngineRef::Id(report.engine_id)))?;
-        Ok((report.timeline, report.bytes_moved))
+        let memory = RunMemory {
+            baseline_free_bytes: self.baseline_free_bytes,
+            after_detach_free_bytes: detached.memory_after_detach.free_bytes,
+            rss_bytes: resident_bytes(),
+        };
+        Ok((report.timeline, report.bytes_moved, Some(memory)))
     }
 
     /// Detaches everything and stops the worker.

@@ -23,7 +23,7 @@ use anyhow::Context;
 use wc_actors::{DType, DeviceSpec, Timeline};
 
 use controller_path::ControllerPath;
-use results::{Floor, Meta, Results, RunRecord};
+use results::{Floor, Meta, Results, RunMemory, RunRecord};
 use standard::{peer_available, run_peer, run_standard, ChildOptions};
 
 /// What to measure and where.
@@ -47,11 +47,22 @@ pub struct BenchOptions {
     pub exe: Option<PathBuf>,
     /// Transformers peer starts in the single-engine scenario (each is a 10+ s Python start).
     pub peer_runs: usize,
-    /// Size of each pinned staging buffer of the controller's workers.
+    /// Pinned staging memory of the controller's workers.
     pub staging_bytes: u64,
     /// Host cache of the `controller` worker (`controller_nocache` has none).
     pub host_cache_bytes: u64,
+    /// The paths to time, by name (`standard`, `controller`, `controller_nocache`,
+    /// `controller_process`); empty: all of them. The peer runs when `peer_script` is set.
+    pub modes: Vec<String>,
 }
+
+/// Every path's name, in the order they run.
+pub const MODE_NAMES: [&str; 4] = [
+    "standard",
+    "controller",
+    "controller_nocache",
+    "controller_process",
+];
 
 /// One way of starting an engine, timed.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -78,19 +89,23 @@ impl Mode {
     }
 }
 
+/// What one start gave: its anchors, the weight bytes it moved and, on the controller's paths,
+/// the memory around it.
+type Started = (Timeline, u64, Option<RunMemory>);
+
 struct Bench<'a> {
     options: &'a BenchOptions,
     exe: PathBuf,
     peer_script: Option<PathBuf>,
-    controller: ControllerPath,
-    controller_nocache: ControllerPath,
-    controller_process: ControllerPath,
+    controller: Option<ControllerPath>,
+    controller_nocache: Option<ControllerPath>,
+    controller_process: Option<ControllerPath>,
     scratch: PathBuf,
     runs: Vec<RunRecord>,
 }
 
 impl Bench<'_> {
-    fn start(&mut self, mode: Mode, model: &str) -> anyhow::Result<(Timeline, u64)> {
+    fn start(&mut self, mode: Mode, model: &str) -> anyhow::Result<Started> {
         let jit_dir = self.options.cold_jit.then(|| {
             let dir = self.scratch.join(format!("jit-{}", self.runs.len()));
             let _ = std::fs::create_dir_all(&dir);
@@ -101,16 +116,22 @@ impl Bench<'_> {
             dtype: self.options.dtype,
             jit_cache_dir: jit_dir.as_deref(),
         };
-        let result = match mode {
-            Mode::Standard => run_standard(&self.exe, model, &child),
-            Mode::Transformers => run_peer(
+        let controller = match mode {
+            Mode::Controller => self.controller.as_mut(),
+            Mode::ControllerNoCache => self.controller_nocache.as_mut(),
+            Mode::ControllerProcess => self.controller_process.as_mut(),
+            Mode::Standard | Mode::Transformers => None,
+        };
+        let result = match (mode, controller) {
+            (_, Some(controller)) => controller.start_engine(model),
+            (Mode::Transformers, None) => run_peer(
                 self.peer_script.as_deref().expect("peer script"),
                 model,
                 &child,
-            ),
-            Mode::Controller => self.controller.start_engine(model),
-            Mode::ControllerNoCache => self.controller_nocache.start_engine(model),
-            Mode::ControllerProcess => self.controller_process.start_engine(model),
+            )
+            .map(|(timeline, bytes)| (timeline, bytes, None)),
+            _ => run_standard(&self.exe, model, &child)
+                .map(|(timeline, bytes)| (timeline, bytes, None)),
         };
         if let Some(dir) = jit_dir {
             let _ = std::fs::remove_dir_all(dir);
@@ -126,10 +147,11 @@ impl Bench<'_> {
         round: usize,
         run: usize,
     ) -> anyhow::Result<()> {
-        let (timeline, bytes) = self
+        let (timeline, bytes, memory) = self
             .start(mode, model)
             .with_context(|| format!("{scenario} run {run}, {} path, {model}", mode.name()))?;
-        let record = RunRecord::new(scenario, mode.name(), model, round, run, timeline, bytes);
+        let mut record = RunRecord::new(scenario, mode.name(), model, round, run, timeline, bytes);
+        record.memory = memory;
         eprint!(
             "\r[{scenario}] round {round} run {run}: {:<12} {:>9.1} ms   ",
             mode.name(),
@@ -147,12 +169,22 @@ impl Bench<'_> {
         Mode::ControllerProcess,
     ];
 
+    /// The paths this bench times, in order.
+    fn modes(&self) -> Vec<Mode> {
+        Self::MODES
+            .into_iter()
+            .filter(|m| {
+                self.options.modes.is_empty() || self.options.modes.iter().any(|n| n == m.name())
+            })
+            .collect()
+    }
+
     /// Scenario 1: the first model, started `runs` times through each path, interleaved; the
     /// transformers peer for its first `peer_runs`.
     fn single(&mut self) -> anyhow::Result<()> {
         let model = self.options.models[0].clone();
         for run in 0..self.options.runs {
-            for mode in Self::MODES {
+            for mode in self.modes() {
                 self.record("single", mode, &model, 0, run)?;
             }
             if self.peer_script.is_some() && run < self.options.peer_runs {
@@ -166,7 +198,7 @@ impl Bench<'_> {
     /// Scenario 2: every model in turn, `rounds` times, through each path.
     fn sequential(&mut self) -> anyhow::Result<()> {
         for round in 0..self.options.rounds {
-            for mode in Self::MODES {
+            for mode in self.modes() {
                 for (i, model) in self.options.models.clone().iter().enumerate() {
                     self.record("sequential", mode, model, round, i)?;
                 }
@@ -203,15 +235,28 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<Results> {
         (_, true) => "cold (an empty CUDA_CACHE_PATH for every fresh process)".to_string(),
         (_, false) => format!("{} at start", machine::jit_cache_state()),
     };
+    for mode in &options.modes {
+        anyhow::ensure!(
+            MODE_NAMES.contains(&mode.as_str()),
+            "unknown mode `{mode}`: expected one of {}",
+            MODE_NAMES.join(", ")
+        );
+    }
+    let wanted = |name: &str| options.modes.is_empty() || options.modes.iter().any(|m| m == name);
     eprintln!(
-        "prewarming three controller workers on {} (host cache on / off / in a process) ...",
+        "prewarming the controller workers on {} (host cache on / off / in a process, as asked) ...",
         options.device
     );
     let (device, dtype, staging) = (&options.device, options.dtype, options.staging_bytes);
     let cache = options.host_cache_bytes;
-    let controller = ControllerPath::start(device, dtype, staging, cache, None)?;
-    let controller_nocache = ControllerPath::start(device, dtype, staging, 0, None)?;
-    let controller_process = ControllerPath::start(device, dtype, staging, cache, Some(&exe))?;
+    let start = |name: &str, cache: u64, exe: Option<&Path>| {
+        wanted(name)
+            .then(|| ControllerPath::start(device, dtype, staging, cache, exe))
+            .transpose()
+    };
+    let controller = start("controller", cache, None)?;
+    let controller_nocache = start("controller_nocache", 0, None)?;
+    let controller_process = start("controller_process", cache, Some(&exe))?;
     let scratch = std::env::temp_dir().join(format!("wc-bench-{}", std::process::id()));
     let mut bench = Bench {
         options,
@@ -229,9 +274,23 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<Results> {
     if options.sequential {
         bench.sequential()?;
     }
-    bench.controller.stop();
-    bench.controller_nocache.stop();
-    bench.controller_process.stop();
+    let prewarm_ms = [
+        &bench.controller,
+        &bench.controller_nocache,
+        &bench.controller_process,
+    ]
+    .iter()
+    .find_map(|c| c.as_ref().map(|c| c.prewarm_ms))
+    .unwrap_or(0.0);
+    for controller in [
+        &mut bench.controller,
+        &mut bench.controller_nocache,
+        &mut bench.controller_process,
+    ] {
+        if let Some(controller) = controller.as_mut() {
+            controller.stop();
+        }
+    }
     let _ = std::fs::remove_dir_all(&bench.scratch);
 
     let (method, bandwidth) = floor::measure_bandwidth(&options.device)?;
@@ -240,7 +299,11 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<Results> {
         bandwidth_gb_per_s: bandwidth,
         ..Default::default()
     };
-    for run in bench.runs.iter().filter(|r| r.mode == "controller") {
+    for run in bench
+        .runs
+        .iter()
+        .filter(|r| r.mode.starts_with("controller"))
+    {
         floor.bytes.insert(run.model.clone(), run.bytes);
         floor.floor_ms.insert(
             run.model.clone(),
@@ -262,7 +325,7 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<Results> {
             runs: options.runs,
             rounds: options.rounds,
             models: options.models.clone(),
-            controller_prewarm_ms: bench.controller.prewarm_ms,
+            controller_prewarm_ms: prewarm_ms,
         },
         floor,
         runs: bench.runs,

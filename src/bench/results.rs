@@ -24,6 +24,20 @@ pub struct RunRecord {
     pub total_ms: f64,
     /// Weight bytes moved for this start.
     pub bytes: u64,
+    /// Memory around a controller start (absent for fresh processes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<RunMemory>,
+}
+
+/// The worker's device memory and this process's resident host memory around one attach.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunMemory {
+    /// Free device bytes when the worker was prewarmed, before any attach.
+    pub baseline_free_bytes: u64,
+    /// Free device bytes after the detach.
+    pub after_detach_free_bytes: u64,
+    /// This process's resident set after the detach (the worker's, in thread mode).
+    pub rss_bytes: u64,
 }
 
 impl RunRecord {
@@ -51,6 +65,7 @@ impl RunRecord {
             timeline,
             phases_ms,
             bytes,
+            memory: None,
         }
     }
 }

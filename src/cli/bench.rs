@@ -46,8 +46,8 @@ pub struct BenchArgs {
     /// Transformers peer starts (single-engine scenario only; each takes 10+ s).
     #[arg(long, default_value_t = 5)]
     peer_runs: usize,
-    /// Size of each pinned staging buffer of the controller's CUDA workers, in MiB.
-    #[arg(long, default_value_t = 1024)]
+    /// Pinned staging ring of the controller's CUDA workers, in MiB.
+    #[arg(long, default_value_t = 256)]
     staging_mib: u64,
     /// Only re-render report.md and chart.svg into --out from an earlier run's results.json.
     #[arg(long, value_name = "RESULTS_JSON")]
@@ -55,6 +55,11 @@ pub struct BenchArgs {
     /// Host cache of the `controller` worker, in MiB (`controller_nocache` has none).
     #[arg(long, default_value_t = 2048)]
     host_cache_mib: u64,
+    /// Paths to time, comma-separated (default: all): standard, controller, controller_nocache,
+    /// controller_process. Each controller path prewarms its own worker (with its own pinned
+    /// host cache), so leaving some out saves host memory on large models.
+    #[arg(long, value_delimiter = ',', value_parser = crate::bench::MODE_NAMES)]
+    modes: Vec<String>,
 }
 
 /// The models `bench` starts when `--models` is not given.
@@ -143,6 +148,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         peer_runs: args.peer_runs,
         staging_bytes: args.staging_mib << 20,
         host_cache_bytes: args.host_cache_mib << 20,
+        modes: args.modes,
     };
     let results = run_bench(&options)?;
     for (name, scenario) in &results.scenarios {

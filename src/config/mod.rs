@@ -177,9 +177,11 @@ pub enum Isolation {
 pub struct PrewarmConfig {
     /// Dtypes whose kernels each worker loads before any model is known.
     pub dtypes: Vec<DType>,
-    /// Size of each pinned host staging buffer (CUDA only), e.g. "256MiB".
+    /// Pinned host memory each worker streams uploads through (CUDA only), e.g. "256MiB";
+    /// bounded whatever the model size.
     pub staging: ByteSize,
-    /// Host memory per worker that keeps recently loaded models for fast re-attach, e.g. "512MiB".
+    /// Host memory per worker that keeps recently loaded models whole for fast re-attach
+    /// (pinned and allocated at prewarm on CUDA), e.g. "40GiB".
     pub host_cache: ByteSize,
     /// Cap on the device memory each worker may use, e.g. "8GiB"; 0: the whole device.
     pub memory_limit: ByteSize,

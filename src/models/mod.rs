@@ -153,6 +153,28 @@ impl ModelConfig {
         }
     }
 
+    /// Device bytes of the keys and values one token takes in the KV cache, every layer, at
+    /// `dtype_bytes` per element.
+    pub fn kv_bytes_per_token(&self, dtype_bytes: u64) -> u64 {
+        let per_layer = match self {
+            Self::Opt(c) => c.hidden_size,
+            Self::Llama(c) => c.num_key_value_heads * c.head_dim,
+        };
+        let layers = match self {
+            Self::Opt(c) => c.num_hidden_layers,
+            Self::Llama(c) => c.num_hidden_layers,
+        };
+        2 * (per_layer * layers) as u64 * dtype_bytes
+    }
+
+    /// Positions the model holds: the longest sequence it can run.
+    pub fn max_positions(&self) -> usize {
+        match self {
+            Self::Opt(c) => c.max_position_embeddings,
+            Self::Llama(c) => c.max_position_embeddings,
+        }
+    }
+
     pub fn parameter_count(&self) -> u64 {
         self.expected_tensors()
             .iter()

@@ -1,7 +1,7 @@
 //! Writes random-weight checkpoints in the Hugging Face layout, one tensor at a time: each
 //! safetensors header is written first (every shape is known up front), then each tensor's bytes
-//! are generated in bounded chunks and written straight to the file, so an 8B model (16 GB in
-//! bf16) never has more than a few MiB in memory. Several files get a
+//! are generated in bounded chunks, on every core, and written straight to the file, so an 8B
+//! model (16 GB in bf16) never has more than a few MiB per core in memory. Several files get a
 //! `model.safetensors.index.json`, as `save_pretrained` writes it.
 
 use std::collections::BTreeMap;
@@ -15,7 +15,7 @@ use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
 use serde_json::{json, Value};
 
-use crate::error::LoadError;
+use crate::error::{DeviceError, LoadError};
 
 /// How a tensor is filled.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -40,8 +40,41 @@ impl TensorSpec {
     }
 }
 
-/// Elements generated and written per step.
+/// Elements generated (by one thread) and written per step.
 const CHUNK: usize = 1 << 20;
+
+/// The bytes of `n` elements of chunk `chunk` of tensor `t`, from a generator seeded by `seed`,
+/// the tensor's name and the chunk's index: the values depend on neither the thread count nor
+/// how the tensors are split into files.
+fn chunk_bytes(
+    t: &TensorSpec,
+    normal: Option<Normal<f32>>,
+    seed: u64,
+    chunk: usize,
+    n: usize,
+    dtype: candle_core::DType,
+) -> Vec<u8> {
+    let name_hash = t.name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let mut rng = StdRng::seed_from_u64(seed ^ name_hash ^ (chunk as u64).rotate_left(32));
+    let values: Vec<f32> = match (t.init, normal) {
+        (Init::Normal(_), Some(normal)) => (0..n).map(|_| normal.sample(&mut rng)).collect(),
+        (Init::Ones, _) => vec![1.0; n],
+        _ => vec![0.0; n],
+    };
+    match dtype {
+        candle_core::DType::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        candle_core::DType::F16 => values
+            .iter()
+            .flat_map(|v| f16::from_f32(*v).to_le_bytes())
+            .collect(),
+        _ => values
+            .iter()
+            .flat_map(|v| bf16::from_f32(*v).to_le_bytes())
+            .collect(),
+    }
+}
 
 /// What was written.
 #[derive(Clone, Debug, PartialEq)]
@@ -77,9 +110,9 @@ pub fn write_safetensors(
         candle_core::DType::F32 => 4u64,
         candle_core::DType::F16 | candle_core::DType::BF16 => 2,
         other => {
-            return Err(LoadError::Device(format!(
+            return Err(LoadError::Device(DeviceError::other(format!(
                 "cannot write weights in {other:?}: use f32, f16 or bf16"
-            )))
+            ))))
         }
     };
     let shards = shards.clamp(1, tensors.len().max(1));
@@ -101,7 +134,6 @@ pub fn write_safetensors(
     }
     let names = shard_names(shards);
     std::fs::create_dir_all(dir).map_err(|e| crate::checkpoint::io_error(dir, e))?;
-    let mut rng = StdRng::seed_from_u64(seed);
     let mut weight_map = BTreeMap::new();
     for (shard, file_name) in names.iter().enumerate() {
         let members: Vec<&TensorSpec> = tensors
@@ -111,7 +143,7 @@ pub fn write_safetensors(
             .map(|(t, _)| t)
             .collect();
         let path = dir.join(file_name);
-        write_file(&path, &members, dtype, size, &mut rng)?;
+        write_file(&path, &members, dtype, size, seed)?;
         for t in members {
             weight_map.insert(t.name.clone(), file_name.clone());
         }
@@ -137,7 +169,7 @@ fn write_file(
     tensors: &[&TensorSpec],
     dtype: candle_core::DType,
     size: u64,
-    rng: &mut StdRng,
+    seed: u64,
 ) -> Result<(), LoadError> {
     let io = |e| crate::checkpoint::io_error(path, e);
     let dtype_name = match dtype {
@@ -164,38 +196,38 @@ fn write_file(
     out.write_all(&(header.len() as u64).to_le_bytes())
         .map_err(io)?;
     out.write_all(&header).map_err(io)?;
-    let mut values = Vec::with_capacity(CHUNK);
-    let mut bytes = Vec::with_capacity(CHUNK * size as usize);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     for t in tensors {
-        let mut left = t.elements() as usize;
         let normal = match t.init {
             Init::Normal(std) => Some(Normal::new(0f32, std).map_err(|e| {
-                LoadError::Device(format!("bad standard deviation for `{}`: {e}", t.name))
+                LoadError::Device(DeviceError::other(format!(
+                    "bad standard deviation for `{}`: {e}",
+                    t.name
+                )))
             })?),
             _ => None,
         };
-        while left > 0 {
-            let n = left.min(CHUNK);
-            values.clear();
-            match (t.init, &normal) {
-                (Init::Normal(_), Some(normal)) => {
-                    values.extend((0..n).map(|_| normal.sample(&mut *rng)))
-                }
-                (Init::Ones, _) => values.resize(n, 1.0),
-                _ => values.resize(n, 0.0),
+        let elements = t.elements() as usize;
+        let chunks = elements.div_ceil(CHUNK);
+        // Chunks are generated a wave at a time, one thread each, and written in order.
+        for wave in (0..chunks).step_by(threads) {
+            let generated: Vec<Vec<u8>> = std::thread::scope(|scope| {
+                let workers: Vec<_> = (wave..chunks.min(wave + threads))
+                    .map(|chunk| {
+                        let n = CHUNK.min(elements - chunk * CHUNK);
+                        scope.spawn(move || chunk_bytes(t, normal, seed, chunk, n, dtype))
+                    })
+                    .collect();
+                workers
+                    .into_iter()
+                    .map(|w| w.join().expect("a chunk generator panicked"))
+                    .collect()
+            });
+            for bytes in generated {
+                out.write_all(&bytes).map_err(io)?;
             }
-            bytes.clear();
-            match dtype {
-                candle_core::DType::F32 => {
-                    bytes.extend(values.iter().flat_map(|v| v.to_le_bytes()))
-                }
-                candle_core::DType::F16 => {
-                    bytes.extend(values.iter().flat_map(|v| f16::from_f32(*v).to_le_bytes()))
-                }
-                _ => bytes.extend(values.iter().flat_map(|v| bf16::from_f32(*v).to_le_bytes())),
-            }
-            out.write_all(&bytes).map_err(io)?;
-            left -= n;
         }
     }
     out.flush().map_err(io)?;

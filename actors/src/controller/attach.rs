@@ -71,7 +71,7 @@ impl ControllerActor {
             .collect();
         place(
             &candidates,
-            pending.footprint.device_bytes,
+            pending.footprint.device_bytes + pending.footprint.kv_cache_bytes,
             pending.worker,
             pending.device.as_ref(),
         )

@@ -163,6 +163,7 @@ impl Backend for FakeBackend {
         let model = FakeModel::parse(&spec.model)?;
         Ok(Footprint {
             device_bytes: model.size,
+            kv_cache_bytes: 0,
             file_bytes: model.size,
             dtype: spec.dtype.unwrap_or(DType::F32),
         })

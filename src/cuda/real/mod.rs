@@ -1,0 +1,18 @@
+//! The CUDA build's device pieces (see the parent module for the API every build shares).
+
+mod fault;
+mod memory;
+mod pinned;
+mod upload;
+
+pub use fault::{fault_illegal_address, fault_of};
+pub use memory::{
+    device_count, keep_pool_memory, memory_info, pinned_h2d_bandwidth, pool_usage, PoolUsage,
+};
+pub use pinned::{device_pool, CacheInserts, PinnedPool, SharedPool, BLOCK_BYTES};
+pub use upload::{
+    fail_next_read_at, pinned_upload_counts, upload_checkpoint, CopiesInFlight, Uploaded,
+};
+
+/// This build drives CUDA devices.
+pub const COMPILED: bool = true;
