@@ -111,6 +111,8 @@ pub struct CandleDevice {
     /// Pinned staging ring and host cache for uploads (CUDA), allocated at prewarm and shared
     /// by the workers of the device in this process.
     pinned: Option<SharedPool>,
+    /// The pinned cache's `(used, capacity)` bytes when last read.
+    pinned_usage: std::sync::Mutex<(u64, u64)>,
 }
 
 impl CandleDevice {
@@ -169,6 +171,7 @@ impl CandleDevice {
             held: Arc::new(AtomicU64::new(0)),
             host_cache: HostCache::new(prewarm.map(|p| p.host_cache_bytes).unwrap_or(0)),
             pinned,
+            pinned_usage: Default::default(),
         };
         report.total_ms = started.elapsed().as_secs_f64() * 1e3;
         Ok((opened, report))
@@ -289,6 +292,24 @@ impl CandleDevice {
         self.device.synchronize()?;
         timeline.mark(Anchor::EngineReady);
         Ok((engine, checked.footprint.file_bytes))
+    }
+
+    /// `(used, capacity)` bytes of the host cache: the pinned one on CUDA (as last seen when
+    /// another worker's load holds it), the pageable one elsewhere.
+    fn host_cache_usage(&self) -> (u64, u64) {
+        let Some(shared) = &self.pinned else {
+            return (self.host_cache.bytes(), self.host_cache.budget_bytes());
+        };
+        let mut last = self
+            .pinned_usage
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Ok(pool) = shared.try_lock() {
+            if let Some(contents) = pool.contents() {
+                *last = (contents.used_bytes, contents.capacity_bytes);
+            }
+        }
+        *last
     }
 
     /// Whether the host cache holds a version of the weight file `path` (for tests and reports).
@@ -461,15 +482,16 @@ impl WorkerDevice for CandleDevice {
                 (total, total.saturating_sub(held))
             }
         };
-        if self.memory_limit == 0 {
-            return Ok(MemoryInfo {
-                total_bytes: device_total,
-                free_bytes: device_free,
-            });
-        }
+        let (host_cache_used_bytes, host_cache_capacity_bytes) = self.host_cache_usage();
+        let (total_bytes, free_bytes) = match self.memory_limit {
+            0 => (device_total, device_free),
+            limit => (limit, limit.saturating_sub(held).min(device_free)),
+        };
         Ok(MemoryInfo {
-            total_bytes: self.memory_limit,
-            free_bytes: self.memory_limit.saturating_sub(held).min(device_free),
+            total_bytes,
+            free_bytes,
+            host_cache_used_bytes,
+            host_cache_capacity_bytes,
         })
     }
 

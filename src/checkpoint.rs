@@ -149,8 +149,26 @@ impl Checkpoint {
     /// says; no tensor data is read.
     pub fn headers(&self) -> Result<Vec<TensorHeader>, LoadError> {
         let mut out = Vec::new();
+        let mut first: Option<(&PathBuf, wc_actors::DType)> = None;
         for path in &self.weight_files {
-            out.extend(read_header(path)?.tensors);
+            let tensors = read_header(path)?.tensors;
+            // Shards of one checkpoint are saved in one dtype; a shard in another is a different
+            // checkpoint's file.
+            if let Some(dtype) = Self::stored_dtype(&tensors) {
+                match first {
+                    None => first = Some((path, dtype)),
+                    Some((first_path, first_dtype)) if first_dtype != dtype => {
+                        return Err(LoadError::ShardsDisagree {
+                            first: first_path.clone(),
+                            first_dtype: first_dtype.to_string(),
+                            other: path.clone(),
+                            other_dtype: dtype.to_string(),
+                        })
+                    }
+                    Some(_) => {}
+                }
+            }
+            out.extend(tensors);
         }
         Ok(out)
     }

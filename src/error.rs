@@ -43,6 +43,16 @@ pub enum LoadError {
     CorruptSafetensors { path: PathBuf, reason: String },
     #[error("tensor `{0}` is missing from the checkpoint")]
     MissingTensor(String),
+    #[error(
+        "the shards disagree on dtype: `{first}` holds {first_dtype}, `{other}` holds \
+         {other_dtype}"
+    )]
+    ShardsDisagree {
+        first: PathBuf,
+        first_dtype: String,
+        other: PathBuf,
+        other_dtype: String,
+    },
     #[error("tensor `{0}` appears more than once in the checkpoint")]
     DuplicateTensor(String),
     #[error("tensor `{name}` has shape {found:?}, expected {expected:?}")]
@@ -135,6 +145,17 @@ impl LoadError {
             LoadError::InvalidConfig { path, reason } => LoadError::InvalidConfig {
                 path: rel(path),
                 reason,
+            },
+            LoadError::ShardsDisagree {
+                first,
+                first_dtype,
+                other,
+                other_dtype,
+            } => LoadError::ShardsDisagree {
+                first: rel(first),
+                first_dtype,
+                other: rel(other),
+                other_dtype,
             },
             LoadError::CorruptSafetensors { path, reason } => LoadError::CorruptSafetensors {
                 path: rel(path),

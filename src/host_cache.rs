@@ -125,6 +125,11 @@ impl HostCache {
         }
     }
 
+    /// Bytes the cache may hold.
+    pub fn budget_bytes(&self) -> u64 {
+        self.budget_bytes
+    }
+
     /// Bytes of weight files held.
     pub fn bytes(&self) -> u64 {
         self.files.iter().map(|f| f.file.data.len() as u64).sum()

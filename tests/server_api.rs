@@ -80,7 +80,8 @@ fn control_api_attaches_lists_and_detaches_engines_with_timing_reports() {
         ]
     );
     assert!(report["total_ms"].as_f64().unwrap() > 0.0);
-    assert!(report["bytes_moved"].as_u64().unwrap() > 0);
+    let bytes_moved = report["bytes_moved"].as_u64().unwrap();
+    assert!(bytes_moved > 0);
 
     let engines = server.get("/engines").json();
     let names: Vec<&str> = engines["engines"]
@@ -106,6 +107,26 @@ fn control_api_attaches_lists_and_detaches_engines_with_timing_reports() {
         .request("DELETE", "/engines/post", None)
         .assert_error(404, "engine_not_found");
     assert_eq!(model_ids(&server), [PRENORM]);
+
+    // The worker keeps the detached model's weights in its host cache, and `/workers` says so.
+    let workers = server.get("/workers").json();
+    let memory: Vec<&Value> = workers["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| &w["memory"])
+        .collect();
+    assert!(
+        memory
+            .iter()
+            .all(|m| m["host_cache_capacity_bytes"].as_u64() == Some(512 << 20)),
+        "{memory:?}"
+    );
+    let cached: u64 = memory
+        .iter()
+        .map(|m| m["host_cache_used_bytes"].as_u64().unwrap())
+        .sum();
+    assert!(cached >= bytes_moved, "{cached} bytes cached: {memory:?}");
 }
 
 fn model_ids(server: &Server) -> Vec<String> {

@@ -140,11 +140,17 @@ pub struct Footprint {
     pub dtype: DType,
 }
 
-/// A device's memory, in bytes.
+/// A device's memory, in bytes, and what the worker's host cache holds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemoryInfo {
     pub total_bytes: u64,
     pub free_bytes: u64,
+    /// Host memory the worker's cache of recently loaded models holds now (pinned on CUDA).
+    #[serde(default)]
+    pub host_cache_used_bytes: u64,
+    /// Host memory the cache may hold (0: no cache).
+    #[serde(default)]
+    pub host_cache_capacity_bytes: u64,
 }
 
 impl MemoryInfo {

@@ -240,6 +240,7 @@ impl WorkerDevice for FakeDevice {
         Ok(MemoryInfo {
             total_bytes: self.total,
             free_bytes: self.total - self.used.get(),
+            ..MemoryInfo::default()
         })
     }
 
