@@ -15,20 +15,17 @@ use super::state::AppState;
 
 /// Outermost: gives every request an id (the client's `x-request-id` when sane, else a fresh
 /// one), makes its [`RequestContext`] available to handlers, echoes the id in `x-request-id` on
-/// every reply (errors too), and notes the status and error type for the access line.
-/// Successful probes and scrapes (the public endpoints) log at `debug`, everything else at `info`.
+/// every reply (error replies too: handlers, extractors and the guard answer errors as replies),
+/// and notes the status and error type for the access line. Successful probes and scrapes (the
+/// public endpoints) log at `debug`, everything else at `info`.
 pub async fn identify(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, Error> {
+) -> Result<ServiceResponse<impl MessageBody>, Error> {
     let id = client_request_id(req.headers()).unwrap_or_else(new_request_id);
     let access = RequestContext::new(id, req.method().as_str(), req.path());
     req.extensions_mut().insert(access.clone());
-    let request = req.request().clone();
-    let mut res = match next.call(req).await {
-        Ok(res) => res.map_into_left_body(),
-        Err(error) => ServiceResponse::new(request, error.error_response()).map_into_right_body(),
-    };
+    let mut res = next.call(req).await?;
     let status = res.status();
     let error = res
         .response()
