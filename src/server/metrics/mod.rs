@@ -34,6 +34,9 @@ const ATTACH_BUCKETS: [f64; 16] = [
     5.0, 10.0,
 ];
 
+/// One label, e.g. `phase="weights_read"`.
+type OneLabel = [(&'static str, String); 1];
+
 fn attach_histogram() -> Histogram {
     Histogram::new(ATTACH_BUCKETS)
 }
@@ -69,9 +72,9 @@ pub struct Metrics {
     /// `(route, status)` -> HTTP requests answered.
     http: Family<[(&'static str, String); 2], Counter>,
     /// Error type -> errors answered (including errors inside a stream).
-    errors: Family<[(&'static str, String); 1], Counter>,
+    errors: Family<OneLabel, Counter>,
     /// Phase -> attach phase durations.
-    attach_phases: Family<[(&'static str, String); 1], Histogram, fn() -> Histogram>,
+    attach_phases: Family<OneLabel, Histogram, fn() -> Histogram>,
     /// Whole attaches, `requested` to `first_token`.
     attach_total: Histogram,
     /// Whole detaches.
