@@ -59,6 +59,8 @@ fn loadgen_reports_every_request_with_consistent_latencies() {
         std::fs::read_to_string(out.join("report.md")).unwrap(),
         markdown
     );
+    let chart = std::fs::read_to_string(out.join("chart.svg")).unwrap();
+    assert!(chart.contains("inter-token latency"), "{chart}");
 
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();

@@ -1,5 +1,5 @@
 //! `loadgen`: concurrent streaming clients against a running server; prints the Markdown report
-//! and writes `results.json` and `report.md`.
+//! and writes `results.json`, `report.md` and `chart.svg`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -61,7 +61,7 @@ pub struct LoadgenArgs {
     /// The longest one request may take, stream included.
     #[arg(long, default_value = "5m", value_parser = wc_actors::parse_duration)]
     timeout: Duration,
-    /// Directory for results.json and report.md.
+    /// Directory for results.json, report.md and chart.svg.
     #[arg(long, default_value = "loadgen-results")]
     out: PathBuf,
 }
@@ -113,9 +113,8 @@ pub fn run(args: LoadgenArgs) -> anyhow::Result<()> {
         .with_context(|| format!("writing the report into {}", args.out.display()))?;
     print!("{}", report.markdown());
     eprintln!(
-        "wrote {} and {}",
-        args.out.join("results.json").display(),
-        args.out.join("report.md").display()
+        "wrote results.json, report.md and chart.svg into {}",
+        args.out.display()
     );
     if report.summary.failed > 0 {
         eprintln!(

@@ -3,11 +3,12 @@
 //!
 //! # Layout
 //! - [`client`]: one streamed request over HTTP (awc), timed as a client sees it.
-//! - [`report`]: percentiles, `results.json` and `report.md`.
+//! - [`report`]: percentiles, `results.json` and `report.md`; [`chart`]: `chart.svg`.
 //!
 //! Every client sends one request at a time, the next as soon as the last one ended, until the
 //! request count is reached or the duration is over (a request under way then still finishes).
 
+pub mod chart;
 pub mod client;
 pub mod report;
 

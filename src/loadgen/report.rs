@@ -1,5 +1,5 @@
 //! The load report: throughput and latency percentiles over every request, as `results.json`
-//! and `report.md` (percentiles as the cold-start bench computes them).
+//! and `report.md` (percentiles as the cold-start bench computes them; the chart is [`super::chart`]).
 
 use std::fmt::Write;
 use std::path::Path;
@@ -121,7 +121,7 @@ impl LoadReport {
         }
     }
 
-    /// Writes `results.json` and `report.md` into `out` (created if missing).
+    /// Writes `results.json`, `report.md` and `chart.svg` into `out` (created if missing).
     pub fn write(&self, out: &Path) -> anyhow::Result<()> {
         std::fs::create_dir_all(out)?;
         std::fs::write(
@@ -129,6 +129,7 @@ impl LoadReport {
             serde_json::to_string_pretty(self)?,
         )?;
         std::fs::write(out.join("report.md"), self.markdown())?;
+        std::fs::write(out.join("chart.svg"), super::chart::svg(self))?;
         Ok(())
     }
 
