@@ -83,6 +83,12 @@ fn vllm_series_count_requests_per_model_and_for_the_pod() {
     }
     assert_eq!(sample(&text, "vllm:kv_cache_usage_perc"), 0.0);
     assert_eq!(sample(&text, &m("vllm:kv_cache_usage_perc")), 0.0);
+
+    // A model name that does not exist leaves no series behind (clients choose names).
+    let unknown = json!({"model": "no-such-model", "prompt": "x"});
+    assert_eq!(server.post("/v1/completions", &unknown).status, 404);
+    let text = scrape(&server);
+    assert!(!text.contains("no-such-model"), "{text}");
 }
 
 #[test]

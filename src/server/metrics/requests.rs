@@ -128,7 +128,7 @@ impl RequestSeries {
         );
     }
 
-    /// Requests not finished, per model (models seen since start stay, at zero).
+    /// Requests not finished, per model with any.
     pub fn in_flight(&self) -> BTreeMap<String, InFlight> {
         self.in_flight
             .lock()
@@ -136,9 +136,15 @@ impl RequestSeries {
             .clone()
     }
 
+    /// Changes `model`'s counts; a model with none left is forgotten, so names sent by clients
+    /// (a model that does not exist) cannot pile up series.
     fn count(&self, model: &str, f: impl FnOnce(&mut InFlight)) {
         let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        f(map.entry(model.to_owned()).or_default());
+        let counts = map.entry(model.to_owned()).or_default();
+        f(counts);
+        if *counts == InFlight::default() {
+            map.remove(model);
+        }
     }
 
     /// Starts following one request for `model`: it waits from now.
@@ -331,7 +337,7 @@ mod tests {
         };
         assert_eq!(series.in_flight()["m"], running);
         trace.finish(&output(4, 2));
-        assert_eq!(series.in_flight()["m"], InFlight::default());
+        assert!(series.in_flight().is_empty());
         let facts = ctx.facts();
         assert_eq!(
             (
@@ -367,7 +373,7 @@ mod tests {
         let mut running = series.trace(&ctx, "m");
         running.token();
         drop(running);
-        assert_eq!(series.in_flight()["m"], InFlight::default());
+        assert!(series.in_flight().is_empty(), "no series left for a name");
         assert_eq!(
             exposed(&series, "vllm:time_to_first_token_seconds_count"),
             1
