@@ -114,6 +114,52 @@ fn loadgen_reports_every_request_with_consistent_latencies() {
 }
 
 #[test]
+fn loadgen_drives_chat_completions_for_a_duration() {
+    const CHAT_MODEL: &str = "tiny-llama";
+    let config = format!(
+        "[[workers]]\ndevice = \"cpu\"\ncount = 1\n\n{}",
+        model_entry(CHAT_MODEL, CHAT_MODEL, true, "5m")
+    );
+    let server = Server::start("loadgen-chat", &config);
+    let out = scratch("loadgen-chat-out");
+    let url = format!("http://{}", server.addr);
+    let run = loadgen(&[
+        "--url",
+        &url,
+        "--model",
+        CHAT_MODEL,
+        "--endpoint",
+        "chat",
+        "--concurrency",
+        "2",
+        "--duration",
+        "1s",
+        "--max-tokens",
+        "8",
+        "--ignore-eos",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let summary = &report["summary"];
+    let requests = summary["requests"].as_u64().unwrap();
+    // Every client starts one request at once, before any duration can be over.
+    assert!(requests >= 2, "{summary}");
+    assert_eq!(summary["succeeded"], requests, "{report}");
+    assert_eq!(summary["output_tokens"], requests * 8);
+    assert_eq!(summary["ttft_ms"]["count"], requests);
+    assert_eq!(report["meta"]["endpoint"], "chat");
+    assert_eq!(report["meta"]["duration_limit_s"], 1.0);
+    assert!(report["meta"]["requests_limit"].is_null());
+}
+
+#[test]
 fn loadgen_fails_clearly_when_every_request_fails() {
     let config = format!(
         "[server]\napi_key = \"sekrit\"\n\n[[workers]]\ndevice = \"cpu\"\ncount = 1\n\n{}",
