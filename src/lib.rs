@@ -10,6 +10,7 @@
 //! - [`host_cache`]: what a worker keeps from the disk for fast re-attach.
 //! - [`error`]: typed errors for loading and generating.
 //! - [`bench`]: the cold-start benchmark (standard path vs controller).
+//! - [`loadgen`]: concurrent streaming clients against a running server (throughput, latency).
 //! - [`config`]: the standalone server's TOML configuration.
 //! - [`server`]: the HTTP server (control API, OpenAI completions, metrics, graceful shutdown).
 //! - [`cli`]: the `worker-controller` command line.
@@ -24,6 +25,7 @@ pub mod device;
 pub mod error;
 pub mod host_cache;
 pub mod load;
+pub mod loadgen;
 pub mod models;
 pub mod server;
 pub mod weights;

@@ -9,7 +9,8 @@ use std::fmt::Write;
 use super::report::MODES;
 use super::results::{phase_names, ModeSummary, Results};
 
-const COLORS: [&str; 6] = [
+/// The series colours (also the load report's).
+pub const COLORS: [&str; 6] = [
     "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948",
 ];
 const LABEL_W: f64 = 240.0;
@@ -146,7 +147,8 @@ fn legend(svg: &mut String, y: f64) {
     }
 }
 
-fn escape(text: &str) -> String {
+/// Text made safe inside SVG.
+pub fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")

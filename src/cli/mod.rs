@@ -3,6 +3,7 @@
 mod bench;
 mod bundled;
 mod generate;
+mod loadgen;
 mod make_model;
 mod serve;
 
@@ -41,6 +42,9 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Measure cold starts: standard path (fresh process) vs controller (prewarmed worker).
     Bench(bench::BenchArgs),
+    /// Drive a running server with concurrent streaming clients and report output tokens/s and
+    /// time to first token, inter-token and end-to-end latency (p50/p95/p99).
+    Loadgen(loadgen::LoadgenArgs),
     /// One worker process, started by `serve` (`[runtime] isolation = "process"`); speaks
     /// frames on stdin/stdout, logs on stderr.
     #[command(hide = true)]
@@ -64,6 +68,7 @@ pub fn main() -> ExitCode {
         Command::MakeModel(args) => make_model::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Loadgen(args) => loadgen::run(args),
         Command::Worker => {
             crate::server::logging::init(log_format_from_env());
             wc_actors::process::serve_worker(std::sync::Arc::new(crate::CandleBackend));

@@ -7,16 +7,15 @@
 //! `response_format`, penalties, ...) is never silently ignored. Given at its no-op value
 //! (`"logprobs": false`, `"tools": []`, `"presence_penalty": 0`, null, ...) it is accepted.
 
-use std::time::Instant;
-
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use wc_actors::{GenerateOutput, Prompt};
 
+use super::access::RequestContext;
 use super::body::JsonBody;
-use super::completions::{record, with_engine};
 use super::error::ApiError;
+use super::generation;
 use super::openai::{finish_reason, usage, CompletionMeta, Sampling, StopInput, StreamOptions};
 use super::params;
 use super::state::AppState;
@@ -128,28 +127,16 @@ fn check(body: Value, limits: super::openai::Limits) -> Result<Checked, ApiError
 /// `POST /v1/chat/completions`.
 pub async fn chat_completions(
     state: web::Data<AppState>,
+    access: web::ReqData<RequestContext>,
     body: JsonBody<Value>,
 ) -> Result<HttpResponse, ApiError> {
     let checked = check(body.into_inner(), state.limits())?;
-    let meta = ChatMeta::new(&checked.model);
+    let meta = ChatMeta::new(&checked.model, access.id());
+    let trace = state.metrics.trace(&access, &checked.model);
     if checked.stream {
-        return stream::respond(
-            state,
-            &checked.model,
-            checked.include_usage,
-            checked.request,
-            meta,
-        )
-        .await;
+        return stream::respond(state, trace, checked.include_usage, checked.request, meta).await;
     }
-    let started = Instant::now();
-    let handle = state.handle.clone();
-    let request = checked.request;
-    let output = with_engine(&state, &checked.model, |name| {
-        handle.generate(name, request.clone())
-    })
-    .await?;
-    record(&state, &meta.0.model, &output, started);
+    let output = generation::complete(&state, trace, checked.request).await?;
     Ok(HttpResponse::Ok().json(meta.reply(&output)))
 }
 
@@ -157,10 +144,10 @@ pub async fn chat_completions(
 struct ChatMeta(CompletionMeta);
 
 impl ChatMeta {
-    fn new(model: &str) -> Self {
+    fn new(model: &str, request_id: &str) -> Self {
         Self(CompletionMeta {
-            id: format!("chatcmpl-{:032x}", rand::random::<u128>()),
-            ..CompletionMeta::new(model)
+            id: format!("chatcmpl-{request_id}"),
+            ..CompletionMeta::new(model, request_id)
         })
     }
 

@@ -1,18 +1,18 @@
 //! The OpenAI inference API: `GET /v1/models` and `POST /v1/completions` (plain or streamed).
 
 use std::future::Future;
-use std::time::Instant;
 
 use actix_web::{web, HttpResponse};
 use serde_json::Value;
-use wc_actors::{GenerateError, GenerateOutput};
+use wc_actors::GenerateError;
 
+use super::access::RequestContext;
 use super::body::JsonBody;
 use super::error::ApiError;
-use super::openai::{finish_reason, model_list, CompletionMeta, CompletionRequest};
+use super::openai::{model_list, CompletionMeta, CompletionRequest};
 use super::params;
 use super::state::AppState;
-use super::stream;
+use super::{generation, stream};
 
 /// `GET /v1/models`: the attached engines, then the configured models not attached, in
 /// OpenAI's list shape with each one's state.
@@ -65,24 +65,20 @@ const COMPLETION_PARAMETERS: [&str; 11] = [
 /// `POST /v1/completions`.
 pub async fn completions(
     state: web::Data<AppState>,
+    access: web::ReqData<RequestContext>,
     body: JsonBody<Value>,
 ) -> Result<HttpResponse, ApiError> {
     let used = params::used(body.into_inner(), &COMPLETION_PARAMETERS)?;
     let body: CompletionRequest = serde_json::from_value(used)
         .map_err(|e| ApiError::bad_request(format!("invalid request: {e}")))?;
     let request = body.to_generate(state.limits())?;
-    let meta = CompletionMeta::new(&body.model);
+    let meta = CompletionMeta::new(&body.model, access.id());
+    let trace = state.metrics.trace(&access, &body.model);
     if body.stream {
         let include_usage = body.include_usage();
-        return stream::respond(state, &body.model, include_usage, request, meta).await;
+        return stream::respond(state, trace, include_usage, request, meta).await;
     }
-    let started = Instant::now();
-    let handle = state.handle.clone();
-    let output = with_engine(&state, &body.model, |name| {
-        handle.generate(name, request.clone())
-    })
-    .await?;
-    record(&state, &meta.model, &output, started);
+    let output = generation::complete(&state, trace, request).await?;
     Ok(HttpResponse::Ok().json(meta.reply(&output)))
 }
 
@@ -98,23 +94,9 @@ where
             let Some(configured) = state.config.model(model) else {
                 return Err(ApiError::model_not_found(model));
             };
-            state.metrics.waiting_for_attach(1);
-            let attached = state.pool.ensure(configured, &state.metrics).await;
-            state.metrics.waiting_for_attach(-1);
-            attached?;
+            state.pool.ensure(configured, &state.metrics).await?;
             call(model.to_owned()).await.map_err(ApiError::from)
         }
         other => other.map_err(ApiError::from),
     }
-}
-
-/// Counts a finished completion in the metrics.
-pub fn record(state: &AppState, model: &str, output: &GenerateOutput, started: Instant) {
-    state.metrics.completion(
-        model,
-        finish_reason(output.finish_reason),
-        output.prompt_ids.len(),
-        output.new_tokens.len(),
-        started.elapsed().as_secs_f64(),
-    );
 }

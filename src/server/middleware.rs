@@ -1,14 +1,51 @@
-//! Middleware around every route: the request guard (Host, API key, content type) and counting.
+//! Middleware around every route: request ids and the access log, the request guard (Host, API
+//! key, content type) and counting.
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::http::{header, Method, StatusCode};
 use actix_web::middleware::Next;
 use actix_web::{web, Error, HttpMessage, ResponseError};
 
+use super::access::{client_request_id, new_request_id, RequestContext, REQUEST_ID_HEADER};
 use super::error::{ApiError, ErrorKindTag};
-use super::routes::access_of;
+use super::routes::{access_of, Access};
 use super::state::AppState;
+
+/// Outermost: gives every request an id (the client's `x-request-id` when sane, else a fresh
+/// one), makes its [`RequestContext`] available to handlers, echoes the id in `x-request-id` on
+/// every reply (error replies too: handlers, extractors and the guard answer errors as replies),
+/// and notes the status and error type for the access line. Successful probes and scrapes (the
+/// public endpoints) log at `debug`, everything else at `info`.
+pub async fn identify(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, Error> {
+    let id = client_request_id(req.headers()).unwrap_or_else(new_request_id);
+    let access = RequestContext::new(id, req.method().as_str(), req.path());
+    req.extensions_mut().insert(access.clone());
+    let mut res = next.call(req).await?;
+    let status = res.status();
+    let error = res
+        .response()
+        .extensions()
+        .get::<ErrorKindTag>()
+        .map(|tag| tag.0);
+    let public = access_of(res.request().match_info().as_str()) == Access::Public;
+    access.note(|f| {
+        f.status = Some(status.as_u16());
+        if error.is_some() {
+            f.error = error;
+        }
+        f.quiet = public && status.is_success();
+    });
+    if let Ok(value) = HeaderValue::from_str(access.id()) {
+        res.headers_mut()
+            .insert(HeaderName::from_static(REQUEST_ID_HEADER), value);
+    }
+    Ok(res)
+}
 
 /// Refuses, before any handler runs or any body is read: a `Host` the server does not answer
 /// to (403), a missing or wrong key for the endpoint's access class (401), and a request body

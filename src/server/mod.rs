@@ -2,9 +2,11 @@
 //!
 //! # Layout
 //! - [`state`]: what handlers share; [`pool`]: attaches with LRU eviction and keep_alive.
-//! - [`control`]: `/workers`, `/engines`; [`completions`] and [`stream`]: `/v1/...`.
+//! - [`control`]: `/workers`, `/engines`; [`completions`] and [`stream`]: `/v1/...`;
+//!   [`generation`]: one generation, plain or streamed, followed by the metrics.
 //! - [`health`]: `/health`, `/ready`, `/metrics`; [`metrics`]: the Prometheus registry.
-//! - [`error`]: the JSON error shape; [`auth`] and [`middleware`]: API key, request counting.
+//! - [`error`]: the JSON error shape; [`auth`] and [`middleware`]: API key, request counting;
+//!   [`access`]: request ids (`x-request-id`) and the access log.
 //! - [`openai`] and [`sse`]: wire shapes; [`shutdown`]: signals; [`logging`]: tracing set-up.
 //!
 //! Start-up order: the listener is bound first (so `/health` answers and `/ready` says 503 while
@@ -13,12 +15,14 @@
 //! closes after `drain_delay`, in-flight requests get `shutdown_deadline`, then every engine is
 //! detached and every worker released.
 
+pub mod access;
 pub mod auth;
 pub mod body;
 pub mod chat;
 pub mod completions;
 pub mod control;
 pub mod error;
+pub mod generation;
 pub mod health;
 pub mod hosts;
 pub mod logging;
@@ -72,7 +76,12 @@ fn cors(origins: &[String]) -> Cors {
         .iter()
         .fold(Cors::default(), |cors, origin| cors.allowed_origin(origin))
         .allowed_methods([Method::GET, Method::POST, Method::DELETE])
-        .allowed_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .allowed_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::HeaderName::from_static(access::REQUEST_ID_HEADER),
+        ])
+        .expose_headers([header::HeaderName::from_static(access::REQUEST_ID_HEADER)])
         .max_age(600)
 }
 
@@ -113,6 +122,7 @@ pub async fn run(
             .wrap(from_fn(middleware::count))
             .wrap(NormalizePath::new(TrailingSlash::Trim))
             .wrap(Condition::new(!origins.is_empty(), cors(&origins)))
+            .wrap(from_fn(middleware::identify))
             .configure(configure)
     })
     .disable_signals()

@@ -191,9 +191,10 @@ pub struct CompletionMeta {
 }
 
 impl CompletionMeta {
-    pub fn new(model: &str) -> Self {
+    /// The completion answering request `request_id` (its `x-request-id`), as vLLM names it.
+    pub fn new(model: &str, request_id: &str) -> Self {
         Self {
-            id: format!("cmpl-{:032x}", rand::random::<u128>()),
+            id: format!("cmpl-{request_id}"),
             created: unix_now(),
             model: model.to_owned(),
         }

@@ -6,26 +6,26 @@
 //! A client that goes away drops the token receiver, which stops generation.
 
 use std::convert::Infallible;
-use std::time::Instant;
 
 use actix_web::http::header;
 use actix_web::web::{self, Bytes};
 use actix_web::HttpResponse;
 use futures_util::stream::unfold;
 use tokio::sync::mpsc;
-use wc_actors::{GenerateError, GenerateOutput, GenerateRequest, GenerateStream, TokenEvent};
+use wc_actors::{GenerateOutput, GenerateRequest};
 
 use serde_json::Value;
 
-use super::completions::{record, with_engine};
 use super::error::ApiError;
+use super::generation::{self, Start};
+use super::metrics::Trace;
 use super::openai::{finish_reason, CompletionMeta};
 use super::sse;
 use super::state::AppState;
 
 /// How one endpoint writes its stream's chunks.
 pub trait Chunks: Send + 'static {
-    /// The model name, for metrics and logs.
+    /// The model name.
     fn model(&self) -> &str;
     /// Chunks sent before the first text (a chat's announces the role).
     fn opening(&self) -> Vec<Value> {
@@ -54,30 +54,18 @@ impl Chunks for CompletionMeta {
     }
 }
 
-/// How a stream began: with a first token, or already finished (no token was made).
-enum Start {
-    Token(TokenEvent, GenerateStream),
-    Finished(GenerateOutput, GenerateStream),
-}
-
-/// Starts generation on `model` and answers with an event stream of `chunks`' shape (or an
-/// error before any event).
+/// Starts generation on the trace's model and answers with an event stream of `chunks`' shape
+/// (or an error before any event).
 pub async fn respond(
     state: web::Data<AppState>,
-    model: &str,
+    mut trace: Trace,
     include_usage: bool,
     request: GenerateRequest,
     chunks: impl Chunks,
 ) -> Result<HttpResponse, ApiError> {
-    let started = Instant::now();
-    let handle = state.handle.clone();
-    let start = with_engine(&state, model, |name| {
-        let stream = handle.generate_stream(name, request.clone());
-        first_event(stream)
-    })
-    .await?;
+    let start = generation::start(&state, &mut trace, request).await?;
     let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
-    actix_web::rt::spawn(forward(state, start, chunks, include_usage, started, tx));
+    actix_web::rt::spawn(forward(state, start, chunks, include_usage, trace, tx));
     let body = unfold(rx, |mut rx| async move {
         rx.recv()
             .await
@@ -90,20 +78,6 @@ pub async fn respond(
         .streaming(body))
 }
 
-/// Waits for the first token or the end of generation, whichever comes first.
-async fn first_event(mut stream: GenerateStream) -> Result<Start, GenerateError> {
-    tokio::select! {
-        token = stream.tokens.recv() => match token {
-            Some(token) => Ok(Start::Token(token, stream)),
-            None => {
-                let output = (&mut stream.output).await?;
-                Ok(Start::Finished(output, stream))
-            }
-        },
-        output = &mut stream.output => Ok(Start::Finished(output?, stream)),
-    }
-}
-
 /// Sends every event of one completion into `tx`; stops (cancelling generation) when the
 /// client is gone.
 async fn forward(
@@ -111,7 +85,7 @@ async fn forward(
     start: Start,
     chunks: impl Chunks,
     include_usage: bool,
-    started: Instant,
+    mut trace: Trace,
     tx: mpsc::UnboundedSender<Bytes>,
 ) {
     for chunk in chunks.opening() {
@@ -137,6 +111,7 @@ async fn forward(
     // Every token up to the end of generation (when it finished already, those still buffered:
     // the sender is dropped with the request, which closes the channel).
     while let Some(token) = stream.tokens.recv().await {
+        trace.token();
         if !send_text(&token.text) {
             return;
         }
@@ -152,12 +127,18 @@ async fn forward(
             if include_usage {
                 let _ = tx.send(sse::event(&chunks.usage(&output)));
             }
-            record(&state, chunks.model(), &output, started);
+            trace.finish(&output);
         }
         Err(error) => {
             let error = ApiError::from(error);
-            tracing::warn!(model = %chunks.model(), error = %error, "streamed completion failed");
+            tracing::warn!(
+                request_id = %trace.access().id(),
+                model = %trace.model(),
+                error = %error,
+                "streamed completion failed"
+            );
             state.metrics.error(error.kind);
+            trace.access().note(|f| f.error = Some(error.kind));
             let _ = tx.send(sse::event(&error.body()));
         }
     }

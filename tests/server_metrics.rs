@@ -1,0 +1,362 @@
+//! `/metrics` over real HTTP: the `vllm:` series per model and for the pod move with requests,
+//! the gauges follow a request in flight, and the OpenMetrics output passes a strict parser.
+//! Request ids: `x-request-id` honoured when sane, made otherwise, echoed on every reply and
+//! used in the completion's `id`; one access line per request.
+
+mod server_common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use server_common::{model_entry, scratch, slow_model, EventStream, Server};
+
+const MODEL: &str = "tiny-opt-prenorm";
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0";
+
+fn config() -> String {
+    format!(
+        "[[workers]]\ndevice = \"cpu\"\ncount = 1\n\n{}",
+        model_entry(MODEL, MODEL, true, "5m")
+    )
+}
+
+fn completion(stream: bool) -> Value {
+    json!({"model": MODEL, "prompt": "Hello there", "max_tokens": 24, "temperature": 0,
+           "ignore_eos": true, "stream": stream, "stream_options": {"include_usage": true}})
+}
+
+/// The value of the sample written exactly `series` (name and labels).
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no `{series}` in\n{text}"))
+}
+
+fn scrape(server: &Server) -> String {
+    server.get("/metrics").body
+}
+
+#[test]
+fn vllm_series_count_requests_per_model_and_for_the_pod() {
+    let server = Server::start("metrics-vllm", &config());
+    let reply = server.post("/v1/completions", &completion(false));
+    assert_eq!(reply.status, 200);
+    let prompt_tokens = reply.json()["usage"]["prompt_tokens"].as_f64().unwrap();
+    let (chunks, done) =
+        EventStream::open(&server.addr, "/v1/completions", &completion(true)).collect();
+    assert!(done && !chunks.is_empty());
+
+    let text = scrape(&server);
+    let m = |name: &str| format!("{name}{{model_name=\"{MODEL}\"}}");
+    assert_eq!(sample(&text, &m("vllm:generation_tokens_total")), 48.0);
+    assert_eq!(
+        sample(&text, &m("vllm:prompt_tokens_total")),
+        2.0 * prompt_tokens
+    );
+    for histogram in [
+        "vllm:time_to_first_token_seconds",
+        "vllm:e2e_request_latency_seconds",
+        "vllm:request_queue_time_seconds",
+    ] {
+        assert_eq!(
+            sample(&text, &m(&format!("{histogram}_count"))),
+            2.0,
+            "{histogram}"
+        );
+    }
+    // 24 tokens a request: 23 gaps each.
+    assert_eq!(
+        sample(&text, &m("vllm:inter_token_latency_seconds_count")),
+        46.0
+    );
+    let ttft_sum = sample(&text, &m("vllm:time_to_first_token_seconds_sum"));
+    let e2e_sum = sample(&text, &m("vllm:e2e_request_latency_seconds_sum"));
+    assert!(
+        0.0 < ttft_sum && ttft_sum <= e2e_sum,
+        "{ttft_sum} {e2e_sum}"
+    );
+    for gauge in ["vllm:num_requests_running", "vllm:num_requests_waiting"] {
+        let lines: Vec<&str> = text.lines().filter(|l| l.starts_with(gauge)).collect();
+        assert_eq!(lines, [format!("{gauge} 0"), format!("{} 0", m(gauge))]);
+    }
+    assert_eq!(sample(&text, "vllm:kv_cache_usage_perc"), 0.0);
+    assert_eq!(sample(&text, &m("vllm:kv_cache_usage_perc")), 0.0);
+
+    // A model name that does not exist leaves no series behind (clients choose names).
+    let unknown = json!({"model": "no-such-model", "prompt": "x"});
+    assert_eq!(server.post("/v1/completions", &unknown).status, 404);
+    let text = scrape(&server);
+    assert!(!text.contains("no-such-model"), "{text}");
+}
+
+#[test]
+fn running_and_waiting_follow_a_request_in_flight_and_a_client_that_leaves() {
+    let dir = scratch("metrics-in-flight-model");
+    let slow = slow_model(&dir);
+    let config = format!(
+        "[[workers]]\ndevice = \"cpu\"\ncount = 1\n\n[[models]]\nname = \"slow\"\npath = {:?}\nattach_on_start = true\n",
+        slow.display().to_string()
+    );
+    let server = Server::start("metrics-in-flight", &config);
+    let body = json!({"model": "slow", "prompt": "Hello", "max_tokens": 3000,
+                      "ignore_eos": true, "stream": true});
+    let mut stream = EventStream::open(&server.addr, "/v1/completions", &body);
+    assert_eq!(stream.status, 200);
+    assert!(stream.next_data().is_some(), "a first token");
+    let text = scrape(&server);
+    assert_eq!(sample(&text, "vllm:num_requests_running"), 1.0, "{text}");
+    assert_eq!(
+        sample(&text, "vllm:num_requests_running{model_name=\"slow\"}"),
+        1.0
+    );
+    assert_eq!(sample(&text, "vllm:num_requests_waiting"), 0.0);
+
+    // The client goes away: generation stops and the request leaves the gauges, without an
+    // end-to-end latency (it did not finish).
+    drop(stream);
+    wait_for(&server, "vllm:num_requests_running", 0.0);
+    let text = scrape(&server);
+    assert_eq!(sample(&text, "vllm:num_requests_waiting"), 0.0, "{text}");
+    assert!(
+        !text.contains("vllm:e2e_request_latency_seconds_count{model_name=\"slow\"}"),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "vllm:time_to_first_token_seconds_count{model_name=\"slow\"}"
+        ),
+        1.0
+    );
+}
+
+/// Scrapes until `series` reads `value` (a minute at most).
+fn wait_for(server: &Server, series: &str, value: f64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = scrape(server);
+        let now = text.lines().find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .parse::<f64>()
+                .ok()
+        });
+        if now == Some(value) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "`{series}` never read {value}:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Families as Python's strict OpenMetrics parser reads them: `{name: [type, unit, samples]}`.
+const STRICT_PARSE: &str = r#"
+import json, sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+out = {}
+for f in text_string_to_metric_families(sys.stdin.read()):
+    out[f.name] = [f.type, f.unit, [[s.name, s.labels, float(s.value)] for s in f.samples]]
+print(json.dumps(out))
+"#;
+
+#[test]
+fn openmetrics_output_passes_a_strict_parser() {
+    let server = Server::start("metrics-openmetrics", &config());
+    assert_eq!(
+        server.post("/v1/completions", &completion(false)).status,
+        200
+    );
+    let reply = server.raw("GET", "/metrics", &[("Accept", OPENMETRICS)], None);
+    assert_eq!(reply.status, 200);
+    assert!(
+        reply
+            .header("content-type")
+            .unwrap()
+            .starts_with("application/openmetrics-text; version=1.0.0"),
+        "{:?}",
+        reply.headers
+    );
+    assert!(reply.body.ends_with("# EOF\n"));
+    let has_parser = Command::new("python3")
+        .args(["-c", "import prometheus_client.openmetrics.parser"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_parser {
+        eprintln!(
+            "SKIPPED the strict parse: python3 with prometheus_client is not installed \
+             (pip install prometheus-client)"
+        );
+        return;
+    }
+    let mut child = Command::new("python3")
+        .args(["-c", STRICT_PARSE])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(reply.body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the strict parser refused it: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        reply.body
+    );
+    let families: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for (name, kind, unit) in [
+        ("vllm:time_to_first_token_seconds", "histogram", "seconds"),
+        ("vllm:inter_token_latency_seconds", "histogram", "seconds"),
+        ("vllm:e2e_request_latency_seconds", "histogram", "seconds"),
+        ("vllm:request_queue_time_seconds", "histogram", "seconds"),
+        ("vllm:prompt_tokens", "counter", ""),
+        ("vllm:generation_tokens", "counter", ""),
+        ("vllm:num_requests_running", "gauge", ""),
+        ("vllm:num_requests_waiting", "gauge", ""),
+        ("vllm:kv_cache_usage_perc", "gauge", ""),
+        ("wc_attach_phase_seconds", "histogram", "seconds"),
+        ("wc_http_requests", "counter", ""),
+        ("wc_workers", "gauge", ""),
+    ] {
+        let family = &families[name];
+        assert_eq!(family[0], kind, "{name}: {family}");
+        assert_eq!(family[1], unit, "{name}: {family}");
+    }
+    let samples = |name: &str| families[name][2].as_array().unwrap().clone();
+    let waiting = samples("vllm:num_requests_waiting");
+    assert_eq!(waiting[0], json!(["vllm:num_requests_waiting", {}, 0.0]));
+    assert_eq!(
+        waiting[1],
+        json!(["vllm:num_requests_waiting", {"model_name": MODEL}, 0.0])
+    );
+    assert!(samples("vllm:generation_tokens").contains(&json!([
+        "vllm:generation_tokens_total",
+        {"model_name": MODEL},
+        24.0
+    ])));
+}
+
+#[test]
+fn request_ids_are_honoured_or_made_echoed_on_every_reply_and_logged_once() {
+    let server = Server::spawn("request-ids", &config(), &[]);
+    let post = |headers: &[(&str, &str)]| {
+        server.raw(
+            "POST",
+            "/v1/completions",
+            headers,
+            Some(&completion(false).to_string()),
+        )
+    };
+    let reply = post(&[("X-Request-Id", "client-id.42")]);
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.header("x-request-id"), Some("client-id.42"));
+    let body = reply.json();
+    assert_eq!(body["id"], "cmpl-client-id.42");
+    let prompt_tokens = format!("prompt_tokens={}", body["usage"]["prompt_tokens"]);
+
+    let too_long = "x".repeat(200);
+    for headers in [vec![], vec![("X-Request-Id", too_long.as_str())]] {
+        let reply = post(&headers);
+        let id = reply.header("x-request-id").expect("an id").to_owned();
+        assert!(
+            id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{id}"
+        );
+        assert_eq!(reply.json()["id"], format!("cmpl-{id}"));
+    }
+
+    let mut events = EventStream::open(&server.addr, "/v1/completions", &completion(true));
+    let id = events
+        .headers
+        .iter()
+        .find(|(n, _)| n == "x-request-id")
+        .unwrap()
+        .1
+        .clone();
+    let first: Value = serde_json::from_str(&events.next_data().unwrap()).unwrap();
+    assert_eq!(first["id"], format!("cmpl-{id}"));
+    let _ = events.collect();
+
+    // Errors carry one too: refused by the guard, by the router, by the handler.
+    let refused = server.raw(
+        "POST",
+        "/v1/completions",
+        &[("Content-Type", "text/plain"), ("X-Request-Id", "e1")],
+        Some("x"),
+    );
+    refused.assert_error(415, "unsupported_media_type");
+    assert_eq!(refused.header("x-request-id"), Some("e1"));
+    let missing = server.raw("GET", "/nope", &[("X-Request-Id", "e2")], None);
+    assert_eq!(
+        (missing.status, missing.header("x-request-id")),
+        (404, Some("e2"))
+    );
+    let unknown = server.raw(
+        "POST",
+        "/v1/completions",
+        &[("X-Request-Id", "e3")],
+        Some(&json!({"model": "nope", "prompt": "x"}).to_string()),
+    );
+    assert_eq!(
+        (unknown.status, unknown.header("x-request-id")),
+        (404, Some("e3"))
+    );
+    assert!(server.get("/health").header("x-request-id").is_some());
+
+    // One access line per request, with what it did.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let line = loop {
+        let log = server.log();
+        if let Some(line) = log.lines().find(|l| l.contains("request_id=client-id.42")) {
+            break line.to_owned();
+        }
+        assert!(Instant::now() < deadline, "no access line:\n{log}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    for field in [
+        "method=POST",
+        "path=/v1/completions",
+        "status=200",
+        "model=\"tiny-opt-prenorm\"",
+        prompt_tokens.as_str(),
+        "completion_tokens=24",
+        "queue_ms=",
+        "ttft_ms=",
+        "total_ms=",
+    ] {
+        assert!(line.contains(field), "no `{field}` in {line}");
+    }
+    let log = server.log();
+    assert_eq!(log.matches("request_id=client-id.42 ").count(), 1, "{log}");
+    let line = |id: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let log = server.log();
+            if let Some(l) = log
+                .lines()
+                .find(|l| l.contains(&format!("request_id={id} ")))
+            {
+                return l.to_owned();
+            }
+            assert!(Instant::now() < deadline, "no access line for {id}:\n{log}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let refused = line("e1");
+    assert!(
+        refused.contains("status=415") && refused.contains("error=\"unsupported_media_type\""),
+        "{refused}"
+    );
+    assert!(line(&id).contains("completion_tokens=24"), "{}", line(&id));
+}
