@@ -7,15 +7,18 @@
 # bandwidth), 10 rounds of alternating 8B/7B attaches, and decode tokens/s of the 8B against
 # transformers and the HBM floor. Everything is written under $OUT.
 #
-# PART=small: GPU tests, OPT-125m and llama-3.2-1b. PART=large: qwen2.5-7b and llama-3.1-8b.
-# RUNS (10), HOST_CACHE_MIB (40960), STANDARD_RUNS (3) tune it.
+# PART=small: GPU tests, OPT-125m and llama-3.2-1b. PART=8b: llama-3.1-8b. PART=7b: qwen2.5-7b,
+# the alternating rounds and the 8B's decode speed (each part fits one 10-minute call; the
+# results are packed into $OUT/results-$PART.tgz). RUNS (10), HOST_CACHE_MIB (40960),
+# STANDARD_RUNS (3) tune it.
 set -u
 PART=${PART:-all}
 GPU_BIN=${GPU_BIN:-.gpu}
 RUNS=${RUNS:-10}
 STANDARD_RUNS=${STANDARD_RUNS:-3}
 CACHE=${HOST_CACHE_MIB:-40960}
-OUT=${OUT:-/tmp/wc-out}; mkdir -p "$OUT"
+FINAL=${OUT:-/tmp/wc-out}; OUT=/tmp/wc-large-$PART; rm -rf "$OUT"; mkdir -p "$OUT" "$FINAL"
+trap 'tar czf "$FINAL/results-$PART.tgz" -C "$OUT" . ; cp "$OUT/session-$PART.log" "$FINAL/"' EXIT
 export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}
 mkdir -p /tmp/wc && for f in "$GPU_BIN"/*.gz; do gunzip -c "$f" > "/tmp/wc/$(basename "$f" .gz)"; chmod +x "/tmp/wc/$(basename "$f" .gz)"; done
 WC=/tmp/wc/wc-cuda
@@ -92,7 +95,7 @@ print(json.dumps(result))
 EOF
 }
 
-if [ "$PART" != large ]; then
+if [ "$PART" = small ]; then
   log "GPU tests"
   WC_EXPECT_GPUS=1 /tmp/wc/cuda_reference --test-threads 1 --nocapture --skip two_gpus > "$OUT/test-cuda_reference.txt" 2>&1
   log "cuda_reference rc=$?"; grep -E "^test |test result" "$OUT/test-cuda_reference.txt" | tee -a "$OUT/session-$PART.log"
@@ -103,12 +106,15 @@ if [ "$PART" != large ]; then
   attach_bench llama-3.2-1b /tmp/llama-3.2-1b bf16 2
   cold_attach llama-3.2-1b /tmp/llama-3.2-1b bf16
 fi
-if [ "$PART" != small ]; then
+if [ "$PART" = 8b ]; then
+  make llama-3.1-8b bf16
+  attach_bench llama-3.1-8b /tmp/llama-3.1-8b bf16 1
+  cold_attach llama-3.1-8b /tmp/llama-3.1-8b bf16
+fi
+if [ "$PART" = 7b ]; then
   make llama-3.1-8b bf16
   make qwen2.5-7b bf16
-  attach_bench llama-3.1-8b /tmp/llama-3.1-8b bf16 1
-  attach_bench qwen2.5-7b /tmp/qwen2.5-7b bf16 0
-  cold_attach llama-3.1-8b /tmp/llama-3.1-8b bf16
+  STANDARD_RUNS=2 attach_bench qwen2.5-7b /tmp/qwen2.5-7b bf16 0
   bench alternating /tmp/llama-3.1-8b,/tmp/qwen2.5-7b bf16 --scenario sequential --rounds 10 --modes controller \
     --host-cache-mib "$CACHE" --no-peer
   decode llama-3.1-8b /tmp/llama-3.1-8b bf16
