@@ -146,6 +146,8 @@ fn a_small_real_bench_writes_consistent_results_report_and_chart() {
         peer_runs: 0,
         staging_bytes: 0,
         host_cache_bytes: 64 << 20,
+        decode_tokens: 4,
+        modes: Vec::new(),
     };
     let returned = worker_controller::bench::run(&options).unwrap();
 
@@ -206,11 +208,19 @@ fn a_small_real_bench_writes_consistent_results_report_and_chart() {
             "standard" => {
                 assert!(run.timeline.get(Anchor::ProcessStarted).is_some(), "{what}");
                 assert!(run.timeline.get(Anchor::DeviceReady).is_some(), "{what}");
+                assert!(
+                    run.decode.is_none(),
+                    "{what}: no decode on the standard path"
+                );
             }
-            // A prewarmed worker skips them: zero phases.
+            // A prewarmed worker skips them: zero phases; its engine then decodes 4 tokens.
             _ => {
                 assert_eq!(run.phases_ms["process_started"], 0.0, "{what}");
                 assert_eq!(run.phases_ms["device_ready"], 0.0, "{what}");
+                let decode = run.decode.expect("a controller path decodes");
+                assert_eq!(decode.tokens, 4, "{what}");
+                assert!(decode.caller_decode_ms > 0.0, "{what}");
+                assert!(decode.tokens_per_s() > 0.0, "{what}");
             }
         }
     }
@@ -271,8 +281,23 @@ fn a_small_real_bench_writes_consistent_results_report_and_chart() {
         for phase in phase_names() {
             assert!(table.contains(&format!("| {phase} |")), "{title}: {phase}");
         }
+        // Decode tokens/s of worker threads and processes side by side, and how they compare.
+        assert!(table.contains("### Decode after attach"), "{title}");
+        for mode in ["controller", "controller_process"] {
+            assert!(table.contains(&format!("| {mode} | ")), "{title}: {mode}");
+        }
+        assert!(
+            table.contains("Worker process vs worker thread: requested → first_token p50")
+                && table.contains("decode tokens/s p50"),
+            "{title}"
+        );
     }
     assert_eq!(md.matches("standard / controller (p50)").count(), 2);
+    assert_eq!(
+        returned.scenarios["single"].decode["controller_process"].runs,
+        3
+    );
+    assert!(!returned.scenarios["single"].decode.contains_key("standard"));
 
     // chart.svg: well-formed, one bar segment per nonzero p50 phase.
     let svg = std::fs::read_to_string(out.join("chart.svg")).unwrap();

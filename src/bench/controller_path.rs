@@ -10,6 +10,7 @@ use wc_actors::{
     RuntimeConfig, Timeline, WorkerConfig,
 };
 
+use super::decode::{self, DecodeRecord};
 use crate::backend::CandleBackend;
 
 /// One prewarmed worker behind the actor runtime, driven from synchronous code.
@@ -80,8 +81,14 @@ impl ControllerPath {
         })
     }
 
-    /// Attaches `model`, takes the report's anchors (through `first_token`), and detaches.
-    pub fn start_engine(&mut self, model: &str) -> anyhow::Result<(Timeline, u64)> {
+    /// Attaches `model`, takes the report's anchors (through `first_token`), streams
+    /// `decode_tokens` tokens from it when that is not 0 (timed as [`decode::measure`] says),
+    /// and detaches.
+    pub fn start_engine(
+        &mut self,
+        model: &str,
+        decode_tokens: usize,
+    ) -> anyhow::Result<(Timeline, u64, Option<DecodeRecord>)> {
         let spec = ModelSpec {
             model: model.to_string(),
             dtype: self.dtype,
@@ -89,9 +96,17 @@ impl ControllerPath {
         let report = self
             .runtime
             .block_on(self.handle.attach(Attach::new(spec)))?;
-        self.runtime
-            .block_on(self.handle.detach(EngineRef::Id(report.engine_id)))?;
-        Ok((report.timeline, report.bytes_moved))
+        let engine = EngineRef::Id(report.engine_id);
+        let decoded = match decode_tokens {
+            0 => None,
+            n => Some(
+                self.runtime
+                    .block_on(decode::measure(&self.handle, engine.clone(), n))
+                    .context("decoding after the attach")?,
+            ),
+        };
+        self.runtime.block_on(self.handle.detach(engine))?;
+        Ok((report.timeline, report.bytes_moved, decoded))
     }
 
     /// Detaches everything and stops the worker.

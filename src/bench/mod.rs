@@ -6,6 +6,7 @@
 //! makes the first token and detaches. Writes `results.json`, `report.md` and `chart.svg`.
 
 pub mod chart;
+pub mod decode;
 pub mod floor;
 pub mod frame;
 pub mod machine;
@@ -23,6 +24,7 @@ use anyhow::Context;
 use wc_actors::{DType, DeviceSpec, Timeline};
 
 use controller_path::ControllerPath;
+use decode::DecodeRecord;
 use results::{Floor, Meta, Results, RunRecord};
 use standard::{peer_available, run_peer, run_standard, ChildOptions};
 
@@ -51,6 +53,11 @@ pub struct BenchOptions {
     pub staging_bytes: u64,
     /// Host cache of the `controller` worker (`controller_nocache` has none).
     pub host_cache_bytes: u64,
+    /// Tokens each controller-path start streams after its attach, to time decode (0: none).
+    pub decode_tokens: usize,
+    /// Which paths to time, by name (`standard`, `controller`, `controller_nocache`,
+    /// `controller_process`); empty: all of them.
+    pub modes: Vec<String>,
 }
 
 /// One way of starting an engine, timed.
@@ -67,6 +74,14 @@ enum Mode {
 }
 
 impl Mode {
+    /// The paths a bench can time, in the order each run takes them (the peer aside).
+    const TIMED: [Mode; 4] = [
+        Mode::Standard,
+        Mode::Controller,
+        Mode::ControllerNoCache,
+        Mode::ControllerProcess,
+    ];
+
     fn name(self) -> &'static str {
         match self {
             Mode::Standard => "standard",
@@ -87,10 +102,16 @@ struct Bench<'a> {
     controller_process: ControllerPath,
     scratch: PathBuf,
     runs: Vec<RunRecord>,
+    /// The paths timed, in order.
+    modes: Vec<Mode>,
 }
 
 impl Bench<'_> {
-    fn start(&mut self, mode: Mode, model: &str) -> anyhow::Result<(Timeline, u64)> {
+    fn start(
+        &mut self,
+        mode: Mode,
+        model: &str,
+    ) -> anyhow::Result<(Timeline, u64, Option<DecodeRecord>)> {
         let jit_dir = self.options.cold_jit.then(|| {
             let dir = self.scratch.join(format!("jit-{}", self.runs.len()));
             let _ = std::fs::create_dir_all(&dir);
@@ -101,16 +122,18 @@ impl Bench<'_> {
             dtype: self.options.dtype,
             jit_cache_dir: jit_dir.as_deref(),
         };
+        let decode = self.options.decode_tokens;
         let result = match mode {
-            Mode::Standard => run_standard(&self.exe, model, &child),
+            Mode::Standard => run_standard(&self.exe, model, &child).map(|(t, b)| (t, b, None)),
             Mode::Transformers => run_peer(
                 self.peer_script.as_deref().expect("peer script"),
                 model,
                 &child,
-            ),
-            Mode::Controller => self.controller.start_engine(model),
-            Mode::ControllerNoCache => self.controller_nocache.start_engine(model),
-            Mode::ControllerProcess => self.controller_process.start_engine(model),
+            )
+            .map(|(t, b)| (t, b, None)),
+            Mode::Controller => self.controller.start_engine(model, decode),
+            Mode::ControllerNoCache => self.controller_nocache.start_engine(model, decode),
+            Mode::ControllerProcess => self.controller_process.start_engine(model, decode),
         };
         if let Some(dir) = jit_dir {
             let _ = std::fs::remove_dir_all(dir);
@@ -126,10 +149,11 @@ impl Bench<'_> {
         round: usize,
         run: usize,
     ) -> anyhow::Result<()> {
-        let (timeline, bytes) = self
+        let (timeline, bytes, decode) = self
             .start(mode, model)
             .with_context(|| format!("{scenario} run {run}, {} path, {model}", mode.name()))?;
-        let record = RunRecord::new(scenario, mode.name(), model, round, run, timeline, bytes);
+        let mut record = RunRecord::new(scenario, mode.name(), model, round, run, timeline, bytes);
+        record.decode = decode;
         eprint!(
             "\r[{scenario}] round {round} run {run}: {:<12} {:>9.1} ms   ",
             mode.name(),
@@ -140,19 +164,12 @@ impl Bench<'_> {
         Ok(())
     }
 
-    const MODES: [Mode; 4] = [
-        Mode::Standard,
-        Mode::Controller,
-        Mode::ControllerNoCache,
-        Mode::ControllerProcess,
-    ];
-
     /// Scenario 1: the first model, started `runs` times through each path, interleaved; the
     /// transformers peer for its first `peer_runs`.
     fn single(&mut self) -> anyhow::Result<()> {
         let model = self.options.models[0].clone();
         for run in 0..self.options.runs {
-            for mode in Self::MODES {
+            for mode in self.modes.clone() {
                 self.record("single", mode, &model, 0, run)?;
             }
             if self.peer_script.is_some() && run < self.options.peer_runs {
@@ -166,7 +183,7 @@ impl Bench<'_> {
     /// Scenario 2: every model in turn, `rounds` times, through each path.
     fn sequential(&mut self) -> anyhow::Result<()> {
         for round in 0..self.options.rounds {
-            for mode in Self::MODES {
+            for mode in self.modes.clone() {
                 for (i, model) in self.options.models.clone().iter().enumerate() {
                     self.record("sequential", mode, model, round, i)?;
                 }
@@ -194,6 +211,7 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<Results> {
         options.rounds > 0 || !options.sequential,
         "rounds must be at least 1"
     );
+    let modes = timed_modes(&options.modes)?;
     let peer_script = options.peer_script.clone().filter(|_| peer_available());
     if options.peer_script.is_some() && peer_script.is_none() {
         eprintln!("transformers peer skipped: python3 with torch and transformers not found");
@@ -222,6 +240,7 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<Results> {
         controller_process,
         scratch,
         runs: Vec::new(),
+        modes,
     };
     if options.single {
         bench.single()?;
@@ -271,6 +290,21 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<Results> {
     results.summarize();
     write_outputs(&results, &options.out)?;
     Ok(results)
+}
+
+/// The paths named in `names` (all of them when empty), in the order runs take them.
+fn timed_modes(names: &[String]) -> anyhow::Result<Vec<Mode>> {
+    for name in names {
+        anyhow::ensure!(
+            Mode::TIMED.iter().any(|m| m.name() == name),
+            "unknown bench mode `{name}`: expected one of {}",
+            Mode::TIMED.map(Mode::name).join(", ")
+        );
+    }
+    Ok(Mode::TIMED
+        .into_iter()
+        .filter(|m| names.is_empty() || names.iter().any(|n| n == m.name()))
+        .collect())
 }
 
 /// Writes `results.json`, `report.md` and `chart.svg` into `out`.
