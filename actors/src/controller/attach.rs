@@ -191,6 +191,12 @@ impl ControllerActor {
                 return self.dispatch_pending(ctx);
             }
         };
+        if self.shutting_down {
+            // Shutdown detaches only the engines it knew of: one that lands now would be
+            // reported attached and then never detached.
+            slot.attach_abandoned(incarnation, None);
+            return self.fail_attach(pending, AttachError::ShuttingDown);
+        }
         if !slot.attach_done(incarnation, loaded.memory_attached) {
             // The worker failed (or the runtime stopped) while it loaded: the engine went with it.
             let reason = slot.last_error.clone().unwrap_or_default();
