@@ -5,6 +5,7 @@ mod bundled;
 mod generate;
 mod make_model;
 mod serve;
+mod worker;
 
 use std::process::ExitCode;
 use std::sync::OnceLock;
@@ -64,11 +65,7 @@ pub fn main() -> ExitCode {
         Command::MakeModel(args) => make_model::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Bench(args) => bench::run(args),
-        Command::Worker => {
-            crate::server::logging::init(log_format_from_env());
-            wc_actors::process::serve_worker(std::sync::Arc::new(crate::CandleBackend));
-            Ok(())
-        }
+        Command::Worker => worker::run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
