@@ -1,7 +1,8 @@
 //! The controller actor: owns the worker pool, places attaches, routes requests, restarts workers.
 //!
 //! Everything the controller answers about (worker states, memory, engines, counters) it keeps
-//! itself, updated from replies and events, so listing never waits on a busy worker.
+//! itself, updated from replies and events, so listing never waits on a busy worker. A worker's
+//! state changes only through the transitions of `slot_state`, which refuse stale events.
 
 mod attach;
 mod detach;
