@@ -146,6 +146,7 @@ fn a_small_real_bench_writes_consistent_results_report_and_chart() {
         peer_runs: 0,
         staging_bytes: 0,
         host_cache_bytes: 64 << 20,
+        decode_tokens: 4,
         modes: Vec::new(),
     };
     let returned = worker_controller::bench::run(&options).unwrap();
@@ -221,11 +222,19 @@ fn a_small_real_bench_writes_consistent_results_report_and_chart() {
             "standard" => {
                 assert!(run.timeline.get(Anchor::ProcessStarted).is_some(), "{what}");
                 assert!(run.timeline.get(Anchor::DeviceReady).is_some(), "{what}");
+                assert!(
+                    run.decode.is_none(),
+                    "{what}: no decode on the standard path"
+                );
             }
-            // A prewarmed worker skips them: zero phases.
+            // A prewarmed worker skips them: zero phases; its engine then decodes 4 tokens.
             _ => {
                 assert_eq!(run.phases_ms["process_started"], 0.0, "{what}");
                 assert_eq!(run.phases_ms["device_ready"], 0.0, "{what}");
+                let decode = run.decode.expect("a controller path decodes");
+                assert_eq!(decode.tokens, 4, "{what}");
+                assert!(decode.caller_decode_ms > 0.0, "{what}");
+                assert!(decode.tokens_per_s() > 0.0, "{what}");
             }
         }
     }
@@ -286,8 +295,23 @@ fn a_small_real_bench_writes_consistent_results_report_and_chart() {
         for phase in phase_names() {
             assert!(table.contains(&format!("| {phase} |")), "{title}: {phase}");
         }
+        // Decode tokens/s of worker threads and processes side by side, and how they compare.
+        assert!(table.contains("### Decode after attach"), "{title}");
+        for mode in ["controller", "controller_process"] {
+            assert!(table.contains(&format!("| {mode} | ")), "{title}: {mode}");
+        }
+        assert!(
+            table.contains("Worker process vs worker thread: requested → first_token p50")
+                && table.contains("decode tokens/s p50"),
+            "{title}"
+        );
     }
     assert_eq!(md.matches("standard / controller (p50)").count(), 2);
+    assert_eq!(
+        returned.scenarios["single"].decode["controller_process"].runs,
+        3
+    );
+    assert!(!returned.scenarios["single"].decode.contains_key("standard"));
 
     // chart.svg: well-formed, one bar segment per nonzero p50 phase.
     let svg = std::fs::read_to_string(out.join("chart.svg")).unwrap();
@@ -526,6 +550,7 @@ fn modes_limit_the_bench_to_the_paths_asked_for_and_unknown_ones_are_refused() {
         peer_runs: 0,
         staging_bytes: 0,
         host_cache_bytes: 64 << 20,
+        decode_tokens: 0,
         modes: vec!["controller".into(), "controller_nocache".into()],
     };
     let results = worker_controller::bench::run(&options).unwrap();
@@ -533,8 +558,6 @@ fn modes_limit_the_bench_to_the_paths_asked_for_and_unknown_ones_are_refused() {
     assert_eq!(modes, BTreeSet::from(["controller", "controller_nocache"]));
     assert_eq!(results.runs.len(), 4, "two runs of each path asked for");
     options.modes = vec!["warp-drive".into()];
-    let error = worker_controller::bench::run(&options)
-        .unwrap_err()
-        .to_string();
-    assert!(error.contains("unknown mode `warp-drive`"), "{error}");
+    let error = worker_controller::bench::run(&options).unwrap_err().to_string();
+    assert!(error.contains("unknown bench mode `warp-drive`"), "{error}");
 }

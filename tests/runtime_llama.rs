@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::{fixture, reference, ChatCase};
 use wc_actors::{
     Attach, ChatMessage, DeviceSpec, EngineId, FinishReason, GenerateRequest, Handle, ModelSpec,
-    PrewarmOptions, Prompt, Runtime, RuntimeConfig, WorkerConfig, WorkerState,
+    PrewarmOptions, Prompt, Runtime, RuntimeConfig, RuntimeOptions, WorkerConfig, WorkerState,
 };
 use worker_controller::CandleBackend;
 
@@ -35,8 +35,10 @@ fn start(count: usize) -> Handle {
             count,
             prewarm: PrewarmOptions::default(),
         }],
-        attach_timeout: Duration::from_secs(60),
-        ..RuntimeConfig::default()
+        options: RuntimeOptions {
+            attach_timeout: Duration::from_secs(60),
+            ..RuntimeOptions::default()
+        },
     };
     Runtime::start(config, Arc::new(CandleBackend))
 }

@@ -11,7 +11,7 @@ use common::{copy_fixture, fixture, reference, Case};
 use wc_actors::{
     Anchor, Attach, AttachError, AttachReport, DeviceSpec, EngineId, ErrorKind, FinishReason,
     GenerateRequest, Handle, ModelSpec, PrewarmOptions, Prompt, Runtime, RuntimeConfig,
-    WorkerConfig, WorkerState,
+    RuntimeOptions, WorkerConfig, WorkerState,
 };
 use worker_controller::CandleBackend;
 
@@ -47,8 +47,10 @@ fn runtime_config(count: usize, prewarm: PrewarmOptions) -> RuntimeConfig {
             count,
             prewarm,
         }],
-        attach_timeout: Duration::from_secs(60),
-        ..RuntimeConfig::default()
+        options: RuntimeOptions {
+            attach_timeout: Duration::from_secs(60),
+            ..RuntimeOptions::default()
+        },
     }
 }
 

@@ -159,19 +159,23 @@ impl MemoryInfo {
     }
 }
 
-/// What a worker does before any model is known.
+/// What a worker does before any model is known. The `[prewarm]` section of `serve`'s config
+/// file deserializes into this type: sizes are bytes or text ("256MiB"), keys without `_bytes`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct PrewarmOptions {
     /// Dtypes whose kernels are loaded by running a tiny forward pass in each.
     pub dtypes: Vec<DType>,
     /// Bytes of pinned host staging memory every upload streams through, allocated up front
     /// (CUDA only; bounded whatever the model size).
+    #[serde(rename = "staging", with = "crate::quantity::byte_size")]
     pub staging_bytes: u64,
     /// Host memory kept for recently loaded models so that attaching them again skips the disk
     /// (on CUDA: pinned, allocated up front; LRU by bytes).
+    #[serde(rename = "host_cache", with = "crate::quantity::byte_size")]
     pub host_cache_bytes: u64,
     /// Cap on the device memory this worker may use (0: the device's own size).
+    #[serde(rename = "memory_limit", with = "crate::quantity::byte_size")]
     pub memory_limit_bytes: u64,
 }
 

@@ -6,6 +6,7 @@
 //! # Layout
 //! - [`timeline`]: timing anchors shared by every path.
 //! - [`duration`]: durations written as text ("30s", "500ms").
+//! - [`quantity`]: durations and byte sizes as every config type reads them.
 //! - [`backend`]: the contract an engine implementation fulfils (devices, loading, generation).
 //! - [`runtime`]: configuration, starting the runtime, and the [`Handle`] to use it.
 //! - [`messages`]: every message, grouped by the actor that receives it.
@@ -24,6 +25,7 @@ pub mod errors;
 mod guard;
 pub mod messages;
 pub mod process;
+pub mod quantity;
 pub mod reports;
 pub mod runtime;
 pub mod timeline;
@@ -41,5 +43,8 @@ pub use reports::{
     check_engine_name, AttachReport, DetachReport, EngineId, EngineInfo, EngineRef, RuntimeStats,
     WorkerInfo, WorkerState,
 };
-pub use runtime::{GenerateStream, Handle, Runtime, RuntimeConfig, RuntimeStopped, WorkerConfig};
+pub use runtime::{
+    GenerateStream, Handle, Isolation, Runtime, RuntimeConfig, RuntimeOptions, RuntimeStopped,
+    WorkerConfig,
+};
 pub use timeline::{monotonic_ns, Anchor, Phase, Timeline};

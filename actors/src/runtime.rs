@@ -1,6 +1,7 @@
 //! The library entry point: configuration, starting the runtime, and the [`Handle`] to use it.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,17 +28,48 @@ use crate::worker::MAILBOX_CAPACITY;
 #[serde(default, deny_unknown_fields)]
 pub struct RuntimeConfig {
     /// Groups of identical workers; each worker gets its own thread and device context.
+    /// Default: one CPU worker.
     pub workers: Vec<WorkerConfig>,
+    /// Attach timeout, restarts, queue bounds and worker processes: the `[runtime]` section of
+    /// `serve`'s config file.
+    pub options: RuntimeOptions,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            workers: vec![WorkerConfig::default()],
+            options: RuntimeOptions::default(),
+        }
+    }
+}
+
+/// How attaches, requests and restarts behave, and how worker processes are run. The
+/// `[runtime]` section of `serve`'s config file deserializes into this type, so the keys, the
+/// duration rule ([`crate::quantity::duration_text`]) and the defaults are the same everywhere.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeOptions {
     /// How long an attach waits for a busy worker to free up before `NoFreeWorker`.
-    /// In TOML/JSON: seconds, or a string such as `"30s"` or `"500ms"` (as in `serve`'s config).
-    #[serde(with = "duration_text")]
+    #[serde(with = "crate::quantity::duration_text")]
     pub attach_timeout: Duration,
     /// Restarts allowed in a row (without a successful attach in between) before a failed
     /// worker is left `failed`.
     pub max_restarts: u32,
     /// Wait before the first restart; doubled for each further failure in a row.
-    #[serde(with = "duration_text")]
+    #[serde(with = "crate::quantity::duration_text")]
     pub restart_backoff: Duration,
+    /// Where workers run. [`Runtime::start`] runs the backend it is given; the program that
+    /// builds that backend reads this (`serve` wraps its backend in a
+    /// [`crate::process::ProcessBackend`] for `Process`).
+    pub isolation: Isolation,
+    /// A worker process that sends no heartbeat for this long is killed and restarted
+    /// (see [`crate::process::WorkerCommand::heartbeat_timeout`]).
+    #[serde(with = "crate::quantity::duration_text")]
+    pub heartbeat_timeout: Duration,
+    /// The program worker processes run; default: the current one. Not read from files.
+    #[serde(skip)]
+    pub worker_exe: Option<PathBuf>,
     /// Requests that may wait behind the running one on each engine; one more is refused at
     /// once with [`GenerateError::QueueFull`] (an API answers 503 + `Retry-After`).
     pub max_waiting_requests: usize,
@@ -46,17 +78,30 @@ pub struct RuntimeConfig {
     pub max_waiting_attaches: usize,
 }
 
-impl Default for RuntimeConfig {
+impl Default for RuntimeOptions {
     fn default() -> Self {
         Self {
-            workers: vec![WorkerConfig::default()],
             attach_timeout: Duration::from_secs(10),
             max_restarts: 3,
             restart_backoff: Duration::from_millis(500),
+            isolation: Isolation::Process,
+            heartbeat_timeout: Duration::from_secs(30),
+            worker_exe: None,
             max_waiting_requests: 256,
             max_waiting_attaches: 64,
         }
     }
+}
+
+/// Where workers run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// Each worker in its own process: a crash, abort or device fault costs only that worker.
+    #[default]
+    Process,
+    /// Each worker on a thread of this process.
+    Thread,
 }
 
 /// `count` identical workers on one device.
@@ -277,31 +322,6 @@ impl Handle {
     }
 }
 
-/// Durations written as milliseconds (`1500`) or text (`"1.5s"`, `"250ms"`, `"2m"`).
-mod duration_text {
-    use std::time::Duration;
-
-    use serde::{de, Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format!("{}ms", d.as_millis()))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        // One rule with the server's TOML: a bare number is seconds, text has a unit.
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Seconds(f64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Seconds(s) => crate::duration::duration_from_secs(s).map_err(de::Error::custom),
-            Raw::Text(text) => crate::duration::parse_duration(&text).map_err(de::Error::custom),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -309,17 +329,31 @@ mod tests {
     #[test]
     fn config_reads_from_json_with_defaults_and_text_durations() {
         let config: RuntimeConfig = serde_json::from_str(
-            r#"{"workers": [{"device": "cpu", "count": 2}], "attach_timeout": "1.5s",
-                "restart_backoff": 0.25}"#,
+            r#"{"workers": [{"device": "cpu", "count": 2}],
+                "options": {"attach_timeout": "1.5s", "restart_backoff": 0.25,
+                            "isolation": "thread"}}"#,
         )
         .unwrap();
         assert_eq!(config.workers[0].count, 2);
         assert_eq!(config.workers[0].prewarm, PrewarmOptions::default());
-        assert_eq!(config.attach_timeout, Duration::from_millis(1500));
-        assert_eq!(config.restart_backoff, Duration::from_millis(250));
-        assert_eq!(config.max_restarts, RuntimeConfig::default().max_restarts);
+        let options = &config.options;
+        assert_eq!(options.attach_timeout, Duration::from_millis(1500));
+        assert_eq!(options.restart_backoff, Duration::from_millis(250));
+        assert_eq!(options.isolation, Isolation::Thread);
+        assert_eq!(options.max_restarts, RuntimeOptions::default().max_restarts);
         let back: RuntimeConfig =
             serde_json::from_value(serde_json::to_value(&config).unwrap()).unwrap();
         assert_eq!(back, config);
+    }
+
+    #[test]
+    fn an_empty_config_is_one_cpu_worker_and_unknown_keys_are_refused() {
+        let config: RuntimeConfig = serde_json::from_str("{}").unwrap();
+        assert_eq!(config, RuntimeConfig::default());
+        assert_eq!(config.workers, vec![WorkerConfig::default()]);
+        let err = serde_json::from_str::<RuntimeConfig>(r#"{"options": {"atach_timeout": 1}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `atach_timeout`"), "{err}");
     }
 }

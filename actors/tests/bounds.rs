@@ -26,7 +26,7 @@ async fn wait_for_engine(handle: &Handle, what: &str, ready: impl Fn(&EngineInfo
 #[actix_rt::test]
 async fn a_full_queue_refuses_at_once_and_the_queued_requests_still_finish() {
     let mut config = config(1);
-    config.max_waiting_requests = 2;
+    config.options.max_waiting_requests = 2;
     let backend = FakeBackend::new(1_000_000);
     let handle = Runtime::start(config, Arc::new(backend.clone()));
     within(30, "prewarm", handle.wait_ready()).await.unwrap();
@@ -111,8 +111,8 @@ async fn a_caller_that_goes_away_frees_its_place_in_the_queue_and_stops_its_gene
 #[actix_rt::test]
 async fn too_many_waiting_attaches_are_refused_at_once() {
     let mut config = config(1);
-    config.max_waiting_attaches = 1;
-    config.attach_timeout = Duration::from_secs(60);
+    config.options.max_waiting_attaches = 1;
+    config.options.attach_timeout = Duration::from_secs(60);
     let handle = Runtime::start(config, Arc::new(FakeBackend::new(1_000_000)));
     within(30, "prewarm", handle.wait_ready()).await.unwrap();
     let first = handle

@@ -41,7 +41,7 @@ async fn a_slow_attach_does_not_block_listing_workers() {
 async fn fifty_concurrent_attaches_on_two_workers_all_get_an_answer() {
     let backend = FakeBackend::new(1_000_000);
     let mut config = config(2);
-    config.attach_timeout = Duration::from_millis(300);
+    config.options.attach_timeout = Duration::from_millis(300);
     let handle = Runtime::start(config, Arc::new(backend.clone()));
     let baseline = within(30, "prewarm", handle.wait_ready()).await.unwrap();
 
@@ -92,7 +92,7 @@ async fn fifty_concurrent_attaches_on_two_workers_all_get_an_answer() {
 #[actix_rt::test]
 async fn a_busy_worker_frees_up_for_a_waiting_attach() {
     let mut config = config(1);
-    config.attach_timeout = Duration::from_secs(60);
+    config.options.attach_timeout = Duration::from_secs(60);
     let handle = Runtime::start(config, Arc::new(FakeBackend::new(1_000_000)));
     within(30, "prewarm", handle.wait_ready()).await.unwrap();
     let first = handle

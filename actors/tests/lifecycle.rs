@@ -304,6 +304,27 @@ async fn shutdown_detaches_every_engine_and_refuses_new_work() {
     assert_eq!(error, AttachError::ShuttingDown);
 }
 
+#[actix_rt::test]
+async fn an_attach_still_loading_at_shutdown_is_refused_and_leaves_no_engine() {
+    let backend = FakeBackend::new(1_000_000);
+    let handle = Runtime::start(config(1), Arc::new(backend.clone()));
+    within(30, "prewarm", handle.wait_ready()).await.unwrap();
+    let attach = handle.attach(Attach::new(spec("fake:load_ms=400")));
+    wait_for_workers(&handle, 30, "attaching", |w| {
+        w[0].state == WorkerState::Attaching
+    })
+    .await;
+    let (attached, ()) = within(30, "shutdown", async {
+        tokio::join!(attach, handle.shutdown())
+    })
+    .await;
+    assert_eq!(attached.unwrap_err(), AttachError::ShuttingDown);
+    assert!(handle.list_engines().await.unwrap().is_empty());
+    let workers = handle.list_workers().await.unwrap();
+    assert_eq!(workers[0].state, WorkerState::Stopped);
+    assert_eq!(workers[0].failures, 0, "a shutdown is not a failure");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plain_tokio_program_can_embed_the_runtime() {
     let handle = Runtime::start_in_background(config(1), Arc::new(FakeBackend::new(1_000_000)));

@@ -144,7 +144,7 @@ async fn a_fatal_device_error_on_load_fails_the_attach_and_restarts_the_worker()
 async fn a_worker_that_keeps_failing_stays_failed_after_its_restarts() {
     let backend = FakeBackend::new(1_000_000);
     let mut config = config(2);
-    config.max_restarts = 2;
+    config.options.max_restarts = 2;
     let handle = Runtime::start(config, Arc::new(backend.clone()));
     within(30, "prewarm", handle.wait_ready()).await.unwrap();
     handle

@@ -10,6 +10,7 @@ use wc_actors::{
     RuntimeConfig, Timeline, WorkerConfig,
 };
 
+use super::decode::{self, DecodeRecord};
 use super::results::RunMemory;
 use crate::backend::CandleBackend;
 
@@ -17,11 +18,7 @@ use crate::backend::CandleBackend;
 fn resident_bytes() -> u64 {
     let pages = std::fs::read_to_string("/proc/self/statm")
         .ok()
-        .and_then(|s| {
-            s.split_whitespace()
-                .nth(1)
-                .and_then(|p| p.parse::<u64>().ok())
-        })
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
         .unwrap_or(0);
     // SAFETY: sysconf only reads a configuration value.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
@@ -104,12 +101,14 @@ impl ControllerPath {
         })
     }
 
-    /// Attaches `model`, takes the report's anchors (through `first_token`), and detaches;
-    /// with the memory around it.
+    /// Attaches `model`, takes the report's anchors (through `first_token`), streams
+    /// `decode_tokens` tokens from it when that is not 0 (timed as [`decode::measure`] says),
+    /// and detaches.
     pub fn start_engine(
         &mut self,
         model: &str,
-    ) -> anyhow::Result<(Timeline, u64, Option<RunMemory>)> {
+        decode_tokens: usize,
+    ) -> anyhow::Result<(Timeline, u64, Option<DecodeRecord>, Option<RunMemory>)> {
         let spec = ModelSpec {
             model: model.to_string(),
             dtype: self.dtype,
@@ -117,15 +116,22 @@ impl ControllerPath {
         let report = self
             .runtime
             .block_on(self.handle.attach(Attach::new(spec)))?;
-        let detached = self
-            .runtime
-            .block_on(self.handle.detach(EngineRef::Id(report.engine_id)))?;
+        let engine = EngineRef::Id(report.engine_id);
+        let decoded = match decode_tokens {
+            0 => None,
+            n => Some(
+                self.runtime
+                    .block_on(decode::measure(&self.handle, engine.clone(), n))
+                    .context("decoding after the attach")?,
+            ),
+        };
+        let detached = self.runtime.block_on(self.handle.detach(engine))?;
         let memory = RunMemory {
             baseline_free_bytes: self.baseline_free_bytes,
             after_detach_free_bytes: detached.memory_after_detach.free_bytes,
             rss_bytes: resident_bytes(),
         };
-        Ok((report.timeline, report.bytes_moved, Some(memory)))
+        Ok((report.timeline, report.bytes_moved, decoded, Some(memory)))
     }
 
     /// Detaches everything and stops the worker.

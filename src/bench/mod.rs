@@ -6,6 +6,7 @@
 //! makes the first token and detaches. Writes `results.json`, `report.md` and `chart.svg`.
 
 pub mod chart;
+pub mod decode;
 pub mod floor;
 pub mod frame;
 pub mod machine;
@@ -23,6 +24,7 @@ use anyhow::Context;
 use wc_actors::{DType, DeviceSpec, Timeline};
 
 use controller_path::ControllerPath;
+use decode::DecodeRecord;
 use results::{Floor, Meta, Results, RunMemory, RunRecord};
 use standard::{peer_available, run_peer, run_standard, ChildOptions};
 
@@ -47,22 +49,16 @@ pub struct BenchOptions {
     pub exe: Option<PathBuf>,
     /// Transformers peer starts in the single-engine scenario (each is a 10+ s Python start).
     pub peer_runs: usize,
-    /// Pinned staging memory of the controller's workers.
+    /// Size of each pinned staging buffer of the controller's workers.
     pub staging_bytes: u64,
     /// Host cache of the `controller` worker (`controller_nocache` has none).
     pub host_cache_bytes: u64,
-    /// The paths to time, by name (`standard`, `controller`, `controller_nocache`,
-    /// `controller_process`); empty: all of them. The peer runs when `peer_script` is set.
+    /// Tokens each controller-path start streams after its attach, to time decode (0: none).
+    pub decode_tokens: usize,
+    /// Which paths to time, by name (`standard`, `controller`, `controller_nocache`,
+    /// `controller_process`); empty: all of them.
     pub modes: Vec<String>,
 }
-
-/// Every path's name, in the order they run.
-pub const MODE_NAMES: [&str; 4] = [
-    "standard",
-    "controller",
-    "controller_nocache",
-    "controller_process",
-];
 
 /// One way of starting an engine, timed.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -78,6 +74,14 @@ enum Mode {
 }
 
 impl Mode {
+    /// The paths a bench can time, in the order each run takes them (the peer aside).
+    const TIMED: [Mode; 4] = [
+        Mode::Standard,
+        Mode::Controller,
+        Mode::ControllerNoCache,
+        Mode::ControllerProcess,
+    ];
+
     fn name(self) -> &'static str {
         match self {
             Mode::Standard => "standard",
@@ -90,18 +94,21 @@ impl Mode {
 }
 
 /// What one start gave: its anchors, the weight bytes it moved and, on the controller's paths,
-/// the memory around it.
-type Started = (Timeline, u64, Option<RunMemory>);
+/// its decode timing (when asked for) and the memory around it.
+type Started = (Timeline, u64, Option<DecodeRecord>, Option<RunMemory>);
 
 struct Bench<'a> {
     options: &'a BenchOptions,
     exe: PathBuf,
     peer_script: Option<PathBuf>,
+    /// The controller paths asked for, each with its own prewarmed worker.
     controller: Option<ControllerPath>,
     controller_nocache: Option<ControllerPath>,
     controller_process: Option<ControllerPath>,
     scratch: PathBuf,
     runs: Vec<RunRecord>,
+    /// The paths timed, in order.
+    modes: Vec<Mode>,
 }
 
 impl Bench<'_> {
@@ -116,6 +123,7 @@ impl Bench<'_> {
             dtype: self.options.dtype,
             jit_cache_dir: jit_dir.as_deref(),
         };
+        let decode = self.options.decode_tokens;
         let controller = match mode {
             Mode::Controller => self.controller.as_mut(),
             Mode::ControllerNoCache => self.controller_nocache.as_mut(),
@@ -123,15 +131,14 @@ impl Bench<'_> {
             Mode::Standard | Mode::Transformers => None,
         };
         let result = match (mode, controller) {
-            (_, Some(controller)) => controller.start_engine(model),
+            (_, Some(controller)) => controller.start_engine(model, decode),
             (Mode::Transformers, None) => run_peer(
                 self.peer_script.as_deref().expect("peer script"),
                 model,
                 &child,
             )
-            .map(|(timeline, bytes)| (timeline, bytes, None)),
-            _ => run_standard(&self.exe, model, &child)
-                .map(|(timeline, bytes)| (timeline, bytes, None)),
+            .map(|(t, b)| (t, b, None, None)),
+            _ => run_standard(&self.exe, model, &child).map(|(t, b)| (t, b, None, None)),
         };
         if let Some(dir) = jit_dir {
             let _ = std::fs::remove_dir_all(dir);
@@ -147,10 +154,11 @@ impl Bench<'_> {
         round: usize,
         run: usize,
     ) -> anyhow::Result<()> {
-        let (timeline, bytes, memory) = self
+        let (timeline, bytes, decode, memory) = self
             .start(mode, model)
             .with_context(|| format!("{scenario} run {run}, {} path, {model}", mode.name()))?;
         let mut record = RunRecord::new(scenario, mode.name(), model, round, run, timeline, bytes);
+        record.decode = decode;
         record.memory = memory;
         eprint!(
             "\r[{scenario}] round {round} run {run}: {:<12} {:>9.1} ms   ",
@@ -162,29 +170,12 @@ impl Bench<'_> {
         Ok(())
     }
 
-    const MODES: [Mode; 4] = [
-        Mode::Standard,
-        Mode::Controller,
-        Mode::ControllerNoCache,
-        Mode::ControllerProcess,
-    ];
-
-    /// The paths this bench times, in order.
-    fn modes(&self) -> Vec<Mode> {
-        Self::MODES
-            .into_iter()
-            .filter(|m| {
-                self.options.modes.is_empty() || self.options.modes.iter().any(|n| n == m.name())
-            })
-            .collect()
-    }
-
     /// Scenario 1: the first model, started `runs` times through each path, interleaved; the
     /// transformers peer for its first `peer_runs`.
     fn single(&mut self) -> anyhow::Result<()> {
         let model = self.options.models[0].clone();
         for run in 0..self.options.runs {
-            for mode in self.modes() {
+            for mode in self.modes.clone() {
                 self.record("single", mode, &model, 0, run)?;
             }
             if self.peer_script.is_some() && run < self.options.peer_runs {
@@ -198,7 +189,7 @@ impl Bench<'_> {
     /// Scenario 2: every model in turn, `rounds` times, through each path.
     fn sequential(&mut self) -> anyhow::Result<()> {
         for round in 0..self.options.rounds {
-            for mode in self.modes() {
+            for mode in self.modes.clone() {
                 for (i, model) in self.options.models.clone().iter().enumerate() {
                     self.record("sequential", mode, model, round, i)?;
                 }
@@ -226,6 +217,7 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<Results> {
         options.rounds > 0 || !options.sequential,
         "rounds must be at least 1"
     );
+    let modes = timed_modes(&options.modes)?;
     let peer_script = options.peer_script.clone().filter(|_| peer_available());
     if options.peer_script.is_some() && peer_script.is_none() {
         eprintln!("transformers peer skipped: python3 with torch and transformers not found");
@@ -235,28 +227,22 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<Results> {
         (_, true) => "cold (an empty CUDA_CACHE_PATH for every fresh process)".to_string(),
         (_, false) => format!("{} at start", machine::jit_cache_state()),
     };
-    for mode in &options.modes {
-        anyhow::ensure!(
-            MODE_NAMES.contains(&mode.as_str()),
-            "unknown mode `{mode}`: expected one of {}",
-            MODE_NAMES.join(", ")
-        );
-    }
-    let wanted = |name: &str| options.modes.is_empty() || options.modes.iter().any(|m| m == name);
     eprintln!(
         "prewarming the controller workers on {} (host cache on / off / in a process, as asked) ...",
         options.device
     );
     let (device, dtype, staging) = (&options.device, options.dtype, options.staging_bytes);
     let cache = options.host_cache_bytes;
-    let start = |name: &str, cache: u64, exe: Option<&Path>| {
-        wanted(name)
+    // Only the paths asked for get a worker: each holds its own pinned host cache.
+    let start = |mode: Mode, cache: u64, exe: Option<&Path>| {
+        modes
+            .contains(&mode)
             .then(|| ControllerPath::start(device, dtype, staging, cache, exe))
             .transpose()
     };
-    let controller = start("controller", cache, None)?;
-    let controller_nocache = start("controller_nocache", 0, None)?;
-    let controller_process = start("controller_process", cache, Some(&exe))?;
+    let controller = start(Mode::Controller, cache, None)?;
+    let controller_nocache = start(Mode::ControllerNoCache, 0, None)?;
+    let controller_process = start(Mode::ControllerProcess, cache, Some(&exe))?;
     let scratch = std::env::temp_dir().join(format!("wc-bench-{}", std::process::id()));
     let mut bench = Bench {
         options,
@@ -267,6 +253,7 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<Results> {
         controller_process,
         scratch,
         runs: Vec::new(),
+        modes,
     };
     if options.single {
         bench.single()?;
@@ -274,22 +261,15 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<Results> {
     if options.sequential {
         bench.sequential()?;
     }
-    let prewarm_ms = [
-        &bench.controller,
-        &bench.controller_nocache,
-        &bench.controller_process,
-    ]
-    .iter()
-    .find_map(|c| c.as_ref().map(|c| c.prewarm_ms))
-    .unwrap_or(0.0);
-    for controller in [
+    let controllers = [
         &mut bench.controller,
         &mut bench.controller_nocache,
         &mut bench.controller_process,
-    ] {
-        if let Some(controller) = controller.as_mut() {
-            controller.stop();
-        }
+    ];
+    let mut prewarm_ms = 0.0;
+    for controller in controllers.into_iter().flatten() {
+        prewarm_ms = controller.prewarm_ms;
+        controller.stop();
     }
     let _ = std::fs::remove_dir_all(&bench.scratch);
 
@@ -299,11 +279,7 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<Results> {
         bandwidth_gb_per_s: bandwidth,
         ..Default::default()
     };
-    for run in bench
-        .runs
-        .iter()
-        .filter(|r| r.mode.starts_with("controller"))
-    {
+    for run in bench.runs.iter().filter(|r| r.mode.starts_with("controller")) {
         floor.bytes.insert(run.model.clone(), run.bytes);
         floor.floor_ms.insert(
             run.model.clone(),
@@ -334,6 +310,21 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<Results> {
     results.summarize();
     write_outputs(&results, &options.out)?;
     Ok(results)
+}
+
+/// The paths named in `names` (all of them when empty), in the order runs take them.
+fn timed_modes(names: &[String]) -> anyhow::Result<Vec<Mode>> {
+    for name in names {
+        anyhow::ensure!(
+            Mode::TIMED.iter().any(|m| m.name() == name),
+            "unknown bench mode `{name}`: expected one of {}",
+            Mode::TIMED.map(Mode::name).join(", ")
+        );
+    }
+    Ok(Mode::TIMED
+        .into_iter()
+        .filter(|m| names.is_empty() || names.iter().any(|n| n == m.name()))
+        .collect())
 }
 
 /// Writes `results.json`, `report.md` and `chart.svg` into `out`.

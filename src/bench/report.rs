@@ -4,7 +4,7 @@ use std::fmt::Write;
 
 use wc_actors::Anchor;
 
-use super::results::{phase_names, Results};
+use super::results::{phase_names, Results, ScenarioResult};
 
 /// Modes in the order the tables show them.
 pub const MODES: [&str; 5] = [
@@ -64,7 +64,11 @@ pub fn markdown(results: &Results) -> String {
             let _ = write!(header, " {mode} p50 ms | {mode} p95 ms |");
             rule.push_str("---:|---:|");
         }
-        let others: Vec<&str> = modes.iter().copied().filter(|m| *m != "standard").collect();
+        // Ratios to the standard path, when it ran.
+        let others: Vec<&str> = match modes.contains(&"standard") {
+            true => modes.iter().copied().filter(|m| *m != "standard").collect(),
+            false => Vec::new(),
+        };
         for mode in &others {
             let _ = write!(header, " standard / {mode} (p50) |");
             rule.push_str("---:|");
@@ -100,6 +104,7 @@ pub fn markdown(results: &Results) -> String {
             let _ = writeln!(md, "{line}");
         }
         md.push('\n');
+        decode_table(&mut md, name, scenario);
     }
     let floor = &results.floor;
     let _ = writeln!(
@@ -150,4 +155,58 @@ pub fn markdown(results: &Results) -> String {
         );
     }
     md
+}
+
+/// The decode table of one scenario (modes that decoded after their attach), and how worker
+/// processes compare with worker threads on first token and decode.
+fn decode_table(md: &mut String, name: &str, scenario: &ScenarioResult) {
+    if scenario.decode.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "### Decode after attach ({})\n\nTokens streamed right after each attach, timed by the \
+         caller from the first token's arrival to the last's: decode only, every per-token cost \
+         between engine and caller included.\n",
+        scenario_title(name)
+    );
+    let _ = writeln!(
+        md,
+        "| mode | runs | ms/token p50 | ms/token p95 | tokens/s p50 | tokens/s p95 (slow end) |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
+    let rate = |ms: f64| if ms > 0.0 { 1e3 / ms } else { 0.0 };
+    for mode in MODES {
+        if let Some(s) = scenario.decode.get(mode) {
+            let _ = writeln!(
+                md,
+                "| {mode} | {} | {:.3} | {:.3} | {:.1} | {:.1} |",
+                s.runs,
+                s.p50_ms,
+                s.p95_ms,
+                rate(s.p50_ms),
+                rate(s.p95_ms)
+            );
+        }
+    }
+    md.push('\n');
+    let (Some(thread), Some(process)) = (
+        scenario.summary.get("controller"),
+        scenario.summary.get("controller_process"),
+    ) else {
+        return;
+    };
+    let first_token = process["total"].p50_ms - thread["total"].p50_ms;
+    let _ = write!(
+        md,
+        "Worker process vs worker thread: requested → first_token p50 {first_token:+.2} ms"
+    );
+    if let (Some(t), Some(p)) = (
+        scenario.decode.get("controller"),
+        scenario.decode.get("controller_process"),
+    ) {
+        let change = (rate(p.p50_ms) / rate(t.p50_ms).max(1e-9) - 1.0) * 100.0;
+        let _ = write!(md, ", decode tokens/s p50 {change:+.1}%");
+    }
+    let _ = writeln!(md, ".\n");
 }

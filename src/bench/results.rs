@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use wc_actors::{Anchor, Timeline};
 
+use super::decode::DecodeRecord;
 use super::stats::Summary;
 
 /// One engine start through one path.
@@ -24,6 +25,9 @@ pub struct RunRecord {
     pub total_ms: f64,
     /// Weight bytes moved for this start.
     pub bytes: u64,
+    /// Tokens streamed after the attach, timed (controller paths with `--decode-tokens`).
+    #[serde(default)]
+    pub decode: Option<DecodeRecord>,
     /// Memory around a controller start (absent for fresh processes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<RunMemory>,
@@ -65,6 +69,7 @@ impl RunRecord {
             timeline,
             phases_ms,
             bytes,
+            decode: None,
             memory: None,
         }
     }
@@ -109,6 +114,10 @@ pub type ModeSummary = BTreeMap<String, Summary>;
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ScenarioResult {
     pub summary: BTreeMap<String, ModeSummary>,
+    /// Per mode, milliseconds per decoded token as the caller received them (modes that
+    /// decoded only).
+    #[serde(default)]
+    pub decode: BTreeMap<String, Summary>,
 }
 
 /// Everything `results.json` holds.
@@ -153,6 +162,23 @@ pub fn summarize(runs: &[RunRecord], scenario: &str) -> BTreeMap<String, ModeSum
         .collect()
 }
 
+/// Per mode, the milliseconds per decoded token of the runs of one scenario that decoded.
+pub fn summarize_decode(runs: &[RunRecord], scenario: &str) -> BTreeMap<String, Summary> {
+    let mut by_mode: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for run in runs.iter().filter(|r| r.scenario == scenario) {
+        if let Some(decode) = run.decode {
+            by_mode
+                .entry(run.mode.clone())
+                .or_default()
+                .push(decode.ms_per_token());
+        }
+    }
+    by_mode
+        .into_iter()
+        .map(|(mode, values)| (mode, Summary::of(&values)))
+        .collect()
+}
+
 impl Results {
     /// Fills `summary` and `scenarios` from `runs`.
     pub fn summarize(&mut self) {
@@ -162,7 +188,8 @@ impl Results {
             .into_iter()
             .map(|name| {
                 let summary = summarize(&self.runs, &name);
-                (name, ScenarioResult { summary })
+                let decode = summarize_decode(&self.runs, &name);
+                (name, ScenarioResult { summary, decode })
             })
             .collect();
         self.summary = self

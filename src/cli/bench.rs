@@ -55,10 +55,14 @@ pub struct BenchArgs {
     /// Host cache of the `controller` worker, in MiB (`controller_nocache` has none).
     #[arg(long, default_value_t = 2048)]
     host_cache_mib: u64,
-    /// Paths to time, comma-separated (default: all): standard, controller, controller_nocache,
-    /// controller_process. Each controller path prewarms its own worker (with its own pinned
-    /// host cache), so leaving some out saves host memory on large models.
-    #[arg(long, value_delimiter = ',', value_parser = crate::bench::MODE_NAMES)]
+    /// Tokens each controller-path start streams after its attach, to time decode tokens/s
+    /// as a caller sees it (0: no decode).
+    #[arg(long, default_value_t = 32)]
+    decode_tokens: usize,
+    /// Paths to time, comma-separated: standard, controller, controller_nocache,
+    /// controller_process. Default: all. Only the controller paths asked for prewarm a worker
+    /// (each with its own pinned host cache), so leaving some out saves host memory.
+    #[arg(long, value_delimiter = ',')]
     modes: Vec<String>,
 }
 
@@ -148,6 +152,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         peer_runs: args.peer_runs,
         staging_bytes: args.staging_mib << 20,
         host_cache_bytes: args.host_cache_mib << 20,
+        decode_tokens: args.decode_tokens,
         modes: args.modes,
     };
     let results = run_bench(&options)?;

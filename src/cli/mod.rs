@@ -6,6 +6,7 @@ mod generate;
 mod loadgen;
 mod make_model;
 mod serve;
+mod worker;
 
 use std::process::ExitCode;
 use std::sync::OnceLock;
@@ -69,11 +70,7 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Loadgen(args) => loadgen::run(args),
-        Command::Worker => {
-            crate::server::logging::init(log_format_from_env());
-            wc_actors::process::serve_worker(std::sync::Arc::new(crate::CandleBackend));
-            Ok(())
-        }
+        Command::Worker => worker::run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

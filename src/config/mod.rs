@@ -12,8 +12,10 @@ use serde::{de, Deserialize, Deserializer};
 use toml::Spanned;
 
 use crate::checkpoint::is_hub_id;
+pub use wc_actors::Isolation;
 use wc_actors::{
-    Backend, DType, DeviceSpec, ModelSpec, PrewarmOptions, RuntimeConfig, WorkerConfig,
+    Backend, DType, DeviceSpec, ModelSpec, PrewarmOptions, RuntimeConfig, RuntimeOptions,
+    WorkerConfig,
 };
 
 mod units;
@@ -35,12 +37,13 @@ pub struct Config {
     /// Where and how the HTTP server listens.
     #[serde(default)]
     pub server: ServerConfig,
-    /// Attach timeout and worker restarts.
+    /// Attach timeout, worker restarts, queue bounds and worker processes: the library's own
+    /// options, with its defaults and its duration rule.
     #[serde(default)]
-    pub runtime: RuntimeSection,
-    /// What every worker does before any model is known.
+    pub runtime: RuntimeOptions,
+    /// What every worker does before any model is known (the library's own options).
     #[serde(default)]
-    pub prewarm: PrewarmConfig,
+    pub prewarm: PrewarmOptions,
     /// Groups of workers, one group per device; empty means one CPU worker.
     #[serde(default)]
     pub workers: Vec<WorkerGroup>,
@@ -118,97 +121,6 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line, for log collectors.
     Json,
-}
-
-/// The `[runtime]` section.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RuntimeSection {
-    /// How long an attach waits for a busy worker before the answer is 503 + `Retry-After`.
-    pub attach_timeout: HumanDuration,
-    /// Restarts in a row before a failing worker is left failed.
-    pub max_restarts: u32,
-    /// Wait before restarting a failed worker; doubled for each further failure in a row.
-    pub restart_backoff: HumanDuration,
-    /// Where workers run: each in its own process (a crash costs only that worker) or as
-    /// threads of the server's process.
-    pub isolation: Isolation,
-    /// A worker process that sends no heartbeat for this long is killed and restarted.
-    pub heartbeat_timeout: HumanDuration,
-    /// The program worker processes run (default: this one); for embedding and tests.
-    #[serde(skip)]
-    pub worker_exe: Option<PathBuf>,
-    /// Requests that may wait behind the running one on each engine; more get 503.
-    pub max_waiting_requests: usize,
-    /// Attaches that may wait for a busy worker; more get 503.
-    pub max_waiting_attaches: usize,
-}
-
-impl Default for RuntimeSection {
-    fn default() -> Self {
-        let d = RuntimeConfig::default();
-        Self {
-            attach_timeout: HumanDuration(d.attach_timeout),
-            max_restarts: d.max_restarts,
-            restart_backoff: HumanDuration(d.restart_backoff),
-            isolation: Isolation::Process,
-            heartbeat_timeout: HumanDuration(Duration::from_secs(30)),
-            worker_exe: None,
-            max_waiting_requests: d.max_waiting_requests,
-            max_waiting_attaches: d.max_waiting_attaches,
-        }
-    }
-}
-
-/// Where workers run.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Isolation {
-    /// Each worker in its own `worker-controller worker` process.
-    #[default]
-    Process,
-    /// Each worker on a thread of the server's process.
-    Thread,
-}
-
-/// The `[prewarm]` section.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PrewarmConfig {
-    /// Dtypes whose kernels each worker loads before any model is known.
-    pub dtypes: Vec<DType>,
-    /// Pinned host memory each worker streams uploads through (CUDA only), e.g. "256MiB";
-    /// bounded whatever the model size.
-    pub staging: ByteSize,
-    /// Host memory per worker that keeps recently loaded models whole for fast re-attach
-    /// (pinned and allocated at prewarm on CUDA), e.g. "40GiB".
-    pub host_cache: ByteSize,
-    /// Cap on the device memory each worker may use, e.g. "8GiB"; 0: the whole device.
-    pub memory_limit: ByteSize,
-}
-
-impl Default for PrewarmConfig {
-    fn default() -> Self {
-        let d = PrewarmOptions::default();
-        Self {
-            dtypes: d.dtypes,
-            staging: ByteSize(d.staging_bytes),
-            host_cache: ByteSize(d.host_cache_bytes),
-            memory_limit: ByteSize(d.memory_limit_bytes),
-        }
-    }
-}
-
-impl PrewarmConfig {
-    /// The runtime's prewarm options.
-    pub fn options(&self) -> PrewarmOptions {
-        PrewarmOptions {
-            dtypes: self.dtypes.clone(),
-            staging_bytes: self.staging.0,
-            host_cache_bytes: self.host_cache.0,
-            memory_limit_bytes: self.memory_limit.0,
-        }
-    }
 }
 
 /// One `[[workers]]` entry: `count` workers on one device.
@@ -492,32 +404,25 @@ impl Config {
         Ok(())
     }
 
-    /// The actor runtime's configuration.
+    /// The actor runtime's configuration: the `[[workers]]` groups (one CPU worker when there
+    /// are none), each prewarmed as `[prewarm]` says, and the `[runtime]` options.
     pub fn runtime_config(&self) -> RuntimeConfig {
-        let prewarm = self.prewarm.options();
+        let group = |device: DeviceSpec, count: usize| WorkerConfig {
+            device,
+            count,
+            prewarm: self.prewarm.clone(),
+        };
         let workers = if self.workers.is_empty() {
-            vec![WorkerConfig {
-                device: DeviceSpec::Cpu,
-                count: 1,
-                prewarm: prewarm.clone(),
-            }]
+            vec![group(DeviceSpec::Cpu, 1)]
         } else {
             self.workers
                 .iter()
-                .map(|g| WorkerConfig {
-                    device: g.device.clone(),
-                    count: g.count,
-                    prewarm: prewarm.clone(),
-                })
+                .map(|g| group(g.device.clone(), g.count))
                 .collect()
         };
         RuntimeConfig {
             workers,
-            attach_timeout: self.runtime.attach_timeout.0,
-            max_restarts: self.runtime.max_restarts,
-            restart_backoff: self.runtime.restart_backoff.0,
-            max_waiting_requests: self.runtime.max_waiting_requests,
-            max_waiting_attaches: self.runtime.max_waiting_attaches,
+            options: self.runtime.clone(),
         }
     }
 

@@ -218,7 +218,58 @@ fn the_bundled_config_says_the_code_defaults() {
     assert_eq!(server(&file), server(&code), "[server]");
     let runtime = |c: &Config| format!("{:?}", c.runtime);
     assert_eq!(runtime(&file), runtime(&code), "[runtime]");
-    assert_eq!(file.prewarm.options(), code.prewarm.options(), "[prewarm]");
+    assert_eq!(file.prewarm, code.prewarm, "[prewarm]");
+}
+
+#[test]
+fn runtime_and_prewarm_sections_are_the_library_options_with_its_defaults() {
+    let config = parse("").unwrap();
+    assert_eq!(config.runtime, RuntimeOptions::default());
+    assert_eq!(config.prewarm, PrewarmOptions::default());
+    assert_eq!(config.runtime_config().options, RuntimeOptions::default());
+    let config = parse(
+        "[runtime]\nattach_timeout = 2\nrestart_backoff = \"250ms\"\nisolation = \"thread\"\n\
+         heartbeat_timeout = \"1m\"\n\n[prewarm]\ndtypes = [\"f16\"]\nstaging = \"64MiB\"\n\
+         host_cache = 1048576\nmemory_limit = \"2GB\"\n\n[[workers]]\ndevice = \"cpu\"\ncount = 2\n",
+    )
+    .unwrap();
+    let runtime = config.runtime_config();
+    // A bare number is seconds, in [runtime] as everywhere.
+    assert_eq!(runtime.options.attach_timeout, Duration::from_secs(2));
+    assert_eq!(runtime.options.restart_backoff, Duration::from_millis(250));
+    assert_eq!(runtime.options.isolation, Isolation::Thread);
+    assert_eq!(runtime.options.heartbeat_timeout, Duration::from_secs(60));
+    let prewarm = PrewarmOptions {
+        dtypes: vec![DType::F16],
+        staging_bytes: 64 << 20,
+        host_cache_bytes: 1 << 20,
+        memory_limit_bytes: 2_000_000_000,
+    };
+    assert_eq!(runtime.workers.len(), 1);
+    assert_eq!(runtime.workers[0].count, 2);
+    assert_eq!(
+        runtime.workers[0].prewarm, prewarm,
+        "every group gets [prewarm]"
+    );
+}
+
+#[test]
+fn unknown_or_bad_keys_in_library_sections_name_their_line() {
+    for (text, line, what) in [
+        (
+            "[prewarm]\nstaging = \"1MiB\"\nstaging_bytes = 5\n",
+            3,
+            "staging_bytes",
+        ),
+        ("[runtime]\nmax_restarts = 1\nworkers = []\n", 3, "workers"),
+        ("[runtime]\nisolation = \"container\"\n", 2, "container"),
+        ("[prewarm]\nhost_cache = \"lots\"\n", 2, "invalid byte size"),
+        ("[prewarm]\nmemory_limit = -1\n", 2, "expected a byte size"),
+    ] {
+        let (at, err) = error_line(text);
+        assert_eq!(at, line, "{text}: {err}");
+        assert!(err.contains(what), "{text}: {err}");
+    }
 }
 
 #[test]

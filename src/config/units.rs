@@ -4,9 +4,11 @@ use std::fmt;
 use std::time::Duration;
 
 use serde::{de, Deserialize, Deserializer};
+use wc_actors::duration::duration_from_secs;
 pub use wc_actors::duration::MAX_DURATION;
-use wc_actors::duration::{duration_from_secs, split_quantity};
 pub use wc_actors::parse_duration;
+pub use wc_actors::quantity::parse_bytes;
+use wc_actors::quantity::{byte_size, duration_text};
 
 /// How long an idle engine is kept before it may be evicted: a duration, or for ever (`-1`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,34 +84,24 @@ impl<'de> Deserialize<'de> for KeepAlive {
 }
 
 /// A duration written as "30s", "5m", "250ms", "1h" or a bare number of seconds, at most
-/// [`MAX_DURATION`] (365 days).
+/// [`MAX_DURATION`] (365 days): the library's rule ([`duration_text`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HumanDuration(pub Duration);
 
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let parsed = match NumberOrText::deserialize(d)? {
-            NumberOrText::Int(n) => duration_from_secs(n as f64),
-            NumberOrText::Float(x) => duration_from_secs(x),
-            NumberOrText::Text(s) => parse_duration(&s),
-        };
-        parsed.map(HumanDuration).map_err(de::Error::custom)
+        duration_text::deserialize(d).map(HumanDuration)
     }
 }
 
-/// A number of bytes written as an integer or with a unit: "512KiB", "64MiB", "2GB".
+/// A number of bytes written as an integer or with a unit: "512KiB", "64MiB", "2GB" (the
+/// library's rule, [`byte_size`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ByteSize(pub u64);
 
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        match NumberOrText::deserialize(d)? {
-            NumberOrText::Int(n) if n >= 0 => Ok(ByteSize(n.unsigned_abs())),
-            NumberOrText::Text(s) => parse_bytes(&s).map(ByteSize).map_err(de::Error::custom),
-            _ => Err(de::Error::custom(
-                "expected a byte size such as 1048576, \"512KiB\", \"64MiB\" or \"2GB\"",
-            )),
-        }
+        byte_size::deserialize(d).map(ByteSize)
     }
 }
 
@@ -133,30 +125,6 @@ pub fn format_duration(d: Duration) -> String {
     } else {
         format!("{}s", ms / 1000)
     }
-}
-
-/// Parses "1048576", "512KiB", "64MiB", "2GiB", "1.5GB", "10K" (K/M/G alone are binary).
-pub fn parse_bytes(text: &str) -> Result<u64, String> {
-    let bad = || {
-        format!("invalid byte size `{text}`: expected e.g. \"1048576\", \"512KiB\", \"64MiB\" or \"2GB\"")
-    };
-    let (value, unit) = split_quantity(text).ok_or_else(bad)?;
-    let scale: u64 = match unit.to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "kb" => 1_000,
-        "mb" => 1_000_000,
-        "gb" => 1_000_000_000,
-        "k" | "kib" => 1 << 10,
-        "m" | "mib" => 1 << 20,
-        "g" | "gib" => 1 << 30,
-        _ => return Err(bad()),
-    };
-    let bytes = (value * scale as f64).round();
-    // 2^64 as f64: the first value a u64 cannot hold.
-    if bytes >= 18_446_744_073_709_551_616.0 {
-        return Err(format!("byte size `{text}` is out of range"));
-    }
-    Ok(bytes as u64)
 }
 
 #[cfg(test)]
@@ -215,5 +183,8 @@ mod tests {
             .unwrap_err()
             .contains("out of range"));
         assert_eq!(parse_bytes("1.5KiB").unwrap(), 1536);
+        let size = |json: &str| serde_json::from_str::<ByteSize>(json).map(|s| s.0);
+        assert_eq!(size("\"64MiB\"").unwrap(), 64 << 20);
+        assert!(size("-1").is_err());
     }
 }

@@ -186,7 +186,7 @@ fn backend(config: &Config) -> anyhow::Result<Arc<dyn Backend>> {
                     crate::config::LogFormat::Text => "text".into(),
                 },
             )],
-            heartbeat_timeout: config.runtime.heartbeat_timeout.0,
+            heartbeat_timeout: config.runtime.heartbeat_timeout,
         },
     )))
 }

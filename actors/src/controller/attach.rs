@@ -9,7 +9,7 @@ use super::placement::{place, Candidate, Placement};
 use super::{AttachReply, ControllerActor, EngineEntry, PendingAttach, WorkerSlot};
 use crate::errors::AttachError;
 use crate::messages::{LoadEngine, LoadFailed, Loaded};
-use crate::reports::{check_engine_name, AttachReport, EngineId, WorkerState};
+use crate::reports::{check_engine_name, AttachReport, EngineId};
 use crate::timeline::Anchor;
 
 impl ControllerActor {
@@ -43,11 +43,11 @@ impl ControllerActor {
             Placement::Now(worker) => self.start_attach(pending, worker, ctx),
             Placement::Fail(error) => self.fail_attach(pending, error),
             Placement::Wait => {
-                if self.pending.len() >= self.config.max_waiting_attaches {
+                if self.pending.len() >= self.config.options.max_waiting_attaches {
                     let waiting = self.pending.len();
                     return self.fail_attach(pending, AttachError::TooManyWaiting { waiting });
                 }
-                let deadline = pending.received + self.config.attach_timeout;
+                let deadline = pending.received + self.config.options.attach_timeout;
                 let ticket = pending.engine_id;
                 self.pending.push_back(pending);
                 ctx.run_later(
@@ -64,7 +64,7 @@ impl ControllerActor {
             .iter()
             .map(|w| Candidate {
                 device: &w.device,
-                state: w.state,
+                state: w.state(),
                 idle_free: w.idle_memory.map(|m| m.free_bytes),
                 free_now: w.memory.map(|m| m.free_bytes),
             })
@@ -139,9 +139,10 @@ impl ControllerActor {
                 },
             );
         };
-        slot.state = WorkerState::Attaching;
-        slot.engine = Some(pending.engine_id);
-        let incarnation = slot.incarnation;
+        let Some(incarnation) = slot.attach_begun(pending.engine_id) else {
+            let reason = format!("the worker is {}, not idle", slot.state());
+            return self.fail_attach(pending, AttachError::WorkerFailed { worker, reason });
+        };
         let load = addr.send(LoadEngine {
             engine_id: pending.engine_id,
             spec: pending.spec.clone(),
@@ -170,13 +171,8 @@ impl ControllerActor {
         ctx: &mut Context<Self>,
     ) {
         let slot = &mut self.workers[worker];
-        let current = slot.incarnation == incarnation && slot.state == WorkerState::Attaching;
         let loaded = match result {
-            Ok(loaded) if current => loaded,
-            Ok(_) => {
-                let reason = slot.last_error.clone().unwrap_or_default();
-                return self.fail_attach(pending, AttachError::WorkerFailed { worker, reason });
-            }
+            Ok(loaded) => loaded,
             Err(LoadFailed {
                 error: AttachError::WorkerFailed { reason, .. },
                 ..
@@ -190,18 +186,22 @@ impl ControllerActor {
                 return self.fail_attach(pending, error);
             }
             Err(LoadFailed { error, memory }) => {
-                if current {
-                    slot.state = WorkerState::Idle;
-                    slot.engine = None;
-                    slot.memory = memory.or(slot.memory);
-                }
+                slot.attach_abandoned(incarnation, memory);
                 self.fail_attach(pending, error);
                 return self.dispatch_pending(ctx);
             }
         };
-        slot.state = WorkerState::Serving;
-        slot.memory = Some(loaded.memory_attached);
-        slot.consecutive_failures = 0;
+        if self.shutting_down {
+            // Shutdown detaches only the engines it knew of: one that lands now would be
+            // reported attached and then never detached.
+            slot.attach_abandoned(incarnation, None);
+            return self.fail_attach(pending, AttachError::ShuttingDown);
+        }
+        if !slot.attach_done(incarnation, loaded.memory_attached) {
+            // The worker failed (or the runtime stopped) while it loaded: the engine went with it.
+            let reason = slot.last_error.clone().unwrap_or_default();
+            return self.fail_attach(pending, AttachError::WorkerFailed { worker, reason });
+        }
         let report = attach_report(&pending, slot, &loaded);
         tracing::info!(
             engine = %report.engine_id,

@@ -15,10 +15,10 @@ use crate::backend::{
 use crate::errors::{AttachError, DetachError, GenerateError};
 use crate::guard::{call, Failure};
 use crate::messages::{
-    Attach, Detach, Generate, GetStats, Inspect, ListEngines, ListWorkers, ReleaseEngine,
-    RunGenerate, Shutdown, WaitReady, WorkerFailed, WorkerReady,
+    Attach, Detach, Generate, GetStats, Inspect, ListEngines, ListWorkers, RunGenerate, Shutdown,
+    WaitReady, WorkerFailed, WorkerReady,
 };
-use crate::reports::{DetachReport, EngineInfo, WorkerInfo, WorkerState};
+use crate::reports::{DetachReport, EngineInfo, WorkerInfo};
 use crate::timeline::Timeline;
 
 impl Actor for ControllerActor {
@@ -133,69 +133,14 @@ impl Handler<Detach> for ControllerActor {
 
     fn handle(&mut self, msg: Detach, _: &mut Context<Self>) -> Self::Result {
         let started = Instant::now();
-        let id = match self.resolve(&msg.engine) {
-            Ok(id) => id,
-            Err(lost) => {
-                let engine = msg.engine;
-                let error = match lost {
-                    Some(reason) => DetachError::EngineLost { engine, reason },
-                    None => DetachError::EngineNotFound { engine },
-                };
-                return Box::pin(fut::ready(Err(error)));
+        match self.begin_detach(msg.engine) {
+            Ok((entry, released)) => {
+                Box::pin(released.into_actor(self).map(move |released, act, ctx| {
+                    act.finish_detach(entry, released, started, ctx)
+                }))
             }
-        };
-        let Some(entry) = self.engines.remove(&id) else {
-            let engine = msg.engine;
-            return Box::pin(fut::ready(Err(DetachError::EngineNotFound { engine })));
-        };
-        let (worker, incarnation) = (entry.worker, entry.incarnation);
-        let slot = &mut self.workers[worker];
-        slot.state = WorkerState::Detaching;
-        let release = slot.addr.clone().map(|addr| addr.send(ReleaseEngine));
-        let released = async move {
-            match release {
-                Some(release) => release
-                    .await
-                    .unwrap_or_else(|_| Err("the worker's thread stopped".into())),
-                None => Err("the worker has no thread".into()),
-            }
-        };
-        Box::pin(released.into_actor(self).map(move |released, act, ctx| {
-            let memory = match released {
-                Ok(memory) => memory,
-                Err(reason) => {
-                    act.worker_failed(worker, incarnation, reason.clone(), ctx);
-                    return Err(DetachError::WorkerFailed { worker, reason });
-                }
-            };
-            let slot = &mut act.workers[worker];
-            if slot.incarnation == incarnation && slot.state == WorkerState::Detaching {
-                slot.state = WorkerState::Idle;
-                slot.engine = None;
-                slot.memory = Some(memory);
-                slot.idle_memory = Some(memory);
-            }
-            act.stats.detaches += 1;
-            let report = DetachReport {
-                engine_id: entry.id,
-                name: entry.name,
-                worker,
-                memory_before_attach: entry.memory_before,
-                memory_attached: entry.memory_attached,
-                memory_after_detach: memory,
-                detach_ms: started.elapsed().as_secs_f64() * 1e3,
-            };
-            tracing::info!(
-                engine = %report.engine_id,
-                name = %report.name,
-                worker,
-                detach_ms = report.detach_ms,
-                freed_bytes = memory.free_bytes.saturating_sub(entry.memory_attached.free_bytes),
-                "engine detached"
-            );
-            act.dispatch_pending(ctx);
-            Ok(report)
-        }))
+            Err(error) => Box::pin(fut::ready(Err(error))),
+        }
     }
 }
 
@@ -226,7 +171,7 @@ impl Handler<Generate> for ControllerActor {
             return Box::pin(fut::ready(Err(GenerateError::EngineNotFound { engine })));
         };
         let waiting = entry.in_flight.saturating_sub(1);
-        if entry.in_flight > 0 && waiting >= self.config.max_waiting_requests {
+        if entry.in_flight > 0 && waiting >= self.config.options.max_waiting_requests {
             self.stats.requests_failed += 1;
             let engine = msg.engine;
             return Box::pin(fut::ready(Err(GenerateError::QueueFull {
@@ -357,11 +302,7 @@ impl Handler<Shutdown> for ControllerActor {
             let arbiters: Vec<_> = act
                 .workers
                 .iter_mut()
-                .filter_map(|slot| {
-                    slot.state = WorkerState::Stopped;
-                    slot.addr = None;
-                    slot.arbiter.take()
-                })
+                .filter_map(|slot| slot.stopped())
                 .collect();
             for arbiter in &arbiters {
                 arbiter.stop();

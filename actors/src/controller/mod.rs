@@ -1,11 +1,14 @@
 //! The controller actor: owns the worker pool, places attaches, routes requests, restarts workers.
 //!
 //! Everything the controller answers about (worker states, memory, engines, counters) it keeps
-//! itself, updated from replies and events, so listing never waits on a busy worker.
+//! itself, updated from replies and events, so listing never waits on a busy worker. A worker's
+//! state changes only through the transitions of `slot_state`, which refuse stale events.
 
 mod attach;
+mod detach;
 mod handlers;
 mod placement;
+mod slot_state;
 mod supervision;
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
@@ -15,10 +18,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
-use crate::backend::{
-    Backend, DType, DeviceSpec, Footprint, MemoryInfo, ModelSpec, PrewarmOptions, PrewarmReport,
-    PromptEncoder,
-};
+use crate::backend::{Backend, DType, DeviceSpec, Footprint, MemoryInfo, ModelSpec, PromptEncoder};
 use crate::engine::EngineActor;
 use crate::errors::AttachError;
 use crate::reports::{
@@ -26,7 +26,7 @@ use crate::reports::{
 };
 use crate::runtime::RuntimeConfig;
 use crate::timeline::Timeline;
-use crate::worker::WorkerActor;
+use slot_state::WorkerSlot;
 
 /// How long a failed worker's thread may take to finish before its restart goes ahead anyway.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -60,30 +60,6 @@ pub struct ControllerActor {
     shutting_down: bool,
     /// Runtime-wide counters.
     stats: RuntimeStats,
-}
-
-/// What the controller knows about one worker.
-struct WorkerSlot {
-    index: usize,
-    device: DeviceSpec,
-    options: PrewarmOptions,
-    state: WorkerState,
-    /// Counts starts of this worker; events from older starts are ignored.
-    incarnation: u64,
-    addr: Option<Addr<WorkerActor>>,
-    /// The worker's thread; stopped on failure and shutdown.
-    arbiter: Option<Arbiter>,
-    prewarm: Option<PrewarmReport>,
-    memory: Option<MemoryInfo>,
-    /// Memory when holding no engine: the capacity an attach can count on.
-    idle_memory: Option<MemoryInfo>,
-    /// The engine held or being attached.
-    engine: Option<EngineId>,
-    failures: u32,
-    restarts: u32,
-    /// Failures since the last successful attach; bounds restarts.
-    consecutive_failures: u32,
-    last_error: Option<String>,
 }
 
 /// An attached engine and its counters.
@@ -134,23 +110,7 @@ impl ControllerActor {
             .iter()
             .flat_map(|w| std::iter::repeat_n(w, w.count))
             .enumerate()
-            .map(|(index, w)| WorkerSlot {
-                index,
-                device: w.device.clone(),
-                options: w.prewarm.clone(),
-                state: WorkerState::Warming,
-                incarnation: 0,
-                addr: None,
-                arbiter: None,
-                prewarm: None,
-                memory: None,
-                idle_memory: None,
-                engine: None,
-                failures: 0,
-                restarts: 0,
-                consecutive_failures: 0,
-                last_error: None,
-            })
+            .map(|(index, w)| WorkerSlot::new(index, w.device.clone(), w.prewarm.clone()))
             .collect();
         Self {
             backend,
@@ -193,8 +153,8 @@ impl ControllerActor {
             .map(|w| WorkerInfo {
                 worker: w.index,
                 device: w.device.clone(),
-                state: w.state,
-                engine: w.engine,
+                state: w.state(),
+                engine: w.engine(),
                 prewarm: w.prewarm.clone(),
                 memory: w.memory,
                 failures: w.failures,
@@ -226,7 +186,7 @@ impl ControllerActor {
     }
 
     fn runtime_stats(&self) -> RuntimeStats {
-        let count = |state: WorkerState| self.workers.iter().filter(|w| w.state == state).count();
+        let count = |state: WorkerState| self.workers.iter().filter(|w| w.state() == state).count();
         let in_flight: Vec<usize> = self.engines.values().map(|e| e.in_flight).collect();
         RuntimeStats {
             workers: self.workers.len(),

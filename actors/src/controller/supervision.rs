@@ -16,8 +16,11 @@ impl ControllerActor {
         };
         let backend = self.backend.clone();
         let slot = &mut self.workers[index];
-        let (device, options, incarnation) =
-            (slot.device.clone(), slot.options.clone(), slot.incarnation);
+        let (device, options, incarnation) = (
+            slot.device.clone(),
+            slot.options.clone(),
+            slot.incarnation(),
+        );
         let arbiter = Arbiter::new();
         let addr = WorkerActor::start_in_arbiter(&arbiter.handle(), move |ctx| {
             ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
@@ -25,8 +28,6 @@ impl ControllerActor {
         });
         slot.addr = Some(addr);
         slot.arbiter = Some(arbiter);
-        slot.state = WorkerState::Warming;
-        slot.engine = None;
     }
 
     /// A worker finished prewarming.
@@ -41,13 +42,9 @@ impl ControllerActor {
         let Some(slot) = self.workers.get_mut(index) else {
             return;
         };
-        if slot.incarnation != incarnation || slot.state != WorkerState::Warming {
+        if !slot.ready(incarnation, prewarm, memory) {
             return;
         }
-        slot.state = WorkerState::Idle;
-        slot.prewarm = Some(prewarm);
-        slot.memory = Some(memory);
-        slot.idle_memory = Some(memory);
         self.dispatch_pending(ctx);
         self.answer_ready_waiters();
     }
@@ -61,23 +58,16 @@ impl ControllerActor {
         reason: String,
         ctx: &mut Context<Self>,
     ) {
+        let (shutting_down, max_restarts) = (self.shutting_down, self.config.options.max_restarts);
         let Some(slot) = self.workers.get_mut(index) else {
             return;
         };
-        if slot.incarnation != incarnation
-            || matches!(
-                slot.state,
-                WorkerState::Failed | WorkerState::Restarting | WorkerState::Stopped
-            )
-        {
+        let Some(failed) = slot.failed(incarnation, &reason, shutting_down, max_restarts) else {
             return;
-        }
-        slot.failures += 1;
-        slot.consecutive_failures += 1;
-        slot.last_error = Some(reason.clone());
-        slot.addr = None;
+        };
+        let failures = slot.failures;
         self.stats.worker_failures += 1;
-        if let Some(id) = slot.engine.take() {
+        if let Some(id) = failed.lost_engine {
             if let Some(entry) = self.engines.remove(&id) {
                 self.lost.push_back(LostEngine {
                     id,
@@ -89,42 +79,39 @@ impl ControllerActor {
                 }
             }
         }
-        let arbiter = slot.arbiter.take();
+        let arbiter = failed.arbiter;
         if let Some(arbiter) = &arbiter {
             arbiter.stop();
         }
-        let consecutive = slot.consecutive_failures;
-        if self.shutting_down {
-            slot.state = WorkerState::Stopped;
-        } else if consecutive > self.config.max_restarts {
-            slot.state = WorkerState::Failed;
-            tracing::error!(
+        match failed.next {
+            WorkerState::Failed => tracing::error!(
                 worker = index,
-                failures = slot.failures,
+                failures,
                 %reason,
                 "worker failed and is out of restarts; it stays failed"
-            );
-        } else {
-            slot.state = WorkerState::Restarting;
-            let factor = 1u32 << (consecutive - 1).min(16);
-            let backoff = self.config.restart_backoff.saturating_mul(factor);
-            tracing::warn!(
-                worker = index,
-                %reason,
-                backoff_ms = backoff.as_millis() as u64,
-                "worker failed; restarting it on a fresh thread"
-            );
-            let joined = arbiter.map(|a| actix_rt::task::spawn_blocking(move || a.join()));
-            let wait = async move {
-                if let Some(joined) = joined {
-                    let _ = tokio::time::timeout(JOIN_TIMEOUT, joined).await;
-                }
-                tokio::time::sleep(backoff).await;
-            };
-            ctx.spawn(
-                wait.into_actor(self)
-                    .map(move |(), act, ctx| act.restart_worker(index, incarnation, ctx)),
-            );
+            ),
+            WorkerState::Restarting => {
+                let factor = 1u32 << (failed.consecutive - 1).min(16);
+                let backoff = self.config.options.restart_backoff.saturating_mul(factor);
+                tracing::warn!(
+                    worker = index,
+                    %reason,
+                    backoff_ms = backoff.as_millis() as u64,
+                    "worker failed; restarting it on a fresh thread"
+                );
+                let joined = arbiter.map(|a| actix_rt::task::spawn_blocking(move || a.join()));
+                let wait = async move {
+                    if let Some(joined) = joined {
+                        let _ = tokio::time::timeout(JOIN_TIMEOUT, joined).await;
+                    }
+                    tokio::time::sleep(backoff).await;
+                };
+                ctx.spawn(
+                    wait.into_actor(self)
+                        .map(move |(), act, ctx| act.restart_worker(index, incarnation, ctx)),
+                );
+            }
+            _ => {}
         }
         self.dispatch_pending(ctx);
         self.answer_ready_waiters();
@@ -137,15 +124,9 @@ impl ControllerActor {
         incarnation: u64,
         ctx: &mut Context<Self>,
     ) {
-        let slot = &mut self.workers[index];
-        if self.shutting_down
-            || slot.incarnation != incarnation
-            || slot.state != WorkerState::Restarting
-        {
+        if self.shutting_down || !self.workers[index].restarted(incarnation) {
             return;
         }
-        slot.incarnation += 1;
-        slot.restarts += 1;
         self.stats.worker_restarts += 1;
         self.spawn_worker(index, ctx);
     }
@@ -154,7 +135,7 @@ impl ControllerActor {
         let settled = self
             .workers
             .iter()
-            .all(|w| !matches!(w.state, WorkerState::Warming | WorkerState::Restarting));
+            .all(|w| !matches!(w.state(), WorkerState::Warming | WorkerState::Restarting));
         if settled {
             let infos = self.worker_infos();
             for waiter in self.ready_waiters.drain(..) {

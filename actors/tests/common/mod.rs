@@ -379,10 +379,12 @@ pub fn config(count: usize) -> RuntimeConfig {
             count,
             prewarm: PrewarmOptions::default(),
         }],
-        attach_timeout: Duration::from_secs(30),
-        max_restarts: 3,
-        restart_backoff: Duration::from_millis(20),
-        ..RuntimeConfig::default()
+        options: RuntimeOptions {
+            attach_timeout: Duration::from_secs(30),
+            max_restarts: 3,
+            restart_backoff: Duration::from_millis(20),
+            ..RuntimeOptions::default()
+        },
     }
 }
 
