@@ -250,3 +250,49 @@ fn sharded_checkpoint_without_the_model_prefix_loads_the_same_model() {
     let b: Vec<Vec<f32>> = single.logits(&ids).unwrap().to_vec2().unwrap();
     assert_eq!(a, b);
 }
+
+#[test]
+fn a_model_larger_than_the_worker_is_refused_before_any_byte_is_read() {
+    use wc_actors::{ErrorKind, PrewarmOptions, WorkerDevice};
+    let options = PrewarmOptions {
+        memory_limit_bytes: 64 << 10,
+        host_cache_bytes: 64 << 20,
+        ..PrewarmOptions::default()
+    };
+    let (mut device, _) = CandleDevice::open(&DeviceSpec::Cpu, Some(&options)).unwrap();
+    let model = fixture("tiny-opt-prenorm");
+    let spec = ModelSpec {
+        model: model.display().to_string(),
+        dtype: None,
+    };
+    let footprint = worker_controller::backend::check(&spec).unwrap().footprint;
+    let error = device
+        .load_opt(&spec, &mut Timeline::default())
+        .err()
+        .expect("refused");
+    let LoadError::DoesNotFit {
+        needed_bytes,
+        free_bytes,
+    } = &error
+    else {
+        panic!("expected DoesNotFit, got {error:?}");
+    };
+    assert_eq!(
+        *needed_bytes,
+        footprint.device_bytes + footprint.kv_cache_bytes,
+        "weights and KV cache"
+    );
+    assert!(footprint.kv_cache_bytes > 0);
+    assert_eq!(*free_bytes, 64 << 10);
+    let text = error.to_string();
+    assert!(
+        text.contains(&needed_bytes.to_string()) && text.contains(&free_bytes.to_string()),
+        "{text}"
+    );
+    assert!(
+        !device.host_cache_holds(&model.join("model.safetensors")),
+        "nothing was read"
+    );
+    let refused = device.load(&spec, &mut Timeline::default()).err().unwrap();
+    assert_eq!(refused.kind, ErrorKind::OutOfMemory, "{}", refused.message);
+}

@@ -558,6 +558,8 @@ fn modes_limit_the_bench_to_the_paths_asked_for_and_unknown_ones_are_refused() {
     assert_eq!(modes, BTreeSet::from(["controller", "controller_nocache"]));
     assert_eq!(results.runs.len(), 4, "two runs of each path asked for");
     options.modes = vec!["warp-drive".into()];
-    let error = worker_controller::bench::run(&options).unwrap_err().to_string();
+    let error = worker_controller::bench::run(&options)
+        .unwrap_err()
+        .to_string();
     assert!(error.contains("unknown bench mode `warp-drive`"), "{error}");
 }

@@ -279,7 +279,11 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<Results> {
         bandwidth_gb_per_s: bandwidth,
         ..Default::default()
     };
-    for run in bench.runs.iter().filter(|r| r.mode.starts_with("controller")) {
+    for run in bench
+        .runs
+        .iter()
+        .filter(|r| r.mode.starts_with("controller"))
+    {
         floor.bytes.insert(run.model.clone(), run.bytes);
         floor.floor_ms.insert(
             run.model.clone(),
