@@ -123,6 +123,29 @@ fn labelled_bars(results: &Results, scenario: &str) -> usize {
         .count()
 }
 
+/// A bench of `models` on the CPU, single scenario, one run per path, no peer, no decode.
+fn cpu_bench(models: Vec<String>, out: &Path) -> BenchOptions {
+    BenchOptions {
+        models,
+        runs: 1,
+        rounds: 1,
+        device: DeviceSpec::Cpu,
+        dtype: None,
+        out: out.to_path_buf(),
+        single: true,
+        sequential: false,
+        peer_script: None,
+        cold_jit: false,
+        command: "test".into(),
+        exe: Some(PathBuf::from(CLI)),
+        peer_runs: 0,
+        staging_bytes: 0,
+        host_cache_bytes: 64 << 20,
+        decode_tokens: 0,
+        modes: Vec::new(),
+    }
+}
+
 #[test]
 fn a_small_real_bench_writes_consistent_results_report_and_chart() {
     let out = scratch("bench-run");
@@ -131,23 +154,10 @@ fn a_small_real_bench_writes_consistent_results_report_and_chart() {
         .map(|m| fixture(m).display().to_string())
         .collect();
     let options = BenchOptions {
-        models: models.clone(),
         runs: 3,
-        rounds: 1,
-        device: DeviceSpec::Cpu,
-        dtype: None,
-        out: out.clone(),
-        single: true,
         sequential: true,
-        peer_script: None,
-        cold_jit: false,
-        command: "test".into(),
-        exe: Some(PathBuf::from(CLI)),
-        peer_runs: 0,
-        staging_bytes: 0,
-        host_cache_bytes: 64 << 20,
         decode_tokens: 4,
-        modes: Vec::new(),
+        ..cpu_bench(models.clone(), &out)
     };
     let returned = worker_controller::bench::run(&options).unwrap();
 
@@ -535,23 +545,9 @@ fn a_generate_child_sends_its_anchors_in_one_frame() {
 fn modes_limit_the_bench_to_the_paths_asked_for_and_unknown_ones_are_refused() {
     let out = scratch("bench-modes");
     let mut options = BenchOptions {
-        models: vec![fixture(PRENORM).display().to_string()],
         runs: 2,
-        rounds: 1,
-        device: DeviceSpec::Cpu,
-        dtype: None,
-        out: out.clone(),
-        single: true,
-        sequential: false,
-        peer_script: None,
-        cold_jit: false,
-        command: "test".into(),
-        exe: Some(PathBuf::from(CLI)),
-        peer_runs: 0,
-        staging_bytes: 0,
-        host_cache_bytes: 64 << 20,
-        decode_tokens: 0,
         modes: vec!["controller".into(), "controller_nocache".into()],
+        ..cpu_bench(vec![fixture(PRENORM).display().to_string()], &out)
     };
     let results = worker_controller::bench::run(&options).unwrap();
     let modes: BTreeSet<&str> = results.runs.iter().map(|r| r.mode.as_str()).collect();

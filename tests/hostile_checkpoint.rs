@@ -7,34 +7,15 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{copy_fixture, fixture, scratch};
+use common::{copy_fixture, cpu_worker, fixture, scratch, spec};
 use serde_json::{json, Value};
-use wc_actors::{DeviceSpec, ErrorKind, ModelSpec, PrewarmOptions, Timeline, WorkerDevice};
+use wc_actors::{ErrorKind, ModelSpec, Timeline, WorkerDevice};
 use worker_controller::backend::check;
 use worker_controller::error::LoadError;
-use worker_controller::CandleDevice;
 
 const GOOD: &str = "tiny-opt-prenorm";
 /// What the issue allows for refusing any hostile checkpoint.
 const PROMPTLY: Duration = Duration::from_secs(2);
-
-fn spec(dir: &Path) -> ModelSpec {
-    ModelSpec {
-        model: dir.display().to_string(),
-        dtype: None,
-    }
-}
-
-/// A prewarmed CPU worker device with a host cache, as the runtime opens one.
-fn worker() -> CandleDevice {
-    let options = PrewarmOptions {
-        host_cache_bytes: 64 << 20,
-        ..PrewarmOptions::default()
-    };
-    CandleDevice::open(&DeviceSpec::Cpu, Some(&options))
-        .unwrap()
-        .0
-}
 
 /// Asserts that `dir` is refused, by the check and by a load on a worker, promptly, with an error
 /// `expected` accepts and of `kind`; then that the same worker loads the good fixture and kept
@@ -53,7 +34,7 @@ fn assert_refused(dir: &Path, kind: ErrorKind, expected: impl Fn(&LoadError) -> 
         "the message names files relative to the checkpoint: {err}"
     );
 
-    let mut device = worker();
+    let mut device = cpu_worker();
     let started = Instant::now();
     let refused = device
         .load(&spec(dir), &mut Timeline::default())

@@ -9,38 +9,20 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::{DType, Device};
-use common::{fixture, scratch};
+use common::{cpu_worker, fixture, scratch, spec};
 use serde_json::Value;
-use wc_actors::{DeviceSpec, ErrorKind, ModelSpec, PrewarmOptions, Timeline, WorkerDevice};
+use wc_actors::{ErrorKind, Timeline, WorkerDevice};
 use worker_controller::checkpoint::WeightFile;
 use worker_controller::error::LoadError;
 use worker_controller::models::llama::{LlamaEngine, LlamaModel};
 use worker_controller::models::ModelConfig;
 use worker_controller::weights::DeviceWeights;
-use worker_controller::CandleDevice;
 
 const SHARDED: &str = "tiny-llama-sharded";
 const SHARDS: [&str; 2] = [
     "model-00001-of-00002.safetensors",
     "model-00002-of-00002.safetensors",
 ];
-
-fn spec(dir: &Path) -> ModelSpec {
-    ModelSpec {
-        model: dir.display().to_string(),
-        dtype: None,
-    }
-}
-
-fn worker() -> CandleDevice {
-    let options = PrewarmOptions {
-        host_cache_bytes: 64 << 20,
-        ..PrewarmOptions::default()
-    };
-    CandleDevice::open(&DeviceSpec::Cpu, Some(&options))
-        .unwrap()
-        .0
-}
 
 /// A writable copy of the sharded fixture (every file of it).
 fn sharded_copy(test: &str) -> PathBuf {
@@ -74,14 +56,14 @@ fn assert_refused(dir: &Path, kind: ErrorKind, expected: impl Fn(&LoadError) -> 
     let direct = worker_controller::backend::check(&spec(dir))
         .err()
         .or_else(|| {
-            let mut device = worker();
+            let mut device = cpu_worker();
             device
                 .load_engine(&spec(dir), &mut Timeline::default())
                 .err()
         })
         .expect("refused by the check or by the load");
     assert!(expected(&direct), "unexpected error: {direct:?}");
-    let mut device = worker();
+    let mut device = cpu_worker();
     let before = device.memory().unwrap();
     let refused = device
         .load(&spec(dir), &mut Timeline::default())

@@ -7,6 +7,25 @@ use serde::Deserialize;
 
 pub mod meeting;
 
+/// A model spec naming the checkpoint in `dir`, in its own dtype.
+pub fn spec(dir: &Path) -> wc_actors::ModelSpec {
+    wc_actors::ModelSpec {
+        model: dir.display().to_string(),
+        dtype: None,
+    }
+}
+
+/// A prewarmed CPU worker device with a 64 MiB host cache, as the runtime opens one.
+pub fn cpu_worker() -> worker_controller::CandleDevice {
+    let options = wc_actors::PrewarmOptions {
+        host_cache_bytes: 64 << 20,
+        ..wc_actors::PrewarmOptions::default()
+    };
+    worker_controller::CandleDevice::open(&wc_actors::DeviceSpec::Cpu, Some(&options))
+        .unwrap()
+        .0
+}
+
 /// A bundled fixture checkpoint directory.
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
