@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Concurrent serving on one GPU, run from the repo root on the GPU machine with the CUDA build's
+# gzipped binaries in $GPU_BIN (default .gpu/: wc-cuda): for OPT-125m (f16) and llama-3.2-1b
+# (bf16), one `serve` with two worker processes on cuda:0; `loadgen` with 1 client, then with 64
+# (continuous batching), then 16 clients while another engine attaches on the other worker of the
+# same GPU; transformers' batched `generate` at batch 1 and 64 on the same card; and the process
+# vs thread bench with decode tokens/s (issue 12's GPU measurement). Everything under $OUT,
+# packed into $OUT/results-serving.tgz.
+set -u
+GPU_BIN=${GPU_BIN:-.gpu}
+TOKENS=${TOKENS:-128}
+FINAL=${OUT:-/tmp/wc-out}; OUT=/tmp/wc-serving; rm -rf "$OUT"; mkdir -p "$OUT" "$FINAL"
+trap 'tar czf "$FINAL/results-serving.tgz" -C "$OUT" . ; cp "$OUT/session.log" "$FINAL/"' EXIT
+export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}
+mkdir -p /tmp/wc && for f in "$GPU_BIN"/*.gz; do gunzip -c "$f" > "/tmp/wc/$(basename "$f" .gz)"; chmod +x "/tmp/wc/$(basename "$f" .gz)"; done
+WC=/tmp/wc/wc-cuda
+log() { echo "== $(date -u +%FT%TZ) $*" | tee -a "$OUT/session.log"; }
+{ date -u; $WC --version; nvidia-smi; nproc; free -g; } > "$OUT/machine.txt" 2>&1
+log "build: $($WC --version); $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
+[ -f /tmp/opt-125m/config.json ] || $WC make-model --preset opt-125m --dtype f16 --force --out /tmp/opt-125m >> "$OUT/session.log" 2>&1
+[ -f /tmp/llama-3.2-1b/config.json ] || $WC make-model --preset llama-3.2-1b --dtype bf16 --force --out /tmp/llama-3.2-1b >> "$OUT/session.log" 2>&1
+
+serve_config() {  # name path dtype
+  cat <<EOF
+[server]
+port = 8311
+max_tokens = 4096
+[runtime]
+isolation = "process"
+[prewarm]
+dtypes = ["f16", "bf16"]
+host_cache = "4GiB"
+[[workers]]
+device = "cuda:0"
+count = 2
+[[models]]
+name = "$1"
+path = "$2"
+dtype = "$3"
+attach_on_start = true
+[[models]]
+name = "other"
+path = "/tmp/llama-3.2-1b"
+dtype = "bf16"
+EOF
+}
+
+loadgen() {  # name model concurrency requests-or-duration...
+  local name=$1 model=$2 c=$3; shift 3
+  $WC loadgen --url http://127.0.0.1:8311 --model "$model" --concurrency "$c" --max-tokens "$TOKENS" \
+    --ignore-eos --prompt "The capital of France is" --prompt "Once upon a time, in a land far away," \
+    --out "$OUT/loadgen-$name" "$@" >> "$OUT/session.log" 2>&1
+  log "loadgen $name (c=$c $*) rc=$?: $(python3 -c "import json,sys; r=json.load(open('$OUT/loadgen-$name/results.json')); s=r.get('summary', r); print({k: s.get(k) for k in ('succeeded', 'failed', 'output_tokens_per_s', 'ttft_ms', 'itl_ms')})" 2>&1 | head -c 600)"
+}
+
+for spec in "opt-125m /tmp/opt-125m f16" "llama-3.2-1b /tmp/llama-3.2-1b bf16"; do
+  set -- $spec; name=$1 path=$2 dtype=$3
+  serve_config "$name" "$path" "$dtype" > "$OUT/serve-$name.toml"
+  log "serve $name"
+  $WC serve --config "$OUT/serve-$name.toml" > "$OUT/serve-$name.log" 2>&1 &
+  SERVER=$!
+  for i in $(seq 1 120); do curl -sf http://127.0.0.1:8311/ready > /dev/null && break; sleep 0.5; done
+  log "ready after ${i} polls"
+  loadgen "$name-c1" "$name" 1 --requests 8
+  loadgen "$name-c64" "$name" 64 --requests 256
+  # Attach while serving: 16 clients for 20 s, alone, then again while `other` attaches and
+  # detaches on the second worker of the same GPU.
+  loadgen "$name-c16-alone" "$name" 16 --duration 15s
+  ( sleep 3; for k in 1 2 3; do
+      curl -s -X POST -H 'content-type: application/json' -d '{"model": "other"}' http://127.0.0.1:8311/engines > "$OUT/attach-$name-$k.json"
+      sleep 1; curl -s -X DELETE http://127.0.0.1:8311/engines/other > /dev/null; sleep 1
+    done ) &
+  loadgen "$name-c16-attaching" "$name" 16 --duration 15s
+  wait $!
+  curl -s http://127.0.0.1:8311/metrics > "$OUT/metrics-$name.txt"
+  kill -INT $SERVER; wait $SERVER
+  log "serve $name stopped"
+done
+
+log "transformers batched generate (eager), batch 1 and 64, $TOKENS tokens"
+python3 - "$OUT" "$TOKENS" <<'EOF' >> "$OUT/session.log" 2>&1
+import json, sys, time, torch
+from transformers import AutoModelForCausalLM
+out, n = sys.argv[1], int(sys.argv[2])
+results = {}
+for name, path, dtype in [("opt-125m", "/tmp/opt-125m", torch.float16), ("llama-3.2-1b", "/tmp/llama-3.2-1b", torch.bfloat16)]:
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="eager").to("cuda:0").eval()
+    for batch in (1, 64):
+        prompt = torch.full((batch, 8), 5, device="cuda:0")
+        with torch.no_grad():
+            model.generate(prompt, max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=1)
+            torch.cuda.synchronize(); t = time.perf_counter()
+            model.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=1)
+            torch.cuda.synchronize(); dt = time.perf_counter() - t
+        results[f"{name}-batch{batch}"] = {"tokens_per_s": batch * n / dt, "seconds": dt}
+    del model; torch.cuda.empty_cache()
+json.dump(results, open(f"{out}/transformers-batched.json", "w"), indent=1)
+print(json.dumps(results))
+EOF
+log "transformers rc=$?: $(cat "$OUT/transformers-batched.json" 2>/dev/null)"
+
+log "process vs thread: bench OPT-125m f16, controller and controller_process, decode 64 tokens"
+$WC bench --models /tmp/opt-125m --device cuda:0 --dtype f16 --scenario single --runs 20 \
+  --modes controller,controller_process --decode-tokens 64 --no-peer --out "$OUT/bench-isolation" >> "$OUT/session.log" 2>&1
+log "bench isolation rc=$?"
+grep -h "decode\|to first token" "$OUT/bench-isolation/report.md" | head -12 | tee -a "$OUT/session.log"
+log "done"
