@@ -99,6 +99,8 @@ pub struct CandleDevice {
     pub spec: DeviceSpec,
     /// Cap on what this worker may use (0: the device's size).
     memory_limit: u64,
+    /// The KV-cache budget of each engine loaded here, in tokens.
+    kv_cache_tokens: usize,
     /// Bytes held by engines loaded here; each engine gives its share back when dropped.
     held: Arc<AtomicU64>,
     /// Weight bytes and tokenizers of recently loaded models (empty for the standard path).
@@ -159,6 +161,9 @@ impl CandleDevice {
             device,
             spec: spec.clone(),
             memory_limit: prewarm.map(|p| p.memory_limit_bytes).unwrap_or(0),
+            kv_cache_tokens: prewarm
+                .map(|p| p.kv_cache_tokens)
+                .unwrap_or(PrewarmOptions::default().kv_cache_tokens),
             held: Arc::new(AtomicU64::new(0)),
             host_cache: HostCache::new(prewarm.map(|p| p.host_cache_bytes).unwrap_or(0)),
             #[cfg(feature = "cuda")]
@@ -176,8 +181,9 @@ impl CandleDevice {
         spec: &ModelSpec,
         timeline: &mut Timeline,
     ) -> Result<(Box<dyn Engine>, u64), LoadError> {
+        let kv_cache_tokens = self.kv_cache_tokens;
         self.load_with(spec, timeline, |config, weights, tokenizer, dir| {
-            config.build_engine(weights, tokenizer, dir)
+            config.build_engine(weights, tokenizer, dir, kv_cache_tokens)
         })
     }
 
@@ -189,6 +195,7 @@ impl CandleDevice {
         spec: &ModelSpec,
         timeline: &mut Timeline,
     ) -> Result<(OptEngine, u64), LoadError> {
+        let kv_cache_tokens = self.kv_cache_tokens;
         let checked = check_cached(spec)?;
         if checked.checkpoint.config.as_opt().is_none() {
             return Err(LoadError::WrongFamily {
@@ -203,6 +210,7 @@ impl CandleDevice {
                 tokenizer,
                 weights.device_bytes,
             )
+            .with_kv_cache_tokens(kv_cache_tokens)
             .with_checkpoint_files(dir)
         })
     }
@@ -441,6 +449,14 @@ impl Engine for LeasedEngine {
 
     fn device_bytes(&self) -> u64 {
         self.engine.device_bytes()
+    }
+
+    fn prompt_encoder(&self) -> Option<Arc<dyn wc_actors::PromptEncoder>> {
+        self.engine.prompt_encoder()
+    }
+
+    fn batch(&mut self) -> Option<&mut dyn wc_actors::BatchEngine> {
+        self.engine.batch()
     }
 }
 

@@ -164,6 +164,9 @@ pub struct PrewarmOptions {
     pub host_cache_bytes: u64,
     /// Cap on the device memory this worker may use (0: the device's own size).
     pub memory_limit_bytes: u64,
+    /// KV-cache tokens an engine on this worker reserves for the requests it runs at once;
+    /// each reserves its prompt plus `max_new_tokens`, and one larger than all of it is refused.
+    pub kv_cache_tokens: usize,
 }
 
 impl Default for PrewarmOptions {
@@ -173,6 +176,7 @@ impl Default for PrewarmOptions {
             staging_bytes: 256 << 20,
             host_cache_bytes: 512 << 20,
             memory_limit_bytes: 0,
+            kv_cache_tokens: 32768,
         }
     }
 }
@@ -229,6 +233,14 @@ pub struct GenerateRequest {
     pub stop: Vec<String>,
     /// Keep going past the end-of-sequence token.
     pub ignore_eos: bool,
+    /// Report each new token's logprob and this many most likely alternatives; `None`: none.
+    pub logprobs: Option<usize>,
+    /// Subtracted once from the logit of every token already generated (OpenAI semantics).
+    pub presence_penalty: f32,
+    /// Subtracted from a token's logit once per time it was already generated.
+    pub frequency_penalty: f32,
+    /// Added to the logits of these token ids before sampling.
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 impl Default for GenerateRequest {
@@ -241,6 +253,10 @@ impl Default for GenerateRequest {
             seed: None,
             stop: Vec::new(),
             ignore_eos: false,
+            logprobs: None,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            logit_bias: Vec::new(),
         }
     }
 }
@@ -251,6 +267,30 @@ pub struct TokenEvent {
     pub id: u32,
     /// The text this token adds to the output (may be empty mid-character).
     pub text: String,
+    /// Its logprob and the top alternatives, when the request asked for them.
+    pub logprobs: Option<TokenLogprobs>,
+}
+
+impl TokenEvent {
+    /// A token without logprobs.
+    pub fn new(id: u32, text: impl Into<String>) -> Self {
+        Self {
+            id,
+            text: text.into(),
+            logprobs: None,
+        }
+    }
+}
+
+/// The log-probability of a chosen token and of the most likely tokens at its position
+/// (log-softmax of the raw logits, before penalties, bias and temperature, as vLLM reports).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TokenLogprobs {
+    /// The token as text on its own.
+    pub token: String,
+    pub logprob: f32,
+    /// The most likely tokens, most likely first: `(id, text, logprob)`.
+    pub top: Vec<(u32, String, f32)>,
 }
 
 /// Why generation ended.
@@ -274,6 +314,10 @@ pub struct GenerateOutput {
     pub finish_reason: FinishReason,
     pub prefill_ms: f64,
     pub decode_ms: f64,
+    /// Sum of the new tokens' logprobs (what `best_of` ranks by); 0 when not computed.
+    pub cumulative_logprob: f64,
+    /// Per new token, when the request asked for logprobs.
+    pub logprobs: Vec<TokenLogprobs>,
 }
 
 /// The category of an engine failure; decides HTTP status and whether the worker survives.
@@ -392,6 +436,12 @@ pub trait Engine {
     /// What encodes this engine's prompts off its thread; `None`: [`Engine::generate`] takes
     /// prompts as they come. The runtime asks once, after the attach.
     fn prompt_encoder(&self) -> Option<std::sync::Arc<dyn PromptEncoder>> {
+        None
+    }
+
+    /// The step-based interface of an engine that batches requests at the iteration level;
+    /// `None` (the default): requests run one at a time through [`Engine::generate`].
+    fn batch(&mut self) -> Option<&mut dyn crate::batch::BatchEngine> {
         None
     }
 }

@@ -183,6 +183,9 @@ pub struct PrewarmConfig {
     pub host_cache: ByteSize,
     /// Cap on the device memory each worker may use, e.g. "8GiB"; 0: the whole device.
     pub memory_limit: ByteSize,
+    /// KV-cache tokens each engine reserves for the requests it batches (prompt plus max_tokens
+    /// each); a request larger than all of it gets a 400.
+    pub kv_cache_tokens: usize,
 }
 
 impl Default for PrewarmConfig {
@@ -193,6 +196,7 @@ impl Default for PrewarmConfig {
             staging: ByteSize(d.staging_bytes),
             host_cache: ByteSize(d.host_cache_bytes),
             memory_limit: ByteSize(d.memory_limit_bytes),
+            kv_cache_tokens: d.kv_cache_tokens,
         }
     }
 }
@@ -205,6 +209,7 @@ impl PrewarmConfig {
             staging_bytes: self.staging.0,
             host_cache_bytes: self.host_cache.0,
             memory_limit_bytes: self.memory_limit.0,
+            kv_cache_tokens: self.kv_cache_tokens,
         }
     }
 }

@@ -4,6 +4,7 @@
 //!
 //! Adding a family means a folder here, a [`ModelConfig`] variant and a [`CausalLm`] impl.
 
+pub mod batch;
 pub mod chat_template;
 pub mod engine;
 pub mod generate;
@@ -12,6 +13,7 @@ pub mod llama;
 pub mod opt;
 pub mod prompt;
 pub mod sampler;
+pub mod sequence;
 pub mod writer;
 
 use std::path::Path;
@@ -47,6 +49,11 @@ pub trait CausalLm {
         cache: &mut Self::Cache,
         all_positions: bool,
     ) -> candle_core::Result<Tensor>;
+
+    /// Runs several sequences in one pass, each's new tokens after those in its own cache
+    /// (appending them to it); returns f32 logits `[sequences, vocab]` of each one's last token.
+    fn forward_batch(&self, seqs: &mut [(&[u32], &mut Self::Cache)])
+        -> candle_core::Result<Tensor>;
 
     fn vocab_size(&self) -> usize;
 
@@ -162,12 +169,14 @@ impl ModelConfig {
 
     /// Builds the engine from weights on the device, with the checkpoint's tokenizer and the
     /// stopping ids and chat template of the files in `dir` (`generation_config.json`,
-    /// `tokenizer_config.json`, `chat_template.jinja`; each optional).
+    /// `tokenizer_config.json`, `chat_template.jinja`; each optional), batching requests within
+    /// `kv_cache_tokens`.
     pub fn build_engine(
         &self,
         weights: &DeviceWeights,
         tokenizer: Option<Tokenizer>,
         dir: &Path,
+        kv_cache_tokens: usize,
     ) -> Result<Box<dyn wc_actors::Engine>, LoadError> {
         Ok(match self {
             Self::Opt(c) => Box::new(
@@ -176,6 +185,7 @@ impl ModelConfig {
                     tokenizer,
                     weights.device_bytes,
                 )
+                .with_kv_cache_tokens(kv_cache_tokens)
                 .with_checkpoint_files(dir)?,
             ),
             Self::Llama(c) => Box::new(
@@ -184,6 +194,7 @@ impl ModelConfig {
                     tokenizer,
                     weights.device_bytes,
                 )
+                .with_kv_cache_tokens(kv_cache_tokens)
                 .with_checkpoint_files(dir)?,
             ),
         })

@@ -5,14 +5,15 @@ use std::time::Instant;
 
 use actix_web::{web, HttpResponse};
 use serde_json::Value;
-use wc_actors::{GenerateError, GenerateOutput};
+use wc_actors::{GenerateError, GenerateOutput, GenerateRequest, TokenLogprobs};
 
 use super::body::JsonBody;
 use super::error::ApiError;
-use super::openai::{finish_reason, model_list, CompletionMeta, CompletionRequest};
+use super::logprobs::completion_logprobs;
+use super::openai::{finish_reason, model_list, Choices, CompletionMeta, CompletionRequest};
 use super::params;
 use super::state::AppState;
-use super::stream;
+use super::stream::{self, Chunks};
 
 /// `GET /v1/models`: the attached engines, then the configured models not attached, in
 /// OpenAI's list shape with each one's state.
@@ -48,7 +49,7 @@ pub async fn models(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
 }
 
 /// The parameters `/v1/completions` uses.
-const COMPLETION_PARAMETERS: [&str; 11] = [
+const COMPLETION_PARAMETERS: [&str; 17] = [
     "model",
     "prompt",
     "max_tokens",
@@ -57,6 +58,12 @@ const COMPLETION_PARAMETERS: [&str; 11] = [
     "seed",
     "stop",
     "n",
+    "best_of",
+    "echo",
+    "logprobs",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
     "stream",
     "stream_options",
     "ignore_eos",
@@ -71,19 +78,96 @@ pub async fn completions(
     let body: CompletionRequest = serde_json::from_value(used)
         .map_err(|e| ApiError::bad_request(format!("invalid request: {e}")))?;
     let request = body.to_generate(state.limits())?;
+    let choices = body.sampling().choices(body.stream)?;
+    let requests = choice_requests(&request, choices);
     let meta = CompletionMeta::new(&body.model);
+    let (echo, logprobs) = (body.echoed().to_owned(), body.logprobs.is_some());
     if body.stream {
         let include_usage = body.include_usage();
-        return stream::respond(state, &body.model, include_usage, request, meta).await;
+        let chunks = CompletionChunks { meta, echo };
+        return stream::respond(state, &body.model, include_usage, requests, chunks).await;
     }
     let started = Instant::now();
+    let outputs = generate_choices(&state, &body.model, requests, choices.n).await?;
+    for output in &outputs {
+        record(&state, &meta.model, output, started);
+    }
+    Ok(HttpResponse::Ok().json(meta.reply(&outputs, &echo, logprobs)))
+}
+
+/// The runtime requests of a request's choices: `best_of` of them, each with its own seed (the
+/// given one plus the choice's index), computing logprobs when they rank the choices.
+pub fn choice_requests(request: &GenerateRequest, choices: Choices) -> Vec<GenerateRequest> {
+    (0..choices.best_of)
+        .map(|i| {
+            let mut r = request.clone();
+            r.seed = request.seed.map(|s| s.wrapping_add(i as u64));
+            if choices.best_of > choices.n {
+                r.logprobs = r.logprobs.or(Some(0));
+            }
+            r
+        })
+        .collect()
+}
+
+/// Runs every request on `model` at once (they join the engine's batch) and keeps the `n` with
+/// the highest cumulative logprob, in that order (all of them, in order, when there are `n`).
+pub async fn generate_choices(
+    state: &AppState,
+    model: &str,
+    requests: Vec<GenerateRequest>,
+    n: usize,
+) -> Result<Vec<GenerateOutput>, ApiError> {
     let handle = state.handle.clone();
-    let output = with_engine(&state, &body.model, |name| {
-        handle.generate(name, request.clone())
-    })
-    .await?;
-    record(&state, &meta.model, &output, started);
-    Ok(HttpResponse::Ok().json(meta.reply(&output)))
+    let runs = requests.into_iter().map(|request| {
+        let handle = handle.clone();
+        async move {
+            with_engine(state, model, |name| handle.generate(name, request.clone())).await
+        }
+    });
+    let mut outputs = futures_util::future::join_all(runs)
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+    if outputs.len() > n {
+        outputs.sort_by(|a, b| b.cumulative_logprob.total_cmp(&a.cumulative_logprob));
+        outputs.truncate(n);
+    }
+    Ok(outputs)
+}
+
+/// A streamed completion's chunks: the prompt's text first when echoed.
+struct CompletionChunks {
+    meta: CompletionMeta,
+    echo: String,
+}
+
+impl Chunks for CompletionChunks {
+    fn model(&self) -> &str {
+        &self.meta.model
+    }
+
+    fn opening(&self, index: usize) -> Vec<Value> {
+        match self.echo.is_empty() {
+            true => Vec::new(),
+            false => vec![self.meta.chunk(index, &self.echo, Value::Null, None)],
+        }
+    }
+
+    fn text(&self, index: usize, text: &str, logprobs: Option<(&TokenLogprobs, usize)>) -> Value {
+        let logprobs = logprobs.map_or(Value::Null, |(l, offset)| {
+            completion_logprobs(std::slice::from_ref(l), self.echo.len() + offset)
+        });
+        self.meta.chunk(index, text, logprobs, None)
+    }
+
+    fn finish(&self, index: usize, reason: &str) -> Value {
+        self.meta.chunk(index, "", Value::Null, Some(reason))
+    }
+
+    fn usage(&self, outputs: &[GenerateOutput]) -> Value {
+        self.meta.usage_chunk(outputs)
+    }
 }
 
 /// Runs `call` against the engine named `model`. When there is none (or it was lost) and

@@ -22,6 +22,7 @@ pub mod error;
 pub mod health;
 pub mod hosts;
 pub mod logging;
+pub mod logprobs;
 pub mod metrics;
 pub mod middleware;
 pub mod model_access;

@@ -346,13 +346,15 @@ impl Engine for FakeEngine {
             finish_reason: FinishReason::Length,
             prefill_ms: 0.0,
             decode_ms: 0.0,
+            cumulative_logprob: 0.0,
+            logprobs: Vec::new(),
         };
         for id in expected_tokens(&prompt, request.max_new_tokens) {
             std::thread::sleep(Duration::from_millis(self.model.gen_ms));
             let text = format!(" t{id}");
             output.new_tokens.push(id);
             output.text.push_str(&text);
-            if !on_token(TokenEvent { id, text }) {
+            if !on_token(TokenEvent::new(id, text)) {
                 output.finish_reason = FinishReason::Cancelled;
                 break;
             }

@@ -446,6 +446,17 @@ impl CausalLm for LlamaModel {
         self.forward(ids, cache, all_positions)
     }
 
+    fn forward_batch(&self, seqs: &mut [(&[u32], &mut KvCache)]) -> candle_core::Result<Tensor> {
+        let mut inputs: Vec<SequenceInput<'_>> = seqs
+            .iter_mut()
+            .map(|(ids, cache)| SequenceInput {
+                ids,
+                cache: &mut **cache,
+            })
+            .collect();
+        self.forward_sequences(&mut inputs, false)
+    }
+
     fn vocab_size(&self) -> usize {
         self.config.vocab_size
     }

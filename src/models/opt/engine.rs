@@ -31,6 +31,10 @@ impl CausalLm for OptModel {
         self.forward(&input, cache, all_positions)?.squeeze(0)
     }
 
+    fn forward_batch(&self, seqs: &mut [(&[u32], &mut KvCache)]) -> candle_core::Result<Tensor> {
+        self.forward_sequences(seqs, false)
+    }
+
     fn vocab_size(&self) -> usize {
         self.config.vocab_size
     }

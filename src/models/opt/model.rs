@@ -171,49 +171,96 @@ impl OptModel {
         self.dtype
     }
 
-    /// Runs `ids` (`[batch, seq]`) after the tokens already in `cache` and returns f32 logits:
-    /// `[batch, seq, vocab]` when `all_positions`, else `[batch, vocab]` for the last token.
+    /// Runs `ids` (`[1, seq]`) after the tokens already in `cache` and returns f32 logits:
+    /// `[1, seq, vocab]` when `all_positions`, else `[1, vocab]` for the last token.
     pub fn forward(
         &self,
         ids: &Tensor,
         cache: &mut KvCache,
         all_positions: bool,
     ) -> candle_core::Result<Tensor> {
-        let (batch, seq) = ids.dims2()?;
-        let past = cache.len;
-        if cache.layers.len() != self.layers.len() {
-            cache.layers = vec![None; self.layers.len()];
+        let (batch, _) = ids.dims2()?;
+        if batch != 1 {
+            candle_core::bail!("one sequence per cache: batch several with forward_sequences");
         }
-        let tokens = self
-            .embed_tokens
-            .index_select(&ids.flatten_all()?, 0)?
-            .reshape((batch, seq, ()))?;
+        let ids: Vec<u32> = ids.squeeze(0)?.to_vec1()?;
+        let logits = self.forward_sequences(&mut [(&ids, cache)], all_positions)?;
+        match all_positions {
+            true => logits.unsqueeze(0),
+            false => Ok(logits),
+        }
+    }
+
+    /// Runs several sequences, each's new tokens after those in its own cache, in one pass:
+    /// their tokens are packed along one axis (`[tokens, hidden]`) for every matmul, and only
+    /// attention looks at each sequence separately. Returns f32 logits `[total new tokens,
+    /// vocab]` when `all_positions` (sequences in order), else `[sequences, vocab]` for each
+    /// sequence's last token.
+    pub fn forward_sequences(
+        &self,
+        seqs: &mut [(&[u32], &mut KvCache)],
+        all_positions: bool,
+    ) -> candle_core::Result<Tensor> {
+        let c = &self.config;
+        let mut spans = Vec::with_capacity(seqs.len());
+        let mut ids = Vec::new();
+        let mut positions = Vec::new();
+        for (new, cache) in seqs.iter_mut() {
+            let past = cache.len;
+            if new.is_empty() {
+                candle_core::bail!("a sequence in the pass has no new tokens");
+            }
+            if past + new.len() > c.max_position_embeddings {
+                candle_core::bail!(
+                    "{} tokens exceed the model's {} positions",
+                    past + new.len(),
+                    c.max_position_embeddings
+                );
+            }
+            if let Some(&id) = new.iter().find(|&&id| id as usize >= c.vocab_size) {
+                candle_core::bail!("token id {id} is outside the vocabulary ({})", c.vocab_size);
+            }
+            if cache.layers.len() != self.layers.len() {
+                cache.layers = vec![None; self.layers.len()];
+            }
+            spans.push(Span {
+                offset: ids.len(),
+                len: new.len(),
+                past,
+            });
+            ids.extend_from_slice(new);
+            positions.extend((past..past + new.len()).map(|p| (p + POSITION_OFFSET) as u32));
+        }
+        let ids = Tensor::new(ids, &self.device)?;
+        let tokens = self.embed_tokens.index_select(&ids, 0)?;
         let tokens = match &self.project_in {
             Some(p) => p.forward(&tokens)?,
             None => tokens,
         };
-        let position_ids = Tensor::arange(
-            (past + POSITION_OFFSET) as u32,
-            (past + seq + POSITION_OFFSET) as u32,
-            &self.device,
-        )?;
-        let positions = self.embed_positions.index_select(&position_ids, 0)?;
-        let mut hidden = tokens.broadcast_add(&positions)?;
-        let mask = causal_mask(seq, past, &self.device)?
-            .map(|m| m.to_dtype(self.dtype))
-            .transpose()?;
-        for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
+        let positions = Tensor::new(positions, &self.device)?;
+        let mut hidden = (tokens + self.embed_positions.index_select(&positions, 0)?)?;
+        for (index, layer) in self.layers.iter().enumerate() {
+            let mut caches: Vec<&mut Option<(Tensor, Tensor)>> = seqs
+                .iter_mut()
+                .map(|(_, cache)| &mut cache.layers[index])
+                .collect();
             hidden = layer.forward(
                 &hidden,
-                slot,
-                mask.as_ref(),
-                self.config.do_layer_norm_before,
-                &self.config.activation_function,
+                &mut caches,
+                &spans,
+                c.do_layer_norm_before,
+                &c.activation_function,
             )?;
         }
-        cache.len = past + seq;
+        for ((_, cache), span) in seqs.iter_mut().zip(&spans) {
+            cache.len += span.len;
+        }
         if !all_positions {
-            hidden = hidden.narrow(1, seq - 1, 1)?;
+            let last: Vec<u32> = spans
+                .iter()
+                .map(|s| (s.offset + s.len - 1) as u32)
+                .collect();
+            hidden = hidden.index_select(&Tensor::new(last, &self.device)?, 0)?;
         }
         if let Some(norm) = &self.final_layer_norm {
             hidden = norm.forward(&hidden)?;
@@ -221,19 +268,27 @@ impl OptModel {
         if let Some(p) = &self.project_out {
             hidden = p.forward(&hidden)?;
         }
-        let logits = hidden
-            .broadcast_matmul(&self.lm_head.t()?)?
-            .to_dtype(DType::F32)?;
-        if all_positions {
-            Ok(logits)
-        } else {
-            logits.squeeze(1)
-        }
+        hidden.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)
     }
 }
 
+/// Where one sequence's tokens sit in the packed pass.
+struct Span {
+    /// First row in the packed tokens.
+    offset: usize,
+    /// New tokens.
+    len: usize,
+    /// Tokens already in the cache.
+    past: usize,
+}
+
 /// `-inf` above the diagonal, offset by the tokens already cached; `None` for one new token.
-fn causal_mask(seq: usize, past: usize, device: &Device) -> candle_core::Result<Option<Tensor>> {
+fn causal_mask(
+    seq: usize,
+    past: usize,
+    dtype: DType,
+    device: &Device,
+) -> candle_core::Result<Option<Tensor>> {
     if seq == 1 {
         return Ok(None);
     }
@@ -241,7 +296,9 @@ fn causal_mask(seq: usize, past: usize, device: &Device) -> candle_core::Result<
     let values: Vec<f32> = (0..seq)
         .flat_map(|i| (0..total).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
         .collect();
-    Tensor::from_vec(values, (seq, total), device).map(Some)
+    Tensor::from_vec(values, (seq, total), device)?
+        .to_dtype(dtype)
+        .map(Some)
 }
 
 fn activate(x: &Tensor, activation: &str) -> candle_core::Result<Tensor> {
@@ -256,8 +313,8 @@ impl DecoderLayer {
     fn forward(
         &self,
         x: &Tensor,
-        cache: &mut Option<(Tensor, Tensor)>,
-        mask: Option<&Tensor>,
+        caches: &mut [&mut Option<(Tensor, Tensor)>],
+        spans: &[Span],
         norm_before: bool,
         activation: &str,
     ) -> candle_core::Result<Tensor> {
@@ -267,7 +324,7 @@ impl DecoderLayer {
         } else {
             x.clone()
         };
-        let h = (residual + self.self_attn.forward(&h, cache, mask)?)?;
+        let h = (residual + self.self_attn.forward(&h, caches, spans)?)?;
         let h = if norm_before {
             h
         } else {
@@ -292,43 +349,59 @@ impl DecoderLayer {
 }
 
 impl Attention {
+    /// Attention of packed tokens `[tokens, hidden]`, each sequence against its own cache.
     fn forward(
         &self,
         x: &Tensor,
-        cache: &mut Option<(Tensor, Tensor)>,
-        mask: Option<&Tensor>,
+        caches: &mut [&mut Option<(Tensor, Tensor)>],
+        spans: &[Span],
     ) -> candle_core::Result<Tensor> {
-        let (batch, seq, hidden) = x.dims3()?;
-        // [batch, seq, 3 * hidden] -> [3, batch, heads, seq, head_dim], one copy for all three.
+        let (tokens, hidden) = x.dims2()?;
+        // [tokens, 3 * hidden] -> [3, heads, tokens, head_dim], one copy for all three.
         let qkv = self
             .qkv_proj
             .forward(x)?
-            .reshape((batch, seq, 3, self.num_heads, self.head_dim))?
-            .permute((2, 0, 3, 1, 4))?
+            .reshape((tokens, 3, self.num_heads, self.head_dim))?
+            .permute((1, 2, 0, 3))?
             .contiguous()?;
         let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
-        let (k, v) = match cache.take() {
-            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
-            None => (k, v),
+        let mut outputs = Vec::with_capacity(spans.len());
+        for (cache, span) in caches.iter_mut().zip(spans) {
+            let rows = |t: &Tensor| t.narrow(1, span.offset, span.len);
+            let (k, v) = (rows(&k)?, rows(&v)?);
+            let (k, v) = match cache.take() {
+                Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 1)?, Tensor::cat(&[&pv, &v], 1)?),
+                None => (k.contiguous()?, v.contiguous()?),
+            };
+            **cache = Some((k.clone(), v.clone()));
+            let q = rows(&q)?.contiguous()?;
+            let scores = q.matmul(&k.t()?)?;
+            let scores = match causal_mask(span.len, span.past, scores.dtype(), x.device())? {
+                Some(m) => scores.broadcast_add(&m)?,
+                None => scores,
+            };
+            // transformers runs the softmax in f32 and rounds once to the model's dtype. candle's
+            // CUDA kernel accumulates in f32 for f16/bf16 already; its CPU one does not, so
+            // upcast there.
+            let upcast = scores.device().is_cpu() && scores.dtype() != DType::F32;
+            let probs = if upcast {
+                candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?
+                    .to_dtype(v.dtype())?
+            } else {
+                candle_nn::ops::softmax_last_dim(&scores)?
+            };
+            // [heads, len, head_dim] -> [len, hidden]
+            outputs.push(
+                probs
+                    .matmul(&v)?
+                    .transpose(0, 1)?
+                    .reshape((span.len, hidden))?,
+            );
+        }
+        let out = match outputs.len() {
+            1 => outputs.pop().expect("one output"),
+            _ => Tensor::cat(&outputs, 0)?,
         };
-        *cache = Some((k.clone(), v.clone()));
-        let scores = q.matmul(&k.t()?)?;
-        let scores = match mask {
-            Some(m) => scores.broadcast_add(m)?,
-            None => scores,
-        };
-        // transformers runs the softmax in f32 and rounds once to the model's dtype. candle's CUDA
-        // kernel accumulates in f32 for f16/bf16 already; its CPU one does not, so upcast there.
-        let upcast = scores.device().is_cpu() && scores.dtype() != DType::F32;
-        let probs = if upcast {
-            candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?
-        } else {
-            candle_nn::ops::softmax_last_dim(&scores)?
-        };
-        let out = probs
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .reshape((batch, seq, hidden))?;
         self.out_proj.forward(&out)
     }
 }
