@@ -7,7 +7,6 @@
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
-use std::time::Duration;
 
 use actix::prelude::*;
 use tokio::sync::{mpsc::UnboundedSender, oneshot};
@@ -142,8 +141,10 @@ impl EngineActor {
     fn schedule(&mut self, ctx: &mut Context<Self>) {
         if !self.stepping {
             self.stepping = true;
-            // Through the context's queue, so messages that came meanwhile join the next step.
-            ctx.run_later(Duration::ZERO, |act, ctx| act.step(ctx));
+            // After yielding to the thread's other tasks (replies on their way out) and to the
+            // mailbox, so requests that came meanwhile join the next step; no timer involved.
+            let yielded = actix::fut::wrap_future::<_, Self>(tokio::task::yield_now());
+            ctx.spawn(yielded.map(|(), act, ctx| act.step(ctx)));
         }
     }
 

@@ -6,11 +6,14 @@
 
 pub mod batch;
 pub mod chat_template;
+pub mod decode_attention;
 pub mod engine;
 pub mod generate;
 pub mod generation_config;
+pub mod kv_cache;
 pub mod llama;
 pub mod opt;
+pub mod packing;
 pub mod prompt;
 pub mod sampler;
 pub mod sequence;

@@ -10,9 +10,11 @@
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::Linear;
 
-use super::cache::KvCache;
 use super::config::LlamaConfig;
 use crate::error::LoadError;
+use crate::models::decode_attention::{attend_decodes, Heads};
+use crate::models::kv_cache::KvCache;
+use crate::models::packing::{packing_order, PackingOrder};
 use crate::models::{CausalLm, TokenCache};
 use crate::weights::DeviceWeights;
 
@@ -194,10 +196,18 @@ impl LlamaModel {
         all_positions: bool,
     ) -> candle_core::Result<Tensor> {
         let c = &self.config;
-        let mut spans = Vec::with_capacity(seqs.len());
+        let order = packing_order(seqs.iter().map(|s| s.ids.len()), all_positions);
+        let longest_decode = order
+            .decodes()
+            .iter()
+            .map(|&i| seqs[i].cache.len() + 1)
+            .max()
+            .unwrap_or(0);
+        let mut spans: Vec<Option<Span>> = (0..seqs.len()).map(|_| None).collect();
         let mut ids = Vec::new();
         let mut positions = Vec::new();
-        for seq in seqs.iter_mut() {
+        for (at, &index) in order.order.iter().enumerate() {
+            let seq = &mut seqs[index];
             let past = seq.cache.len();
             if seq.ids.is_empty() {
                 candle_core::bail!("a sequence in the pass has no new tokens");
@@ -212,8 +222,13 @@ impl LlamaModel {
             if let Some(&id) = seq.ids.iter().find(|&&id| id as usize >= c.vocab_size) {
                 candle_core::bail!("token id {id} is outside the vocabulary ({})", c.vocab_size);
             }
+            // A decode's cache holds the longest decode's positions, for the batched read.
+            let room = match at < order.decode_count {
+                true => longest_decode - past,
+                false => seq.ids.len(),
+            };
             seq.cache.reserve(
-                seq.ids.len(),
+                room,
                 c.max_position_embeddings,
                 c.num_hidden_layers,
                 c.num_key_value_heads,
@@ -221,7 +236,7 @@ impl LlamaModel {
                 self.dtype,
                 &self.device,
             )?;
-            spans.push(Span {
+            spans[index] = Some(Span {
                 offset: ids.len(),
                 len: seq.ids.len(),
                 past,
@@ -229,13 +244,21 @@ impl LlamaModel {
             ids.extend_from_slice(seq.ids);
             positions.extend((past..past + seq.ids.len()).map(|p| p as f32));
         }
+        let spans: Vec<Span> = spans.into_iter().flatten().collect();
         let total = ids.len();
         let ids = Tensor::new(ids, &self.device)?;
         let (cos, sin) = self.rotary(&positions)?;
         let mut hidden = self.embed_tokens.index_select(&ids, 0)?;
         let caches: Vec<&KvCache> = seqs.iter().map(|s| &*s.cache).collect();
+        let pass = Pass {
+            caches: &caches,
+            spans: &spans,
+            order: &order,
+            cos: &cos,
+            sin: &sin,
+        };
         for (index, layer) in self.layers.iter().enumerate() {
-            hidden = layer.forward(&hidden, index, &caches, &spans, &cos, &sin, c.rms_norm_eps)?;
+            hidden = layer.forward(&hidden, index, &pass, c.rms_norm_eps)?;
         }
         for (seq, span) in seqs.iter_mut().zip(&spans) {
             seq.cache.advance(span.len);
@@ -269,22 +292,26 @@ fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> candle_core::Result<Tensor
     candle_nn::ops::rms_norm(&x.contiguous()?, weight, eps as f32)
 }
 
+/// What every layer of one pass shares: the sequences' caches and spans (in the caller's
+/// order), the packing order, and the rotary angles of the packed tokens.
+struct Pass<'a> {
+    caches: &'a [&'a KvCache],
+    spans: &'a [Span],
+    order: &'a PackingOrder,
+    cos: &'a Tensor,
+    sin: &'a Tensor,
+}
+
 impl DecoderLayer {
-    #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
         x: &Tensor,
         index: usize,
-        caches: &[&KvCache],
-        spans: &[Span],
-        cos: &Tensor,
-        sin: &Tensor,
+        pass: &Pass<'_>,
         eps: f64,
     ) -> candle_core::Result<Tensor> {
         let h = rms_norm(x, &self.input_layernorm, eps)?;
-        let h = (x + self
-            .self_attn
-            .forward(&h, index, caches, spans, cos, sin, eps)?)?;
+        let h = (x + self.self_attn.forward(&h, index, pass, eps)?)?;
         let m = rms_norm(&h, &self.post_attention_layernorm, eps)?;
         h + self.mlp.forward(&m)?
     }
@@ -319,25 +346,41 @@ impl Attention {
         Ok(y)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
         x: &Tensor,
         layer: usize,
-        caches: &[&KvCache],
-        spans: &[Span],
-        cos: &Tensor,
-        sin: &Tensor,
+        pass: &Pass<'_>,
         eps: f64,
     ) -> candle_core::Result<Tensor> {
-        let rope = Some((cos, sin));
+        let rope = Some((pass.cos, pass.sin));
         let q_norm = self.q_norm.as_ref().map(|w| (w, eps));
         let k_norm = self.k_norm.as_ref().map(|w| (w, eps));
         let q = self.project(x, &self.q_proj, self.num_heads, q_norm, rope)?;
         let k = self.project(x, &self.k_proj, self.num_kv_heads, k_norm, rope)?;
         let v = self.project(x, &self.v_proj, self.num_kv_heads, None, None)?;
-        let mut outputs = Vec::with_capacity(spans.len());
-        for (cache, span) in caches.iter().zip(spans) {
+        let mut outputs = Vec::with_capacity(pass.spans.len());
+        let decodes = pass.order.decodes();
+        if !decodes.is_empty() {
+            // Rows 0..decodes.len() of the pass: one token each, attended in one batch.
+            for (row, &i) in decodes.iter().enumerate() {
+                let (k, v) = (k.get(row)?.unsqueeze(1)?, v.get(row)?.unsqueeze(1)?);
+                pass.caches[i].write(layer, &k, &v)?;
+            }
+            let caches: Vec<&KvCache> = decodes.iter().map(|&i| pass.caches[i]).collect();
+            let lens: Vec<usize> = decodes.iter().map(|&i| pass.spans[i].past + 1).collect();
+            let shape = Heads {
+                heads: self.num_heads,
+                kv_heads: self.num_kv_heads,
+                head_dim: self.head_dim,
+                scale: Some((self.head_dim as f64).powf(-0.5)),
+                window: self.window,
+            };
+            let q = q.narrow(0, 0, decodes.len())?;
+            outputs.push(attend_decodes(&q, &caches, &lens, layer, &shape)?);
+        }
+        for &i in pass.order.others() {
+            let (cache, span) = (pass.caches[i], &pass.spans[i]);
             let rows = |t: &Tensor| -> candle_core::Result<Tensor> {
                 t.narrow(0, span.offset, span.len)?
                     .transpose(0, 1)?

@@ -3,16 +3,10 @@
 use candle_core::{Device, Tensor};
 
 use super::model::{KvCache, OptModel};
-use crate::models::{CausalLm, TextEngine, TokenCache};
+use crate::models::{CausalLm, TextEngine};
 
 /// A loaded OPT model, ready to generate.
 pub type OptEngine = TextEngine<OptModel>;
-
-impl TokenCache for KvCache {
-    fn len(&self) -> usize {
-        self.len
-    }
-}
 
 impl CausalLm for OptModel {
     type Cache = KvCache;

@@ -5,22 +5,11 @@ use candle_nn::{LayerNorm, Linear};
 
 use super::config::{OptConfig, LAYER_NORM_EPS, POSITION_OFFSET};
 use crate::error::LoadError;
+use crate::models::decode_attention::{attend_decodes, Heads};
+pub use crate::models::kv_cache::KvCache;
+use crate::models::packing::{packing_order, PackingOrder};
+use crate::models::TokenCache;
 use crate::weights::DeviceWeights;
-
-/// Keys and values of every layer for the tokens seen so far.
-#[derive(Default)]
-pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
-    /// Tokens already in the cache.
-    pub len: usize,
-}
-
-impl KvCache {
-    pub fn clear(&mut self) {
-        self.layers.clear();
-        self.len = 0;
-    }
-}
 
 struct Attention {
     /// `q_proj`, `k_proj` and `v_proj` stacked into one matmul, with OPT's query scaling
@@ -202,11 +191,19 @@ impl OptModel {
         all_positions: bool,
     ) -> candle_core::Result<Tensor> {
         let c = &self.config;
-        let mut spans = Vec::with_capacity(seqs.len());
+        let order = packing_order(seqs.iter().map(|(ids, _)| ids.len()), all_positions);
+        let longest_decode = order
+            .decodes()
+            .iter()
+            .map(|&i| seqs[i].1.len() + 1)
+            .max()
+            .unwrap_or(0);
+        let mut spans: Vec<Option<Span>> = (0..seqs.len()).map(|_| None).collect();
         let mut ids = Vec::new();
         let mut positions = Vec::new();
-        for (new, cache) in seqs.iter_mut() {
-            let past = cache.len;
+        for (at, &index) in order.order.iter().enumerate() {
+            let (new, cache) = &mut seqs[index];
+            let past = cache.len();
             if new.is_empty() {
                 candle_core::bail!("a sequence in the pass has no new tokens");
             }
@@ -220,10 +217,21 @@ impl OptModel {
             if let Some(&id) = new.iter().find(|&&id| id as usize >= c.vocab_size) {
                 candle_core::bail!("token id {id} is outside the vocabulary ({})", c.vocab_size);
             }
-            if cache.layers.len() != self.layers.len() {
-                cache.layers = vec![None; self.layers.len()];
-            }
-            spans.push(Span {
+            // A decode's cache holds the longest decode's positions, for the batched read.
+            let room = match at < order.decode_count {
+                true => longest_decode - past,
+                false => new.len(),
+            };
+            cache.reserve(
+                room,
+                c.max_position_embeddings,
+                c.num_hidden_layers,
+                c.num_attention_heads,
+                c.head_dim(),
+                self.dtype,
+                &self.device,
+            )?;
+            spans[index] = Some(Span {
                 offset: ids.len(),
                 len: new.len(),
                 past,
@@ -231,6 +239,7 @@ impl OptModel {
             ids.extend_from_slice(new);
             positions.extend((past..past + new.len()).map(|p| (p + POSITION_OFFSET) as u32));
         }
+        let spans: Vec<Span> = spans.into_iter().flatten().collect();
         let ids = Tensor::new(ids, &self.device)?;
         let tokens = self.embed_tokens.index_select(&ids, 0)?;
         let tokens = match &self.project_in {
@@ -239,21 +248,23 @@ impl OptModel {
         };
         let positions = Tensor::new(positions, &self.device)?;
         let mut hidden = (tokens + self.embed_positions.index_select(&positions, 0)?)?;
+        let caches: Vec<&KvCache> = seqs.iter().map(|(_, cache)| &**cache).collect();
+        let pass = Pass {
+            caches: &caches,
+            spans: &spans,
+            order: &order,
+        };
         for (index, layer) in self.layers.iter().enumerate() {
-            let mut caches: Vec<&mut Option<(Tensor, Tensor)>> = seqs
-                .iter_mut()
-                .map(|(_, cache)| &mut cache.layers[index])
-                .collect();
             hidden = layer.forward(
                 &hidden,
-                &mut caches,
-                &spans,
+                index,
+                &pass,
                 c.do_layer_norm_before,
                 &c.activation_function,
             )?;
         }
         for ((_, cache), span) in seqs.iter_mut().zip(&spans) {
-            cache.len += span.len;
+            cache.advance(span.len);
         }
         if !all_positions {
             let last: Vec<u32> = spans
@@ -270,6 +281,14 @@ impl OptModel {
         }
         hidden.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)
     }
+}
+
+/// What every layer of one pass shares: the sequences' caches and spans (in the caller's
+/// order) and the packing order.
+struct Pass<'a> {
+    caches: &'a [&'a KvCache],
+    spans: &'a [Span],
+    order: &'a PackingOrder,
 }
 
 /// Where one sequence's tokens sit in the packed pass.
@@ -313,8 +332,8 @@ impl DecoderLayer {
     fn forward(
         &self,
         x: &Tensor,
-        caches: &mut [&mut Option<(Tensor, Tensor)>],
-        spans: &[Span],
+        layer: usize,
+        pass: &Pass<'_>,
         norm_before: bool,
         activation: &str,
     ) -> candle_core::Result<Tensor> {
@@ -324,7 +343,7 @@ impl DecoderLayer {
         } else {
             x.clone()
         };
-        let h = (residual + self.self_attn.forward(&h, caches, spans)?)?;
+        let h = (residual + self.self_attn.forward(&h, layer, pass)?)?;
         let h = if norm_before {
             h
         } else {
@@ -349,59 +368,87 @@ impl DecoderLayer {
 }
 
 impl Attention {
-    /// Attention of packed tokens `[tokens, hidden]`, each sequence against its own cache.
-    fn forward(
-        &self,
-        x: &Tensor,
-        caches: &mut [&mut Option<(Tensor, Tensor)>],
-        spans: &[Span],
-    ) -> candle_core::Result<Tensor> {
+    /// Attention of packed tokens `[tokens, hidden]`, each sequence against its own cache: the
+    /// decodes in one batch, the others one by one.
+    fn forward(&self, x: &Tensor, layer: usize, pass: &Pass<'_>) -> candle_core::Result<Tensor> {
         let (tokens, hidden) = x.dims2()?;
-        // [tokens, 3 * hidden] -> [3, heads, tokens, head_dim], one copy for all three.
+        let (heads, head_dim) = (self.num_heads, self.head_dim);
+        // [tokens, 3, heads, head_dim]: q (scaled already), k, v of each token.
         let qkv = self
             .qkv_proj
             .forward(x)?
-            .reshape((tokens, 3, self.num_heads, self.head_dim))?
-            .permute((1, 2, 0, 3))?
-            .contiguous()?;
-        let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
-        let mut outputs = Vec::with_capacity(spans.len());
-        for (cache, span) in caches.iter_mut().zip(spans) {
-            let rows = |t: &Tensor| t.narrow(1, span.offset, span.len);
-            let (k, v) = (rows(&k)?, rows(&v)?);
-            let (k, v) = match cache.take() {
-                Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 1)?, Tensor::cat(&[&pv, &v], 1)?),
-                None => (k.contiguous()?, v.contiguous()?),
+            .reshape((tokens, 3, heads, head_dim))?;
+        let mut outputs = Vec::with_capacity(pass.spans.len());
+        let decodes = pass.order.decodes();
+        if !decodes.is_empty() {
+            // Rows 0..decodes.len(): one token each, attended in one batch.
+            for (row, &i) in decodes.iter().enumerate() {
+                let token = qkv.get(row)?;
+                let (k, v) = (token.get(1)?.unsqueeze(1)?, token.get(2)?.unsqueeze(1)?);
+                pass.caches[i].write(layer, &k, &v)?;
+            }
+            let caches: Vec<&KvCache> = decodes.iter().map(|&i| pass.caches[i]).collect();
+            let lens: Vec<usize> = decodes.iter().map(|&i| pass.spans[i].past + 1).collect();
+            let q = qkv
+                .narrow(0, 0, decodes.len())?
+                .get_on_dim(1, 0)?
+                .contiguous()?;
+            let shape = Heads {
+                heads,
+                kv_heads: heads,
+                head_dim,
+                scale: None,
+                window: None,
             };
-            **cache = Some((k.clone(), v.clone()));
-            let q = rows(&q)?.contiguous()?;
-            let scores = q.matmul(&k.t()?)?;
-            let scores = match causal_mask(span.len, span.past, scores.dtype(), x.device())? {
-                Some(m) => scores.broadcast_add(&m)?,
-                None => scores,
-            };
-            // transformers runs the softmax in f32 and rounds once to the model's dtype. candle's
-            // CUDA kernel accumulates in f32 for f16/bf16 already; its CPU one does not, so
-            // upcast there.
-            let upcast = scores.device().is_cpu() && scores.dtype() != DType::F32;
-            let probs = if upcast {
-                candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?
-                    .to_dtype(v.dtype())?
-            } else {
-                candle_nn::ops::softmax_last_dim(&scores)?
-            };
-            // [heads, len, head_dim] -> [len, hidden]
-            outputs.push(
-                probs
-                    .matmul(&v)?
-                    .transpose(0, 1)?
-                    .reshape((span.len, hidden))?,
-            );
+            outputs.push(attend_decodes(&q, &caches, &lens, layer, &shape)?);
+        }
+        if !pass.order.others().is_empty() {
+            // [3, heads, tokens, head_dim], one copy for all three.
+            let qkv = qkv.permute((1, 2, 0, 3))?.contiguous()?;
+            let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
+            for &i in pass.order.others() {
+                let (cache, span) = (pass.caches[i], &pass.spans[i]);
+                let rows = |t: &Tensor| t.narrow(1, span.offset, span.len)?.contiguous();
+                cache.write(layer, &rows(&k)?, &rows(&v)?)?;
+                let (k, v) = cache.read(layer, 0, span.past + span.len)?;
+                outputs.push(self.attend(&rows(&q)?, &k, &v, span, hidden)?);
+            }
         }
         let out = match outputs.len() {
             1 => outputs.pop().expect("one output"),
             _ => Tensor::cat(&outputs, 0)?,
         };
         self.out_proj.forward(&out)
+    }
+
+    /// Attention of one sequence's queries (`[heads, tokens, head_dim]`) over its keys and
+    /// values; returns `[tokens, hidden]`.
+    fn attend(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        span: &Span,
+        hidden: usize,
+    ) -> candle_core::Result<Tensor> {
+        let scores = q.matmul(&k.t()?)?;
+        let scores = match causal_mask(span.len, span.past, scores.dtype(), q.device())? {
+            Some(m) => scores.broadcast_add(&m)?,
+            None => scores,
+        };
+        // transformers runs the softmax in f32 and rounds once to the model's dtype. candle's
+        // CUDA kernel accumulates in f32 for f16/bf16 already; its CPU one does not, so upcast
+        // there.
+        let upcast = scores.device().is_cpu() && scores.dtype() != DType::F32;
+        let probs = if upcast {
+            candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?
+        } else {
+            candle_nn::ops::softmax_last_dim(&scores)?
+        };
+        // [heads, len, head_dim] -> [len, hidden]
+        probs
+            .matmul(v)?
+            .transpose(0, 1)?
+            .reshape((span.len, hidden))
     }
 }
