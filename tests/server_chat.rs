@@ -254,7 +254,7 @@ fn a_model_without_a_chat_template_and_malformed_chats_are_400() {
             "`response_format`",
         ),
         (
-            json!({"model": "tiny-llama", "messages": user, "frequency_penalty": 0.5}),
+            json!({"model": "tiny-llama", "messages": user, "frequency_penalty": 2.5}),
             "`frequency_penalty`",
         ),
         (

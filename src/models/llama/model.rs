@@ -492,10 +492,7 @@ impl CausalLm for LlamaModel {
     fn forward_batch(&self, seqs: &mut [(&[u32], &mut KvCache)]) -> candle_core::Result<Tensor> {
         let mut inputs: Vec<SequenceInput<'_>> = seqs
             .iter_mut()
-            .map(|(ids, cache)| SequenceInput {
-                ids,
-                cache: &mut **cache,
-            })
+            .map(|(ids, cache)| SequenceInput { ids, cache })
             .collect();
         self.forward_sequences(&mut inputs, false)
     }
