@@ -5,7 +5,7 @@
 use candle_core::Tensor;
 use wc_actors::{Admission, FinishReason, GenerateOutput, SeqEvent, SeqId};
 
-use super::sequence::{Sequence, Vocabulary};
+use super::sequence::{Next, Sequence, Vocabulary};
 use super::CausalLm;
 use crate::error::GenerateError;
 
@@ -15,6 +15,12 @@ pub const PREFILL_CHUNK_TOKENS: usize = 512;
 
 /// The KV-cache tokens an engine reserves for its running sequences unless configured.
 pub const DEFAULT_KV_CACHE_TOKENS: usize = 32768;
+
+/// What one sampling sequence chooses its next token from (see [`Next`]).
+enum Choice {
+    Greedy(u32),
+    Logits(Vec<f32>),
+}
 
 /// Sequences running on one engine.
 pub struct Batch<C> {
@@ -110,15 +116,22 @@ impl<C: super::TokenCache> Batch<C> {
             return Ok(events);
         }
         let logits = self.forward(model, &chunks)?;
-        let rows: Vec<Vec<f32>> = logits.to_vec2()?;
+        let mut choices = self.choices(&chunks, &logits)?.into_iter();
         let mut ended = Vec::new();
-        for (&(at, take), row) in chunks.iter().zip(rows) {
+        for &(at, take) in &chunks {
             let seq = &mut self.sequences[at];
             seq.consumed(take);
             if !seq.pending().is_empty() {
                 continue; // the prompt goes on in the next step
             }
-            let advance = seq.advance(&row, vocab);
+            let choice = choices
+                .next()
+                .expect("one choice per sequence that samples");
+            let next = match &choice {
+                Choice::Greedy(token) => Next::Greedy(*token),
+                Choice::Logits(row) => Next::Logits(row),
+            };
+            let advance = seq.advance(next, vocab);
             if let Some(token) = advance.token {
                 events.push(SeqEvent::Token(seq.id, token));
             }
@@ -130,6 +143,47 @@ impl<C: super::TokenCache> Batch<C> {
             ended.iter().find(|(id, _)| *id == s.id).map(|(_, r)| *r)
         });
         Ok(events)
+    }
+
+    /// What each sequence that samples this step (its chunk ends its pending tokens) chooses
+    /// from, in chunk order: the device's argmax, or its logits row copied to the host. Only
+    /// the rows that are needed leave the device.
+    fn choices(
+        &self,
+        chunks: &[(usize, usize)],
+        logits: &Tensor,
+    ) -> candle_core::Result<Vec<Choice>> {
+        let sampling: Vec<(usize, bool)> = chunks
+            .iter()
+            .enumerate()
+            .filter(|(_, (at, take))| self.sequences[*at].pending().len() == *take)
+            .map(|(row, (at, _))| (row, self.sequences[*at].needs_logits()))
+            .collect();
+        let full: Vec<u32> = sampling
+            .iter()
+            .filter(|(_, full)| *full)
+            .map(|(row, _)| *row as u32)
+            .collect();
+        let mut rows = match full.len() {
+            0 => Vec::new(),
+            n if n == chunks.len() => logits.to_vec2::<f32>()?,
+            _ => {
+                let index = Tensor::new(full.as_slice(), logits.device())?;
+                logits.index_select(&index, 0)?.to_vec2::<f32>()?
+            }
+        }
+        .into_iter();
+        let greedy: Vec<u32> = match sampling.iter().any(|(_, full)| !full) {
+            true => logits.argmax(1)?.to_vec1()?,
+            false => Vec::new(),
+        };
+        Ok(sampling
+            .iter()
+            .map(|&(row, full)| match full {
+                true => Choice::Logits(rows.next().expect("a row per full choice")),
+                false => Choice::Greedy(greedy[row]),
+            })
+            .collect())
     }
 
     /// Runs `take` pending tokens of each chosen sequence in one pass; logits `[chunks, vocab]`.

@@ -48,6 +48,15 @@ pub struct Sequence<C> {
     prefill_ms: Option<f64>,
 }
 
+/// What a sequence's next token is chosen from.
+pub enum Next<'a> {
+    /// The raw logits of its last token.
+    Logits(&'a [f32]),
+    /// The argmax of those logits, taken on the device (a greedy sequence without penalties,
+    /// bias or logprobs needs nothing more).
+    Greedy(u32),
+}
+
 /// What one token did to a sequence.
 pub struct Advance {
     pub token: Option<TokenEvent>,
@@ -139,16 +148,31 @@ impl<C: TokenCache> Sequence<C> {
         self.max_new_tokens == 0
     }
 
-    /// Samples the next token from the logits of the last token run, and decides whether the
-    /// sequence ends.
-    pub fn advance(&mut self, logits: &[f32], vocab: &Vocabulary<'_>) -> Advance {
+    /// Whether choosing its next token needs the whole logits row on the host.
+    pub fn needs_logits(&self) -> bool {
+        !self.sampler.is_greedy()
+            || self.logprobs.is_some()
+            || self.presence_penalty != 0.0
+            || self.frequency_penalty != 0.0
+            || !self.logit_bias.is_empty()
+    }
+
+    /// Takes the next token (sampled from the logits of the last token run, or the device's
+    /// argmax when [`Self::needs_logits`] is false), and decides whether the sequence ends.
+    pub fn advance(&mut self, next: Next<'_>, vocab: &Vocabulary<'_>) -> Advance {
         if self.prefill_ms.is_none() {
             self.prefill_ms = Some(self.admitted.elapsed().as_secs_f64() * 1e3);
         }
-        let token = self.sample(logits);
-        let logprobs = self
-            .logprobs
-            .map(|top| token_logprobs(logits, token, top, vocab.tokenizer));
+        let (token, logprobs) = match next {
+            Next::Greedy(token) => (token, None),
+            Next::Logits(logits) => {
+                let token = self.sample(logits);
+                let logprobs = self
+                    .logprobs
+                    .map(|top| token_logprobs(logits, token, top, vocab.tokenizer));
+                (token, logprobs)
+            }
+        };
         if vocab.eos_ids.contains(&token) && !self.ignore_eos {
             return Advance {
                 token: None,
