@@ -79,11 +79,16 @@ impl<C> Batch<C> {
 
 impl<C: super::TokenCache> Batch<C> {
     /// Ends a sequence now, for `reason`; its output so far.
-    pub fn finish(&mut self, id: SeqId, reason: FinishReason) -> Option<GenerateOutput> {
+    pub fn finish(
+        &mut self,
+        id: SeqId,
+        reason: FinishReason,
+        vocab: &Vocabulary<'_>,
+    ) -> Option<GenerateOutput> {
         let at = self.sequences.iter().position(|s| s.id == id)?;
         let sequence = self.sequences.remove(at);
         self.reserved -= sequence.reserved;
-        Some(sequence.output(reason))
+        Some(sequence.output(reason, vocab.tokenizer))
     }
 
     /// One forward pass over every sequence with tokens to run, then a token for each one whose
@@ -95,7 +100,7 @@ impl<C: super::TokenCache> Batch<C> {
     ) -> Result<Vec<SeqEvent>, GenerateError> {
         let mut events = Vec::new();
         // Sequences asked for no tokens end before any pass.
-        self.retire(&mut events, |s| {
+        self.retire(&mut events, vocab, |s| {
             s.wants_nothing().then_some(FinishReason::Length)
         });
         let mut prefill_left = PREFILL_CHUNK_TOKENS;
@@ -139,7 +144,7 @@ impl<C: super::TokenCache> Batch<C> {
                 ended.push((seq.id, reason));
             }
         }
-        self.retire(&mut events, |s| {
+        self.retire(&mut events, vocab, |s| {
             ended.iter().find(|(id, _)| *id == s.id).map(|(_, r)| *r)
         });
         Ok(events)
@@ -207,6 +212,7 @@ impl<C: super::TokenCache> Batch<C> {
     fn retire(
         &mut self,
         events: &mut Vec<SeqEvent>,
+        vocab: &Vocabulary<'_>,
         ended: impl Fn(&Sequence<C>) -> Option<FinishReason>,
     ) {
         let mut at = 0;
@@ -215,7 +221,9 @@ impl<C: super::TokenCache> Batch<C> {
                 Some(reason) => {
                     let seq = self.sequences.remove(at);
                     self.reserved -= seq.reserved;
-                    events.push(SeqEvent::Finished(seq.id, Ok(seq.output(reason))));
+                    let id = seq.id;
+                    let output = seq.output(reason, vocab.tokenizer);
+                    events.push(SeqEvent::Finished(id, Ok(output)));
                 }
                 None => at += 1,
             }

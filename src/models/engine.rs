@@ -170,7 +170,8 @@ impl<M: CausalLm> TextEngine<M> {
                 match event {
                     SeqEvent::Token(_, token) => {
                         if !on_token(token) {
-                            let output = alone.finish(0, FinishReason::Cancelled);
+                            let output =
+                                alone.finish(0, FinishReason::Cancelled, &self.vocabulary());
                             return Ok(output.expect("the sequence runs until it finishes"));
                         }
                     }

@@ -7,6 +7,7 @@
 pub mod batch;
 pub mod chat_template;
 pub mod decode_attention;
+pub mod detokenizer;
 pub mod engine;
 pub mod generate;
 pub mod generation_config;

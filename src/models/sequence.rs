@@ -7,7 +7,8 @@ use std::time::Instant;
 use tokenizers::Tokenizer;
 use wc_actors::{FinishReason, GenerateOutput, GenerateRequest, SeqId, TokenEvent, TokenLogprobs};
 
-use super::generate::{decode, stream_safe_len};
+use super::detokenizer::Detokenizer;
+use super::generate::stream_safe_len;
 use super::sampler::Sampler;
 use super::TokenCache;
 use crate::error::GenerateError;
@@ -40,6 +41,9 @@ pub struct Sequence<C> {
     counts: HashMap<u32, u32>,
     new_tokens: Vec<u32>,
     text: String,
+    detokenizer: Detokenizer,
+    /// A stop string ended the text (nothing after it belongs to the output).
+    stopped_by_string: bool,
     /// Bytes of `text` already streamed.
     emitted: usize,
     token_logprobs: Vec<TokenLogprobs>,
@@ -115,6 +119,8 @@ impl<C: TokenCache> Sequence<C> {
             counts: HashMap::new(),
             new_tokens: Vec::new(),
             text: String::new(),
+            detokenizer: Detokenizer::default(),
+            stopped_by_string: false,
             emitted: 0,
             token_logprobs: Vec::new(),
             cumulative_logprob: 0.0,
@@ -185,10 +191,19 @@ impl<C: TokenCache> Sequence<C> {
         }
         self.new_tokens.push(token);
         *self.counts.entry(token).or_default() += 1;
-        self.text = decode(vocab.tokenizer, &self.new_tokens);
+        // Only the end of the text can hold a stop string that was not there before.
+        let longest_stop = self.stop.iter().map(String::len).max().unwrap_or(0);
+        let mut search_from = self.text.len().saturating_sub(longest_stop);
+        while !self.text.is_char_boundary(search_from) {
+            search_from -= 1;
+        }
+        let added = self.detokenizer.next(vocab.tokenizer, &self.new_tokens);
+        self.text.push_str(&added);
         let mut finished = None;
-        if let Some(at) = self.stop.iter().filter_map(|s| self.text.find(s)).min() {
-            self.text.truncate(at);
+        let tail = &self.text[search_from..];
+        if let Some(at) = self.stop.iter().filter_map(|s| tail.find(s)).min() {
+            self.text.truncate(search_from + at);
+            self.stopped_by_string = true;
             finished = Some(FinishReason::Stop);
         }
         let safe = match finished {
@@ -239,8 +254,17 @@ impl<C: TokenCache> Sequence<C> {
         self.sampler.sample(&adjusted)
     }
 
-    /// The output so far, ended for `finish_reason`.
-    pub fn output(self, finish_reason: FinishReason) -> GenerateOutput {
+    /// The output so far, ended for `finish_reason` (with the text of tokens that ended inside
+    /// a character, unless a stop string ended it).
+    pub fn output(
+        mut self,
+        finish_reason: FinishReason,
+        tokenizer: Option<&Tokenizer>,
+    ) -> GenerateOutput {
+        if !self.stopped_by_string {
+            let rest = self.detokenizer.flush(tokenizer, &self.new_tokens);
+            self.text.push_str(&rest);
+        }
         let total_ms = self.admitted.elapsed().as_secs_f64() * 1e3;
         let prefill_ms = self.prefill_ms.unwrap_or(total_ms);
         GenerateOutput {
