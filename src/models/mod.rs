@@ -13,6 +13,7 @@ pub mod generate;
 pub mod generation_config;
 pub mod kv_cache;
 pub mod llama;
+pub mod matmul;
 pub mod opt;
 pub mod packing;
 pub mod prompt;

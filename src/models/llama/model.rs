@@ -7,13 +7,14 @@
 //! Tokens of all sequences in a pass are packed along one axis (`[tokens, hidden]`); only
 //! attention looks at each sequence separately, against that sequence's own [`KvCache`].
 
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::Linear;
 
 use super::config::LlamaConfig;
 use crate::error::LoadError;
 use crate::models::decode_attention::{attend_decodes, Heads};
 use crate::models::kv_cache::KvCache;
+use crate::models::matmul::{linear, times_transposed};
 use crate::models::packing::{packing_order, PackingOrder};
 use crate::models::{CausalLm, TokenCache};
 use crate::weights::DeviceWeights;
@@ -273,7 +274,7 @@ impl LlamaModel {
             debug_assert_eq!(hidden.dim(0)?, total);
         }
         let hidden = rms_norm(&hidden, &self.norm, c.rms_norm_eps)?;
-        hidden.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)
+        times_transposed(&hidden, &self.lm_head)?.to_dtype(DType::F32)
     }
 
     /// `cos` and `sin` (`[tokens, head_dim / 2]`, model dtype) of each token's position.
@@ -319,8 +320,8 @@ impl DecoderLayer {
 
 impl Mlp {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let gate = candle_nn::ops::silu(&self.gate_proj.forward(x)?)?;
-        self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
+        let gate = candle_nn::ops::silu(&linear(&self.gate_proj, x)?)?;
+        linear(&self.down_proj, &(gate * linear(&self.up_proj, x)?)?)
     }
 }
 
@@ -335,7 +336,7 @@ impl Attention {
         rope: Option<(&Tensor, &Tensor)>,
     ) -> candle_core::Result<Tensor> {
         let tokens = x.dim(0)?;
-        let mut y = proj.forward(x)?.reshape((tokens, heads, self.head_dim))?;
+        let mut y = linear(proj, x)?.reshape((tokens, heads, self.head_dim))?;
         if let Some((weight, eps)) = norm {
             y = rms_norm(&y, weight, eps)?;
         }
@@ -395,7 +396,7 @@ impl Attention {
         } else {
             Tensor::cat(&outputs, 0)?
         };
-        self.o_proj.forward(&out)
+        linear(&self.o_proj, &out)
     }
 
     /// Attention of one sequence's queries (`[heads, tokens, head_dim]`) over its cache; returns

@@ -7,6 +7,7 @@ use super::config::{OptConfig, LAYER_NORM_EPS, POSITION_OFFSET};
 use crate::error::LoadError;
 use crate::models::decode_attention::{attend_decodes, Heads};
 pub use crate::models::kv_cache::KvCache;
+use crate::models::matmul::{linear, times_transposed};
 use crate::models::packing::{packing_order, PackingOrder};
 use crate::models::TokenCache;
 use crate::weights::DeviceWeights;
@@ -243,7 +244,7 @@ impl OptModel {
         let ids = Tensor::new(ids, &self.device)?;
         let tokens = self.embed_tokens.index_select(&ids, 0)?;
         let tokens = match &self.project_in {
-            Some(p) => p.forward(&tokens)?,
+            Some(p) => linear(p, &tokens)?,
             None => tokens,
         };
         let positions = Tensor::new(positions, &self.device)?;
@@ -277,9 +278,9 @@ impl OptModel {
             hidden = norm.forward(&hidden)?;
         }
         if let Some(p) = &self.project_out {
-            hidden = p.forward(&hidden)?;
+            hidden = linear(p, &hidden)?;
         }
-        hidden.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)
+        times_transposed(&hidden, &self.lm_head)?.to_dtype(DType::F32)
     }
 }
 
@@ -355,9 +356,7 @@ impl DecoderLayer {
         } else {
             h.clone()
         };
-        let f = self
-            .fc2
-            .forward(&activate(&self.fc1.forward(&f)?, activation)?)?;
+        let f = linear(&self.fc2, &activate(&linear(&self.fc1, &f)?, activation)?)?;
         let out = (residual + f)?;
         if norm_before {
             Ok(out)
@@ -374,10 +373,7 @@ impl Attention {
         let (tokens, hidden) = x.dims2()?;
         let (heads, head_dim) = (self.num_heads, self.head_dim);
         // [tokens, 3, heads, head_dim]: q (scaled already), k, v of each token.
-        let qkv = self
-            .qkv_proj
-            .forward(x)?
-            .reshape((tokens, 3, heads, head_dim))?;
+        let qkv = linear(&self.qkv_proj, x)?.reshape((tokens, 3, heads, head_dim))?;
         let mut outputs = Vec::with_capacity(pass.spans.len());
         let decodes = pass.order.decodes();
         if !decodes.is_empty() {
@@ -418,7 +414,7 @@ impl Attention {
             1 => outputs.pop().expect("one output"),
             _ => Tensor::cat(&outputs, 0)?,
         };
-        self.out_proj.forward(&out)
+        linear(&self.out_proj, &out)
     }
 
     /// Attention of one sequence's queries (`[heads, tokens, head_dim]`) over its keys and
