@@ -29,7 +29,7 @@ pub fn attend_decodes(
 ) -> candle_core::Result<Tensor> {
     let seqs = caches.len();
     let longest = lens.iter().copied().max().unwrap_or(0);
-    let (k, v) = gather(caches, layer, longest)?;
+    let (k, v) = gather(caches, layer, lens, longest)?;
     let group = shape.heads / shape.kv_heads;
     // Query heads of one kv head side by side: [seqs, kv_heads, group, head_dim].
     let q = q.reshape((seqs, shape.kv_heads, group, shape.head_dim))?;

@@ -2,9 +2,9 @@
 //! `[kv_heads, capacity, head_dim]`, grown by doubling and written in place, with the sequence's
 //! length (the position its next token gets) kept beside them.
 //!
-//! Each sequence owns its cache, so a forward pass can run several sequences of different
-//! lengths; the decodes of a pass read their caches together ([`gather`]) for one batched
-//! attention.
+//! Each sequence owns its cache, sized for its own tokens only, so a forward pass can run
+//! several sequences of different lengths; the decodes of a pass read their caches together
+//! ([`gather`]) for one batched attention.
 
 use candle_core::{DType, Device, Tensor};
 
@@ -118,20 +118,27 @@ impl TokenCache for KvCache {
     }
 }
 
-/// Keys and values of positions `0..len` of `layer` of every cache, stacked:
-/// `[caches, kv_heads, len, head_dim]` each. Every cache must hold `len` positions of capacity
-/// (what is past its own length is masked by the caller).
+/// Keys and values of `layer` of every cache, positions `0..lens[i]` of cache `i` padded with
+/// zeros to `longest` (the caller masks the padding), stacked: `[caches, kv_heads, longest,
+/// head_dim]` each. A cache whose capacity reaches `longest` needs no padding of its own (what
+/// it holds past its length is masked as well).
 pub(crate) fn gather(
     caches: &[&KvCache],
     layer: usize,
-    len: usize,
+    lens: &[usize],
+    longest: usize,
 ) -> candle_core::Result<(Tensor, Tensor)> {
     let mut keys = Vec::with_capacity(caches.len());
     let mut values = Vec::with_capacity(caches.len());
-    for cache in caches {
+    for (cache, &len) in caches.iter().zip(lens) {
         let (k, v) = &cache.layers[layer];
-        keys.push(k.narrow(1, 0, len)?);
-        values.push(v.narrow(1, 0, len)?);
+        if cache.capacity >= longest {
+            keys.push(k.narrow(1, 0, longest)?);
+            values.push(v.narrow(1, 0, longest)?);
+        } else {
+            keys.push(k.narrow(1, 0, len)?.pad_with_zeros(1, 0, longest - len)?);
+            values.push(v.narrow(1, 0, len)?.pad_with_zeros(1, 0, longest - len)?);
+        }
     }
     Ok((Tensor::stack(&keys, 0)?, Tensor::stack(&values, 0)?))
 }

@@ -67,14 +67,14 @@ mod tests {
     fn completion_shape_counts_offsets_from_the_echo_and_keeps_the_chosen_token() {
         let tokens = [
             token(" a", -0.5, &[(" a", -0.5), (" b", -1.0)]),
-            token("c", -2.0, &[("d", -0.1)]),
+            token("c", -2.0, &[("d", -0.125)]),
         ];
         let v = completion_logprobs(&tokens, 3);
         assert_eq!(v["tokens"], json!([" a", "c"]));
         assert_eq!(v["token_logprobs"], json!([-0.5, -2.0]));
         assert_eq!(v["text_offset"], json!([3, 5]));
         assert_eq!(v["top_logprobs"][0], json!({" a": -0.5, " b": -1.0}));
-        assert_eq!(v["top_logprobs"][1], json!({"d": -0.1, "c": -2.0}));
+        assert_eq!(v["top_logprobs"][1], json!({"d": -0.125, "c": -2.0}));
     }
 
     #[test]

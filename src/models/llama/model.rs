@@ -198,16 +198,10 @@ impl LlamaModel {
     ) -> candle_core::Result<Tensor> {
         let c = &self.config;
         let order = packing_order(seqs.iter().map(|s| s.ids.len()), all_positions);
-        let longest_decode = order
-            .decodes()
-            .iter()
-            .map(|&i| seqs[i].cache.len() + 1)
-            .max()
-            .unwrap_or(0);
         let mut spans: Vec<Option<Span>> = (0..seqs.len()).map(|_| None).collect();
         let mut ids = Vec::new();
         let mut positions = Vec::new();
-        for (at, &index) in order.order.iter().enumerate() {
+        for &index in &order.order {
             let seq = &mut seqs[index];
             let past = seq.cache.len();
             if seq.ids.is_empty() {
@@ -223,13 +217,8 @@ impl LlamaModel {
             if let Some(&id) = seq.ids.iter().find(|&&id| id as usize >= c.vocab_size) {
                 candle_core::bail!("token id {id} is outside the vocabulary ({})", c.vocab_size);
             }
-            // A decode's cache holds the longest decode's positions, for the batched read.
-            let room = match at < order.decode_count {
-                true => longest_decode - past,
-                false => seq.ids.len(),
-            };
             seq.cache.reserve(
-                room,
+                seq.ids.len(),
                 c.max_position_embeddings,
                 c.num_hidden_layers,
                 c.num_key_value_heads,

@@ -193,16 +193,10 @@ impl OptModel {
     ) -> candle_core::Result<Tensor> {
         let c = &self.config;
         let order = packing_order(seqs.iter().map(|(ids, _)| ids.len()), all_positions);
-        let longest_decode = order
-            .decodes()
-            .iter()
-            .map(|&i| seqs[i].1.len() + 1)
-            .max()
-            .unwrap_or(0);
         let mut spans: Vec<Option<Span>> = (0..seqs.len()).map(|_| None).collect();
         let mut ids = Vec::new();
         let mut positions = Vec::new();
-        for (at, &index) in order.order.iter().enumerate() {
+        for &index in &order.order {
             let (new, cache) = &mut seqs[index];
             let past = cache.len();
             if new.is_empty() {
@@ -218,13 +212,8 @@ impl OptModel {
             if let Some(&id) = new.iter().find(|&&id| id as usize >= c.vocab_size) {
                 candle_core::bail!("token id {id} is outside the vocabulary ({})", c.vocab_size);
             }
-            // A decode's cache holds the longest decode's positions, for the batched read.
-            let room = match at < order.decode_count {
-                true => longest_decode - past,
-                false => new.len(),
-            };
             cache.reserve(
-                room,
+                new.len(),
                 c.max_position_embeddings,
                 c.num_hidden_layers,
                 c.num_attention_heads,
