@@ -67,12 +67,9 @@ fn check_headers(spec: &ModelSpec, checkpoint: Checkpoint) -> Result<CheckedChec
         .or_else(|| Checkpoint::stored_dtype(&headers))
         .unwrap_or(DType::F32);
     let elements: u64 = headers.iter().map(TensorHeader::elements).sum();
-    // The engine must hold at least one sequence of the model's full context.
-    let config = &checkpoint.config;
-    let kv_cache_bytes = config.kv_bytes_per_token(dtype.size()) * config.max_positions() as u64;
     let footprint = Footprint {
         device_bytes: elements * dtype.size(),
-        kv_cache_bytes,
+        kv_bytes_per_token: checkpoint.config.kv_bytes_per_token(dtype.size()),
         file_bytes: headers.iter().map(|h| h.data_bytes).sum(),
         dtype,
     };
@@ -104,6 +101,8 @@ pub struct CandleDevice {
     pub spec: DeviceSpec,
     /// Cap on what this worker may use (0: the device's size).
     memory_limit: u64,
+    /// The KV-cache budget of each engine loaded here, in tokens.
+    kv_cache_tokens: usize,
     /// Bytes held by engines loaded here; each engine gives its share back when dropped.
     held: Arc<AtomicU64>,
     /// Weight bytes and tokenizers of recently loaded models (empty for the standard path).
@@ -168,6 +167,9 @@ impl CandleDevice {
             device,
             spec: spec.clone(),
             memory_limit: prewarm.map(|p| p.memory_limit_bytes).unwrap_or(0),
+            kv_cache_tokens: prewarm
+                .map(|p| p.kv_cache_tokens)
+                .unwrap_or(PrewarmOptions::default().kv_cache_tokens),
             held: Arc::new(AtomicU64::new(0)),
             host_cache: HostCache::new(prewarm.map(|p| p.host_cache_bytes).unwrap_or(0)),
             pinned,
@@ -185,8 +187,9 @@ impl CandleDevice {
         spec: &ModelSpec,
         timeline: &mut Timeline,
     ) -> Result<(Box<dyn Engine>, u64), LoadError> {
+        let kv_cache_tokens = self.kv_cache_tokens;
         self.load_with(spec, timeline, |config, weights, tokenizer, dir| {
-            config.build_engine(weights, tokenizer, dir)
+            config.build_engine(weights, tokenizer, dir, kv_cache_tokens)
         })
     }
 
@@ -198,6 +201,7 @@ impl CandleDevice {
         spec: &ModelSpec,
         timeline: &mut Timeline,
     ) -> Result<(OptEngine, u64), LoadError> {
+        let kv_cache_tokens = self.kv_cache_tokens;
         let checked = check_cached(spec)?;
         if checked.checkpoint.config.as_opt().is_none() {
             return Err(LoadError::WrongFamily {
@@ -212,6 +216,7 @@ impl CandleDevice {
                 tokenizer,
                 weights.device_bytes,
             )
+            .with_kv_cache_tokens(kv_cache_tokens)
             .with_checkpoint_files(dir)
         })
     }
@@ -370,10 +375,10 @@ impl CandleDevice {
         Ok(Some(tokenizer))
     }
 
-    /// Refuses, before any weight is read, a model whose weights and KV cache cannot fit the
-    /// memory this worker has free.
+    /// Refuses, before any weight is read, a model whose weights and full KV cache (this
+    /// worker's `kv_cache_tokens`) cannot fit the memory this worker has free.
     fn check_fits(&self, checked: &CheckedCheckpoint) -> Result<(), LoadError> {
-        let needed = checked.footprint.device_bytes + checked.footprint.kv_cache_bytes;
+        let needed = checked.footprint.needed_bytes(self.kv_cache_tokens);
         let free = self
             .memory()
             .map_err(|e| LoadError::Device(DeviceError::other(e.message)))?;
@@ -465,6 +470,14 @@ impl Engine for LeasedEngine {
 
     fn device_bytes(&self) -> u64 {
         self.engine.device_bytes()
+    }
+
+    fn prompt_encoder(&self) -> Option<Arc<dyn wc_actors::PromptEncoder>> {
+        self.engine.prompt_encoder()
+    }
+
+    fn batch(&mut self) -> Option<&mut dyn wc_actors::BatchEngine> {
+        self.engine.batch()
     }
 }
 

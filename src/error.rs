@@ -233,6 +233,11 @@ pub enum GenerateError {
     Tokenizer(String),
     #[error("invalid sampling parameter: {0}")]
     InvalidSampling(String),
+    #[error(
+        "the request needs {needed} KV-cache tokens (prompt plus max_tokens), more than this \
+         engine's budget of {budget} (kv_cache_tokens): shorten the prompt or lower max_tokens"
+    )]
+    KvBudgetExceeded { needed: usize, budget: usize },
     #[error(transparent)]
     Chat(#[from] crate::models::chat_template::ChatTemplateError),
     #[error("device error: {0}")]

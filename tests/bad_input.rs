@@ -279,10 +279,11 @@ fn a_model_larger_than_the_worker_is_refused_before_any_byte_is_read() {
     };
     assert_eq!(
         *needed_bytes,
-        footprint.device_bytes + footprint.kv_cache_bytes,
-        "weights and KV cache"
+        footprint.device_bytes
+            + footprint.kv_bytes_per_token * PrewarmOptions::default().kv_cache_tokens as u64,
+        "weights and a full KV cache"
     );
-    assert!(footprint.kv_cache_bytes > 0);
+    assert!(footprint.kv_bytes_per_token > 0);
     assert_eq!(*free_bytes, 64 << 10);
     let text = error.to_string();
     assert!(

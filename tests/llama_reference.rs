@@ -329,7 +329,7 @@ fn every_family_builds_a_runtime_engine_from_its_config() {
         let config = ModelConfig::from_file(&dir.join("config.json")).unwrap();
         let w = weights(&dir, DType::F32);
         let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).ok();
-        let mut engine = config.build_engine(&w, tokenizer, &dir).unwrap();
+        let mut engine = config.build_engine(&w, tokenizer, &dir, 32768).unwrap();
         let case = &reference(name).cases[0];
         let out = engine
             .generate(

@@ -238,12 +238,12 @@ fn a_model_without_a_chat_template_and_malformed_chats_are_400() {
             "list",
         ),
         (
-            json!({"model": "tiny-llama", "messages": user, "n": 2}),
+            json!({"model": "tiny-llama", "messages": user, "n": 17}),
             "`n`",
         ),
         (
-            json!({"model": "tiny-llama", "messages": user, "logprobs": true}),
-            "`logprobs`",
+            json!({"model": "tiny-llama", "messages": user, "top_logprobs": 3}),
+            "`top_logprobs`",
         ),
         (
             json!({"model": "tiny-llama", "messages": user, "tools": [{"type": "function", "function": {"name": "f"}}]}),
@@ -254,7 +254,7 @@ fn a_model_without_a_chat_template_and_malformed_chats_are_400() {
             "`response_format`",
         ),
         (
-            json!({"model": "tiny-llama", "messages": user, "frequency_penalty": 0.5}),
+            json!({"model": "tiny-llama", "messages": user, "frequency_penalty": 2.5}),
             "`frequency_penalty`",
         ),
         (

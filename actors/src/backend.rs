@@ -131,13 +131,25 @@ pub struct ModelSpec {
 pub struct Footprint {
     /// Device bytes the weights take at the requested dtype.
     pub device_bytes: u64,
-    /// Device bytes of the KV cache the engine reserves beside its weights.
+    /// Device bytes one token takes in the KV cache (keys and values, every layer): an engine
+    /// may hold its worker's `kv_cache_tokens` of them beside its weights.
     #[serde(default)]
-    pub kv_cache_bytes: u64,
+    pub kv_bytes_per_token: u64,
     /// Bytes of weight data in the checkpoint files.
     pub file_bytes: u64,
     /// The dtype the engine will use.
     pub dtype: DType,
+}
+
+impl Footprint {
+    /// Device bytes an engine of this model needs on a worker whose KV-cache budget is
+    /// `kv_cache_tokens`: its weights and a full KV cache.
+    pub fn needed_bytes(&self, kv_cache_tokens: usize) -> u64 {
+        self.device_bytes.saturating_add(
+            self.kv_bytes_per_token
+                .saturating_mul(kv_cache_tokens as u64),
+        )
+    }
 }
 
 /// A device's memory, in bytes, and what the worker's host cache holds.
@@ -177,6 +189,9 @@ pub struct PrewarmOptions {
     /// Cap on the device memory this worker may use (0: the device's own size).
     #[serde(rename = "memory_limit", with = "crate::quantity::byte_size")]
     pub memory_limit_bytes: u64,
+    /// KV-cache tokens an engine on this worker reserves for the requests it runs at once;
+    /// each reserves its prompt plus `max_new_tokens`, and one larger than all of it is refused.
+    pub kv_cache_tokens: usize,
 }
 
 impl Default for PrewarmOptions {
@@ -186,6 +201,7 @@ impl Default for PrewarmOptions {
             staging_bytes: 256 << 20,
             host_cache_bytes: 512 << 20,
             memory_limit_bytes: 0,
+            kv_cache_tokens: 32768,
         }
     }
 }
@@ -242,6 +258,14 @@ pub struct GenerateRequest {
     pub stop: Vec<String>,
     /// Keep going past the end-of-sequence token.
     pub ignore_eos: bool,
+    /// Report each new token's logprob and this many most likely alternatives; `None`: none.
+    pub logprobs: Option<usize>,
+    /// Subtracted once from the logit of every token already generated (OpenAI semantics).
+    pub presence_penalty: f32,
+    /// Subtracted from a token's logit once per time it was already generated.
+    pub frequency_penalty: f32,
+    /// Added to the logits of these token ids before sampling.
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 impl Default for GenerateRequest {
@@ -254,6 +278,10 @@ impl Default for GenerateRequest {
             seed: None,
             stop: Vec::new(),
             ignore_eos: false,
+            logprobs: None,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            logit_bias: Vec::new(),
         }
     }
 }
@@ -264,6 +292,30 @@ pub struct TokenEvent {
     pub id: u32,
     /// The text this token adds to the output (may be empty mid-character).
     pub text: String,
+    /// Its logprob and the top alternatives, when the request asked for them.
+    pub logprobs: Option<TokenLogprobs>,
+}
+
+impl TokenEvent {
+    /// A token without logprobs.
+    pub fn new(id: u32, text: impl Into<String>) -> Self {
+        Self {
+            id,
+            text: text.into(),
+            logprobs: None,
+        }
+    }
+}
+
+/// The log-probability of a chosen token and of the most likely tokens at its position
+/// (log-softmax of the raw logits, before penalties, bias and temperature, as vLLM reports).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TokenLogprobs {
+    /// The token as text on its own.
+    pub token: String,
+    pub logprob: f32,
+    /// The most likely tokens, most likely first: `(id, text, logprob)`.
+    pub top: Vec<(u32, String, f32)>,
 }
 
 /// Why generation ended.
@@ -287,6 +339,10 @@ pub struct GenerateOutput {
     pub finish_reason: FinishReason,
     pub prefill_ms: f64,
     pub decode_ms: f64,
+    /// Sum of the new tokens' logprobs (what `best_of` ranks by); 0 when not computed.
+    pub cumulative_logprob: f64,
+    /// Per new token, when the request asked for logprobs.
+    pub logprobs: Vec<TokenLogprobs>,
 }
 
 /// The category of an engine failure; decides HTTP status and whether the worker survives.
@@ -405,6 +461,12 @@ pub trait Engine {
     /// What encodes this engine's prompts off its thread; `None`: [`Engine::generate`] takes
     /// prompts as they come. The runtime asks once, after the attach.
     fn prompt_encoder(&self) -> Option<std::sync::Arc<dyn PromptEncoder>> {
+        None
+    }
+
+    /// The step-based interface of an engine that batches requests at the iteration level;
+    /// `None` (the default): requests run one at a time through [`Engine::generate`].
+    fn batch(&mut self) -> Option<&mut dyn crate::batch::BatchEngine> {
         None
     }
 }

@@ -1,20 +1,46 @@
-//! The engine actor: one attached model on its worker's thread, serving requests one at a time.
+//! The engine actor: one attached model on its worker's thread. An engine that batches
+//! ([`Engine::batch`]) serves every request it has room for at once, one step at a time:
+//! requests wait in arrival order until their KV-cache reservation fits, join the running
+//! batch at the next step, and leave it as soon as they finish or their caller goes away.
+//! Other engines serve requests one at a time, in mailbox order.
 
 use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 
 use actix::prelude::*;
+use tokio::sync::{mpsc::UnboundedSender, oneshot};
 
-use crate::backend::{Engine, GenerateOutput, TokenEvent};
+use crate::backend::{Engine, EngineError, ErrorKind, GenerateOutput, GenerateRequest, TokenEvent};
+use crate::batch::{Admission, BatchEngine, SeqEvent, SeqId};
 use crate::errors::GenerateError;
 use crate::guard::{call, drop_guarded, Failure};
-use crate::messages::{DropEngine, RunGenerate, WorkerFailed};
+use crate::messages::{CallerAlive, DropEngine, RunGenerate, WorkerFailed};
 
 /// The engine, shared by the worker and its engine actor (both on the worker's thread), so either
 /// can drop it there and then.
 pub(crate) type SharedEngine = Rc<RefCell<Option<Box<dyn Engine>>>>;
 
-/// Serves generation requests for one engine, in mailbox order.
+type Reply = oneshot::Sender<Result<GenerateOutput, GenerateError>>;
+
+/// A request in the batch or waiting for room in it.
+struct Sequence {
+    id: SeqId,
+    request: GenerateRequest,
+    stream: Option<UnboundedSender<TokenEvent>>,
+    caller: CallerAlive,
+    reply: Reply,
+}
+
+impl Sequence {
+    /// Whether anyone still waits for this sequence's tokens or output.
+    fn wanted(&self) -> bool {
+        let stream_closed = self.stream.as_ref().is_some_and(|tx| tx.is_closed());
+        self.caller.is_alive() && !stream_closed && !self.reply.is_closed()
+    }
+}
+
+/// Serves generation requests for one engine.
 pub struct EngineActor {
     /// The worker this engine lives on, for error messages and failure events.
     worker: usize,
@@ -26,6 +52,15 @@ pub struct EngineActor {
     failed: Recipient<WorkerFailed>,
     /// Set after a fatal failure: every later request fails at once with this reason.
     lost: Option<String>,
+    /// Requests waiting for room in the batch, in arrival order.
+    waiting: VecDeque<Sequence>,
+    /// Requests in the batch.
+    running: HashMap<SeqId, Sequence>,
+    next_id: SeqId,
+    /// A step is scheduled.
+    stepping: bool,
+    /// A drop asked for while requests were still being served; done once they are.
+    drop_when_idle: Option<oneshot::Sender<Result<(), String>>>,
 }
 
 impl EngineActor {
@@ -41,18 +76,22 @@ impl EngineActor {
             engine,
             failed,
             lost: None,
+            waiting: VecDeque::new(),
+            running: HashMap::new(),
+            next_id: 0,
+            stepping: false,
+            drop_when_idle: None,
         }
+    }
+
+    /// Whether the engine serves requests through batched steps.
+    fn batches(&self) -> bool {
+        let mut slot = self.engine.borrow_mut();
+        slot.as_mut().is_some_and(|engine| engine.batch().is_some())
     }
 
     /// Runs one request on the engine, streaming tokens to `msg.stream` while its receiver lives.
     fn generate(&mut self, msg: RunGenerate) -> Result<GenerateOutput, GenerateError> {
-        if let Some(reason) = &self.lost {
-            return Err(self.worker_lost(reason.clone()));
-        }
-        let stream_closed = msg.stream.as_ref().is_some_and(|tx| tx.is_closed());
-        if !msg.caller.is_alive() || stream_closed {
-            return Err(GenerateError::Cancelled);
-        }
         let mut slot = self.engine.borrow_mut();
         let Some(engine) = slot.as_mut() else {
             return Err(self.worker_lost("the engine was already released".into()));
@@ -69,17 +108,27 @@ impl EngineActor {
         match result {
             Ok(output) => Ok(output),
             Err(Failure::Engine(e)) => Err(GenerateError::Engine(e)),
-            Err(Failure::Fatal(reason)) => {
-                tracing::error!(worker = self.worker, %reason, "engine failed; worker lost");
-                self.lost = Some(reason.clone());
-                self.failed.do_send(WorkerFailed {
-                    worker: self.worker,
-                    incarnation: self.incarnation,
-                    reason: reason.clone(),
-                });
-                Err(self.worker_lost(reason))
-            }
+            Err(Failure::Fatal(reason)) => Err(self.fail(reason)),
         }
+    }
+
+    /// Marks the worker lost, reports it, and fails everything queued; returns the error.
+    fn fail(&mut self, reason: String) -> GenerateError {
+        tracing::error!(worker = self.worker, %reason, "engine failed; worker lost");
+        self.lost = Some(reason.clone());
+        self.failed.do_send(WorkerFailed {
+            worker: self.worker,
+            incarnation: self.incarnation,
+            reason: reason.clone(),
+        });
+        let queued = self
+            .waiting
+            .drain(..)
+            .chain(self.running.drain().map(|(_, s)| s));
+        for seq in queued.collect::<Vec<_>>() {
+            let _ = seq.reply.send(Err(self.worker_lost(reason.clone())));
+        }
+        self.worker_lost(reason)
     }
 
     fn worker_lost(&self, reason: String) -> GenerateError {
@@ -88,6 +137,158 @@ impl EngineActor {
             reason,
         }
     }
+
+    fn schedule(&mut self, ctx: &mut Context<Self>) {
+        if !self.stepping {
+            self.stepping = true;
+            // After yielding to the thread's other tasks (replies on their way out) and to the
+            // mailbox, so requests that came meanwhile join the next step; no timer involved.
+            let yielded = actix::fut::wrap_future::<_, Self>(tokio::task::yield_now());
+            ctx.spawn(yielded.map(|(), act, ctx| act.step(ctx)));
+        }
+    }
+
+    /// Drops sequences nobody waits for, admits waiting ones while they fit, runs one step, and
+    /// schedules the next while anything is left.
+    fn step(&mut self, ctx: &mut Context<Self>) {
+        self.stepping = false;
+        let engine = self.engine.clone();
+        let mut slot = engine.borrow_mut();
+        let Some(batch) = slot.as_mut().and_then(|e| e.batch()) else {
+            drop(slot);
+            let reason = "the engine was already released".to_owned();
+            for seq in self
+                .waiting
+                .drain(..)
+                .chain(self.running.drain().map(|(_, s)| s))
+            {
+                let _ = seq.reply.send(Err(GenerateError::WorkerLost {
+                    worker: self.worker,
+                    reason: reason.clone(),
+                }));
+            }
+            return self.finish_drop_if_idle(ctx);
+        };
+        let outcome = self.drop_unwanted(batch).and_then(|()| self.admit(batch));
+        let outcome = outcome.and_then(|()| self.run_step(batch));
+        drop(slot);
+        if let Err(reason) = outcome {
+            self.fail(reason);
+        }
+        if !self.running.is_empty() || (!self.waiting.is_empty() && self.lost.is_none()) {
+            self.schedule(ctx);
+        } else {
+            self.finish_drop_if_idle(ctx);
+        }
+    }
+
+    /// Cancelled and disconnected requests leave the queue and the batch, freeing their room.
+    fn drop_unwanted(&mut self, batch: &mut dyn BatchEngine) -> Result<(), String> {
+        self.waiting.retain(|seq| seq.wanted());
+        let gone: Vec<SeqId> = self
+            .running
+            .values()
+            .filter(|seq| !seq.wanted())
+            .map(|seq| seq.id)
+            .collect();
+        for id in gone {
+            if let Some(seq) = self.running.remove(&id) {
+                let _ = seq.reply.send(Err(GenerateError::Cancelled));
+            }
+            fatal_only(call("cancelling", || {
+                batch.cancel(id);
+                Ok(())
+            }))?;
+        }
+        Ok(())
+    }
+
+    /// Admits waiting requests in order while the engine has room for them.
+    fn admit(&mut self, batch: &mut dyn BatchEngine) -> Result<(), String> {
+        while let Some(seq) = self.waiting.front() {
+            match call("admitting a request", || batch.admit(seq.id, &seq.request)) {
+                Ok(Admission::Admitted) => {
+                    let seq = self.waiting.pop_front().expect("the front");
+                    self.running.insert(seq.id, seq);
+                }
+                Ok(Admission::NoRoomYet) if self.running.is_empty() => {
+                    // Nothing will free room: refuse rather than wait for ever.
+                    let seq = self.waiting.pop_front().expect("the front");
+                    let _ = seq.reply.send(Err(GenerateError::Engine(EngineError::new(
+                        ErrorKind::InvalidRequest,
+                        "the request does not fit the engine's KV-cache budget",
+                    ))));
+                }
+                Ok(Admission::NoRoomYet) => break,
+                Err(Failure::Engine(e)) => {
+                    let seq = self.waiting.pop_front().expect("the front");
+                    let _ = seq.reply.send(Err(GenerateError::Engine(e)));
+                }
+                Err(Failure::Fatal(reason)) => return Err(reason),
+            }
+        }
+        Ok(())
+    }
+
+    /// One forward pass for the batch; tokens go to their streams, outputs to their callers.
+    fn run_step(&mut self, batch: &mut dyn BatchEngine) -> Result<(), String> {
+        if self.running.is_empty() {
+            return Ok(());
+        }
+        let events = match call("generating", || batch.step()) {
+            Ok(events) => events,
+            Err(Failure::Fatal(reason)) => return Err(reason),
+            Err(Failure::Engine(e)) => {
+                // The pass failed for every sequence in it; the worker itself is fine.
+                for (id, seq) in self.running.drain() {
+                    let _ = seq.reply.send(Err(GenerateError::Engine(e.clone())));
+                    fatal_only(call("cancelling", || {
+                        batch.cancel(id);
+                        Ok(())
+                    }))?;
+                }
+                return Ok(());
+            }
+        };
+        for event in events {
+            match event {
+                SeqEvent::Token(id, token) => {
+                    // A closed stream is noticed, and its sequence dropped, at the next step.
+                    if let Some(tx) = self.running.get(&id).and_then(|s| s.stream.as_ref()) {
+                        let _ = tx.send(token);
+                    }
+                }
+                SeqEvent::Finished(id, result) => {
+                    if let Some(seq) = self.running.remove(&id) {
+                        let _ = seq.reply.send(result.map_err(GenerateError::Engine));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn finish_drop_if_idle(&mut self, ctx: &mut Context<Self>) {
+        if self.running.is_empty() && self.waiting.is_empty() {
+            if let Some(reply) = self.drop_when_idle.take() {
+                let _ = reply.send(self.drop_engine(ctx));
+            }
+        }
+    }
+
+    fn drop_engine(&mut self, ctx: &mut Context<Self>) -> Result<(), String> {
+        ctx.stop();
+        let engine = self.engine.borrow_mut().take();
+        drop_guarded("dropping the engine", engine)
+    }
+}
+
+/// Keeps a fatal failure's reason; an ordinary error of a call that cannot fail is ignored.
+fn fatal_only(result: Result<(), Failure>) -> Result<(), String> {
+    match result {
+        Err(Failure::Fatal(reason)) => Err(reason),
+        _ => Ok(()),
+    }
 }
 
 impl Actor for EngineActor {
@@ -95,19 +296,53 @@ impl Actor for EngineActor {
 }
 
 impl Handler<RunGenerate> for EngineActor {
-    type Result = Result<GenerateOutput, GenerateError>;
+    type Result = ResponseFuture<Result<GenerateOutput, GenerateError>>;
 
-    fn handle(&mut self, msg: RunGenerate, _: &mut Context<Self>) -> Self::Result {
-        self.generate(msg)
+    fn handle(&mut self, msg: RunGenerate, ctx: &mut Context<Self>) -> Self::Result {
+        let now = |result| -> Self::Result { Box::pin(std::future::ready(result)) };
+        if let Some(reason) = &self.lost {
+            return now(Err(self.worker_lost(reason.clone())));
+        }
+        if self.drop_when_idle.is_some() {
+            return now(Err(self.worker_lost("the engine is being released".into())));
+        }
+        let stream_closed = msg.stream.as_ref().is_some_and(|tx| tx.is_closed());
+        if !msg.caller.is_alive() || stream_closed {
+            return now(Err(GenerateError::Cancelled));
+        }
+        if !self.batches() {
+            return now(self.generate(msg));
+        }
+        let (reply, answer) = oneshot::channel();
+        self.next_id += 1;
+        self.waiting.push_back(Sequence {
+            id: self.next_id,
+            request: msg.request,
+            stream: msg.stream,
+            caller: msg.caller,
+            reply,
+        });
+        self.schedule(ctx);
+        let (worker, released) = (self.worker, "the engine was released".to_owned());
+        Box::pin(async move {
+            answer.await.unwrap_or(Err(GenerateError::WorkerLost {
+                worker,
+                reason: released,
+            }))
+        })
     }
 }
 
 impl Handler<DropEngine> for EngineActor {
-    type Result = Result<(), String>;
+    type Result = ResponseFuture<Result<(), String>>;
 
     fn handle(&mut self, _: DropEngine, ctx: &mut Context<Self>) -> Self::Result {
-        ctx.stop();
-        let engine = self.engine.borrow_mut().take();
-        drop_guarded("dropping the engine", engine)
+        if self.running.is_empty() && self.waiting.is_empty() {
+            return Box::pin(std::future::ready(self.drop_engine(ctx)));
+        }
+        // The requests sent before this drop finish first.
+        let (reply, answer) = oneshot::channel();
+        self.drop_when_idle = Some(reply);
+        Box::pin(async move { answer.await.unwrap_or(Ok(())) })
     }
 }

@@ -18,6 +18,7 @@
 //! - `guard`: the catch-unwind boundary around backend code.
 
 pub mod backend;
+pub mod batch;
 pub mod controller;
 pub mod duration;
 pub mod engine;
@@ -32,6 +33,7 @@ pub mod timeline;
 pub mod worker;
 
 pub use backend::*;
+pub use batch::{Admission, BatchEngine, SeqEvent, SeqId};
 pub use controller::ControllerActor;
 pub use duration::parse_duration;
 pub use errors::{AttachError, DetachError, GenerateError};

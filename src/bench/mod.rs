@@ -1,11 +1,13 @@
 //! `worker-controller bench`: cold starts through the standard path and the controller, on the same anchors.
 //!
 //! Scenarios: one engine started `runs` times, and a list of models loaded one after another for
-//! `rounds` rounds. The standard path is a fresh `worker-controller generate` process per start
+//! `rounds` rounds; apart from those, `concurrency` ([`concurrency`]) times one stream against
+//! many at once on one engine. The standard path is a fresh `worker-controller generate` process per start
 //! that creates its device during startup; the controller path attaches to a prewarmed worker,
 //! makes the first token and detaches. Writes `results.json`, `report.md` and `chart.svg`.
 
 pub mod chart;
+pub mod concurrency;
 pub mod decode;
 pub mod floor;
 pub mod frame;

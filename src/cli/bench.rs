@@ -30,9 +30,16 @@ pub struct BenchArgs {
     /// Directory for results.json, report.md and chart.svg.
     #[arg(long, default_value = "bench-results")]
     out: PathBuf,
-    /// Which scenarios to run: all, single or sequential.
-    #[arg(long, default_value = "all", value_parser = ["all", "single", "sequential"])]
+    /// Which scenarios to run: all, single or sequential (cold starts), or concurrency (one
+    /// stream against --streams at once on the first model, each --stream-tokens long).
+    #[arg(long, default_value = "all", value_parser = ["all", "single", "sequential", "concurrency"])]
     scenario: String,
+    /// Streams run at once in the concurrency scenario.
+    #[arg(long, default_value_t = 16, value_parser = at_least_one)]
+    streams: usize,
+    /// Tokens each stream of the concurrency scenario generates.
+    #[arg(long, default_value_t = 64, value_parser = at_least_one)]
+    stream_tokens: usize,
     /// Skip the transformers peer even when python3 has it.
     #[arg(long)]
     no_peer: bool,
@@ -104,6 +111,24 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             })
             .collect::<anyhow::Result<_>>()?,
     };
+    if args.scenario == "concurrency" {
+        let options = crate::bench::concurrency::ConcurrencyOptions {
+            model: models[0].clone(),
+            device: args.device,
+            dtype: args.dtype,
+            streams: args.streams,
+            tokens: args.stream_tokens,
+            repeats: args.runs.min(5),
+            out: args.out.clone(),
+        };
+        let result = crate::bench::concurrency::run(&options)?;
+        eprint!("{}", crate::bench::concurrency::markdown(&result));
+        eprintln!(
+            "wrote {}/concurrency.json, concurrency.md",
+            args.out.display()
+        );
+        return Ok(());
+    }
     let peer_script = match (&args.peer_script, args.no_peer) {
         (_, true) => None,
         (Some(path), false) => {

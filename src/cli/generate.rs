@@ -91,6 +91,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         seed: args.seed,
         stop: args.stop,
         ignore_eos: args.ignore_eos,
+        ..GenerateRequest::default()
     };
     let stream = !args.json && !args.frame;
     let mut stdout = std::io::stdout();

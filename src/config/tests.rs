@@ -244,6 +244,7 @@ fn runtime_and_prewarm_sections_are_the_library_options_with_its_defaults() {
         staging_bytes: 64 << 20,
         host_cache_bytes: 1 << 20,
         memory_limit_bytes: 2_000_000_000,
+        ..PrewarmOptions::default()
     };
     assert_eq!(runtime.workers.len(), 1);
     assert_eq!(runtime.workers[0].count, 2);

@@ -1,17 +1,23 @@
 //! A loaded model of any family with its tokenizer, stopping ids and chat template: encodes
-//! prompts, renders chats, and generates through the shared loop as a runtime [`wc_actors::Engine`].
+//! prompts, renders chats, and generates through its running [`Batch`] as a runtime
+//! [`wc_actors::Engine`] that batches requests ([`wc_actors::BatchEngine`]).
 
 use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::Tensor;
 use tokenizers::Tokenizer;
-use wc_actors::{EngineError, GenerateOutput, GenerateRequest, Prompt, TokenEvent};
+use wc_actors::{
+    Admission, BatchEngine, EngineError, FinishReason, GenerateOutput, GenerateRequest, Prompt,
+    SeqEvent, SeqId, TokenEvent,
+};
 
+use super::batch::{Batch, DEFAULT_KV_CACHE_TOKENS};
 use super::chat_template::{ChatMessage, ChatTemplate, ChatTemplateError};
-use super::generate::{decode, generate};
+use super::generate::decode;
 use super::generation_config::{generation_eos_ids, union};
 use super::prompt::PromptCodec;
+use super::sequence::{Sequence, Vocabulary};
 use super::CausalLm;
 use crate::error::{GenerateError, LoadError};
 
@@ -24,6 +30,8 @@ pub struct TextEngine<M: CausalLm> {
     eos_ids: Vec<u32>,
     /// Device bytes held by the weights.
     device_bytes: u64,
+    /// The sequences being generated, and the KV-cache budget they share.
+    batch: Batch<M::Cache>,
 }
 
 impl<M: CausalLm> TextEngine<M> {
@@ -34,7 +42,20 @@ impl<M: CausalLm> TextEngine<M> {
             model,
             codec: Arc::new(codec),
             device_bytes,
+            batch: Batch::new(DEFAULT_KV_CACHE_TOKENS),
         }
+    }
+
+    /// Sets the KV-cache tokens the running sequences may reserve together (each reserves its
+    /// prompt plus `max_new_tokens`).
+    pub fn with_kv_cache_tokens(mut self, tokens: usize) -> Self {
+        self.batch = Batch::new(tokens.max(1));
+        self
+    }
+
+    /// The KV-cache budget in tokens.
+    pub fn kv_cache_tokens(&self) -> usize {
+        self.batch.budget()
     }
 
     /// Adds what the side files of the checkpoint in `dir` say: `generation_config.json`'s EOS
@@ -108,12 +129,12 @@ impl<M: CausalLm> TextEngine<M> {
             .forward_tokens(ids, &mut self.model.new_cache(), true)?)
     }
 
-    /// Generates for `request`, calling `on_token` with each token and the text it adds.
-    pub fn run(
-        &mut self,
+    /// A sequence for `request`, its prompt encoded and checked against the context.
+    fn sequence(
+        &self,
+        id: SeqId,
         request: &GenerateRequest,
-        on_token: &mut dyn FnMut(TokenEvent) -> bool,
-    ) -> Result<GenerateOutput, GenerateError> {
+    ) -> Result<Sequence<M::Cache>, GenerateError> {
         let prompt_ids = self.encode(&request.prompt)?;
         let max = self.model.max_positions();
         if prompt_ids.len() + request.max_new_tokens > max {
@@ -123,14 +144,44 @@ impl<M: CausalLm> TextEngine<M> {
                 max,
             });
         }
-        generate(
-            &self.model,
-            self.codec.tokenizer(),
-            &self.eos_ids,
-            prompt_ids,
-            request,
-            on_token,
-        )
+        Sequence::new(id, prompt_ids, request, self.model.new_cache())
+    }
+
+    fn vocabulary(&self) -> Vocabulary<'_> {
+        Vocabulary {
+            tokenizer: self.codec.tokenizer(),
+            eos_ids: &self.eos_ids,
+            max_positions: self.model.max_positions(),
+        }
+    }
+
+    /// Generates for `request` alone (in a batch of its own, beside none of the running ones),
+    /// calling `on_token` with each token and the text it adds; stops early when it returns
+    /// `false`.
+    pub fn run(
+        &mut self,
+        request: &GenerateRequest,
+        on_token: &mut dyn FnMut(TokenEvent) -> bool,
+    ) -> Result<GenerateOutput, GenerateError> {
+        let mut alone = Batch::new(usize::MAX);
+        alone.admit(self.sequence(0, request)?)?;
+        loop {
+            for event in alone.step(&self.model, &self.vocabulary())? {
+                match event {
+                    SeqEvent::Token(_, token) => {
+                        if !on_token(token) {
+                            let output =
+                                alone.finish(0, FinishReason::Cancelled, &self.vocabulary());
+                            return Ok(output.expect("the sequence runs until it finishes"));
+                        }
+                    }
+                    SeqEvent::Finished(_, output) => {
+                        return output
+                            .map_err(|e| GenerateError::Device(candle_core::Error::Msg(e.message)))
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -160,5 +211,29 @@ impl<M: CausalLm> wc_actors::Engine for TextEngine<M> {
 
     fn prompt_encoder(&self) -> Option<Arc<dyn wc_actors::PromptEncoder>> {
         Some(self.codec.clone())
+    }
+
+    fn batch(&mut self) -> Option<&mut dyn BatchEngine> {
+        Some(self)
+    }
+}
+
+impl<M: CausalLm> BatchEngine for TextEngine<M> {
+    fn admit(&mut self, id: SeqId, request: &GenerateRequest) -> Result<Admission, EngineError> {
+        let sequence = self.sequence(id, request)?;
+        Ok(self.batch.admit(sequence)?)
+    }
+
+    fn step(&mut self) -> Result<Vec<SeqEvent>, EngineError> {
+        let vocab = Vocabulary {
+            tokenizer: self.codec.tokenizer(),
+            eos_ids: &self.eos_ids,
+            max_positions: self.model.max_positions(),
+        };
+        Ok(self.batch.step(&self.model, &vocab)?)
+    }
+
+    fn cancel(&mut self, id: SeqId) {
+        self.batch.cancel(id);
     }
 }

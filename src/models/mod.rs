@@ -4,14 +4,21 @@
 //!
 //! Adding a family means a folder here, a [`ModelConfig`] variant and a [`CausalLm`] impl.
 
+pub mod batch;
 pub mod chat_template;
+pub mod decode_attention;
+pub mod detokenizer;
 pub mod engine;
 pub mod generate;
 pub mod generation_config;
+pub mod kv_cache;
 pub mod llama;
+pub mod matmul;
 pub mod opt;
+pub mod packing;
 pub mod prompt;
 pub mod sampler;
+pub mod sequence;
 pub mod writer;
 
 use std::path::Path;
@@ -47,6 +54,11 @@ pub trait CausalLm {
         cache: &mut Self::Cache,
         all_positions: bool,
     ) -> candle_core::Result<Tensor>;
+
+    /// Runs several sequences in one pass, each's new tokens after those in its own cache
+    /// (appending them to it); returns f32 logits `[sequences, vocab]` of each one's last token.
+    fn forward_batch(&self, seqs: &mut [(&[u32], &mut Self::Cache)])
+        -> candle_core::Result<Tensor>;
 
     fn vocab_size(&self) -> usize;
 
@@ -167,14 +179,6 @@ impl ModelConfig {
         2 * (per_layer * layers) as u64 * dtype_bytes
     }
 
-    /// Positions the model holds: the longest sequence it can run.
-    pub fn max_positions(&self) -> usize {
-        match self {
-            Self::Opt(c) => c.max_position_embeddings,
-            Self::Llama(c) => c.max_position_embeddings,
-        }
-    }
-
     pub fn parameter_count(&self) -> u64 {
         self.expected_tensors()
             .iter()
@@ -184,12 +188,14 @@ impl ModelConfig {
 
     /// Builds the engine from weights on the device, with the checkpoint's tokenizer and the
     /// stopping ids and chat template of the files in `dir` (`generation_config.json`,
-    /// `tokenizer_config.json`, `chat_template.jinja`; each optional).
+    /// `tokenizer_config.json`, `chat_template.jinja`; each optional), batching requests within
+    /// `kv_cache_tokens`.
     pub fn build_engine(
         &self,
         weights: &DeviceWeights,
         tokenizer: Option<Tokenizer>,
         dir: &Path,
+        kv_cache_tokens: usize,
     ) -> Result<Box<dyn wc_actors::Engine>, LoadError> {
         Ok(match self {
             Self::Opt(c) => Box::new(
@@ -198,6 +204,7 @@ impl ModelConfig {
                     tokenizer,
                     weights.device_bytes,
                 )
+                .with_kv_cache_tokens(kv_cache_tokens)
                 .with_checkpoint_files(dir)?,
             ),
             Self::Llama(c) => Box::new(
@@ -206,6 +213,7 @@ impl ModelConfig {
                     tokenizer,
                     weights.device_bytes,
                 )
+                .with_kv_cache_tokens(kv_cache_tokens)
                 .with_checkpoint_files(dir)?,
             ),
         })

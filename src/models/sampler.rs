@@ -36,6 +36,11 @@ impl Sampler {
         })
     }
 
+    /// Whether this sampler takes the argmax.
+    pub fn is_greedy(&self) -> bool {
+        self.temperature == 0.0
+    }
+
     /// The next token for these logits.
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
         if self.temperature == 0.0 {

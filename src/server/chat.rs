@@ -3,27 +3,31 @@
 //! own chat template rendered by the engine; a model without one answers 400.
 //!
 //! Every parameter is either used, accepted as harmless (`user`, `metadata`, ...), or refused
-//! with a 400 naming it: a parameter the engine cannot honour (`logprobs`, `tools`,
-//! `response_format`, penalties, ...) is never silently ignored. Given at its no-op value
-//! (`"logprobs": false`, `"tools": []`, `"presence_penalty": 0`, null, ...) it is accepted.
+//! with a 400 naming it: a parameter the engine cannot honour (`tools`, `response_format`, ...)
+//! is never silently ignored. Given at its no-op value (`"tools": []`, null, ...) it is accepted.
 
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use wc_actors::{GenerateOutput, Prompt};
+use std::collections::BTreeMap;
+
+use wc_actors::{GenerateOutput, Prompt, TokenLogprobs};
 
 use super::access::RequestContext;
 use super::body::JsonBody;
+use super::completions::{choice_requests, generate_choices};
 use super::error::ApiError;
-use super::generation;
-use super::openai::{finish_reason, usage, CompletionMeta, Sampling, StopInput, StreamOptions};
+use super::logprobs::chat_logprobs;
+use super::openai::{
+    finish_reason, usage_of, Choices, CompletionMeta, Sampling, StopInput, StreamOptions,
+};
 use super::params;
 use super::state::AppState;
 use super::stream::{self, Chunks};
 use crate::models::chat_template::{ChatMessage, MessageExt};
 
 /// The parameters used.
-const SUPPORTED: [&str; 12] = [
+const SUPPORTED: [&str; 17] = [
     "model",
     "messages",
     "max_tokens",
@@ -33,6 +37,11 @@ const SUPPORTED: [&str; 12] = [
     "seed",
     "stop",
     "n",
+    "logprobs",
+    "top_logprobs",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
     "stream",
     "stream_options",
     "ignore_eos",
@@ -51,6 +60,13 @@ struct ChatRequest {
     seed: Option<u64>,
     stop: Option<StopInput>,
     n: Option<usize>,
+    /// Return each token's logprob.
+    logprobs: Option<bool>,
+    /// With `logprobs`: this many most likely alternatives per token.
+    top_logprobs: Option<usize>,
+    presence_penalty: Option<f32>,
+    frequency_penalty: Option<f32>,
+    logit_bias: Option<BTreeMap<String, f32>>,
     #[serde(default)]
     stream: bool,
     stream_options: Option<StreamOptions>,
@@ -62,6 +78,8 @@ struct ChatRequest {
 struct Checked {
     model: String,
     request: wc_actors::GenerateRequest,
+    choices: Choices,
+    logprobs: bool,
     stream: bool,
     include_usage: bool,
 }
@@ -103,19 +121,32 @@ fn check(body: Value, limits: super::openai::Limits) -> Result<Checked, ApiError
             "`stream_options` is only allowed when `stream` is true",
         ));
     }
-    let generate = Sampling {
+    let logprobs = request.logprobs.unwrap_or(false);
+    if request.top_logprobs.is_some() && !logprobs {
+        return Err(ApiError::bad_request(
+            "`top_logprobs` needs `logprobs` set to true",
+        ));
+    }
+    let sampling = Sampling {
         max_tokens,
         temperature: request.temperature,
         top_p: request.top_p,
         seed: request.seed,
         stop: request.stop,
         n: request.n,
+        best_of: None,
         ignore_eos: request.ignore_eos,
-    }
-    .to_generate(Prompt::Chat(messages), limits)?;
+        logprobs: logprobs.then_some(request.top_logprobs.unwrap_or(0)),
+        presence_penalty: request.presence_penalty,
+        frequency_penalty: request.frequency_penalty,
+        logit_bias: request.logit_bias,
+    };
+    let generate = sampling.to_generate(Prompt::Chat(messages), limits)?;
     Ok(Checked {
         model: request.model,
         request: generate,
+        choices: sampling.choices(request.stream)?,
+        logprobs,
         stream: request.stream,
         include_usage: request
             .stream_options
@@ -133,11 +164,12 @@ pub async fn chat_completions(
     let checked = check(body.into_inner(), state.limits())?;
     let meta = ChatMeta::new(&checked.model, access.id());
     let trace = state.metrics.trace(&access, &checked.model);
+    let requests = choice_requests(&checked.request, checked.choices);
     if checked.stream {
-        return stream::respond(state, trace, checked.include_usage, checked.request, meta).await;
+        return stream::respond(state, trace, checked.include_usage, requests, meta).await;
     }
-    let output = generation::complete(&state, trace, checked.request).await?;
-    Ok(HttpResponse::Ok().json(meta.reply(&output)))
+    let outputs = generate_choices(&state, trace, requests, checked.choices.n).await?;
+    Ok(HttpResponse::Ok().json(meta.reply(&outputs, checked.logprobs)))
 }
 
 /// Identifies one chat completion in its reply and every chunk.
@@ -167,31 +199,35 @@ impl ChatMeta {
         value
     }
 
-    /// The non-streamed reply.
-    fn reply(&self, output: &GenerateOutput) -> Value {
+    /// The non-streamed reply: one choice per output, with logprobs when asked for.
+    fn reply(&self, outputs: &[GenerateOutput], logprobs: bool) -> Value {
+        let choices: Vec<Value> = outputs
+            .iter()
+            .enumerate()
+            .map(|(index, output)| {
+                json!({
+                    "index": index,
+                    "message": {"role": "assistant", "content": output.text, "refusal": null},
+                    "logprobs": logprobs.then(|| chat_logprobs(&output.logprobs)),
+                    "finish_reason": finish_reason(output.finish_reason),
+                })
+            })
+            .collect();
         self.envelope(
             "chat.completion",
-            json!({
-                "choices": [{
-                    "index": 0,
-                    "message": {"role": "assistant", "content": output.text, "refusal": null},
-                    "logprobs": null,
-                    "finish_reason": finish_reason(output.finish_reason),
-                }],
-                "usage": usage(output),
-            }),
+            json!({ "choices": choices, "usage": usage_of(outputs) }),
         )
     }
 
-    /// One streamed chunk with `delta` and `finish_reason`.
-    fn chunk(&self, delta: Value, finish: Option<&str>) -> Value {
+    /// One streamed chunk of choice `index` with `delta`, logprobs and `finish_reason`.
+    fn chunk(&self, index: usize, delta: Value, logprobs: Value, finish: Option<&str>) -> Value {
         self.envelope(
             CHUNK,
             json!({
                 "choices": [{
-                    "index": 0,
+                    "index": index,
                     "delta": delta,
-                    "logprobs": null,
+                    "logprobs": logprobs,
                     "finish_reason": finish,
                 }],
             }),
@@ -207,20 +243,23 @@ impl Chunks for ChatMeta {
         &self.0.model
     }
 
-    fn opening(&self) -> Vec<Value> {
-        vec![self.chunk(json!({"role": "assistant", "content": ""}), None)]
+    fn opening(&self, index: usize) -> Vec<Value> {
+        let role = json!({"role": "assistant", "content": ""});
+        vec![self.chunk(index, role, Value::Null, None)]
     }
 
-    fn text(&self, text: &str) -> Value {
-        self.chunk(json!({ "content": text }), None)
+    fn text(&self, index: usize, text: &str, logprobs: Option<(&TokenLogprobs, usize)>) -> Value {
+        let logprobs =
+            logprobs.map_or(Value::Null, |(l, _)| chat_logprobs(std::slice::from_ref(l)));
+        self.chunk(index, json!({ "content": text }), logprobs, None)
     }
 
-    fn finish(&self, reason: &str) -> Value {
-        self.chunk(json!({}), Some(reason))
+    fn finish(&self, index: usize, reason: &str) -> Value {
+        self.chunk(index, json!({}), Value::Null, Some(reason))
     }
 
-    fn usage(&self, output: &GenerateOutput) -> Value {
-        self.envelope(CHUNK, json!({"choices": [], "usage": usage(output)}))
+    fn usage(&self, outputs: &[GenerateOutput]) -> Value {
+        self.envelope(CHUNK, json!({"choices": [], "usage": usage_of(outputs)}))
     }
 }
 
@@ -275,16 +314,17 @@ mod tests {
     #[test]
     fn unsupported_parameters_are_400_naming_them() {
         for (name, value) in [
-            ("logprobs", json!(true)),
             ("top_logprobs", json!(2)),
+            ("echo", json!(true)),
+            ("best_of", json!(2)),
             (
                 "tools",
                 json!([{"type": "function", "function": {"name": "f"}}]),
             ),
             ("response_format", json!({"type": "json_object"})),
-            ("presence_penalty", json!(0.5)),
-            ("frequency_penalty", json!(1)),
-            ("logit_bias", json!({"50256": -100})),
+            ("presence_penalty", json!(2.5)),
+            ("frequency_penalty", json!(-3)),
+            ("logit_bias", json!({"50256": -101})),
             ("top_k", json!(5)),
             ("frobnicate", json!(1)),
         ] {
@@ -314,7 +354,7 @@ mod tests {
                 "content",
             ),
             (json!({"model": "m", "messages": ["hi"]}), "object"),
-            (json!({"model": "m", "messages": user(), "n": 2}), "`n`"),
+            (json!({"model": "m", "messages": user(), "n": 17}), "`n`"),
             (
                 json!({"model": "m", "messages": user(), "max_tokens": 3, "max_completion_tokens": 4}),
                 "differ",

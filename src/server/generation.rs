@@ -1,6 +1,9 @@
-//! Running one generation for a completion endpoint, plain or streamed: the engine found (or
-//! attached on demand), the first event awaited, every token seen by the request's [`Trace`].
+//! Running one request's generations for a completion endpoint, plain or streamed: the engine
+//! found (or attached on demand), the first choice's first event awaited, then every choice's
+//! tokens as they come (the other choices join the engine's batch), each seen by the request's
+//! [`Trace`].
 
+use futures_util::stream::{self, select_all, unfold, BoxStream, StreamExt};
 use wc_actors::{GenerateError, GenerateOutput, GenerateRequest, GenerateStream, TokenEvent};
 
 use super::completions::with_engine;
@@ -8,51 +11,94 @@ use super::error::ApiError;
 use super::metrics::Trace;
 use super::state::AppState;
 
-/// How a generation began: with a first token, or already finished (no token was made).
-pub enum Start {
+/// How the first choice began: with a first token, or already finished (no token was made).
+enum Start {
     Token(TokenEvent, GenerateStream),
     Finished(GenerateOutput, GenerateStream),
 }
 
-/// Starts generation on the trace's model and waits for its first event, so that an unknown
-/// model or a refused request is an error before any reply is sent. A first token is counted.
-pub async fn start(
-    state: &AppState,
-    trace: &mut Trace,
-    request: GenerateRequest,
-) -> Result<Start, ApiError> {
-    let handle = state.handle.clone();
-    let start = with_engine(state, trace.model(), |name| {
-        first_event(handle.generate_stream(name, request.clone()))
-    })
-    .await?;
-    if let Start::Token(..) = start {
-        trace.token();
-    }
-    Ok(start)
+/// What one choice's stream yields.
+pub enum Event {
+    Token(usize, TokenEvent),
+    Done(usize, Result<GenerateOutput, GenerateError>),
 }
 
-/// Generates the whole output (a non-streamed reply), counting every token as it comes, and
-/// records the finished request.
+/// Every choice of one request, their events merged in the order they come.
+pub struct Choices {
+    pub count: usize,
+    pub events: BoxStream<'static, Event>,
+}
+
+/// Starts every request (one per choice) on the trace's model and waits for the first choice's
+/// first event, so that an unknown model or a refused request is an error before any reply is
+/// sent. The other choices start once the engine is there and join its batch.
+pub async fn start(
+    state: &AppState,
+    trace: &Trace,
+    requests: Vec<GenerateRequest>,
+) -> Result<Choices, ApiError> {
+    let count = requests.len();
+    let mut requests = requests.into_iter();
+    let Some(first) = requests.next() else {
+        return Err(ApiError::bad_request("no choices were asked for"));
+    };
+    let handle = state.handle.clone();
+    let model = trace.model().to_owned();
+    let start = with_engine(state, &model, |name| {
+        first_event(handle.generate_stream(name, first.clone()))
+    })
+    .await?;
+    let first = match start {
+        Start::Token(token, stream) => stream::iter([Event::Token(0, token)])
+            .chain(events(0, stream))
+            .boxed(),
+        Start::Finished(output, mut stream) => {
+            // Tokens still buffered come first; its output is already here.
+            let mut rest = Vec::new();
+            while let Ok(token) = stream.tokens.try_recv() {
+                rest.push(Event::Token(0, token));
+            }
+            rest.push(Event::Done(0, Ok(output)));
+            stream::iter(rest).boxed()
+        }
+    };
+    let others = requests
+        .enumerate()
+        .map(|(i, request)| events(i + 1, handle.generate_stream(model.clone(), request)));
+    Ok(Choices {
+        count,
+        events: select_all(std::iter::once(first).chain(others)).boxed(),
+    })
+}
+
+/// Generates every choice to the end (a non-streamed reply), counting every token as it comes,
+/// and records the finished request; the outputs in choice order.
 pub async fn complete(
     state: &AppState,
     mut trace: Trace,
-    request: GenerateRequest,
-) -> Result<GenerateOutput, ApiError> {
-    let (finished, mut stream) = match start(state, &mut trace, request).await? {
-        Start::Finished(output, stream) => (Some(output), stream),
-        Start::Token(_, stream) => (None, stream),
-    };
-    // Every token up to the end (when it finished already, those still buffered).
-    while stream.tokens.recv().await.is_some() {
-        trace.token();
+    requests: Vec<GenerateRequest>,
+) -> Result<Vec<GenerateOutput>, ApiError> {
+    let mut choices = start(state, &trace, requests).await?;
+    let mut outputs: Vec<Option<GenerateOutput>> = vec![None; choices.count];
+    while let Some(event) = choices.events.next().await {
+        match event {
+            Event::Token(..) => trace.token(),
+            Event::Done(index, output) => outputs[index] = Some(output?),
+        }
     }
-    let output = match finished {
-        Some(output) => output,
-        None => (&mut stream.output).await.map_err(ApiError::from)?,
-    };
-    trace.finish(&output);
-    Ok(output)
+    let outputs: Vec<GenerateOutput> = outputs.into_iter().flatten().collect();
+    trace.finish(&combined(&outputs));
+    Ok(outputs)
+}
+
+/// One output standing for every choice of a request in its metrics and access line: the first
+/// choice's, with every choice's new tokens.
+pub fn combined(outputs: &[GenerateOutput]) -> GenerateOutput {
+    let mut all = outputs[0].clone();
+    for other in &outputs[1..] {
+        all.new_tokens.extend_from_slice(&other.new_tokens);
+    }
+    all
 }
 
 /// Waits for the first token or the end of generation, whichever comes first.
@@ -67,4 +113,19 @@ async fn first_event(mut stream: GenerateStream) -> Result<Start, GenerateError>
         },
         output = &mut stream.output => Ok(Start::Finished(output?, stream)),
     }
+}
+
+/// One choice's tokens, then its output.
+fn events(index: usize, stream: GenerateStream) -> BoxStream<'static, Event> {
+    unfold(Some(stream), move |stream| async move {
+        let mut stream = stream?;
+        match stream.tokens.recv().await {
+            Some(token) => Some((Event::Token(index, token), Some(stream))),
+            None => {
+                let output = (&mut stream.output).await;
+                Some((Event::Done(index, output), None))
+            }
+        }
+    })
+    .boxed()
 }

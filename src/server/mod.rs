@@ -26,6 +26,7 @@ pub mod generation;
 pub mod health;
 pub mod hosts;
 pub mod logging;
+pub mod logprobs;
 pub mod metrics;
 pub mod middleware;
 pub mod model_access;

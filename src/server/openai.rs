@@ -1,10 +1,13 @@
 //! OpenAI-compatible shapes: the completion request, its checks, replies, stream chunks, model list.
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 use serde_json::{json, Value};
 use wc_actors::{EngineInfo, FinishReason, GenerateOutput, GenerateRequest, Prompt};
 
 use super::error::ApiError;
+use super::logprobs::completion_logprobs;
 
 /// `POST /v1/completions`, after [`super::params::used`] refused what it cannot honour.
 #[derive(Clone, Debug, Deserialize)]
@@ -21,8 +24,19 @@ pub struct CompletionRequest {
     #[serde(default, deserialize_with = "null_as_default")]
     pub stream: bool,
     pub stream_options: Option<StreamOptions>,
-    /// How many choices; only 1 is supported.
+    /// How many choices.
     pub n: Option<usize>,
+    /// Sequences generated, of which the `n` with the highest cumulative logprob are returned.
+    pub best_of: Option<usize>,
+    /// Return the prompt's text before the completion.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub echo: bool,
+    /// The logprob of each token and of this many most likely alternatives.
+    pub logprobs: Option<usize>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    /// Token id (as a string) to a bias in [-100, 100] added to its logit.
+    pub logit_bias: Option<BTreeMap<String, f32>>,
     /// vLLM's extension: keep generating past the end-of-sequence token.
     #[serde(default, deserialize_with = "null_as_default")]
     pub ignore_eos: bool,
@@ -87,6 +101,19 @@ impl CompletionRequest {
         if matches!(&prompt, Prompt::Ids(ids) if ids.is_empty()) {
             return Err(bad("`prompt` must not be an empty list of token ids"));
         }
+        if self.echo && self.logprobs.is_some() {
+            return Err(bad(
+                "`echo` with `logprobs` is not supported (no logprobs for prompt tokens): leave one out",
+            ));
+        }
+        if self.echo && !matches!(prompt, Prompt::Text(_)) {
+            return Err(bad("`echo` needs a text prompt, not token ids"));
+        }
+        self.sampling().to_generate(prompt, limits)
+    }
+
+    /// The sampling parameters, as every endpoint takes them.
+    pub fn sampling(&self) -> Sampling {
         Sampling {
             max_tokens: self.max_tokens,
             temperature: self.temperature,
@@ -94,9 +121,22 @@ impl CompletionRequest {
             seed: self.seed,
             stop: self.stop.clone(),
             n: self.n,
+            best_of: self.best_of,
             ignore_eos: self.ignore_eos,
+            logprobs: self.logprobs,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            logit_bias: self.logit_bias.clone(),
         }
-        .to_generate(prompt, limits)
+    }
+
+    /// The text `echo` puts before the completion.
+    pub fn echoed(&self) -> &str {
+        match (&self.prompt, self.echo) {
+            (PromptInput::Text(t), true) => t,
+            (PromptInput::Texts(t), true) if t.len() == 1 => &t[0],
+            _ => "",
+        }
     }
 
     /// Whether a streamed reply ends with a usage chunk.
@@ -107,6 +147,12 @@ impl CompletionRequest {
     }
 }
 
+/// The most choices (`n`, `best_of`) one request may ask for.
+pub const MAX_CHOICES: usize = 16;
+
+/// The most alternatives per token `logprobs` / `top_logprobs` may ask for (vLLM's default).
+pub const MAX_LOGPROBS: usize = 20;
+
 /// The sampling parameters every completion endpoint takes.
 #[derive(Clone, Debug, Default)]
 pub struct Sampling {
@@ -116,16 +162,51 @@ pub struct Sampling {
     pub seed: Option<u64>,
     pub stop: Option<StopInput>,
     pub n: Option<usize>,
+    pub best_of: Option<usize>,
     pub ignore_eos: bool,
+    /// Alternatives per token, when logprobs are asked for.
+    pub logprobs: Option<usize>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub logit_bias: Option<BTreeMap<String, f32>>,
+}
+
+/// How many sequences a request runs and how many it returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Choices {
+    /// Returned.
+    pub n: usize,
+    /// Generated; the `n` with the highest cumulative logprob are returned.
+    pub best_of: usize,
 }
 
 impl Sampling {
+    /// Checks `n` and `best_of`; a stream cannot rank sequences it has already sent.
+    pub fn choices(&self, stream: bool) -> Result<Choices, ApiError> {
+        let n = self.n.unwrap_or(1);
+        let best_of = self.best_of.unwrap_or(n);
+        if n == 0 || n > MAX_CHOICES {
+            return Err(ApiError::bad_request(format!(
+                "`n` must be between 1 and {MAX_CHOICES}, got {n}"
+            )));
+        }
+        if best_of < n || best_of > MAX_CHOICES {
+            return Err(ApiError::bad_request(format!(
+                "`best_of` must be between `n` ({n}) and {MAX_CHOICES}, got {best_of}"
+            )));
+        }
+        if stream && best_of != n {
+            return Err(ApiError::bad_request(
+                "`best_of` other than `n` cannot be streamed: set `stream` to false",
+            ));
+        }
+        Ok(Choices { n, best_of })
+    }
+
     /// Checks the parameters against `limits` and builds the runtime's request for `prompt`.
     pub fn to_generate(&self, prompt: Prompt, limits: Limits) -> Result<GenerateRequest, ApiError> {
         let bad = |m: &str| ApiError::bad_request(m);
-        if self.n.is_some_and(|n| n != 1) {
-            return Err(bad("only `n` = 1 is supported"));
-        }
+        self.choices(false)?;
         let max_tokens = self.max_tokens.unwrap_or(limits.default_max_tokens);
         if max_tokens == 0 || max_tokens > limits.max_tokens {
             return Err(bad(&format!(
@@ -151,6 +232,35 @@ impl Sampling {
         if stop.len() > 4 || stop.iter().any(String::is_empty) {
             return Err(bad("`stop` takes at most 4 non-empty strings"));
         }
+        if self.logprobs.is_some_and(|k| k > MAX_LOGPROBS) {
+            return Err(bad(&format!(
+                "`logprobs` must be between 0 and {MAX_LOGPROBS}"
+            )));
+        }
+        let penalty = |name: &str, value: Option<f32>| match value.unwrap_or(0.0) {
+            v if (-2.0..=2.0).contains(&v) => Ok(v),
+            v => Err(bad(&format!("`{name}` must be between -2 and 2, got {v}"))),
+        };
+        let presence_penalty = penalty("presence_penalty", self.presence_penalty)?;
+        let frequency_penalty = penalty("frequency_penalty", self.frequency_penalty)?;
+        let logit_bias = self
+            .logit_bias
+            .iter()
+            .flatten()
+            .map(|(token, bias)| {
+                let id = token.parse::<u32>().map_err(|_| {
+                    bad(&format!(
+                        "`logit_bias` keys must be token ids, got `{token}`"
+                    ))
+                })?;
+                match (-100.0..=100.0).contains(bias) {
+                    true => Ok((id, *bias)),
+                    false => Err(bad(&format!(
+                        "`logit_bias` values must be between -100 and 100, got {bias}"
+                    ))),
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(GenerateRequest {
             prompt,
             max_new_tokens: max_tokens,
@@ -159,6 +269,10 @@ impl Sampling {
             seed: self.seed,
             stop,
             ignore_eos: self.ignore_eos,
+            logprobs: self.logprobs,
+            presence_penalty,
+            frequency_penalty,
+            logit_bias,
         })
     }
 }
@@ -172,9 +286,10 @@ pub fn finish_reason(reason: FinishReason) -> &'static str {
     }
 }
 
-/// The `usage` object.
-pub fn usage(output: &GenerateOutput) -> Value {
-    let (prompt, completion) = (output.prompt_ids.len(), output.new_tokens.len());
+/// The `usage` object of the choices of one request: the prompt once, every choice's tokens.
+pub fn usage_of(outputs: &[GenerateOutput]) -> Value {
+    let prompt = outputs.first().map_or(0, |o| o.prompt_ids.len());
+    let completion: usize = outputs.iter().map(|o| o.new_tokens.len()).sum();
     json!({
         "prompt_tokens": prompt,
         "completion_tokens": completion,
@@ -200,48 +315,56 @@ impl CompletionMeta {
         }
     }
 
-    /// The non-streamed reply.
-    pub fn reply(&self, output: &GenerateOutput) -> Value {
+    /// The non-streamed reply: one choice per output, each after `echo` (the prompt's text
+    /// when asked for), with logprobs when the request asked for them.
+    pub fn reply(&self, outputs: &[GenerateOutput], echo: &str, logprobs: bool) -> Value {
+        let choices: Vec<Value> = outputs
+            .iter()
+            .enumerate()
+            .map(|(index, output)| {
+                json!({
+                    "index": index,
+                    "text": format!("{echo}{}", output.text),
+                    "logprobs": logprobs.then(|| completion_logprobs(&output.logprobs, echo.len())),
+                    "finish_reason": finish_reason(output.finish_reason),
+                })
+            })
+            .collect();
         json!({
             "id": self.id,
             "object": "text_completion",
             "created": self.created,
             "model": self.model,
-            "choices": [{
-                "index": 0,
-                "text": output.text,
-                "logprobs": null,
-                "finish_reason": finish_reason(output.finish_reason),
-            }],
-            "usage": usage(output),
+            "choices": choices,
+            "usage": usage_of(outputs),
         })
     }
 
-    /// One streamed chunk.
-    pub fn chunk(&self, text: &str, finish: Option<&str>) -> Value {
+    /// One streamed chunk of choice `index`.
+    pub fn chunk(&self, index: usize, text: &str, logprobs: Value, finish: Option<&str>) -> Value {
         json!({
             "id": self.id,
             "object": "text_completion",
             "created": self.created,
             "model": self.model,
             "choices": [{
-                "index": 0,
+                "index": index,
                 "text": text,
-                "logprobs": null,
+                "logprobs": logprobs,
                 "finish_reason": finish,
             }],
         })
     }
 
     /// The last streamed chunk when usage was asked for: no choices, only counts.
-    pub fn usage_chunk(&self, output: &GenerateOutput) -> Value {
+    pub fn usage_chunk(&self, outputs: &[GenerateOutput]) -> Value {
         json!({
             "id": self.id,
             "object": "text_completion",
             "created": self.created,
             "model": self.model,
             "choices": [],
-            "usage": usage(output),
+            "usage": usage_of(outputs),
         })
     }
 }
@@ -321,7 +444,14 @@ mod tests {
             json!({"model": "m", "prompt": "x", "max_tokens": 0}),
             json!({"model": "m", "prompt": "x", "temperature": -1}),
             json!({"model": "m", "prompt": "x", "top_p": 0}),
-            json!({"model": "m", "prompt": "x", "n": 2}),
+            json!({"model": "m", "prompt": "x", "n": 17}),
+            json!({"model": "m", "prompt": "x", "n": 3, "best_of": 2}),
+            json!({"model": "m", "prompt": "x", "logprobs": 21}),
+            json!({"model": "m", "prompt": "x", "presence_penalty": 2.5}),
+            json!({"model": "m", "prompt": "x", "logit_bias": {"a": 1}}),
+            json!({"model": "m", "prompt": "x", "logit_bias": {"3": 101}}),
+            json!({"model": "m", "prompt": "x", "echo": true, "logprobs": 1}),
+            json!({"model": "m", "prompt": [1, 2], "echo": true}),
             json!({"model": "m", "prompt": []}),
         ] {
             let e = request(body.clone()).to_generate(LIMITS).unwrap_err();

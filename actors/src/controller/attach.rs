@@ -69,9 +69,17 @@ impl ControllerActor {
                 free_now: w.memory.map(|m| m.free_bytes),
             })
             .collect();
+        // The smallest KV-cache budget of the workers: a worker with a larger one checks the
+        // model against its own before reading any byte.
+        let kv_cache_tokens = self
+            .workers
+            .iter()
+            .map(|w| w.options.kv_cache_tokens)
+            .min()
+            .unwrap_or(0);
         place(
             &candidates,
-            pending.footprint.device_bytes + pending.footprint.kv_cache_bytes,
+            pending.footprint.needed_bytes(kv_cache_tokens),
             pending.worker,
             pending.device.as_ref(),
         )

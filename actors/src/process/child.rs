@@ -15,8 +15,10 @@ use std::time::Duration;
 use super::frame::{read_frame, write_frame};
 use super::protocol::{FromWorker, LoadedEngine, ToWorker};
 use crate::backend::{
-    Backend, Engine, EngineError, ErrorKind, Prompt, PromptEncoder, TokenEvent, WorkerDevice,
+    Backend, Engine, EngineError, ErrorKind, GenerateRequest, Prompt, PromptEncoder, TokenEvent,
+    WorkerDevice,
 };
+use crate::batch::{Admission, SeqEvent, SeqId};
 use crate::timeline::monotonic_ns;
 
 /// How often the heartbeat thread looks, and how stale a beat may be before it stays silent.
@@ -127,6 +129,7 @@ pub fn serve_worker(backend: Arc<dyn Backend>) {
         device: None,
         engine: None,
         stashed: VecDeque::new(),
+        hang_after_first_token: Vec::new(),
     };
     worker.run(&rx);
 }
@@ -153,6 +156,8 @@ struct Worker {
     engine: Option<Box<dyn Engine>>,
     /// Messages that arrived during a generation (other than `Cancel`).
     stashed: VecDeque<ToWorker>,
+    /// Batched sequences with the `hang` fault, and whether each has had its first token.
+    hang_after_first_token: Vec<(SeqId, bool)>,
 }
 
 impl Worker {
@@ -201,8 +206,9 @@ impl Worker {
                 }
                 let beat = self.beat.clone();
                 let loaded = beat.during(|| device.load(&spec, &mut timeline));
-                FromWorker::Loaded(loaded.map(|(engine, bytes_moved)| {
+                FromWorker::Loaded(loaded.map(|(mut engine, bytes_moved)| {
                     let encoder = engine.prompt_encoder();
+                    let batches = engine.batch().is_some();
                     let has_encoder = encoder.is_some();
                     if let Ok(mut slot) = self.encoder.lock() {
                         *slot = encoder;
@@ -212,6 +218,7 @@ impl Worker {
                         timeline,
                         bytes_moved,
                         has_encoder,
+                        batches,
                     }
                 }))
             }
@@ -226,6 +233,15 @@ impl Worker {
                 FromWorker::DeviceBytes(self.engine.as_ref().map_or(0, |e| e.device_bytes()))
             }
             ToWorker::Generate(request) => self.generate(request.into(), rx),
+            ToWorker::Admit { id, request } => FromWorker::Admitted(self.admit(id, request.into())),
+            ToWorker::Step => FromWorker::Stepped(self.step()),
+            ToWorker::CancelSequence(id) => {
+                self.hang_after_first_token.retain(|(seq, _)| *seq != id);
+                if let Some(batch) = self.engine.as_mut().and_then(|e| e.batch()) {
+                    batch.cancel(id);
+                }
+                FromWorker::Alive
+            }
             // A cancel that came after its generation ended.
             ToWorker::Cancel => FromWorker::Alive,
             ToWorker::Encode { .. } => unreachable!("encodes are answered by the reader thread"),
@@ -243,11 +259,8 @@ impl Worker {
         }
     }
 
-    fn generate(
-        &mut self,
-        request: crate::backend::GenerateRequest,
-        rx: &Receiver<ToWorker>,
-    ) -> FromWorker {
+    /// The fault a request asks for (see [`FAULT_PREFIX`]); `abort` and `device` happen here.
+    fn fault_of(&self, request: &GenerateRequest) -> Result<Option<String>, EngineError> {
         let fault = match cfg!(any(debug_assertions, feature = "fault-injection")) {
             true => request
                 .stop
@@ -256,22 +269,67 @@ impl Worker {
                 .map(str::to_owned),
             false => None,
         };
+        match fault.as_deref() {
+            Some("abort") => std::process::abort(),
+            Some("device") => {
+                let injected = match &self.device {
+                    Some(device) => device.inject_fault(),
+                    None => Err(no("open device")),
+                };
+                injected.and_then(|()| {
+                    Err(EngineError::new(
+                        ErrorKind::Internal,
+                        "the fault did not fault",
+                    ))
+                })
+            }
+            _ => Ok(fault),
+        }
+    }
+
+    fn admit(&mut self, id: SeqId, request: GenerateRequest) -> Result<Admission, EngineError> {
+        let fault = self.fault_of(&request)?;
+        let batch = self
+            .engine
+            .as_mut()
+            .and_then(|e| e.batch())
+            .ok_or_else(|| no("batching engine"))?;
+        let admitted = batch.admit(id, &request)?;
+        if admitted == Admission::Admitted && fault.as_deref() == Some("hang") {
+            self.hang_after_first_token.push((id, false));
+        }
+        Ok(admitted)
+    }
+
+    /// One batched step; the prefill may take long, so the step is one long beat.
+    fn step(&mut self) -> Result<Vec<SeqEvent>, EngineError> {
+        if self.hang_after_first_token.iter().any(|(_, had)| *had) {
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
+        let batch = self
+            .engine
+            .as_mut()
+            .and_then(|e| e.batch())
+            .ok_or_else(|| no("batching engine"))?;
+        let events = self.beat.during(|| batch.step())?;
+        for event in &events {
+            if let SeqEvent::Token(id, _) = event {
+                for (seq, had) in &mut self.hang_after_first_token {
+                    *had |= seq == id;
+                }
+            }
+        }
+        Ok(events)
+    }
+
+    fn generate(&mut self, request: GenerateRequest, rx: &Receiver<ToWorker>) -> FromWorker {
+        let fault = match self.fault_of(&request) {
+            Ok(fault) => fault,
+            Err(e) => return FromWorker::Generated(Err(e)),
+        };
         let fault = fault.as_deref();
-        if fault == Some("abort") {
-            std::process::abort();
-        }
-        if fault == Some("device") {
-            let injected = match &self.device {
-                Some(device) => device.inject_fault(),
-                None => Err(no("open device")),
-            };
-            return FromWorker::Generated(injected.and_then(|()| {
-                Err(EngineError::new(
-                    ErrorKind::Internal,
-                    "the fault did not fault",
-                ))
-            }));
-        }
         let Some(engine) = self.engine.as_mut() else {
             return FromWorker::Generated(Err(no("engine")));
         };

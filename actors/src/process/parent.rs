@@ -20,6 +20,7 @@ use crate::backend::{
     GenerateRequest, MemoryInfo, ModelSpec, PrewarmOptions, PrewarmReport, Prompt, PromptEncoder,
     TokenEvent, WorkerDevice,
 };
+use crate::batch::{Admission, BatchEngine, SeqEvent, SeqId};
 use crate::timeline::Timeline;
 
 /// How to start a worker process.
@@ -269,6 +270,7 @@ impl WorkerDevice for ProcessDevice {
                 let engine = ProcessEngine {
                     link: self.link.clone(),
                     encoder,
+                    batches: loaded.batches,
                 };
                 Ok((Box::new(engine), loaded.bytes_moved))
             }
@@ -296,6 +298,35 @@ impl WorkerDevice for ProcessDevice {
 struct ProcessEngine {
     link: Rc<Link>,
     encoder: Option<Arc<dyn PromptEncoder>>,
+    /// The engine in the process batches: admits, steps and cancels are forwarded, one round
+    /// trip each.
+    batches: bool,
+}
+
+impl BatchEngine for ProcessEngine {
+    fn admit(&mut self, id: SeqId, request: &GenerateRequest) -> Result<Admission, EngineError> {
+        self.link.send(&ToWorker::Admit {
+            id,
+            request: request.into(),
+        })?;
+        match self.link.wait()? {
+            FromWorker::Admitted(result) => result,
+            other => Err(self.link.unexpected(&other)),
+        }
+    }
+
+    fn step(&mut self) -> Result<Vec<SeqEvent>, EngineError> {
+        self.link.send(&ToWorker::Step)?;
+        match self.link.wait()? {
+            FromWorker::Stepped(result) => result,
+            other => Err(self.link.unexpected(&other)),
+        }
+    }
+
+    fn cancel(&mut self, id: SeqId) {
+        // Unanswered; a process that is gone shows at the next step.
+        let _ = self.link.send(&ToWorker::CancelSequence(id));
+    }
 }
 
 impl Engine for ProcessEngine {
@@ -341,6 +372,13 @@ impl Engine for ProcessEngine {
 
     fn prompt_encoder(&self) -> Option<Arc<dyn PromptEncoder>> {
         self.encoder.clone()
+    }
+
+    fn batch(&mut self) -> Option<&mut dyn BatchEngine> {
+        match self.batches {
+            true => Some(self),
+            false => None,
+        }
     }
 }
 

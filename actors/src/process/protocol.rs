@@ -6,10 +6,12 @@ use crate::backend::{
     ChatMessage, DeviceSpec, EngineError, GenerateOutput, GenerateRequest, MemoryInfo, ModelSpec,
     PrewarmOptions, PrewarmReport, Prompt, TokenEvent,
 };
+use crate::batch::{Admission, SeqEvent, SeqId};
 use crate::timeline::Timeline;
 
 /// From the controller to the worker process. Each is answered by one [`FromWorker`] (a
-/// generation first by its tokens), except `Cancel`, which stops the running generation.
+/// generation first by its tokens), except `Cancel`, which stops the running generation, and
+/// `CancelSequence`, which drops a sequence from the batch.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ToWorker {
     Open {
@@ -25,6 +27,14 @@ pub enum ToWorker {
     DeviceBytes,
     Generate(WireRequest),
     Cancel,
+    /// Admit a request into the engine's batch under this id.
+    Admit {
+        id: SeqId,
+        request: WireRequest,
+    },
+    /// Run one batched step.
+    Step,
+    CancelSequence(SeqId),
     /// Encode a prompt with the engine's encoder, beside (not behind) a running generation.
     Encode {
         id: u64,
@@ -46,6 +56,8 @@ pub enum FromWorker {
     DeviceBytes(u64),
     Token(TokenEvent),
     Generated(Result<GenerateOutput, EngineError>),
+    Admitted(Result<Admission, EngineError>),
+    Stepped(Result<Vec<SeqEvent>, EngineError>),
     Encoded {
         id: u64,
         ids: Result<Vec<u32>, EngineError>,
@@ -62,6 +74,8 @@ pub struct LoadedEngine {
     pub bytes_moved: u64,
     /// Whether the engine encodes prompts off its thread.
     pub has_encoder: bool,
+    /// Whether the engine batches requests ([`crate::Engine::batch`]).
+    pub batches: bool,
 }
 
 /// A prompt on the wire ([`Prompt`] is untagged for JSON, which bincode cannot read back).
@@ -113,6 +127,10 @@ pub struct WireRequest {
     pub seed: Option<u64>,
     pub stop: Vec<String>,
     pub ignore_eos: bool,
+    pub logprobs: Option<usize>,
+    pub presence_penalty: f32,
+    pub frequency_penalty: f32,
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 impl From<&GenerateRequest> for WireRequest {
@@ -125,6 +143,10 @@ impl From<&GenerateRequest> for WireRequest {
             seed: r.seed,
             stop: r.stop.clone(),
             ignore_eos: r.ignore_eos,
+            logprobs: r.logprobs,
+            presence_penalty: r.presence_penalty,
+            frequency_penalty: r.frequency_penalty,
+            logit_bias: r.logit_bias.clone(),
         }
     }
 }
@@ -139,6 +161,10 @@ impl From<WireRequest> for GenerateRequest {
             seed: r.seed,
             stop: r.stop,
             ignore_eos: r.ignore_eos,
+            logprobs: r.logprobs,
+            presence_penalty: r.presence_penalty,
+            frequency_penalty: r.frequency_penalty,
+            logit_bias: r.logit_bias,
         }
     }
 }
@@ -154,6 +180,9 @@ mod tests {
             prompt: Prompt::Text("hi".into()),
             stop: vec!["\n".into()],
             seed: Some(3),
+            logprobs: Some(2),
+            presence_penalty: 0.5,
+            logit_bias: vec![(7, -100.0)],
             ..GenerateRequest::default()
         };
         let mut buffer = Vec::new();

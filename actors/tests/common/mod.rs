@@ -163,7 +163,7 @@ impl Backend for FakeBackend {
         let model = FakeModel::parse(&spec.model)?;
         Ok(Footprint {
             device_bytes: model.size,
-            kv_cache_bytes: 0,
+            kv_bytes_per_token: 0,
             file_bytes: model.size,
             dtype: spec.dtype.unwrap_or(DType::F32),
         })
@@ -348,13 +348,15 @@ impl Engine for FakeEngine {
             finish_reason: FinishReason::Length,
             prefill_ms: 0.0,
             decode_ms: 0.0,
+            cumulative_logprob: 0.0,
+            logprobs: Vec::new(),
         };
         for id in expected_tokens(&prompt, request.max_new_tokens) {
             std::thread::sleep(Duration::from_millis(self.model.gen_ms));
             let text = format!(" t{id}");
             output.new_tokens.push(id);
             output.text.push_str(&text);
-            if !on_token(TokenEvent { id, text }) {
+            if !on_token(TokenEvent::new(id, text)) {
                 output.finish_reason = FinishReason::Cancelled;
                 break;
             }

@@ -7,12 +7,15 @@
 //! Tokens of all sequences in a pass are packed along one axis (`[tokens, hidden]`); only
 //! attention looks at each sequence separately, against that sequence's own [`KvCache`].
 
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::Linear;
 
-use super::cache::KvCache;
 use super::config::LlamaConfig;
 use crate::error::LoadError;
+use crate::models::decode_attention::{attend_decodes, Heads};
+use crate::models::kv_cache::KvCache;
+use crate::models::matmul::{linear, times_transposed};
+use crate::models::packing::{packing_order, PackingOrder};
 use crate::models::{CausalLm, TokenCache};
 use crate::weights::DeviceWeights;
 
@@ -194,10 +197,12 @@ impl LlamaModel {
         all_positions: bool,
     ) -> candle_core::Result<Tensor> {
         let c = &self.config;
-        let mut spans = Vec::with_capacity(seqs.len());
+        let order = packing_order(seqs.iter().map(|s| s.ids.len()), all_positions);
+        let mut spans: Vec<Option<Span>> = (0..seqs.len()).map(|_| None).collect();
         let mut ids = Vec::new();
         let mut positions = Vec::new();
-        for seq in seqs.iter_mut() {
+        for &index in &order.order {
+            let seq = &mut seqs[index];
             let past = seq.cache.len();
             if seq.ids.is_empty() {
                 candle_core::bail!("a sequence in the pass has no new tokens");
@@ -221,7 +226,7 @@ impl LlamaModel {
                 self.dtype,
                 &self.device,
             )?;
-            spans.push(Span {
+            spans[index] = Some(Span {
                 offset: ids.len(),
                 len: seq.ids.len(),
                 past,
@@ -229,13 +234,21 @@ impl LlamaModel {
             ids.extend_from_slice(seq.ids);
             positions.extend((past..past + seq.ids.len()).map(|p| p as f32));
         }
+        let spans: Vec<Span> = spans.into_iter().flatten().collect();
         let total = ids.len();
         let ids = Tensor::new(ids, &self.device)?;
         let (cos, sin) = self.rotary(&positions)?;
         let mut hidden = self.embed_tokens.index_select(&ids, 0)?;
         let caches: Vec<&KvCache> = seqs.iter().map(|s| &*s.cache).collect();
+        let pass = Pass {
+            caches: &caches,
+            spans: &spans,
+            order: &order,
+            cos: &cos,
+            sin: &sin,
+        };
         for (index, layer) in self.layers.iter().enumerate() {
-            hidden = layer.forward(&hidden, index, &caches, &spans, &cos, &sin, c.rms_norm_eps)?;
+            hidden = layer.forward(&hidden, index, &pass, c.rms_norm_eps)?;
         }
         for (seq, span) in seqs.iter_mut().zip(&spans) {
             seq.cache.advance(span.len);
@@ -250,7 +263,7 @@ impl LlamaModel {
             debug_assert_eq!(hidden.dim(0)?, total);
         }
         let hidden = rms_norm(&hidden, &self.norm, c.rms_norm_eps)?;
-        hidden.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)
+        times_transposed(&hidden, &self.lm_head)?.to_dtype(DType::F32)
     }
 
     /// `cos` and `sin` (`[tokens, head_dim / 2]`, model dtype) of each token's position.
@@ -269,22 +282,26 @@ fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> candle_core::Result<Tensor
     candle_nn::ops::rms_norm(&x.contiguous()?, weight, eps as f32)
 }
 
+/// What every layer of one pass shares: the sequences' caches and spans (in the caller's
+/// order), the packing order, and the rotary angles of the packed tokens.
+struct Pass<'a> {
+    caches: &'a [&'a KvCache],
+    spans: &'a [Span],
+    order: &'a PackingOrder,
+    cos: &'a Tensor,
+    sin: &'a Tensor,
+}
+
 impl DecoderLayer {
-    #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
         x: &Tensor,
         index: usize,
-        caches: &[&KvCache],
-        spans: &[Span],
-        cos: &Tensor,
-        sin: &Tensor,
+        pass: &Pass<'_>,
         eps: f64,
     ) -> candle_core::Result<Tensor> {
         let h = rms_norm(x, &self.input_layernorm, eps)?;
-        let h = (x + self
-            .self_attn
-            .forward(&h, index, caches, spans, cos, sin, eps)?)?;
+        let h = (x + self.self_attn.forward(&h, index, pass, eps)?)?;
         let m = rms_norm(&h, &self.post_attention_layernorm, eps)?;
         h + self.mlp.forward(&m)?
     }
@@ -292,8 +309,8 @@ impl DecoderLayer {
 
 impl Mlp {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let gate = candle_nn::ops::silu(&self.gate_proj.forward(x)?)?;
-        self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
+        let gate = candle_nn::ops::silu(&linear(&self.gate_proj, x)?)?;
+        linear(&self.down_proj, &(gate * linear(&self.up_proj, x)?)?)
     }
 }
 
@@ -308,7 +325,7 @@ impl Attention {
         rope: Option<(&Tensor, &Tensor)>,
     ) -> candle_core::Result<Tensor> {
         let tokens = x.dim(0)?;
-        let mut y = proj.forward(x)?.reshape((tokens, heads, self.head_dim))?;
+        let mut y = linear(proj, x)?.reshape((tokens, heads, self.head_dim))?;
         if let Some((weight, eps)) = norm {
             y = rms_norm(&y, weight, eps)?;
         }
@@ -319,25 +336,41 @@ impl Attention {
         Ok(y)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
         x: &Tensor,
         layer: usize,
-        caches: &[&KvCache],
-        spans: &[Span],
-        cos: &Tensor,
-        sin: &Tensor,
+        pass: &Pass<'_>,
         eps: f64,
     ) -> candle_core::Result<Tensor> {
-        let rope = Some((cos, sin));
+        let rope = Some((pass.cos, pass.sin));
         let q_norm = self.q_norm.as_ref().map(|w| (w, eps));
         let k_norm = self.k_norm.as_ref().map(|w| (w, eps));
         let q = self.project(x, &self.q_proj, self.num_heads, q_norm, rope)?;
         let k = self.project(x, &self.k_proj, self.num_kv_heads, k_norm, rope)?;
         let v = self.project(x, &self.v_proj, self.num_kv_heads, None, None)?;
-        let mut outputs = Vec::with_capacity(spans.len());
-        for (cache, span) in caches.iter().zip(spans) {
+        let mut outputs = Vec::with_capacity(pass.spans.len());
+        let decodes = pass.order.decodes();
+        if !decodes.is_empty() {
+            // Rows 0..decodes.len() of the pass: one token each, attended in one batch.
+            for (row, &i) in decodes.iter().enumerate() {
+                let (k, v) = (k.get(row)?.unsqueeze(1)?, v.get(row)?.unsqueeze(1)?);
+                pass.caches[i].write(layer, &k, &v)?;
+            }
+            let caches: Vec<&KvCache> = decodes.iter().map(|&i| pass.caches[i]).collect();
+            let lens: Vec<usize> = decodes.iter().map(|&i| pass.spans[i].past + 1).collect();
+            let shape = Heads {
+                heads: self.num_heads,
+                kv_heads: self.num_kv_heads,
+                head_dim: self.head_dim,
+                scale: Some((self.head_dim as f64).powf(-0.5)),
+                window: self.window,
+            };
+            let q = q.narrow(0, 0, decodes.len())?;
+            outputs.push(attend_decodes(&q, &caches, &lens, layer, &shape)?);
+        }
+        for &i in pass.order.others() {
+            let (cache, span) = (pass.caches[i], &pass.spans[i]);
             let rows = |t: &Tensor| -> candle_core::Result<Tensor> {
                 t.narrow(0, span.offset, span.len)?
                     .transpose(0, 1)?
@@ -352,7 +385,7 @@ impl Attention {
         } else {
             Tensor::cat(&outputs, 0)?
         };
-        self.o_proj.forward(&out)
+        linear(&self.o_proj, &out)
     }
 
     /// Attention of one sequence's queries (`[heads, tokens, head_dim]`) over its cache; returns
@@ -444,6 +477,14 @@ impl CausalLm for LlamaModel {
         all_positions: bool,
     ) -> candle_core::Result<Tensor> {
         self.forward(ids, cache, all_positions)
+    }
+
+    fn forward_batch(&self, seqs: &mut [(&[u32], &mut KvCache)]) -> candle_core::Result<Tensor> {
+        let mut inputs: Vec<SequenceInput<'_>> = seqs
+            .iter_mut()
+            .map(|(ids, cache)| SequenceInput { ids, cache })
+            .collect();
+        self.forward_sequences(&mut inputs, false)
     }
 
     fn vocab_size(&self) -> usize {

@@ -3,16 +3,10 @@
 use candle_core::{Device, Tensor};
 
 use super::model::{KvCache, OptModel};
-use crate::models::{CausalLm, TextEngine, TokenCache};
+use crate::models::{CausalLm, TextEngine};
 
 /// A loaded OPT model, ready to generate.
 pub type OptEngine = TextEngine<OptModel>;
-
-impl TokenCache for KvCache {
-    fn len(&self) -> usize {
-        self.len
-    }
-}
 
 impl CausalLm for OptModel {
     type Cache = KvCache;
@@ -29,6 +23,10 @@ impl CausalLm for OptModel {
     ) -> candle_core::Result<Tensor> {
         let input = Tensor::new(ids, self.device())?.unsqueeze(0)?;
         self.forward(&input, cache, all_positions)?.squeeze(0)
+    }
+
+    fn forward_batch(&self, seqs: &mut [(&[u32], &mut KvCache)]) -> candle_core::Result<Tensor> {
+        self.forward_sequences(seqs, false)
     }
 
     fn vocab_size(&self) -> usize {

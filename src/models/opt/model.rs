@@ -5,22 +5,12 @@ use candle_nn::{LayerNorm, Linear};
 
 use super::config::{OptConfig, LAYER_NORM_EPS, POSITION_OFFSET};
 use crate::error::LoadError;
+use crate::models::decode_attention::{attend_decodes, Heads};
+pub use crate::models::kv_cache::KvCache;
+use crate::models::matmul::{linear, times_transposed};
+use crate::models::packing::{packing_order, PackingOrder};
+use crate::models::TokenCache;
 use crate::weights::DeviceWeights;
-
-/// Keys and values of every layer for the tokens seen so far.
-#[derive(Default)]
-pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
-    /// Tokens already in the cache.
-    pub len: usize,
-}
-
-impl KvCache {
-    pub fn clear(&mut self) {
-        self.layers.clear();
-        self.len = 0;
-    }
-}
 
 struct Attention {
     /// `q_proj`, `k_proj` and `v_proj` stacked into one matmul, with OPT's query scaling
@@ -171,69 +161,143 @@ impl OptModel {
         self.dtype
     }
 
-    /// Runs `ids` (`[batch, seq]`) after the tokens already in `cache` and returns f32 logits:
-    /// `[batch, seq, vocab]` when `all_positions`, else `[batch, vocab]` for the last token.
+    /// Runs `ids` (`[1, seq]`) after the tokens already in `cache` and returns f32 logits:
+    /// `[1, seq, vocab]` when `all_positions`, else `[1, vocab]` for the last token.
     pub fn forward(
         &self,
         ids: &Tensor,
         cache: &mut KvCache,
         all_positions: bool,
     ) -> candle_core::Result<Tensor> {
-        let (batch, seq) = ids.dims2()?;
-        let past = cache.len;
-        if cache.layers.len() != self.layers.len() {
-            cache.layers = vec![None; self.layers.len()];
+        let (batch, _) = ids.dims2()?;
+        if batch != 1 {
+            candle_core::bail!("one sequence per cache: batch several with forward_sequences");
         }
-        let tokens = self
-            .embed_tokens
-            .index_select(&ids.flatten_all()?, 0)?
-            .reshape((batch, seq, ()))?;
+        let ids: Vec<u32> = ids.squeeze(0)?.to_vec1()?;
+        let logits = self.forward_sequences(&mut [(&ids, cache)], all_positions)?;
+        match all_positions {
+            true => logits.unsqueeze(0),
+            false => Ok(logits),
+        }
+    }
+
+    /// Runs several sequences, each's new tokens after those in its own cache, in one pass:
+    /// their tokens are packed along one axis (`[tokens, hidden]`) for every matmul, and only
+    /// attention looks at each sequence separately. Returns f32 logits `[total new tokens,
+    /// vocab]` when `all_positions` (sequences in order), else `[sequences, vocab]` for each
+    /// sequence's last token.
+    pub fn forward_sequences(
+        &self,
+        seqs: &mut [(&[u32], &mut KvCache)],
+        all_positions: bool,
+    ) -> candle_core::Result<Tensor> {
+        let c = &self.config;
+        let order = packing_order(seqs.iter().map(|(ids, _)| ids.len()), all_positions);
+        let mut spans: Vec<Option<Span>> = (0..seqs.len()).map(|_| None).collect();
+        let mut ids = Vec::new();
+        let mut positions = Vec::new();
+        for &index in &order.order {
+            let (new, cache) = &mut seqs[index];
+            let past = cache.len();
+            if new.is_empty() {
+                candle_core::bail!("a sequence in the pass has no new tokens");
+            }
+            if past + new.len() > c.max_position_embeddings {
+                candle_core::bail!(
+                    "{} tokens exceed the model's {} positions",
+                    past + new.len(),
+                    c.max_position_embeddings
+                );
+            }
+            if let Some(&id) = new.iter().find(|&&id| id as usize >= c.vocab_size) {
+                candle_core::bail!("token id {id} is outside the vocabulary ({})", c.vocab_size);
+            }
+            cache.reserve(
+                new.len(),
+                c.max_position_embeddings,
+                c.num_hidden_layers,
+                c.num_attention_heads,
+                c.head_dim(),
+                self.dtype,
+                &self.device,
+            )?;
+            spans[index] = Some(Span {
+                offset: ids.len(),
+                len: new.len(),
+                past,
+            });
+            ids.extend_from_slice(new);
+            positions.extend((past..past + new.len()).map(|p| (p + POSITION_OFFSET) as u32));
+        }
+        let spans: Vec<Span> = spans.into_iter().flatten().collect();
+        let ids = Tensor::new(ids, &self.device)?;
+        let tokens = self.embed_tokens.index_select(&ids, 0)?;
         let tokens = match &self.project_in {
-            Some(p) => p.forward(&tokens)?,
+            Some(p) => linear(p, &tokens)?,
             None => tokens,
         };
-        let position_ids = Tensor::arange(
-            (past + POSITION_OFFSET) as u32,
-            (past + seq + POSITION_OFFSET) as u32,
-            &self.device,
-        )?;
-        let positions = self.embed_positions.index_select(&position_ids, 0)?;
-        let mut hidden = tokens.broadcast_add(&positions)?;
-        let mask = causal_mask(seq, past, &self.device)?
-            .map(|m| m.to_dtype(self.dtype))
-            .transpose()?;
-        for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
+        let positions = Tensor::new(positions, &self.device)?;
+        let mut hidden = (tokens + self.embed_positions.index_select(&positions, 0)?)?;
+        let caches: Vec<&KvCache> = seqs.iter().map(|(_, cache)| &**cache).collect();
+        let pass = Pass {
+            caches: &caches,
+            spans: &spans,
+            order: &order,
+        };
+        for (index, layer) in self.layers.iter().enumerate() {
             hidden = layer.forward(
                 &hidden,
-                slot,
-                mask.as_ref(),
-                self.config.do_layer_norm_before,
-                &self.config.activation_function,
+                index,
+                &pass,
+                c.do_layer_norm_before,
+                &c.activation_function,
             )?;
         }
-        cache.len = past + seq;
+        for ((_, cache), span) in seqs.iter_mut().zip(&spans) {
+            cache.advance(span.len);
+        }
         if !all_positions {
-            hidden = hidden.narrow(1, seq - 1, 1)?;
+            let last: Vec<u32> = spans
+                .iter()
+                .map(|s| (s.offset + s.len - 1) as u32)
+                .collect();
+            hidden = hidden.index_select(&Tensor::new(last, &self.device)?, 0)?;
         }
         if let Some(norm) = &self.final_layer_norm {
             hidden = norm.forward(&hidden)?;
         }
         if let Some(p) = &self.project_out {
-            hidden = p.forward(&hidden)?;
+            hidden = linear(p, &hidden)?;
         }
-        let logits = hidden
-            .broadcast_matmul(&self.lm_head.t()?)?
-            .to_dtype(DType::F32)?;
-        if all_positions {
-            Ok(logits)
-        } else {
-            logits.squeeze(1)
-        }
+        times_transposed(&hidden, &self.lm_head)?.to_dtype(DType::F32)
     }
 }
 
+/// What every layer of one pass shares: the sequences' caches and spans (in the caller's
+/// order) and the packing order.
+struct Pass<'a> {
+    caches: &'a [&'a KvCache],
+    spans: &'a [Span],
+    order: &'a PackingOrder,
+}
+
+/// Where one sequence's tokens sit in the packed pass.
+struct Span {
+    /// First row in the packed tokens.
+    offset: usize,
+    /// New tokens.
+    len: usize,
+    /// Tokens already in the cache.
+    past: usize,
+}
+
 /// `-inf` above the diagonal, offset by the tokens already cached; `None` for one new token.
-fn causal_mask(seq: usize, past: usize, device: &Device) -> candle_core::Result<Option<Tensor>> {
+fn causal_mask(
+    seq: usize,
+    past: usize,
+    dtype: DType,
+    device: &Device,
+) -> candle_core::Result<Option<Tensor>> {
     if seq == 1 {
         return Ok(None);
     }
@@ -241,7 +305,9 @@ fn causal_mask(seq: usize, past: usize, device: &Device) -> candle_core::Result<
     let values: Vec<f32> = (0..seq)
         .flat_map(|i| (0..total).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
         .collect();
-    Tensor::from_vec(values, (seq, total), device).map(Some)
+    Tensor::from_vec(values, (seq, total), device)?
+        .to_dtype(dtype)
+        .map(Some)
 }
 
 fn activate(x: &Tensor, activation: &str) -> candle_core::Result<Tensor> {
@@ -256,8 +322,8 @@ impl DecoderLayer {
     fn forward(
         &self,
         x: &Tensor,
-        cache: &mut Option<(Tensor, Tensor)>,
-        mask: Option<&Tensor>,
+        layer: usize,
+        pass: &Pass<'_>,
         norm_before: bool,
         activation: &str,
     ) -> candle_core::Result<Tensor> {
@@ -267,7 +333,7 @@ impl DecoderLayer {
         } else {
             x.clone()
         };
-        let h = (residual + self.self_attn.forward(&h, cache, mask)?)?;
+        let h = (residual + self.self_attn.forward(&h, layer, pass)?)?;
         let h = if norm_before {
             h
         } else {
@@ -279,9 +345,7 @@ impl DecoderLayer {
         } else {
             h.clone()
         };
-        let f = self
-            .fc2
-            .forward(&activate(&self.fc1.forward(&f)?, activation)?)?;
+        let f = linear(&self.fc2, &activate(&linear(&self.fc1, &f)?, activation)?)?;
         let out = (residual + f)?;
         if norm_before {
             Ok(out)
@@ -292,43 +356,84 @@ impl DecoderLayer {
 }
 
 impl Attention {
-    fn forward(
-        &self,
-        x: &Tensor,
-        cache: &mut Option<(Tensor, Tensor)>,
-        mask: Option<&Tensor>,
-    ) -> candle_core::Result<Tensor> {
-        let (batch, seq, hidden) = x.dims3()?;
-        // [batch, seq, 3 * hidden] -> [3, batch, heads, seq, head_dim], one copy for all three.
-        let qkv = self
-            .qkv_proj
-            .forward(x)?
-            .reshape((batch, seq, 3, self.num_heads, self.head_dim))?
-            .permute((2, 0, 3, 1, 4))?
-            .contiguous()?;
-        let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
-        let (k, v) = match cache.take() {
-            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
-            None => (k, v),
+    /// Attention of packed tokens `[tokens, hidden]`, each sequence against its own cache: the
+    /// decodes in one batch, the others one by one.
+    fn forward(&self, x: &Tensor, layer: usize, pass: &Pass<'_>) -> candle_core::Result<Tensor> {
+        let (tokens, hidden) = x.dims2()?;
+        let (heads, head_dim) = (self.num_heads, self.head_dim);
+        // [tokens, 3, heads, head_dim]: q (scaled already), k, v of each token.
+        let qkv = linear(&self.qkv_proj, x)?.reshape((tokens, 3, heads, head_dim))?;
+        let mut outputs = Vec::with_capacity(pass.spans.len());
+        let decodes = pass.order.decodes();
+        if !decodes.is_empty() {
+            // Rows 0..decodes.len(): one token each, attended in one batch.
+            for (row, &i) in decodes.iter().enumerate() {
+                let token = qkv.get(row)?;
+                let (k, v) = (token.get(1)?.unsqueeze(1)?, token.get(2)?.unsqueeze(1)?);
+                pass.caches[i].write(layer, &k, &v)?;
+            }
+            let caches: Vec<&KvCache> = decodes.iter().map(|&i| pass.caches[i]).collect();
+            let lens: Vec<usize> = decodes.iter().map(|&i| pass.spans[i].past + 1).collect();
+            let q = qkv
+                .narrow(0, 0, decodes.len())?
+                .get_on_dim(1, 0)?
+                .contiguous()?;
+            let shape = Heads {
+                heads,
+                kv_heads: heads,
+                head_dim,
+                scale: None,
+                window: None,
+            };
+            outputs.push(attend_decodes(&q, &caches, &lens, layer, &shape)?);
+        }
+        if !pass.order.others().is_empty() {
+            // [3, heads, tokens, head_dim], one copy for all three.
+            let qkv = qkv.permute((1, 2, 0, 3))?.contiguous()?;
+            let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
+            for &i in pass.order.others() {
+                let (cache, span) = (pass.caches[i], &pass.spans[i]);
+                let rows = |t: &Tensor| t.narrow(1, span.offset, span.len)?.contiguous();
+                cache.write(layer, &rows(&k)?, &rows(&v)?)?;
+                let (k, v) = cache.read(layer, 0, span.past + span.len)?;
+                outputs.push(self.attend(&rows(&q)?, &k, &v, span, hidden)?);
+            }
+        }
+        let out = match outputs.len() {
+            1 => outputs.pop().expect("one output"),
+            _ => Tensor::cat(&outputs, 0)?,
         };
-        *cache = Some((k.clone(), v.clone()));
+        linear(&self.out_proj, &out)
+    }
+
+    /// Attention of one sequence's queries (`[heads, tokens, head_dim]`) over its keys and
+    /// values; returns `[tokens, hidden]`.
+    fn attend(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        span: &Span,
+        hidden: usize,
+    ) -> candle_core::Result<Tensor> {
         let scores = q.matmul(&k.t()?)?;
-        let scores = match mask {
-            Some(m) => scores.broadcast_add(m)?,
+        let scores = match causal_mask(span.len, span.past, scores.dtype(), q.device())? {
+            Some(m) => scores.broadcast_add(&m)?,
             None => scores,
         };
-        // transformers runs the softmax in f32 and rounds once to the model's dtype. candle's CUDA
-        // kernel accumulates in f32 for f16/bf16 already; its CPU one does not, so upcast there.
+        // transformers runs the softmax in f32 and rounds once to the model's dtype. candle's
+        // CUDA kernel accumulates in f32 for f16/bf16 already; its CPU one does not, so upcast
+        // there.
         let upcast = scores.device().is_cpu() && scores.dtype() != DType::F32;
         let probs = if upcast {
             candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?
         } else {
             candle_nn::ops::softmax_last_dim(&scores)?
         };
-        let out = probs
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .reshape((batch, seq, hidden))?;
-        self.out_proj.forward(&out)
+        // [heads, len, head_dim] -> [len, hidden]
+        probs
+            .matmul(v)?
+            .transpose(0, 1)?
+            .reshape((span.len, hidden))
     }
 }

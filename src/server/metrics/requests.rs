@@ -300,6 +300,8 @@ mod tests {
             finish_reason: FinishReason::Length,
             prefill_ms: 0.0,
             decode_ms: 0.0,
+            cumulative_logprob: 0.0,
+            logprobs: Vec::new(),
         }
     }
 

@@ -1,9 +1,10 @@
-//! The key/value cache of one sequence: per layer, keys and values laid out
+//! The key/value cache of one sequence, for every family: per layer, keys and values laid out
 //! `[kv_heads, capacity, head_dim]`, grown by doubling and written in place, with the sequence's
 //! length (the position its next token gets) kept beside them.
 //!
-//! Each sequence owns its cache, so a forward pass can run several sequences of different lengths
-//! (see [`super::LlamaModel::forward_sequences`]).
+//! Each sequence owns its cache, sized for its own tokens only, so a forward pass can run
+//! several sequences of different lengths; the decodes of a pass read their caches together
+//! ([`gather`]) for one batched attention.
 
 use candle_core::{DType, Device, Tensor};
 
@@ -50,7 +51,7 @@ impl KvCache {
     /// `[kv_heads, capacity, head_dim]` at first use, then doubles (at most to `max_tokens`,
     /// never below what is needed), copying what is there.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn reserve(
+    pub(crate) fn reserve(
         &mut self,
         extra: usize,
         max_tokens: usize,
@@ -85,14 +86,14 @@ impl KvCache {
 
     /// Writes the keys and values (`[kv_heads, tokens, head_dim]`, contiguous) of the tokens at
     /// positions `len..len + tokens` of `layer`; the length moves on in [`Self::advance`].
-    pub(super) fn write(&self, layer: usize, k: &Tensor, v: &Tensor) -> candle_core::Result<()> {
+    pub(crate) fn write(&self, layer: usize, k: &Tensor, v: &Tensor) -> candle_core::Result<()> {
         let (ck, cv) = &self.layers[layer];
         ck.slice_set(k, 1, self.len)?;
         cv.slice_set(v, 1, self.len)
     }
 
     /// Keys and values of positions `start..end` of `layer` (views, `[kv_heads, end - start, head_dim]`).
-    pub(super) fn read(
+    pub(crate) fn read(
         &self,
         layer: usize,
         start: usize,
@@ -106,7 +107,7 @@ impl KvCache {
     }
 
     /// Counts `tokens` more as written, after every layer has written them.
-    pub(super) fn advance(&mut self, tokens: usize) {
+    pub(crate) fn advance(&mut self, tokens: usize) {
         self.len += tokens;
     }
 }
@@ -115,4 +116,29 @@ impl TokenCache for KvCache {
     fn len(&self) -> usize {
         self.len
     }
+}
+
+/// Keys and values of `layer` of every cache, positions `0..lens[i]` of cache `i` padded with
+/// zeros to `longest` (the caller masks the padding), stacked: `[caches, kv_heads, longest,
+/// head_dim]` each. A cache whose capacity reaches `longest` needs no padding of its own (what
+/// it holds past its length is masked as well).
+pub(crate) fn gather(
+    caches: &[&KvCache],
+    layer: usize,
+    lens: &[usize],
+    longest: usize,
+) -> candle_core::Result<(Tensor, Tensor)> {
+    let mut keys = Vec::with_capacity(caches.len());
+    let mut values = Vec::with_capacity(caches.len());
+    for (cache, &len) in caches.iter().zip(lens) {
+        let (k, v) = &cache.layers[layer];
+        if cache.capacity >= longest {
+            keys.push(k.narrow(1, 0, longest)?);
+            values.push(v.narrow(1, 0, longest)?);
+        } else {
+            keys.push(k.narrow(1, 0, len)?.pad_with_zeros(1, 0, longest - len)?);
+            values.push(v.narrow(1, 0, len)?.pad_with_zeros(1, 0, longest - len)?);
+        }
+    }
+    Ok((Tensor::stack(&keys, 0)?, Tensor::stack(&values, 0)?))
 }

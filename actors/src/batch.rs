@@ -1,0 +1,43 @@
+//! The step-based engine interface for iteration-level (continuous) batching: requests are
+//! admitted into a running batch, each step runs one forward pass for every running sequence,
+//! and finished sequences leave the batch at once.
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{EngineError, GenerateOutput, GenerateRequest, TokenEvent};
+
+/// A sequence in an engine's batch, named by whoever admits it (unique while it runs).
+pub type SeqId = u64;
+
+/// What admitting a request did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Admission {
+    /// The sequence joins the batch at the next step.
+    Admitted,
+    /// The KV-cache budget has no room for it now; it fits once running sequences finish.
+    NoRoomYet,
+}
+
+/// What one step did to one sequence.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum SeqEvent {
+    /// A new token.
+    Token(SeqId, TokenEvent),
+    /// The sequence left the batch: its output, or the error that ended only it.
+    Finished(SeqId, Result<GenerateOutput, EngineError>),
+}
+
+/// An engine that runs many sequences at once, one forward pass per step.
+pub trait BatchEngine {
+    /// Takes `request` into the batch as `id` when its KV-cache reservation fits now. A request
+    /// that can never fit (context or budget) is an `InvalidRequest` error, never a wait.
+    fn admit(&mut self, id: SeqId, request: &GenerateRequest) -> Result<Admission, EngineError>;
+
+    /// Runs one forward pass for every running sequence (the prefill of newly admitted ones
+    /// joins, in chunks when long) and samples their next tokens. An error here fails the
+    /// whole batch.
+    fn step(&mut self) -> Result<Vec<SeqEvent>, EngineError>;
+
+    /// Drops a sequence and frees its reservation; unknown ids are ignored.
+    fn cancel(&mut self, id: SeqId);
+}

@@ -1,0 +1,97 @@
+//! Attention for the decodes of a pass (one new token per sequence), every sequence in one
+//! batched matmul: their caches are read together, padded to the longest, and a mask hides
+//! each one's padding (and what its sliding window no longer sees).
+
+use candle_core::{DType, Device, Tensor};
+
+use super::kv_cache::{gather, KvCache};
+
+/// The shape of one layer's attention.
+pub struct Heads {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    /// Multiplies the scores (`None`: the queries are scaled already).
+    pub scale: Option<f64>,
+    /// Positions a query sees, itself included; `None`: all before it.
+    pub window: Option<usize>,
+}
+
+/// Attention of `q` (`[seqs, heads, head_dim]`, one token per sequence, already written with
+/// its key and value into `caches`, whose lengths are `lens` including it) over each cache;
+/// returns `[seqs, heads * head_dim]`.
+pub fn attend_decodes(
+    q: &Tensor,
+    caches: &[&KvCache],
+    lens: &[usize],
+    layer: usize,
+    shape: &Heads,
+) -> candle_core::Result<Tensor> {
+    let seqs = caches.len();
+    let longest = lens.iter().copied().max().unwrap_or(0);
+    let (k, v) = gather(caches, layer, lens, longest)?;
+    let group = shape.heads / shape.kv_heads;
+    // Query heads of one kv head side by side: [seqs, kv_heads, group, head_dim].
+    let q = q.reshape((seqs, shape.kv_heads, group, shape.head_dim))?;
+    let mut scores = q.matmul(&k.transpose(2, 3)?)?;
+    if let Some(scale) = shape.scale {
+        scores = (scores * scale)?;
+    }
+    let mask = padding_mask(lens, longest, shape.window, q.device())?;
+    let scores = scores.broadcast_add(&mask.to_dtype(scores.dtype())?)?;
+    // Softmax in f32, rounded once to the model's dtype, as transformers does (candle's CUDA
+    // kernel accumulates in f32 already; its CPU one does not).
+    let probs = if scores.device().is_cpu() && scores.dtype() != DType::F32 {
+        candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?
+    } else {
+        candle_nn::ops::softmax_last_dim(&scores)?
+    };
+    probs
+        .matmul(&v)?
+        .reshape((seqs, shape.heads * shape.head_dim))
+}
+
+/// `[seqs, 1, 1, longest]`: 0 where sequence `i`'s query (at position `lens[i] - 1`) sees key
+/// `j`, `-inf` past its length or before its window.
+fn padding_mask(
+    lens: &[usize],
+    longest: usize,
+    window: Option<usize>,
+    device: &Device,
+) -> candle_core::Result<Tensor> {
+    let values: Vec<f32> = lens
+        .iter()
+        .flat_map(|&len| {
+            let position = len - 1;
+            (0..longest).map(move |j| {
+                let too_old = window.is_some_and(|w| j + w <= position);
+                if j >= len || too_old {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
+        .collect();
+    Tensor::from_vec(values, (lens.len(), 1, 1, longest), device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::padding_mask;
+    use candle_core::Device;
+
+    #[test]
+    fn each_query_sees_its_own_length_and_window() {
+        let m: Vec<f32> = padding_mask(&[2, 4], 4, Some(3), &Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let seen: Vec<bool> = m.iter().map(|v| v.is_finite()).collect();
+        assert_eq!(seen[..4], [true, true, false, false]);
+        // Position 3 with a window of 3 sees 1, 2 and 3.
+        assert_eq!(seen[4..], [false, true, true, true]);
+    }
+}

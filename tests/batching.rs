@@ -1,0 +1,202 @@
+//! Continuous batching through the actor runtime with the real backend on CPU (workers on
+//! threads): greedy outputs identical alone and among 16 concurrent requests for every fixture
+//! with a reference, the KV-cache budget (waiting for room, refusing what never fits), a
+//! cancelled stream freeing its room, and the sampling parameters that run through the batch.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{fixture, reference, Case};
+use wc_actors::{
+    Attach, DeviceSpec, EngineId, ErrorKind, FinishReason, GenerateError, GenerateRequest, Handle,
+    ModelSpec, PrewarmOptions, Prompt, Runtime, RuntimeConfig, RuntimeOptions, WorkerConfig,
+};
+use worker_controller::CandleBackend;
+
+/// A guard against hangs only (never a timing assertion): far above what any step here takes.
+const HANG_GUARD: Duration = Duration::from_secs(300);
+
+/// Every bundled fixture with a `reference.json` of greedy tokens.
+const FIXTURES: [&str; 6] = [
+    "tiny-opt-prenorm",
+    "tiny-opt-postnorm-proj",
+    "tiny-llama",
+    "tiny-mistral",
+    "tiny-qwen2",
+    "tiny-qwen3",
+];
+
+fn start(kv_cache_tokens: usize) -> Handle {
+    let config = RuntimeConfig {
+        workers: vec![WorkerConfig {
+            device: DeviceSpec::Cpu,
+            count: 1,
+            prewarm: PrewarmOptions {
+                kv_cache_tokens,
+                ..PrewarmOptions::default()
+            },
+        }],
+        options: RuntimeOptions {
+            attach_timeout: Duration::from_secs(60),
+            ..RuntimeOptions::default()
+        },
+    };
+    Runtime::start(config, Arc::new(CandleBackend))
+}
+
+async fn attach(handle: &Handle, name: &str) -> EngineId {
+    handle.wait_ready().await.unwrap();
+    let spec = ModelSpec {
+        model: fixture(name).display().to_string(),
+        dtype: None,
+    };
+    handle.attach(Attach::new(spec)).await.unwrap().engine_id
+}
+
+fn greedy(case: &Case) -> GenerateRequest {
+    GenerateRequest {
+        prompt: Prompt::Ids(case.input_ids.clone()),
+        max_new_tokens: case.greedy_new_tokens.len(),
+        ignore_eos: true,
+        ..Default::default()
+    }
+}
+
+/// A request unlike the reference ones: another prompt and length, sampled or greedy.
+fn filler(index: usize, vocab: u32) -> GenerateRequest {
+    let ids = (0..2 + index % 7).map(|j| 3 + ((index * 13 + j * 5) as u32 % (vocab - 3)));
+    GenerateRequest {
+        prompt: Prompt::Ids(ids.collect()),
+        max_new_tokens: 3 + index * 2,
+        ignore_eos: true,
+        temperature: if index % 2 == 0 { 0.0 } else { 0.8 },
+        seed: Some(index as u64),
+        ..Default::default()
+    }
+}
+
+#[actix_rt::test]
+async fn greedy_outputs_are_the_same_alone_and_among_sixteen_concurrent_requests() {
+    let run = async {
+        let handle = start(32768);
+        for name in FIXTURES {
+            let engine = attach(&handle, name).await;
+            let cases = reference(name).cases;
+            let vocab = cases[0].logits[0].len() as u32;
+            let mut alone_texts = Vec::new();
+            for case in &cases {
+                let alone = handle.generate(engine, greedy(case)).await.unwrap();
+                assert_eq!(alone.new_tokens, case.greedy_new_tokens, "{name} alone");
+                alone_texts.push(alone.text);
+            }
+            // The reference cases among fillers: 16 requests at once, the cases in the middle.
+            let mut requests: Vec<(Option<(&Case, &String)>, GenerateRequest)> = (0..16
+                - cases.len())
+                .map(|i| (None, filler(i, vocab)))
+                .collect();
+            for (i, case) in cases.iter().enumerate() {
+                requests.insert(3 + 4 * i, (Some((case, &alone_texts[i])), greedy(case)));
+            }
+            let runs = requests
+                .iter()
+                .map(|(_, request)| handle.generate(engine, request.clone()));
+            let outputs = futures_util::future::join_all(runs).await;
+            for ((case, request), output) in requests.iter().zip(outputs) {
+                let output = output.unwrap();
+                assert_eq!(output.new_tokens.len(), request.max_new_tokens, "{name}");
+                if let Some((case, alone_text)) = case {
+                    assert_eq!(
+                        output.new_tokens, case.greedy_new_tokens,
+                        "{name} {:?} among 16",
+                        case.prompt
+                    );
+                    assert_eq!(&output.text, *alone_text, "{name} {:?}", case.prompt);
+                }
+            }
+            handle.detach(engine).await.unwrap();
+        }
+        handle.shutdown().await;
+    };
+    tokio::time::timeout(HANG_GUARD, run).await.unwrap();
+}
+
+#[actix_rt::test]
+async fn requests_wait_for_room_in_the_budget_and_one_that_never_fits_is_refused() {
+    let run = async {
+        // Room for one request of 4 prompt tokens and 20 new ones at a time.
+        let handle = start(30);
+        let engine = attach(&handle, "tiny-opt-prenorm").await;
+        let request = |first: u32| GenerateRequest {
+            prompt: Prompt::Ids(vec![2, first, 7, 9]),
+            max_new_tokens: 20,
+            ignore_eos: true,
+            ..Default::default()
+        };
+        let runs = (0..4).map(|i| handle.generate(engine, request(10 + i)));
+        for output in futures_util::future::join_all(runs).await {
+            assert_eq!(output.unwrap().new_tokens.len(), 20);
+        }
+        let too_big = GenerateRequest {
+            max_new_tokens: 27,
+            ..request(10)
+        };
+        match handle.generate(engine, too_big).await {
+            Err(GenerateError::Engine(e)) => {
+                assert_eq!(e.kind, ErrorKind::InvalidRequest);
+                assert!(e.message.contains("KV-cache"), "{}", e.message);
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        handle.shutdown().await;
+    };
+    tokio::time::timeout(HANG_GUARD, run).await.unwrap();
+}
+
+#[actix_rt::test]
+async fn a_cancelled_stream_frees_its_room_at_the_next_step() {
+    let run = async {
+        // The budget holds one of these requests at a time.
+        let handle = start(100);
+        let engine = attach(&handle, "tiny-opt-prenorm").await;
+        let long = GenerateRequest {
+            prompt: Prompt::Ids(vec![2, 11, 12]),
+            max_new_tokens: 90,
+            ignore_eos: true,
+            ..Default::default()
+        };
+        let mut stream = handle.generate_stream(engine, long.clone());
+        assert!(stream.tokens.recv().await.is_some(), "a first token");
+        // Without this drop the next request would wait for all 90 tokens.
+        drop(stream);
+        let next = handle.generate(engine, long).await.unwrap();
+        assert_eq!(next.new_tokens.len(), 90);
+        assert_eq!(next.finish_reason, FinishReason::Length);
+        handle.shutdown().await;
+    };
+    tokio::time::timeout(HANG_GUARD, run).await.unwrap();
+}
+
+#[actix_rt::test]
+async fn a_request_asking_for_zero_tokens_finishes_at_once() {
+    let run = async {
+        let handle = start(32768);
+        let engine = attach(&handle, "tiny-opt-prenorm").await;
+        let output = handle
+            .generate(
+                engine,
+                GenerateRequest {
+                    prompt: Prompt::Ids(vec![2, 5]),
+                    max_new_tokens: 0,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert!(output.new_tokens.is_empty());
+        assert_eq!(output.finish_reason, FinishReason::Length);
+        handle.shutdown().await;
+    };
+    tokio::time::timeout(HANG_GUARD, run).await.unwrap();
+}

@@ -1,0 +1,216 @@
+//! Batching through the HTTP API with workers in their own processes (the default isolation):
+//! reference-exact greedy completions among 16 concurrent requests, `n` and `best_of`,
+//! logprobs in the completions and chat shapes, `echo`, `logit_bias`, and the KV-cache budget's
+//! 400, streamed and not.
+
+mod server_common;
+
+use serde_json::{json, Value};
+use server_common::{model_entry, reference, EventStream, Server};
+
+const PRENORM: &str = "tiny-opt-prenorm";
+const LLAMA: &str = "tiny-llama";
+
+/// One CPU worker per model, a KV-cache budget of `kv_cache_tokens`.
+fn config(kv_cache_tokens: usize) -> String {
+    format!(
+        "[prewarm]\nkv_cache_tokens = {kv_cache_tokens}\n\n[[workers]]\ndevice = \"cpu\"\ncount = 2\n\n{}{}",
+        model_entry(PRENORM, PRENORM, true, "5m"),
+        model_entry(LLAMA, LLAMA, true, "5m"),
+    )
+}
+
+fn greedy(prompt: &str, tokens: usize) -> Value {
+    json!({"model": PRENORM, "prompt": prompt, "max_tokens": tokens, "temperature": 0,
+           "ignore_eos": true})
+}
+
+#[test]
+fn greedy_completions_are_reference_exact_among_sixteen_concurrent_requests() {
+    let server = Server::start("batching-concurrent", &config(32768));
+    let cases = reference(PRENORM);
+    // The reference prompts among others of other lengths, all at once, half of them streamed.
+    let mut bodies: Vec<(Option<String>, Value)> = (0..16 - cases.len())
+        .map(|i| {
+            let prompt = "the quick brown fox ".repeat(1 + i % 4);
+            (None, greedy(&prompt, 4 + 3 * i))
+        })
+        .collect();
+    for (i, (prompt, _, text)) in cases.iter().enumerate() {
+        bodies.insert(2 + 5 * i, (Some(text.clone()), greedy(prompt, 24)));
+    }
+    std::thread::scope(|scope| {
+        let runs: Vec<_> = bodies
+            .iter()
+            .enumerate()
+            .map(|(i, (expected, body))| {
+                let server = &server;
+                scope.spawn(move || {
+                    let text = if i % 2 == 0 {
+                        let reply = server.post("/v1/completions", body);
+                        assert_eq!(reply.status, 200, "{}", reply.body);
+                        reply.json()["choices"][0]["text"]
+                            .as_str()
+                            .unwrap()
+                            .to_owned()
+                    } else {
+                        let mut streamed = body.clone();
+                        streamed["stream"] = json!(true);
+                        let stream = EventStream::open(&server.addr, "/v1/completions", &streamed);
+                        assert_eq!(stream.status, 200);
+                        let (chunks, done) = stream.collect();
+                        assert!(done);
+                        server_common::stream_text(&chunks)
+                    };
+                    if let Some(expected) = expected {
+                        assert_eq!(&text, expected, "request {i}");
+                    }
+                })
+            })
+            .collect();
+        for run in runs {
+            run.join().unwrap();
+        }
+    });
+}
+
+#[test]
+fn n_best_of_logprobs_echo_and_logit_bias_shape_the_reply() {
+    let server = Server::start("batching-parameters", &config(32768));
+    let (prompt, _, greedy_text) = reference(PRENORM).remove(0);
+
+    // n sampled choices with a seed: n distinct indices, each its own sample.
+    let mut body = greedy(&prompt, 12);
+    body["temperature"] = json!(1.0);
+    body["n"] = json!(3);
+    body["seed"] = json!(5);
+    let reply = server.post("/v1/completions", &body);
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let json = reply.json();
+    let choices = json["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 3);
+    for (i, choice) in choices.iter().enumerate() {
+        assert_eq!(choice["index"], i);
+    }
+    assert_eq!(json["usage"]["completion_tokens"], 36);
+
+    // best_of 4, n 2: the two with the highest cumulative logprob, best first.
+    body["n"] = json!(2);
+    body["best_of"] = json!(4);
+    body["logprobs"] = json!(0);
+    let json = server.post("/v1/completions", &body).json();
+    let sums: Vec<f64> = json["choices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            c["logprobs"]["token_logprobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .sum()
+        })
+        .collect();
+    assert_eq!(sums.len(), 2);
+    assert!(sums[0] >= sums[1], "{sums:?}");
+    // The four seeds, run one by one, rank the same way: the best two come back.
+    let mut all: Vec<f64> = (0..4)
+        .map(|i| {
+            let mut one = greedy(&prompt, 12);
+            one["temperature"] = json!(1.0);
+            one["seed"] = json!(5 + i);
+            one["logprobs"] = json!(0);
+            let c = &server.post("/v1/completions", &one).json()["choices"][0];
+            c["logprobs"]["token_logprobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .sum()
+        })
+        .collect();
+    all.sort_by(|a, b| b.total_cmp(a));
+    assert!((all[0] - sums[0]).abs() < 1e-3 && (all[1] - sums[1]).abs() < 1e-3);
+
+    // logprobs 3: the completions shape, offsets counted after the echoed prompt.
+    let mut body = greedy(&prompt, 5);
+    body["logprobs"] = json!(3);
+    let json = server.post("/v1/completions", &body).json();
+    let logprobs = &json["choices"][0]["logprobs"];
+    assert_eq!(logprobs["tokens"].as_array().unwrap().len(), 5);
+    assert_eq!(logprobs["text_offset"][0], 0);
+    let top = logprobs["top_logprobs"][0].as_object().unwrap();
+    assert!((3..=4).contains(&top.len()), "{top:?}");
+    let first = logprobs["tokens"][0].as_str().unwrap();
+    assert_eq!(top[first], logprobs["token_logprobs"][0]);
+
+    // echo: the prompt's text, then the completion.
+    let mut body = greedy(&prompt, 24);
+    body["echo"] = json!(true);
+    let json = server.post("/v1/completions", &body).json();
+    assert_eq!(json["choices"][0]["text"], format!("{prompt}{greedy_text}"));
+    body["logprobs"] = json!(1);
+    let refused = server.post("/v1/completions", &body);
+    assert_eq!(refused.status, 400);
+    assert!(refused.body.contains("echo"), "{}", refused.body);
+
+    // logit_bias: +100 on one token makes every token that one.
+    let mut body = greedy(&prompt, 4);
+    body["logit_bias"] = json!({"77": 100});
+    body["logprobs"] = json!(0);
+    let json = server.post("/v1/completions", &body).json();
+    let tokens = json["choices"][0]["logprobs"]["tokens"].as_array().unwrap();
+    assert!(tokens.windows(2).all(|w| w[0] == w[1]), "{tokens:?}");
+
+    // Chat: logprobs true with top_logprobs, in the chat shape, streamed and not.
+    let chat = json!({"model": LLAMA, "messages": [{"role": "user", "content": "hi"}],
+                      "max_tokens": 3, "temperature": 0, "logprobs": true, "top_logprobs": 2,
+                      "ignore_eos": true});
+    let json = server.post("/v1/chat/completions", &chat).json();
+    let content = json["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .unwrap();
+    assert_eq!(content.len(), 3);
+    assert_eq!(content[0]["top_logprobs"].as_array().unwrap().len(), 2);
+    assert!(content[0]["logprob"].as_f64().unwrap() <= 0.0);
+    let mut streamed = chat.clone();
+    streamed["stream"] = json!(true);
+    let (chunks, done) =
+        EventStream::open(&server.addr, "/v1/chat/completions", &streamed).collect();
+    assert!(done);
+    let streamed_logprobs: Vec<&Value> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["logprobs"]["content"].get(0))
+        .collect();
+    assert_eq!(streamed_logprobs.len(), 3);
+    assert_eq!(streamed_logprobs[0]["token"], content[0]["token"]);
+}
+
+#[test]
+fn a_stream_of_n_choices_names_each_and_a_request_over_the_budget_is_400() {
+    let server = Server::start("batching-budget", &config(64));
+    let (prompt, ids, greedy_text) = reference(PRENORM).remove(0);
+    let mut body = greedy(&prompt, 24);
+    body["n"] = json!(2);
+    body["stream"] = json!(true);
+    let (chunks, done) = EventStream::open(&server.addr, "/v1/completions", &body).collect();
+    assert!(done);
+    for index in 0..2 {
+        let text: String = chunks
+            .iter()
+            .filter(|c| c["choices"][0]["index"] == index)
+            .filter_map(|c| c["choices"][0]["text"].as_str())
+            .collect();
+        assert_eq!(text, greedy_text, "choice {index}");
+    }
+    // Prompt plus max_tokens over the 64-token budget: refused, not queued for ever.
+    let too_big = greedy(&prompt, 65 - ids.len());
+    let reply = server.post("/v1/completions", &too_big);
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    assert!(reply.body.contains("KV-cache"), "{}", reply.body);
+    let mut streamed = too_big.clone();
+    streamed["stream"] = json!(true);
+    let stream = EventStream::open(&server.addr, "/v1/completions", &streamed);
+    assert_eq!(stream.status, 400);
+}
