@@ -175,7 +175,12 @@ async fn every_llama_family_fixture_attaches_generates_and_detaches() {
                 data_bytes(&dir.join("model.safetensors")),
                 "{name}: f32 weights held in f32"
             );
-            assert_eq!(report.memory_before, idle, "{name}");
+            // Device memory is back where it was; the host cache keeps the fixtures before.
+            assert_eq!(
+                (report.memory_before.total_bytes, report.memory_before.free_bytes),
+                (idle.total_bytes, idle.free_bytes),
+                "{name}"
+            );
             assert_eq!(
                 report.memory_attached.free_bytes,
                 idle.free_bytes - device_bytes,
