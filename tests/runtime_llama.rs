@@ -177,7 +177,10 @@ async fn every_llama_family_fixture_attaches_generates_and_detaches() {
             );
             // Device memory is back where it was; the host cache keeps the fixtures before.
             assert_eq!(
-                (report.memory_before.total_bytes, report.memory_before.free_bytes),
+                (
+                    report.memory_before.total_bytes,
+                    report.memory_before.free_bytes
+                ),
                 (idle.total_bytes, idle.free_bytes),
                 "{name}"
             );

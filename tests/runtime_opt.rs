@@ -336,8 +336,21 @@ async fn a_model_larger_than_the_worker_does_not_fit_at_once() {
         let workers = handle.list_workers().await.unwrap();
         assert_eq!(workers[0].memory.unwrap().total_bytes, 1_000_000);
         let dir = fixture(PRENORM);
-        // f32 weights: the device needs exactly the stored data.
-        let needed = safetensors_data_bytes(&dir.join("model.safetensors"));
+        // f32 weights: the device needs the stored data and a full KV cache of the worker's
+        // budget (2 x layers x hidden x 4 bytes per token).
+        let footprint = worker_controller::backend::check(&spec(&dir))
+            .unwrap()
+            .footprint;
+        let weights = safetensors_data_bytes(&dir.join("model.safetensors"));
+        assert_eq!(footprint.device_bytes, weights);
+        let config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+        let per_token = 2
+            * 4
+            * config["num_hidden_layers"].as_u64().unwrap()
+            * config["hidden_size"].as_u64().unwrap();
+        assert_eq!(footprint.kv_bytes_per_token, per_token);
+        let needed = weights + per_token * PrewarmOptions::default().kv_cache_tokens as u64;
         assert!(needed > 1_000_000);
 
         // attach_timeout is 60 s: an answer within 10 s means it did not wait for a worker.
