@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Concurrent serving on one GPU, run from the repo root on the GPU machine with the CUDA build's
-# gzipped binaries in $GPU_BIN (default .gpu/: wc-cuda): for OPT-125m (f16) and llama-3.2-1b
+# gzipped binaries in $GPU_BIN (default .gpu/: wc-cuda, batching, cuda_reference): the batching
+# and GPU tests on cuda:0, the CPU concurrency scenario, then for OPT-125m (f16) and llama-3.2-1b
 # (bf16), one `serve` with two worker processes on cuda:0; `loadgen` with 1 client, then with 64
 # (continuous batching), then 16 clients while another engine attaches on the other worker of the
 # same GPU; transformers' batched `generate` at batch 1 and 64 on the same card; and the process
@@ -17,6 +18,14 @@ WC=/tmp/wc/wc-cuda
 log() { echo "== $(date -u +%FT%TZ) $*" | tee -a "$OUT/session.log"; }
 { date -u; $WC --version; nvidia-smi; nproc; free -g; } > "$OUT/machine.txt" 2>&1
 log "build: $($WC --version); $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
+log "batching tests on cuda:0 (greedy alone = among 16 concurrent, budget, cancel, parameters)"
+WC_TEST_DEVICE=cuda:0 /tmp/wc/batching --test-threads 1 > "$OUT/test-batching-cuda.txt" 2>&1
+log "batching rc=$?"; grep -E "^test |test result" "$OUT/test-batching-cuda.txt" | tee -a "$OUT/session.log"
+WC_EXPECT_GPUS=1 /tmp/wc/cuda_reference --test-threads 1 --skip two_gpus > "$OUT/test-cuda_reference.txt" 2>&1
+log "cuda_reference rc=$?"; grep -E "test result" "$OUT/test-cuda_reference.txt" | tee -a "$OUT/session.log"
+log "CPU concurrency scenario (this host's CPU, release build): 1 vs 16 streams of 64 tokens"
+$WC bench --scenario concurrency --models tests/fixtures/tiny-opt-prenorm --runs 5 --out "$OUT/bench-concurrency-cpu" >> "$OUT/session.log" 2>&1
+log "concurrency rc=$?"
 [ -f /tmp/opt-125m/config.json ] || $WC make-model --preset opt-125m --dtype f16 --force --out /tmp/opt-125m >> "$OUT/session.log" 2>&1
 [ -f /tmp/llama-3.2-1b/config.json ] || $WC make-model --preset llama-3.2-1b --dtype bf16 --force --out /tmp/llama-3.2-1b >> "$OUT/session.log" 2>&1
 

@@ -1,5 +1,5 @@
-//! Continuous batching through the actor runtime with the real backend on CPU (workers on
-//! threads): greedy outputs identical alone and among 16 concurrent requests for every fixture
+//! Continuous batching through the actor runtime with the real backend on CPU, or on the device
+//! `WC_TEST_DEVICE` names (workers on threads): greedy outputs identical alone and among 16 concurrent requests for every fixture
 //! with a reference, the KV-cache budget (waiting for room, refusing what never fits), a
 //! cancelled stream freeing its room, and the sampling parameters that run through the batch.
 
@@ -28,10 +28,18 @@ const FIXTURES: [&str; 6] = [
     "tiny-qwen3",
 ];
 
+/// The device these tests run on: the CPU, or the one `WC_TEST_DEVICE` names (the GPU session
+/// runs this file's CUDA build with `WC_TEST_DEVICE=cuda:0`).
+fn device() -> DeviceSpec {
+    std::env::var("WC_TEST_DEVICE")
+        .map(|d| d.parse().expect("WC_TEST_DEVICE names a device"))
+        .unwrap_or(DeviceSpec::Cpu)
+}
+
 fn start(kv_cache_tokens: usize) -> Handle {
     let config = RuntimeConfig {
         workers: vec![WorkerConfig {
-            device: DeviceSpec::Cpu,
+            device: device(),
             count: 1,
             prewarm: PrewarmOptions {
                 kv_cache_tokens,
