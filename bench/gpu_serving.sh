@@ -6,7 +6,7 @@
 # (continuous batching), then 16 clients while another engine attaches on the other worker of the
 # same GPU; transformers' batched `generate` at batch 1 and 64 on the same card; and the process
 # vs thread bench with decode tokens/s (issue 12's GPU measurement). Everything under $OUT,
-# packed into $OUT/results-serving.tgz.
+# packed into $OUT/results-serving.tgz. ONLY_SERVING=1: the serve + loadgen part only.
 set -u
 GPU_BIN=${GPU_BIN:-.gpu}
 TOKENS=${TOKENS:-128}
@@ -18,6 +18,7 @@ WC=/tmp/wc/wc-cuda
 log() { echo "== $(date -u +%FT%TZ) $*" | tee -a "$OUT/session.log"; }
 { date -u; $WC --version; nvidia-smi; nproc; free -g; } > "$OUT/machine.txt" 2>&1
 log "build: $($WC --version); $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
+if [ -z "${ONLY_SERVING:-}" ]; then
 log "batching tests on cuda:0 (greedy alone = among 16 concurrent, budget, cancel, parameters)"
 WC_TEST_DEVICE=cuda:0 /tmp/wc/batching --test-threads 1 > "$OUT/test-batching-cuda.txt" 2>&1
 log "batching rc=$?"; grep -E "^test |test result" "$OUT/test-batching-cuda.txt" | tee -a "$OUT/session.log"
@@ -26,8 +27,13 @@ log "cuda_reference rc=$?"; grep -E "test result" "$OUT/test-cuda_reference.txt"
 log "CPU concurrency scenario (this host's CPU, release build): 1 vs 16 streams of 64 tokens"
 $WC bench --scenario concurrency --models tests/fixtures/tiny-opt-prenorm --runs 5 --out "$OUT/bench-concurrency-cpu" >> "$OUT/session.log" 2>&1
 log "concurrency rc=$?"
+fi
 [ -f /tmp/opt-125m/config.json ] || $WC make-model --preset opt-125m --dtype f16 --force --out /tmp/opt-125m >> "$OUT/session.log" 2>&1
 [ -f /tmp/llama-3.2-1b/config.json ] || $WC make-model --preset llama-3.2-1b --dtype bf16 --force --out /tmp/llama-3.2-1b >> "$OUT/session.log" 2>&1
+# The presets have no tokenizer: the bundled fixtures' ones (their ids fit both vocabularies)
+# turn loadgen's text prompts into tokens.
+cp tests/fixtures/tiny-opt-prenorm/tokenizer.json /tmp/opt-125m/
+cp tests/fixtures/tiny-llama/tokenizer.json /tmp/llama-3.2-1b/
 
 serve_config() {  # name path dtype
   cat <<EOF
@@ -86,6 +92,7 @@ for spec in "opt-125m /tmp/opt-125m f16" "llama-3.2-1b /tmp/llama-3.2-1b bf16"; 
   log "serve $name stopped"
 done
 
+[ -n "${ONLY_SERVING:-}" ] && { log "done (serving only)"; exit 0; }
 log "transformers batched generate (eager), batch 1 and 64, $TOKENS tokens"
 python3 - "$OUT" "$TOKENS" <<'EOF' >> "$OUT/session.log" 2>&1
 import json, sys, time, torch
