@@ -1,17 +1,19 @@
 //! Continuous batching through the actor runtime with the real backend on CPU, or on the device
 //! `WC_TEST_DEVICE` names (workers on threads): greedy outputs identical alone and among 16 concurrent requests for every fixture
 //! with a reference, the KV-cache budget (waiting for room, refusing what never fits), a
-//! cancelled stream freeing its room, and the sampling parameters that run through the batch.
+//! cancelled stream freeing its room, the sampling parameters that run through the batch, and
+//! the engine's load (batch, queue, KV-cache reservation) in the engine listing and the stats.
 
 mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{fixture, reference, Case};
+use common::{fixture, reference, scratch, slow_model, Case};
 use wc_actors::{
-    Attach, DeviceSpec, EngineId, ErrorKind, FinishReason, GenerateError, GenerateRequest, Handle,
-    ModelSpec, PrewarmOptions, Prompt, Runtime, RuntimeConfig, RuntimeOptions, WorkerConfig,
+    Attach, DeviceSpec, EngineId, EngineInfo, ErrorKind, FinishReason, GenerateError,
+    GenerateRequest, Handle, ModelSpec, PrewarmOptions, Prompt, Runtime, RuntimeConfig,
+    RuntimeOptions, WorkerConfig,
 };
 use worker_controller::CandleBackend;
 
@@ -55,12 +57,27 @@ fn start(kv_cache_tokens: usize) -> Handle {
 }
 
 async fn attach(handle: &Handle, name: &str) -> EngineId {
+    attach_dir(handle, &fixture(name)).await
+}
+
+async fn attach_dir(handle: &Handle, dir: &std::path::Path) -> EngineId {
     handle.wait_ready().await.unwrap();
     let spec = ModelSpec {
-        model: fixture(name).display().to_string(),
+        model: dir.display().to_string(),
         dtype: None,
     };
     handle.attach(Attach::new(spec)).await.unwrap().engine_id
+}
+
+/// Lists engines until the only one satisfies `ready` (the caller's hang guard bounds it).
+async fn engine_when(handle: &Handle, ready: impl Fn(&EngineInfo) -> bool) -> EngineInfo {
+    loop {
+        let engines = handle.list_engines().await.unwrap();
+        if let Some(engine) = engines.into_iter().find(|e| ready(e)) {
+            return engine;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 fn greedy(case: &Case) -> GenerateRequest {
@@ -204,6 +221,65 @@ async fn a_request_asking_for_zero_tokens_finishes_at_once() {
             .unwrap();
         assert!(output.new_tokens.is_empty());
         assert_eq!(output.finish_reason, FinishReason::Length);
+        handle.shutdown().await;
+    };
+    tokio::time::timeout(HANG_GUARD, run).await.unwrap();
+}
+
+#[actix_rt::test]
+async fn the_listing_shows_the_batch_the_requests_waiting_for_room_and_the_kv_reservation() {
+    let run = async {
+        let dir = scratch("batching-load");
+        let slow = slow_model(&dir);
+        // Each request reserves 4 + 600 tokens: the budget holds two of the three at a time.
+        let handle = start(1500);
+        let engine = attach_dir(&handle, &slow).await;
+        let idle = engine_when(&handle, |_| true).await;
+        assert_eq!(
+            (idle.kv_cache_tokens_reserved, idle.kv_cache_tokens_budget),
+            (0, 1500)
+        );
+        let long = |first: u32| GenerateRequest {
+            prompt: Prompt::Ids(vec![2, first, 7, 9]),
+            max_new_tokens: 600,
+            ignore_eos: true,
+            ..Default::default()
+        };
+        let streams: Vec<_> = (0..3)
+            .map(|i| handle.generate_stream(engine, long(10 + i)))
+            .collect();
+        let busy = engine_when(&handle, |e| {
+            e.requests_running == 2 && e.requests_waiting == 1
+        })
+        .await;
+        assert_eq!(busy.kv_cache_tokens_reserved, 2 * 604, "{busy:?}");
+        assert_eq!(busy.kv_cache_tokens_budget, 1500);
+        assert_eq!(busy.kv_cache_usage, 1208.0 / 1500.0);
+        let stats = handle.stats().await.unwrap();
+        assert_eq!((stats.requests_running, stats.requests_waiting), (2, 1));
+        assert_eq!(
+            (stats.kv_cache_tokens_reserved, stats.kv_cache_tokens_budget),
+            (1208, 1500)
+        );
+
+        // The first request leaves early: the third takes its room.
+        let mut streams = streams.into_iter();
+        drop(streams.next());
+        let moved = engine_when(&handle, |e| e.requests_waiting == 0).await;
+        assert_eq!(moved.requests_running, 2, "{moved:?}");
+        assert_eq!(moved.kv_cache_tokens_reserved, 1208);
+        for stream in streams {
+            assert_eq!(stream.output.await.unwrap().new_tokens.len(), 600);
+        }
+        let done = engine_when(&handle, |e| e.requests_running == 0).await;
+        assert_eq!(done.requests_waiting, 0);
+        assert_eq!(done.kv_cache_tokens_reserved, 0);
+        assert_eq!(done.kv_cache_usage, 0.0);
+        let stats = handle.stats().await.unwrap();
+        assert_eq!(
+            (stats.requests_running, stats.kv_cache_tokens_reserved),
+            (0, 0)
+        );
         handle.shutdown().await;
     };
     tokio::time::timeout(HANG_GUARD, run).await.unwrap();

@@ -1,12 +1,15 @@
 //! Batching through the HTTP API with workers in their own processes (the default isolation):
 //! reference-exact greedy completions among 16 concurrent requests, `n` and `best_of`,
-//! logprobs in the completions and chat shapes, `echo`, `logit_bias`, and the KV-cache budget's
-//! 400, streamed and not.
+//! logprobs in the completions and chat shapes, `echo`, `logit_bias`, the KV-cache budget's
+//! 400, streamed and not, and the batch, queue and KV-cache reservation in `/engines` and
+//! `/metrics`.
 
 mod server_common;
 
+use std::time::{Duration, Instant};
+
 use serde_json::{json, Value};
-use server_common::{model_entry, reference, EventStream, Server};
+use server_common::{model_entry, reference, scratch, slow_model, EventStream, Server};
 
 const PRENORM: &str = "tiny-opt-prenorm";
 const LLAMA: &str = "tiny-llama";
@@ -213,4 +216,96 @@ fn a_stream_of_n_choices_names_each_and_a_request_over_the_budget_is_400() {
     streamed["stream"] = json!(true);
     let stream = EventStream::open(&server.addr, "/v1/completions", &streamed);
     assert_eq!(stream.status, 400);
+}
+
+/// Lists engines until the first satisfies `ready` (two minutes at most); returns it.
+fn engine_when(server: &Server, ready: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let engine = server.get("/engines").json()["engines"][0].clone();
+        if ready(&engine) {
+            return engine;
+        }
+        assert!(Instant::now() < deadline, "never reached; last: {engine}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The value of the sample written exactly `series`.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no `{series}` in\n{text}"))
+}
+
+#[test]
+fn engines_and_metrics_show_the_batch_the_queue_and_the_kv_cache_reservation() {
+    let slow = slow_model(&scratch("batching-load-model"));
+    // Each request reserves 4 + 600 tokens: the budget holds two of the three at a time.
+    let config = format!(
+        "[prewarm]\nkv_cache_tokens = 1500\n\n[[workers]]\ndevice = \"cpu\"\ncount = 1\n\n\
+         [[models]]\nname = \"slow\"\npath = {:?}\nattach_on_start = true\n",
+        slow.display().to_string()
+    );
+    let server = Server::start("batching-load", &config);
+    let reserved = |e: &Value| e["kv_cache_tokens_reserved"].as_u64().unwrap();
+    let idle = engine_when(&server, |_| true);
+    assert_eq!(
+        (reserved(&idle), idle["kv_cache_tokens_budget"].clone()),
+        (0, json!(1500))
+    );
+    let body = |i: u32| {
+        json!({"model": "slow", "prompt": [2, 10 + i, 7, 9], "max_tokens": 600,
+               "ignore_eos": true, "stream": true, "stream_options": {"include_usage": true}})
+    };
+    std::thread::scope(|scope| {
+        let clients: Vec<_> = (0..3)
+            .map(|i| {
+                let (server, body) = (&server, body(i));
+                scope.spawn(move || {
+                    let stream = EventStream::open(&server.addr, "/v1/completions", &body);
+                    assert_eq!(stream.status, 200);
+                    let (chunks, done) = stream.collect();
+                    assert!(done);
+                    let usage = chunks.iter().rev().find_map(|c| c.get("usage").cloned());
+                    usage.unwrap_or_default()["completion_tokens"].clone()
+                })
+            })
+            .collect();
+        let busy = engine_when(&server, |e| {
+            e["requests_running"] == 2 && e["requests_waiting"] == 1
+        });
+        assert_eq!(reserved(&busy), 2 * 604, "{busy}");
+        assert_eq!(busy["kv_cache_usage"].as_f64().unwrap(), 1208.0 / 1500.0);
+        let metrics = server.get("/metrics").body;
+        let usage = sample(&metrics, "vllm:kv_cache_usage_perc{model_name=\"slow\"}");
+        assert_eq!(usage, 1208.0 / 1500.0, "{metrics}");
+        // One engine: the pod's usage is its usage.
+        assert_eq!(sample(&metrics, "vllm:kv_cache_usage_perc"), usage);
+        for client in clients {
+            assert_eq!(client.join().unwrap(), 600);
+        }
+    });
+    let done = engine_when(&server, |e| e["requests_running"] == 0);
+    assert_eq!(
+        (done["requests_waiting"].clone(), reserved(&done)),
+        (json!(0), 0)
+    );
+    let metrics = server.get("/metrics").body;
+    assert_eq!(sample(&metrics, "vllm:kv_cache_usage_perc"), 0.0);
+    assert_eq!(
+        sample(&metrics, "vllm:kv_cache_usage_perc{model_name=\"slow\"}"),
+        0.0
+    );
+
+    // A client that leaves frees its reservation, though no step follows to report it.
+    let mut stream = EventStream::open(&server.addr, "/v1/completions", &body(5));
+    assert!(stream.next_data().is_some(), "a first token");
+    assert_eq!(reserved(&server.get("/engines").json()["engines"][0]), 604);
+    drop(stream);
+    let left = engine_when(&server, |e| e["requests_running"] == 0);
+    assert_eq!(
+        (left["requests_waiting"].clone(), reserved(&left)),
+        (json!(0), 0)
+    );
 }

@@ -27,6 +27,25 @@ pub enum SeqEvent {
     Finished(SeqId, Result<GenerateOutput, EngineError>),
 }
 
+/// How much of an engine's KV-cache budget its running sequences hold, in tokens.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvUsage {
+    /// Tokens reserved by the sequences in the batch (each its prompt plus `max_new_tokens`).
+    pub reserved_tokens: usize,
+    /// Tokens the batch may reserve in all; 0 for an engine without a budget.
+    pub budget_tokens: usize,
+}
+
+impl KvUsage {
+    /// The fraction of the budget reserved, 0 to 1; 0 without a budget.
+    pub fn fraction(&self) -> f64 {
+        match self.budget_tokens {
+            0 => 0.0,
+            budget => (self.reserved_tokens as f64 / budget as f64).min(1.0),
+        }
+    }
+}
+
 /// An engine that runs many sequences at once, one forward pass per step.
 pub trait BatchEngine {
     /// Takes `request` into the batch as `id` when its KV-cache reservation fits now. A request
@@ -40,4 +59,10 @@ pub trait BatchEngine {
 
     /// Drops a sequence and frees its reservation; unknown ids are ignored.
     fn cancel(&mut self, id: SeqId);
+
+    /// The KV-cache tokens its running sequences reserve now, and its budget; read after each
+    /// admit, step and cancel, so it must be cheap. Engines without a budget report zero.
+    fn kv_usage(&self) -> KvUsage {
+        KvUsage::default()
+    }
 }

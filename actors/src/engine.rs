@@ -3,18 +3,24 @@
 //! requests wait in arrival order until their KV-cache reservation fits, join the running
 //! batch at the next step, and leave it as soon as they finish or their caller goes away.
 //! Other engines serve requests one at a time, in mailbox order.
+//!
+//! The actor writes the engine's load ([`EngineLoad`]: batch size, requests waiting for room,
+//! KV-cache reservation) whenever its queue or batch changes, before it answers the requests
+//! that left, so the controller never counts a finished request as still running.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use actix::prelude::*;
 use tokio::sync::{mpsc::UnboundedSender, oneshot};
 
 use crate::backend::{Engine, EngineError, ErrorKind, GenerateOutput, GenerateRequest, TokenEvent};
-use crate::batch::{Admission, BatchEngine, SeqEvent, SeqId};
+use crate::batch::{Admission, BatchEngine, KvUsage, SeqEvent, SeqId};
 use crate::errors::GenerateError;
 use crate::guard::{call, drop_guarded, Failure};
+use crate::load::{EngineLoad, LoadNow};
 use crate::messages::{CallerAlive, DropEngine, RunGenerate, WorkerFailed};
 
 /// The engine, shared by the worker and its engine actor (both on the worker's thread), so either
@@ -22,6 +28,9 @@ use crate::messages::{CallerAlive, DropEngine, RunGenerate, WorkerFailed};
 pub(crate) type SharedEngine = Rc<RefCell<Option<Box<dyn Engine>>>>;
 
 type Reply = oneshot::Sender<Result<GenerateOutput, GenerateError>>;
+
+/// An answer held back until the load is written (see the module's documentation).
+type Answer = (Reply, Result<GenerateOutput, GenerateError>);
 
 /// A request in the batch or waiting for room in it.
 struct Sequence {
@@ -61,6 +70,10 @@ pub struct EngineActor {
     stepping: bool,
     /// A drop asked for while requests were still being served; done once they are.
     drop_when_idle: Option<oneshot::Sender<Result<(), String>>>,
+    /// What the engine holds now, read by the controller.
+    load: Arc<EngineLoad>,
+    /// Answers to send once the load that no longer counts their requests is written.
+    outbox: Vec<Answer>,
 }
 
 impl EngineActor {
@@ -69,6 +82,7 @@ impl EngineActor {
         incarnation: u64,
         engine: SharedEngine,
         failed: Recipient<WorkerFailed>,
+        load: Arc<EngineLoad>,
     ) -> Self {
         Self {
             worker,
@@ -81,6 +95,22 @@ impl EngineActor {
             next_id: 0,
             stepping: false,
             drop_when_idle: None,
+            load,
+            outbox: Vec::new(),
+        }
+    }
+
+    /// Writes the load of the batch now (`kv` is the engine's reservation, when it was read),
+    /// then sends the answers held back.
+    fn publish(&mut self, kv: Option<KvUsage>) {
+        let before = self.load.now();
+        self.load.set(LoadNow {
+            running: self.running.len(),
+            waiting_for_room: self.waiting.len(),
+            kv: kv.unwrap_or(before.kv),
+        });
+        for (reply, result) in self.outbox.drain(..) {
+            let _ = reply.send(result);
         }
     }
 
@@ -97,6 +127,7 @@ impl EngineActor {
             return Err(self.worker_lost("the engine was already released".into()));
         };
         let (stream, caller) = (msg.stream, msg.caller);
+        self.load.set_running(1);
         let mut on_token = |token: TokenEvent| match &stream {
             Some(tx) => tx.send(token).is_ok(),
             None => caller.is_alive(),
@@ -105,6 +136,7 @@ impl EngineActor {
             engine.generate(&msg.request, &mut on_token)
         });
         drop(slot);
+        self.load.set_running(0);
         match result {
             Ok(output) => Ok(output),
             Err(Failure::Engine(e)) => Err(GenerateError::Engine(e)),
@@ -126,8 +158,11 @@ impl EngineActor {
             .drain(..)
             .chain(self.running.drain().map(|(_, s)| s));
         for seq in queued.collect::<Vec<_>>() {
-            let _ = seq.reply.send(Err(self.worker_lost(reason.clone())));
+            let lost = Err(self.worker_lost(reason.clone()));
+            self.outbox.push((seq.reply, lost));
         }
+        // Nothing is held any more: the engine is gone with its worker.
+        self.publish(Some(KvUsage::default()));
         self.worker_lost(reason)
     }
 
@@ -157,23 +192,32 @@ impl EngineActor {
         let Some(batch) = slot.as_mut().and_then(|e| e.batch()) else {
             drop(slot);
             let reason = "the engine was already released".to_owned();
-            for seq in self
+            let queued: Vec<Sequence> = self
                 .waiting
                 .drain(..)
                 .chain(self.running.drain().map(|(_, s)| s))
-            {
-                let _ = seq.reply.send(Err(GenerateError::WorkerLost {
-                    worker: self.worker,
-                    reason: reason.clone(),
-                }));
+                .collect();
+            for seq in queued {
+                let lost = Err(self.worker_lost(reason.clone()));
+                self.outbox.push((seq.reply, lost));
             }
+            self.publish(Some(KvUsage::default()));
             return self.finish_drop_if_idle(ctx);
         };
+        // The load is written once the batch is made up (before its first tokens go out) and
+        // again after the step.
         let outcome = self.drop_unwanted(batch).and_then(|()| self.admit(batch));
-        let outcome = outcome.and_then(|()| self.run_step(batch));
+        let outcome = outcome.and_then(|()| {
+            self.publish(read_kv_usage(batch));
+            self.run_step(batch)
+        });
+        let kv = outcome.is_ok().then(|| read_kv_usage(batch)).flatten();
         drop(slot);
-        if let Err(reason) = outcome {
-            self.fail(reason);
+        match outcome {
+            Ok(()) => self.publish(kv),
+            Err(reason) => {
+                self.fail(reason);
+            }
         }
         if !self.running.is_empty() || (!self.waiting.is_empty() && self.lost.is_none()) {
             self.schedule(ctx);
@@ -193,7 +237,7 @@ impl EngineActor {
             .collect();
         for id in gone {
             if let Some(seq) = self.running.remove(&id) {
-                let _ = seq.reply.send(Err(GenerateError::Cancelled));
+                self.outbox.push((seq.reply, Err(GenerateError::Cancelled)));
             }
             fatal_only(call("cancelling", || {
                 batch.cancel(id);
@@ -214,15 +258,16 @@ impl EngineActor {
                 Ok(Admission::NoRoomYet) if self.running.is_empty() => {
                     // Nothing will free room: refuse rather than wait for ever.
                     let seq = self.waiting.pop_front().expect("the front");
-                    let _ = seq.reply.send(Err(GenerateError::Engine(EngineError::new(
+                    let refused = Err(GenerateError::Engine(EngineError::new(
                         ErrorKind::InvalidRequest,
                         "the request does not fit the engine's KV-cache budget",
-                    ))));
+                    )));
+                    self.outbox.push((seq.reply, refused));
                 }
                 Ok(Admission::NoRoomYet) => break,
                 Err(Failure::Engine(e)) => {
                     let seq = self.waiting.pop_front().expect("the front");
-                    let _ = seq.reply.send(Err(GenerateError::Engine(e)));
+                    self.outbox.push((seq.reply, Err(GenerateError::Engine(e))));
                 }
                 Err(Failure::Fatal(reason)) => return Err(reason),
             }
@@ -241,7 +286,8 @@ impl EngineActor {
             Err(Failure::Engine(e)) => {
                 // The pass failed for every sequence in it; the worker itself is fine.
                 for (id, seq) in self.running.drain() {
-                    let _ = seq.reply.send(Err(GenerateError::Engine(e.clone())));
+                    self.outbox
+                        .push((seq.reply, Err(GenerateError::Engine(e.clone()))));
                     fatal_only(call("cancelling", || {
                         batch.cancel(id);
                         Ok(())
@@ -260,7 +306,8 @@ impl EngineActor {
                 }
                 SeqEvent::Finished(id, result) => {
                     if let Some(seq) = self.running.remove(&id) {
-                        let _ = seq.reply.send(result.map_err(GenerateError::Engine));
+                        self.outbox
+                            .push((seq.reply, result.map_err(GenerateError::Engine)));
                     }
                 }
             }
@@ -281,6 +328,11 @@ impl EngineActor {
         let engine = self.engine.borrow_mut().take();
         drop_guarded("dropping the engine", engine)
     }
+}
+
+/// The engine's KV-cache usage, or `None` when reading it panicked (the last one stands).
+fn read_kv_usage(batch: &mut dyn BatchEngine) -> Option<KvUsage> {
+    call("reading the KV-cache usage", || Ok(batch.kv_usage())).ok()
 }
 
 /// Keeps a fatal failure's reason; an ordinary error of a call that cannot fail is ignored.
@@ -322,6 +374,7 @@ impl Handler<RunGenerate> for EngineActor {
             caller: msg.caller,
             reply,
         });
+        self.load.set_waiting(self.waiting.len());
         self.schedule(ctx);
         let (worker, released) = (self.worker, "the engine was released".to_owned());
         Box::pin(async move {

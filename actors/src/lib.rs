@@ -14,7 +14,8 @@
 //! - [`errors`]: typed failures with their HTTP status and type name.
 //! - [`controller`]: the controller actor: placement, routing, supervision and restarts.
 //! - [`worker`]: the worker actor: one prewarmed device on its own thread.
-//! - [`engine`]: the engine actor: one attached model serving requests in order.
+//! - [`engine`]: the engine actor: one attached model serving requests (batched when it can).
+//! - [`load`]: an engine's live load (batch, waiting, KV cache), shared with the controller.
 //! - `guard`: the catch-unwind boundary around backend code.
 
 pub mod backend;
@@ -24,6 +25,7 @@ pub mod duration;
 pub mod engine;
 pub mod errors;
 mod guard;
+pub mod load;
 pub mod messages;
 pub mod process;
 pub mod quantity;
@@ -33,10 +35,11 @@ pub mod timeline;
 pub mod worker;
 
 pub use backend::*;
-pub use batch::{Admission, BatchEngine, SeqEvent, SeqId};
+pub use batch::{Admission, BatchEngine, KvUsage, SeqEvent, SeqId};
 pub use controller::ControllerActor;
 pub use duration::parse_duration;
 pub use errors::{AttachError, DetachError, GenerateError};
+pub use load::{EngineLoad, LoadNow};
 pub use messages::{
     Attach, CallerAlive, Detach, Generate, GetStats, Inspect, ListEngines, ListWorkers, Shutdown,
     WaitReady, WorkerFailed, WorkerReady,

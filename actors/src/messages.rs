@@ -175,6 +175,8 @@ pub(crate) struct Loaded {
     pub engine: Addr<EngineActor>,
     /// The engine's prompt encoder, run by the controller off the engine's thread.
     pub encoder: Option<std::sync::Arc<dyn crate::backend::PromptEncoder>>,
+    /// The engine's live load, written by its engine actor.
+    pub load: std::sync::Arc<crate::load::EngineLoad>,
     pub timeline: Timeline,
     pub bytes_moved: u64,
     pub device_bytes: u64,

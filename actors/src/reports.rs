@@ -164,10 +164,19 @@ pub struct EngineInfo {
     pub device_bytes: u64,
     /// Milliseconds since it last finished (or started) a request, or since it was attached.
     pub idle_ms: u64,
-    /// Requests being generated now (0 or 1: an engine serves one at a time).
+    /// Sequences in the engine's running batch (0 or 1 for an engine that does not batch).
     pub requests_running: usize,
-    /// Requests queued behind the running one.
+    /// Every other request sent to the engine and not answered: being encoded, queued in its
+    /// mailbox, or waiting for room in its KV-cache budget. `requests_running +
+    /// requests_waiting` is the engine's requests in flight.
     pub requests_waiting: usize,
+    /// `kv_cache_tokens_reserved / kv_cache_tokens_budget`, 0 to 1 (0 without a budget).
+    pub kv_cache_usage: f64,
+    /// KV-cache tokens the running batch reserves (each sequence its prompt + `max_tokens`).
+    pub kv_cache_tokens_reserved: usize,
+    /// The engine's KV-cache budget in tokens (`[prewarm] kv_cache_tokens`); 0 for an engine
+    /// that does not batch.
+    pub kv_cache_tokens_budget: usize,
     /// Requests it received since attach.
     pub total_requests: u64,
     /// Tokens it generated since attach.
@@ -240,8 +249,14 @@ pub struct RuntimeStats {
     pub detaches: u64,
     pub requests_total: u64,
     pub requests_failed: u64,
+    /// [`EngineInfo::requests_running`] summed over engines.
     pub requests_running: usize,
+    /// [`EngineInfo::requests_waiting`] summed over engines.
     pub requests_waiting: usize,
+    /// [`EngineInfo::kv_cache_tokens_reserved`] summed over engines.
+    pub kv_cache_tokens_reserved: usize,
+    /// [`EngineInfo::kv_cache_tokens_budget`] summed over engines.
+    pub kv_cache_tokens_budget: usize,
     pub tokens_total: u64,
     pub worker_failures: u64,
     pub worker_restarts: u64,

@@ -70,8 +70,9 @@ pub struct RuntimeOptions {
     /// The program worker processes run; default: the current one. Not read from files.
     #[serde(skip)]
     pub worker_exe: Option<PathBuf>,
-    /// Requests that may wait behind the running one on each engine; one more is refused at
-    /// once with [`GenerateError::QueueFull`] (an API answers 503 + `Retry-After`).
+    /// Requests that may wait on each engine outside its running batch (being encoded, queued,
+    /// or waiting for KV-cache room: [`crate::EngineInfo::requests_waiting`]); one more is
+    /// refused at once with [`GenerateError::QueueFull`] (an API answers 503 + `Retry-After`).
     pub max_waiting_requests: usize,
     /// Attaches that may wait for a busy worker; one more is refused at once with
     /// [`AttachError::TooManyWaiting`].

@@ -11,6 +11,7 @@ use crate::backend::{Backend, DeviceSpec, MemoryInfo, PrewarmOptions, WorkerDevi
 use crate::engine::{EngineActor, SharedEngine};
 use crate::errors::AttachError;
 use crate::guard::{call, drop_guarded, Failure};
+use crate::load::EngineLoad;
 use crate::messages::{
     DropEngine, LoadEngine, LoadFailed, Loaded, ReleaseEngine, WorkerFailed, WorkerReady,
 };
@@ -168,18 +169,23 @@ impl WorkerActor {
         let encoder = call("asking for the prompt encoder", || {
             Ok(engine.prompt_encoder())
         })?;
+        let kv = call("reading the KV-cache budget", || {
+            Ok(engine.batch().map(|b| b.kv_usage()).unwrap_or_default())
+        })?;
+        let load = Arc::new(EngineLoad::new(kv));
 
         *self.engine.borrow_mut() = Some(engine);
         let (worker, incarnation, shared) = (self.index, self.incarnation, self.engine.clone());
-        let failed = self.events.failed.clone();
+        let (failed, shared_load) = (self.events.failed.clone(), load.clone());
         let addr = EngineActor::create(move |ctx| {
             ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
-            EngineActor::new(worker, incarnation, shared, failed)
+            EngineActor::new(worker, incarnation, shared, failed, shared_load)
         });
         self.engine_addr = Some(addr.clone());
         Ok(Loaded {
             engine: addr,
             encoder,
+            load,
             timeline,
             bytes_moved,
             device_bytes,

@@ -40,6 +40,13 @@ async fn a_full_queue_refuses_at_once_and_the_queued_requests_still_finish() {
         .map(|i| actix_rt::spawn(handle.generate("e", request(&[i], 1))))
         .collect();
     wait_for_engine(&handle, "two waiting", |e| e.requests_waiting == 2).await;
+    // An engine that does not batch runs one and has no KV-cache budget to report.
+    let engine = handle.list_engines().await.unwrap().remove(0);
+    assert_eq!(engine.requests_running, 1);
+    assert_eq!(
+        (engine.kv_cache_tokens_budget, engine.kv_cache_usage),
+        (0, 0.0)
+    );
 
     let asked = Instant::now();
     let refused = handle.generate("e", request(&[9], 1)).await;

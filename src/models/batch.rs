@@ -44,6 +44,11 @@ impl<C> Batch<C> {
         self.budget
     }
 
+    /// Tokens the running sequences reserve together (never more than the budget).
+    pub fn reserved(&self) -> usize {
+        self.reserved
+    }
+
     pub fn len(&self) -> usize {
         self.sequences.len()
     }

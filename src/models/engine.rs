@@ -8,8 +8,8 @@ use std::sync::Arc;
 use candle_core::Tensor;
 use tokenizers::Tokenizer;
 use wc_actors::{
-    Admission, BatchEngine, EngineError, FinishReason, GenerateOutput, GenerateRequest, Prompt,
-    SeqEvent, SeqId, TokenEvent,
+    Admission, BatchEngine, EngineError, FinishReason, GenerateOutput, GenerateRequest, KvUsage,
+    Prompt, SeqEvent, SeqId, TokenEvent,
 };
 
 use super::batch::{Batch, DEFAULT_KV_CACHE_TOKENS};
@@ -235,5 +235,12 @@ impl<M: CausalLm> BatchEngine for TextEngine<M> {
 
     fn cancel(&mut self, id: SeqId) {
         self.batch.cancel(id);
+    }
+
+    fn kv_usage(&self) -> KvUsage {
+        KvUsage {
+            reserved_tokens: self.batch.reserved(),
+            budget_tokens: self.batch.budget(),
+        }
     }
 }

@@ -50,6 +50,25 @@ pub fn copy_fixture(name: &str, test: &str) -> PathBuf {
     dir
 }
 
+/// A random-weight OPT (the fixtures' tokenizer, 4096 positions) big enough that a long
+/// generation takes seconds on a CPU worker, written into `dir`.
+pub fn slow_model(dir: &std::path::Path) -> PathBuf {
+    use worker_controller::opt::presets::{preset, write_checkpoint};
+    let mut config = preset("tiny").expect("tiny preset");
+    config.hidden_size = 512;
+    config.ffn_dim = 2048;
+    config.num_hidden_layers = 6;
+    config.num_attention_heads = 8;
+    config.word_embed_proj_dim = Some(512);
+    config.max_position_embeddings = 4096;
+    let out = dir.join("slow-opt");
+    write_checkpoint(&config, candle_core::DType::F32, &out, 7).expect("write the slow model");
+    // The fixtures' tokenizer (same vocabulary size), so every token streams as text.
+    let tokenizer = fixture("tiny-opt-prenorm").join("tokenizer.json");
+    std::fs::copy(tokenizer, out.join("tokenizer.json")).expect("copy the tokenizer");
+    out
+}
+
 /// A fixture's `reference.json`: what transformers computed for each prompt.
 #[derive(Deserialize)]
 pub struct Reference {

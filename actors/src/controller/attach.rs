@@ -235,6 +235,7 @@ impl ControllerActor {
                 dtype: pending.footprint.dtype,
                 addr: loaded.engine,
                 encoder: loaded.encoder,
+                load: loaded.load,
                 device_bytes: loaded.device_bytes,
                 attach_ms: report.total_ms,
                 memory_before: loaded.memory_before,

@@ -170,7 +170,7 @@ impl Handler<Generate> for ControllerActor {
             let engine = msg.engine;
             return Box::pin(fut::ready(Err(GenerateError::EngineNotFound { engine })));
         };
-        let waiting = entry.in_flight.saturating_sub(1);
+        let waiting = entry.requests().waiting;
         if entry.in_flight > 0 && waiting >= self.config.options.max_waiting_requests {
             self.stats.requests_failed += 1;
             let engine = msg.engine;

@@ -19,8 +19,10 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use crate::backend::{Backend, DType, DeviceSpec, Footprint, MemoryInfo, ModelSpec, PromptEncoder};
+use crate::batch::KvUsage;
 use crate::engine::EngineActor;
 use crate::errors::AttachError;
+use crate::load::EngineLoad;
 use crate::reports::{
     AttachReport, EngineId, EngineInfo, EngineRef, RuntimeStats, WorkerInfo, WorkerState,
 };
@@ -73,14 +75,39 @@ struct EngineEntry {
     addr: Addr<EngineActor>,
     /// Encodes text and chat prompts before they are queued on the engine.
     encoder: Option<Arc<dyn PromptEncoder>>,
+    /// The engine's batch, queue and KV cache, as its engine actor last wrote them.
+    load: Arc<EngineLoad>,
     device_bytes: u64,
     attach_ms: f64,
     memory_before: MemoryInfo,
     memory_attached: MemoryInfo,
     last_used: Instant,
+    /// Requests sent to the engine and not answered yet (running, waiting, or being encoded).
     in_flight: usize,
     total_requests: u64,
     total_tokens: u64,
+}
+
+/// An engine's requests now: in its batch, and the rest of those sent to it.
+struct EngineRequests {
+    running: usize,
+    waiting: usize,
+    kv: KvUsage,
+}
+
+impl EngineEntry {
+    /// `running` is the engine's batch; `waiting` every other request sent to it and not
+    /// answered: being encoded, in the engine's mailbox, or queued for KV-cache room. The two
+    /// add up to `in_flight` (the engine writes its load before it answers a request).
+    fn requests(&self) -> EngineRequests {
+        let now = self.load.now();
+        let running = now.running.min(self.in_flight);
+        EngineRequests {
+            running,
+            waiting: self.in_flight - running,
+            kv: now.kv,
+        }
+    }
 }
 
 /// An engine that went down with its worker.
@@ -167,7 +194,8 @@ impl ControllerActor {
     fn engine_infos(&self) -> Vec<EngineInfo> {
         self.engines
             .values()
-            .map(|e| EngineInfo {
+            .map(|e| (e, e.requests()))
+            .map(|(e, requests)| EngineInfo {
                 engine_id: e.id,
                 name: e.name.clone(),
                 worker: e.worker,
@@ -176,8 +204,11 @@ impl ControllerActor {
                 dtype: e.dtype,
                 device_bytes: e.device_bytes,
                 idle_ms: e.last_used.elapsed().as_millis() as u64,
-                requests_running: e.in_flight.min(1),
-                requests_waiting: e.in_flight.saturating_sub(1),
+                requests_running: requests.running,
+                requests_waiting: requests.waiting,
+                kv_cache_usage: requests.kv.fraction(),
+                kv_cache_tokens_reserved: requests.kv.reserved_tokens,
+                kv_cache_tokens_budget: requests.kv.budget_tokens,
                 total_requests: e.total_requests,
                 total_tokens: e.total_tokens,
                 attach_ms: e.attach_ms,
@@ -187,7 +218,8 @@ impl ControllerActor {
 
     fn runtime_stats(&self) -> RuntimeStats {
         let count = |state: WorkerState| self.workers.iter().filter(|w| w.state() == state).count();
-        let in_flight: Vec<usize> = self.engines.values().map(|e| e.in_flight).collect();
+        let requests: Vec<EngineRequests> = self.engines.values().map(|e| e.requests()).collect();
+        let sum = |f: fn(&EngineRequests) -> usize| requests.iter().map(f).sum::<usize>();
         RuntimeStats {
             workers: self.workers.len(),
             workers_idle: count(WorkerState::Idle),
@@ -195,8 +227,10 @@ impl ControllerActor {
             workers_failed: count(WorkerState::Failed),
             engines: self.engines.len(),
             attaches_waiting: self.pending.len(),
-            requests_running: in_flight.iter().map(|n| (*n).min(1)).sum(),
-            requests_waiting: in_flight.iter().map(|n| n.saturating_sub(1)).sum(),
+            requests_running: sum(|r| r.running),
+            requests_waiting: sum(|r| r.waiting),
+            kv_cache_tokens_reserved: sum(|r| r.kv.reserved_tokens),
+            kv_cache_tokens_budget: sum(|r| r.kv.budget_tokens),
             ..self.stats.clone()
         }
     }

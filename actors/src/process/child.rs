@@ -18,7 +18,7 @@ use crate::backend::{
     Backend, Engine, EngineError, ErrorKind, GenerateRequest, Prompt, PromptEncoder, TokenEvent,
     WorkerDevice,
 };
-use crate::batch::{Admission, SeqEvent, SeqId};
+use crate::batch::{Admission, KvUsage, SeqEvent, SeqId};
 use crate::timeline::monotonic_ns;
 
 /// How often the heartbeat thread looks, and how stale a beat may be before it stays silent.
@@ -209,6 +209,7 @@ impl Worker {
                 FromWorker::Loaded(loaded.map(|(mut engine, bytes_moved)| {
                     let encoder = engine.prompt_encoder();
                     let batches = engine.batch().is_some();
+                    let kv = engine.batch().map(|b| b.kv_usage()).unwrap_or_default();
                     let has_encoder = encoder.is_some();
                     if let Ok(mut slot) = self.encoder.lock() {
                         *slot = encoder;
@@ -219,6 +220,7 @@ impl Worker {
                         bytes_moved,
                         has_encoder,
                         batches,
+                        kv,
                     }
                 }))
             }
@@ -233,8 +235,14 @@ impl Worker {
                 FromWorker::DeviceBytes(self.engine.as_ref().map_or(0, |e| e.device_bytes()))
             }
             ToWorker::Generate(request) => self.generate(request.into(), rx),
-            ToWorker::Admit { id, request } => FromWorker::Admitted(self.admit(id, request.into())),
-            ToWorker::Step => FromWorker::Stepped(self.step()),
+            ToWorker::Admit { id, request } => FromWorker::Admitted {
+                result: self.admit(id, request.into()),
+                kv: self.kv_usage(),
+            },
+            ToWorker::Step => FromWorker::Stepped {
+                result: self.step(),
+                kv: self.kv_usage(),
+            },
             ToWorker::CancelSequence(id) => {
                 self.hang_after_first_token.retain(|(seq, _)| *seq != id);
                 if let Some(batch) = self.engine.as_mut().and_then(|e| e.batch()) {
@@ -299,6 +307,12 @@ impl Worker {
             self.hang_after_first_token.push((id, false));
         }
         Ok(admitted)
+    }
+
+    /// The batching engine's KV-cache usage (zero without one), sent with each admit and step.
+    fn kv_usage(&mut self) -> KvUsage {
+        let batch = self.engine.as_mut().and_then(|e| e.batch());
+        batch.map(|b| b.kv_usage()).unwrap_or_default()
     }
 
     /// One batched step; the prefill may take long, so the step is one long beat.

@@ -20,7 +20,7 @@ use crate::backend::{
     GenerateRequest, MemoryInfo, ModelSpec, PrewarmOptions, PrewarmReport, Prompt, PromptEncoder,
     TokenEvent, WorkerDevice,
 };
-use crate::batch::{Admission, BatchEngine, SeqEvent, SeqId};
+use crate::batch::{Admission, BatchEngine, KvUsage, SeqEvent, SeqId};
 use crate::timeline::Timeline;
 
 /// How to start a worker process.
@@ -271,6 +271,8 @@ impl WorkerDevice for ProcessDevice {
                     link: self.link.clone(),
                     encoder,
                     batches: loaded.batches,
+                    kv: loaded.kv,
+                    reservations: HashMap::new(),
                 };
                 Ok((Box::new(engine), loaded.bytes_moved))
             }
@@ -299,8 +301,13 @@ struct ProcessEngine {
     link: Rc<Link>,
     encoder: Option<Arc<dyn PromptEncoder>>,
     /// The engine in the process batches: admits, steps and cancels are forwarded, one round
-    /// trip each.
+    /// trip each (a cancel is not answered).
     batches: bool,
+    /// The KV-cache usage the last admit or step reported, less the cancels since.
+    kv: KvUsage,
+    /// What each admitted sequence reserved (the usage's rise at its admit), so a cancel,
+    /// which is not answered, takes its share off at once.
+    reservations: HashMap<SeqId, usize>,
 }
 
 impl BatchEngine for ProcessEngine {
@@ -310,7 +317,14 @@ impl BatchEngine for ProcessEngine {
             request: request.into(),
         })?;
         match self.link.wait()? {
-            FromWorker::Admitted(result) => result,
+            FromWorker::Admitted { result, kv } => {
+                if let Ok(Admission::Admitted) = result {
+                    let share = kv.reserved_tokens.saturating_sub(self.kv.reserved_tokens);
+                    self.reservations.insert(id, share);
+                }
+                self.kv = kv;
+                result
+            }
             other => Err(self.link.unexpected(&other)),
         }
     }
@@ -318,7 +332,15 @@ impl BatchEngine for ProcessEngine {
     fn step(&mut self) -> Result<Vec<SeqEvent>, EngineError> {
         self.link.send(&ToWorker::Step)?;
         match self.link.wait()? {
-            FromWorker::Stepped(result) => result,
+            FromWorker::Stepped { result, kv } => {
+                self.kv = kv;
+                for event in result.iter().flatten() {
+                    if let SeqEvent::Finished(id, _) = event {
+                        self.reservations.remove(id);
+                    }
+                }
+                result
+            }
             other => Err(self.link.unexpected(&other)),
         }
     }
@@ -326,6 +348,13 @@ impl BatchEngine for ProcessEngine {
     fn cancel(&mut self, id: SeqId) {
         // Unanswered; a process that is gone shows at the next step.
         let _ = self.link.send(&ToWorker::CancelSequence(id));
+        if let Some(share) = self.reservations.remove(&id) {
+            self.kv.reserved_tokens = self.kv.reserved_tokens.saturating_sub(share);
+        }
+    }
+
+    fn kv_usage(&self) -> KvUsage {
+        self.kv
     }
 }
 

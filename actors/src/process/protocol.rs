@@ -6,7 +6,7 @@ use crate::backend::{
     ChatMessage, DeviceSpec, EngineError, GenerateOutput, GenerateRequest, MemoryInfo, ModelSpec,
     PrewarmOptions, PrewarmReport, Prompt, TokenEvent,
 };
-use crate::batch::{Admission, SeqEvent, SeqId};
+use crate::batch::{Admission, KvUsage, SeqEvent, SeqId};
 use crate::timeline::Timeline;
 
 /// From the controller to the worker process. Each is answered by one [`FromWorker`] (a
@@ -56,8 +56,16 @@ pub enum FromWorker {
     DeviceBytes(u64),
     Token(TokenEvent),
     Generated(Result<GenerateOutput, EngineError>),
-    Admitted(Result<Admission, EngineError>),
-    Stepped(Result<Vec<SeqEvent>, EngineError>),
+    /// An admit's answer, with the KV-cache usage after it.
+    Admitted {
+        result: Result<Admission, EngineError>,
+        kv: KvUsage,
+    },
+    /// A step's events, with the KV-cache usage after it (finished sequences freed).
+    Stepped {
+        result: Result<Vec<SeqEvent>, EngineError>,
+        kv: KvUsage,
+    },
     Encoded {
         id: u64,
         ids: Result<Vec<u32>, EngineError>,
@@ -76,6 +84,8 @@ pub struct LoadedEngine {
     pub has_encoder: bool,
     /// Whether the engine batches requests ([`crate::Engine::batch`]).
     pub batches: bool,
+    /// Its KV-cache budget (nothing reserved yet).
+    pub kv: KvUsage,
 }
 
 /// A prompt on the wire ([`Prompt`] is untagged for JSON, which bincode cannot read back).
@@ -203,6 +213,15 @@ mod tests {
             ))),
         )
         .unwrap();
+        let kv = KvUsage {
+            reserved_tokens: 7,
+            budget_tokens: 100,
+        };
+        let stepped = FromWorker::Stepped {
+            result: Ok(Vec::new()),
+            kv,
+        };
+        write_frame(&mut buffer, &stepped).unwrap();
         let mut input = buffer.as_slice();
         match read_frame::<ToWorker>(&mut input).unwrap().unwrap() {
             ToWorker::Generate(wire) => assert_eq!(GenerateRequest::from(wire), request),
@@ -217,6 +236,12 @@ mod tests {
         ));
         match read_frame::<FromWorker>(&mut input).unwrap().unwrap() {
             FromWorker::Generated(Err(e)) => assert_eq!(e.message, "too long"),
+            other => panic!("{other:?}"),
+        }
+        match read_frame::<FromWorker>(&mut input).unwrap().unwrap() {
+            FromWorker::Stepped { result, kv: read } => {
+                assert_eq!((result.unwrap().len(), read), (0, kv));
+            }
             other => panic!("{other:?}"),
         }
     }

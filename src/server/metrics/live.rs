@@ -5,6 +5,11 @@
 //! Each `vllm:` gauge has the pod's value first, without labels, then one series per model
 //! (`model_name`). The endpoint picker takes the first series of a family unless told which
 //! labels to match, so it reads the pod's value.
+//!
+//! `vllm:kv_cache_usage_perc` is each engine's reserved KV-cache tokens over its budget; the
+//! pod's is vLLM's definition for one instance, the KV cache in use over the KV cache there is:
+//! reserved tokens summed over engines over budgets summed over engines (engines without a
+//! budget count in neither).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -39,10 +44,24 @@ pub struct Live<'a> {
     pub draining: bool,
 }
 
-/// The fraction (0 to 1) of an engine's KV cache in use, as the engine reports it. Engines that
-/// keep one contiguous cache per running request, sized at admission, report none (0).
-pub fn kv_cache_usage(_engine: &EngineInfo) -> f64 {
-    0.0
+/// The fraction (0 to 1) of an engine's KV-cache budget its running batch reserves; 0 for an
+/// engine without a budget.
+pub fn kv_cache_usage(engine: &EngineInfo) -> f64 {
+    engine.kv_cache_usage
+}
+
+/// The pod's KV-cache usage (0 to 1): tokens reserved over tokens budgeted, both summed over
+/// `engines`; 0 when none has a budget.
+pub fn pod_kv_cache_usage(engines: &[EngineInfo]) -> f64 {
+    let reserved: usize = engines.iter().map(|e| e.kv_cache_tokens_reserved).sum();
+    match engines
+        .iter()
+        .map(|e| e.kv_cache_tokens_budget)
+        .sum::<usize>()
+    {
+        0 => 0.0,
+        budget => (reserved as f64 / budget as f64).min(1.0),
+    }
 }
 
 /// One scrape's copy of everything [`Live`] and the request counts say.
@@ -52,6 +71,8 @@ pub struct Snapshot {
     workers: Vec<WorkerState>,
     /// `(engine name, requests since attach, KV-cache usage)`.
     engines: Vec<(String, u64, f64)>,
+    /// The pod's KV-cache usage ([`pod_kv_cache_usage`]).
+    kv_cache_usage: f64,
     ready: bool,
     /// Model -> requests not finished; every attached engine's name is here, at zero if idle.
     in_flight: BTreeMap<String, InFlight>,
@@ -70,6 +91,7 @@ impl Snapshot {
                 .iter()
                 .map(|e| (e.name.clone(), e.total_requests, kv_cache_usage(e)))
                 .collect(),
+            kv_cache_usage: pod_kv_cache_usage(live.engines),
             ready: live.ready && !live.draining,
             in_flight,
         }
@@ -150,11 +172,9 @@ impl Collector for Snapshot {
         pod_and_models(
             &mut e,
             "vllm:kv_cache_usage_perc",
-            "KV-cache usage, 1 = full: per engine, and the fullest engine's for the pod.",
-            self.engines
-                .iter()
-                .map(|(_, _, kv)| *kv)
-                .fold(0.0, f64::max),
+            "KV-cache usage, 1 = full: tokens reserved by running requests over the KV-cache \
+             budget, per model, and summed over the pod's engines for the pod.",
+            self.kv_cache_usage,
             kv,
         )?;
 

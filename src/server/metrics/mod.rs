@@ -21,7 +21,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 use wc_actors::AttachReport;
 
-pub use live::{kv_cache_usage, Live};
+pub use live::{kv_cache_usage, pod_kv_cache_usage, Live};
 pub use requests::{Trace, MODEL_LABEL};
 
 use super::access::RequestContext;
@@ -197,7 +197,7 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wc_actors::RuntimeStats;
+    use wc_actors::{DType, DeviceSpec, EngineId, EngineInfo, KvUsage, RuntimeStats};
 
     fn render(metrics: &Metrics, format: Format) -> String {
         let stats = RuntimeStats::default();
@@ -253,6 +253,62 @@ mod tests {
             ["vllm:kv_cache_usage_perc 0.0"]
         );
         assert!(text.contains("wc_workers{state=\"idle\"} 0"), "{text}");
+    }
+
+    fn engine(name: &str, reserved: usize, budget: usize) -> EngineInfo {
+        EngineInfo {
+            engine_id: EngineId(1),
+            name: name.into(),
+            worker: 0,
+            device: DeviceSpec::Cpu,
+            model: name.into(),
+            dtype: DType::F32,
+            device_bytes: 0,
+            idle_ms: 0,
+            requests_running: 0,
+            requests_waiting: 0,
+            kv_cache_usage: KvUsage {
+                reserved_tokens: reserved,
+                budget_tokens: budget,
+            }
+            .fraction(),
+            kv_cache_tokens_reserved: reserved,
+            kv_cache_tokens_budget: budget,
+            total_requests: 0,
+            total_tokens: 0,
+            attach_ms: 0.0,
+        }
+    }
+
+    #[test]
+    fn kv_cache_usage_is_per_engine_and_summed_over_the_pod() {
+        let metrics = Metrics::default();
+        let stats = RuntimeStats::default();
+        // 30 of 40 and 10 of 160 reserved; one engine without a budget counts in neither sum.
+        let engines = [engine("a", 30, 40), engine("b", 10, 160), engine("c", 0, 0)];
+        let live = Live {
+            stats: &stats,
+            workers: &[],
+            engines: &engines,
+            ready: true,
+            draining: false,
+        };
+        let text = metrics.render(&live, Format::Prometheus).unwrap();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("vllm:kv_cache_usage_perc"))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "vllm:kv_cache_usage_perc 0.2",
+                "vllm:kv_cache_usage_perc{model_name=\"a\"} 0.75",
+                "vllm:kv_cache_usage_perc{model_name=\"b\"} 0.0625",
+                "vllm:kv_cache_usage_perc{model_name=\"c\"} 0.0",
+            ],
+            "{text}"
+        );
+        assert_eq!(pod_kv_cache_usage(&[]), 0.0);
     }
 
     #[test]
