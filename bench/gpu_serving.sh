@@ -28,12 +28,8 @@ log "CPU concurrency scenario (this host's CPU, release build): 1 vs 16 streams 
 $WC bench --scenario concurrency --models tests/fixtures/tiny-opt-prenorm --runs 5 --out "$OUT/bench-concurrency-cpu" >> "$OUT/session.log" 2>&1
 log "concurrency rc=$?"
 fi
-[ -f /tmp/opt-125m/config.json ] || $WC make-model --preset opt-125m --dtype f16 --force --out /tmp/opt-125m >> "$OUT/session.log" 2>&1
-[ -f /tmp/llama-3.2-1b/config.json ] || $WC make-model --preset llama-3.2-1b --dtype bf16 --force --out /tmp/llama-3.2-1b >> "$OUT/session.log" 2>&1
-# The presets have no tokenizer: the bundled fixtures' ones (their ids fit both vocabularies)
-# turn loadgen's text prompts into tokens.
-cp tests/fixtures/tiny-opt-prenorm/tokenizer.json /tmp/opt-125m/
-cp tests/fixtures/tiny-llama/tokenizer.json /tmp/llama-3.2-1b/
+[ -f /tmp/opt-125m/tokenizer.json ] || $WC make-model --preset opt-125m --dtype f16 --force --out /tmp/opt-125m >> "$OUT/session.log" 2>&1
+[ -f /tmp/llama-3.2-1b/tokenizer.json ] || $WC make-model --preset llama-3.2-1b --dtype bf16 --force --out /tmp/llama-3.2-1b >> "$OUT/session.log" 2>&1
 
 serve_config() {  # name path dtype
   cat <<EOF
@@ -63,7 +59,7 @@ EOF
 loadgen() {  # name model concurrency requests-or-duration...
   local name=$1 model=$2 c=$3; shift 3
   $WC loadgen --url http://127.0.0.1:8311 --model "$model" --concurrency "$c" --max-tokens "$TOKENS" \
-    --ignore-eos --prompt "The capital of France is" --prompt "Once upon a time, in a land far away," \
+    --ignore-eos --prompt "t10 t20 t30 t40 t50" --prompt "t7 t8 t9 t100 t200 t300 t400 t500 t600" \
     --out "$OUT/loadgen-$name" "$@" >> "$OUT/session.log" 2>&1
   log "loadgen $name (c=$c $*) rc=$?: $(python3 -c "import json,sys; r=json.load(open('$OUT/loadgen-$name/results.json')); s=r.get('summary', r); print({k: s.get(k) for k in ('succeeded', 'failed', 'output_tokens_per_s', 'ttft_ms', 'itl_ms')})" 2>&1 | head -c 600)"
 }

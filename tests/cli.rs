@@ -189,4 +189,32 @@ fn make_model_writes_a_checkpoint_that_loads_and_generates() {
     let report: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
     assert_eq!(report["dtype"], "f16");
     assert_eq!(report["new_tokens"].as_array().unwrap().len(), 3);
+    // Its placeholder tokenizer takes text prompts of its words and gives every token text.
+    let run = bin()
+        .args([
+            "generate",
+            "--json",
+            "--prompt",
+            "t2 t5 t6",
+            "--max-new-tokens",
+            "3",
+            "--ignore-eos",
+            "--model",
+        ])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(
+        report["prompt_ids"],
+        serde_json::json!([2, 5, 6]),
+        "{report}"
+    );
+    let words = report["text"].as_str().unwrap().split_whitespace().count();
+    assert_eq!(words, 3, "one word per token: {report}");
 }

@@ -1,6 +1,6 @@
 //! `make-model`: writes a random-weight checkpoint with a published model's exact shapes and
 //! tensor names: OPT, or the Llama family (Llama 3.x, Qwen2.5, Qwen3, Mistral) sharded like the
-//! original.
+//! original, with a placeholder word-level tokenizer (`t0 t1 ...`) so it serves text prompts.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -11,6 +11,7 @@ use wc_actors::DType;
 
 use crate::device::candle_dtype;
 use crate::models::llama::presets as llama;
+use crate::models::writer::write_placeholder_tokenizer;
 use crate::opt::presets::{preset as opt_preset, write_checkpoint, PRESETS as OPT_PRESETS};
 
 #[derive(Args, Debug)]
@@ -76,7 +77,12 @@ pub fn run(args: MakeModelArgs) -> anyhow::Result<()> {
         let bytes = write_checkpoint(&config, candle_dtype(dtype), &args.out, args.seed)
             .with_context(|| format!("writing {}", args.out.display()))?;
         eprintln!("wrote {:.1} MB of weights", bytes as f64 / 1e6);
-        vec!["model.safetensors".into(), "config.json".into()]
+        write_placeholder_tokenizer(&args.out, config.vocab_size)?;
+        vec![
+            "model.safetensors".into(),
+            "config.json".into(),
+            "tokenizer.json".into(),
+        ]
     } else {
         let preset = llama.expect("one of the two");
         let dtype = args.dtype.unwrap_or(DType::BF16);
@@ -95,9 +101,15 @@ pub fn run(args: MakeModelArgs) -> anyhow::Result<()> {
             written.data_bytes as f64 / 1e6,
             written.files.len()
         );
+        write_placeholder_tokenizer(&args.out, preset.config().vocab_size)?;
         let mut files = written.files;
-        files.extend(["config.json".into(), "generation_config.json".into()]);
-        if files.len() > 3 {
+        let shards = files.len();
+        files.extend([
+            "config.json".into(),
+            "generation_config.json".into(),
+            "tokenizer.json".into(),
+        ]);
+        if shards > 1 {
             files.push("model.safetensors.index.json".into());
         }
         files

@@ -234,6 +234,30 @@ fn write_file(
     Ok(())
 }
 
+/// Writes a placeholder `tokenizer.json` for a random-weight model of `vocab_size` tokens: a
+/// word-level vocabulary `t0`, `t1`, ... (`t0` also stands for any unknown word), split on
+/// whitespace, so that every token decodes to text and text prompts of those words encode.
+/// It makes a `make-model` checkpoint servable with text prompts; it is no real language's.
+pub fn write_placeholder_tokenizer(dir: &Path, vocab_size: usize) -> Result<(), LoadError> {
+    let vocab: serde_json::Map<String, Value> = (0..vocab_size)
+        .map(|i| (format!("t{i}"), json!(i)))
+        .collect();
+    let tokenizer = json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": [],
+        "normalizer": null,
+        "pre_tokenizer": {"type": "WhitespaceSplit"},
+        "post_processor": null,
+        "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "t0"},
+    });
+    let path = dir.join("tokenizer.json");
+    let text = serde_json::to_string(&tokenizer).expect("JSON values serialise");
+    std::fs::write(&path, text).map_err(|e| crate::checkpoint::io_error(&path, e))
+}
+
 /// Writes `value` as pretty JSON with a trailing newline.
 pub fn write_json(path: &Path, value: &Value) -> Result<(), LoadError> {
     let mut text = serde_json::to_string_pretty(value).expect("JSON values serialise");
@@ -251,6 +275,23 @@ mod tests {
             shape: shape.to_vec(),
             init,
         }
+    }
+
+    #[test]
+    fn the_placeholder_tokenizer_round_trips_its_words_and_decodes_every_id() {
+        let dir = std::env::temp_dir().join(format!("wc-tokenizer-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        write_placeholder_tokenizer(&dir, 1000).unwrap();
+        let tokenizer = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
+        assert_eq!(tokenizer.get_vocab_size(false), 1000);
+        let ids = tokenizer
+            .encode("t5 t999 hello", false)
+            .unwrap()
+            .get_ids()
+            .to_vec();
+        assert_eq!(ids, [5, 999, 0], "known words and the unknown one");
+        assert_eq!(tokenizer.decode(&[7, 42], false).unwrap(), "t7 t42");
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
