@@ -28,8 +28,8 @@ log "CPU concurrency scenario (this host's CPU, release build): 1 vs 16 streams 
 $WC bench --scenario concurrency --models tests/fixtures/tiny-opt-prenorm --runs 5 --out "$OUT/bench-concurrency-cpu" >> "$OUT/session.log" 2>&1
 log "concurrency rc=$?"
 fi
-[ -f /tmp/opt-125m/tokenizer.json ] || $WC make-model --preset opt-125m --dtype f16 --force --out /tmp/opt-125m >> "$OUT/session.log" 2>&1
-[ -f /tmp/llama-3.2-1b/tokenizer.json ] || $WC make-model --preset llama-3.2-1b --dtype bf16 --force --out /tmp/llama-3.2-1b >> "$OUT/session.log" 2>&1
+grep -qs '"unk_token":"t0"' /tmp/opt-125m/tokenizer.json || $WC make-model --preset opt-125m --dtype f16 --force --out /tmp/opt-125m >> "$OUT/session.log" 2>&1
+grep -qs '"unk_token":"t0"' /tmp/llama-3.2-1b/tokenizer.json || $WC make-model --preset llama-3.2-1b --dtype bf16 --force --out /tmp/llama-3.2-1b >> "$OUT/session.log" 2>&1
 
 serve_config() {  # name path dtype
   cat <<EOF
