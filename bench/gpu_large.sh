@@ -8,7 +8,9 @@
 # transformers and the HBM floor. Everything is written under $OUT.
 #
 # PART=small: GPU tests, OPT-125m and llama-3.2-1b. PART=8b: llama-3.1-8b. PART=7b: qwen2.5-7b,
-# the alternating rounds and the 8B's decode speed (each part fits one 10-minute call; the
+# the alternating rounds and the 8B's decode speed; PART=recheck: the 8B's controller attach and
+# decode again, with a transformers decode result already in $OUT reused (each part fits one
+# 10-minute call; the
 # results are packed into $OUT/results-$PART.tgz). RUNS (10), HOST_CACHE_MIB (40960),
 # STANDARD_RUNS (3) tune it.
 set -u
@@ -71,6 +73,7 @@ decode() {  # name model dtype
     $WC generate --device cuda:0 --dtype "$3" --model "$2" --prompt-ids 1 --max-new-tokens 128 --ignore-eos --json \
       > "$OUT/decode-$1-ours-$i.json" 2>> "$OUT/session-$PART.log"
   done
+  [ -f "$FINAL/decode-$1-transformers.json" ] && cp "$FINAL/decode-$1-transformers.json" "$OUT/" ||
   python3 bench/peer_decode.py --model "$2" --device cuda:0 --dtype "$3" --new-tokens 128 --repeats 2 \
     > "$OUT/decode-$1-transformers.json" 2>> "$OUT/session-$PART.log"
   python3 - "$OUT" "$1" "$2" <<'EOF' | tee -a "$OUT/session-$PART.log"
@@ -117,6 +120,13 @@ if [ "$PART" = 7b ]; then
   STANDARD_RUNS=2 attach_bench qwen2.5-7b /tmp/qwen2.5-7b bf16 0
   bench alternating /tmp/llama-3.1-8b,/tmp/qwen2.5-7b bf16 --scenario sequential --rounds 10 --modes controller \
     --host-cache-mib "$CACHE" --no-peer
+  decode llama-3.1-8b /tmp/llama-3.1-8b bf16
+fi
+if [ "$PART" = recheck ]; then
+  # After engine changes: the 8B's attach through the controller and its decode speed again.
+  make llama-3.1-8b bf16
+  bench llama-3.1-8b-controller /tmp/llama-3.1-8b bf16 --scenario single --runs "$RUNS" \
+    --modes controller,controller_nocache --host-cache-mib "$CACHE" --no-peer
   decode llama-3.1-8b /tmp/llama-3.1-8b bf16
 fi
 log "done"
