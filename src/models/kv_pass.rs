@@ -1,0 +1,170 @@
+//! One forward pass's view of the [`KvSlab`]: the slot indexes of its tokens, built on the host
+//! and uploaded once, then shared by every layer, so that each layer writes the new keys and
+//! values of all sequences in one `scatter_set` and reads the decodes' caches in one
+//! `index_select` (with the padding masks, also built once per pass).
+
+use candle_core::{DType, Device, Tensor};
+
+use super::decode_attention::padding_mask;
+use super::kv_cache::KvCache;
+use super::kv_slab::KvSlab;
+use super::packing::PackingOrder;
+use crate::models::TokenCache;
+
+/// The slab's tensors and the indexes of one pass.
+pub struct KvPass {
+    /// `(keys, values)` per layer, `[slots, kv_heads * head_dim]`.
+    layers: Vec<(Tensor, Tensor)>,
+    kv_heads: usize,
+    head_dim: usize,
+    /// `[tokens, kv_heads * head_dim]` u32: the slot of each new token (packed order), repeated
+    /// along the row as `scatter_set` wants.
+    write: Tensor,
+    decodes: Option<Decodes>,
+    /// Per sequence (caller order) that is not a decode: slots of its positions `0..end`.
+    others: Vec<Option<Tensor>>,
+}
+
+/// The decodes' caches, padded to the longest.
+struct Decodes {
+    /// `[decodes * longest]` u32: slots of positions `0..longest` of each decode, padding
+    /// pointing at its first slot (masked).
+    index: Tensor,
+    count: usize,
+    /// `[decodes, 1, 1, longest]` in the model's dtype, per distinct window of the layers.
+    masks: Vec<(Option<usize>, Tensor)>,
+}
+
+impl KvPass {
+    /// Indexes for a pass whose sequences (caller order) have `caches` (with the slots of the
+    /// new tokens reserved, lengths not yet advanced) and `new` tokens each; `windows` are the
+    /// layers' windows (masks are made once per distinct one).
+    pub fn new(
+        slab: &KvSlab,
+        caches: &[&KvCache],
+        new: &[usize],
+        order: &PackingOrder,
+        windows: &[Option<usize>],
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Self> {
+        let (kv_heads, head_dim) = slab.heads();
+        let mut write = Vec::new();
+        for &i in &order.order {
+            let past = caches[i].len();
+            write.extend_from_slice(caches[i].slots(past, past + new[i]));
+        }
+        let tokens = write.len();
+        let write = Tensor::from_vec(write, (tokens, 1), device)?
+            .broadcast_as((tokens, kv_heads * head_dim))?
+            .contiguous()?;
+        let decodes = match order.decodes() {
+            [] => None,
+            decodes => {
+                let lens: Vec<usize> = decodes.iter().map(|&i| caches[i].len() + 1).collect();
+                let longest = lens.iter().copied().max().unwrap_or(0);
+                let mut index = Vec::with_capacity(decodes.len() * longest);
+                for (&i, &len) in decodes.iter().zip(&lens) {
+                    let slots = caches[i].slots(0, len);
+                    index.extend_from_slice(slots);
+                    index.extend(std::iter::repeat_n(slots[0], longest - len));
+                }
+                let mut masks: Vec<(Option<usize>, Tensor)> = Vec::new();
+                for &window in windows {
+                    if masks.iter().all(|(w, _)| *w != window) {
+                        let mask = padding_mask(&lens, longest, window, device)?.to_dtype(dtype)?;
+                        masks.push((window, mask));
+                    }
+                }
+                Some(Decodes {
+                    index: Tensor::from_vec(index, decodes.len() * longest, device)?,
+                    count: decodes.len(),
+                    masks,
+                })
+            }
+        };
+        let mut others: Vec<Option<Tensor>> = (0..caches.len()).map(|_| None).collect();
+        for &i in order.others() {
+            let end = caches[i].len() + new[i];
+            others[i] = Some(Tensor::new(caches[i].slots(0, end), device)?);
+        }
+        Ok(Self {
+            layers: slab.tensors(),
+            kv_heads,
+            head_dim,
+            write,
+            decodes,
+            others,
+        })
+    }
+
+    /// Writes the keys and values of every new token of the pass (packed order, each
+    /// `[tokens, kv_heads, head_dim]` or `[tokens, kv_heads * head_dim]`) into `layer`.
+    pub fn write(&self, layer: usize, k: &Tensor, v: &Tensor) -> candle_core::Result<()> {
+        let (ck, cv) = &self.layers[layer];
+        let shape = self.write.shape();
+        ck.scatter_set(&self.write, &k.contiguous()?.reshape(shape)?, 0)?;
+        cv.scatter_set(&self.write, &v.contiguous()?.reshape(shape)?, 0)
+    }
+
+    /// `[tokens, width]` slab rows as `[.., kv_heads, tokens, head_dim]`, contiguous.
+    fn heads_first(&self, rows: Tensor, seqs: Option<usize>) -> candle_core::Result<Tensor> {
+        let (h, d) = (self.kv_heads, self.head_dim);
+        match seqs {
+            Some(n) => rows
+                .reshape((n, rows.dim(0)? / n, h, d))?
+                .transpose(1, 2)?
+                .contiguous(),
+            None => rows
+                .reshape((rows.dim(0)?, h, d))?
+                .transpose(0, 1)?
+                .contiguous(),
+        }
+    }
+
+    /// Keys and values of `layer` of every decode (packed order), positions `0..longest`:
+    /// `[decodes, kv_heads, longest, head_dim]` each, with the padding to mask.
+    pub fn decode_kv(&self, layer: usize) -> candle_core::Result<(Tensor, Tensor)> {
+        let Some(d) = &self.decodes else {
+            candle_core::bail!("the pass has no decodes");
+        };
+        let (k, v) = &self.layers[layer];
+        Ok((
+            self.heads_first(k.index_select(&d.index, 0)?, Some(d.count))?,
+            self.heads_first(v.index_select(&d.index, 0)?, Some(d.count))?,
+        ))
+    }
+
+    /// `[decodes, 1, 1, longest]`: 0 where a decode's query sees a key, `-inf` elsewhere.
+    pub fn decode_mask(&self, window: Option<usize>) -> candle_core::Result<&Tensor> {
+        let masks = self.decodes.as_ref().map(|d| &d.masks[..]).unwrap_or(&[]);
+        match masks.iter().find(|(w, _)| *w == window) {
+            Some((_, mask)) => Ok(mask),
+            None => candle_core::bail!("no decode mask for window {window:?}"),
+        }
+    }
+
+    /// Keys and values of `layer` at positions `start..end` of sequence `seq` (caller order, not
+    /// a decode): `[kv_heads, end - start, head_dim]` each.
+    pub fn read(
+        &self,
+        seq: usize,
+        layer: usize,
+        start: usize,
+        end: usize,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        let Some(index) = &self.others[seq] else {
+            candle_core::bail!("sequence {seq} is a decode of the pass");
+        };
+        let index = index.narrow(0, start, end - start)?;
+        let (k, v) = &self.layers[layer];
+        Ok((
+            self.heads_first(k.index_select(&index, 0)?, None)?,
+            self.heads_first(v.index_select(&index, 0)?, None)?,
+        ))
+    }
+}
+
+#[cfg(test)]
+#[path = "kv_pass_tests.rs"]
+mod tests;
