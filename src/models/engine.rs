@@ -166,7 +166,9 @@ impl<M: CausalLm> TextEngine<M> {
         request: &GenerateRequest,
         on_token: &mut dyn FnMut(TokenEvent) -> bool,
     ) -> Result<GenerateOutput, GenerateError> {
-        let mut alone = Batch::new(usize::MAX);
+        // Within the engine's budget, as the slab reserved at attach holds no more (a request
+        // over it is refused, as admission to the running batch refuses it).
+        let mut alone = Batch::new(self.batch.budget());
         alone.admit(self.sequence(0, request)?)?;
         loop {
             for event in alone.step(&self.model, &self.vocabulary())? {

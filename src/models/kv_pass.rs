@@ -1,7 +1,9 @@
 //! One forward pass's view of the [`KvSlab`]: the slot indexes of its tokens, built on the host
 //! and uploaded once, then shared by every layer, so that each layer writes the new keys and
-//! values of all sequences in one `scatter_set` and reads the decodes' caches in one
-//! `index_select` (with the padding masks, also built once per pass).
+//! values of all decodes in one `scatter_set` and reads their caches in one `index_select` (with
+//! the padding masks, also built once per pass). A prefill chunk is written per sequence, one
+//! `slice_set` per run of consecutive slots (a fresh sequence's slots mostly are one run): a
+//! copy is faster than candle's scatter, whose threads each loop over every token written.
 
 use candle_core::{DType, Device, Tensor};
 
@@ -17,12 +19,23 @@ pub struct KvPass {
     layers: Vec<(Tensor, Tensor)>,
     kv_heads: usize,
     head_dim: usize,
-    /// `[tokens, kv_heads * head_dim]` u32: the slot of each new token (packed order), repeated
-    /// along the row as `scatter_set` wants.
-    write: Tensor,
+    /// New tokens in the pass.
+    tokens: usize,
+    /// `[decodes, kv_heads * head_dim]` u32: the slot of each decode's new token (packed rows
+    /// `0..decodes`), repeated along the row as `scatter_set` wants.
+    scatter: Option<Tensor>,
+    /// The other new tokens: runs of packed rows going to consecutive slots.
+    runs: Vec<Run>,
     decodes: Option<Decodes>,
     /// Per sequence (caller order) that is not a decode: slots of its positions `0..end`.
     others: Vec<Option<Tensor>>,
+}
+
+/// Packed rows `row..row + len` go to slots `slot..slot + len`.
+struct Run {
+    row: usize,
+    slot: usize,
+    len: usize,
 }
 
 /// The decodes' caches, padded to the longest.
@@ -49,15 +62,33 @@ impl KvPass {
         device: &Device,
     ) -> candle_core::Result<Self> {
         let (kv_heads, head_dim) = slab.heads();
-        let mut write = Vec::new();
-        for &i in &order.order {
+        let decode_slots: Vec<u32> = order
+            .decodes()
+            .iter()
+            .map(|&i| caches[i].slots(caches[i].len(), caches[i].len() + 1)[0])
+            .collect();
+        let n = decode_slots.len();
+        let scatter = match n {
+            0 => None,
+            _ => Some(
+                Tensor::from_vec(decode_slots, (n, 1), device)?
+                    .broadcast_as((n, kv_heads * head_dim))?
+                    .contiguous()?,
+            ),
+        };
+        let mut runs: Vec<Run> = Vec::new();
+        let mut row = n;
+        for &i in order.others() {
             let past = caches[i].len();
-            write.extend_from_slice(caches[i].slots(past, past + new[i]));
+            for &slot in caches[i].slots(past, past + new[i]) {
+                let slot = slot as usize;
+                match runs.last_mut() {
+                    Some(r) if r.row + r.len == row && r.slot + r.len == slot => r.len += 1,
+                    _ => runs.push(Run { row, slot, len: 1 }),
+                }
+                row += 1;
+            }
         }
-        let tokens = write.len();
-        let write = Tensor::from_vec(write, (tokens, 1), device)?
-            .broadcast_as((tokens, kv_heads * head_dim))?
-            .contiguous()?;
         let decodes = match order.decodes() {
             [] => None,
             decodes => {
@@ -92,7 +123,9 @@ impl KvPass {
             layers: slab.tensors(),
             kv_heads,
             head_dim,
-            write,
+            tokens: row,
+            scatter,
+            runs,
             decodes,
             others,
         })
@@ -101,10 +134,20 @@ impl KvPass {
     /// Writes the keys and values of every new token of the pass (packed order, each
     /// `[tokens, kv_heads, head_dim]` or `[tokens, kv_heads * head_dim]`) into `layer`.
     pub fn write(&self, layer: usize, k: &Tensor, v: &Tensor) -> candle_core::Result<()> {
-        let (ck, cv) = &self.layers[layer];
-        let shape = self.write.shape();
-        ck.scatter_set(&self.write, &k.contiguous()?.reshape(shape)?, 0)?;
-        cv.scatter_set(&self.write, &v.contiguous()?.reshape(shape)?, 0)
+        let shape = (self.tokens, self.kv_heads * self.head_dim);
+        let (k, v) = (
+            k.contiguous()?.reshape(shape)?,
+            v.contiguous()?.reshape(shape)?,
+        );
+        for (slab, new) in [(&self.layers[layer].0, &k), (&self.layers[layer].1, &v)] {
+            if let Some(index) = &self.scatter {
+                slab.scatter_set(index, &new.narrow(0, 0, index.dim(0)?)?, 0)?;
+            }
+            for run in &self.runs {
+                slab.slice_set(&new.narrow(0, run.row, run.len)?, 0, run.slot)?;
+            }
+        }
+        Ok(())
     }
 
     /// `[tokens, width]` slab rows as `[.., kv_heads, tokens, head_dim]`, contiguous.

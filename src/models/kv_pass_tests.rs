@@ -153,3 +153,39 @@ fn a_reused_slot_holds_only_what_its_new_owner_wrote() {
         assert_eq!(per_token(&v), [-7.0 * scale, -8.0 * scale]);
     }
 }
+
+#[test]
+fn a_prefill_over_scattered_slots_is_written_run_by_run() {
+    let slab = slab();
+    slab.reserve(5).unwrap();
+    let (mut x, mut y, mut z) = (KvCache::new(), KvCache::new(), KvCache::new());
+    pass(
+        &slab,
+        &mut [&mut x, &mut y, &mut z],
+        &[2, 2, 1],
+        &[1.0, 3.0, 5.0],
+    );
+    drop(x);
+    drop(z);
+    let mut c = KvCache::new();
+    let kv = pass(&slab, &mut [&mut c], &[3], &[30.0]);
+    assert_eq!(
+        c.slots(0, 3),
+        [4, 0, 1],
+        "two runs: slot 4, then slots 0 and 1"
+    );
+    let (k, _) = kv.read(0, 1, 0, 3).unwrap();
+    assert_eq!(per_token(&k), [60.0, 62.0, 64.0]);
+    let (k, _) = kv.read(0, 0, 0, 2).unwrap();
+    assert_eq!(per_token(&k), [30.0, 31.0]);
+    drop(kv);
+    drop(c);
+    y.advance(2);
+    let kv = pass(&slab, &mut [&mut y], &[1], &[5.0]);
+    let (k, _) = kv.decode_kv(0).unwrap();
+    assert_eq!(
+        per_token(&k.get(0).unwrap()),
+        [3.0, 4.0, 5.0],
+        "y kept its own"
+    );
+}
