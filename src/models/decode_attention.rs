@@ -29,8 +29,12 @@ pub fn attend_decodes(
     let seqs = q.dim(0)?;
     let (k, v) = pass.decode_kv(layer)?;
     let group = shape.heads / shape.kv_heads;
-    // Query heads of one kv head side by side: [seqs, kv_heads, group, head_dim].
-    let q = q.reshape((seqs, shape.kv_heads, group, shape.head_dim))?;
+    // Query heads of one kv head side by side, kv heads first as the slab's keys are:
+    // [kv_heads, seqs, group, head_dim] against [kv_heads, seqs, longest, head_dim].
+    let q = q
+        .reshape((seqs, shape.kv_heads, group, shape.head_dim))?
+        .transpose(0, 1)?
+        .contiguous()?;
     let mut scores = q.matmul(&k.transpose(2, 3)?)?;
     if let Some(scale) = shape.scale {
         scores = (scores * scale)?;
@@ -45,6 +49,7 @@ pub fn attend_decodes(
     };
     probs
         .matmul(&v)?
+        .transpose(0, 1)?
         .reshape((seqs, shape.heads * shape.head_dim))
 }
 

@@ -15,14 +15,14 @@ use crate::models::TokenCache;
 
 /// The slab's tensors and the indexes of one pass.
 pub struct KvPass {
-    /// `(keys, values)` per layer, `[slots, kv_heads * head_dim]`.
+    /// `(keys, values)` per layer, `[kv_heads, slots, head_dim]`.
     layers: Vec<(Tensor, Tensor)>,
     kv_heads: usize,
     head_dim: usize,
     /// New tokens in the pass.
     tokens: usize,
-    /// `[decodes, kv_heads * head_dim]` u32: the slot of each decode's new token (packed rows
-    /// `0..decodes`), repeated along the row as `scatter_set` wants.
+    /// `[kv_heads, decodes, head_dim]` u32: the slot of each decode's new token (packed rows
+    /// `0..decodes`), repeated over heads and dimensions as `scatter_set` wants.
     scatter: Option<Tensor>,
     /// The other new tokens: runs of packed rows going to consecutive slots.
     runs: Vec<Run>,
@@ -44,7 +44,7 @@ struct Decodes {
     /// pointing at its first slot (masked).
     index: Tensor,
     count: usize,
-    /// `[decodes, 1, 1, longest]` in the model's dtype, per distinct window of the layers.
+    /// `[1, decodes, 1, longest]` in the model's dtype, per distinct window of the layers.
     masks: Vec<(Option<usize>, Tensor)>,
 }
 
@@ -71,8 +71,8 @@ impl KvPass {
         let scatter = match n {
             0 => None,
             _ => Some(
-                Tensor::from_vec(decode_slots, (n, 1), device)?
-                    .broadcast_as((n, kv_heads * head_dim))?
+                Tensor::from_vec(decode_slots, (1, n, 1), device)?
+                    .broadcast_as((kv_heads, n, head_dim))?
                     .contiguous()?,
             ),
         };
@@ -103,7 +103,9 @@ impl KvPass {
                 let mut masks: Vec<(Option<usize>, Tensor)> = Vec::new();
                 for &window in windows {
                     if masks.iter().all(|(w, _)| *w != window) {
-                        let mask = padding_mask(&lens, longest, window, device)?.to_dtype(dtype)?;
+                        let mask = padding_mask(&lens, longest, window, device)?
+                            .reshape((1, lens.len(), 1, longest))?
+                            .to_dtype(dtype)?;
                         masks.push((window, mask));
                     }
                 }
@@ -134,51 +136,40 @@ impl KvPass {
     /// Writes the keys and values of every new token of the pass (packed order, each
     /// `[tokens, kv_heads, head_dim]` or `[tokens, kv_heads * head_dim]`) into `layer`.
     pub fn write(&self, layer: usize, k: &Tensor, v: &Tensor) -> candle_core::Result<()> {
-        let shape = (self.tokens, self.kv_heads * self.head_dim);
-        let (k, v) = (
-            k.contiguous()?.reshape(shape)?,
-            v.contiguous()?.reshape(shape)?,
-        );
-        for (slab, new) in [(&self.layers[layer].0, &k), (&self.layers[layer].1, &v)] {
+        let shape = (self.tokens, self.kv_heads, self.head_dim);
+        for (slab, new) in [(&self.layers[layer].0, k), (&self.layers[layer].1, v)] {
+            // A strided [tokens, kv_heads, head_dim] is copied once, by the transpose below.
+            let new = match new.rank() {
+                3 => new.clone(),
+                _ => new.reshape(shape)?,
+            };
+            let rows = |row, len| new.narrow(0, row, len)?.transpose(0, 1)?.contiguous();
             if let Some(index) = &self.scatter {
-                slab.scatter_set(index, &new.narrow(0, 0, index.dim(0)?)?, 0)?;
+                slab.scatter_set(index, &rows(0, index.dim(1)?)?, 1)?;
             }
             for run in &self.runs {
-                slab.slice_set(&new.narrow(0, run.row, run.len)?, 0, run.slot)?;
+                slab.slice_set(&rows(run.row, run.len)?, 1, run.slot)?;
             }
         }
         Ok(())
     }
 
-    /// `[tokens, width]` slab rows as `[.., kv_heads, tokens, head_dim]`, contiguous.
-    fn heads_first(&self, rows: Tensor, seqs: Option<usize>) -> candle_core::Result<Tensor> {
-        let (h, d) = (self.kv_heads, self.head_dim);
-        match seqs {
-            Some(n) => rows
-                .reshape((n, rows.dim(0)? / n, h, d))?
-                .transpose(1, 2)?
-                .contiguous(),
-            None => rows
-                .reshape((rows.dim(0)?, h, d))?
-                .transpose(0, 1)?
-                .contiguous(),
-        }
-    }
-
     /// Keys and values of `layer` of every decode (packed order), positions `0..longest`:
-    /// `[decodes, kv_heads, longest, head_dim]` each, with the padding to mask.
+    /// `[kv_heads, decodes, longest, head_dim]` each, with the padding to mask.
     pub fn decode_kv(&self, layer: usize) -> candle_core::Result<(Tensor, Tensor)> {
         let Some(d) = &self.decodes else {
             candle_core::bail!("the pass has no decodes");
         };
         let (k, v) = &self.layers[layer];
-        Ok((
-            self.heads_first(k.index_select(&d.index, 0)?, Some(d.count))?,
-            self.heads_first(v.index_select(&d.index, 0)?, Some(d.count))?,
-        ))
+        let gather = |t: &Tensor| -> candle_core::Result<Tensor> {
+            let rows = t.index_select(&d.index, 1)?;
+            let longest = rows.dim(1)? / d.count;
+            rows.reshape((self.kv_heads, d.count, longest, self.head_dim))
+        };
+        Ok((gather(k)?, gather(v)?))
     }
 
-    /// `[decodes, 1, 1, longest]`: 0 where a decode's query sees a key, `-inf` elsewhere.
+    /// `[1, decodes, 1, longest]`: 0 where a decode's query sees a key, `-inf` elsewhere.
     pub fn decode_mask(&self, window: Option<usize>) -> candle_core::Result<&Tensor> {
         let masks = self.decodes.as_ref().map(|d| &d.masks[..]).unwrap_or(&[]);
         match masks.iter().find(|(w, _)| *w == window) {
@@ -201,10 +192,7 @@ impl KvPass {
         };
         let index = index.narrow(0, start, end - start)?;
         let (k, v) = &self.layers[layer];
-        Ok((
-            self.heads_first(k.index_select(&index, 0)?, None)?,
-            self.heads_first(v.index_select(&index, 0)?, None)?,
-        ))
+        Ok((k.index_select(&index, 1)?, v.index_select(&index, 1)?))
     }
 }
 

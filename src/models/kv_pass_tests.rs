@@ -115,10 +115,11 @@ fn writes_land_where_prefill_and_decode_reads_find_them() {
     // Both decode: one token each, read together padded to a's four positions.
     let kv = pass(&slab, &mut [&mut a, &mut b], &[1, 1], &[13.0, 22.0]);
     let (k, v) = kv.decode_kv(0).unwrap();
-    assert_eq!(k.dims(), [2, HEADS, 4, DIM]);
-    assert_eq!(per_token(&k.get(0).unwrap()), [10.0, 11.0, 12.0, 13.0]);
-    assert_eq!(per_token(&v.get(0).unwrap()), [-10.0, -11.0, -12.0, -13.0]);
-    assert_eq!(per_token(&k.get(1).unwrap())[..3], [20.0, 21.0, 22.0]);
+    assert_eq!(k.dims(), [HEADS, 2, 4, DIM]);
+    let seq = |t: &Tensor, i| per_token(&t.get_on_dim(1, i).unwrap());
+    assert_eq!(seq(&k, 0), [10.0, 11.0, 12.0, 13.0]);
+    assert_eq!(seq(&v, 0), [-10.0, -11.0, -12.0, -13.0]);
+    assert_eq!(seq(&k, 1)[..3], [20.0, 21.0, 22.0]);
     let mask: Vec<f32> = kv
         .decode_mask(None)
         .unwrap()
@@ -184,7 +185,7 @@ fn a_prefill_over_scattered_slots_is_written_run_by_run() {
     let kv = pass(&slab, &mut [&mut y], &[1], &[5.0]);
     let (k, _) = kv.decode_kv(0).unwrap();
     assert_eq!(
-        per_token(&k.get(0).unwrap()),
+        per_token(&k.get_on_dim(1, 0).unwrap()),
         [3.0, 4.0, 5.0],
         "y kept its own"
     );

@@ -1,4 +1,4 @@
-//! The engine-wide key/value slab: per layer one key and one value tensor `[slots, kv_heads *
+//! The engine-wide key/value slab: per layer one key and one value tensor `[kv_heads, slots,
 //! head_dim]`, allocated once when the engine attaches (sized by its `kv_cache_tokens` budget)
 //! and shared by every sequence, each of which holds the list of slots its tokens occupy
 //! ([`super::kv_cache::KvCache`]).
@@ -8,7 +8,9 @@
 //! no per-sequence rounding to a block size and no fragmentation; every read and write goes
 //! through an index (`scatter_set` in, `index_select` out) whatever the page size, so larger
 //! pages would only shorten the index a step uploads (`decodes * longest` u32, once per step for
-//! every layer). Writes overwrite (`scatter_set`), so a reused slot's old values are replaced
+//! every layer). Heads come first so that a gather of slots (`index_select` on the slot axis) is
+//! already `[kv_heads, tokens, head_dim]`, the layout attention multiplies, with no transposing
+//! copy of what was gathered. Writes overwrite (`scatter_set`), so a reused slot's old values are replaced
 //! before anything reads them; what a read takes past a sequence's length is masked.
 //!
 //! A slab that was never reserved (a model used without an engine, as in tests) grows by
@@ -28,7 +30,8 @@ pub struct KvSlab {
 }
 
 struct SlabState {
-    /// `(keys, values)` per layer, each `[capacity, width]`; empty before the first slot.
+    /// `(keys, values)` per layer, each `[kv_heads, capacity, head_dim]`; empty before the
+    /// first slot.
     layers: Vec<(Tensor, Tensor)>,
     /// Free slots, the lowest last (taken first).
     free: Vec<u32>,
@@ -43,23 +46,19 @@ struct SlabState {
 }
 
 impl SlabState {
-    fn width(&self) -> usize {
-        self.kv_heads * self.head_dim
-    }
-
     /// Reallocates to `capacity` slots, copying what is there; the new slots are free.
     fn grow(&mut self, capacity: usize) -> candle_core::Result<()> {
         if capacity <= self.capacity {
             return Ok(());
         }
-        let shape = (capacity, self.width());
+        let shape = (self.kv_heads, capacity, self.head_dim);
         let mut grown = Vec::with_capacity(self.layer_count);
         for i in 0..self.layer_count {
             let k = Tensor::zeros(shape, self.dtype, &self.device)?;
             let v = Tensor::zeros(shape, self.dtype, &self.device)?;
             if let Some((old_k, old_v)) = self.layers.get(i) {
-                k.slice_set(old_k, 0, 0)?;
-                v.slice_set(old_v, 0, 0)?;
+                k.slice_set(old_k, 1, 0)?;
+                v.slice_set(old_v, 1, 0)?;
             }
             grown.push((k, v));
         }
@@ -122,8 +121,8 @@ impl KvSlab {
     /// Device bytes the slab holds (keys and values, every layer).
     pub fn device_bytes(&self) -> u64 {
         let state = self.lock();
-        (2 * state.layer_count * state.capacity * state.width() * state.dtype.size_in_bytes())
-            as u64
+        let per_slot = state.kv_heads * state.head_dim * state.dtype.size_in_bytes();
+        (2 * state.layer_count * state.capacity * per_slot) as u64
     }
 
     /// `kv_heads` and `head_dim` of one token's keys (or values) in a layer.
@@ -132,7 +131,7 @@ impl KvSlab {
         (state.kv_heads, state.head_dim)
     }
 
-    /// `(keys, values)` of every layer, `[capacity, kv_heads * head_dim]` each (handles on the
+    /// `(keys, values)` of every layer, `[kv_heads, capacity, head_dim]` each (handles on the
     /// same storage: writes through them land in the slab).
     pub fn tensors(&self) -> Vec<(Tensor, Tensor)> {
         self.lock().layers.clone()
