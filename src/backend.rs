@@ -216,7 +216,7 @@ impl CandleDevice {
                 tokenizer,
                 weights.device_bytes,
             )
-            .with_kv_cache_tokens(kv_cache_tokens)
+            .with_kv_cache_tokens(kv_cache_tokens)?
             .with_checkpoint_files(dir)
         })
     }

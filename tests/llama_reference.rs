@@ -339,7 +339,9 @@ fn every_family_builds_a_runtime_engine_from_its_config() {
             .unwrap();
         assert_eq!(out.new_tokens, case.greedy_new_tokens, "{name}");
         engine.warm_up().unwrap();
-        assert_eq!(engine.device_bytes(), w.device_bytes);
+        // The weights and the KV slab reserved at attach for the 32768-token budget.
+        let kv = config.kv_bytes_per_token(DType::F32.size_in_bytes() as u64) * 32768;
+        assert_eq!(engine.device_bytes(), w.device_bytes + kv, "{name}");
     }
 }
 

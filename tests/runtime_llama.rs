@@ -50,6 +50,15 @@ async fn ready(handle: &Handle) {
 }
 
 /// Bytes of tensor data in a safetensors file.
+/// Bytes of the KV slab an engine of the checkpoint in `dir` reserves at attach: the worker's
+/// default budget of tokens.
+fn kv_slab_bytes(dir: &Path) -> u64 {
+    let footprint = worker_controller::backend::check(&spec(dir))
+        .unwrap()
+        .footprint;
+    footprint.kv_bytes_per_token * PrewarmOptions::default().kv_cache_tokens as u64
+}
+
 fn data_bytes(path: &Path) -> u64 {
     let bytes = std::fs::read(path).unwrap();
     let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap());
@@ -172,8 +181,8 @@ async fn every_llama_family_fixture_attaches_generates_and_detaches() {
             let device_bytes = engines[0].device_bytes;
             assert_eq!(
                 device_bytes,
-                data_bytes(&dir.join("model.safetensors")),
-                "{name}: f32 weights held in f32"
+                data_bytes(&dir.join("model.safetensors")) + kv_slab_bytes(&dir),
+                "{name}: f32 weights held in f32, and the KV slab reserved at attach"
             );
             // Device memory is back where it was; the host cache keeps the fixtures before.
             assert_eq!(

@@ -29,6 +29,15 @@ fn spec(dir: &Path) -> ModelSpec {
 }
 
 /// Bytes of tensor data in a safetensors file: everything after the 8-byte length and the header.
+/// Bytes of the KV slab an engine of the checkpoint in `dir` reserves at attach: the worker's
+/// default budget of tokens.
+fn kv_slab_bytes(dir: &Path) -> u64 {
+    let footprint = worker_controller::backend::check(&spec(dir))
+        .unwrap()
+        .footprint;
+    footprint.kv_bytes_per_token * PrewarmOptions::default().kv_cache_tokens as u64
+}
+
 fn safetensors_data_bytes(path: &Path) -> u64 {
     let bytes = std::fs::read(path).unwrap();
     let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap());
@@ -394,8 +403,8 @@ async fn detach_gives_back_exactly_the_engines_memory() {
         let device_bytes = engines[0].device_bytes;
         assert_eq!(
             device_bytes,
-            safetensors_data_bytes(&dir.join("model.safetensors")),
-            "f32 weights held in f32"
+            safetensors_data_bytes(&dir.join("model.safetensors")) + kv_slab_bytes(&dir),
+            "f32 weights held in f32, and the KV slab reserved at attach"
         );
         assert_eq!(report.memory_before, idle);
         assert_eq!(

@@ -1,10 +1,10 @@
 //! Attention for the decodes of a pass (one new token per sequence), every sequence in one
-//! batched matmul: their caches are read together, padded to the longest, and a mask hides
-//! each one's padding (and what its sliding window no longer sees).
+//! batched matmul: their caches are read together from the slab in one gather, padded to the
+//! longest, and a mask hides each one's padding (and what its sliding window no longer sees).
 
 use candle_core::{DType, Device, Tensor};
 
-use super::kv_cache::{gather, KvCache};
+use super::kv_pass::KvPass;
 
 /// The shape of one layer's attention.
 pub struct Heads {
@@ -17,28 +17,29 @@ pub struct Heads {
     pub window: Option<usize>,
 }
 
-/// Attention of `q` (`[seqs, heads, head_dim]`, one token per sequence, already written with
-/// its key and value into `caches`, whose lengths are `lens` including it) over each cache;
-/// returns `[seqs, heads * head_dim]`.
+/// Attention of `q` (`[seqs, heads, head_dim]`, the decodes of `pass` in packed order, their
+/// keys and values written into the slab already) over each one's cache; returns
+/// `[seqs, heads * head_dim]`.
 pub fn attend_decodes(
     q: &Tensor,
-    caches: &[&KvCache],
-    lens: &[usize],
+    pass: &KvPass,
     layer: usize,
     shape: &Heads,
 ) -> candle_core::Result<Tensor> {
-    let seqs = caches.len();
-    let longest = lens.iter().copied().max().unwrap_or(0);
-    let (k, v) = gather(caches, layer, lens, longest)?;
+    let seqs = q.dim(0)?;
+    let (k, v) = pass.decode_kv(layer)?;
     let group = shape.heads / shape.kv_heads;
-    // Query heads of one kv head side by side: [seqs, kv_heads, group, head_dim].
-    let q = q.reshape((seqs, shape.kv_heads, group, shape.head_dim))?;
+    // Query heads of one kv head side by side, kv heads first as the slab's keys are:
+    // [kv_heads, seqs, group, head_dim] against [kv_heads, seqs, longest, head_dim].
+    let q = q
+        .reshape((seqs, shape.kv_heads, group, shape.head_dim))?
+        .transpose(0, 1)?
+        .contiguous()?;
     let mut scores = q.matmul(&k.transpose(2, 3)?)?;
     if let Some(scale) = shape.scale {
         scores = (scores * scale)?;
     }
-    let mask = padding_mask(lens, longest, shape.window, q.device())?;
-    let scores = scores.broadcast_add(&mask.to_dtype(scores.dtype())?)?;
+    let scores = scores.broadcast_add(pass.decode_mask(shape.window)?)?;
     // Softmax in f32, rounded once to the model's dtype, as transformers does (candle's CUDA
     // kernel accumulates in f32 already; its CPU one does not).
     let probs = if scores.device().is_cpu() && scores.dtype() != DType::F32 {
@@ -48,12 +49,13 @@ pub fn attend_decodes(
     };
     probs
         .matmul(&v)?
+        .transpose(0, 1)?
         .reshape((seqs, shape.heads * shape.head_dim))
 }
 
 /// `[seqs, 1, 1, longest]`: 0 where sequence `i`'s query (at position `lens[i] - 1`) sees key
 /// `j`, `-inf` past its length or before its window.
-fn padding_mask(
+pub(crate) fn padding_mask(
     lens: &[usize],
     longest: usize,
     window: Option<usize>,

@@ -28,7 +28,7 @@ pub struct TextEngine<M: CausalLm> {
     codec: Arc<PromptCodec>,
     /// Ids that end generation: `config.json`'s, then `generation_config.json`'s.
     eos_ids: Vec<u32>,
-    /// Device bytes held by the weights.
+    /// Device bytes held by the weights (the KV slab's are counted beside them).
     device_bytes: u64,
     /// The sequences being generated, and the KV-cache budget they share.
     batch: Batch<M::Cache>,
@@ -47,10 +47,13 @@ impl<M: CausalLm> TextEngine<M> {
     }
 
     /// Sets the KV-cache tokens the running sequences may reserve together (each reserves its
-    /// prompt plus `max_new_tokens`).
-    pub fn with_kv_cache_tokens(mut self, tokens: usize) -> Self {
-        self.batch = Batch::new(tokens.max(1));
-        self
+    /// prompt plus `max_new_tokens`) and allocates the model's slab for them now, so that the
+    /// engine holds its whole KV cache from attach on ([`wc_actors::Engine::device_bytes`]).
+    pub fn with_kv_cache_tokens(mut self, tokens: usize) -> Result<Self, LoadError> {
+        let tokens = tokens.max(1);
+        self.model.kv_slab().reserve(tokens)?;
+        self.batch = Batch::new(tokens);
+        Ok(self)
     }
 
     /// The KV-cache budget in tokens.
@@ -163,7 +166,9 @@ impl<M: CausalLm> TextEngine<M> {
         request: &GenerateRequest,
         on_token: &mut dyn FnMut(TokenEvent) -> bool,
     ) -> Result<GenerateOutput, GenerateError> {
-        let mut alone = Batch::new(usize::MAX);
+        // Within the engine's budget, as the slab reserved at attach holds no more (a request
+        // over it is refused, as admission to the running batch refuses it).
+        let mut alone = Batch::new(self.batch.budget());
         alone.admit(self.sequence(0, request)?)?;
         loop {
             for event in alone.step(&self.model, &self.vocabulary())? {
@@ -205,8 +210,11 @@ impl<M: CausalLm> wc_actors::Engine for TextEngine<M> {
         Ok(output.new_tokens.first().copied().unwrap_or_default())
     }
 
+    /// The weights and the KV slab (all of it once [`TextEngine::with_kv_cache_tokens`] has
+    /// reserved it at attach: what the fit check counts as `kv_bytes_per_token` times the
+    /// budget).
     fn device_bytes(&self) -> u64 {
-        self.device_bytes
+        self.device_bytes + self.model.kv_slab().device_bytes()
     }
 
     fn prompt_encoder(&self) -> Option<Arc<dyn wc_actors::PromptEncoder>> {

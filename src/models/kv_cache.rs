@@ -1,109 +1,61 @@
-//! The key/value cache of one sequence, for every family: per layer, keys and values laid out
-//! `[kv_heads, capacity, head_dim]`, grown by doubling and written in place, with the sequence's
-//! length (the position its next token gets) kept beside them.
+//! The key/value cache of one sequence, for every family: the slots its tokens occupy in its
+//! model's [`KvSlab`] (position `i` in `slots[i]`), and its length (the position its next token
+//! gets). Dropping it gives the slots back.
 //!
-//! Each sequence owns its cache, sized for its own tokens only, so a forward pass can run
-//! several sequences of different lengths; the decodes of a pass read their caches together
-//! ([`gather`]) for one batched attention.
+//! The slab holds every sequence's keys and values, so a forward pass writes the new tokens of
+//! all its sequences in one indexed write per layer and reads the decodes' caches in one gather
+//! ([`super::kv_pass::KvPass`]).
 
-use candle_core::{DType, Device, Tensor};
-
+use super::kv_slab::KvSlab;
 use crate::models::TokenCache;
 
-/// Keys and values of one sequence's tokens, every layer.
+/// The slots of one sequence's tokens.
 #[derive(Default)]
 pub struct KvCache {
-    /// `(keys, values)` per layer, each `[kv_heads, capacity, head_dim]`; empty before first use.
-    layers: Vec<(Tensor, Tensor)>,
+    /// The slab the slots are in; `None` before the first pass.
+    slab: Option<KvSlab>,
+    /// Slot of each position; at least `len` of them.
+    slots: Vec<u32>,
     /// Tokens written (positions `0..len`).
     len: usize,
-    /// Tokens the tensors can hold.
-    capacity: usize,
 }
-
-/// Smallest allocation, in tokens.
-const MIN_CAPACITY: usize = 16;
 
 impl KvCache {
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Tokens the cache holds without growing.
+    /// Tokens the cache holds without taking more slots.
     pub fn capacity(&self) -> usize {
-        self.capacity
+        self.slots.len()
     }
 
-    /// Forgets every token, keeping the memory.
+    /// Forgets every token, keeping the slots.
     pub fn clear(&mut self) {
         self.len = 0;
     }
 
-    /// Bytes the cache holds on its device.
-    pub fn device_bytes(&self) -> u64 {
-        self.layers
-            .iter()
-            .map(|(k, v)| ((k.elem_count() + v.elem_count()) * k.dtype().size_in_bytes()) as u64)
-            .sum()
-    }
-
-    /// Makes room for `extra` more tokens: allocates `layers` tensors of
-    /// `[kv_heads, capacity, head_dim]` at first use, then doubles (at most to `max_tokens`,
-    /// never below what is needed), copying what is there.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn reserve(
-        &mut self,
-        extra: usize,
-        max_tokens: usize,
-        layers: usize,
-        kv_heads: usize,
-        head_dim: usize,
-        dtype: DType,
-        device: &Device,
-    ) -> candle_core::Result<()> {
-        let needed = self.len + extra;
-        if needed <= self.capacity && self.layers.len() == layers {
-            return Ok(());
-        }
-        let capacity = needed
-            .max(self.capacity * 2)
-            .max(MIN_CAPACITY)
-            .min(max_tokens.max(needed));
-        let mut grown = Vec::with_capacity(layers);
-        for i in 0..layers {
-            let k = Tensor::zeros((kv_heads, capacity, head_dim), dtype, device)?;
-            let v = Tensor::zeros((kv_heads, capacity, head_dim), dtype, device)?;
-            if let Some((old_k, old_v)) = self.layers.get(i) {
-                k.slice_set(old_k, 1, 0)?;
-                v.slice_set(old_v, 1, 0)?;
+    /// Takes slots in `slab` for `extra` more tokens (the first pass ties the cache to `slab`;
+    /// a cache of another slab is an error).
+    pub(crate) fn reserve(&mut self, extra: usize, slab: &KvSlab) -> candle_core::Result<()> {
+        match &self.slab {
+            Some(own) if !own.same(slab) => {
+                candle_core::bail!("a KV cache runs only on the model whose slab it uses")
             }
-            grown.push((k, v));
+            Some(_) => {}
+            None => self.slab = Some(slab.clone()),
         }
-        self.layers = grown;
-        self.capacity = capacity;
+        let needed = self.len + extra;
+        if needed > self.slots.len() {
+            let taken = slab.take(needed - self.slots.len())?;
+            self.slots.extend(taken);
+        }
         Ok(())
     }
 
-    /// Writes the keys and values (`[kv_heads, tokens, head_dim]`, contiguous) of the tokens at
-    /// positions `len..len + tokens` of `layer`; the length moves on in [`Self::advance`].
-    pub(crate) fn write(&self, layer: usize, k: &Tensor, v: &Tensor) -> candle_core::Result<()> {
-        let (ck, cv) = &self.layers[layer];
-        ck.slice_set(k, 1, self.len)?;
-        cv.slice_set(v, 1, self.len)
-    }
-
-    /// Keys and values of positions `start..end` of `layer` (views, `[kv_heads, end - start, head_dim]`).
-    pub(crate) fn read(
-        &self,
-        layer: usize,
-        start: usize,
-        end: usize,
-    ) -> candle_core::Result<(Tensor, Tensor)> {
-        let (k, v) = &self.layers[layer];
-        Ok((
-            k.narrow(1, start, end - start)?,
-            v.narrow(1, start, end - start)?,
-        ))
+    /// Slots of positions `start..end` (within what [`Self::reserve`] took).
+    pub(crate) fn slots(&self, start: usize, end: usize) -> &[u32] {
+        &self.slots[start..end]
     }
 
     /// Counts `tokens` more as written, after every layer has written them.
@@ -112,33 +64,16 @@ impl KvCache {
     }
 }
 
+impl Drop for KvCache {
+    fn drop(&mut self) {
+        if let Some(slab) = &self.slab {
+            slab.give_back(&self.slots);
+        }
+    }
+}
+
 impl TokenCache for KvCache {
     fn len(&self) -> usize {
         self.len
     }
-}
-
-/// Keys and values of `layer` of every cache, positions `0..lens[i]` of cache `i` padded with
-/// zeros to `longest` (the caller masks the padding), stacked: `[caches, kv_heads, longest,
-/// head_dim]` each. A cache whose capacity reaches `longest` needs no padding of its own (what
-/// it holds past its length is masked as well).
-pub(crate) fn gather(
-    caches: &[&KvCache],
-    layer: usize,
-    lens: &[usize],
-    longest: usize,
-) -> candle_core::Result<(Tensor, Tensor)> {
-    let mut keys = Vec::with_capacity(caches.len());
-    let mut values = Vec::with_capacity(caches.len());
-    for (cache, &len) in caches.iter().zip(lens) {
-        let (k, v) = &cache.layers[layer];
-        if cache.capacity >= longest {
-            keys.push(k.narrow(1, 0, longest)?);
-            values.push(v.narrow(1, 0, longest)?);
-        } else {
-            keys.push(k.narrow(1, 0, len)?.pad_with_zeros(1, 0, longest - len)?);
-            values.push(v.narrow(1, 0, len)?.pad_with_zeros(1, 0, longest - len)?);
-        }
-    }
-    Ok((Tensor::stack(&keys, 0)?, Tensor::stack(&values, 0)?))
 }

@@ -12,6 +12,8 @@ pub mod engine;
 pub mod generate;
 pub mod generation_config;
 pub mod kv_cache;
+pub mod kv_pass;
+pub mod kv_slab;
 pub mod llama;
 pub mod matmul;
 pub mod opt;
@@ -72,6 +74,9 @@ pub trait CausalLm {
     fn warm_up_token(&self) -> u32;
 
     fn device(&self) -> &Device;
+
+    /// The keys and values of every sequence of this model (reserved when an engine attaches).
+    fn kv_slab(&self) -> &kv_slab::KvSlab;
 }
 
 /// What the generation loop needs to know of a cache.
@@ -204,7 +209,7 @@ impl ModelConfig {
                     tokenizer,
                     weights.device_bytes,
                 )
-                .with_kv_cache_tokens(kv_cache_tokens)
+                .with_kv_cache_tokens(kv_cache_tokens)?
                 .with_checkpoint_files(dir)?,
             ),
             Self::Llama(c) => Box::new(
@@ -213,7 +218,7 @@ impl ModelConfig {
                     tokenizer,
                     weights.device_bytes,
                 )
-                .with_kv_cache_tokens(kv_cache_tokens)
+                .with_kv_cache_tokens(kv_cache_tokens)?
                 .with_checkpoint_files(dir)?,
             ),
         })

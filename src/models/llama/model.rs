@@ -5,7 +5,8 @@
 //! `Qwen3ForCausalLM` do.
 //!
 //! Tokens of all sequences in a pass are packed along one axis (`[tokens, hidden]`); only
-//! attention looks at each sequence separately, against that sequence's own [`KvCache`].
+//! attention looks at each sequence separately, against that sequence's own [`KvCache`] (its
+//! slots in the model's [`KvSlab`]).
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::Linear;
@@ -14,6 +15,8 @@ use super::config::LlamaConfig;
 use crate::error::LoadError;
 use crate::models::decode_attention::{attend_decodes, Heads};
 use crate::models::kv_cache::KvCache;
+use crate::models::kv_pass::KvPass;
+use crate::models::kv_slab::KvSlab;
 use crate::models::matmul::{linear, times_transposed};
 use crate::models::packing::{packing_order, PackingOrder};
 use crate::models::{CausalLm, TokenCache};
@@ -28,6 +31,8 @@ pub struct LlamaModel {
     lm_head: Tensor,
     /// `[head_dim / 2]`, f32: angles are `position * inv_freq`, computed in f32 as transformers does.
     inv_freq: Tensor,
+    /// Keys and values of every sequence.
+    kv: KvSlab,
     device: Device,
     dtype: DType,
 }
@@ -152,7 +157,15 @@ impl LlamaModel {
         };
         let device = embed_tokens.device().clone();
         let inv_freq = Tensor::new(config.inv_freq(), &device)?;
+        let kv = KvSlab::new(
+            config.num_hidden_layers,
+            config.num_key_value_heads,
+            config.head_dim,
+            embed_tokens.dtype(),
+            &device,
+        );
         Ok(Self {
+            kv,
             dtype: embed_tokens.dtype(),
             device,
             config,
@@ -217,15 +230,7 @@ impl LlamaModel {
             if let Some(&id) = seq.ids.iter().find(|&&id| id as usize >= c.vocab_size) {
                 candle_core::bail!("token id {id} is outside the vocabulary ({})", c.vocab_size);
             }
-            seq.cache.reserve(
-                seq.ids.len(),
-                c.max_position_embeddings,
-                c.num_hidden_layers,
-                c.num_key_value_heads,
-                c.head_dim,
-                self.dtype,
-                &self.device,
-            )?;
+            seq.cache.reserve(seq.ids.len(), &self.kv)?;
             spans[index] = Some(Span {
                 offset: ids.len(),
                 len: seq.ids.len(),
@@ -240,8 +245,19 @@ impl LlamaModel {
         let (cos, sin) = self.rotary(&positions)?;
         let mut hidden = self.embed_tokens.index_select(&ids, 0)?;
         let caches: Vec<&KvCache> = seqs.iter().map(|s| &*s.cache).collect();
+        let new: Vec<usize> = spans.iter().map(|s| s.len).collect();
+        let windows: Vec<Option<usize>> = self.layers.iter().map(|l| l.self_attn.window).collect();
+        let kv = KvPass::new(
+            &self.kv,
+            &caches,
+            &new,
+            &order,
+            &windows,
+            self.dtype,
+            &self.device,
+        )?;
         let pass = Pass {
-            caches: &caches,
+            kv: &kv,
             spans: &spans,
             order: &order,
             cos: &cos,
@@ -282,10 +298,10 @@ fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> candle_core::Result<Tensor
     candle_nn::ops::rms_norm(&x.contiguous()?, weight, eps as f32)
 }
 
-/// What every layer of one pass shares: the sequences' caches and spans (in the caller's
-/// order), the packing order, and the rotary angles of the packed tokens.
+/// What every layer of one pass shares: the slab's indexes, the sequences' spans (in the
+/// caller's order), the packing order, and the rotary angles of the packed tokens.
 struct Pass<'a> {
-    caches: &'a [&'a KvCache],
+    kv: &'a KvPass,
     spans: &'a [Span],
     order: &'a PackingOrder,
     cos: &'a Tensor,
@@ -349,16 +365,12 @@ impl Attention {
         let q = self.project(x, &self.q_proj, self.num_heads, q_norm, rope)?;
         let k = self.project(x, &self.k_proj, self.num_kv_heads, k_norm, rope)?;
         let v = self.project(x, &self.v_proj, self.num_kv_heads, None, None)?;
+        // Every new token's keys and values into the slab, in one write.
+        pass.kv.write(layer, &k, &v)?;
         let mut outputs = Vec::with_capacity(pass.spans.len());
         let decodes = pass.order.decodes();
         if !decodes.is_empty() {
             // Rows 0..decodes.len() of the pass: one token each, attended in one batch.
-            for (row, &i) in decodes.iter().enumerate() {
-                let (k, v) = (k.get(row)?.unsqueeze(1)?, v.get(row)?.unsqueeze(1)?);
-                pass.caches[i].write(layer, &k, &v)?;
-            }
-            let caches: Vec<&KvCache> = decodes.iter().map(|&i| pass.caches[i]).collect();
-            let lens: Vec<usize> = decodes.iter().map(|&i| pass.spans[i].past + 1).collect();
             let shape = Heads {
                 heads: self.num_heads,
                 kv_heads: self.num_kv_heads,
@@ -367,18 +379,15 @@ impl Attention {
                 window: self.window,
             };
             let q = q.narrow(0, 0, decodes.len())?;
-            outputs.push(attend_decodes(&q, &caches, &lens, layer, &shape)?);
+            outputs.push(attend_decodes(&q, pass.kv, layer, &shape)?);
         }
         for &i in pass.order.others() {
-            let (cache, span) = (pass.caches[i], &pass.spans[i]);
-            let rows = |t: &Tensor| -> candle_core::Result<Tensor> {
-                t.narrow(0, span.offset, span.len)?
-                    .transpose(0, 1)?
-                    .contiguous()
-            };
-            // [kv_heads, new tokens, head_dim] into the cache, then attend over what it holds.
-            cache.write(layer, &rows(&k)?, &rows(&v)?)?;
-            outputs.push(self.attend(&rows(&q)?, cache, layer, span)?);
+            let span = &pass.spans[i];
+            let q = q
+                .narrow(0, span.offset, span.len)?
+                .transpose(0, 1)?
+                .contiguous()?;
+            outputs.push(self.attend(&q, pass.kv, i, layer, span)?);
         }
         let out = if outputs.len() == 1 {
             outputs.pop().expect("one output")
@@ -388,12 +397,13 @@ impl Attention {
         linear(&self.o_proj, &out)
     }
 
-    /// Attention of one sequence's queries (`[heads, tokens, head_dim]`) over its cache; returns
-    /// `[tokens, heads * head_dim]`.
+    /// Attention of sequence `seq`'s queries (`[heads, tokens, head_dim]`) over its cache;
+    /// returns `[tokens, heads * head_dim]`.
     fn attend(
         &self,
         q: &Tensor,
-        cache: &KvCache,
+        kv: &KvPass,
+        seq: usize,
         layer: usize,
         span: &Span,
     ) -> candle_core::Result<Tensor> {
@@ -404,7 +414,7 @@ impl Attention {
             Some(w) => (span.past + 1).saturating_sub(w),
             None => 0,
         };
-        let (k, v) = cache.read(layer, start, end)?;
+        let (k, v) = kv.read(seq, layer, start, end)?;
         let keys = end - start;
         // Query heads of one kv head side by side: [kv_heads, group * t, head_dim].
         let q = q.reshape((self.num_kv_heads, group * t, self.head_dim))?;
@@ -505,6 +515,10 @@ impl CausalLm for LlamaModel {
 
     fn device(&self) -> &Device {
         &self.device
+    }
+
+    fn kv_slab(&self) -> &KvSlab {
+        &self.kv
     }
 }
 

@@ -3,6 +3,7 @@
 use candle_core::{Device, Tensor};
 
 use super::model::{KvCache, OptModel};
+use crate::models::kv_slab::KvSlab;
 use crate::models::{CausalLm, TextEngine};
 
 /// A loaded OPT model, ready to generate.
@@ -47,5 +48,9 @@ impl CausalLm for OptModel {
 
     fn device(&self) -> &Device {
         OptModel::device(self)
+    }
+
+    fn kv_slab(&self) -> &KvSlab {
+        OptModel::kv_slab(self)
     }
 }

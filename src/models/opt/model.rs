@@ -7,6 +7,8 @@ use super::config::{OptConfig, LAYER_NORM_EPS, POSITION_OFFSET};
 use crate::error::LoadError;
 use crate::models::decode_attention::{attend_decodes, Heads};
 pub use crate::models::kv_cache::KvCache;
+use crate::models::kv_pass::KvPass;
+use crate::models::kv_slab::KvSlab;
 use crate::models::matmul::{linear, times_transposed};
 use crate::models::packing::{packing_order, PackingOrder};
 use crate::models::TokenCache;
@@ -39,6 +41,8 @@ pub struct OptModel {
     layers: Vec<DecoderLayer>,
     final_layer_norm: Option<LayerNorm>,
     lm_head: Tensor,
+    /// Keys and values of every sequence.
+    kv: KvSlab,
     device: Device,
     dtype: DType,
 }
@@ -139,7 +143,15 @@ impl OptModel {
         } else {
             weights.get("lm_head.weight", &[config.vocab_size, e])?
         };
+        let kv = KvSlab::new(
+            config.num_hidden_layers,
+            config.num_attention_heads,
+            config.head_dim(),
+            embed_tokens.dtype(),
+            embed_tokens.device(),
+        );
         Ok(Self {
+            kv,
             device: embed_tokens.device().clone(),
             dtype: embed_tokens.dtype(),
             config,
@@ -159,6 +171,11 @@ impl OptModel {
 
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    /// The keys and values of every sequence of this model.
+    pub fn kv_slab(&self) -> &KvSlab {
+        &self.kv
     }
 
     /// Runs `ids` (`[1, seq]`) after the tokens already in `cache` and returns f32 logits:
@@ -212,15 +229,7 @@ impl OptModel {
             if let Some(&id) = new.iter().find(|&&id| id as usize >= c.vocab_size) {
                 candle_core::bail!("token id {id} is outside the vocabulary ({})", c.vocab_size);
             }
-            cache.reserve(
-                new.len(),
-                c.max_position_embeddings,
-                c.num_hidden_layers,
-                c.num_attention_heads,
-                c.head_dim(),
-                self.dtype,
-                &self.device,
-            )?;
+            cache.reserve(new.len(), &self.kv)?;
             spans[index] = Some(Span {
                 offset: ids.len(),
                 len: new.len(),
@@ -239,8 +248,18 @@ impl OptModel {
         let positions = Tensor::new(positions, &self.device)?;
         let mut hidden = (tokens + self.embed_positions.index_select(&positions, 0)?)?;
         let caches: Vec<&KvCache> = seqs.iter().map(|(_, cache)| &**cache).collect();
+        let new: Vec<usize> = spans.iter().map(|s| s.len).collect();
+        let kv = KvPass::new(
+            &self.kv,
+            &caches,
+            &new,
+            &order,
+            &[None],
+            self.dtype,
+            &self.device,
+        )?;
         let pass = Pass {
-            caches: &caches,
+            kv: &kv,
             spans: &spans,
             order: &order,
         };
@@ -273,10 +292,10 @@ impl OptModel {
     }
 }
 
-/// What every layer of one pass shares: the sequences' caches and spans (in the caller's
-/// order) and the packing order.
+/// What every layer of one pass shares: the slab's indexes, the sequences' spans (in the
+/// caller's order) and the packing order.
 struct Pass<'a> {
-    caches: &'a [&'a KvCache],
+    kv: &'a KvPass,
     spans: &'a [Span],
     order: &'a PackingOrder,
 }
@@ -363,21 +382,15 @@ impl Attention {
         let (heads, head_dim) = (self.num_heads, self.head_dim);
         // [tokens, 3, heads, head_dim]: q (scaled already), k, v of each token.
         let qkv = linear(&self.qkv_proj, x)?.reshape((tokens, 3, heads, head_dim))?;
+        let q = qkv.get_on_dim(1, 0)?;
+        // Every new token's keys and values into the slab, in one write.
+        pass.kv
+            .write(layer, &qkv.get_on_dim(1, 1)?, &qkv.get_on_dim(1, 2)?)?;
         let mut outputs = Vec::with_capacity(pass.spans.len());
         let decodes = pass.order.decodes();
         if !decodes.is_empty() {
             // Rows 0..decodes.len(): one token each, attended in one batch.
-            for (row, &i) in decodes.iter().enumerate() {
-                let token = qkv.get(row)?;
-                let (k, v) = (token.get(1)?.unsqueeze(1)?, token.get(2)?.unsqueeze(1)?);
-                pass.caches[i].write(layer, &k, &v)?;
-            }
-            let caches: Vec<&KvCache> = decodes.iter().map(|&i| pass.caches[i]).collect();
-            let lens: Vec<usize> = decodes.iter().map(|&i| pass.spans[i].past + 1).collect();
-            let q = qkv
-                .narrow(0, 0, decodes.len())?
-                .get_on_dim(1, 0)?
-                .contiguous()?;
+            let q = q.narrow(0, 0, decodes.len())?.contiguous()?;
             let shape = Heads {
                 heads,
                 kv_heads: heads,
@@ -385,19 +398,17 @@ impl Attention {
                 scale: None,
                 window: None,
             };
-            outputs.push(attend_decodes(&q, &caches, &lens, layer, &shape)?);
+            outputs.push(attend_decodes(&q, pass.kv, layer, &shape)?);
         }
-        if !pass.order.others().is_empty() {
-            // [3, heads, tokens, head_dim], one copy for all three.
-            let qkv = qkv.permute((1, 2, 0, 3))?.contiguous()?;
-            let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
-            for &i in pass.order.others() {
-                let (cache, span) = (pass.caches[i], &pass.spans[i]);
-                let rows = |t: &Tensor| t.narrow(1, span.offset, span.len)?.contiguous();
-                cache.write(layer, &rows(&k)?, &rows(&v)?)?;
-                let (k, v) = cache.read(layer, 0, span.past + span.len)?;
-                outputs.push(self.attend(&rows(&q)?, &k, &v, span, hidden)?);
-            }
+        for &i in pass.order.others() {
+            let span = &pass.spans[i];
+            // [heads, new tokens, head_dim] against the keys and values of positions 0..end.
+            let q = q
+                .narrow(0, span.offset, span.len)?
+                .transpose(0, 1)?
+                .contiguous()?;
+            let (k, v) = pass.kv.read(i, layer, 0, span.past + span.len)?;
+            outputs.push(self.attend(&q, &k, &v, span, hidden)?);
         }
         let out = match outputs.len() {
             1 => outputs.pop().expect("one output"),
