@@ -11,6 +11,7 @@
 
 mod child;
 pub mod frame;
+mod ledger;
 mod parent;
 pub mod protocol;
 
