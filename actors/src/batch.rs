@@ -54,7 +54,9 @@ pub trait BatchEngine {
 
     /// Runs one forward pass for every running sequence (the prefill of newly admitted ones
     /// joins, in chunks when long) and samples their next tokens. An error here fails the
-    /// whole batch.
+    /// whole batch. An engine whose passes run elsewhere (a worker process, which steps on its
+    /// own) returns the events of the passes that ended since the last call, in order: at least
+    /// one pass's while sequences run.
     fn step(&mut self) -> Result<Vec<SeqEvent>, EngineError>;
 
     /// Drops a sequence and frees its reservation; unknown ids are ignored.

@@ -4,16 +4,22 @@
 //! reader thread takes frames off stdin (a `Cancel` reaches a running generation; an `Encode`
 //! runs beside it), and a heartbeat thread sends `Alive` while the main thread keeps beating:
 //! between messages, per token, and for the whole of a prewarm, a load or a prefill.
+//!
+//! A batching engine's steps are not asked for: while its batch has sequences the main thread
+//! handles every message waiting (admits, cancels), runs one step and sends its events, and
+//! again, so decoding costs no round trip to the controller. A step that fails pauses the loop
+//! until the next admit (the controller cancels the failed batch's sequences).
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::io::{BufReader, Write};
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::frame::{read_frame, write_frame};
-use super::protocol::{FromWorker, LoadedEngine, ToWorker};
+use super::protocol::{FromWorker, LoadedEngine, StepReport, ToWorker};
 use crate::backend::{
     Backend, Engine, EngineError, ErrorKind, GenerateRequest, Prompt, PromptEncoder, TokenEvent,
     WorkerDevice,
@@ -79,7 +85,12 @@ fn die_with_parent() {
 /// stdin closes. Logs must go to stderr: stdout carries only frames.
 pub fn serve_worker(backend: Arc<dyn Backend>) {
     die_with_parent();
-    let out: Output = Arc::new(Mutex::new(Box::new(std::io::stdout())));
+    // Frames go straight to the pipe (one write each), not through stdout's line buffer.
+    let stdout = std::io::stdout().as_fd().try_clone_to_owned();
+    let out: Output = match stdout {
+        Ok(fd) => Arc::new(Mutex::new(Box::new(std::fs::File::from(fd)))),
+        Err(_) => Arc::new(Mutex::new(Box::new(std::io::stdout()))),
+    };
     let beat = Arc::new(Beat::default());
     beat.now();
     let encoder: Arc<Mutex<Option<Arc<dyn PromptEncoder>>>> = Arc::default();
@@ -121,17 +132,7 @@ pub fn serve_worker(backend: Arc<dyn Backend>) {
             std::process::exit(0);
         });
     }
-    let mut worker = Worker {
-        backend,
-        out,
-        beat,
-        encoder,
-        device: None,
-        engine: None,
-        stashed: VecDeque::new(),
-        hang_after_first_token: Vec::new(),
-    };
-    worker.run(&rx);
+    Worker::new(backend, out, beat, encoder).run(&rx);
 }
 
 fn no(what: &str) -> EngineError {
@@ -158,30 +159,85 @@ struct Worker {
     stashed: VecDeque<ToWorker>,
     /// Batched sequences with the `hang` fault, and whether each has had its first token.
     hang_after_first_token: Vec<(SeqId, bool)>,
+    /// The sequences in the batch (admitted, neither finished nor cancelled).
+    running: HashSet<SeqId>,
+    /// A step failed: no more steps until the next admit.
+    paused: bool,
+    /// `Admit`s and `CancelSequence`s handled (see [`StepReport::control`]).
+    control: u64,
 }
 
 impl Worker {
+    fn new(
+        backend: Arc<dyn Backend>,
+        out: Output,
+        beat: Arc<Beat>,
+        encoder: Arc<Mutex<Option<Arc<dyn PromptEncoder>>>>,
+    ) -> Self {
+        Self {
+            backend,
+            out,
+            beat,
+            encoder,
+            device: None,
+            engine: None,
+            stashed: VecDeque::new(),
+            hang_after_first_token: Vec::new(),
+            running: HashSet::new(),
+            paused: false,
+            control: 0,
+        }
+    }
+
+    /// Whether the batch has sequences to step.
+    fn stepping(&self) -> bool {
+        !self.paused && !self.running.is_empty()
+    }
+
+    /// Handles messages as they come and, while the batch has sequences and no message waits,
+    /// runs steps. Ends once the controller is gone and the batch is done.
     fn run(&mut self, rx: &Receiver<ToWorker>) {
+        let mut closed = false;
         loop {
             let message = match self.stashed.pop_front() {
-                Some(message) => message,
+                Some(message) => Some(message),
+                None if closed || self.stepping() => match rx.try_recv() {
+                    Ok(message) => Some(message),
+                    Err(TryRecvError::Empty) => None,
+                    Err(TryRecvError::Disconnected) => {
+                        closed = true;
+                        None
+                    }
+                },
                 None => match rx.recv_timeout(Duration::from_millis(100)) {
-                    Ok(message) => message,
+                    Ok(message) => Some(message),
                     Err(RecvTimeoutError::Timeout) => {
                         self.beat.now();
                         continue;
                     }
-                    Err(RecvTimeoutError::Disconnected) => return,
+                    Err(RecvTimeoutError::Disconnected) => {
+                        closed = true;
+                        continue;
+                    }
                 },
             };
-            self.beat.now();
-            let reply = self.handle(message, rx);
-            send(&self.out, &reply);
+            let reply = match message {
+                Some(message) => {
+                    self.beat.now();
+                    self.handle(message, rx)
+                }
+                None if self.stepping() => Some(self.step()),
+                None => return,
+            };
+            if let Some(reply) = reply {
+                send(&self.out, &reply);
+            }
         }
     }
 
-    fn handle(&mut self, message: ToWorker, rx: &Receiver<ToWorker>) -> FromWorker {
-        match message {
+    /// The answer to `message`, if it has one.
+    fn handle(&mut self, message: ToWorker, rx: &Receiver<ToWorker>) -> Option<FromWorker> {
+        Some(match message {
             ToWorker::Open { device, options } => {
                 let backend = self.backend.clone();
                 let opened = self.beat.during(|| backend.open_device(&device, &options));
@@ -195,8 +251,9 @@ impl Worker {
                 None => FromWorker::Memory(Err(no("open device"))),
             },
             ToWorker::Load { spec, mut timeline } => {
+                self.forget_batch();
                 let Some(device) = self.device.as_mut() else {
-                    return FromWorker::Loaded(Err(no("open device")));
+                    return Some(FromWorker::Loaded(Err(no("open device"))));
                 };
                 if cfg!(any(debug_assertions, feature = "fault-injection"))
                     && std::env::var("WC_WORKER_FAULT_ON_LOAD")
@@ -235,23 +292,32 @@ impl Worker {
                 FromWorker::DeviceBytes(self.engine.as_ref().map_or(0, |e| e.device_bytes()))
             }
             ToWorker::Generate(request) => self.generate(request.into(), rx),
-            ToWorker::Admit { id, request } => FromWorker::Admitted {
-                result: self.admit(id, request.into()),
-                kv: self.kv_usage(),
-            },
-            ToWorker::Step => FromWorker::Stepped {
-                result: self.step(),
-                kv: self.kv_usage(),
-            },
+            ToWorker::Admit { id, request } => {
+                self.control += 1;
+                let before = self.kv_usage().reserved_tokens;
+                let result = self.admit(id, request.into());
+                let kv = self.kv_usage();
+                if let Ok(Admission::Admitted) = result {
+                    self.running.insert(id);
+                    self.paused = false;
+                }
+                FromWorker::Admitted {
+                    share: kv.reserved_tokens.saturating_sub(before),
+                    result,
+                    kv,
+                }
+            }
             ToWorker::CancelSequence(id) => {
+                self.control += 1;
+                self.running.remove(&id);
                 self.hang_after_first_token.retain(|(seq, _)| *seq != id);
                 if let Some(batch) = self.engine.as_mut().and_then(|e| e.batch()) {
                     batch.cancel(id);
                 }
-                FromWorker::Alive
+                return None;
             }
             // A cancel that came after its generation ended.
-            ToWorker::Cancel => FromWorker::Alive,
+            ToWorker::Cancel => return None,
             ToWorker::Encode { .. } => unreachable!("encodes are answered by the reader thread"),
             ToWorker::Synchronize => FromWorker::Synchronized(match &self.device {
                 Some(device) => device.synchronize(),
@@ -262,9 +328,17 @@ impl Worker {
                     *slot = None;
                 }
                 self.engine = None;
+                self.forget_batch();
                 FromWorker::Dropped
             }
-        }
+        })
+    }
+
+    /// The batch went with its engine.
+    fn forget_batch(&mut self) {
+        self.running.clear();
+        self.hang_after_first_token.clear();
+        self.paused = false;
     }
 
     /// The fault a request asks for (see [`FAULT_PREFIX`]); `abort` and `device` happen here.
@@ -315,8 +389,30 @@ impl Worker {
         batch.map(|b| b.kv_usage()).unwrap_or_default()
     }
 
+    /// Runs one step and reports it; finished sequences leave the batch, and a failed step
+    /// pauses the stepping.
+    fn step(&mut self) -> FromWorker {
+        let result = self.run_step();
+        match &result {
+            Ok(events) => {
+                for event in events {
+                    if let SeqEvent::Finished(id, _) = event {
+                        self.running.remove(id);
+                        self.hang_after_first_token.retain(|(seq, _)| seq != id);
+                    }
+                }
+            }
+            Err(_) => self.paused = true,
+        }
+        FromWorker::Stepped(StepReport {
+            result,
+            kv: self.kv_usage(),
+            control: self.control,
+        })
+    }
+
     /// One batched step; the prefill may take long, so the step is one long beat.
-    fn step(&mut self) -> Result<Vec<SeqEvent>, EngineError> {
+    fn run_step(&mut self) -> Result<Vec<SeqEvent>, EngineError> {
         if self.hang_after_first_token.iter().any(|(_, had)| *had) {
             loop {
                 std::thread::sleep(Duration::from_secs(3600));
@@ -376,3 +472,7 @@ impl Worker {
         FromWorker::Generated(result)
     }
 }
+
+#[cfg(test)]
+#[path = "child_tests.rs"]
+mod tests;

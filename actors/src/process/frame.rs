@@ -12,17 +12,19 @@ fn config() -> bincode::config::Configuration {
     bincode::config::standard()
 }
 
-/// Writes `value` as one frame and flushes.
+/// Writes `value` as one frame and flushes: the length and the body go out in one write (one
+/// system call on an unbuffered pipe), encoded straight into the buffer that carries them.
 pub fn write_frame<T: Serialize>(out: &mut impl Write, value: &T) -> io::Result<()> {
-    let body = bincode::serde::encode_to_vec(value, config()).map_err(io::Error::other)?;
-    if body.len() > MAX_FRAME_BYTES {
+    let mut frame = vec![0u8; 4];
+    bincode::serde::encode_into_std_write(value, &mut frame, config()).map_err(io::Error::other)?;
+    let len = frame.len() - 4;
+    if len > MAX_FRAME_BYTES {
         return Err(io::Error::other(format!(
-            "a frame of {} bytes is over the {MAX_FRAME_BYTES}-byte limit",
-            body.len()
+            "a frame of {len} bytes is over the {MAX_FRAME_BYTES}-byte limit"
         )));
     }
-    out.write_all(&(body.len() as u32).to_le_bytes())?;
-    out.write_all(&body)?;
+    frame[..4].copy_from_slice(&(len as u32).to_le_bytes());
+    out.write_all(&frame)?;
     out.flush()
 }
 
@@ -62,6 +64,36 @@ mod tests {
         let second: Vec<u32> = read_frame(&mut input).unwrap().unwrap();
         assert_eq!(second, [1, 2, 3]);
         assert!(read_frame::<u8>(&mut input).unwrap().is_none());
+    }
+
+    /// Counts the writes and flushes it is given.
+    #[derive(Default)]
+    struct Calls {
+        writes: usize,
+        flushes: usize,
+        bytes: Vec<u8>,
+    }
+
+    impl Write for Calls {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.writes += 1;
+            self.bytes.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            self.flushes += 1;
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_frame_is_one_write_and_one_flush() {
+        let mut out = Calls::default();
+        write_frame(&mut out, &vec![7u64; 100]).unwrap();
+        assert_eq!((out.writes, out.flushes), (1, 1));
+        let read: Vec<u64> = read_frame(&mut out.bytes.as_slice()).unwrap().unwrap();
+        assert_eq!(read, vec![7u64; 100]);
     }
 
     #[test]

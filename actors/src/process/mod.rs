@@ -8,9 +8,13 @@
 //! other part of the runtime (supervision, restarts with backoff, timing anchors, reports) is
 //! the same as with workers on threads: a child that exits, is killed or stops sending its
 //! heartbeat turns into a `DeviceFatal` error, which fails the worker and restarts it.
+//!
+//! A batching engine's process runs its steps on its own and streams their events, so decoding
+//! costs no round trip per step (`parent.rs` says why this design).
 
 mod child;
 pub mod frame;
+mod ledger;
 mod parent;
 pub mod protocol;
 

@@ -1,20 +1,32 @@
 //! The controller's side: a backend whose devices are worker processes, and the proxies a
 //! worker thread uses to drive its process (device, engine, prompt encoder).
+//!
+//! A batching engine's decode costs no round trip per step. The process steps its batch on its
+//! own while it has sequences and streams each step's events (`Stepped`); admits are answered
+//! (their room in the KV cache decides), cancels are sent and not waited for, and
+//! [`ProcessEngine`]'s `step` hands the engine actor the events of every step that arrived since
+//! the last call, blocking only when none has arrived and sequences run. This was chosen over
+//! pipelining (sending the next `Step` before the last one's answer is read) because it keeps
+//! the [`BatchEngine`] contract as it is, needs no speculative step to take back when the batch
+//! empties or a request is cancelled, and is smaller: the process's loop decides when to step.
+//! The KV-cache usage stays exact: each admit's reservation comes with its answer, and a step's
+//! usage is taken only when the process had seen every admit and cancel sent before it.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::BufReader;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::frame::{read_frame, write_frame};
-use super::protocol::{FromWorker, ToWorker};
+use super::ledger::Ledger;
+use super::protocol::{FromWorker, StepReport, ToWorker};
 use crate::backend::{
     Backend, DeviceSpec, Engine, EngineError, ErrorKind, Footprint, GenerateOutput,
     GenerateRequest, MemoryInfo, ModelSpec, PrewarmOptions, PrewarmReport, Prompt, PromptEncoder,
@@ -84,6 +96,8 @@ struct Link {
     encodes: EncodeReplies,
     next_encode: Arc<AtomicU64>,
     timeout: Duration,
+    /// Steps that arrived while an answer to another message was awaited, in order.
+    steps: RefCell<VecDeque<StepReport>>,
 }
 
 fn fatal(message: String) -> EngineError {
@@ -142,6 +156,7 @@ impl Link {
             encodes,
             next_encode: Arc::default(),
             timeout: command.heartbeat_timeout,
+            steps: RefCell::default(),
         })
     }
 
@@ -150,9 +165,42 @@ impl Link {
         write_frame(&mut *input, message).map_err(|_| self.gone())
     }
 
+    /// The next answer (neither a heartbeat nor a step, which is kept for [`Self::next_step`]).
+    fn wait(&self) -> Result<FromWorker, EngineError> {
+        loop {
+            match self.receive()? {
+                FromWorker::Stepped(step) => self.steps.borrow_mut().push_back(step),
+                message => return Ok(message),
+            }
+        }
+    }
+
+    /// The next step the process reported: one kept by [`Self::wait`], else one that arrived;
+    /// without `block`, `None` when none has.
+    fn next_step(&self, block: bool) -> Result<Option<StepReport>, EngineError> {
+        if let Some(step) = self.steps.borrow_mut().pop_front() {
+            return Ok(Some(step));
+        }
+        loop {
+            let message = match block {
+                true => self.receive()?,
+                false => match self.replies.try_recv() {
+                    Ok(message) => message,
+                    Err(TryRecvError::Empty) => return Ok(None),
+                    Err(TryRecvError::Disconnected) => return Err(self.gone()),
+                },
+            };
+            match message {
+                FromWorker::Alive => continue,
+                FromWorker::Stepped(step) => return Ok(Some(step)),
+                other => return Err(self.unexpected(&other)),
+            }
+        }
+    }
+
     /// The next message that is not a heartbeat. A process that stays silent past the timeout
     /// is killed; one that exited is described by its status.
-    fn wait(&self) -> Result<FromWorker, EngineError> {
+    fn receive(&self) -> Result<FromWorker, EngineError> {
         loop {
             match self.replies.recv_timeout(self.timeout) {
                 Ok(FromWorker::Alive) => continue,
@@ -267,12 +315,12 @@ impl WorkerDevice for ProcessDevice {
                         timeout: self.link.timeout,
                     }) as Arc<dyn PromptEncoder>
                 });
+                self.link.steps.borrow_mut().clear();
                 let engine = ProcessEngine {
                     link: self.link.clone(),
                     encoder,
                     batches: loaded.batches,
-                    kv: loaded.kv,
-                    reservations: HashMap::new(),
+                    ledger: Ledger::new(loaded.kv),
                 };
                 Ok((Box::new(engine), loaded.bytes_moved))
             }
@@ -300,61 +348,72 @@ impl WorkerDevice for ProcessDevice {
 struct ProcessEngine {
     link: Rc<Link>,
     encoder: Option<Arc<dyn PromptEncoder>>,
-    /// The engine in the process batches: admits, steps and cancels are forwarded, one round
-    /// trip each (a cancel is not answered).
+    /// The engine in the process batches: admits are answered, cancels are not, and steps
+    /// come on their own (see the module's documentation).
     batches: bool,
-    /// The KV-cache usage the last admit or step reported, less the cancels since.
-    kv: KvUsage,
-    /// What each admitted sequence reserved (the usage's rise at its admit), so a cancel,
-    /// which is not answered, takes its share off at once.
-    reservations: HashMap<SeqId, usize>,
+    /// The sequences running in the process and their KV-cache reservations.
+    ledger: Ledger,
+}
+
+impl ProcessEngine {
+    /// Sends an `Admit` or a `CancelSequence`, counted.
+    fn send_control(&mut self, message: &ToWorker) -> Result<(), EngineError> {
+        self.ledger.control_sent();
+        self.link.send(message)
+    }
 }
 
 impl BatchEngine for ProcessEngine {
     fn admit(&mut self, id: SeqId, request: &GenerateRequest) -> Result<Admission, EngineError> {
-        self.link.send(&ToWorker::Admit {
+        self.send_control(&ToWorker::Admit {
             id,
             request: request.into(),
         })?;
         match self.link.wait()? {
-            FromWorker::Admitted { result, kv } => {
-                if let Ok(Admission::Admitted) = result {
-                    let share = kv.reserved_tokens.saturating_sub(self.kv.reserved_tokens);
-                    self.reservations.insert(id, share);
-                }
-                self.kv = kv;
+            FromWorker::Admitted { result, kv, share } => {
+                let admitted = matches!(result, Ok(Admission::Admitted));
+                self.ledger.admitted(id, admitted, share, kv);
                 result
             }
             other => Err(self.link.unexpected(&other)),
         }
     }
 
+    /// The events of every step the process reported since the last call, in order; waits for
+    /// one only when none has come and sequences run. A failed step is reported on its own, after
+    /// the events of the steps before it.
     fn step(&mut self) -> Result<Vec<SeqEvent>, EngineError> {
-        self.link.send(&ToWorker::Step)?;
-        match self.link.wait()? {
-            FromWorker::Stepped { result, kv } => {
-                self.kv = kv;
-                for event in result.iter().flatten() {
-                    if let SeqEvent::Finished(id, _) = event {
-                        self.reservations.remove(id);
-                    }
+        let mut events = Vec::new();
+        loop {
+            let block = events.is_empty() && self.ledger.running();
+            let Some(step) = self.link.next_step(block)? else {
+                return Ok(events);
+            };
+            match step.result {
+                Ok(more) => {
+                    self.ledger.stepped(&more, step.kv, step.control);
+                    events.extend(more);
                 }
-                result
+                Err(e) if events.is_empty() => {
+                    self.ledger.stepped(&[], step.kv, step.control);
+                    return Err(e);
+                }
+                Err(_) => {
+                    self.link.steps.borrow_mut().push_front(step);
+                    return Ok(events);
+                }
             }
-            other => Err(self.link.unexpected(&other)),
         }
     }
 
     fn cancel(&mut self, id: SeqId) {
         // Unanswered; a process that is gone shows at the next step.
-        let _ = self.link.send(&ToWorker::CancelSequence(id));
-        if let Some(share) = self.reservations.remove(&id) {
-            self.kv.reserved_tokens = self.kv.reserved_tokens.saturating_sub(share);
-        }
+        let _ = self.send_control(&ToWorker::CancelSequence(id));
+        self.ledger.cancelled(id);
     }
 
     fn kv_usage(&self) -> KvUsage {
-        self.kv
+        self.ledger.kv()
     }
 }
 
@@ -416,6 +475,7 @@ impl Drop for ProcessEngine {
         if self.link.send(&ToWorker::DropEngine).is_ok() {
             let _ = self.link.wait();
         }
+        self.link.steps.borrow_mut().clear();
     }
 }
 

@@ -11,7 +11,8 @@ use crate::timeline::Timeline;
 
 /// From the controller to the worker process. Each is answered by one [`FromWorker`] (a
 /// generation first by its tokens), except `Cancel`, which stops the running generation, and
-/// `CancelSequence`, which drops a sequence from the batch.
+/// `CancelSequence`, which drops a sequence from the batch. Nobody asks for batch steps: the
+/// process runs them on its own while its batch has sequences, each reported by a `Stepped`.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ToWorker {
     Open {
@@ -32,8 +33,6 @@ pub enum ToWorker {
         id: SeqId,
         request: WireRequest,
     },
-    /// Run one batched step.
-    Step,
     CancelSequence(SeqId),
     /// Encode a prompt with the engine's encoder, beside (not behind) a running generation.
     Encode {
@@ -56,22 +55,31 @@ pub enum FromWorker {
     DeviceBytes(u64),
     Token(TokenEvent),
     Generated(Result<GenerateOutput, EngineError>),
-    /// An admit's answer, with the KV-cache usage after it.
+    /// An admit's answer, with the KV-cache usage after it and the tokens this admit reserved.
     Admitted {
         result: Result<Admission, EngineError>,
         kv: KvUsage,
+        share: usize,
     },
-    /// A step's events, with the KV-cache usage after it (finished sequences freed).
-    Stepped {
-        result: Result<Vec<SeqEvent>, EngineError>,
-        kv: KvUsage,
-    },
+    /// A step the process ran on its own, sent between the answers of the other messages.
+    Stepped(StepReport),
     Encoded {
         id: u64,
         ids: Result<Vec<u32>, EngineError>,
     },
     Synchronized(Result<(), EngineError>),
     Dropped,
+}
+
+/// One batched step of the worker process.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StepReport {
+    pub result: Result<Vec<SeqEvent>, EngineError>,
+    /// The KV-cache usage after the step (finished sequences freed).
+    pub kv: KvUsage,
+    /// How many `Admit`s and `CancelSequence`s the process had handled before the step, so the
+    /// controller knows whether `kv` reflects every one it sent.
+    pub control: u64,
 }
 
 /// What a load in the worker process gives back.
@@ -217,10 +225,11 @@ mod tests {
             reserved_tokens: 7,
             budget_tokens: 100,
         };
-        let stepped = FromWorker::Stepped {
+        let stepped = FromWorker::Stepped(StepReport {
             result: Ok(Vec::new()),
             kv,
-        };
+            control: 3,
+        });
         write_frame(&mut buffer, &stepped).unwrap();
         let mut input = buffer.as_slice();
         match read_frame::<ToWorker>(&mut input).unwrap().unwrap() {
@@ -239,8 +248,9 @@ mod tests {
             other => panic!("{other:?}"),
         }
         match read_frame::<FromWorker>(&mut input).unwrap().unwrap() {
-            FromWorker::Stepped { result, kv: read } => {
-                assert_eq!((result.unwrap().len(), read), (0, kv));
+            FromWorker::Stepped(report) => {
+                assert_eq!((report.result.unwrap().len(), report.kv), (0, kv));
+                assert_eq!(report.control, 3);
             }
             other => panic!("{other:?}"),
         }
