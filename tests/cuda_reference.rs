@@ -561,13 +561,17 @@ async fn a_hundred_attach_detach_cycles_return_device_memory() {
         drift.abs() < 64 << 20,
         "free memory drifted by {drift} bytes"
     );
-    // What the pool holds for the cycles (over what prewarm left in it) is one model's worth
-    // plus the model build's transient copies and the pool's chunk rounding, and it stops
-    // growing after the first cycle.
+    // What the pool holds for the cycles (over what prewarm left in it) is one engine's worth
+    // (its weights and the KV-cache slab it reserves at attach) plus the model build's transient
+    // copies and the pool's chunk rounding, and it stops growing after the first cycle.
+    let footprint = worker_controller::backend::check(&spec(&model, Some(DType::F16)))
+        .unwrap()
+        .footprint;
+    let engine_bytes = footprint.needed_bytes(PrewarmOptions::default().kv_cache_tokens);
     let grown = pool.reserved - pool_baseline.reserved;
     assert!(
-        grown <= model_bytes + (64 << 20),
-        "the pool grew by {grown} bytes for a {model_bytes}-byte model"
+        grown <= engine_bytes + (64 << 20),
+        "the pool grew by {grown} bytes for a {engine_bytes}-byte engine ({model_bytes} of weights)"
     );
     // After the first cycle the pool may take at most one more chunk (the stream-ordered
     // pool's fragmentation); a leak would grow it every cycle.
