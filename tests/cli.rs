@@ -150,6 +150,22 @@ fn bad_dtype_and_device_flags_are_rejected_with_their_names() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown device `npu`"));
 }
 
+/// `generate --json` of 3 tokens from the checkpoint in `dir`, the prompt given as `flag value`.
+fn generate_three(dir: &std::path::Path, flag: &str, value: &str) -> serde_json::Value {
+    let run = bin()
+        .args(["generate", "--json", flag, value])
+        .args(["--max-new-tokens", "3", "--ignore-eos", "--model"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    serde_json::from_slice(&run.stdout).unwrap()
+}
+
 #[test]
 fn make_model_writes_a_checkpoint_that_loads_and_generates() {
     let dir = scratch("make-model");
@@ -167,49 +183,11 @@ fn make_model_writes_a_checkpoint_that_loads_and_generates() {
         serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["architectures"][0], "OPTForCausalLM");
     assert_eq!(config["dtype"], "float16");
-    let run = bin()
-        .args([
-            "generate",
-            "--json",
-            "--prompt-ids",
-            "2,5,6",
-            "--max-new-tokens",
-            "3",
-            "--ignore-eos",
-            "--model",
-        ])
-        .arg(&dir)
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    let report = generate_three(&dir, "--prompt-ids", "2,5,6");
     assert_eq!(report["dtype"], "f16");
     assert_eq!(report["new_tokens"].as_array().unwrap().len(), 3);
     // Its placeholder tokenizer takes text prompts of its words and gives every token text.
-    let run = bin()
-        .args([
-            "generate",
-            "--json",
-            "--prompt",
-            "t2 t5 t6",
-            "--max-new-tokens",
-            "3",
-            "--ignore-eos",
-            "--model",
-        ])
-        .arg(&dir)
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    let report = generate_three(&dir, "--prompt", "t2 t5 t6");
     assert_eq!(
         report["prompt_ids"],
         serde_json::json!([2, 5, 6]),

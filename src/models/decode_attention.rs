@@ -40,13 +40,7 @@ pub fn attend_decodes(
         scores = (scores * scale)?;
     }
     let scores = scores.broadcast_add(pass.decode_mask(shape.window)?)?;
-    // Softmax in f32, rounded once to the model's dtype, as transformers does (candle's CUDA
-    // kernel accumulates in f32 already; its CPU one does not).
-    let probs = if scores.device().is_cpu() && scores.dtype() != DType::F32 {
-        candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?
-    } else {
-        candle_nn::ops::softmax_last_dim(&scores)?
-    };
+    let probs = softmax_as_transformers(&scores, v.dtype())?;
     probs
         .matmul(&v)?
         .transpose(0, 1)?
@@ -76,6 +70,16 @@ pub(crate) fn padding_mask(
         })
         .collect();
     Tensor::from_vec(values, (lens.len(), 1, 1, longest), device)
+}
+
+/// Softmax over the last axis in f32, rounded once to `dtype`, as transformers does (candle's
+/// CUDA kernel accumulates in f32 already; its CPU one does not, so the CPU upcasts).
+pub fn softmax_as_transformers(scores: &Tensor, dtype: DType) -> candle_core::Result<Tensor> {
+    if scores.device().is_cpu() && scores.dtype() != DType::F32 {
+        candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(dtype)
+    } else {
+        candle_nn::ops::softmax_last_dim(scores)
+    }
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use candle_nn::Linear;
 
 use super::config::LlamaConfig;
 use crate::error::LoadError;
-use crate::models::decode_attention::{attend_decodes, Heads};
+use crate::models::decode_attention::{attend_decodes, softmax_as_transformers, Heads};
 use crate::models::kv_cache::KvCache;
 use crate::models::kv_pass::KvPass;
 use crate::models::kv_slab::KvSlab;
@@ -427,13 +427,7 @@ impl Attention {
                 .reshape((self.num_kv_heads, group * t, keys))?,
             None => scores,
         };
-        // transformers runs the softmax in f32 and rounds once to the model's dtype. candle's CUDA
-        // kernel accumulates in f32 for f16/bf16 already; its CPU one does not, so upcast there.
-        let probs = if scores.device().is_cpu() && scores.dtype() != DType::F32 {
-            candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?
-        } else {
-            candle_nn::ops::softmax_last_dim(&scores)?
-        };
+        let probs = softmax_as_transformers(&scores, v.dtype())?;
         probs
             .matmul(&v)?
             .reshape((self.num_heads, t, self.head_dim))?

@@ -5,7 +5,7 @@ use candle_nn::{LayerNorm, Linear};
 
 use super::config::{OptConfig, LAYER_NORM_EPS, POSITION_OFFSET};
 use crate::error::LoadError;
-use crate::models::decode_attention::{attend_decodes, Heads};
+use crate::models::decode_attention::{attend_decodes, softmax_as_transformers, Heads};
 pub use crate::models::kv_cache::KvCache;
 use crate::models::kv_pass::KvPass;
 use crate::models::kv_slab::KvSlab;
@@ -432,15 +432,7 @@ impl Attention {
             Some(m) => scores.broadcast_add(&m)?,
             None => scores,
         };
-        // transformers runs the softmax in f32 and rounds once to the model's dtype. candle's
-        // CUDA kernel accumulates in f32 for f16/bf16 already; its CPU one does not, so upcast
-        // there.
-        let upcast = scores.device().is_cpu() && scores.dtype() != DType::F32;
-        let probs = if upcast {
-            candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?
-        } else {
-            candle_nn::ops::softmax_last_dim(&scores)?
-        };
+        let probs = softmax_as_transformers(&scores, v.dtype())?;
         // [heads, len, head_dim] -> [len, hidden]
         probs
             .matmul(v)?
