@@ -1,0 +1,92 @@
+//! The model layer as a runtime backend: inspects checkpoints, opens and prewarms candle devices
+//! ([`CandleDevice`], in `device.rs`), loads engines of every supported family (OPT and the Llama
+//! family; `load.rs`).
+
+mod device;
+mod load;
+
+use std::collections::HashMap;
+
+use wc_actors::{
+    DType, DeviceSpec, EngineError, Footprint, ModelSpec, PrewarmOptions, PrewarmReport,
+    WorkerDevice,
+};
+
+pub use device::CandleDevice;
+
+use crate::checkpoint::{Checkpoint, TensorHeader};
+use crate::error::LoadError;
+use crate::host_cache::check_cached;
+
+/// Runs checkpoints of every supported family on candle devices.
+#[derive(Clone, Debug, Default)]
+pub struct CandleBackend;
+
+/// A checkpoint checked against its config, with the dtype it will be held in.
+pub struct CheckedCheckpoint {
+    pub checkpoint: Checkpoint,
+    pub dtype: DType,
+    pub footprint: Footprint,
+}
+
+/// Resolves `spec` and checks every tensor's presence, shape and dtype from the headers alone
+/// (each weight file's header checked against the file's length; no tensor data is read).
+/// Errors name files relative to the checkpoint directory.
+pub fn check(spec: &ModelSpec) -> Result<CheckedCheckpoint, LoadError> {
+    let checkpoint = Checkpoint::resolve(&spec.model)?;
+    check_headers(spec, checkpoint.clone()).map_err(|e| e.relative_to(&checkpoint.dir))
+}
+
+fn check_headers(spec: &ModelSpec, checkpoint: Checkpoint) -> Result<CheckedCheckpoint, LoadError> {
+    let headers = checkpoint.headers()?;
+    let mut by_name = HashMap::with_capacity(headers.len());
+    for header in &headers {
+        crate::weights::candle_dtype(&header.name, header.dtype)?;
+        if by_name.insert(header.name.as_str(), header).is_some() {
+            return Err(LoadError::DuplicateTensor(header.name.clone()));
+        }
+    }
+    for (name, shape) in checkpoint.config.expected_tensors() {
+        let header = by_name
+            .get(name.as_str())
+            .ok_or_else(|| LoadError::MissingTensor(name.clone()))?;
+        if header.shape != shape {
+            return Err(LoadError::WrongShape {
+                name,
+                expected: shape,
+                found: header.shape.clone(),
+            });
+        }
+    }
+    let dtype = spec
+        .dtype
+        .or_else(|| Checkpoint::stored_dtype(&headers))
+        .unwrap_or(DType::F32);
+    let elements: u64 = headers.iter().map(TensorHeader::elements).sum();
+    let footprint = Footprint {
+        device_bytes: elements * dtype.size(),
+        kv_bytes_per_token: checkpoint.config.kv_bytes_per_token(dtype.size()),
+        file_bytes: headers.iter().map(|h| h.data_bytes).sum(),
+        dtype,
+    };
+    Ok(CheckedCheckpoint {
+        checkpoint,
+        dtype,
+        footprint,
+    })
+}
+
+impl wc_actors::Backend for CandleBackend {
+    fn inspect(&self, spec: &ModelSpec) -> Result<Footprint, EngineError> {
+        Ok(check_cached(spec)?.footprint.clone())
+    }
+
+    fn open_device(
+        &self,
+        device: &DeviceSpec,
+        options: &PrewarmOptions,
+    ) -> Result<(Box<dyn WorkerDevice>, PrewarmReport), EngineError> {
+        let (opened, report) = CandleDevice::open(device, Some(options))?;
+        Ok((Box::new(opened), report))
+    }
+}
