@@ -7,18 +7,22 @@
 //! check all take tensor offsets from it, so a tensor's bytes are proven to lie inside the data
 //! section before anything is built from them.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fs::{File, Metadata};
-use std::io::Read;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Component, Path, PathBuf};
 
 use safetensors::Dtype;
 use serde::Deserialize;
 
 use crate::error::LoadError;
-use crate::host_cache::FileKey;
 use crate::models::ModelConfig;
+
+mod files;
+mod safetensors_header;
+
+pub use files::{ensure_regular, open_regular, read_bounded};
+pub use safetensors_header::{
+    canonical_name, parse_header, read_header, SafetensorsHeader, TensorHeader, WeightFile,
+};
 
 /// Most bytes a `config.json` may have.
 pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
@@ -53,63 +57,9 @@ pub const SIDE_FILES: [&str; 3] = [
     "chat_template.jinja",
 ];
 
-/// One tensor as the file header describes it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct TensorHeader {
-    /// Name without the `model.` prefix.
-    pub name: String,
-    pub dtype: Dtype,
-    pub shape: Vec<usize>,
-    /// Equal to the shape's element count times the dtype's size.
-    pub data_bytes: u64,
-    /// Offset of the tensor's first byte from the start of the data section.
-    pub data_offset: u64,
-}
-
-impl TensorHeader {
-    pub fn elements(&self) -> u64 {
-        self.shape.iter().map(|&d| d as u64).product()
-    }
-
-    /// The tensor's bytes within `data`, the data section of its file.
-    pub fn bytes<'a>(&self, data: &'a [u8]) -> Option<&'a [u8]> {
-        let start = usize::try_from(self.data_offset).ok()?;
-        let end = start.checked_add(usize::try_from(self.data_bytes).ok()?)?;
-        data.get(start..end)
-    }
-}
-
-/// A safetensors file's header, checked against the file's length.
-#[derive(Clone, Debug, PartialEq)]
-pub struct SafetensorsHeader {
-    /// In data order: the first starts at 0 and each one where the previous one ends.
-    pub tensors: Vec<TensorHeader>,
-    /// File offset of the data section (8 + the header's length).
-    pub data_start: u64,
-    /// Bytes of the data section: the file is exactly `data_start + data_len` bytes long.
-    pub data_len: u64,
-}
-
 #[derive(Deserialize)]
 struct ShardIndex {
     weight_map: BTreeMap<String, String>,
-}
-
-/// The header's JSON, in the shape the `safetensors` crate reads it (so both accept the same).
-#[derive(Deserialize)]
-struct RawHeader {
-    #[serde(rename = "__metadata__")]
-    #[allow(dead_code)]
-    metadata: Option<HashMap<String, String>>,
-    #[serde(flatten)]
-    tensors: HashMap<String, RawEntry>,
-}
-
-#[derive(Deserialize)]
-struct RawEntry {
-    dtype: Dtype,
-    shape: Vec<usize>,
-    data_offsets: (usize, usize),
 }
 
 impl Checkpoint {
@@ -209,72 +159,6 @@ pub(crate) fn io_error(path: &Path, source: std::io::Error) -> LoadError {
             source,
         },
     }
-}
-
-/// What a file that is not a regular file is, for messages.
-fn file_kind(file_type: std::fs::FileType) -> &'static str {
-    if file_type.is_dir() {
-        "a directory"
-    } else if file_type.is_fifo() {
-        "a FIFO"
-    } else if file_type.is_socket() {
-        "a socket"
-    } else if file_type.is_block_device() || file_type.is_char_device() {
-        "a device"
-    } else {
-        "a special file"
-    }
-}
-
-/// `Ok` when `meta` (symlinks followed) describes a regular file.
-pub fn ensure_regular(path: &Path, meta: &Metadata) -> Result<(), LoadError> {
-    if meta.file_type().is_file() {
-        Ok(())
-    } else {
-        Err(LoadError::NotRegularFile {
-            path: path.to_path_buf(),
-            kind: file_kind(meta.file_type()),
-        })
-    }
-}
-
-/// Opens `path` for reading if it is a regular file (symlinks followed), with its metadata.
-///
-/// The type is checked before opening (opening a FIFO would block) and again on the open file,
-/// so a file swapped in between is refused too.
-pub fn open_regular(path: &Path) -> Result<(File, Metadata), LoadError> {
-    let before = std::fs::metadata(path).map_err(|e| io_error(path, e))?;
-    ensure_regular(path, &before)?;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        // No effect on regular files; makes opening a FIFO swapped in after the check return.
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| io_error(path, e))?;
-    let meta = file.metadata().map_err(|e| io_error(path, e))?;
-    ensure_regular(path, &meta)?;
-    Ok((file, meta))
-}
-
-/// The whole of a small file, refused when it is longer than `limit` bytes.
-pub fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, LoadError> {
-    let (file, meta) = open_regular(path)?;
-    let too_large = |bytes| LoadError::FileTooLarge {
-        path: path.to_path_buf(),
-        bytes,
-        limit,
-    };
-    if meta.len() > limit {
-        return Err(too_large(meta.len()));
-    }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    file.take(limit + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| io_error(path, e))?;
-    if bytes.len() as u64 > limit {
-        return Err(too_large(bytes.len() as u64));
-    }
-    Ok(bytes)
 }
 
 /// Where a model name points: an existing directory, or a snapshot in the Hugging Face cache.
@@ -423,160 +307,4 @@ fn weight_files(root: &Path, dir: &Path) -> Result<(Vec<PathBuf>, Option<PathBuf
         .map(|shard| inside(root, dir, shard))
         .collect::<Result<Vec<_>, _>>()?;
     Ok((files, Some(index_path)))
-}
-
-/// Strips the `model.` prefix that `OPTForCausalLM` checkpoints carry and `OPTModel` ones lack.
-pub fn canonical_name(name: &str) -> &str {
-    name.strip_prefix("model.").unwrap_or(name)
-}
-
-/// The checked header of the safetensors file at `path` (a regular file), without its data.
-pub fn read_header(path: &Path) -> Result<SafetensorsHeader, LoadError> {
-    let (mut file, meta) = open_regular(path)?;
-    parse_header(&mut file, meta.len()).map_err(|reason| LoadError::CorruptSafetensors {
-        path: path.to_path_buf(),
-        reason,
-    })
-}
-
-/// Reads a safetensors header from the start of a file `file_len` bytes long, reading exactly
-/// the length prefix and the header (`reader` is left at the data section), and checks it:
-///
-/// - the header is at most [`MAX_HEADER_BYTES`] and fits the file; it is UTF-8 JSON;
-/// - sorted by offsets, the tensors tile the data section: the first starts at 0, each starts
-///   where the previous one ends (no gap, no overlap);
-/// - each tensor's byte length is its element count times its dtype's size, computed without
-///   overflow, in whole bytes;
-/// - the data section ends exactly at the end of the file.
-///
-/// This accepts exactly what `safetensors::SafeTensors::deserialize` accepts for the whole
-/// file (a property test holds it to that), while reading only the header.
-pub fn parse_header(reader: &mut impl Read, file_len: u64) -> Result<SafetensorsHeader, String> {
-    let mut prefix = [0u8; 8];
-    reader
-        .read_exact(&mut prefix)
-        .map_err(|_| format!("only {file_len} bytes, too short for a header"))?;
-    let header_len = u64::from_le_bytes(prefix);
-    if header_len > MAX_HEADER_BYTES {
-        return Err(format!(
-            "header length {header_len} is over the limit of {MAX_HEADER_BYTES} bytes"
-        ));
-    }
-    let data_start = 8 + header_len;
-    if data_start > file_len {
-        return Err(format!(
-            "header claims {header_len} bytes but the file has {file_len}"
-        ));
-    }
-    let mut header = vec![0u8; header_len as usize];
-    reader
-        .read_exact(&mut header)
-        .map_err(|e| format!("cannot read the header: {e}"))?;
-    let text = std::str::from_utf8(&header).map_err(|e| format!("header is not UTF-8: {e}"))?;
-    let raw: RawHeader = serde_json::from_str(text).map_err(|e| format!("bad header: {e}"))?;
-    let mut entries: Vec<(String, RawEntry)> = raw.tensors.into_iter().collect();
-    entries.sort_by(|a, b| (a.1.data_offsets, &a.0).cmp(&(b.1.data_offsets, &b.0)));
-    let mut tensors = Vec::with_capacity(entries.len());
-    let mut end = 0u64;
-    for (name, entry) in entries {
-        let (start, stop) = (entry.data_offsets.0 as u64, entry.data_offsets.1 as u64);
-        if start != end || stop < start {
-            return Err(format!(
-                "tensor `{name}` has data_offsets [{start}, {stop}]: tensors must follow each \
-                 other from offset 0 without gaps or overlaps (the previous one ends at {end})"
-            ));
-        }
-        let bits = entry
-            .shape
-            .iter()
-            .try_fold(1usize, |n, &d| n.checked_mul(d))
-            .and_then(|n| n.checked_mul(entry.dtype.bitsize()))
-            .ok_or_else(|| {
-                format!(
-                    "tensor `{name}`: shape {:?} of {:?} overflows",
-                    entry.shape, entry.dtype
-                )
-            })?;
-        if bits % 8 != 0 {
-            return Err(format!(
-                "tensor `{name}`: {bits} bits of {:?} are not a whole number of bytes",
-                entry.dtype
-            ));
-        }
-        let bytes = (bits / 8) as u64;
-        if stop - start != bytes {
-            return Err(format!(
-                "tensor `{name}`: shape {:?} of {:?} needs {bytes} bytes but data_offsets \
-                 [{start}, {stop}] hold {}",
-                entry.shape,
-                entry.dtype,
-                stop - start
-            ));
-        }
-        end = stop;
-        tensors.push(TensorHeader {
-            name: canonical_name(&name).to_string(),
-            dtype: entry.dtype,
-            shape: entry.shape,
-            data_bytes: bytes,
-            data_offset: start,
-        });
-    }
-    let declared = data_start
-        .checked_add(end)
-        .ok_or_else(|| "declared size overflows".to_string())?;
-    if declared > file_len {
-        return Err(format!(
-            "file is truncated: its header declares {declared} bytes, the file has {file_len}"
-        ));
-    }
-    if declared < file_len {
-        return Err(format!(
-            "{} bytes after the {declared} its header declares",
-            file_len - declared
-        ));
-    }
-    Ok(SafetensorsHeader {
-        tensors,
-        data_start,
-        data_len: end,
-    })
-}
-
-/// A weight file read whole: its identity, its checked header and its data section.
-#[derive(Debug)]
-pub struct WeightFile {
-    pub key: FileKey,
-    pub header: SafetensorsHeader,
-    /// The data section, exactly `header.data_len` bytes.
-    pub data: Vec<u8>,
-}
-
-impl WeightFile {
-    /// Opens `path`, checks its header against its length, then reads exactly the data section
-    /// (so a file with bytes beyond what its header declares is refused before any is read).
-    pub fn read(path: &Path) -> Result<Self, LoadError> {
-        let (mut file, meta) = open_regular(path)?;
-        let key = FileKey::from_metadata(path, &meta);
-        let corrupt = |reason: String| LoadError::CorruptSafetensors {
-            path: path.to_path_buf(),
-            reason,
-        };
-        let header = parse_header(&mut file, meta.len()).map_err(corrupt)?;
-        let len = usize::try_from(header.data_len)
-            .map_err(|_| corrupt(format!("{} bytes of data", header.data_len)))?;
-        let mut data = Vec::new();
-        data.try_reserve_exact(len)
-            .map_err(|e| corrupt(format!("cannot hold {len} bytes of data: {e}")))?;
-        file.take(header.data_len)
-            .read_to_end(&mut data)
-            .map_err(|e| io_error(path, e))?;
-        if data.len() != len {
-            return Err(corrupt(format!(
-                "file is truncated: it changed while read, {} of {len} data bytes",
-                data.len()
-            )));
-        }
-        Ok(Self { key, header, data })
-    }
 }

@@ -1,0 +1,76 @@
+//! Opening a checkpoint's files: regular files only (a FIFO, socket or device is refused before
+//! it is opened), small ones read within a size limit.
+
+use std::fs::{File, Metadata};
+use std::io::Read;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::Path;
+
+use super::io_error;
+use crate::error::LoadError;
+
+/// What a file that is not a regular file is, for messages.
+fn file_kind(file_type: std::fs::FileType) -> &'static str {
+    if file_type.is_dir() {
+        "a directory"
+    } else if file_type.is_fifo() {
+        "a FIFO"
+    } else if file_type.is_socket() {
+        "a socket"
+    } else if file_type.is_block_device() || file_type.is_char_device() {
+        "a device"
+    } else {
+        "a special file"
+    }
+}
+
+/// `Ok` when `meta` (symlinks followed) describes a regular file.
+pub fn ensure_regular(path: &Path, meta: &Metadata) -> Result<(), LoadError> {
+    if meta.file_type().is_file() {
+        Ok(())
+    } else {
+        Err(LoadError::NotRegularFile {
+            path: path.to_path_buf(),
+            kind: file_kind(meta.file_type()),
+        })
+    }
+}
+
+/// Opens `path` for reading if it is a regular file (symlinks followed), with its metadata.
+///
+/// The type is checked before opening (opening a FIFO would block) and again on the open file,
+/// so a file swapped in between is refused too.
+pub fn open_regular(path: &Path) -> Result<(File, Metadata), LoadError> {
+    let before = std::fs::metadata(path).map_err(|e| io_error(path, e))?;
+    ensure_regular(path, &before)?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        // No effect on regular files; makes opening a FIFO swapped in after the check return.
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| io_error(path, e))?;
+    let meta = file.metadata().map_err(|e| io_error(path, e))?;
+    ensure_regular(path, &meta)?;
+    Ok((file, meta))
+}
+
+/// The whole of a small file, refused when it is longer than `limit` bytes.
+pub fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, LoadError> {
+    let (file, meta) = open_regular(path)?;
+    let too_large = |bytes| LoadError::FileTooLarge {
+        path: path.to_path_buf(),
+        bytes,
+        limit,
+    };
+    if meta.len() > limit {
+        return Err(too_large(meta.len()));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| io_error(path, e))?;
+    if bytes.len() as u64 > limit {
+        return Err(too_large(bytes.len() as u64));
+    }
+    Ok(bytes)
+}
