@@ -55,12 +55,7 @@ pub fn svg(results: &Results) -> String {
     let top = 60.0;
     let height = top + panels.iter().map(|p| panel_h(p.len())).sum::<f64>() + 50.0;
     let width = LABEL_W + PLOT_W + 120.0;
-    let mut svg = String::new();
-    let _ = writeln!(
-        svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let mut svg = svg_start(width, height);
     let _ = writeln!(
         svg,
         r#"<text x="10" y="22" font-size="15" font-weight="bold">Time to first token: p50 by phase, | = p95 total, label = p50 total</text>"#
@@ -152,4 +147,16 @@ pub fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
+}
+
+/// The opening of an SVG document of `width` x `height` on a white background, as every chart
+/// of ours starts (close it with `</svg>`).
+pub fn svg_start(width: f64, height: f64) -> String {
+    let mut svg = String::new();
+    let _ = writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    svg
 }

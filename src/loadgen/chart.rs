@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 use super::report::{LoadReport, Percentiles};
-use crate::bench::chart::{escape, COLORS};
+use crate::bench::chart::{escape, svg_start, COLORS};
 
 const LABEL_W: f64 = 60.0;
 const PLOT_W: f64 = 560.0;
@@ -24,12 +24,7 @@ pub fn svg(report: &LoadReport) -> String {
     let panel_h = PANEL_TITLE_H + 3.0 * (BAR_H + GAP) + 14.0;
     let height = TOP + panels.len() as f64 * panel_h + 10.0;
     let width = LABEL_W + PLOT_W + 130.0;
-    let mut svg = String::new();
-    let _ = writeln!(
-        svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let mut svg = svg_start(width, height);
     let _ = writeln!(
         svg,
         r#"<text x="10" y="22" font-size="15" font-weight="bold">{}: {} clients, {:.1} output tokens/s, {} of {} requests ok</text>"#,
