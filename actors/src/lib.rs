@@ -30,6 +30,7 @@ pub mod messages;
 pub mod process;
 pub mod quantity;
 pub mod reports;
+pub mod request;
 pub mod runtime;
 pub mod timeline;
 pub mod worker;

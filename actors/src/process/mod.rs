@@ -15,6 +15,7 @@
 mod child;
 pub mod frame;
 mod ledger;
+mod link;
 mod parent;
 pub mod protocol;
 
