@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::{DType as CandleDType, Device, Tensor};
-use common::{fixture, reference, scratch};
+use common::{fixture, reference, scratch, Reference};
 use wc_actors::{
     Attach, DType, DeviceSpec, GenerateRequest, ModelSpec, PrewarmOptions, Prompt, Runtime,
     RuntimeConfig, Timeline, WorkerConfig, WorkerDevice,
@@ -751,24 +751,7 @@ fn llama_family_fixtures_match_transformers_on_the_gpu() {
             failures.push(format!("{name} f32 logits: max abs diff {diff}"));
         }
         // Every prompt and conversation whose greedy margins leave room for the precision.
-        let streams: Vec<(&[u32], &[u32], Option<f32>)> = reference
-            .cases
-            .iter()
-            .map(|c| {
-                (
-                    &c.input_ids[..],
-                    &c.greedy_new_tokens[..],
-                    c.min_top2_margin,
-                )
-            })
-            .chain(reference.chat_cases.iter().map(|c| {
-                (
-                    &c.input_ids[..],
-                    &c.greedy_new_tokens[..],
-                    c.min_top2_margin,
-                )
-            }))
-            .collect();
+        let streams = greedy_streams(&reference);
         for dtype in [CandleDType::F16, CandleDType::BF16] {
             let mut engine = llama_on(&device, name, dtype);
             let (mut compared, mut skipped) = (0, 0);
@@ -794,6 +777,26 @@ fn llama_family_fixtures_match_transformers_on_the_gpu() {
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
+/// Every prompt and conversation of a fixture's reference: `(prompt ids, greedy new tokens, the
+/// smallest top-2 logit margin along the way)`.
+fn greedy_streams(reference: &Reference) -> Vec<(&[u32], &[u32], Option<f32>)> {
+    let prompts = reference.cases.iter().map(|c| {
+        (
+            &c.input_ids[..],
+            &c.greedy_new_tokens[..],
+            c.min_top2_margin,
+        )
+    });
+    let chats = reference.chat_cases.iter().map(|c| {
+        (
+            &c.input_ids[..],
+            &c.greedy_new_tokens[..],
+            c.min_top2_margin,
+        )
+    });
+    prompts.chain(chats).collect()
+}
+
 #[test]
 fn llama_family_fixtures_through_the_pinned_upload_and_the_host_cache() {
     let _gpu = serial();
@@ -804,23 +807,8 @@ fn llama_family_fixtures_through_the_pinned_upload_and_the_host_cache() {
     let mut failures = Vec::new();
     for name in LLAMA_FIXTURES {
         let reference = reference(name);
-        let streams: Vec<(&[u32], &[u32], Option<f32>)> = reference
-            .cases
-            .iter()
-            .map(|c| {
-                (
-                    &c.input_ids[..],
-                    &c.greedy_new_tokens[..],
-                    c.min_top2_margin,
-                )
-            })
-            .chain(reference.chat_cases.iter().map(|c| {
-                (
-                    &c.input_ids[..],
-                    &c.greedy_new_tokens[..],
-                    c.min_top2_margin,
-                )
-            }))
+        let streams: Vec<_> = greedy_streams(&reference)
+            .into_iter()
             .filter(|(_, _, margin)| margin.is_some_and(|m| m >= MIN_MARGIN))
             .collect();
         let counts = pinned_upload_counts();

@@ -13,70 +13,25 @@
 use std::collections::{HashSet, VecDeque};
 use std::io::{BufReader, Write};
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::frame::{read_frame, write_frame};
+use super::liveness::{die_with_parent, Beat};
 use super::protocol::{FromWorker, LoadedEngine, StepReport, ToWorker};
 use crate::backend::{
     Backend, Engine, EngineError, ErrorKind, GenerateRequest, Prompt, PromptEncoder, TokenEvent,
     WorkerDevice,
 };
 use crate::batch::{Admission, KvUsage, SeqEvent, SeqId};
-use crate::timeline::monotonic_ns;
-
-/// How often the heartbeat thread looks, and how stale a beat may be before it stays silent.
-const HEARTBEAT_EVERY: Duration = Duration::from_millis(200);
-const STALE_AFTER_NS: u64 = 1_000_000_000;
 
 type Output = Arc<Mutex<Box<dyn Write + Send>>>;
-
-/// The main thread's signs of life.
-#[derive(Default)]
-struct Beat {
-    last_ns: AtomicU64,
-    /// Inside a step allowed to run long without beating (prewarm, load, prefill).
-    long_step: AtomicBool,
-}
-
-impl Beat {
-    fn now(&self) {
-        self.last_ns.store(monotonic_ns(), Ordering::SeqCst);
-    }
-
-    fn during<T>(&self, step: impl FnOnce() -> T) -> T {
-        self.long_step.store(true, Ordering::SeqCst);
-        let out = step();
-        self.long_step.store(false, Ordering::SeqCst);
-        self.now();
-        out
-    }
-
-    fn alive(&self) -> bool {
-        self.long_step.load(Ordering::SeqCst)
-            || monotonic_ns().saturating_sub(self.last_ns.load(Ordering::SeqCst)) < STALE_AFTER_NS
-    }
-}
 
 fn send(out: &Output, message: &FromWorker) {
     let mut out = out.lock().unwrap_or_else(|p| p.into_inner());
     if write_frame(&mut *out, message).is_err() {
         // The controller is gone: nothing is left to serve.
-        std::process::exit(0);
-    }
-}
-
-/// Ends this process with its parent (Linux), so a dead controller leaves no worker behind.
-fn die_with_parent() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: prctl(PR_SET_PDEATHSIG) with a valid signal number affects only this process.
-    unsafe {
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-    }
-    // SAFETY: getppid has no preconditions.
-    if unsafe { libc::getppid() } == 1 {
         std::process::exit(0);
     }
 }
@@ -91,18 +46,9 @@ pub fn serve_worker(backend: Arc<dyn Backend>) {
         Ok(fd) => Arc::new(Mutex::new(Box::new(std::fs::File::from(fd)))),
         Err(_) => Arc::new(Mutex::new(Box::new(std::io::stdout()))),
     };
-    let beat = Arc::new(Beat::default());
-    beat.now();
+    let out_for_beats = out.clone();
+    let beat = Beat::start(move || send(&out_for_beats, &FromWorker::Alive));
     let encoder: Arc<Mutex<Option<Arc<dyn PromptEncoder>>>> = Arc::default();
-    {
-        let (out, beat) = (out.clone(), beat.clone());
-        std::thread::spawn(move || loop {
-            std::thread::sleep(HEARTBEAT_EVERY);
-            if beat.alive() {
-                send(&out, &FromWorker::Alive);
-            }
-        });
-    }
     let (tx, rx) = mpsc::channel::<ToWorker>();
     {
         let (out, encoder) = (out.clone(), encoder.clone());
@@ -445,10 +391,10 @@ impl Worker {
         };
         let (out, beat, stashed) = (&self.out, &self.beat, &mut self.stashed);
         // The prefill may take long; from the first token on, every token is a beat.
-        beat.long_step.store(true, Ordering::SeqCst);
+        beat.long_step_begins();
         let mut tokens = 0usize;
         let mut on_token = |token: TokenEvent| {
-            beat.long_step.store(false, Ordering::SeqCst);
+            beat.long_step_ends();
             if fault == Some("hang") && tokens == 1 {
                 loop {
                     std::thread::sleep(Duration::from_secs(3600));
@@ -467,7 +413,7 @@ impl Worker {
             !cancelled
         };
         let result = engine.generate(&request, &mut on_token);
-        beat.long_step.store(false, Ordering::SeqCst);
+        beat.long_step_ends();
         beat.now();
         FromWorker::Generated(result)
     }

@@ -16,6 +16,7 @@ mod child;
 pub mod frame;
 mod ledger;
 mod link;
+mod liveness;
 mod parent;
 pub mod protocol;
 
