@@ -5,6 +5,7 @@
 use candle_core::{DType, Device, Tensor};
 
 use super::kv_pass::KvPass;
+use super::packing::{PackingOrder, Span};
 
 /// The shape of one layer's attention.
 pub struct Heads {
@@ -15,6 +16,39 @@ pub struct Heads {
     pub scale: Option<f64>,
     /// Positions a query sees, itself included; `None`: all before it.
     pub window: Option<usize>,
+}
+
+/// One layer's attention over a packed pass, `q` being `[tokens, heads, head_dim]` in packed
+/// order: the decodes' rows (the first ones) in one batch ([`attend_decodes`]), then each other
+/// sequence's queries (`[heads, len, head_dim]`) by `attend_span(queries, sequence, span)`;
+/// returns every row's output, in packed order.
+pub fn attend_packed(
+    q: &Tensor,
+    pass: &KvPass,
+    order: &PackingOrder,
+    spans: &[Span],
+    layer: usize,
+    shape: &Heads,
+    mut attend_span: impl FnMut(&Tensor, usize, &Span) -> candle_core::Result<Tensor>,
+) -> candle_core::Result<Tensor> {
+    let mut outputs = Vec::with_capacity(spans.len());
+    let decodes = order.decodes();
+    if !decodes.is_empty() {
+        let q = q.narrow(0, 0, decodes.len())?.contiguous()?;
+        outputs.push(attend_decodes(&q, pass, layer, shape)?);
+    }
+    for &i in order.others() {
+        let span = &spans[i];
+        let q = q
+            .narrow(0, span.offset, span.len)?
+            .transpose(0, 1)?
+            .contiguous()?;
+        outputs.push(attend_span(&q, i, span)?);
+    }
+    match outputs.len() {
+        1 => Ok(outputs.pop().expect("one output")),
+        _ => Tensor::cat(&outputs, 0),
+    }
 }
 
 /// Attention of `q` (`[seqs, heads, head_dim]`, the decodes of `pass` in packed order, their

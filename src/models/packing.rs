@@ -2,6 +2,16 @@
 //! decodes (one new token each) first, so their attention runs as one batch, then the others
 //! (prefills, each attended on its own).
 
+/// Where one sequence's tokens sit in a packed pass.
+pub struct Span {
+    /// First row in the packed tokens.
+    pub offset: usize,
+    /// New tokens.
+    pub len: usize,
+    /// Tokens already in the cache: the position of the first new token.
+    pub past: usize,
+}
+
 /// Sequences of a pass by their index in the caller's order, decodes first.
 pub struct PackingOrder {
     pub order: Vec<usize>,

@@ -13,12 +13,12 @@ use candle_nn::Linear;
 
 use super::config::LlamaConfig;
 use crate::error::LoadError;
-use crate::models::decode_attention::{attend_decodes, softmax_as_transformers, Heads};
+use crate::models::decode_attention::{attend_packed, softmax_as_transformers, Heads};
 use crate::models::kv_cache::KvCache;
 use crate::models::kv_pass::KvPass;
 use crate::models::kv_slab::KvSlab;
 use crate::models::matmul::{linear, times_transposed};
-use crate::models::packing::{packing_order, PackingOrder};
+use crate::models::packing::{packing_order, PackingOrder, Span};
 use crate::models::{CausalLm, TokenCache};
 use crate::weights::DeviceWeights;
 
@@ -68,16 +68,6 @@ struct DecoderLayer {
 pub struct SequenceInput<'a> {
     pub ids: &'a [u32],
     pub cache: &'a mut KvCache,
-}
-
-/// Where each sequence's tokens sit in the packed pass.
-struct Span {
-    /// First row in the packed tokens.
-    offset: usize,
-    /// New tokens.
-    len: usize,
-    /// Tokens already in the cache: the position of the first new token.
-    past: usize,
 }
 
 struct Builder<'a> {
@@ -367,33 +357,22 @@ impl Attention {
         let v = self.project(x, &self.v_proj, self.num_kv_heads, None, None)?;
         // Every new token's keys and values into the slab, in one write.
         pass.kv.write(layer, &k, &v)?;
-        let mut outputs = Vec::with_capacity(pass.spans.len());
-        let decodes = pass.order.decodes();
-        if !decodes.is_empty() {
-            // Rows 0..decodes.len() of the pass: one token each, attended in one batch.
-            let shape = Heads {
-                heads: self.num_heads,
-                kv_heads: self.num_kv_heads,
-                head_dim: self.head_dim,
-                scale: Some((self.head_dim as f64).powf(-0.5)),
-                window: self.window,
-            };
-            let q = q.narrow(0, 0, decodes.len())?;
-            outputs.push(attend_decodes(&q, pass.kv, layer, &shape)?);
-        }
-        for &i in pass.order.others() {
-            let span = &pass.spans[i];
-            let q = q
-                .narrow(0, span.offset, span.len)?
-                .transpose(0, 1)?
-                .contiguous()?;
-            outputs.push(self.attend(&q, pass.kv, i, layer, span)?);
-        }
-        let out = if outputs.len() == 1 {
-            outputs.pop().expect("one output")
-        } else {
-            Tensor::cat(&outputs, 0)?
+        let shape = Heads {
+            heads: self.num_heads,
+            kv_heads: self.num_kv_heads,
+            head_dim: self.head_dim,
+            scale: Some((self.head_dim as f64).powf(-0.5)),
+            window: self.window,
         };
+        let out = attend_packed(
+            &q,
+            pass.kv,
+            pass.order,
+            pass.spans,
+            layer,
+            &shape,
+            |q, i, span| self.attend(q, pass.kv, i, layer, span),
+        )?;
         linear(&self.o_proj, &out)
     }
 

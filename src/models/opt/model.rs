@@ -5,12 +5,12 @@ use candle_nn::{LayerNorm, Linear};
 
 use super::config::{OptConfig, LAYER_NORM_EPS, POSITION_OFFSET};
 use crate::error::LoadError;
-use crate::models::decode_attention::{attend_decodes, softmax_as_transformers, Heads};
+use crate::models::decode_attention::{attend_packed, softmax_as_transformers, Heads};
 pub use crate::models::kv_cache::KvCache;
 use crate::models::kv_pass::KvPass;
 use crate::models::kv_slab::KvSlab;
 use crate::models::matmul::{linear, times_transposed};
-use crate::models::packing::{packing_order, PackingOrder};
+use crate::models::packing::{packing_order, PackingOrder, Span};
 use crate::models::TokenCache;
 use crate::weights::DeviceWeights;
 
@@ -300,16 +300,6 @@ struct Pass<'a> {
     order: &'a PackingOrder,
 }
 
-/// Where one sequence's tokens sit in the packed pass.
-struct Span {
-    /// First row in the packed tokens.
-    offset: usize,
-    /// New tokens.
-    len: usize,
-    /// Tokens already in the cache.
-    past: usize,
-}
-
 /// `-inf` above the diagonal, offset by the tokens already cached; `None` for one new token.
 fn causal_mask(
     seq: usize,
@@ -386,34 +376,26 @@ impl Attention {
         // Every new token's keys and values into the slab, in one write.
         pass.kv
             .write(layer, &qkv.get_on_dim(1, 1)?, &qkv.get_on_dim(1, 2)?)?;
-        let mut outputs = Vec::with_capacity(pass.spans.len());
-        let decodes = pass.order.decodes();
-        if !decodes.is_empty() {
-            // Rows 0..decodes.len(): one token each, attended in one batch.
-            let q = q.narrow(0, 0, decodes.len())?.contiguous()?;
-            let shape = Heads {
-                heads,
-                kv_heads: heads,
-                head_dim,
-                scale: None,
-                window: None,
-            };
-            outputs.push(attend_decodes(&q, pass.kv, layer, &shape)?);
-        }
-        for &i in pass.order.others() {
-            let span = &pass.spans[i];
-            // [heads, new tokens, head_dim] against the keys and values of positions 0..end.
-            let q = q
-                .narrow(0, span.offset, span.len)?
-                .transpose(0, 1)?
-                .contiguous()?;
-            let (k, v) = pass.kv.read(i, layer, 0, span.past + span.len)?;
-            outputs.push(self.attend(&q, &k, &v, span, hidden)?);
-        }
-        let out = match outputs.len() {
-            1 => outputs.pop().expect("one output"),
-            _ => Tensor::cat(&outputs, 0)?,
+        let shape = Heads {
+            heads,
+            kv_heads: heads,
+            head_dim,
+            scale: None,
+            window: None,
         };
+        // Each prefill against the keys and values of its positions 0..end.
+        let out = attend_packed(
+            &q,
+            pass.kv,
+            pass.order,
+            pass.spans,
+            layer,
+            &shape,
+            |q, i, span| {
+                let (k, v) = pass.kv.read(i, layer, 0, span.past + span.len)?;
+                self.attend(q, &k, &v, span, hidden)
+            },
+        )?;
         linear(&self.out_proj, &out)
     }
 
