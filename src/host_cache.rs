@@ -108,7 +108,7 @@ struct CachedFile {
 pub struct HostCache {
     budget_bytes: u64,
     files: Vec<CachedFile>,
-    tokenizers: HashMap<FileKey, Tokenizer>,
+    tokenizers: HashMap<FileKey, Arc<Tokenizer>>,
     clock: u64,
 }
 
@@ -175,8 +175,9 @@ impl HostCache {
     }
 
     /// The tokenizer in `path` and its file's key, parsed once per file version (see
-    /// [`Self::keep_tokenizer`]).
-    pub fn tokenizer(&mut self, path: &Path) -> Result<(FileKey, Tokenizer), LoadError> {
+    /// [`Self::keep_tokenizer`]) and shared, not copied: a large vocabulary takes milliseconds
+    /// to clone.
+    pub fn tokenizer(&mut self, path: &Path) -> Result<(FileKey, Arc<Tokenizer>), LoadError> {
         let key = FileKey::of(path)?;
         if let Some(tokenizer) = self.tokenizers.get(&key) {
             return Ok((key, tokenizer.clone()));
@@ -186,11 +187,11 @@ impl HostCache {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
-        Ok((key, tokenizer))
+        Ok((key, Arc::new(tokenizer)))
     }
 
     /// Keeps a tokenizer that a successful load used.
-    pub fn keep_tokenizer(&mut self, key: FileKey, tokenizer: Tokenizer) {
+    pub fn keep_tokenizer(&mut self, key: FileKey, tokenizer: Arc<Tokenizer>) {
         if self.tokenizers.contains_key(&key) {
             return;
         }

@@ -143,6 +143,7 @@ fn cpu_bench(models: Vec<String>, out: &Path) -> BenchOptions {
         host_cache_bytes: 64 << 20,
         decode_tokens: 0,
         modes: Vec::new(),
+        worker_cpus: Vec::new(),
     }
 }
 

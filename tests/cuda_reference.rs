@@ -728,9 +728,13 @@ fn llama_on(device: &Device, name: &str, dtype: CandleDType) -> LlamaEngine {
     let weights = DeviceWeights::upload(&[Arc::new(file)], device, dtype).unwrap();
     let tokenizer = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
     let model = LlamaModel::new(config, &weights).unwrap();
-    LlamaEngine::new(model, Some(tokenizer), weights.device_bytes)
-        .with_checkpoint_files(&dir)
-        .unwrap()
+    LlamaEngine::new(
+        model,
+        Some(std::sync::Arc::new(tokenizer)),
+        weights.device_bytes,
+    )
+    .with_checkpoint_files(&dir)
+    .unwrap()
 }
 
 #[test]

@@ -35,7 +35,7 @@ fn load(name: &str) -> LlamaEngine {
     let weights = weights(&dir, DType::F32);
     let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
     let model = LlamaModel::new(config, &weights).unwrap();
-    LlamaEngine::new(model, Some(tokenizer), weights.device_bytes)
+    LlamaEngine::new(model, Some(Arc::new(tokenizer)), weights.device_bytes)
         .with_checkpoint_files(&dir)
         .unwrap()
 }
@@ -314,7 +314,7 @@ fn engine_stops_on_stop_strings_and_any_eos_and_streams_the_same_text() {
     let mut only_first = engine.model.config.clone();
     only_first.eos_token_ids = vec![1];
     let model = LlamaModel::new(only_first, &weights(&fixture(name), DType::F32)).unwrap();
-    let mut engine = LlamaEngine::new(model, engine.tokenizer().cloned(), 0);
+    let mut engine = LlamaEngine::new(model, engine.tokenizer().cloned().map(Arc::new), 0);
     assert_eq!(engine.eos_ids(), &[1]);
     let out = engine
         .run(&greedy(Prompt::Ids(ids), 24, false), &mut |_| true)
@@ -328,7 +328,9 @@ fn every_family_builds_a_runtime_engine_from_its_config() {
         let dir = fixture(name);
         let config = ModelConfig::from_file(&dir.join("config.json")).unwrap();
         let w = weights(&dir, DType::F32);
-        let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).ok();
+        let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
+            .ok()
+            .map(Arc::new);
         let mut engine = config.build_engine(&w, tokenizer, &dir, 32768).unwrap();
         let case = &reference(name).cases[0];
         let out = engine
@@ -355,7 +357,9 @@ fn models_without_a_template_say_so() {
     let w = weights(&dir, DType::F32);
     let engine = worker_controller::opt::OptEngine::new(
         worker_controller::opt::OptModel::new(config, &w).unwrap(),
-        Tokenizer::from_file(dir.join("tokenizer.json")).ok(),
+        Tokenizer::from_file(dir.join("tokenizer.json"))
+            .ok()
+            .map(Arc::new),
         0,
     )
     .with_checkpoint_files(&dir)

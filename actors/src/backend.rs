@@ -195,6 +195,11 @@ pub struct PrewarmOptions {
     /// KV-cache tokens an engine on this worker reserves for the requests it runs at once;
     /// each reserves its prompt plus `max_new_tokens`, and one larger than all of it is refused.
     pub kv_cache_tokens: usize,
+    /// CPUs the thread that drives the worker's device is kept on (Linux): the worker thread,
+    /// or a worker process's main thread. Empty: wherever the scheduler puts it. Decode of a
+    /// small model is bound by that thread's kernel launches, so on a machine whose CPUs run
+    /// at different speeds (a VM's vCPUs, a far NUMA node) this decides its tokens/s.
+    pub cpus: Vec<usize>,
 }
 
 impl Default for PrewarmOptions {
@@ -205,6 +210,7 @@ impl Default for PrewarmOptions {
             host_cache_bytes: 512 << 20,
             memory_limit_bytes: 0,
             kv_cache_tokens: 32768,
+            cpus: Vec::new(),
         }
     }
 }
@@ -288,6 +294,39 @@ pub trait WorkerDevice {
     /// Waits until all queued device work is done.
     fn synchronize(&self) -> Result<(), EngineError>;
 
+    /// The whole of an attach on this device: memory read, [`Self::load`], the engine warmed
+    /// up to a first token and the device synchronized, the engine's size, memory read again.
+    /// One call, so that a device in a worker process answers an attach in one round trip
+    /// instead of one per step. An engine that fails to warm up is dropped before the error
+    /// returns; a panic while dropping it is a fatal error.
+    fn attach(
+        &mut self,
+        spec: &ModelSpec,
+        timeline: &mut Timeline,
+    ) -> Result<WarmEngine, EngineError> {
+        let memory_before = self.memory()?;
+        let (mut engine, bytes_moved) = self.load(spec, timeline)?;
+        let warmed = crate::guard::call("warming up the engine", || engine.warm_up())
+            .map_err(crate::guard::Failure::into_error)
+            .and_then(|_| self.synchronize())
+            .map(|()| engine.device_bytes());
+        let device_bytes = match warmed {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                crate::guard::drop_guarded("dropping the engine", engine)
+                    .map_err(|reason| EngineError::new(ErrorKind::DeviceFatal, reason))?;
+                return Err(e);
+            }
+        };
+        Ok(WarmEngine {
+            engine,
+            bytes_moved,
+            device_bytes,
+            memory_before,
+            memory_attached: self.memory()?,
+        })
+    }
+
     /// Whatever holds the device (a worker process) is still there; polled while the worker
     /// is idle. An error fails the worker, which is then restarted.
     fn check_alive(&self) -> Result<(), EngineError> {
@@ -302,6 +341,18 @@ pub trait WorkerDevice {
             "this device has no fault to inject",
         ))
     }
+}
+
+/// An engine attached by [`WorkerDevice::attach`]: loaded, warmed up to its first token.
+pub struct WarmEngine {
+    pub engine: Box<dyn Engine>,
+    /// Weight bytes moved to the device.
+    pub bytes_moved: u64,
+    /// Device bytes the engine holds.
+    pub device_bytes: u64,
+    /// The device's memory before the load and once the engine was warm.
+    pub memory_before: MemoryInfo,
+    pub memory_attached: MemoryInfo,
 }
 
 /// Turns a prompt into token ids away from the engine's thread: tokenizing (and rendering a

@@ -14,6 +14,17 @@ pub(crate) enum Failure {
     Engine(EngineError),
 }
 
+impl Failure {
+    /// The failure as an error: a fatal one keeps its reason as a `DeviceFatal` error, so that a
+    /// caller guarding the call around it (see [`call`]) finds it fatal again.
+    pub(crate) fn into_error(self) -> EngineError {
+        match self {
+            Failure::Fatal(reason) => EngineError::new(ErrorKind::DeviceFatal, reason),
+            Failure::Engine(e) => e,
+        }
+    }
+}
+
 /// Runs `f` (a call into backend code) so that a panic is caught, and sorts its errors into
 /// fatal ones and ordinary ones. `what` says what was being done, for the failure's message.
 pub(crate) fn call<T>(

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use actix::prelude::*;
 
-use crate::backend::{Backend, DeviceSpec, MemoryInfo, PrewarmOptions, WorkerDevice};
+use crate::backend::{Backend, DeviceSpec, MemoryInfo, PrewarmOptions, WarmEngine, WorkerDevice};
 use crate::engine::{EngineActor, SharedEngine};
 use crate::errors::AttachError;
 use crate::guard::{call, drop_guarded, Failure};
@@ -141,23 +141,17 @@ impl WorkerActor {
             .device
             .as_mut()
             .ok_or_else(|| Failure::Fatal("the worker has no open device".into()))?;
-        let memory_before = call("reading device memory", || device.memory())?;
         let mut timeline = msg.timeline;
-        let (mut engine, bytes_moved) = call("loading the model", || {
-            device.load(&msg.spec, &mut timeline)
+        let WarmEngine {
+            mut engine,
+            bytes_moved,
+            device_bytes,
+            memory_before,
+            memory_attached,
+        } = call("loading the model", || {
+            device.attach(&msg.spec, &mut timeline)
         })?;
-        let warmed = call("warming up the engine", || engine.warm_up())
-            .and_then(|_| call("synchronizing the device", || device.synchronize()))
-            .and_then(|_| call("sizing the engine", || Ok(engine.device_bytes())));
-        let device_bytes = match warmed {
-            Ok(bytes) => bytes,
-            Err(failure) => {
-                if let Err(reason) = drop_guarded("dropping the engine", engine) {
-                    return Err(Failure::Fatal(reason));
-                }
-                return Err(failure);
-            }
-        };
+        // Here, not where the engine ran: a worker process's answer is counted in.
         timeline.mark(Anchor::FirstToken);
         tracing::debug!(
             worker = self.index,
@@ -165,7 +159,6 @@ impl WorkerActor {
             bytes_moved,
             "engine loaded and warmed up"
         );
-        let memory_attached = call("reading device memory", || device.memory())?;
         let encoder = call("asking for the prompt encoder", || {
             Ok(engine.prompt_encoder())
         })?;

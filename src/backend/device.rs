@@ -52,6 +52,10 @@ impl CandleDevice {
                 .steps
                 .push((name, since.elapsed().as_secs_f64() * 1e3));
         };
+        if let Some(options) = prewarm.filter(|p| !p.cpus.is_empty()) {
+            super::affinity::keep_thread_on(&options.cpus, spec)?;
+            step(format!("kept on CPUs {:?}", options.cpus), Instant::now());
+        }
         let t = Instant::now();
         let device = crate::device::open(spec)?;
         device.synchronize()?;

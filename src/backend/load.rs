@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use candle_core::Device;
+use tokenizers::Tokenizer;
 use wc_actors::{Anchor, Engine, ModelSpec, Timeline, WorkerDevice};
 
 use super::{CandleDevice, CheckedCheckpoint};
@@ -119,6 +120,7 @@ impl CandleDevice {
         };
         // On the pinned path the copies are still running: building the model now queues its
         // kernels behind them on the same stream, so the build's host work overlaps the DMA.
+        let build_began = std::time::Instant::now();
         let built = self.tokenizer(checked, read).and_then(|tokenizer| {
             build(
                 &checked.checkpoint.config,
@@ -127,10 +129,17 @@ impl CandleDevice {
                 &checked.checkpoint.dir,
             )
         });
+        let build_us = build_began.elapsed().as_micros() as u64;
         if let Some(in_flight) = in_flight {
             in_flight.wait()?;
             timeline.mark(Anchor::WeightsOnDevice);
         }
+        tracing::debug!(
+            target: "wc::attach",
+            build_us,
+            build_and_copies_us = build_began.elapsed().as_micros() as u64,
+            "engine built"
+        );
         let engine = built?;
         self.device.synchronize()?;
         timeline.mark(Anchor::EngineReady);
@@ -150,7 +159,7 @@ trait Build<E>:
     FnOnce(
     &ModelConfig,
     &DeviceWeights,
-    Option<tokenizers::Tokenizer>,
+    Option<Arc<Tokenizer>>,
     &std::path::Path,
 ) -> Result<E, LoadError>
 {
@@ -160,7 +169,7 @@ impl<E, F> Build<E> for F where
     F: FnOnce(
         &ModelConfig,
         &DeviceWeights,
-        Option<tokenizers::Tokenizer>,
+        Option<Arc<Tokenizer>>,
         &std::path::Path,
     ) -> Result<E, LoadError>
 {
@@ -170,7 +179,7 @@ impl<E, F> Build<E> for F where
 #[derive(Default)]
 struct ReadForCache {
     files: Vec<Arc<crate::checkpoint::WeightFile>>,
-    tokenizer: Option<(crate::host_cache::FileKey, tokenizers::Tokenizer)>,
+    tokenizer: Option<(crate::host_cache::FileKey, Arc<Tokenizer>)>,
     /// Files read into the pinned host cache.
     pinned: CacheInserts,
 }
@@ -181,7 +190,7 @@ impl CandleDevice {
         &mut self,
         checked: &CheckedCheckpoint,
         read: &mut ReadForCache,
-    ) -> Result<Option<tokenizers::Tokenizer>, LoadError> {
+    ) -> Result<Option<Arc<Tokenizer>>, LoadError> {
         let Some(path) = &checked.checkpoint.tokenizer else {
             return Ok(None);
         };
@@ -220,12 +229,14 @@ impl CandleDevice {
             return Ok(None);
         };
         let files = &checked.checkpoint.weight_files;
+        let began = std::time::Instant::now();
         let uploaded = cuda::upload_checkpoint(cuda, pool, files, dtype, &mut read.pinned)?;
         timeline.mark_at(Anchor::WeightsRead, uploaded.read_done_ns);
         tracing::debug!(
             from_host_cache = uploaded.from_host_cache(),
             bytes = uploaded.bytes,
             cached_bytes = uploaded.cached_bytes,
+            queued_us = began.elapsed().as_micros() as u64,
             "pinned upload"
         );
         Ok(Some((

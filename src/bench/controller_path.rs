@@ -37,28 +37,21 @@ pub struct ControllerPath {
 }
 
 impl ControllerPath {
-    /// Starts the runtime with one worker on `device`, prewarmed for `dtype`, with pinned
-    /// staging memory of `staging_bytes` and a host cache of `host_cache_bytes` (0: off, so
-    /// every attach reads the checkpoint from the page cache).
+    /// Starts the runtime with one worker on `device`, prewarmed as `prewarm` says (a host
+    /// cache of 0: off, so every attach reads the checkpoint from the page cache).
     /// With `worker_exe`, the worker runs in its own process of that program (the server's
     /// default isolation); without, on a thread of this one.
     pub fn start(
         device: &DeviceSpec,
         dtype: Option<DType>,
-        staging_bytes: u64,
-        host_cache_bytes: u64,
+        prewarm: PrewarmOptions,
         worker_exe: Option<&Path>,
     ) -> anyhow::Result<Self> {
         let config = RuntimeConfig {
             workers: vec![WorkerConfig {
                 device: device.clone(),
                 count: 1,
-                prewarm: PrewarmOptions {
-                    dtypes: vec![dtype.unwrap_or(DType::F32)],
-                    staging_bytes,
-                    host_cache_bytes,
-                    ..PrewarmOptions::default()
-                },
+                prewarm,
             }],
             ..RuntimeConfig::default()
         };

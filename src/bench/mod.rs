@@ -23,7 +23,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use wc_actors::{DType, DeviceSpec, Timeline};
+use wc_actors::{DType, DeviceSpec, PrewarmOptions, Timeline};
 
 use controller_path::ControllerPath;
 use decode::DecodeRecord;
@@ -57,6 +57,9 @@ pub struct BenchOptions {
     pub host_cache_bytes: u64,
     /// Tokens each controller-path start streams after its attach, to time decode (0: none).
     pub decode_tokens: usize,
+    /// CPUs the controller workers' device threads are kept on (`[prewarm] cpus`; empty:
+    /// anywhere), the same for every mode so that no mode is timed on a faster CPU.
+    pub worker_cpus: Vec<usize>,
     /// Which paths to time, by name (`standard`, `controller`, `controller_nocache`,
     /// `controller_process`); empty: all of them.
     pub modes: Vec<String>,
@@ -233,13 +236,20 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<Results> {
         "prewarming the controller workers on {} (host cache on / off / in a process, as asked) ...",
         options.device
     );
-    let (device, dtype, staging) = (&options.device, options.dtype, options.staging_bytes);
+    let (device, dtype) = (&options.device, options.dtype);
     let cache = options.host_cache_bytes;
     // Only the paths asked for get a worker: each holds its own pinned host cache.
     let start = |mode: Mode, cache: u64, exe: Option<&Path>| {
+        let prewarm = PrewarmOptions {
+            dtypes: vec![dtype.unwrap_or(DType::F32)],
+            staging_bytes: options.staging_bytes,
+            host_cache_bytes: cache,
+            cpus: options.worker_cpus.clone(),
+            ..PrewarmOptions::default()
+        };
         modes
             .contains(&mode)
-            .then(|| ControllerPath::start(device, dtype, staging, cache, exe))
+            .then(|| ControllerPath::start(device, dtype, prewarm, exe))
             .transpose()
     };
     let controller = start(Mode::Controller, cache, None)?;

@@ -71,6 +71,10 @@ pub struct BenchArgs {
     /// (each with its own pinned host cache), so leaving some out saves host memory.
     #[arg(long, value_delimiter = ',')]
     modes: Vec<String>,
+    /// CPUs the controller workers' device threads are kept on, comma-separated (Linux; the
+    /// same for every mode, so that modes compare on the same CPUs). Default: anywhere.
+    #[arg(long, value_delimiter = ',', value_name = "CPUS")]
+    worker_cpus: Vec<usize>,
 }
 
 /// The models `bench` starts when `--models` is not given.
@@ -91,6 +95,10 @@ fn at_least_one(text: &str) -> Result<usize, String> {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    // The bench reports on its own; logs (of thread-mode workers) only when asked for.
+    if std::env::var_os("RUST_LOG").is_some() {
+        crate::server::logging::init(super::log_format_from_env());
+    }
     if let Some(path) = &args.render {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -179,6 +187,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         host_cache_bytes: args.host_cache_mib << 20,
         decode_tokens: args.decode_tokens,
         modes: args.modes,
+        worker_cpus: args.worker_cpus,
     };
     let results = run_bench(&options)?;
     for (name, scenario) in &results.scenarios {

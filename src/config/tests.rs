@@ -230,7 +230,7 @@ fn runtime_and_prewarm_sections_are_the_library_options_with_its_defaults() {
     let config = parse(
         "[runtime]\nattach_timeout = 2\nrestart_backoff = \"250ms\"\nisolation = \"thread\"\n\
          heartbeat_timeout = \"1m\"\n\n[prewarm]\ndtypes = [\"f16\"]\nstaging = \"64MiB\"\n\
-         host_cache = 1048576\nmemory_limit = \"2GB\"\n\n[[workers]]\ndevice = \"cpu\"\ncount = 2\n",
+         host_cache = 1048576\nmemory_limit = \"2GB\"\ncpus = [0, 2]\n\n[[workers]]\ndevice = \"cpu\"\ncount = 2\n",
     )
     .unwrap();
     let runtime = config.runtime_config();
@@ -244,6 +244,7 @@ fn runtime_and_prewarm_sections_are_the_library_options_with_its_defaults() {
         staging_bytes: 64 << 20,
         host_cache_bytes: 1 << 20,
         memory_limit_bytes: 2_000_000_000,
+        cpus: vec![0, 2],
         ..PrewarmOptions::default()
     };
     assert_eq!(runtime.workers.len(), 1);

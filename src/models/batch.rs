@@ -125,8 +125,18 @@ impl<C: super::TokenCache> Batch<C> {
         if chunks.is_empty() {
             return Ok(events);
         }
+        let began = std::time::Instant::now();
         let logits = self.forward(model, &chunks)?;
+        let queued = began.elapsed();
         let mut choices = self.choices(&chunks, &logits)?.into_iter();
+        tracing::debug!(
+            target: "wc::step",
+            sequences = chunks.len(),
+            queued_us = queued.as_micros() as u64,
+            total_us = began.elapsed().as_micros() as u64,
+            cpu = current_cpu(),
+            "step"
+        );
         let mut ended = Vec::new();
         for &(at, take) in &chunks {
             let seq = &mut self.sequences[at];
@@ -234,4 +244,13 @@ impl<C: super::TokenCache> Batch<C> {
             }
         }
     }
+}
+
+/// The CPU this thread runs on (Linux; -1 elsewhere), for the step timings.
+fn current_cpu() -> i32 {
+    #[cfg(target_os = "linux")]
+    // SAFETY: sched_getcpu has no preconditions.
+    return unsafe { libc::sched_getcpu() };
+    #[cfg(not(target_os = "linux"))]
+    -1
 }

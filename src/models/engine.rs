@@ -35,7 +35,7 @@ pub struct TextEngine<M: CausalLm> {
 }
 
 impl<M: CausalLm> TextEngine<M> {
-    pub fn new(model: M, tokenizer: Option<Tokenizer>, device_bytes: u64) -> Self {
+    pub fn new(model: M, tokenizer: Option<Arc<Tokenizer>>, device_bytes: u64) -> Self {
         let codec = PromptCodec::new(tokenizer, None, model.vocab_size(), model.max_positions());
         Self {
             eos_ids: model.eos_ids(),
@@ -76,7 +76,7 @@ impl<M: CausalLm> TextEngine<M> {
     }
 
     pub fn with_chat_template(mut self, template: Option<ChatTemplate>) -> Self {
-        let tokenizer = self.codec.tokenizer().cloned();
+        let tokenizer = self.codec.shared_tokenizer();
         self.codec = Arc::new(PromptCodec::new(
             tokenizer,
             template,

@@ -198,7 +198,7 @@ impl ModelConfig {
     pub fn build_engine(
         &self,
         weights: &DeviceWeights,
-        tokenizer: Option<Tokenizer>,
+        tokenizer: Option<std::sync::Arc<Tokenizer>>,
         dir: &Path,
         kv_cache_tokens: usize,
     ) -> Result<Box<dyn wc_actors::Engine>, LoadError> {

@@ -3,6 +3,8 @@
 //! which encodes on a blocking thread before a request is queued on the engine, and cheap to
 //! refuse with: a text that cannot fit the context is refused before it is tokenized.
 
+use std::sync::Arc;
+
 use tokenizers::Tokenizer;
 use wc_actors::{EngineError, Prompt};
 
@@ -15,7 +17,7 @@ const NORMALISER_SLACK: usize = 4;
 
 /// Everything needed to turn a prompt into checked token ids.
 pub struct PromptCodec {
-    tokenizer: Option<Tokenizer>,
+    tokenizer: Option<Arc<Tokenizer>>,
     chat_template: Option<ChatTemplate>,
     vocab_size: usize,
     max_positions: usize,
@@ -26,7 +28,7 @@ pub struct PromptCodec {
 
 impl PromptCodec {
     pub fn new(
-        tokenizer: Option<Tokenizer>,
+        tokenizer: Option<Arc<Tokenizer>>,
         chat_template: Option<ChatTemplate>,
         vocab_size: usize,
         max_positions: usize,
@@ -51,7 +53,12 @@ impl PromptCodec {
     }
 
     pub fn tokenizer(&self) -> Option<&Tokenizer> {
-        self.tokenizer.as_ref()
+        self.tokenizer.as_deref()
+    }
+
+    /// The tokenizer itself, shared.
+    pub fn shared_tokenizer(&self) -> Option<Arc<Tokenizer>> {
+        self.tokenizer.clone()
     }
 
     pub fn chat_template(&self) -> Option<&ChatTemplate> {

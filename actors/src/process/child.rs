@@ -19,12 +19,13 @@ use std::time::Duration;
 
 use super::frame::{read_frame, write_frame};
 use super::liveness::{die_with_parent, Beat};
-use super::protocol::{FromWorker, LoadedEngine, StepReport, ToWorker};
+use super::protocol::{AttachedEngine, FromWorker, LoadedEngine, StepReport, ToWorker};
 use crate::backend::{
-    Backend, Engine, EngineError, ErrorKind, GenerateRequest, Prompt, PromptEncoder, TokenEvent,
-    WorkerDevice,
+    Backend, Engine, EngineError, ErrorKind, GenerateRequest, ModelSpec, Prompt, PromptEncoder,
+    TokenEvent, WorkerDevice,
 };
 use crate::batch::{Admission, KvUsage, SeqEvent, SeqId};
+use crate::timeline::Timeline;
 
 type Output = Arc<Mutex<Box<dyn Write + Send>>>;
 
@@ -197,34 +198,24 @@ impl Worker {
                 None => FromWorker::Memory(Err(no("open device"))),
             },
             ToWorker::Load { spec, mut timeline } => {
-                self.forget_batch();
-                let Some(device) = self.device.as_mut() else {
-                    return Some(FromWorker::Loaded(Err(no("open device"))));
-                };
-                if cfg!(any(debug_assertions, feature = "fault-injection"))
-                    && std::env::var("WC_WORKER_FAULT_ON_LOAD")
-                        .is_ok_and(|m| !m.is_empty() && spec.model.contains(&m))
-                {
-                    std::process::abort();
-                }
                 let beat = self.beat.clone();
-                let loaded = beat.during(|| device.load(&spec, &mut timeline));
-                FromWorker::Loaded(loaded.map(|(mut engine, bytes_moved)| {
-                    let encoder = engine.prompt_encoder();
-                    let batches = engine.batch().is_some();
-                    let kv = engine.batch().map(|b| b.kv_usage()).unwrap_or_default();
-                    let has_encoder = encoder.is_some();
-                    if let Ok(mut slot) = self.encoder.lock() {
-                        *slot = encoder;
-                    }
-                    self.engine = Some(engine);
-                    LoadedEngine {
-                        timeline,
-                        bytes_moved,
-                        has_encoder,
-                        batches,
-                        kv,
-                    }
+                let loaded = self
+                    .device_for_load(&spec)
+                    .and_then(|device| beat.during(|| device.load(&spec, &mut timeline)));
+                FromWorker::Loaded(
+                    loaded.map(|(engine, bytes_moved)| self.keep(engine, timeline, bytes_moved)),
+                )
+            }
+            ToWorker::Attach { spec, mut timeline } => {
+                let beat = self.beat.clone();
+                let attached = self
+                    .device_for_load(&spec)
+                    .and_then(|device| beat.during(|| device.attach(&spec, &mut timeline)));
+                FromWorker::Attached(attached.map(|warm| AttachedEngine {
+                    device_bytes: warm.device_bytes,
+                    memory_before: warm.memory_before,
+                    memory_attached: warm.memory_attached,
+                    loaded: self.keep(warm.engine, timeline, warm.bytes_moved),
                 }))
             }
             ToWorker::WarmUp => match self.engine.as_mut() {
@@ -278,6 +269,48 @@ impl Worker {
                 FromWorker::Dropped
             }
         })
+    }
+
+    /// The device, for a load of `spec` (any batch before went with the engine before); aborts
+    /// here when the load fault asks for it (see [`FAULT_PREFIX`]).
+    fn device_for_load(
+        &mut self,
+        spec: &ModelSpec,
+    ) -> Result<&mut Box<dyn WorkerDevice>, EngineError> {
+        self.forget_batch();
+        let device = self.device.as_mut().ok_or_else(|| no("open device"))?;
+        if cfg!(any(debug_assertions, feature = "fault-injection"))
+            && std::env::var("WC_WORKER_FAULT_ON_LOAD")
+                .is_ok_and(|m| !m.is_empty() && spec.model.contains(&m))
+        {
+            std::process::abort();
+        }
+        Ok(device)
+    }
+
+    /// Holds a loaded engine (and its encoder, for the reader thread); what the controller
+    /// needs to know of it.
+    fn keep(
+        &mut self,
+        mut engine: Box<dyn Engine>,
+        timeline: Timeline,
+        bytes_moved: u64,
+    ) -> LoadedEngine {
+        let encoder = engine.prompt_encoder();
+        let batches = engine.batch().is_some();
+        let kv = engine.batch().map(|b| b.kv_usage()).unwrap_or_default();
+        let has_encoder = encoder.is_some();
+        if let Ok(mut slot) = self.encoder.lock() {
+            *slot = encoder;
+        }
+        self.engine = Some(engine);
+        LoadedEngine {
+            timeline,
+            bytes_moved,
+            has_encoder,
+            batches,
+            kv,
+        }
     }
 
     /// The batch went with its engine.

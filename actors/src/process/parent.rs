@@ -24,11 +24,11 @@ use super::frame::write_frame;
 
 use super::ledger::Ledger;
 use super::link::{describe, fatal, EncodeReplies, Link};
-use super::protocol::{FromWorker, ToWorker};
+use super::protocol::{FromWorker, LoadedEngine, ToWorker};
 use crate::backend::{
     Backend, DeviceSpec, Engine, EngineError, Footprint, GenerateOutput, GenerateRequest,
     MemoryInfo, ModelSpec, PrewarmOptions, PrewarmReport, Prompt, PromptEncoder, TokenEvent,
-    WorkerDevice,
+    WarmEngine, WorkerDevice,
 };
 use crate::batch::{Admission, BatchEngine, KvUsage, SeqEvent, SeqId};
 use crate::timeline::Timeline;
@@ -89,6 +89,28 @@ struct ProcessDevice {
     link: Rc<Link>,
 }
 
+impl ProcessDevice {
+    /// The proxy of the engine the process just loaded; takes the anchors it marked.
+    fn engine(&self, loaded: LoadedEngine, timeline: &mut Timeline) -> Box<dyn Engine> {
+        *timeline = loaded.timeline;
+        let encoder = loaded.has_encoder.then(|| {
+            Arc::new(EncoderProxy {
+                input: self.link.input.clone(),
+                encodes: self.link.encodes.clone(),
+                next: self.link.next_encode.clone(),
+                timeout: self.link.timeout,
+            }) as Arc<dyn PromptEncoder>
+        });
+        self.link.steps.borrow_mut().clear();
+        Box::new(ProcessEngine {
+            link: self.link.clone(),
+            encoder,
+            batches: loaded.batches,
+            ledger: Ledger::new(loaded.kv),
+        })
+    }
+}
+
 impl WorkerDevice for ProcessDevice {
     fn memory(&self) -> Result<MemoryInfo, EngineError> {
         self.link.send(&ToWorker::Memory)?;
@@ -110,23 +132,34 @@ impl WorkerDevice for ProcessDevice {
         match self.link.wait()? {
             FromWorker::Loaded(loaded) => {
                 let loaded = loaded?;
-                *timeline = loaded.timeline;
-                let encoder = loaded.has_encoder.then(|| {
-                    Arc::new(EncoderProxy {
-                        input: self.link.input.clone(),
-                        encodes: self.link.encodes.clone(),
-                        next: self.link.next_encode.clone(),
-                        timeout: self.link.timeout,
-                    }) as Arc<dyn PromptEncoder>
-                });
-                self.link.steps.borrow_mut().clear();
-                let engine = ProcessEngine {
-                    link: self.link.clone(),
-                    encoder,
-                    batches: loaded.batches,
-                    ledger: Ledger::new(loaded.kv),
-                };
-                Ok((Box::new(engine), loaded.bytes_moved))
+                let bytes_moved = loaded.bytes_moved;
+                Ok((self.engine(loaded, timeline), bytes_moved))
+            }
+            other => Err(self.link.unexpected(&other)),
+        }
+    }
+
+    /// One round trip: the process loads, warms up and sizes the engine on its own.
+    fn attach(
+        &mut self,
+        spec: &ModelSpec,
+        timeline: &mut Timeline,
+    ) -> Result<WarmEngine, EngineError> {
+        self.link.send(&ToWorker::Attach {
+            spec: spec.clone(),
+            timeline: timeline.clone(),
+        })?;
+        match self.link.wait()? {
+            FromWorker::Attached(attached) => {
+                let attached = attached?;
+                let bytes_moved = attached.loaded.bytes_moved;
+                Ok(WarmEngine {
+                    engine: self.engine(attached.loaded, timeline),
+                    bytes_moved,
+                    device_bytes: attached.device_bytes,
+                    memory_before: attached.memory_before,
+                    memory_attached: attached.memory_attached,
+                })
             }
             other => Err(self.link.unexpected(&other)),
         }

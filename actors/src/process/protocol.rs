@@ -24,6 +24,11 @@ pub enum ToWorker {
         spec: ModelSpec,
         timeline: Timeline,
     },
+    /// A whole attach ([`crate::WorkerDevice::attach`]): load, warm-up, sizes, memory.
+    Attach {
+        spec: ModelSpec,
+        timeline: Timeline,
+    },
     WarmUp,
     DeviceBytes,
     Generate(WireRequest),
@@ -51,6 +56,7 @@ pub enum FromWorker {
     Opened(Result<PrewarmReport, EngineError>),
     Memory(Result<MemoryInfo, EngineError>),
     Loaded(Result<LoadedEngine, EngineError>),
+    Attached(Result<AttachedEngine, EngineError>),
     WarmedUp(Result<u32, EngineError>),
     DeviceBytes(u64),
     Token(TokenEvent),
@@ -94,6 +100,15 @@ pub struct LoadedEngine {
     pub batches: bool,
     /// Its KV-cache budget (nothing reserved yet).
     pub kv: KvUsage,
+}
+
+/// What an attach in the worker process gives back: the load's, and what the warm-up found.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AttachedEngine {
+    pub loaded: LoadedEngine,
+    pub device_bytes: u64,
+    pub memory_before: MemoryInfo,
+    pub memory_attached: MemoryInfo,
 }
 
 /// A prompt on the wire ([`Prompt`] is untagged for JSON, which bincode cannot read back).
