@@ -34,3 +34,12 @@ bench() { # name, modes, more bench arguments...
 # kept on the same CPU (`--worker-cpus`), so that the modes compare on equal CPUs.
 for i in 1 2 3; do bench free-$i controller,controller_process; done
 for cpu in 3 9 15; do bench pinned-$cpu controller,controller_process --worker-cpus $cpu; done
+if [ -n "${TESTS:-}" ]; then
+  # The GPU tests of the attach path and of batching, from .gpu/cuda_reference.gz and batching.gz.
+  for t in cuda_reference batching; do gunzip -c .gpu/$t.gz > /tmp/$t && chmod +x /tmp/$t; done
+  log "batching tests on cuda:0"
+  WC_TEST_DEVICE=cuda:0 /tmp/batching --test-threads 1 > "$OUT/test-batching-cuda.txt" 2>&1
+  log "batching rc=$? $(grep -h 'test result' "$OUT/test-batching-cuda.txt")"
+  WC_EXPECT_GPUS=1 /tmp/cuda_reference --test-threads 1 --skip two_gpus > "$OUT/test-cuda_reference.txt" 2>&1
+  log "cuda_reference rc=$? $(grep -h 'test result' "$OUT/test-cuda_reference.txt")"
+fi

@@ -85,6 +85,8 @@ const API_KEY_ENV: &str = "WC_API_KEY";
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = load(&args)?;
+    let threads = config.runtime.isolation == wc_actors::Isolation::Thread;
+    super::allocator::keep_freed_host_memory(threads);
     crate::server::logging::init(config.server.log_format);
     if exposed_without_key(&config) {
         tracing::warn!(
@@ -141,6 +143,7 @@ fn load(args: &ServeArgs) -> anyhow::Result<Config> {
         config.workers = vec![WorkerGroup {
             device: args.device.clone().unwrap_or(DeviceSpec::Cpu),
             count,
+            cpus: None,
         }];
     }
     config.check().map_err(anyhow::Error::msg)?;

@@ -132,6 +132,10 @@ pub struct WorkerGroup {
     /// How many workers (each holds one engine at a time): 1 to [`MAX_WORKERS`].
     #[serde(default = "one", deserialize_with = "worker_count")]
     pub count: usize,
+    /// CPUs this group's device threads are kept on, instead of `[prewarm] cpus` (e.g. the CPUs
+    /// of its GPU's NUMA node).
+    #[serde(default)]
+    pub cpus: Option<Vec<usize>>,
 }
 
 fn one() -> usize {
@@ -361,20 +365,27 @@ impl Config {
     }
 
     /// The actor runtime's configuration: the `[[workers]]` groups (one CPU worker when there
-    /// are none), each prewarmed as `[prewarm]` says, and the `[runtime]` options.
+    /// are none), each prewarmed as `[prewarm]` says (its own `cpus` if it names them), and the
+    /// `[runtime]` options.
     pub fn runtime_config(&self) -> RuntimeConfig {
-        let group = |device: DeviceSpec, count: usize| WorkerConfig {
-            device,
-            count,
-            prewarm: self.prewarm.clone(),
+        let group = |group: &WorkerGroup| WorkerConfig {
+            device: group.device.clone(),
+            count: group.count,
+            prewarm: PrewarmOptions {
+                cpus: group
+                    .cpus
+                    .clone()
+                    .unwrap_or_else(|| self.prewarm.cpus.clone()),
+                ..self.prewarm.clone()
+            },
         };
-        let workers = if self.workers.is_empty() {
-            vec![group(DeviceSpec::Cpu, 1)]
-        } else {
-            self.workers
-                .iter()
-                .map(|g| group(g.device.clone(), g.count))
-                .collect()
+        let workers = match self.workers.is_empty() {
+            true => vec![group(&WorkerGroup {
+                device: DeviceSpec::Cpu,
+                count: 1,
+                cpus: None,
+            })],
+            false => self.workers.iter().map(group).collect(),
         };
         RuntimeConfig {
             workers,

@@ -256,6 +256,22 @@ fn runtime_and_prewarm_sections_are_the_library_options_with_its_defaults() {
 }
 
 #[test]
+fn a_worker_group_may_keep_its_device_threads_on_its_own_cpus() {
+    let config = parse(
+        "[prewarm]\ncpus = [8]\n\n[[workers]]\ndevice = \"cpu\"\ncpus = [0, 1]\n\n\
+         [[workers]]\ndevice = \"cpu\"\n",
+    )
+    .unwrap();
+    let cpus: Vec<Vec<usize>> = config
+        .runtime_config()
+        .workers
+        .iter()
+        .map(|w| w.prewarm.cpus.clone())
+        .collect();
+    assert_eq!(cpus, [vec![0, 1], vec![8]]);
+}
+
+#[test]
 fn unknown_or_bad_keys_in_library_sections_name_their_line() {
     for (text, line, what) in [
         (

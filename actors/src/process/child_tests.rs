@@ -6,9 +6,9 @@ use crate::backend::{
     DType, DeviceSpec, FinishReason, Footprint, GenerateOutput, MemoryInfo, ModelSpec,
     PrewarmOptions, PrewarmReport,
 };
-use crate::batch::BatchEngine;
+use crate::batch::{BatchEngine, KvUsage, SeqEvent};
 use crate::process::frame::read_frame;
-use crate::process::protocol::WireRequest;
+use crate::process::protocol::{StepReport, WireRequest};
 use crate::timeline::Timeline;
 use std::collections::HashMap;
 
