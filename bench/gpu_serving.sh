@@ -7,6 +7,7 @@
 # same GPU; transformers' batched `generate` at batch 1 and 64 on the same card; and the process
 # vs thread bench with decode tokens/s (issue 12's GPU measurement). Everything under $OUT,
 # packed into $OUT/results-serving.tgz. ONLY_SERVING=1: the serve + loadgen part only.
+# CPUS=3,5 keeps the workers' device threads on those CPUs ([prewarm] cpus).
 set -u
 GPU_BIN=${GPU_BIN:-.gpu}
 TOKENS=${TOKENS:-128}
@@ -41,6 +42,7 @@ isolation = "process"
 [prewarm]
 dtypes = ["f16", "bf16"]
 host_cache = "4GiB"
+${CPUS:+cpus = [$CPUS]}
 [[workers]]
 device = "cuda:0"
 count = 2
@@ -113,7 +115,7 @@ log "transformers rc=$?: $(cat "$OUT/transformers-batched.json" 2>/dev/null)"
 
 log "process vs thread: bench OPT-125m f16, controller and controller_process, decode 64 tokens"
 $WC bench --models /tmp/opt-125m --device cuda:0 --dtype f16 --scenario single --runs 20 \
-  --modes controller,controller_process --decode-tokens 64 --no-peer --out "$OUT/bench-isolation" >> "$OUT/session.log" 2>&1
+  --modes controller,controller_process --decode-tokens 64 --no-peer ${CPUS:+--worker-cpus ${CPUS%%,*}} --out "$OUT/bench-isolation" >> "$OUT/session.log" 2>&1
 log "bench isolation rc=$?"
 grep -h "decode\|to first token" "$OUT/bench-isolation/report.md" | head -12 | tee -a "$OUT/session.log"
 log "done"
