@@ -27,7 +27,11 @@ fn open_cuda(index: usize, spec: &DeviceSpec) -> Result<Device, LoadError> {
             "no such GPU: this machine has {count} CUDA device(s)"
         )));
     }
-    Device::new_cuda_with_stream(index).map_err(|e| unavailable(e.to_string()))
+    let device = Device::new_cuda_with_stream(index).map_err(|e| unavailable(e.to_string()))?;
+    if let Device::Cuda(cuda) = &device {
+        crate::cuda::single_stream(cuda);
+    }
+    Ok(device)
 }
 
 /// candle's dtype for the runtime's.

@@ -33,6 +33,8 @@ pub fn keep_pool_memory(_device: &CudaDevice) -> Result<(), LoadError> {
     Err(not_compiled())
 }
 
+pub fn single_stream(_device: &CudaDevice) {}
+
 pub fn memory_info(_device: &CudaDevice) -> Result<(u64, u64), String> {
     Err(not_compiled().to_string())
 }

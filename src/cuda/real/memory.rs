@@ -86,6 +86,20 @@ pub fn keep_pool_memory(device: &CudaDevice) -> Result<(), LoadError> {
     Ok(())
 }
 
+/// Turns off cudarc's cross-stream event tracking for everything `device` allocates from now on.
+/// A worker runs all of its device work on its own stream and no device buffer crosses to
+/// another stream (the host cache shared by workers is host memory, copied under the pool's
+/// lock), so the tracking is pure host cost: an event recorded for every buffer a kernel reads
+/// or writes and a stream wait for every one written, on the launching thread, which is what
+/// bounds a small model's decode. `WC_CUDA_EVENT_TRACKING=1` keeps it on (for comparison).
+pub fn single_stream(device: &CudaDevice) {
+    if std::env::var("WC_CUDA_EVENT_TRACKING").is_ok_and(|v| v == "1") {
+        return;
+    }
+    // SAFETY: see above: every buffer this device allocates is used on its own stream only.
+    unsafe { device.disable_event_tracking() };
+}
+
 /// `(total, free)` bytes of the device behind `device`, after the worker's queued frees have
 /// run. Free counts what `cuMemGetInfo` reports plus the memory the worker's pool holds mapped
 /// but unused (freed by a detach and kept for the next attach; see [`keep_pool_memory`]).

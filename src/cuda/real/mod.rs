@@ -7,7 +7,8 @@ mod upload;
 
 pub use fault::{fault_illegal_address, fault_of};
 pub use memory::{
-    device_count, keep_pool_memory, memory_info, pinned_h2d_bandwidth, pool_usage, PoolUsage,
+    device_count, keep_pool_memory, memory_info, pinned_h2d_bandwidth, pool_usage, single_stream,
+    PoolUsage,
 };
 pub use pinned::{device_pool, CacheInserts, PinnedPool, SharedPool, BLOCK_BYTES};
 pub use upload::{
