@@ -4,7 +4,7 @@
 # topology (NUMA node and CPUs of the GPU), then the bench on OPT-125m f16 with both modes side by
 # side, each mode alone, and both pinned to the GPU's own CPUs, every step's timings logged
 # (`wc::step`: host time to queue the pass, time to the token, CPU) and every attach's build time
-# (`wc::attach`). Everything lands in $OUT/overhead.tgz.
+# (`wc::attach`). ONLY_PINNED=1 skips the unpinned benches. Everything lands in $OUT/overhead.tgz.
 set -u
 FINAL=${OUT:-/tmp/wc-out}; OUT=/tmp/wc-overhead; rm -rf "$OUT"; mkdir -p "$OUT" "$FINAL"
 trap 'tar czf "$FINAL/overhead.tgz" -C "$OUT" . ; cp "$OUT/overhead.log" "$FINAL/"' EXIT
@@ -32,7 +32,7 @@ bench() { # name, modes, more bench arguments...
 # Each invocation's threads land on other vCPUs, whose speeds differ by up to 20% at a given
 # time on these VMs: several invocations unpinned, then several with both modes' device threads
 # kept on the same CPU (`--worker-cpus`), so that the modes compare on equal CPUs.
-for i in 1 2 3; do bench free-$i controller,controller_process; done
+[ -n "${ONLY_PINNED:-}" ] || for i in 1 2 3; do bench free-$i controller,controller_process; done
 for cpu in 3 9 15; do bench pinned-$cpu controller,controller_process --worker-cpus $cpu; done
 if [ -n "${TESTS:-}" ]; then
   # The GPU tests of the attach path and of batching, from .gpu/cuda_reference.gz and batching.gz.
