@@ -1,16 +1,81 @@
 //! What a generation request is and what it gives back: the prompt (text, ids or a chat), the
 //! sampling parameters, each token as it is made, and the finished output.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A prompt as text (tokenized by the engine), as token ids, or as a chat that the engine
-/// renders with the model's chat template.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
+/// renders with the model's chat template. In JSON (any human-readable format) it is the bare
+/// string, id list or message list; in bincode, on a worker process's pipe, it is tagged, as a
+/// format that does not describe itself cannot tell the three apart.
+#[derive(Clone, Debug, PartialEq)]
 pub enum Prompt {
     Text(String),
     Ids(Vec<u32>),
     Chat(Vec<ChatMessage>),
+}
+
+/// [`Prompt`]'s two serialized forms, borrowed for writing.
+#[derive(Serialize)]
+#[serde(rename = "Prompt")]
+enum PromptRef<'a> {
+    Text(&'a str),
+    Ids(&'a [u32]),
+    Chat(&'a [ChatMessage]),
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum BarePromptRef<'a> {
+    Text(&'a str),
+    Ids(&'a [u32]),
+    Chat(&'a [ChatMessage]),
+}
+
+/// [`Prompt`]'s two serialized forms, owned for reading.
+#[derive(Deserialize)]
+#[serde(rename = "Prompt")]
+enum TaggedPrompt {
+    Text(String),
+    Ids(Vec<u32>),
+    Chat(Vec<ChatMessage>),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum BarePrompt {
+    Text(String),
+    Ids(Vec<u32>),
+    Chat(Vec<ChatMessage>),
+}
+
+impl Serialize for Prompt {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match (self, serializer.is_human_readable()) {
+            (Prompt::Text(t), true) => BarePromptRef::Text(t).serialize(serializer),
+            (Prompt::Ids(i), true) => BarePromptRef::Ids(i).serialize(serializer),
+            (Prompt::Chat(c), true) => BarePromptRef::Chat(c).serialize(serializer),
+            (Prompt::Text(t), false) => PromptRef::Text(t).serialize(serializer),
+            (Prompt::Ids(i), false) => PromptRef::Ids(i).serialize(serializer),
+            (Prompt::Chat(c), false) => PromptRef::Chat(c).serialize(serializer),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Prompt {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(match deserializer.is_human_readable() {
+            true => match BarePrompt::deserialize(deserializer)? {
+                BarePrompt::Text(t) => Prompt::Text(t),
+                BarePrompt::Ids(i) => Prompt::Ids(i),
+                BarePrompt::Chat(c) => Prompt::Chat(c),
+            },
+            false => match TaggedPrompt::deserialize(deserializer)? {
+                TaggedPrompt::Text(t) => Prompt::Text(t),
+                TaggedPrompt::Ids(i) => Prompt::Ids(i),
+                TaggedPrompt::Chat(c) => Prompt::Chat(c),
+            },
+        })
+    }
 }
 
 /// One message of a chat: a role (`system`, `user`, `assistant`, `tool`) and its text.
@@ -129,4 +194,51 @@ pub struct GenerateOutput {
     pub cumulative_logprob: f64,
     /// Per new token, when the request asked for logprobs.
     pub logprobs: Vec<TokenLogprobs>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::process::frame::{read_frame, write_frame};
+
+    fn every_kind() -> [Prompt; 3] {
+        [
+            Prompt::Text("hi".into()),
+            Prompt::Ids(vec![2, 7]),
+            Prompt::Chat(vec![ChatMessage::new("user", "hi")]),
+        ]
+    }
+
+    #[test]
+    fn prompts_are_bare_in_json() {
+        let json: Vec<String> = every_kind()
+            .iter()
+            .map(|p| serde_json::to_string(p).unwrap())
+            .collect();
+        assert_eq!(
+            json,
+            [r#""hi""#, "[2,7]", r#"[{"role":"user","content":"hi"}]"#]
+        );
+        for (prompt, text) in every_kind().iter().zip(&json) {
+            assert_eq!(&serde_json::from_str::<Prompt>(text).unwrap(), prompt);
+        }
+    }
+
+    #[test]
+    fn every_kind_of_prompt_crosses_a_worker_pipe() {
+        // bincode cannot read an untagged enum back: the pipe's form is tagged.
+        let mut buffer = Vec::new();
+        for prompt in every_kind() {
+            let request = GenerateRequest {
+                prompt,
+                ..GenerateRequest::default()
+            };
+            write_frame(&mut buffer, &request).unwrap();
+        }
+        let mut input = buffer.as_slice();
+        for prompt in every_kind() {
+            let read: GenerateRequest = read_frame(&mut input).unwrap().unwrap();
+            assert_eq!(read.prompt, prompt);
+        }
+    }
 }

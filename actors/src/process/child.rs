@@ -21,8 +21,8 @@ use super::frame::{read_frame, write_frame};
 use super::liveness::{die_with_parent, Beat};
 use super::protocol::{AttachedEngine, FromWorker, LoadedEngine, ToWorker};
 use crate::backend::{
-    Backend, Engine, EngineError, ErrorKind, GenerateRequest, ModelSpec, Prompt, PromptEncoder,
-    TokenEvent, WorkerDevice,
+    Backend, Engine, EngineError, ErrorKind, GenerateRequest, ModelSpec, PromptEncoder, TokenEvent,
+    WorkerDevice,
 };
 use crate::batch::{Admission, SeqId};
 use crate::timeline::Timeline;
@@ -62,7 +62,7 @@ pub fn serve_worker(backend: Arc<dyn Backend>) {
                         std::thread::spawn(move || {
                             let current = encoder.lock().map(|e| e.clone()).unwrap_or(None);
                             let ids = match current {
-                                Some(encoder) => encoder.encode(&Prompt::from(prompt)),
+                                Some(encoder) => encoder.encode(&prompt),
                                 None => Err(no("an engine with an encoder")),
                             };
                             send(&out, &FromWorker::Encoded { id, ids });
@@ -228,11 +228,11 @@ impl Worker {
             ToWorker::DeviceBytes => {
                 FromWorker::DeviceBytes(self.engine.as_ref().map_or(0, |e| e.device_bytes()))
             }
-            ToWorker::Generate(request) => self.generate(request.into(), rx),
+            ToWorker::Generate(request) => self.generate(request, rx),
             ToWorker::Admit { id, request } => {
                 self.control += 1;
                 let before = self.kv_usage().reserved_tokens;
-                let result = self.admit(id, request.into());
+                let result = self.admit(id, request);
                 let kv = self.kv_usage();
                 if let Ok(Admission::Admitted) = result {
                     self.running.insert(id);

@@ -8,7 +8,7 @@ use crate::backend::{
 };
 use crate::batch::{BatchEngine, KvUsage, SeqEvent};
 use crate::process::frame::read_frame;
-use crate::process::protocol::{StepReport, WireRequest};
+use crate::process::protocol::StepReport;
 use crate::timeline::Timeline;
 use std::collections::HashMap;
 
@@ -149,7 +149,7 @@ fn admit(id: SeqId, max_new_tokens: usize) -> ToWorker {
     };
     ToWorker::Admit {
         id,
-        request: WireRequest::from(&request),
+        request: request.clone(),
     }
 }
 

@@ -204,7 +204,7 @@ impl BatchEngine for ProcessEngine {
     fn admit(&mut self, id: SeqId, request: &GenerateRequest) -> Result<Admission, EngineError> {
         self.send_control(&ToWorker::Admit {
             id,
-            request: request.into(),
+            request: request.clone(),
         })?;
         match self.link.wait()? {
             FromWorker::Admitted { result, kv, share } => {
@@ -260,7 +260,7 @@ impl Engine for ProcessEngine {
         request: &GenerateRequest,
         on_token: &mut dyn FnMut(TokenEvent) -> bool,
     ) -> Result<GenerateOutput, EngineError> {
-        self.link.send(&ToWorker::Generate(request.into()))?;
+        self.link.send(&ToWorker::Generate(request.clone()))?;
         let mut cancelled = false;
         loop {
             match self.link.wait()? {
@@ -337,7 +337,7 @@ impl PromptEncoder for EncoderProxy {
                 &mut *input,
                 &ToWorker::Encode {
                     id,
-                    prompt: prompt.into(),
+                    prompt: prompt.clone(),
                 },
             )
         };

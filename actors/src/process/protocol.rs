@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{
-    ChatMessage, DeviceSpec, EngineError, GenerateOutput, GenerateRequest, MemoryInfo, ModelSpec,
+    DeviceSpec, EngineError, GenerateOutput, GenerateRequest, MemoryInfo, ModelSpec,
     PrewarmOptions, PrewarmReport, Prompt, TokenEvent,
 };
 use crate::batch::{Admission, KvUsage, SeqEvent, SeqId};
@@ -31,18 +31,18 @@ pub enum ToWorker {
     },
     WarmUp,
     DeviceBytes,
-    Generate(WireRequest),
+    Generate(GenerateRequest),
     Cancel,
     /// Admit a request into the engine's batch under this id.
     Admit {
         id: SeqId,
-        request: WireRequest,
+        request: GenerateRequest,
     },
     CancelSequence(SeqId),
     /// Encode a prompt with the engine's encoder, beside (not behind) a running generation.
     Encode {
         id: u64,
-        prompt: WirePrompt,
+        prompt: Prompt,
     },
     Synchronize,
     DropEngine,
@@ -111,97 +111,6 @@ pub struct AttachedEngine {
     pub memory_attached: MemoryInfo,
 }
 
-/// A prompt on the wire ([`Prompt`] is untagged for JSON, which bincode cannot read back).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub enum WirePrompt {
-    Text(String),
-    Ids(Vec<u32>),
-    /// `(role, content)` of each message.
-    Chat(Vec<(String, String)>),
-}
-
-impl From<&Prompt> for WirePrompt {
-    fn from(prompt: &Prompt) -> Self {
-        match prompt {
-            Prompt::Text(text) => WirePrompt::Text(text.clone()),
-            Prompt::Ids(ids) => WirePrompt::Ids(ids.clone()),
-            Prompt::Chat(messages) => WirePrompt::Chat(
-                messages
-                    .iter()
-                    .map(|m| (m.role.clone(), m.content.clone()))
-                    .collect(),
-            ),
-        }
-    }
-}
-
-impl From<WirePrompt> for Prompt {
-    fn from(prompt: WirePrompt) -> Self {
-        match prompt {
-            WirePrompt::Text(text) => Prompt::Text(text),
-            WirePrompt::Ids(ids) => Prompt::Ids(ids),
-            WirePrompt::Chat(messages) => Prompt::Chat(
-                messages
-                    .into_iter()
-                    .map(|(role, content)| ChatMessage { role, content })
-                    .collect(),
-            ),
-        }
-    }
-}
-
-/// A [`GenerateRequest`] on the wire.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct WireRequest {
-    pub prompt: WirePrompt,
-    pub max_new_tokens: usize,
-    pub temperature: f64,
-    pub top_p: f64,
-    pub seed: Option<u64>,
-    pub stop: Vec<String>,
-    pub ignore_eos: bool,
-    pub logprobs: Option<usize>,
-    pub presence_penalty: f32,
-    pub frequency_penalty: f32,
-    pub logit_bias: Vec<(u32, f32)>,
-}
-
-impl From<&GenerateRequest> for WireRequest {
-    fn from(r: &GenerateRequest) -> Self {
-        Self {
-            prompt: (&r.prompt).into(),
-            max_new_tokens: r.max_new_tokens,
-            temperature: r.temperature,
-            top_p: r.top_p,
-            seed: r.seed,
-            stop: r.stop.clone(),
-            ignore_eos: r.ignore_eos,
-            logprobs: r.logprobs,
-            presence_penalty: r.presence_penalty,
-            frequency_penalty: r.frequency_penalty,
-            logit_bias: r.logit_bias.clone(),
-        }
-    }
-}
-
-impl From<WireRequest> for GenerateRequest {
-    fn from(r: WireRequest) -> Self {
-        Self {
-            prompt: r.prompt.into(),
-            max_new_tokens: r.max_new_tokens,
-            temperature: r.temperature,
-            top_p: r.top_p,
-            seed: r.seed,
-            stop: r.stop,
-            ignore_eos: r.ignore_eos,
-            logprobs: r.logprobs,
-            presence_penalty: r.presence_penalty,
-            frequency_penalty: r.frequency_penalty,
-            logit_bias: r.logit_bias,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,7 +128,7 @@ mod tests {
             ..GenerateRequest::default()
         };
         let mut buffer = Vec::new();
-        write_frame(&mut buffer, &ToWorker::Generate((&request).into())).unwrap();
+        write_frame(&mut buffer, &ToWorker::Generate(request.clone())).unwrap();
         write_frame(
             &mut buffer,
             &ToWorker::Open {
@@ -248,7 +157,7 @@ mod tests {
         write_frame(&mut buffer, &stepped).unwrap();
         let mut input = buffer.as_slice();
         match read_frame::<ToWorker>(&mut input).unwrap().unwrap() {
-            ToWorker::Generate(wire) => assert_eq!(GenerateRequest::from(wire), request),
+            ToWorker::Generate(read) => assert_eq!(read, request),
             other => panic!("{other:?}"),
         }
         assert!(matches!(
