@@ -4,6 +4,20 @@ use wc_actors::DeviceSpec;
 
 use crate::error::LoadError;
 
+/// The CPUs this process may run on (Linux).
+pub fn allowed_cpus() -> Result<Vec<usize>, String> {
+    imp::allowed()
+}
+
+/// Whether this process may run on every CPU of `cpus` (for a config check before any worker
+/// starts); the error names the first one it may not and the CPUs it may.
+pub fn check_cpus(cpus: &[usize]) -> Result<(), String> {
+    match cpus.is_empty() {
+        true => Ok(()),
+        false => imp::check(cpus),
+    }
+}
+
 /// Keeps the calling thread on `cpus` (nothing to do when empty). A CPU this process may not
 /// run on, or any CPU on a system without thread affinity, is refused with a typed error.
 pub fn keep_thread_on(cpus: &[usize], device: &DeviceSpec) -> Result<(), LoadError> {
@@ -39,15 +53,19 @@ mod imp {
             .collect())
     }
 
-    pub(super) fn keep_thread_on(cpus: &[usize]) -> Result<(), String> {
+    pub(super) fn check(cpus: &[usize]) -> Result<(), String> {
         let allowed = allowed()?;
-        if let Some(cpu) = cpus.iter().find(|cpu| !allowed.contains(cpu)) {
-            return Err(format!(
-                "[prewarm] cpus names CPU {cpu}, which this process may not run on (it may run \
-                 on {})",
+        match cpus.iter().find(|cpu| !allowed.contains(cpu)) {
+            Some(cpu) => Err(format!(
+                "cpus names CPU {cpu}, which this process may not run on (it may run on {})",
                 ranges(&allowed)
-            ));
+            )),
+            None => Ok(()),
         }
+    }
+
+    pub(super) fn keep_thread_on(cpus: &[usize]) -> Result<(), String> {
+        check(cpus)?;
         // SAFETY: as above; every CPU set is below the set's size (it is one of `allowed`).
         let mut set: libc::cpu_set_t = unsafe { zeroed() };
         for &cpu in cpus {
@@ -89,8 +107,16 @@ mod imp {
 
 #[cfg(not(target_os = "linux"))]
 mod imp {
-    pub(super) fn keep_thread_on(_cpus: &[usize]) -> Result<(), String> {
-        Err("[prewarm] cpus is supported on Linux only".into())
+    pub(super) fn allowed() -> Result<Vec<usize>, String> {
+        Err("CPU affinity is supported on Linux only".into())
+    }
+
+    pub(super) fn check(_cpus: &[usize]) -> Result<(), String> {
+        Err("cpus is supported on Linux only".into())
+    }
+
+    pub(super) fn keep_thread_on(cpus: &[usize]) -> Result<(), String> {
+        check(cpus)
     }
 }
 

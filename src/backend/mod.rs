@@ -2,7 +2,7 @@
 //! ([`CandleDevice`], in `device.rs`), loads engines of every supported family (OPT and the Llama
 //! family; `load.rs`).
 
-mod affinity;
+pub mod affinity;
 mod device;
 mod load;
 

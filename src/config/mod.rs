@@ -355,6 +355,12 @@ impl Config {
             check_worker_count(group.count)
                 .map_err(|reason| format!("[[workers]] on `{}`: {reason}", group.device))?;
         }
+        crate::backend::affinity::check_cpus(&self.prewarm.cpus)
+            .map_err(|reason| format!("[prewarm] {reason}"))?;
+        for group in &self.workers {
+            crate::backend::affinity::check_cpus(group.cpus.as_deref().unwrap_or_default())
+                .map_err(|reason| format!("[[workers]] on `{}`: {reason}", group.device))?;
+        }
         let total: usize = self.workers.iter().map(|g| g.count).sum();
         if total > MAX_WORKERS {
             return Err(format!(

@@ -227,11 +227,12 @@ fn runtime_and_prewarm_sections_are_the_library_options_with_its_defaults() {
     assert_eq!(config.runtime, RuntimeOptions::default());
     assert_eq!(config.prewarm, PrewarmOptions::default());
     assert_eq!(config.runtime_config().options, RuntimeOptions::default());
-    let config = parse(
+    let cpu = usable_cpu();
+    let config = parse(&format!(
         "[runtime]\nattach_timeout = 2\nrestart_backoff = \"250ms\"\nisolation = \"thread\"\n\
          heartbeat_timeout = \"1m\"\n\n[prewarm]\ndtypes = [\"f16\"]\nstaging = \"64MiB\"\n\
-         host_cache = 1048576\nmemory_limit = \"2GB\"\ncpus = [0, 2]\n\n[[workers]]\ndevice = \"cpu\"\ncount = 2\n",
-    )
+         host_cache = 1048576\nmemory_limit = \"2GB\"\ncpus = [{cpu}]\n\n[[workers]]\ndevice = \"cpu\"\ncount = 2\n",
+    ))
     .unwrap();
     let runtime = config.runtime_config();
     // A bare number is seconds, in [runtime] as everywhere.
@@ -244,7 +245,7 @@ fn runtime_and_prewarm_sections_are_the_library_options_with_its_defaults() {
         staging_bytes: 64 << 20,
         host_cache_bytes: 1 << 20,
         memory_limit_bytes: 2_000_000_000,
-        cpus: vec![0, 2],
+        cpus: vec![cpu],
         ..PrewarmOptions::default()
     };
     assert_eq!(runtime.workers.len(), 1);
@@ -255,12 +256,18 @@ fn runtime_and_prewarm_sections_are_the_library_options_with_its_defaults() {
     );
 }
 
+/// A CPU this test process may run on.
+fn usable_cpu() -> usize {
+    crate::backend::affinity::allowed_cpus().unwrap()[0]
+}
+
 #[test]
 fn a_worker_group_may_keep_its_device_threads_on_its_own_cpus() {
-    let config = parse(
-        "[prewarm]\ncpus = [8]\n\n[[workers]]\ndevice = \"cpu\"\ncpus = [0, 1]\n\n\
+    let cpu = usable_cpu();
+    let config = parse(&format!(
+        "[prewarm]\ncpus = [{cpu}]\n\n[[workers]]\ndevice = \"cpu\"\ncpus = [{cpu}, {cpu}]\n\n\
          [[workers]]\ndevice = \"cpu\"\n",
-    )
+    ))
     .unwrap();
     let cpus: Vec<Vec<usize>> = config
         .runtime_config()
@@ -268,7 +275,21 @@ fn a_worker_group_may_keep_its_device_threads_on_its_own_cpus() {
         .iter()
         .map(|w| w.prewarm.cpus.clone())
         .collect();
-    assert_eq!(cpus, [vec![0, 1], vec![8]]);
+    assert_eq!(cpus, [vec![cpu, cpu], vec![cpu]]);
+}
+
+#[test]
+fn cpus_the_process_may_not_use_are_refused_before_any_worker_starts() {
+    for text in [
+        "[prewarm]\ncpus = [100000]\n",
+        "[[workers]]\ndevice = \"cpu\"\ncpus = [100000]\n",
+    ] {
+        let err = parse(text).unwrap_err().to_string();
+        assert!(
+            err.contains("CPU 100000") && err.contains("may run on"),
+            "{err}"
+        );
+    }
 }
 
 #[test]
