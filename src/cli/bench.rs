@@ -95,6 +95,8 @@ fn at_least_one(text: &str) -> Result<usize, String> {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    // Its thread-mode paths hold engines on worker threads.
+    super::allocator::keep_freed_host_memory(true);
     // The bench reports on its own; logs (of thread-mode workers) only when asked for.
     if std::env::var_os("RUST_LOG").is_some() {
         crate::server::logging::init(super::log_format_from_env());

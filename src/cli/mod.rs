@@ -65,12 +65,6 @@ fn log_format_from_env() -> crate::config::LogFormat {
 pub fn main() -> ExitCode {
     process_started_ns();
     let cli = Cli::parse();
-    match cli.command {
-        Command::Worker => allocator::keep_freed_host_memory(false),
-        // The bench holds engines on worker threads (its thread-mode paths).
-        Command::Bench(_) => allocator::keep_freed_host_memory(true),
-        _ => {}
-    }
     let result = match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::MakeModel(args) => make_model::run(args),

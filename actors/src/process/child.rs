@@ -19,10 +19,10 @@ use std::time::Duration;
 
 use super::frame::{read_frame, write_frame};
 use super::liveness::{die_with_parent, Beat};
-use super::protocol::{AttachedEngine, FromWorker, LoadedEngine, ToWorker};
+use super::protocol::{AttachedEngine, FromWorker, ToWorker};
 use crate::backend::{
     Backend, Engine, EngineError, ErrorKind, GenerateRequest, ModelSpec, PromptEncoder, TokenEvent,
-    WorkerDevice,
+    WarmEngine, WorkerDevice,
 };
 use crate::batch::{Admission, SeqId};
 use crate::timeline::Timeline;
@@ -197,26 +197,12 @@ impl Worker {
                 Some(device) => FromWorker::Memory(device.memory()),
                 None => FromWorker::Memory(Err(no("open device"))),
             },
-            ToWorker::Load { spec, mut timeline } => {
-                let beat = self.beat.clone();
-                let loaded = self
-                    .device_for_load(&spec)
-                    .and_then(|device| beat.during(|| device.load(&spec, &mut timeline)));
-                FromWorker::Loaded(
-                    loaded.map(|(engine, bytes_moved)| self.keep(engine, timeline, bytes_moved)),
-                )
-            }
             ToWorker::Attach { spec, mut timeline } => {
                 let beat = self.beat.clone();
                 let attached = self
                     .device_for_load(&spec)
                     .and_then(|device| beat.during(|| device.attach(&spec, &mut timeline)));
-                FromWorker::Attached(attached.map(|warm| AttachedEngine {
-                    device_bytes: warm.device_bytes,
-                    memory_before: warm.memory_before,
-                    memory_attached: warm.memory_attached,
-                    loaded: self.keep(warm.engine, timeline, warm.bytes_moved),
-                }))
+                FromWorker::Attached(attached.map(|warm| self.keep(warm, timeline)))
             }
             ToWorker::WarmUp => match self.engine.as_mut() {
                 Some(engine) => {
@@ -225,9 +211,6 @@ impl Worker {
                 }
                 None => FromWorker::WarmedUp(Err(no("engine"))),
             },
-            ToWorker::DeviceBytes => {
-                FromWorker::DeviceBytes(self.engine.as_ref().map_or(0, |e| e.device_bytes()))
-            }
             ToWorker::Generate(request) => self.generate(request, rx),
             ToWorker::Admit { id, request } => {
                 self.control += 1;
@@ -288,14 +271,10 @@ impl Worker {
         Ok(device)
     }
 
-    /// Holds a loaded engine (and its encoder, for the reader thread); what the controller
+    /// Holds an attached engine (and its encoder, for the reader thread); what the controller
     /// needs to know of it.
-    fn keep(
-        &mut self,
-        mut engine: Box<dyn Engine>,
-        timeline: Timeline,
-        bytes_moved: u64,
-    ) -> LoadedEngine {
+    fn keep(&mut self, warm: WarmEngine, timeline: Timeline) -> AttachedEngine {
+        let mut engine = warm.engine;
         let encoder = engine.prompt_encoder();
         let batches = engine.batch().is_some();
         let kv = engine.batch().map(|b| b.kv_usage()).unwrap_or_default();
@@ -304,9 +283,12 @@ impl Worker {
             *slot = encoder;
         }
         self.engine = Some(engine);
-        LoadedEngine {
+        AttachedEngine {
             timeline,
-            bytes_moved,
+            bytes_moved: warm.bytes_moved,
+            device_bytes: warm.device_bytes,
+            memory_before: warm.memory_before,
+            memory_attached: warm.memory_attached,
             has_encoder,
             batches,
             kv,

@@ -174,7 +174,7 @@ fn opened_and_loaded() -> Vec<ToWorker> {
             device: DeviceSpec::Cpu,
             options: PrewarmOptions::default(),
         },
-        ToWorker::Load {
+        ToWorker::Attach {
             spec: ModelSpec {
                 model: "fake".into(),
                 dtype: None,
@@ -190,7 +190,7 @@ fn a_batch_decodes_to_the_end_on_one_admit_with_no_message_per_step() {
     messages.extend([admit(1, 5), admit(2, 3)]);
     let sent = serve(messages);
     assert!(matches!(sent[0], FromWorker::Opened(Ok(_))), "{sent:?}");
-    assert!(matches!(sent[1], FromWorker::Loaded(Ok(_))), "{sent:?}");
+    assert!(matches!(sent[1], FromWorker::Attached(Ok(_))), "{sent:?}");
     let shares: Vec<usize> = sent
         .iter()
         .filter_map(|m| match m {
@@ -235,7 +235,7 @@ fn a_cancelled_sequence_is_not_stepped_and_a_cancel_is_not_answered() {
     let mut messages = opened_and_loaded();
     messages.extend([admit(1, 4), ToWorker::CancelSequence(1)]);
     let sent = serve(messages);
-    // Opened, Loaded, Admitted; no step for a batch emptied before it ran, no answer.
+    // Opened, Attached, Admitted; no step for a batch emptied before it ran, no answer.
     assert_eq!(sent.len(), 3, "{sent:?}");
     assert!(matches!(sent[2], FromWorker::Admitted { .. }));
 }

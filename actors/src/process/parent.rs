@@ -24,7 +24,7 @@ use super::frame::write_frame;
 
 use super::ledger::Ledger;
 use super::link::{describe, fatal, EncodeReplies, Link};
-use super::protocol::{FromWorker, LoadedEngine, ToWorker};
+use super::protocol::{AttachedEngine, FromWorker, ToWorker};
 use crate::backend::{
     Backend, DeviceSpec, Engine, EngineError, Footprint, GenerateOutput, GenerateRequest,
     MemoryInfo, ModelSpec, PrewarmOptions, PrewarmReport, Prompt, PromptEncoder, TokenEvent,
@@ -90,10 +90,10 @@ struct ProcessDevice {
 }
 
 impl ProcessDevice {
-    /// The proxy of the engine the process just loaded; takes the anchors it marked.
-    fn engine(&self, loaded: LoadedEngine, timeline: &mut Timeline) -> Box<dyn Engine> {
-        *timeline = loaded.timeline;
-        let encoder = loaded.has_encoder.then(|| {
+    /// The proxy of the engine the process just attached; takes the anchors it marked.
+    fn engine(&self, attached: AttachedEngine, timeline: &mut Timeline) -> WarmEngine {
+        *timeline = attached.timeline;
+        let encoder = attached.has_encoder.then(|| {
             Arc::new(EncoderProxy {
                 input: self.link.input.clone(),
                 encodes: self.link.encodes.clone(),
@@ -102,12 +102,19 @@ impl ProcessDevice {
             }) as Arc<dyn PromptEncoder>
         });
         self.link.steps.borrow_mut().clear();
-        Box::new(ProcessEngine {
-            link: self.link.clone(),
-            encoder,
-            batches: loaded.batches,
-            ledger: Ledger::new(loaded.kv),
-        })
+        WarmEngine {
+            engine: Box::new(ProcessEngine {
+                link: self.link.clone(),
+                encoder,
+                batches: attached.batches,
+                ledger: Ledger::new(attached.kv),
+                device_bytes: attached.device_bytes,
+            }),
+            bytes_moved: attached.bytes_moved,
+            device_bytes: attached.device_bytes,
+            memory_before: attached.memory_before,
+            memory_attached: attached.memory_attached,
+        }
     }
 }
 
@@ -120,23 +127,14 @@ impl WorkerDevice for ProcessDevice {
         }
     }
 
+    /// A process loads only as a whole attach (one round trip): the engine comes back warm.
     fn load(
         &mut self,
         spec: &ModelSpec,
         timeline: &mut Timeline,
     ) -> Result<(Box<dyn Engine>, u64), EngineError> {
-        self.link.send(&ToWorker::Load {
-            spec: spec.clone(),
-            timeline: timeline.clone(),
-        })?;
-        match self.link.wait()? {
-            FromWorker::Loaded(loaded) => {
-                let loaded = loaded?;
-                let bytes_moved = loaded.bytes_moved;
-                Ok((self.engine(loaded, timeline), bytes_moved))
-            }
-            other => Err(self.link.unexpected(&other)),
-        }
+        self.attach(spec, timeline)
+            .map(|warm| (warm.engine, warm.bytes_moved))
     }
 
     /// One round trip: the process loads, warms up and sizes the engine on its own.
@@ -150,17 +148,7 @@ impl WorkerDevice for ProcessDevice {
             timeline: timeline.clone(),
         })?;
         match self.link.wait()? {
-            FromWorker::Attached(attached) => {
-                let attached = attached?;
-                let bytes_moved = attached.loaded.bytes_moved;
-                Ok(WarmEngine {
-                    engine: self.engine(attached.loaded, timeline),
-                    bytes_moved,
-                    device_bytes: attached.device_bytes,
-                    memory_before: attached.memory_before,
-                    memory_attached: attached.memory_attached,
-                })
-            }
+            FromWorker::Attached(attached) => Ok(self.engine(attached?, timeline)),
             other => Err(self.link.unexpected(&other)),
         }
     }
@@ -190,6 +178,8 @@ struct ProcessEngine {
     batches: bool,
     /// The sequences running in the process and their KV-cache reservations.
     ledger: Ledger,
+    /// Device bytes the engine holds, as its attach reported them.
+    device_bytes: u64,
 }
 
 impl ProcessEngine {
@@ -285,14 +275,7 @@ impl Engine for ProcessEngine {
     }
 
     fn device_bytes(&self) -> u64 {
-        let answer = self
-            .link
-            .send(&ToWorker::DeviceBytes)
-            .and_then(|()| self.link.wait());
-        match answer {
-            Ok(FromWorker::DeviceBytes(bytes)) => bytes,
-            _ => 0,
-        }
+        self.device_bytes
     }
 
     fn prompt_encoder(&self) -> Option<Arc<dyn PromptEncoder>> {

@@ -20,17 +20,13 @@ pub enum ToWorker {
         options: PrewarmOptions,
     },
     Memory,
-    Load {
-        spec: ModelSpec,
-        timeline: Timeline,
-    },
-    /// A whole attach ([`crate::WorkerDevice::attach`]): load, warm-up, sizes, memory.
+    /// A whole attach ([`crate::WorkerDevice::attach`]): load, warm-up, sizes, memory. A process
+    /// loads only this way: one round trip.
     Attach {
         spec: ModelSpec,
         timeline: Timeline,
     },
     WarmUp,
-    DeviceBytes,
     Generate(GenerateRequest),
     Cancel,
     /// Admit a request into the engine's batch under this id.
@@ -55,10 +51,8 @@ pub enum FromWorker {
     Alive,
     Opened(Result<PrewarmReport, EngineError>),
     Memory(Result<MemoryInfo, EngineError>),
-    Loaded(Result<LoadedEngine, EngineError>),
     Attached(Result<AttachedEngine, EngineError>),
     WarmedUp(Result<u32, EngineError>),
-    DeviceBytes(u64),
     Token(TokenEvent),
     Generated(Result<GenerateOutput, EngineError>),
     /// An admit's answer, with the KV-cache usage after it and the tokens this admit reserved.
@@ -88,27 +82,22 @@ pub struct StepReport {
     pub control: u64,
 }
 
-/// What a load in the worker process gives back.
+/// What an attach in the worker process gives back of the engine it keeps.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct LoadedEngine {
+pub struct AttachedEngine {
     /// The anchors the load marked (on the clock every process shares).
     pub timeline: Timeline,
     pub bytes_moved: u64,
+    /// Device bytes the engine holds (fixed from attach on: its KV slab is reserved then).
+    pub device_bytes: u64,
+    pub memory_before: MemoryInfo,
+    pub memory_attached: MemoryInfo,
     /// Whether the engine encodes prompts off its thread.
     pub has_encoder: bool,
     /// Whether the engine batches requests ([`crate::Engine::batch`]).
     pub batches: bool,
     /// Its KV-cache budget (nothing reserved yet).
     pub kv: KvUsage,
-}
-
-/// What an attach in the worker process gives back: the load's, and what the warm-up found.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct AttachedEngine {
-    pub loaded: LoadedEngine,
-    pub device_bytes: u64,
-    pub memory_before: MemoryInfo,
-    pub memory_attached: MemoryInfo,
 }
 
 #[cfg(test)]
