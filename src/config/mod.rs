@@ -1,4 +1,4 @@
-//! The standalone server's TOML configuration: sections, defaults and validation (value types in `units`).
+//! The standalone server's TOML configuration: sections, defaults and validation (value types in `units`, `[[models]]` in `models`, `[[workers]]` in `workers`).
 //!
 //! Every error names the file, line and column it comes from: unknown keys and bad values are
 //! caught while parsing (toml's spans), missing model paths and duplicate names right after.
@@ -13,19 +13,17 @@ use toml::Spanned;
 
 use crate::checkpoint::is_hub_id;
 pub use wc_actors::Isolation;
-use wc_actors::{DType, DeviceSpec, PrewarmOptions, RuntimeConfig, RuntimeOptions, WorkerConfig};
+use wc_actors::{DType, PrewarmOptions, RuntimeOptions};
 
 mod models;
 mod units;
+mod workers;
 use models::resolve_model;
 pub use models::{default_model_name, ModelConfig};
 pub use units::{
     format_duration, parse_bytes, parse_duration, ByteSize, HumanDuration, KeepAlive, MAX_DURATION,
 };
-
-/// The most workers a server may run, over all `[[workers]]` groups: each is an OS thread with
-/// a device context and one engine; 64 covers eight GPUs with eight engines each.
-pub const MAX_WORKERS: usize = 64;
+pub use workers::{check_worker_count, WorkerGroup, MAX_WORKERS};
 
 /// The smallest `max_body_bytes`: a completion request with a short prompt must fit.
 pub const MIN_BODY_BYTES: u64 = 1024;
@@ -123,41 +121,12 @@ pub enum LogFormat {
     Json,
 }
 
-/// One `[[workers]]` entry: `count` workers on one device.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WorkerGroup {
-    /// `cpu`, `cuda` or `cuda:N`.
-    pub device: DeviceSpec,
-    /// How many workers (each holds one engine at a time): 1 to [`MAX_WORKERS`].
-    #[serde(default = "one", deserialize_with = "worker_count")]
-    pub count: usize,
-    /// CPUs this group's device threads are kept on, instead of `[prewarm] cpus` (e.g. the CPUs
-    /// of its GPU's NUMA node).
-    #[serde(default)]
-    pub cpus: Option<Vec<usize>>,
-}
-
-fn one() -> usize {
-    1
-}
-
 /// Checks an API key from any source (file, flag, environment): blank keys are refused.
 pub fn check_api_key(key: &str) -> Result<(), String> {
     if key.trim().is_empty() {
         return Err(
             "the API key is empty: give a non-empty key, or leave it unset for no auth".into(),
         );
-    }
-    Ok(())
-}
-
-/// Checks a number of workers in one group (or given by `--workers`).
-pub fn check_worker_count(count: usize) -> Result<(), String> {
-    if !(1..=MAX_WORKERS).contains(&count) {
-        return Err(format!(
-            "worker count {count} is out of range: 1 to {MAX_WORKERS}"
-        ));
     }
     Ok(())
 }
@@ -177,12 +146,6 @@ fn body_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<ByteSize, D::Error> {
         )));
     }
     Ok(size)
-}
-
-fn worker_count<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
-    let count = usize::deserialize(d)?;
-    check_worker_count(count).map_err(de::Error::custom)?;
-    Ok(count)
 }
 
 /// A configuration that could not be used, with where in which file.
@@ -348,55 +311,6 @@ impl Config {
             check_api_key(key)?;
         }
         Ok(())
-    }
-
-    fn check_workers(&self) -> Result<(), String> {
-        for group in &self.workers {
-            check_worker_count(group.count)
-                .map_err(|reason| format!("[[workers]] on `{}`: {reason}", group.device))?;
-        }
-        crate::backend::affinity::check_cpus(&self.prewarm.cpus)
-            .map_err(|reason| format!("[prewarm] {reason}"))?;
-        for group in &self.workers {
-            crate::backend::affinity::check_cpus(group.cpus.as_deref().unwrap_or_default())
-                .map_err(|reason| format!("[[workers]] on `{}`: {reason}", group.device))?;
-        }
-        let total: usize = self.workers.iter().map(|g| g.count).sum();
-        if total > MAX_WORKERS {
-            return Err(format!(
-                "{total} workers in all: at most {MAX_WORKERS} over every [[workers]] group"
-            ));
-        }
-        Ok(())
-    }
-
-    /// The actor runtime's configuration: the `[[workers]]` groups (one CPU worker when there
-    /// are none), each prewarmed as `[prewarm]` says (its own `cpus` if it names them), and the
-    /// `[runtime]` options.
-    pub fn runtime_config(&self) -> RuntimeConfig {
-        let group = |group: &WorkerGroup| WorkerConfig {
-            device: group.device.clone(),
-            count: group.count,
-            prewarm: PrewarmOptions {
-                cpus: group
-                    .cpus
-                    .clone()
-                    .unwrap_or_else(|| self.prewarm.cpus.clone()),
-                ..self.prewarm.clone()
-            },
-        };
-        let workers = match self.workers.is_empty() {
-            true => vec![group(&WorkerGroup {
-                device: DeviceSpec::Cpu,
-                count: 1,
-                cpus: None,
-            })],
-            false => self.workers.iter().map(group).collect(),
-        };
-        RuntimeConfig {
-            workers,
-            options: self.runtime.clone(),
-        }
     }
 
     /// The configured model with this name.

@@ -1,6 +1,7 @@
 //! Tests of the configuration: parsing, defaults, validation with file:line, and the bundled file.
 
 use super::*;
+use wc_actors::DeviceSpec;
 
 fn parse(text: &str) -> Result<Config, ConfigError> {
     Config::parse(
