@@ -16,7 +16,7 @@ use tokenizers::Tokenizer;
 use wc_actors::ModelSpec;
 
 use crate::backend::{check, CheckedCheckpoint};
-use crate::checkpoint::{ensure_regular, io_error, read_bounded, WeightFile, MAX_TOKENIZER_BYTES};
+use crate::checkpoint::{open_regular, read_bounded, WeightFile, MAX_TOKENIZER_BYTES};
 use crate::error::LoadError;
 
 /// Identifies a file's contents without reading it: a file replaced by another (even one of the
@@ -35,10 +35,10 @@ pub struct FileKey {
 }
 
 impl FileKey {
-    /// The key of the regular file at `path` (symlinks followed).
+    /// The key of the regular file at `path`, a checkpoint's file (opened confined beneath
+    /// the checkpoint, as every read of it is).
     pub fn of(path: &Path) -> Result<Self, LoadError> {
-        let meta = std::fs::metadata(path).map_err(|e| io_error(path, e))?;
-        ensure_regular(path, &meta)?;
+        let (_, meta) = open_regular(path)?;
         Ok(Self::from_metadata(path, &meta))
     }
 

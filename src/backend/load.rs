@@ -203,13 +203,19 @@ impl CandleDevice {
     /// worker's `kv_cache_tokens`) cannot fit the memory this worker has free.
     fn check_fits(&self, checked: &CheckedCheckpoint) -> Result<(), LoadError> {
         let needed = checked.footprint.needed_bytes(self.kv_cache_tokens);
-        let free = self
+        let mut free = self
             .memory()
-            .map_err(|e| LoadError::Device(DeviceError::other(e.message)))?;
-        if needed > free.free_bytes {
+            .map_err(|e| LoadError::Device(DeviceError::other(e.message)))?
+            .free_bytes;
+        if matches!(self.device, Device::Cpu) {
+            // The worker's own count says what it holds; the host says what is left after
+            // every other worker, process and cgroup limit.
+            free = free.min(crate::device::host_available_bytes());
+        }
+        if needed > free {
             return Err(LoadError::DoesNotFit {
                 needed_bytes: needed,
-                free_bytes: free.free_bytes,
+                free_bytes: free,
             });
         }
         Ok(())

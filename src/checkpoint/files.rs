@@ -1,11 +1,12 @@
-//! Opening a checkpoint's files: regular files only (a FIFO, socket or device is refused before
-//! it is opened), small ones read within a size limit.
+//! Opening a checkpoint's files: confined beneath the checkpoint, regular files only (a FIFO,
+//! socket or device is refused), small ones read within a size limit.
 
 use std::fs::{File, Metadata};
 use std::io::Read;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 
+use super::confined::{open_confined, ConfinedError};
 use super::io_error;
 use crate::error::LoadError;
 
@@ -36,20 +37,25 @@ pub fn ensure_regular(path: &Path, meta: &Metadata) -> Result<(), LoadError> {
     }
 }
 
-/// Opens `path` for reading if it is a regular file (symlinks followed), with its metadata.
+/// Opens `path`, a file of a checkpoint, for reading if it is a regular file, with its metadata.
 ///
-/// The type is checked before opening (opening a FIFO would block) and again on the open file,
-/// so a file swapped in between is refused too.
+/// The open is confined beneath the checkpoint ([`open_confined`]): a symlink swapped in at any
+/// moment cannot lead it out, and the type is checked on the open descriptor (opening never
+/// blocks: a FIFO opens without waiting and is then refused).
 pub fn open_regular(path: &Path) -> Result<(File, Metadata), LoadError> {
-    let before = std::fs::metadata(path).map_err(|e| io_error(path, e))?;
-    ensure_regular(path, &before)?;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        // No effect on regular files; makes opening a FIFO swapped in after the check return.
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| io_error(path, e))?;
-    let meta = file.metadata().map_err(|e| io_error(path, e))?;
+    let (file, meta) = open_confined(path).map_err(|e| match e {
+        ConfinedError::Outside => LoadError::OutsideCheckpoint {
+            path: path.to_path_buf(),
+        },
+        // Opening a socket fails with ENXIO.
+        ConfinedError::Io(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+            LoadError::NotRegularFile {
+                path: path.to_path_buf(),
+                kind: "a socket",
+            }
+        }
+        ConfinedError::Io(e) => io_error(path, e),
+    })?;
     ensure_regular(path, &meta)?;
     Ok((file, meta))
 }

@@ -16,8 +16,11 @@ use serde::Deserialize;
 use crate::error::LoadError;
 use crate::models::ModelConfig;
 
+mod confined;
 mod files;
 mod safetensors_header;
+
+pub use confined::confinement_root;
 
 pub use files::{ensure_regular, open_regular, read_bounded};
 pub use safetensors_header::{
@@ -66,12 +69,17 @@ impl Checkpoint {
     /// Resolves `model` as a directory, or as a hub id (`facebook/opt-125m`) in the local cache.
     /// Errors about files inside the checkpoint name them relative to its directory.
     pub fn resolve(model: &str) -> Result<Self, LoadError> {
-        let dir = locate(model)?;
+        let located = locate(model)?;
+        // Every file is named from the canonical directory and opened beneath its root, so a
+        // link swapped in later cannot move what these paths point at.
+        let dir = located
+            .canonicalize()
+            .map_err(|e| io_error(&located, e).relative_to(&located))?;
         Self::read(&dir).map_err(|e| e.relative_to(&dir))
     }
 
     fn read(dir: &Path) -> Result<Self, LoadError> {
-        let root = confinement_root(dir)?;
+        let root = confinement_root(&dir.join("config.json")).to_path_buf();
         let config_path = inside(&root, dir, "config.json")?;
         let config = read_config(&config_path)?;
         let (weight_files, index) = weight_files(&root, dir)?;
@@ -243,22 +251,6 @@ fn is_plain_name(name: &str) -> bool {
         (components.next(), components.next()),
         (Some(Component::Normal(_)), None)
     )
-}
-
-/// The directory every file of the checkpoint in `dir` must resolve into: the directory itself,
-/// or for a hub snapshot (whose files are symlinks into `../../blobs`) its repository directory.
-fn confinement_root(dir: &Path) -> Result<PathBuf, LoadError> {
-    let dir = dir.canonicalize().map_err(|e| io_error(dir, e))?;
-    let repo = dir
-        .parent()
-        .filter(|p| p.file_name().is_some_and(|n| n == "snapshots"))
-        .and_then(Path::parent)
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("models--"))
-        });
-    Ok(repo.map(Path::to_path_buf).unwrap_or(dir))
 }
 
 /// `dir/relative`, checked to exist and to resolve (symlinks followed) inside `root`. Relative

@@ -99,15 +99,19 @@ pub fn parse_header(reader: &mut impl Read, file_len: u64) -> Result<Safetensors
         .read_exact(&mut prefix)
         .map_err(|_| format!("only {file_len} bytes, too short for a header"))?;
     let header_len = u64::from_le_bytes(prefix);
+    // The prefix is never quoted: a file that is not safetensors would have its first bytes
+    // read back to whoever asked to load it.
     if header_len > MAX_HEADER_BYTES {
         return Err(format!(
-            "header length {header_len} is over the limit of {MAX_HEADER_BYTES} bytes"
+            "the header length in the first 8 bytes is over the limit of {MAX_HEADER_BYTES} \
+             bytes (not a safetensors file?)"
         ));
     }
     let data_start = 8 + header_len;
     if data_start > file_len {
         return Err(format!(
-            "header claims {header_len} bytes but the file has {file_len}"
+            "the header length in the first 8 bytes is past the end of the {file_len}-byte \
+             file (not a safetensors file?)"
         ));
     }
     let mut header = vec![0u8; header_len as usize];
