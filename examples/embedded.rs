@@ -41,6 +41,7 @@ async fn main() -> anyhow::Result<()> {
     let spec = ModelSpec {
         model: model.into(),
         dtype: None,
+        canonical: false,
     };
     let report = handle.attach(Attach::new(spec).named("zen")).await?;
     println!(

@@ -131,6 +131,7 @@ fn main() -> anyhow::Result<()> {
                 let spec = ModelSpec {
                     model: model.clone(),
                     dtype: options.dtype,
+                    canonical: false,
                 };
                 let report = handle.attach(Attach::new(spec)).await?;
                 handle.detach(report.engine_id).await?;

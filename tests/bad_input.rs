@@ -17,6 +17,7 @@ fn load(model: &std::path::Path) -> Result<worker_controller::opt::OptEngine, Lo
         dtype: None,
     };
     device
+        canonical: false,
         .load_opt(&spec, &mut Timeline::default())
         .map(|(engine, _)| engine)
 }
@@ -266,6 +267,7 @@ fn a_model_larger_than_the_worker_is_refused_before_any_byte_is_read() {
         dtype: None,
     };
     let footprint = worker_controller::backend::check(&spec).unwrap().footprint;
+        canonical: false,
     let error = device
         .load_opt(&spec, &mut Timeline::default())
         .err()

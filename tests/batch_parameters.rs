@@ -19,6 +19,7 @@ fn load() -> OptEngine {
     let spec = ModelSpec {
         model: fixture(FIXTURE).display().to_string(),
         dtype: None,
+        canonical: false,
     };
     device.load_opt(&spec, &mut Timeline::default()).unwrap().0
 }
@@ -33,6 +34,7 @@ fn load_random() -> OptEngine {
     let spec = ModelSpec {
         model: dir.display().to_string(),
         dtype: None,
+        canonical: false,
     };
     device.load_opt(&spec, &mut Timeline::default()).unwrap().0
 }

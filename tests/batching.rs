@@ -65,6 +65,7 @@ async fn attach_dir(handle: &Handle, dir: &std::path::Path) -> EngineId {
     let spec = ModelSpec {
         model: dir.display().to_string(),
         dtype: None,
+        canonical: false,
     };
     handle.attach(Attach::new(spec)).await.unwrap().engine_id
 }

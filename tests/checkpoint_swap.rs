@@ -152,3 +152,35 @@ fn a_hub_snapshot_still_loads_through_its_links_into_blobs() {
         "{err:?}"
     );
 }
+
+#[test]
+fn an_admitted_directory_swapped_for_a_link_out_is_refused() {
+    let admitted = copy_fixture("tiny-opt-prenorm", "swap-dir")
+        .canonicalize()
+        .unwrap();
+    let canonical = |dir: &Path| wc_actors::ModelSpec {
+        canonical: true,
+        ..spec(dir)
+    };
+    check(&canonical(&admitted)).expect("the admitted directory checks");
+
+    // The directory becomes a link to a checkpoint outside the model roots.
+    let outside = copy_fixture("tiny-opt-prenorm", "swap-dir-outside");
+    let moved = admitted.with_extension("moved");
+    std::fs::rename(&admitted, &moved).unwrap();
+    std::os::unix::fs::symlink(&outside, &admitted).unwrap();
+    let err = check(&canonical(&admitted)).err().expect("refused");
+    assert!(
+        matches!(err, LoadError::OutsideCheckpoint { .. }),
+        "{err:?}"
+    );
+    let mut device = cpu_worker();
+    let refused = device
+        .load(&canonical(&admitted), &mut Timeline::default())
+        .err()
+        .expect("a load is refused too");
+    assert!(refused.message.contains("outside"), "{}", refused.message);
+
+    // A path given by hand (not admitted) may still lead through links.
+    check(&spec(&admitted)).expect("a user's own symlinked path resolves");
+}

@@ -67,6 +67,7 @@ fn spec(model: impl AsRef<Path>, dtype: Option<DType>) -> ModelSpec {
     ModelSpec {
         model: model.as_ref().display().to_string(),
         dtype,
+        canonical: false,
     }
 }
 

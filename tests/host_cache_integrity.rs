@@ -28,6 +28,7 @@ fn load(device: &mut CandleDevice, dir: &Path) -> Result<OptEngine, LoadError> {
     let spec = ModelSpec {
         model: dir.display().to_string(),
         dtype: None,
+        canonical: false,
     };
     device
         .load_opt(&spec, &mut Timeline::default())

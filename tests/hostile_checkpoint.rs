@@ -314,6 +314,7 @@ fn a_hub_cache_miss_does_not_reveal_the_cache_paths() {
     let err = check(&ModelSpec {
         model: "no-such-org/no-such-model".into(),
         dtype: None,
+        canonical: false,
     })
     .err()
     .unwrap();

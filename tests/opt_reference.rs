@@ -20,6 +20,7 @@ fn load(name: &str, dtype: Option<wc_actors::DType>) -> OptEngine {
     let spec = ModelSpec {
         model: fixture(name),
         dtype,
+        canonical: false,
     };
     device.load_opt(&spec, &mut Timeline::default()).unwrap().0
 }

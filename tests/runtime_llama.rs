@@ -25,6 +25,7 @@ fn spec(dir: &Path) -> ModelSpec {
     ModelSpec {
         model: dir.display().to_string(),
         dtype: None,
+        canonical: false,
     }
 }
 

@@ -127,6 +127,10 @@ pub struct ModelSpec {
     pub model: String,
     /// The dtype on the device; `None` keeps the checkpoint's own.
     pub dtype: Option<DType>,
+    /// `model` is the canonical directory a server admitted under its model roots: it is opened
+    /// as exactly that path, and a symlink found on the way (swapped in since) is refused.
+    #[serde(default)]
+    pub canonical: bool,
 }
 
 /// What attaching a model will cost, read from its headers without loading it.

@@ -34,7 +34,11 @@ pub struct CheckedCheckpoint {
 /// (each weight file's header checked against the file's length; no tensor data is read).
 /// Errors name files relative to the checkpoint directory.
 pub fn check(spec: &ModelSpec) -> Result<CheckedCheckpoint, LoadError> {
-    let checkpoint = Checkpoint::resolve(&spec.model)?;
+    let checkpoint = if spec.canonical {
+        Checkpoint::resolve_canonical(&spec.model)?
+    } else {
+        Checkpoint::resolve(&spec.model)?
+    };
     check_headers(spec, checkpoint.clone()).map_err(|e| e.relative_to(&checkpoint.dir))
 }
 

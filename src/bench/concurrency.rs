@@ -88,6 +88,7 @@ pub fn run(options: &ConcurrencyOptions) -> anyhow::Result<ConcurrencyResult> {
     let spec = ModelSpec {
         model: options.model.clone(),
         dtype: options.dtype,
+        canonical: false,
     };
     let report = runtime
         .block_on(handle.attach(Attach::new(spec)))

@@ -105,6 +105,7 @@ impl ControllerPath {
         let spec = ModelSpec {
             model: model.to_string(),
             dtype: self.dtype,
+            canonical: false,
         };
         let report = self
             .runtime

@@ -95,6 +95,7 @@ pub fn start_in_this_process(
     let spec = wc_actors::ModelSpec {
         model: model.to_string(),
         dtype,
+        canonical: false,
     };
     let (mut engine, bytes) = opened.load_engine(&spec, &mut timeline)?;
     engine.warm_up()?;

@@ -78,6 +78,24 @@ impl Checkpoint {
         Self::read(&dir).map_err(|e| e.relative_to(&dir))
     }
 
+    /// Resolves `dir`, a directory admitted by its canonical path: a symlink on that path now
+    /// (a directory swapped for a link since it was admitted) is refused as outside, and every
+    /// later open refuses one on the way to the checkpoint's root as well.
+    pub fn resolve_canonical(dir: &str) -> Result<Self, LoadError> {
+        let path = Path::new(dir);
+        let outside = || LoadError::OutsideCheckpoint {
+            path: path.to_path_buf(),
+        };
+        if !path.is_absolute() {
+            return Err(outside());
+        }
+        match path.canonicalize() {
+            Ok(real) if real == path => Self::read(path).map_err(|e| e.relative_to(path)),
+            Ok(_) => Err(outside()),
+            Err(e) => Err(io_error(path, e)),
+        }
+    }
+
     fn read(dir: &Path) -> Result<Self, LoadError> {
         let root = confinement_root(&dir.join("config.json")).to_path_buf();
         let config_path = inside(&root, dir, "config.json")?;

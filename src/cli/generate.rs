@@ -87,6 +87,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         prompt,
         max_new_tokens: args.max_new_tokens,
         temperature: args.temperature,
+        canonical: false,
         top_p: args.top_p,
         seed: args.seed,
         stop: args.stop,

@@ -50,6 +50,7 @@ impl ModelConfig {
         ModelSpec {
             model: self.resolved.clone(),
             dtype: self.dtype,
+            canonical: false,
         }
     }
 }

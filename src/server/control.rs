@@ -70,6 +70,7 @@ pub async fn attach(
                 .to_string_lossy()
                 .into_owned(),
             dtype: body.dtype,
+            canonical: true,
         },
     };
     let name = body

@@ -178,6 +178,7 @@ fn opened_and_loaded() -> Vec<ToWorker> {
             spec: ModelSpec {
                 model: "fake".into(),
                 dtype: None,
+                canonical: false,
             },
             timeline: Timeline::default(),
         },

@@ -82,6 +82,7 @@ pub fn spec(model: &str) -> ModelSpec {
     ModelSpec {
         model: model.to_owned(),
         dtype: None,
+        canonical: false,
     }
 }
 
