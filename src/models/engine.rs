@@ -47,8 +47,9 @@ impl<M: CausalLm> TextEngine<M> {
     }
 
     /// Sets the KV-cache tokens the running sequences may reserve together (each reserves its
-    /// prompt plus `max_new_tokens`) and allocates the model's slab for them now, so that the
-    /// engine holds its whole KV cache from attach on ([`wc_actors::Engine::device_bytes`]).
+    /// prompt plus `max_new_tokens`) and reserves the model's slab for them: allocated now on a
+    /// GPU, as sequences take slots on the CPU ([`super::kv_slab::Allocation`]); the engine
+    /// counts the whole budget from attach on either way ([`wc_actors::Engine::device_bytes`]).
     pub fn with_kv_cache_tokens(mut self, tokens: usize) -> Result<Self, LoadError> {
         let tokens = tokens.max(1);
         self.model.kv_slab().reserve(tokens)?;
@@ -210,9 +211,9 @@ impl<M: CausalLm> wc_actors::Engine for TextEngine<M> {
         Ok(output.new_tokens.first().copied().unwrap_or_default())
     }
 
-    /// The weights and the KV slab (all of it once [`TextEngine::with_kv_cache_tokens`] has
-    /// reserved it at attach: what the fit check counts as `kv_bytes_per_token` times the
-    /// budget).
+    /// The weights and the KV slab (all of its budget once [`TextEngine::with_kv_cache_tokens`]
+    /// has reserved it at attach, allocated or not: what the fit check counts as
+    /// `kv_bytes_per_token` times the budget).
     fn device_bytes(&self) -> u64 {
         self.device_bytes + self.model.kv_slab().device_bytes()
     }

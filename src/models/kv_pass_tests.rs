@@ -5,7 +5,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::KvPass;
 use crate::models::kv_cache::KvCache;
-use crate::models::kv_slab::KvSlab;
+use crate::models::kv_slab::{Allocation, KvSlab};
 use crate::models::packing::packing_order;
 use crate::models::TokenCache;
 
@@ -15,6 +15,18 @@ const DIM: usize = 3;
 
 fn slab() -> KvSlab {
     KvSlab::new(LAYERS, HEADS, DIM, DType::F32, &Device::Cpu)
+}
+
+/// A slab that allocates its reserve at once, as on a GPU.
+fn eager_slab() -> KvSlab {
+    KvSlab::with_allocation(
+        LAYERS,
+        HEADS,
+        DIM,
+        DType::F32,
+        &Device::Cpu,
+        Allocation::Eager,
+    )
 }
 
 /// `[tokens, HEADS, DIM]` with every value of token `t` equal to `base + t`.
@@ -59,7 +71,7 @@ fn per_token(t: &Tensor) -> Vec<f32> {
 
 #[test]
 fn slots_are_given_and_freed_and_a_reserved_slab_is_fixed() {
-    let slab = slab();
+    let slab = eager_slab();
     slab.reserve(8).unwrap();
     assert_eq!((slab.capacity(), slab.free_slots()), (8, 8));
     assert_eq!(
