@@ -199,6 +199,13 @@ async fn a_cancelled_stream_frees_its_room_at_the_next_step() {
         let next = handle.generate(engine, long).await.unwrap();
         assert_eq!(next.new_tokens.len(), 90);
         assert_eq!(next.finish_reason, FinishReason::Length);
+        // Only the second request ran to its end: the cancelled one stopped early, so the
+        // engine counts the second's 90 tokens and not another 90 (finished requests count).
+        let settled = engine_when(&handle, |e| {
+            e.requests_running == 0 && e.requests_waiting == 0
+        })
+        .await;
+        assert_eq!(settled.total_tokens, 90, "{settled:?}");
         handle.shutdown().await;
     };
     tokio::time::timeout(HANG_GUARD, run).await.unwrap();

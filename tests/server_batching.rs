@@ -9,7 +9,7 @@ mod server_common;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use server_common::{model_entry, reference, scratch, slow_model, EventStream, Server};
+use server_common::{model_entry, reference, scratch, send_only, slow_model, EventStream, Server};
 
 const PRENORM: &str = "tiny-opt-prenorm";
 const LLAMA: &str = "tiny-llama";
@@ -298,11 +298,61 @@ fn engines_and_metrics_show_the_batch_the_queue_and_the_kv_cache_reservation() {
         0.0
     );
 
-    // A client that leaves frees its reservation, though no step follows to report it.
+    // A client that leaves frees its reservation, though no step follows to report it, and its
+    // generation stops: it adds none of its 600 tokens (only finished requests count them).
+    let tokens_before = done["total_tokens"].as_u64().unwrap();
     let mut stream = EventStream::open(&server.addr, "/v1/completions", &body(5));
     assert!(stream.next_data().is_some(), "a first token");
     assert_eq!(reserved(&server.get("/engines").json()["engines"][0]), 604);
     drop(stream);
     let left = engine_when(&server, settled);
     assert_eq!(reserved(&left), 0, "{left}");
+    assert_eq!(left["total_tokens"], tokens_before, "{left}");
+}
+
+/// The slow model with a chat template (each message's content, in order), so that both
+/// completion endpoints can run long generations on it.
+fn slow_chat_model(test: &str) -> std::path::PathBuf {
+    let slow = slow_model(&scratch(test));
+    let template = "{% for m in messages %}{{ m['content'] }}{% endfor %}";
+    std::fs::write(slow.join("chat_template.jinja"), template).expect("write the template");
+    slow
+}
+
+#[test]
+fn a_non_streaming_completion_or_chat_stops_when_its_client_leaves() {
+    let slow = slow_chat_model("batching-disconnect-model");
+    let config = format!(
+        "[prewarm]\nkv_cache_tokens = 8192\n\n[[workers]]\ndevice = \"cpu\"\ncount = 1\n\n\
+         [[models]]\nname = \"slow\"\npath = {:?}\nattach_on_start = true\n",
+        slow.display().to_string()
+    );
+    let server = Server::start("batching-disconnect", &config);
+    // Far more tokens than the test waits for: only cancellation ends them early.
+    let completion = json!({"model": "slow", "prompt": "Hello", "max_tokens": 2000,
+                            "ignore_eos": true, "n": 2});
+    let chat = json!({"model": "slow", "messages": [{"role": "user", "content": "Hello"}],
+                      "max_tokens": 2000, "ignore_eos": true});
+    let clients = [
+        send_only(&server.addr, "/v1/completions", &completion),
+        send_only(&server.addr, "/v1/chat/completions", &chat),
+    ];
+    // Both requests are generating (the completion's two choices and the chat) ...
+    engine_when(&server, |e| e["requests_running"] == 3);
+    drop(clients);
+    // ... then their clients close the connections: the batch empties, and none of the 6000
+    // tokens asked for was counted as generated (a finished request's tokens are).
+    let settled = engine_when(&server, |e| {
+        e["requests_running"] == 0 && e["requests_waiting"] == 0
+    });
+    assert_eq!(settled["total_tokens"], 0, "{settled}");
+    let metrics = server.get("/metrics").body;
+    assert_eq!(sample(&metrics, "wc_tokens_total"), 0.0, "{metrics}");
+    // The engine is free for the next client at once.
+    let reply = server.post(
+        "/v1/completions",
+        &json!({"model": "slow", "prompt": "Hi", "max_tokens": 3, "ignore_eos": true}),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json()["usage"]["completion_tokens"], 3);
 }

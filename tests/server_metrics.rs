@@ -114,10 +114,14 @@ fn running_and_waiting_follow_a_request_in_flight_and_a_client_that_leaves() {
     assert_eq!(sample(&text, "vllm:num_requests_waiting"), 0.0);
 
     // The client goes away: generation stops and the request leaves the gauges, without an
-    // end-to-end latency (it did not finish).
+    // end-to-end latency (it did not finish) and without its 3000 tokens counted as generated
+    // once the engine's batch is empty (a finished request's tokens are).
     drop(stream);
     wait_for(&server, "vllm:num_requests_running", 0.0);
+    let engine = engine_settled(&server);
+    assert_eq!(engine["total_tokens"], 0, "{engine}");
     let text = scrape(&server);
+    assert_eq!(sample(&text, "wc_tokens_total"), 0.0, "{text}");
     assert_eq!(sample(&text, "vllm:num_requests_waiting"), 0.0, "{text}");
     assert!(
         !text.contains("vllm:e2e_request_latency_seconds_count{model_name=\"slow\"}"),
@@ -130,6 +134,19 @@ fn running_and_waiting_follow_a_request_in_flight_and_a_client_that_leaves() {
         ),
         1.0
     );
+}
+
+/// Lists engines until the first has no request running or waiting (two minutes at most).
+fn engine_settled(server: &Server) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let engine = server.get("/engines").json()["engines"][0].clone();
+        if engine["requests_running"] == 0 && engine["requests_waiting"] == 0 {
+            return engine;
+        }
+        assert!(Instant::now() < deadline, "never settled: {engine}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Scrapes until `series` reads `value` (a minute at most).

@@ -127,6 +127,11 @@ pub async fn run(
             .configure(configure)
     })
     .disable_signals()
+    // A client that closes its connection ends the request: actix then drops the handler's
+    // future, and with it the generation's receivers, which cancels it at the next step (a
+    // non-streaming completion too, not only a stream). Allowing half-closed connections would
+    // keep a request running for nobody until it finished.
+    .h1_allow_half_closed(false)
     .client_request_timeout(config.server.client_request_timeout.0)
     .shutdown_timeout(deadline.as_secs_f64().ceil() as u64)
     .listen(listener)

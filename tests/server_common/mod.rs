@@ -433,6 +433,14 @@ pub fn request(
     }
 }
 
+/// Sends one request on a fresh connection and reads nothing: the reply (if any) waits in the
+/// socket. Dropping the connection is a client going away mid-request.
+pub fn send_only(addr: &str, path: &str, body: &Value) -> TcpStream {
+    let mut stream = connect(addr);
+    send(&mut stream, "POST", path, &[], Some(&body.to_string()));
+    stream
+}
+
 /// A server-sent event stream being read as it arrives.
 pub struct EventStream {
     pub status: u16,
