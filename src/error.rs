@@ -4,16 +4,49 @@ use std::path::PathBuf;
 
 use wc_actors::{EngineError, ErrorKind};
 
+/// The most characters of file or request content a message or log line quotes.
+pub const QUOTE_CHARS: usize = 200;
+
+/// `text` cut to its first [`QUOTE_CHARS`] characters (on a char boundary), saying how many
+/// bytes were cut, for messages and log lines built from file or request content.
+pub fn shorten(text: &str) -> std::borrow::Cow<'_, str> {
+    shorten_to(text, QUOTE_CHARS)
+}
+
+/// A candle error's message without the backtrace candle captures under `RUST_BACKTRACE`
+/// (never for a reply or a log line), shortened.
+pub fn candle_message(e: &candle_core::Error) -> String {
+    fn bare(e: &candle_core::Error) -> String {
+        match e {
+            candle_core::Error::WithBacktrace { inner, .. } => bare(inner),
+            candle_core::Error::Context { inner, context } => format!("{context}: {}", bare(inner)),
+            candle_core::Error::WithPath { inner, path } => {
+                format!("{}: {}", path.display(), bare(inner))
+            }
+            other => other.to_string(),
+        }
+    }
+    shorten(&bare(e)).into_owned()
+}
+
+/// `text` cut to its first `max` characters, saying how many bytes were cut.
+pub fn shorten_to(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}... ({} more bytes)", &text[..cut], text.len() - cut).into(),
+        None => text.into(),
+    }
+}
+
 /// Everything that can go wrong between a model path and a running engine.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("model directory `{0}` does not exist")]
+    #[error("model directory `{}` does not exist", shorten(&.0.display().to_string()))]
     ModelNotFound(PathBuf),
     /// `looked_in` (absolute cache paths) is for logs: the message never shows it, so that a
     /// client learns nothing about the server's home directory.
-    #[error("`{id}` is not a directory and is not in the local Hugging Face cache")]
+    #[error("`{}` is not a directory and is not in the local Hugging Face cache", shorten(.id))]
     HubModelNotCached { id: String, looked_in: Vec<PathBuf> },
-    #[error("`{0}` is missing from the checkpoint")]
+    #[error("`{}` is missing from the checkpoint", shorten(&.0.display().to_string()))]
     MissingFile(PathBuf),
     #[error("`{path}` is {kind}, not a regular file")]
     NotRegularFile { path: PathBuf, kind: &'static str },
@@ -23,29 +56,30 @@ pub enum LoadError {
         bytes: u64,
         limit: u64,
     },
-    #[error("`{path}` resolves outside the checkpoint directory")]
+    #[error("`{}` resolves outside the checkpoint directory", shorten(&.path.display().to_string()))]
     OutsideCheckpoint { path: PathBuf },
     #[error("cannot read `{path}`: {source}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("invalid config `{path}`: {reason}")]
+    #[error("invalid config `{path}`: {}", shorten(.reason))]
     InvalidConfig { path: PathBuf, reason: String },
-    #[error("unsupported model_type `{0}`: supported are `opt`, `llama`, `mistral`, `qwen2` and `qwen3`")]
+    #[error("unsupported model_type `{}`: supported are `opt`, `llama`, `mistral`, `qwen2` and `qwen3`", shorten(.0))]
     UnknownModelType(String),
-    #[error("this loader runs `{expected}` checkpoints only, and this one is `{found}`")]
+    #[error("this loader runs `{expected}` checkpoints only, and this one is `{}`", shorten(.found))]
     WrongFamily {
         expected: &'static str,
         found: String,
     },
-    #[error("corrupt or truncated safetensors file `{path}`: {reason}")]
+    #[error("corrupt or truncated safetensors file `{path}`: {}", shorten(.reason))]
     CorruptSafetensors { path: PathBuf, reason: String },
-    #[error("tensor `{0}` is missing from the checkpoint")]
+    #[error("tensor `{}` is missing from the checkpoint", shorten(.0))]
     MissingTensor(String),
     #[error(
-        "the shards disagree on dtype: `{first}` holds {first_dtype}, `{other}` holds \
-         {other_dtype}"
+        "the shards disagree on dtype: `{first}` holds {}, `{other}` holds {}",
+        shorten(.first_dtype),
+        shorten(.other_dtype)
     )]
     ShardsDisagree {
         first: PathBuf,
@@ -53,21 +87,21 @@ pub enum LoadError {
         other: PathBuf,
         other_dtype: String,
     },
-    #[error("tensor `{0}` appears more than once in the checkpoint")]
+    #[error("tensor `{}` appears more than once in the checkpoint", shorten(.0))]
     DuplicateTensor(String),
-    #[error("tensor `{name}` has shape {found:?}, expected {expected:?}")]
+    #[error("tensor `{}` has shape {found:?}, expected {expected:?}", shorten(.name))]
     WrongShape {
         name: String,
         expected: Vec<usize>,
         found: Vec<usize>,
     },
-    #[error("tensor `{name}` has unsupported dtype {dtype}")]
+    #[error("tensor `{}` has unsupported dtype {}", shorten(.name), shorten(.dtype))]
     UnsupportedTensorDtype { name: String, dtype: String },
-    #[error("invalid tokenizer `{path}`: {reason}")]
+    #[error("invalid tokenizer `{path}`: {}", shorten(.reason))]
     InvalidTokenizer { path: PathBuf, reason: String },
     #[error("this build has no CUDA support: rebuild with `--features cuda` to use `{0}`")]
     CudaNotCompiled(String),
-    #[error("cannot open device `{device}`: {reason}")]
+    #[error("cannot open device `{}`: {}", shorten(.device), shorten(.reason))]
     DeviceUnavailable { device: String, reason: String },
     #[error(
         "the model does not fit: it needs {needed_bytes} bytes of device memory (weights and KV \
@@ -110,7 +144,7 @@ impl DeviceError {
 impl From<&candle_core::Error> for DeviceError {
     fn from(e: &candle_core::Error) -> Self {
         Self {
-            message: e.to_string(),
+            message: candle_message(e),
             fault: crate::cuda::fault_of(e),
         }
     }
@@ -223,13 +257,26 @@ pub enum GenerateError {
          hold: shorten it"
     )]
     PromptFarTooLong { limit: usize, max: usize },
+    #[error(
+        "the model's tokenizer normaliser can grow this {bytes}-byte prompt to {normalised} \
+         bytes, more than the {limit} allowed: the tokenizer expands text without bound"
+    )]
+    NormaliserExpands {
+        bytes: usize,
+        normalised: usize,
+        limit: usize,
+    },
     #[error("empty prompt: give at least one token")]
     EmptyPrompt,
     #[error("token id {id} is outside the vocabulary (size {vocab})")]
     TokenOutOfRange { id: u32, vocab: usize },
+    #[error(
+        "the model's tokenizer made token id {id}, outside the model's vocabulary (size {vocab})"
+    )]
+    TokenizerOutOfVocab { id: u32, vocab: usize },
     #[error("this model has no tokenizer.json: pass token ids instead of text")]
     NoTokenizer,
-    #[error("tokenizer failed: {0}")]
+    #[error("tokenizer failed: {}", shorten(.0))]
     Tokenizer(String),
     #[error("invalid sampling parameter: {0}")]
     InvalidSampling(String),
@@ -238,9 +285,14 @@ pub enum GenerateError {
          engine's budget of {budget} (kv_cache_tokens): shorten the prompt or lower max_tokens"
     )]
     KvBudgetExceeded { needed: usize, budget: usize },
+    #[error(
+        "the sequence needs {needed} KV-cache slots, more than the {reserved} it reserved; it \
+         ends alone"
+    )]
+    KvReservationExceeded { needed: usize, reserved: usize },
     #[error(transparent)]
     Chat(#[from] crate::models::chat_template::ChatTemplateError),
-    #[error("device error: {0}")]
+    #[error("device error: {}", candle_message(.0))]
     Device(#[from] candle_core::Error),
 }
 
@@ -252,7 +304,13 @@ impl From<GenerateError> for EngineError {
         };
         let kind = match &e {
             GenerateError::Device(inner) => crate::cuda::fault_of(inner).kind(),
-            GenerateError::Tokenizer(_) => ErrorKind::Internal,
+            GenerateError::Tokenizer(_) | GenerateError::KvReservationExceeded { .. } => {
+                ErrorKind::Internal
+            }
+            // The checkpoint's own tokenizer is at fault, not the client.
+            GenerateError::NormaliserExpands { .. } | GenerateError::TokenizerOutOfVocab { .. } => {
+                ErrorKind::InvalidModel
+            }
             _ => ErrorKind::InvalidRequest,
         };
         EngineError::new(kind, e.to_string())

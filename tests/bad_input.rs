@@ -1,6 +1,8 @@
 //! Every bad input to loading and generation ends in a typed error that names the problem.
 
 mod common;
+#[path = "bad_input/limits.rs"]
+mod limits;
 
 use std::collections::HashMap;
 
@@ -15,9 +17,9 @@ fn load(model: &std::path::Path) -> Result<worker_controller::opt::OptEngine, Lo
     let spec = ModelSpec {
         model: model.display().to_string(),
         dtype: None,
+        canonical: false,
     };
     device
-        canonical: false,
         .load_opt(&spec, &mut Timeline::default())
         .map(|(engine, _)| engine)
 }
@@ -265,9 +267,9 @@ fn a_model_larger_than_the_worker_is_refused_before_any_byte_is_read() {
     let spec = ModelSpec {
         model: model.display().to_string(),
         dtype: None,
+        canonical: false,
     };
     let footprint = worker_controller::backend::check(&spec).unwrap().footprint;
-        canonical: false,
     let error = device
         .load_opt(&spec, &mut Timeline::default())
         .err()

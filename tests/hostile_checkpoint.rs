@@ -346,3 +346,22 @@ fn a_hub_snapshot_may_link_into_its_blobs_but_not_beyond_its_repo() {
     std::os::unix::fs::symlink(&target, snapshot.join("model.safetensors")).unwrap();
     assert_refused(&snapshot, ErrorKind::InvalidModel, outside);
 }
+
+#[test]
+fn a_huge_string_in_the_header_comes_back_as_a_short_message() {
+    let huge = "F".repeat(8 << 20);
+    let dir = with_header("huge-string", |h| h[BIAS]["dtype"] = json!(huge));
+    let short = |e: &LoadError| {
+        let text = e.to_string();
+        matches!(e, LoadError::CorruptSafetensors { .. }) && text.len() < 1024 && text.contains("more bytes")
+    };
+    assert_refused(&dir, ErrorKind::InvalidModel, short);
+    let config = copy_fixture(GOOD, "huge-config-string");
+    std::fs::write(
+        config.join("config.json"),
+        format!("{{\"model_type\": \"opt\", \"hidden_size\": \"{huge}\"}}"),
+    )
+    .unwrap();
+    let err = check(&spec(&config)).err().expect("refused");
+    assert!(err.to_string().len() < 1024, "{} bytes", err.to_string().len());
+}

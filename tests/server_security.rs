@@ -2,6 +2,8 @@
 //! Host and content-type checks, CORS, model paths confined to the roots, engine names, bounded
 //! queues, and a failed attach that evicts nothing.
 
+#[path = "server_security/limits.rs"]
+mod limits;
 mod server_common;
 
 use std::collections::BTreeMap;

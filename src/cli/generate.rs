@@ -23,8 +23,8 @@ pub struct GenerateArgs {
     /// Prompt as comma-separated token ids, e.g. 2,31414,232.
     #[arg(long, value_delimiter = ',')]
     prompt_ids: Option<Vec<u32>>,
-    /// Number of tokens to generate at most.
-    #[arg(long, default_value_t = 24)]
+    /// Number of tokens to generate at most (up to 2^20; the model's context bounds it too).
+    #[arg(long, default_value_t = 24, value_parser = max_new_tokens)]
     max_new_tokens: usize,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
@@ -55,6 +55,15 @@ pub struct GenerateArgs {
     frame: bool,
 }
 
+/// `--max-new-tokens`: a count up to [`crate::config::MAX_TOKENS_CAP`].
+fn max_new_tokens(text: &str) -> Result<usize, String> {
+    let cap = crate::config::MAX_TOKENS_CAP;
+    match text.parse::<usize>() {
+        Ok(n) if n <= cap => Ok(n),
+        _ => Err(format!("expected a number of tokens from 0 to {cap}")),
+    }
+}
+
 /// The model `generate` loads when `--model` is not given.
 pub const DEFAULT_MODEL: &str = "tests/fixtures/tiny-opt-prenorm";
 
@@ -78,6 +87,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let spec = ModelSpec {
         model: model.clone(),
         dtype: args.dtype,
+        canonical: false,
     };
     let (mut engine, bytes) = device
         .load_engine(&spec, &mut timeline)
@@ -87,7 +97,6 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         prompt,
         max_new_tokens: args.max_new_tokens,
         temperature: args.temperature,
-        canonical: false,
         top_p: args.top_p,
         seed: args.seed,
         stop: args.stop,

@@ -58,8 +58,8 @@ pub struct LoadgenArgs {
     /// Ask for exactly --max-tokens tokens per request (vLLM's `ignore_eos`).
     #[arg(long)]
     ignore_eos: bool,
-    /// The longest one request may take, stream included.
-    #[arg(long, default_value = "5m", value_parser = wc_actors::parse_duration)]
+    /// The longest one request may take, stream included (more than 0).
+    #[arg(long, default_value = "5m", value_parser = positive_duration)]
     timeout: Duration,
     /// Directory for results.json, report.md and chart.svg.
     #[arg(long, default_value = "loadgen-results")]
@@ -71,6 +71,14 @@ fn at_least_one(text: &str) -> Result<usize, String> {
         Ok(0) => Err("must be at least 1".into()),
         Ok(n) => Ok(n),
         Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A duration longer than zero (a zero timeout would fail every request unsent).
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match wc_actors::parse_duration(text)? {
+        d if d.is_zero() => Err("must be longer than 0s".into()),
+        d => Ok(d),
     }
 }
 

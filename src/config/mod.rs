@@ -8,16 +8,19 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{de, Deserialize, Deserializer};
+use serde::Deserialize;
 use toml::Spanned;
 
 use crate::checkpoint::is_hub_id;
 pub use wc_actors::Isolation;
 use wc_actors::{DType, PrewarmOptions, RuntimeOptions};
 
+mod checks;
 mod models;
 mod units;
 mod workers;
+use checks::{api_key, body_bytes, cors_origins};
+pub use checks::{check_api_key, check_cors_origin};
 use models::resolve_model;
 pub use models::{default_model_name, ModelConfig};
 pub use units::{
@@ -27,6 +30,14 @@ pub use workers::{check_worker_count, WorkerGroup, MAX_WORKERS};
 
 /// The smallest `max_body_bytes`: a completion request with a short prompt must fit.
 pub const MIN_BODY_BYTES: u64 = 1024;
+
+/// The largest `[server] max_tokens` (and `generate --max-new-tokens`): 2^20 tokens, more than
+/// any context; what a request adds to its prompt stays far from overflowing.
+pub const MAX_TOKENS_CAP: usize = 1 << 20;
+
+/// The largest `[prewarm] kv_cache_tokens`: 2^24 tokens (far beyond what any device holds for
+/// one engine); 0 would hold no request at all.
+pub const MAX_KV_CACHE_TOKENS: usize = 1 << 24;
 
 /// The whole configuration file.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -70,14 +81,16 @@ pub struct ServerConfig {
     pub model_roots: Vec<PathBuf>,
     /// Host names (besides loopback ones) a server bound to loopback answers to.
     pub allowed_hosts: Vec<String>,
-    /// Origins allowed to call the API from a browser (CORS); empty: no CORS headers at all.
+    /// Origins allowed to call the API from a browser (CORS), each `scheme://host[:port]`; empty:
+    /// no CORS headers at all. `*` is refused (name the origins: the API takes a bearer key).
+    #[serde(deserialize_with = "cors_origins")]
     pub cors_allow_origins: Vec<String>,
     /// How long a client has to send a request's head; slower ones get 408.
     pub client_request_timeout: HumanDuration,
     /// Largest request body accepted (at least [`MIN_BODY_BYTES`]); larger bodies get 413.
     #[serde(deserialize_with = "body_bytes")]
     pub max_body_bytes: ByteSize,
-    /// Largest `max_tokens` a completion may ask for; more is a 400.
+    /// Largest `max_tokens` a completion may ask for (1 to [`MAX_TOKENS_CAP`]); more is a 400.
     pub max_tokens: usize,
     /// `max_tokens` of a completion that does not say.
     pub default_max_tokens: usize,
@@ -119,33 +132,6 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line, for log collectors.
     Json,
-}
-
-/// Checks an API key from any source (file, flag, environment): blank keys are refused.
-pub fn check_api_key(key: &str) -> Result<(), String> {
-    if key.trim().is_empty() {
-        return Err(
-            "the API key is empty: give a non-empty key, or leave it unset for no auth".into(),
-        );
-    }
-    Ok(())
-}
-
-fn api_key<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    let key = String::deserialize(d)?;
-    check_api_key(&key).map_err(de::Error::custom)?;
-    Ok(Some(key))
-}
-
-fn body_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<ByteSize, D::Error> {
-    let size = ByteSize::deserialize(d)?;
-    if size.0 < MIN_BODY_BYTES {
-        return Err(de::Error::custom(format!(
-            "max_body_bytes = {} is too small: at least {MIN_BODY_BYTES} (1KiB)",
-            size.0
-        )));
-    }
-    Ok(size)
 }
 
 /// A configuration that could not be used, with where in which file.
@@ -213,8 +199,31 @@ impl Config {
     /// models) and resolves model locations.
     fn resolve(&mut self, base: &Path) -> Result<(), (Option<Range<usize>>, String)> {
         self.check_workers().map_err(|reason| (None, reason))?;
-        if self.server.max_tokens == 0 {
-            return Err((None, "[server] max_tokens must be at least 1".into()));
+        if !(1..=MAX_TOKENS_CAP).contains(&self.server.max_tokens) {
+            return Err((
+                None,
+                format!(
+                    "[server] max_tokens = {} is out of range: 1 to {MAX_TOKENS_CAP}",
+                    self.server.max_tokens
+                ),
+            ));
+        }
+        if self.runtime.heartbeat_timeout.is_zero() {
+            return Err((
+                None,
+                "[runtime] heartbeat_timeout must be longer than 0s: every worker process \
+                 would be killed at once"
+                    .into(),
+            ));
+        }
+        if !(1..=MAX_KV_CACHE_TOKENS).contains(&self.prewarm.kv_cache_tokens) {
+            return Err((
+                None,
+                format!(
+                    "[prewarm] kv_cache_tokens = {} is out of range: 1 to {MAX_KV_CACHE_TOKENS}",
+                    self.prewarm.kv_cache_tokens
+                ),
+            ));
         }
         if self.server.default_max_tokens > self.server.max_tokens {
             return Err((

@@ -65,7 +65,11 @@ impl<C> Batch<C> {
                 budget: self.budget,
             });
         }
-        if self.reserved + sequence.reserved > self.budget {
+        if self
+            .reserved
+            .checked_add(sequence.reserved)
+            .is_none_or(|total| total > self.budget)
+        {
             return Ok(Admission::NoRoomYet);
         }
         self.reserved += sequence.reserved;
@@ -108,6 +112,9 @@ impl<C: super::TokenCache> Batch<C> {
         self.retire(&mut events, vocab, |s| {
             s.wants_nothing().then_some(FinishReason::Length)
         });
+        // A sequence about to hold more cache slots than it reserved fails alone: the slab holds
+        // the budget and no more, so its overflow would fail the whole pass.
+        self.retire_over_reservation(&mut events);
         let mut prefill_left = PREFILL_CHUNK_TOKENS;
         let mut chunks = Vec::with_capacity(self.sequences.len());
         for (at, seq) in self.sequences.iter().enumerate() {
@@ -221,6 +228,31 @@ impl<C: super::TokenCache> Batch<C> {
             }
         }
         model.forward_batch(&mut inputs)
+    }
+
+    /// Removes, each with its own error, the sequences whose next tokens would take them past
+    /// the cache slots they reserved.
+    fn retire_over_reservation(&mut self, events: &mut Vec<SeqEvent>) {
+        let mut at = 0;
+        while at < self.sequences.len() {
+            let seq = &self.sequences[at];
+            let next = match seq.prefilling() {
+                true => seq.pending().len().min(PREFILL_CHUNK_TOKENS),
+                false => seq.pending().len(),
+            };
+            let needed = seq.cache.len().saturating_add(next);
+            if needed <= seq.reserved {
+                at += 1;
+                continue;
+            }
+            let seq = self.sequences.remove(at);
+            self.reserved -= seq.reserved;
+            let error = GenerateError::KvReservationExceeded {
+                needed,
+                reserved: seq.reserved,
+            };
+            events.push(SeqEvent::Finished(seq.id, Err(error.into())));
+        }
     }
 
     /// Removes the sequences `ended` names a reason for, with their outputs as events.

@@ -1,15 +1,19 @@
 //! A checkpoint's chat template (`tokenizer_config.json`'s `chat_template`, or
 //! `chat_template.jinja`) rendered with minijinja the way transformers' `apply_chat_template`
 //! renders it, and the chat messages it renders, checked.
+//!
+//! A template is the checkpoint's code, run on every chat request: each render has a fuel budget
+//! (instructions and the data it makes, [`TEMPLATE_FUEL`]) and an output budget (the bytes the
+//! rendered prompt may have), so that a looping or expanding template is refused as the model's
+//! defect (422) instead of spinning or exhausting the worker's memory.
 
 use std::path::Path;
 
-use minijinja::value::{Kwargs, ValueKind};
 use minijinja::{Environment, ErrorKind, Value};
 use serde_json::Value as Json;
 use wc_actors::EngineError;
 
-use crate::error::LoadError;
+use crate::error::{shorten, LoadError};
 use crate::models::generation_config::read_side_file;
 
 /// The roles a message may have.
@@ -18,22 +22,45 @@ pub const ROLES: [&str; 4] = ["system", "user", "assistant", "tool"];
 /// Name of the template inside the environment.
 const TEMPLATE: &str = "chat";
 
+/// The work one render may do: about one fuel per instruction and per 64 bytes of data made
+/// (minijinja's fuel). Real chat templates use a few hundred per message; this bounds a render
+/// to well under a second and its data to about 256 MiB.
+pub const TEMPLATE_FUEL: u64 = 4_000_000;
+
+/// The most bytes a rendered chat may have when no tighter limit is given.
+pub const MAX_RENDERED_BYTES: usize = 16 << 20;
+
+#[path = "chat_template_json.rs"]
+mod json;
+
 /// What can go wrong turning messages into a prompt.
 #[derive(Debug, thiserror::Error)]
 pub enum ChatTemplateError {
     #[error("this model has no chat template (no `chat_template` in tokenizer_config.json and no chat_template.jinja): use a plain completion prompt")]
     NoTemplate,
-    #[error("the model's chat template does not compile: {0}")]
+    #[error("the model's chat template does not compile: {}", shorten(.0))]
     Syntax(String),
-    #[error("the model's chat template failed to render: {0}")]
+    #[error("the model's chat template failed to render: {}", shorten(.0))]
     Render(String),
-    #[error("message {index}: {reason}")]
+    #[error("the model's chat template refused these messages: {}", shorten(.0))]
+    Refused(String),
+    #[error(
+        "the model's chat template did more work than a render may ({TEMPLATE_FUEL} fuel): the \
+         template loops too long or builds too much"
+    )]
+    OutOfFuel,
+    #[error(
+        "the model's chat template rendered more than {limit} bytes for these messages (the \
+         most a prompt that fits the context can have)"
+    )]
+    OutputTooLong { limit: usize },
+    #[error("message {index}: {}", shorten(.reason))]
     InvalidMessage { index: usize, reason: String },
     #[error("no messages: give at least one")]
     NoMessages,
     #[error("this model has no tokenizer.json to tokenize the rendered chat")]
     NoTokenizer,
-    #[error("tokenizer failed: {0}")]
+    #[error("tokenizer failed: {}", shorten(.0))]
     Tokenizer(String),
 }
 
@@ -41,6 +68,11 @@ impl From<ChatTemplateError> for EngineError {
     fn from(e: ChatTemplateError) -> Self {
         let kind = match &e {
             ChatTemplateError::Tokenizer(_) => wc_actors::ErrorKind::Internal,
+            // The model's own template failed: its defect, not the client's.
+            ChatTemplateError::Syntax(_)
+            | ChatTemplateError::Render(_)
+            | ChatTemplateError::OutOfFuel
+            | ChatTemplateError::OutputTooLong { .. } => wc_actors::ErrorKind::InvalidModel,
             _ => wc_actors::ErrorKind::InvalidRequest,
         };
         EngineError::new(kind, e.to_string())
@@ -155,10 +187,11 @@ impl ChatTemplate {
             .map_err(|e| ChatTemplateError::Syntax(e.to_string()))?;
         env.set_syntax(syntax);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.set_fuel(Some(TEMPLATE_FUEL));
         env.add_function("raise_exception", |message: String| -> Result<Value, _> {
-            Err(minijinja::Error::new(ErrorKind::InvalidOperation, message))
+            Err(minijinja::Error::new(ErrorKind::InvalidOperation, message).with_source(Raised))
         });
-        env.add_filter("tojson", tojson);
+        env.add_filter("tojson", json::tojson);
         env.add_template_owned(TEMPLATE, source.to_string())
             .map_err(|e| ChatTemplateError::Syntax(describe(&e)))?;
         Ok(Self {
@@ -199,11 +232,21 @@ impl ChatTemplate {
     }
 
     /// The prompt text for `messages`; with `add_generation_prompt` it ends where the
-    /// assistant's reply begins.
+    /// assistant's reply begins. At most [`MAX_RENDERED_BYTES`].
     pub fn render(
         &self,
         messages: &[ChatMessage],
         add_generation_prompt: bool,
+    ) -> Result<String, ChatTemplateError> {
+        self.render_at_most(messages, add_generation_prompt, MAX_RENDERED_BYTES)
+    }
+
+    /// [`Self::render`], refused once the text passes `limit` bytes (rendering stops there).
+    pub fn render_at_most(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        limit: usize,
     ) -> Result<String, ChatTemplateError> {
         if messages.is_empty() {
             return Err(ChatTemplateError::NoMessages);
@@ -215,15 +258,79 @@ impl ChatTemplate {
             .env
             .get_template(TEMPLATE)
             .map_err(|e| ChatTemplateError::Syntax(describe(&e)))?;
-        template
-            .render(minijinja::context! {
+        let mut out = Bounded {
+            text: Vec::new(),
+            limit,
+            over: false,
+        };
+        let rendered = template.render_captured_to(
+            minijinja::context! {
                 messages => Value::from(minijinja::value::Serde(messages)),
                 add_generation_prompt => add_generation_prompt,
                 bos_token => &self.bos_token,
                 eos_token => &self.eos_token,
-            })
-            .map_err(|e| ChatTemplateError::Render(describe(&e)))
+            },
+            &mut out,
+        );
+        if out.over {
+            return Err(ChatTemplateError::OutputTooLong { limit });
+        }
+        if let Err(e) = rendered {
+            return Err(match e.kind() {
+                ErrorKind::OutOfFuel => ChatTemplateError::OutOfFuel,
+                _ if raised(&e) => ChatTemplateError::Refused(describe(&e)),
+                _ => ChatTemplateError::Render(describe(&e)),
+            });
+        }
+        String::from_utf8(out.text)
+            .map_err(|_| ChatTemplateError::Render("the output is not UTF-8".into()))
     }
+}
+
+/// The rendered text, refusing to grow past `limit` bytes.
+struct Bounded {
+    text: Vec<u8>,
+    limit: usize,
+    over: bool,
+}
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.text.len().saturating_add(buf.len()) > self.limit {
+            self.over = true;
+            return Err(std::io::Error::other("the rendered chat is too long"));
+        }
+        self.text.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Marks the errors of the template's own `raise_exception`: it refused the messages.
+#[derive(Debug)]
+struct Raised;
+
+impl std::fmt::Display for Raised {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("raised by the template")
+    }
+}
+
+impl std::error::Error for Raised {}
+
+/// Whether `e` (or what it wraps) came from `raise_exception`.
+fn raised(e: &minijinja::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if cause.is::<Raised>() {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
 }
 
 /// `chat_template` of a `tokenizer_config.json`: a string, or named templates of which `default`.
@@ -267,92 +374,6 @@ fn describe(e: &minijinja::Error) -> String {
         }
     }
     text
-}
-
-/// `tojson` as transformers defines it: Python's `json.dumps(x, ensure_ascii=False)` with
-/// optional `indent`, keys in their order, no HTML escaping.
-fn tojson(value: Value, kwargs: Kwargs) -> Result<Value, minijinja::Error> {
-    let indent: Option<usize> = kwargs.get("indent")?;
-    // Accepted as transformers' `tojson` accepts them; the output is the same for chat prompts.
-    let _: Option<Value> = kwargs.get("ensure_ascii")?;
-    let _: Option<Value> = kwargs.get("sort_keys")?;
-    kwargs.assert_all_used()?;
-    let mut out = String::new();
-    write_python_json(&value, indent, 0, &mut out)?;
-    Ok(Value::from_safe_string(out))
-}
-
-/// Writes `v` as Python's `json.dumps` does: `", "` and `": "` separators without indent.
-fn write_python_json(
-    v: &Value,
-    indent: Option<usize>,
-    depth: usize,
-    out: &mut String,
-) -> Result<(), minijinja::Error> {
-    let newline = |out: &mut String, depth: usize| {
-        if let Some(n) = indent {
-            out.push('\n');
-            out.push_str(&" ".repeat(n * depth));
-        }
-    };
-    let item_sep = if indent.is_some() { "," } else { ", " };
-    let quote = |s: &str| Json::String(s.to_string()).to_string();
-    match v.kind() {
-        ValueKind::Undefined | ValueKind::None => out.push_str("null"),
-        ValueKind::Bool => out.push_str(if v.is_true() { "true" } else { "false" }),
-        ValueKind::Number => match (i64::try_from(v.clone()), f64::try_from(v.clone())) {
-            (Ok(i), _) if !v.to_string().contains('.') => out.push_str(&i.to_string()),
-            (_, Ok(f)) if f.is_finite() && f.fract() == 0.0 && f.abs() < 1e16 => {
-                out.push_str(&format!("{f:.1}"))
-            }
-            (_, Ok(f)) if f.is_finite() => out.push_str(&f.to_string()),
-            _ => out.push_str(&v.to_string()),
-        },
-        ValueKind::String => out.push_str(&quote(v.as_str().unwrap_or_default())),
-        ValueKind::Map => {
-            let keys: Vec<Value> = v.try_iter()?.collect();
-            if keys.is_empty() {
-                out.push_str("{}");
-                return Ok(());
-            }
-            out.push('{');
-            for (i, key) in keys.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(item_sep);
-                }
-                newline(out, depth + 1);
-                out.push_str(&quote(&key.to_string()));
-                out.push_str(": ");
-                write_python_json(&v.get_item(key)?, indent, depth + 1, out)?;
-            }
-            newline(out, depth);
-            out.push('}');
-        }
-        ValueKind::Seq | ValueKind::Iterable => {
-            let items: Vec<Value> = v.try_iter()?.collect();
-            if items.is_empty() {
-                out.push_str("[]");
-                return Ok(());
-            }
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(item_sep);
-                }
-                newline(out, depth + 1);
-                write_python_json(item, indent, depth + 1, out)?;
-            }
-            newline(out, depth);
-            out.push(']');
-        }
-        _ => {
-            return Err(minijinja::Error::new(
-                ErrorKind::InvalidOperation,
-                format!("cannot convert {} to JSON", v.kind()),
-            ))
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

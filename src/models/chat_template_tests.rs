@@ -32,14 +32,14 @@ fn trims_blocks_and_python_methods_work() {
 }
 
 #[test]
-fn raise_exception_is_a_render_error_with_its_message() {
+fn raise_exception_is_a_refusal_with_its_message() {
     let src = "{% if messages[0].role != 'user' %}{{ raise_exception('Conversation must start with user') }}{% endif %}ok";
     let t = ChatTemplate::new(src, "", "").unwrap();
     let err = t
         .render(&[ChatMessage::new("system", "s")], true)
         .unwrap_err();
     assert!(
-        matches!(&err, ChatTemplateError::Render(m) if m.contains("Conversation must start with user")),
+        matches!(&err, ChatTemplateError::Refused(m) if m.contains("Conversation must start with user")),
         "{err}"
     );
 }

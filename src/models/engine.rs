@@ -64,10 +64,27 @@ impl<M: CausalLm> TextEngine<M> {
 
     /// Adds what the side files of the checkpoint in `dir` say: `generation_config.json`'s EOS
     /// ids and the chat template (each optional).
+    /// Refuses, as the model's defect, a tokenizer or context that would fail every request
+    /// ([`PromptCodec::check_at_attach`]).
     pub fn with_checkpoint_files(mut self, dir: &Path) -> Result<Self, LoadError> {
+        let positions = self.model.max_positions();
+        if positions < 2 {
+            return Err(LoadError::InvalidConfig {
+                path: dir.join("config.json"),
+                reason: format!("{positions} positions hold no prompt and generated token"),
+            });
+        }
         union(&mut self.eos_ids, generation_eos_ids(dir)?);
         let template = ChatTemplate::from_dir(dir)?;
-        Ok(self.with_chat_template(template))
+        let engine = self.with_chat_template(template);
+        engine
+            .codec
+            .check_at_attach()
+            .map_err(|reason| LoadError::InvalidTokenizer {
+                path: dir.join("tokenizer.json"),
+                reason,
+            })?;
+        Ok(engine)
     }
 
     /// Adds end-of-sequence ids.
@@ -139,9 +156,24 @@ impl<M: CausalLm> TextEngine<M> {
         id: SeqId,
         request: &GenerateRequest,
     ) -> Result<Sequence<M::Cache>, GenerateError> {
+        let vocab = self.model.vocab_size();
+        if let Some(&(id, _)) = request
+            .logit_bias
+            .iter()
+            .find(|(id, _)| *id as usize >= vocab)
+        {
+            return Err(GenerateError::InvalidSampling(format!(
+                "logit_bias names token id {id}, outside the vocabulary (size {vocab})"
+            )));
+        }
         let prompt_ids = self.encode(&request.prompt)?;
         let max = self.model.max_positions();
-        if prompt_ids.len() + request.max_new_tokens > max {
+        // Checked: a `max_new_tokens` near usize::MAX must not wrap around to a small total.
+        if prompt_ids
+            .len()
+            .checked_add(request.max_new_tokens)
+            .is_none_or(|total| total > max)
+        {
             return Err(GenerateError::ContextExceeded {
                 prompt: prompt_ids.len(),
                 asked: request.max_new_tokens,

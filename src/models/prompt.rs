@@ -1,15 +1,21 @@
 //! Prompts to token ids for one engine: tokenizing text, rendering and tokenizing chats, and
 //! checking the ids against the model. Shared with the runtime ([`wc_actors::PromptEncoder`]),
 //! which encodes on a blocking thread before a request is queued on the engine, and cheap to
-//! refuse with: a text that cannot fit the context is refused before it is tokenized.
+//! refuse with: a text that cannot fit the context is refused before it is tokenized, a chat
+//! before it is rendered, and a text the tokenizer's normaliser could grow past
+//! [`MAX_NORMALISED_BYTES`] before it is normalised.
 
 use std::sync::Arc;
 
 use tokenizers::Tokenizer;
 use wc_actors::{EngineError, Prompt};
 
-use super::chat_template::{ChatMessage, ChatTemplate, ChatTemplateError};
+use super::chat_template::{ChatMessage, ChatTemplate, ChatTemplateError, MAX_RENDERED_BYTES};
 use crate::error::GenerateError;
+
+#[path = "prompt_normaliser.rs"]
+mod normaliser;
+pub use normaliser::{Growth, MAX_GROWTH_PER_BYTE, MAX_NORMALISED_BYTES};
 
 /// Characters a token may stand for at most, times this, bounds what a tokenizer's normaliser
 /// could fold into one token; a text longer than that many characters per position cannot fit.
@@ -24,6 +30,8 @@ pub struct PromptCodec {
     /// The longest vocabulary entry, in characters; found on first use (a vocabulary of 128k
     /// entries takes tens of milliseconds to scan: not on the attach path).
     max_token_chars: std::sync::OnceLock<usize>,
+    /// How far the tokenizer's normaliser can grow a text; found on first use.
+    growth: std::sync::OnceLock<Growth>,
 }
 
 impl PromptCodec {
@@ -39,7 +47,21 @@ impl PromptCodec {
             vocab_size,
             max_positions,
             max_token_chars: std::sync::OnceLock::new(),
+            growth: std::sync::OnceLock::new(),
         }
+    }
+
+    /// How far the tokenizer's normaliser can grow a text.
+    pub fn normaliser_growth(&self) -> Growth {
+        *self.growth.get_or_init(|| {
+            self.tokenizer.as_deref().map_or(
+                Growth {
+                    per_byte: 1,
+                    fixed: 0,
+                },
+                Growth::of,
+            )
+        })
     }
 
     fn max_token_chars(&self) -> usize {
@@ -72,6 +94,14 @@ impl PromptCodec {
             .saturating_mul(NORMALISER_SLACK)
     }
 
+    /// The most bytes a rendered chat may have: what fits the context, and never more than
+    /// [`MAX_RENDERED_BYTES`].
+    pub fn max_rendered_bytes(&self) -> usize {
+        self.max_prompt_chars()
+            .saturating_mul(4)
+            .min(MAX_RENDERED_BYTES)
+    }
+
     /// Token ids for a prompt: text goes through `tokenizer.json` with its special tokens (its
     /// post-processor adds BOS where the model wants one); a chat is rendered by the model's
     /// chat template and tokenized without adding special tokens again.
@@ -81,8 +111,15 @@ impl PromptCodec {
             Prompt::Text(text) => self.tokenize(text, true)?,
             Prompt::Chat(messages) => self.encode_chat(messages)?,
         };
-        self.check_ids(&ids)?;
-        Ok(ids)
+        match self.check_ids(&ids) {
+            // Ids the tokenizer made: the model's defect, not the client's.
+            Err(GenerateError::TokenOutOfRange { id, vocab })
+                if !matches!(prompt, Prompt::Ids(_)) =>
+            {
+                Err(GenerateError::TokenizerOutOfVocab { id, vocab })
+            }
+            checked => checked.map(|()| ids),
+        }
     }
 
     fn tokenize(&self, text: &str, special: bool) -> Result<Vec<u32>, GenerateError> {
@@ -93,6 +130,14 @@ impl PromptCodec {
             return Err(GenerateError::PromptFarTooLong {
                 limit,
                 max: self.max_positions,
+            });
+        }
+        let normalised = self.normaliser_growth().apply(text.len());
+        if normalised > MAX_NORMALISED_BYTES {
+            return Err(GenerateError::NormaliserExpands {
+                bytes: text.len(),
+                normalised,
+                limit: MAX_NORMALISED_BYTES,
             });
         }
         Ok(tokenizer
@@ -120,22 +165,75 @@ impl PromptCodec {
         Ok(())
     }
 
-    /// The chat rendered by the model's template, ending where the assistant's reply begins.
+    /// The chat rendered by the model's template, ending where the assistant's reply begins;
+    /// at most [`Self::max_rendered_bytes`].
     pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String, ChatTemplateError> {
         self.chat_template
             .as_ref()
             .ok_or(ChatTemplateError::NoTemplate)?
-            .render(messages, true)
+            .render_at_most(messages, true, self.max_rendered_bytes())
     }
 
     /// Prompt ids of a chat: the rendered template tokenized without adding special tokens
-    /// again (the template writes BOS itself when the model wants one).
+    /// again (the template writes BOS itself when the model wants one). Messages longer than
+    /// any prompt that fits are refused before the template runs.
     pub fn encode_chat(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, GenerateError> {
+        let limit = self.max_prompt_chars();
+        let mut chars = 0usize;
+        for message in messages {
+            chars = chars.saturating_add(message.content.chars().take(limit + 1).count());
+            if chars > limit {
+                return Err(GenerateError::PromptFarTooLong {
+                    limit,
+                    max: self.max_positions,
+                });
+            }
+        }
         let text = self.render_chat(messages)?;
         if self.tokenizer.is_none() {
             return Err(ChatTemplateError::NoTokenizer.into());
         }
         self.tokenize(&text, false)
+    }
+}
+
+impl PromptCodec {
+    /// Checks at attach what would otherwise fail every request: the tokenizer's vocabulary
+    /// (and the ids its post-processor adds) within the model's, and its normaliser's growth.
+    /// The reason, for an [`crate::error::LoadError`].
+    pub fn check_at_attach(&self) -> Result<(), String> {
+        let Some(tokenizer) = &self.tokenizer else {
+            return Ok(());
+        };
+        let size = tokenizer.get_vocab_size(true);
+        if size > self.vocab_size {
+            return Err(format!(
+                "the tokenizer has {size} tokens, more than the model's vocabulary of {}",
+                self.vocab_size
+            ));
+        }
+        let probe = tokenizer
+            .encode("a", true)
+            .map_err(|e| format!("it cannot encode a one-letter text: {e}"))?;
+        if let Some(id) = probe
+            .get_ids()
+            .iter()
+            .find(|&&id| id as usize >= self.vocab_size)
+        {
+            return Err(format!(
+                "the tokenizer adds token id {id}, outside the model's vocabulary of {}",
+                self.vocab_size
+            ));
+        }
+        let growth = self.normaliser_growth();
+        if growth.per_byte > MAX_GROWTH_PER_BYTE || growth.fixed > MAX_NORMALISED_BYTES {
+            return Err(format!(
+                "its normaliser can grow a text {}-fold (plus {} bytes), more than the \
+                 {MAX_GROWTH_PER_BYTE}-fold allowed",
+                growth.per_byte, growth.fixed
+            ));
+        }
+        Ok(())
     }
 }
 

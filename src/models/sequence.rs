@@ -97,10 +97,17 @@ impl<C: TokenCache> Sequence<C> {
                 "logit_bias values must be in [-100, 100], got {bias}"
             )));
         }
+        let reserved = prompt_ids.len().checked_add(request.max_new_tokens).ok_or(
+            GenerateError::ContextExceeded {
+                prompt: prompt_ids.len(),
+                asked: request.max_new_tokens,
+                max: usize::MAX,
+            },
+        )?;
         Ok(Self {
             id,
             cache,
-            reserved: prompt_ids.len() + request.max_new_tokens,
+            reserved,
             pending: prompt_ids.clone(),
             prompt_ids,
             sampler: Sampler::new(request.temperature, request.top_p, request.seed)?,
@@ -262,8 +269,10 @@ impl<C: TokenCache> Sequence<C> {
         tokenizer: Option<&Tokenizer>,
     ) -> GenerateOutput {
         if !self.stopped_by_string {
+            // A last token that ends inside a character adds no U+FFFD: the stream never sends
+            // an incomplete character, and the whole text says what the stream said.
             let rest = self.detokenizer.flush(tokenizer, &self.new_tokens);
-            self.text.push_str(&rest);
+            self.text.push_str(rest.trim_end_matches('\u{FFFD}'));
         }
         let total_ms = self.admitted.elapsed().as_secs_f64() * 1e3;
         let prefill_ms = self.prefill_ms.unwrap_or(total_ms);

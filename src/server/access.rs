@@ -10,6 +10,8 @@ use std::time::Instant;
 
 use actix_web::http::header::HeaderMap;
 
+use crate::error::shorten;
+
 /// The header a request id travels in, both ways.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
@@ -108,11 +110,11 @@ impl Drop for Shared {
                 tracing::$level!(
                     target: ACCESS_TARGET,
                     request_id = %self.id,
-                    method = %self.method,
-                    path = %self.path,
+                    method = %shorten(&self.method),
+                    path = %shorten(&self.path),
                     status = f.status,
                     error = f.error,
-                    model = f.model.as_deref(),
+                    model = f.model.as_deref().map(shorten).as_deref(),
                     prompt_tokens = f.prompt_tokens,
                     completion_tokens = f.completion_tokens,
                     queue_ms = f.queue_ms.map(round_ms),

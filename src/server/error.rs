@@ -7,6 +7,9 @@ use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
 use wc_actors::{AttachError, DetachError, GenerateError};
 
+/// The most characters of an error message a reply carries.
+pub const MAX_MESSAGE_CHARS: usize = 2048;
+
 /// A failed request: the status, a stable snake_case type, and a message for people.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ApiError {
@@ -25,11 +28,13 @@ pub struct ApiError {
 pub struct ErrorKindTag(pub &'static str);
 
 impl ApiError {
+    /// The message is cut to [`MAX_MESSAGE_CHARS`]: whatever it quotes, a reply stays small.
     pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        let message: String = message.into();
         Self {
             status,
             kind,
-            message: message.into(),
+            message: crate::error::shorten_to(&message, MAX_MESSAGE_CHARS).into_owned(),
             retry_after: None,
             challenge: None,
         }
@@ -57,7 +62,10 @@ impl ApiError {
         Self::new(
             StatusCode::NOT_FOUND,
             "model_not_found",
-            format!("the model `{model}` is neither attached nor configured"),
+            format!(
+                "the model `{}` is neither attached nor configured",
+                crate::error::shorten(model)
+            ),
         )
     }
 
@@ -66,7 +74,7 @@ impl ApiError {
         Self::new(
             StatusCode::NOT_FOUND,
             "not_found",
-            format!("no route for `{path}`"),
+            format!("no route for `{}`", crate::error::shorten(path)),
         )
     }
 

@@ -14,6 +14,7 @@ use actix_web::http::StatusCode;
 use super::error::ApiError;
 use crate::checkpoint::{cached_snapshot, hub_cache_dirs, is_hub_id};
 use crate::config::Config;
+use crate::error::shorten;
 
 /// The canonical directories clients may load checkpoints from.
 #[derive(Clone, Debug, Default)]
@@ -109,8 +110,9 @@ impl ModelRoots {
                 StatusCode::NOT_FOUND,
                 "model_not_found",
                 format!(
-                    "`{id}` is not a configured model, and no checkpoint by that name is under \
-                     a model root or in the local Hugging Face cache"
+                    "`{}` is not a configured model, and no checkpoint by that name is under \
+                     a model root or in the local Hugging Face cache",
+                    shorten(id)
                 ),
             )
         })
@@ -154,8 +156,9 @@ fn outside_roots(model: &str) -> ApiError {
         StatusCode::FORBIDDEN,
         "model_not_allowed",
         format!(
-            "`{model}` is not a configured model and not under a model root (see [server] \
-             model_roots)"
+            "`{}` is not a configured model and not under a model root (see [server] \
+             model_roots)",
+            shorten(model)
         ),
     )
 }
@@ -164,7 +167,7 @@ fn not_a_checkpoint(model: &str) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "model_not_found",
-        format!("no checkpoint directory at `{model}`"),
+        format!("no checkpoint directory at `{}`", shorten(model)),
     )
 }
 

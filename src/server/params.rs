@@ -60,12 +60,14 @@ pub fn used(body: Value, supported: &[&str]) -> Result<Value, ApiError> {
             Some(true) => {}
             Some(false) => {
                 return Err(ApiError::bad_request(format!(
-                    "`{name}` is not supported by this server (only its no-op value is accepted): leave it out"
+                    "`{}` is not supported by this server (only its no-op value is accepted): leave it out",
+                    crate::error::shorten(&name)
                 )))
             }
             None => {
                 return Err(ApiError::bad_request(format!(
-                    "unknown parameter `{name}`"
+                    "unknown parameter `{}`",
+                    crate::error::shorten(&name)
                 )))
             }
         }

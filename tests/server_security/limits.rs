@@ -1,0 +1,77 @@
+//! What a request or a config cannot make the server echo or accept: a model name of 100 000
+//! characters comes back cut short (reply and access log), and values that would break the
+//! server later (a `max_tokens` near the largest number, a zero heartbeat, a KV cache of zero or
+//! absurd tokens, a key no header can carry, a wildcard CORS origin) are refused at load.
+
+use std::path::Path;
+
+use serde_json::json;
+use worker_controller::config::Config;
+
+use crate::server_common::Server;
+
+#[test]
+fn a_model_name_of_100_000_characters_comes_back_short_in_the_reply_and_the_log() {
+    let server = Server::spawn(
+        "huge-model-name",
+        "[[workers]]\ndevice = \"cpu\"\ncount = 1\n",
+        &[],
+    );
+    let name = "m".repeat(100_000);
+    let reply = server.post(
+        "/v1/completions",
+        &json!({"model": name, "prompt": "hi", "max_tokens": 1}),
+    );
+    reply.assert_error(404, "model_not_found");
+    assert!(reply.body.len() < 2048, "{} bytes", reply.body.len());
+    assert!(reply.body.contains("more bytes"), "{}", reply.body);
+    // The access line of that request is written once the reply is sent.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !server.log().contains("status=404") && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let log = server.log();
+    assert!(log.contains("status=404"), "{log}");
+    let longest = log.lines().map(str::len).max().unwrap_or(0);
+    assert!(longest < 2048, "a log line of {longest} bytes");
+}
+
+/// The error `Config::parse` gives for `text`.
+fn refusal(text: &str) -> String {
+    match Config::parse(text, Path::new("test.toml"), Path::new(".")) {
+        Ok(_) => panic!("accepted:\n{text}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn values_that_would_break_the_server_later_are_refused_at_load() {
+    let cases = [
+        (
+            "[server]\nmax_tokens = 9223372036854775807\n",
+            "max_tokens",
+        ),
+        ("[server]\nmax_tokens = 1048577\n", "max_tokens"),
+        (
+            "[runtime]\nheartbeat_timeout = \"0s\"\n",
+            "heartbeat_timeout",
+        ),
+        ("[prewarm]\nkv_cache_tokens = 0\n", "kv_cache_tokens"),
+        (
+            "[prewarm]\nkv_cache_tokens = 1099511627776\n",
+            "kv_cache_tokens",
+        ),
+        ("[server]\napi_key = \"abc\\ndef\"\n", "control character"),
+        ("[server]\ncors_allow_origins = [\"*\"]\n", "\"*\""),
+        (
+            "[server]\ncors_allow_origins = [\"not an origin\"]\n",
+            "not an origin",
+        ),
+    ];
+    for (text, says) in cases {
+        let error = refusal(text);
+        assert!(error.contains(says), "{text}: {error}");
+    }
+    let fine = "[server]\nmax_tokens = 1048576\ncors_allow_origins = [\"https://app.example.com\", \"http://localhost:3000\"]\n";
+    Config::parse(fine, Path::new("test.toml"), Path::new(".")).expect("accepted");
+}
