@@ -1,9 +1,13 @@
-//! On-demand attach (Ollama-style) and least-recently-used eviction past `keep_alive`.
+//! On-demand attach (Ollama-style) and least-recently-used eviction past `keep_alive`; attaches
+//! waiting side by side within their bound; readiness and workers lost (failed for good, or
+//! stopped) before or under an attach.
 
 mod server_common;
 
-use serde_json::json;
-use server_common::{model_entry, reference, Server};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use server_common::{model_entry, reference, send_only, Response, Server};
 
 const PRENORM: &str = "tiny-opt-prenorm";
 const POSTNORM: &str = "tiny-opt-postnorm-proj";
@@ -106,4 +110,160 @@ fn engines_within_keep_alive_are_not_evicted_and_the_request_gets_503() {
     assert_eq!(server.request("DELETE", "/engines/kept", None).status, 200);
     ask(&server, "other", POSTNORM);
     assert_eq!(model_ids(&server), ["other"]);
+}
+
+/// Five attaches at once for one worker that stays busy (its engine may not be evicted).
+fn attach_storm(server: &Server, names: &[&str]) -> Vec<(Response, Duration)> {
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        let runs: Vec<_> = names
+            .iter()
+            .map(|name| {
+                let body = json!({"model": "other", "name": name});
+                s.spawn(move || (server.post("/engines", &body), started.elapsed()))
+            })
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    })
+}
+
+#[test]
+fn concurrent_attaches_wait_side_by_side_and_those_over_the_bound_are_refused_at_once() {
+    let config = format!(
+        "[runtime]\nattach_timeout = \"2s\"\nmax_waiting_attaches = 3\n\n\
+         [[workers]]\ndevice = \"cpu\"\n\n{}{}",
+        model_entry("kept", PRENORM, true, "1h"),
+        model_entry("other", POSTNORM, false, "1h"),
+    );
+    let server = Server::start("attach-waiters", &config);
+    let replies = attach_storm(&server, &["a", "b", "c", "d", "e"]);
+    let waited: Vec<_> = replies
+        .iter()
+        .filter(|(r, _)| r.json()["error"]["type"] == "no_free_worker")
+        .collect();
+    let refused: Vec<_> = replies
+        .iter()
+        .filter(|(r, _)| r.json()["error"]["type"] == "too_many_waiting")
+        .collect();
+    assert_eq!((waited.len(), refused.len()), (3, 2), "{replies:?}");
+    // Each waiter's deadline runs from its own arrival: all answer after about one
+    // attach_timeout, not one after another (2 s, 4 s, 6 s).
+    for (reply, at) in &waited {
+        reply.assert_error(503, "no_free_worker");
+        assert!(*at < Duration::from_millis(3500), "answered after {at:?}");
+    }
+    // One over the bound is told at once.
+    for (reply, at) in &refused {
+        reply.assert_error(503, "too_many_waiting");
+        assert!(reply.header("retry-after").is_some());
+        assert!(*at < Duration::from_millis(1500), "answered after {at:?}");
+    }
+
+    // Attaches whose clients left give their places up: three sent and abandoned ...
+    let abandoned: Vec<_> = ["x", "y", "z"]
+        .iter()
+        .map(|name| {
+            send_only(
+                &server.addr,
+                "/engines",
+                &json!({"model": "other", "name": name}),
+            )
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    drop(abandoned);
+    std::thread::sleep(Duration::from_millis(200));
+    // ... so three more wait (and time out) instead of being refused.
+    let replies = attach_storm(&server, &["f", "g", "h"]);
+    for (reply, _) in &replies {
+        reply.assert_error(503, "no_free_worker");
+    }
+    assert_eq!(model_ids(&server), ["kept"]);
+}
+
+/// The `/workers` entries.
+fn workers(server: &Server) -> Vec<Value> {
+    server.get("/workers").json()["workers"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// Waits (30 s at most) until worker `index` satisfies `done`; returns it.
+fn worker_when(server: &Server, index: usize, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let worker = workers(server)[index].clone();
+        if done(&worker) {
+            return worker;
+        }
+        assert!(Instant::now() < deadline, "never reached: {worker}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn signal(worker: &Value, signal: i32) {
+    let pid = worker["prewarm"]["pid"].as_i64().expect("a worker process") as i32;
+    // SAFETY: kill(2) on the pid of a worker process this test's server started.
+    unsafe { libc::kill(pid, signal) };
+}
+
+#[test]
+fn a_server_whose_every_worker_failed_for_good_is_not_ready() {
+    let config = "[runtime]\nmax_restarts = 0\n\n[[workers]]\ndevice = \"cpu\"\n";
+    let server = Server::start("ready-failed", config);
+    assert_eq!(server.get("/ready").status, 200);
+    signal(&workers(&server)[0], libc::SIGKILL);
+    worker_when(&server, 0, |w| w["state"] == "failed");
+    for probe in ["/ready", "/v2/health/ready"] {
+        server.get(probe).assert_error(503, "no_worker_ready");
+    }
+    // Alive, though: the process answers.
+    assert_eq!(server.get("/health").status, 200);
+}
+
+/// Two CPU workers; a worker process silent for 2 s is taken for hung.
+fn two_workers_with_heartbeat() -> String {
+    format!(
+        "[runtime]\nheartbeat_timeout = \"2s\"\nrestart_backoff = \"50ms\"\nattach_timeout = \"20s\"\n\n\
+         [[workers]]\ndevice = \"cpu\"\ncount = 2\n\n{}",
+        model_entry("other", POSTNORM, false, "1h"),
+    )
+}
+
+#[test]
+fn an_attach_placed_on_a_stopped_worker_is_placed_again_on_a_free_one() {
+    let server = Server::start("attach-elsewhere", &two_workers_with_heartbeat());
+    let stopped = workers(&server)[0].clone();
+    signal(&stopped, libc::SIGSTOP);
+    // Worker 0 is idle (as far as anyone knows yet) and first in line: the attach goes there,
+    // hears nothing for 2 s, and is placed again on worker 1.
+    let reply = server.post("/engines", &json!({"model": "other"}));
+    signal(&stopped, libc::SIGKILL);
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    assert_eq!(reply.json()["worker"], 1, "{}", reply.body);
+    worker_when(&server, 0, |w| w["failures"] == 1);
+}
+
+#[test]
+fn a_stopped_idle_worker_is_found_by_its_heartbeat_without_a_request() {
+    let server = Server::start("idle-heartbeat", &two_workers_with_heartbeat());
+    let stopped = workers(&server)[0].clone();
+    signal(&stopped, libc::SIGSTOP);
+    // No request goes to it: its silence alone gets it killed and restarted.
+    let restarted = worker_when(&server, 0, |w| {
+        w["restarts"] == 1
+            && w["state"] == "idle"
+            && w["prewarm"]["pid"] != stopped["prewarm"]["pid"]
+    });
+    signal(&stopped, libc::SIGKILL);
+    assert!(
+        restarted["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("heartbeat"),
+        "{restarted}"
+    );
+    let reply = server.post("/engines", &json!({"model": "other"}));
+    assert_eq!(reply.status, 201, "{}", reply.body);
 }

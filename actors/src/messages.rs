@@ -29,6 +29,10 @@ pub struct Attach {
     pub device: Option<DeviceSpec>,
     /// A unique name to address the engine by; defaults to `engine-<id>`.
     pub name: Option<String>,
+    /// Alive while someone waits for the report (always, by default): an attach still waiting
+    /// for a busy worker when its caller is gone leaves the queue, so it neither counts against
+    /// `max_waiting_attaches` nor loads for nobody.
+    pub caller: CallerAlive,
 }
 
 impl Attach {
@@ -39,7 +43,14 @@ impl Attach {
             worker: None,
             device: None,
             name: None,
+            caller: CallerAlive::default(),
         }
+    }
+
+    /// Wanted only while `token` (or a clone of it) is held; see [`Attach::caller`].
+    pub fn wanted_while(mut self, token: &std::sync::Arc<()>) -> Self {
+        self.caller = CallerAlive::tied_to(token);
+        self
     }
 
     /// Asks for one worker.
@@ -81,7 +92,8 @@ pub struct Generate {
     pub caller: CallerAlive,
 }
 
-/// A weak handle on the caller's interest in a request; see [`Generate::caller`].
+/// A weak handle on the caller's interest in a request; see [`Generate::caller`] and
+/// [`Attach::caller`].
 #[derive(Clone, Debug, Default)]
 pub struct CallerAlive(Option<std::sync::Weak<()>>);
 

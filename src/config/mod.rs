@@ -100,6 +100,9 @@ pub struct ServerConfig {
     pub drain_delay: HumanDuration,
     /// `text` or `json` log lines.
     pub log_format: LogFormat,
+    /// Workers that must be able to serve (idle, attaching, serving or detaching: not failed,
+    /// restarting or still warming) for `/ready` to say 200; 1 to the number of workers.
+    pub min_ready_workers: usize,
 }
 
 impl Default for ServerConfig {
@@ -119,6 +122,7 @@ impl Default for ServerConfig {
             shutdown_deadline: HumanDuration(Duration::from_secs(30)),
             drain_delay: HumanDuration(Duration::ZERO),
             log_format: LogFormat::Text,
+            min_ready_workers: 1,
         }
     }
 }
@@ -314,6 +318,13 @@ impl Config {
                  each engine needs a worker of its own",
                 at_start.len(),
                 at_start.join(", ")
+            ));
+        }
+        if !(1..=workers).contains(&self.server.min_ready_workers) {
+            // 0 would call a server with no worker ready; more than there are, never ready.
+            return Err(format!(
+                "[server] min_ready_workers = {} is out of range: 1 to the {workers} worker(s)",
+                self.server.min_ready_workers
             ));
         }
         if let Some(key) = &self.server.api_key {

@@ -90,11 +90,15 @@ pub async fn attach(
         .keep_alive
         .or(configured.map(|m| m.keep_alive))
         .unwrap_or(KeepAlive::Forever);
+    // Wanted while this request waits: an attach still queued for a busy worker when its
+    // client leaves is dropped from the queue.
+    let caller = std::sync::Arc::new(());
     let attach = Attach {
         model: spec,
         worker: body.worker,
         device: body.device,
         name,
+        caller: wc_actors::CallerAlive::tied_to(&caller),
     };
     let task_state = state.clone();
     let report = actix_web::rt::spawn(async move {
@@ -106,6 +110,7 @@ pub async fn attach(
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
     .map_err(|e| e.redacted(&state.model_roots))?;
+    drop(caller);
     let mut reply = serde_json::to_value(&report).unwrap_or_else(|_| json!({}));
     reply["model"] = json!(state
         .model_roots

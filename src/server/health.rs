@@ -3,6 +3,7 @@
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
+use wc_actors::WorkerState;
 
 use super::error::ApiError;
 use super::metrics::{Format, Live};
@@ -22,7 +23,8 @@ pub async fn health(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
     })))
 }
 
-/// `GET /ready`: workers are prewarmed and the server is not draining; 503 otherwise.
+/// `GET /ready`: workers are prewarmed, at least `[server] min_ready_workers` of them can serve
+/// (not failed, restarting or warming) and the server is not draining; 503 otherwise.
 pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     if state.is_draining() {
         return Err(ApiError::new(
@@ -38,7 +40,37 @@ pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError>
             "workers are still prewarming",
         ));
     }
-    Ok(HttpResponse::Ok().json(json!({ "status": "ready" })))
+    let workers = state
+        .handle
+        .list_workers()
+        .await
+        .map_err(|_| ApiError::shutting_down())?;
+    let serving = workers.iter().filter(|w| can_serve(w.state)).count();
+    let needed = state.config.server.min_ready_workers;
+    if serving < needed {
+        let failed = workers
+            .iter()
+            .filter(|w| w.state == WorkerState::Failed)
+            .count();
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_worker_ready",
+            format!(
+                "{serving} of {} workers can serve ({failed} failed for good), fewer than the \
+                 {needed} needed ([server] min_ready_workers)",
+                workers.len()
+            ),
+        ));
+    }
+    Ok(HttpResponse::Ok().json(json!({ "status": "ready", "workers_ready": serving })))
+}
+
+/// Whether a worker in `state` takes attaches or serves requests now.
+fn can_serve(state: WorkerState) -> bool {
+    matches!(
+        state,
+        WorkerState::Idle | WorkerState::Attaching | WorkerState::Serving | WorkerState::Detaching
+    )
 }
 
 /// `GET /metrics`: OpenMetrics when the scraper's `Accept` asks for it, else Prometheus text.

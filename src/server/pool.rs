@@ -1,12 +1,19 @@
 //! Attaching with room made: evicts the least recently used idle engine past its keep_alive.
 //!
-//! Every attach the server makes (explicit or on demand) goes through [`Pool::attach`], one at a
-//! time, so that two attaches never pick the same victim or race for the same free worker.
+//! Every attach the server makes (explicit or on demand) goes through [`Pool::attach`] or
+//! [`Pool::ensure`]. Deciding where room comes from (an eviction) is done one attach at a time,
+//! so that two attaches never pick the same victim; waiting for a worker is not: each attach then
+//! waits in the runtime's queue on its own, with its own deadline from its arrival, counted
+//! against `max_waiting_attaches` (503 `too_many_waiting` beyond). An attach sent to the runtime
+//! runs in a task of its own, so that its engine is recorded (keep_alive, metrics) even when the
+//! request that asked for it is gone.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use actix_web::http::StatusCode;
 use wc_actors::{
     Attach, AttachReport, DetachReport, EngineId, EngineInfo, EngineRef, Handle, WorkerInfo,
     WorkerState,
@@ -25,41 +32,70 @@ pub struct EngineMeta {
     pub created: u64,
 }
 
+type MetaMap = Arc<Mutex<HashMap<EngineId, EngineMeta>>>;
+/// Per configured model: when its last on-demand attach failed, and why.
+type Failures = Arc<Mutex<HashMap<String, (Instant, ApiError)>>>;
+
 /// The server's side of the engine pool.
 pub struct Pool {
     handle: Handle,
     /// Per engine: keep_alive and attach time.
-    meta: Mutex<HashMap<EngineId, EngineMeta>>,
-    /// Held while making room and attaching, so placement decisions do not interleave.
+    meta: MetaMap,
+    /// Held while deciding whether to evict (and evicting), never while an attach waits.
     placing: tokio::sync::Mutex<()>,
-    /// Per configured model: when its last on-demand attach failed, and why. Requests that
-    /// were already waiting for that attach get the same answer instead of trying again.
-    failed: Mutex<HashMap<String, (Instant, ApiError)>>,
+    /// Attaches sent to the runtime and not answered yet (see [`Claim`]).
+    attaching: Arc<AtomicUsize>,
+    /// Per configured model: one on-demand attach at a time; held by the attach's task.
+    ensuring: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Requests that were already waiting for a failed on-demand attach get the same answer
+    /// instead of trying again.
+    failed: Failures,
+}
+
+/// One attach counted in [`Pool::attaching`] until it is answered (dropped).
+struct Claim(Arc<AtomicUsize>);
+
+impl Claim {
+    fn new(attaching: &Arc<AtomicUsize>) -> Self {
+        attaching.fetch_add(1, Ordering::SeqCst);
+        Self(attaching.clone())
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Pool {
     pub fn new(handle: Handle) -> Self {
         Self {
             handle,
-            meta: Mutex::new(HashMap::new()),
+            meta: MetaMap::default(),
             placing: tokio::sync::Mutex::new(()),
-            failed: Mutex::new(HashMap::new()),
+            attaching: Arc::default(),
+            ensuring: Mutex::new(HashMap::new()),
+            failed: Failures::default(),
         }
-    }
-
-    fn meta_map(&self) -> std::sync::MutexGuard<'_, HashMap<EngineId, EngineMeta>> {
-        self.meta.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// What the server remembers about `engine` (engines it did not attach live for ever).
     pub fn meta(&self, engine: EngineId) -> EngineMeta {
-        self.meta_map().get(&engine).copied().unwrap_or(EngineMeta {
-            keep_alive: KeepAlive::Forever,
-            created: unix_now(),
-        })
+        locked(&self.meta)
+            .get(&engine)
+            .copied()
+            .unwrap_or(EngineMeta {
+                keep_alive: KeepAlive::Forever,
+                created: unix_now(),
+            })
     }
 
-    /// Attaches, detaching an evictable engine first when no matching worker is idle.
+    /// Attaches, detaching an evictable engine first when no matching worker is free.
     pub async fn attach(
         &self,
         attach: Attach,
@@ -67,8 +103,8 @@ impl Pool {
         metrics: &Metrics,
         on_demand: bool,
     ) -> Result<AttachReport, ApiError> {
-        let _placing = self.placing.lock().await;
-        self.attach_placed(attach, keep_alive, metrics, on_demand)
+        let claim = self.place(&attach, metrics).await?;
+        self.send(attach, keep_alive, metrics, on_demand, claim, |_| {})
             .await
     }
 
@@ -76,13 +112,12 @@ impl Pool {
     /// demand); concurrent callers for one model share one attach.
     pub async fn ensure(&self, model: &ModelConfig, metrics: &Metrics) -> Result<(), ApiError> {
         let asked = Instant::now();
-        let _placing = self.placing.lock().await;
+        let turn = self.model_turn(model.name()).lock_owned().await;
         let engines = self.list_engines().await?;
         if engines.iter().any(|e| e.name == model.name()) {
             return Ok(());
         }
-        let earlier = self
-            .failures()
+        let earlier = locked(&self.failed)
             .get(model.name())
             .filter(|(at, _)| *at >= asked)
             .map(|(_, e)| e.clone());
@@ -90,44 +125,79 @@ impl Pool {
             return Err(error);
         }
         let attach = Attach::new(model.spec()).named(model.name());
-        let result = self
-            .attach_placed(attach, model.keep_alive, metrics, true)
-            .await;
-        match result {
-            Ok(_) => {
-                self.failures().remove(model.name());
-                Ok(())
-            }
+        let (failed, name) = (self.failed.clone(), model.name().to_owned());
+        // Kept until the attach is answered, even if this request is gone meanwhile.
+        let answered = move |result: &Result<AttachReport, ApiError>| {
+            match result {
+                Ok(_) => locked(&failed).remove(&name),
+                Err(error) => locked(&failed).insert(name, (Instant::now(), error.clone())),
+            };
+            drop(turn);
+        };
+        let claim = match self.place(&attach, metrics).await {
+            Ok(claim) => claim,
             Err(error) => {
-                self.failures()
-                    .insert(model.name().to_owned(), (Instant::now(), error.clone()));
-                Err(error)
+                answered(&Err(error.clone()));
+                return Err(error);
             }
-        }
+        };
+        self.send(attach, model.keep_alive, metrics, true, claim, answered)
+            .await
+            .map(|_| ())
     }
 
-    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, ApiError)>> {
-        self.failed.lock().unwrap_or_else(|p| p.into_inner())
+    /// The lock that lets one on-demand attach of `model` run at a time.
+    fn model_turn(&self, model: &str) -> Arc<tokio::sync::Mutex<()>> {
+        locked(&self.ensuring)
+            .entry(model.to_owned())
+            .or_default()
+            .clone()
     }
 
-    async fn attach_placed(
+    /// Makes room for `attach` (one attach at a time) and claims it.
+    async fn place(&self, attach: &Attach, metrics: &Metrics) -> Result<Claim, ApiError> {
+        let _placing = self.placing.lock().await;
+        self.make_room(attach, metrics).await?;
+        Ok(Claim::new(&self.attaching))
+    }
+
+    /// Sends `attach` to the runtime in a task of its own and waits for its answer; the task
+    /// records the engine (and calls `answered`) whether or not anyone still waits.
+    fn send(
         &self,
         attach: Attach,
         keep_alive: KeepAlive,
         metrics: &Metrics,
         on_demand: bool,
-    ) -> Result<AttachReport, ApiError> {
-        self.make_room(&attach, metrics).await?;
-        let report = self.handle.attach(attach).await?;
-        self.meta_map().insert(
-            report.engine_id,
-            EngineMeta {
-                keep_alive,
-                created: unix_now(),
-            },
-        );
-        metrics.attach(&report, on_demand);
-        Ok(report)
+        claim: Claim,
+        answered: impl FnOnce(&Result<AttachReport, ApiError>) + 'static,
+    ) -> impl std::future::Future<Output = Result<AttachReport, ApiError>> {
+        let (meta, metrics) = (self.meta.clone(), metrics.clone());
+        let attached = self.handle.attach(attach);
+        let task = actix_web::rt::spawn(async move {
+            let result = attached.await.map_err(ApiError::from);
+            drop(claim);
+            if let Ok(report) = &result {
+                let created = unix_now();
+                let engine = EngineMeta {
+                    keep_alive,
+                    created,
+                };
+                locked(&meta).insert(report.engine_id, engine);
+                metrics.attach(report, on_demand);
+            }
+            answered(&result);
+            result
+        });
+        async move {
+            task.await.unwrap_or_else(|e| {
+                Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    format!("the attach task failed: {e}"),
+                ))
+            })
+        }
     }
 
     /// Detaches an engine on request.
@@ -137,13 +207,14 @@ impl Pool {
         metrics: &Metrics,
     ) -> Result<DetachReport, ApiError> {
         let report = self.handle.detach(engine).await?;
-        self.meta_map().remove(&report.engine_id);
+        locked(&self.meta).remove(&report.engine_id);
         metrics.detach(report.detach_ms, false);
         Ok(report)
     }
 
-    /// When no worker the attach may use is idle, detaches the least recently used engine on
-    /// such a worker that is idle and past its keep_alive (if any).
+    /// When every worker the attach may use that is idle is already claimed by an attach not
+    /// placed yet, detaches the least recently used engine on such a worker that is idle and
+    /// past its keep_alive (if any).
     async fn make_room(&self, attach: &Attach, metrics: &Metrics) -> Result<(), ApiError> {
         let workers = self
             .handle
@@ -154,15 +225,21 @@ impl Pool {
             attach.worker.is_none_or(|i| i == w.worker)
                 && attach.device.as_ref().is_none_or(|d| *d == w.device)
         };
-        if workers
+        let count = |state: WorkerState| workers.iter().filter(|w| w.state == state).count();
+        let idle = workers
             .iter()
-            .any(|w| usable(w) && w.state == WorkerState::Idle)
-        {
+            .filter(|w| usable(w) && w.state == WorkerState::Idle)
+            .count();
+        // Attaches sent but not on a worker yet will take idle workers first.
+        let unplaced = self
+            .attaching
+            .load(Ordering::SeqCst)
+            .saturating_sub(count(WorkerState::Attaching));
+        if idle > unplaced {
             return Ok(());
         }
         let engines = self.list_engines().await?;
-        self.meta_map()
-            .retain(|id, _| engines.iter().any(|e| e.engine_id == *id));
+        locked(&self.meta).retain(|id, _| engines.iter().any(|e| e.engine_id == *id));
         let victim = engines
             .iter()
             .filter(|e| workers.iter().any(|w| w.worker == e.worker && usable(w)))
@@ -187,7 +264,7 @@ impl Pool {
         );
         match self.handle.detach(victim.engine_id).await {
             Ok(report) => {
-                self.meta_map().remove(&report.engine_id);
+                locked(&self.meta).remove(&report.engine_id);
                 metrics.detach(report.detach_ms, true);
             }
             // Someone else detached it meanwhile, or its worker failed: the attach will wait.

@@ -39,10 +39,14 @@ impl ControllerActor {
         if self.shutting_down {
             return self.fail_attach(pending, AttachError::ShuttingDown);
         }
+        if !pending.caller.is_alive() {
+            return self.fail_attach(pending, abandoned_error());
+        }
         match self.placement_for(&pending) {
             Placement::Now(worker) => self.start_attach(pending, worker, ctx),
             Placement::Fail(error) => self.fail_attach(pending, error),
             Placement::Wait => {
+                self.drop_abandoned();
                 if self.pending.len() >= self.config.options.max_waiting_attaches {
                     let waiting = self.pending.len();
                     return self.fail_attach(pending, AttachError::TooManyWaiting { waiting });
@@ -55,6 +59,17 @@ impl ControllerActor {
                     move |act, _| act.expire_attach(ticket),
                 );
             }
+        }
+    }
+
+    /// Takes the waiting attaches whose caller went away out of the queue.
+    fn drop_abandoned(&mut self) {
+        let (wanted, abandoned): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|p| p.caller.is_alive());
+        self.pending = wanted;
+        for pending in abandoned {
+            self.fail_attach(pending, abandoned_error());
         }
     }
 
@@ -87,6 +102,7 @@ impl ControllerActor {
 
     /// Gives waiting attaches the workers that became idle, oldest first.
     pub(super) fn dispatch_pending(&mut self, ctx: &mut Context<Self>) {
+        self.drop_abandoned();
         let mut waiting = VecDeque::new();
         while let Some(pending) = self.pending.pop_front() {
             if self.shutting_down {
@@ -100,6 +116,30 @@ impl ControllerActor {
             }
         }
         self.pending = waiting;
+    }
+
+    /// Places an attach whose worker was lost under it once more, on another worker that is
+    /// idle now (a stopped worker not found yet must not cost the attach while another is
+    /// free); fails it with `error` when none is, or when it was placed again already, so that
+    /// a model that kills its worker costs at most two workers, never every one.
+    fn place_elsewhere(
+        &mut self,
+        mut pending: PendingAttach,
+        error: AttachError,
+        ctx: &mut Context<Self>,
+    ) {
+        if pending.retried || !pending.caller.is_alive() {
+            return self.fail_attach(pending, error);
+        }
+        match self.placement_for(&pending) {
+            Placement::Now(other) => {
+                tracing::info!(name = %pending.name, error = %error, worker = other,
+                    "placing the attach again on another worker");
+                pending.retried = true;
+                self.start_attach(pending, other, ctx);
+            }
+            _ => self.fail_attach(pending, error),
+        }
     }
 
     /// Fails a waiting attach whose timeout passed (if it is still waiting).
@@ -186,12 +226,14 @@ impl ControllerActor {
                 ..
             }) => {
                 self.worker_failed(worker, incarnation, reason.clone(), ctx);
-                let error = if self.shutting_down {
-                    AttachError::ShuttingDown
-                } else {
-                    AttachError::WorkerFailed { worker, reason }
-                };
-                return self.fail_attach(pending, error);
+                if self.shutting_down {
+                    return self.fail_attach(pending, AttachError::ShuttingDown);
+                }
+                return self.place_elsewhere(
+                    pending,
+                    AttachError::WorkerFailed { worker, reason },
+                    ctx,
+                );
             }
             Err(LoadFailed { error, memory }) => {
                 slot.attach_abandoned(incarnation, memory);
@@ -247,6 +289,13 @@ impl ControllerActor {
             },
         );
         let _ = pending.reply.send(Ok(report));
+    }
+}
+
+/// The answer (to nobody) of an attach whose caller went away while it waited.
+fn abandoned_error() -> AttachError {
+    AttachError::Unavailable {
+        reason: "the caller went away before a worker was free".into(),
     }
 }
 

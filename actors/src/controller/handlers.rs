@@ -47,7 +47,7 @@ impl Handler<Attach> for ControllerActor {
         };
         let (reply, replied) = oneshot::channel();
         let inspect = inspect_off_thread(self.backend.clone(), msg.model.clone());
-        let (model, worker, device) = (msg.model, msg.worker, msg.device);
+        let (model, worker, device, caller) = (msg.model, msg.worker, msg.device, msg.caller);
         ctx.spawn(
             inspect
                 .into_actor(self)
@@ -63,6 +63,8 @@ impl Handler<Attach> for ControllerActor {
                             timeline,
                             received,
                             reply,
+                            caller,
+                            retried: false,
                         },
                         ctx,
                     ),

@@ -128,6 +128,10 @@ struct PendingAttach {
     timeline: Timeline,
     received: Instant,
     reply: AttachReply,
+    /// Whether anyone still waits for the report.
+    caller: crate::messages::CallerAlive,
+    /// Placed again once already, after the worker it was placed on was lost.
+    retried: bool,
 }
 
 impl ControllerActor {

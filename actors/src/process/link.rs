@@ -7,7 +7,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io::BufReader;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,6 +16,7 @@ use super::frame::{read_frame, write_frame};
 use super::parent::WorkerCommand;
 use super::protocol::{FromWorker, StepReport, ToWorker};
 use crate::backend::{EngineError, ErrorKind};
+use crate::timeline::monotonic_ns;
 
 pub(super) type EncodeReplies = Arc<Mutex<HashMap<u64, Sender<Result<Vec<u32>, EngineError>>>>>;
 
@@ -29,6 +30,8 @@ pub(super) struct Link {
     pub(super) timeout: Duration,
     /// Steps that arrived while an answer to another message was awaited, in order.
     pub(super) steps: RefCell<VecDeque<StepReport>>,
+    /// When the process last sent anything, a heartbeat included ([`monotonic_ns`]).
+    heard_ns: Arc<AtomicU64>,
 }
 
 pub(super) fn fatal(message: String) -> EngineError {
@@ -55,11 +58,14 @@ impl Link {
         let (tx, replies) = mpsc::channel();
         let encodes: EncodeReplies = Arc::default();
         let routes = encodes.clone();
+        let heard_ns = Arc::new(AtomicU64::new(monotonic_ns()));
+        let heard = heard_ns.clone();
         std::thread::Builder::new()
             .name(format!("wc-worker-{}-reader", child.id()))
             .spawn(move || {
                 let mut output = BufReader::new(output);
                 while let Ok(Some(message)) = read_frame::<FromWorker>(&mut output) {
+                    heard.store(monotonic_ns(), Ordering::SeqCst);
                     match message {
                         FromWorker::Encoded { id, ids } => {
                             let waiter = routes.lock().ok().and_then(|mut m| m.remove(&id));
@@ -88,7 +94,28 @@ impl Link {
             next_encode: Arc::default(),
             timeout: command.heartbeat_timeout,
             steps: RefCell::default(),
+            heard_ns,
         })
+    }
+
+    /// Kills a process that has sent nothing, not even a heartbeat, for the timeout, while no
+    /// one waits for it (an idle worker): a stopped or hung process is found without a request.
+    pub(super) fn check_heard(&self) -> Result<(), EngineError> {
+        let silent_ns = monotonic_ns().saturating_sub(self.heard_ns.load(Ordering::SeqCst));
+        if Duration::from_nanos(silent_ns) < self.timeout {
+            return Ok(());
+        }
+        Err(self.hung())
+    }
+
+    /// Kills a process that stopped answering; the error says so.
+    fn hung(&self) -> EngineError {
+        let _ = self.child.borrow_mut().kill();
+        let _ = self.child.borrow_mut().wait();
+        fatal(format!(
+            "the worker process stopped answering (no heartbeat for {} ms); killed",
+            self.timeout.as_millis()
+        ))
     }
 
     pub(super) fn send(&self, message: &ToWorker) -> Result<(), EngineError> {
@@ -136,14 +163,7 @@ impl Link {
             match self.replies.recv_timeout(self.timeout) {
                 Ok(FromWorker::Alive) => continue,
                 Ok(message) => return Ok(message),
-                Err(RecvTimeoutError::Timeout) => {
-                    let _ = self.child.borrow_mut().kill();
-                    let _ = self.child.borrow_mut().wait();
-                    return Err(fatal(format!(
-                        "the worker process stopped answering (no heartbeat for {} ms); killed",
-                        self.timeout.as_millis()
-                    )));
-                }
+                Err(RecvTimeoutError::Timeout) => return Err(self.hung()),
                 Err(RecvTimeoutError::Disconnected) => return Err(self.gone()),
             }
         }

@@ -164,7 +164,7 @@ impl WorkerDevice for ProcessDevice {
     fn check_alive(&self) -> Result<(), EngineError> {
         match self.link.exited() {
             Some(status) => Err(fatal(format!("the worker process {}", describe(status)))),
-            None => Ok(()),
+            None => self.link.check_heard(),
         }
     }
 }

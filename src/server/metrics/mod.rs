@@ -66,7 +66,7 @@ impl Format {
 }
 
 /// The server's metrics. Every handle is shared: clones count into the same series.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Metrics {
     requests: RequestSeries,
     /// `(route, status)` -> HTTP requests answered.
