@@ -143,6 +143,8 @@ impl Metrics {
 
     /// Every series, with `live`'s read now, in `format`.
     pub fn render(&self, live: &Live<'_>, format: Format) -> Result<String, fmt::Error> {
+        self.requests
+            .forget_all_but(|model| live.engines.iter().any(|e| e.name == model));
         let mut registry = Registry::default();
         registry.register_collector(Box::new(Snapshot::new(live, self.requests.in_flight())));
         self.requests.register(&mut registry);

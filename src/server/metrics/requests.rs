@@ -5,7 +5,7 @@
 //! or queueing behind another) until its first token, then *running* until it ends however it
 //! ends: a [`Trace`] dropped without [`Trace::finish`] (an error, a client gone) still leaves.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -13,7 +13,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
-use wc_actors::GenerateOutput;
+use wc_actors::{FinishReason, GenerateOutput};
 
 use crate::server::access::RequestContext;
 use crate::server::openai::finish_reason;
@@ -65,6 +65,8 @@ pub struct RequestSeries {
     /// `(model, finish_reason)` -> finished completions.
     completions: Family<[(&'static str, String); 2], Counter>,
     in_flight: Arc<Mutex<BTreeMap<String, InFlight>>>,
+    /// Models with a series here (a token came or a request finished).
+    served: Arc<Mutex<BTreeSet<String>>>,
 }
 
 impl Default for RequestSeries {
@@ -78,6 +80,7 @@ impl Default for RequestSeries {
             generation_tokens: Family::default(),
             completions: Family::default(),
             in_flight: Arc::default(),
+            served: Arc::default(),
         }
     }
 }
@@ -136,6 +139,37 @@ impl RequestSeries {
             .clone()
     }
 
+    /// Drops every series of the models that served requests here and are neither `kept` nor
+    /// in flight (their engine detached): a model's histograms and counters go with its last
+    /// engine, so the exposition does not grow with every name that ever served.
+    pub fn forget_all_but(&self, kept: impl Fn(&str) -> bool) {
+        let in_flight = self.in_flight();
+        let mut served = self.served.lock().unwrap_or_else(|p| p.into_inner());
+        let gone: Vec<String> = served
+            .iter()
+            .filter(|m| !kept(m) && !in_flight.contains_key(*m))
+            .cloned()
+            .collect();
+        for model in gone {
+            let label = [(MODEL_LABEL, model.clone())];
+            for family in [&self.ttft, &self.inter_token, &self.e2e, &self.queue] {
+                family.remove(&label);
+            }
+            self.prompt_tokens.remove(&label);
+            self.generation_tokens.remove(&label);
+            for reason in [
+                FinishReason::Length,
+                FinishReason::Stop,
+                FinishReason::Cancelled,
+            ] {
+                let reason = finish_reason(reason).to_owned();
+                self.completions
+                    .remove(&[("model", model.clone()), ("finish_reason", reason)]);
+            }
+            served.remove(&model);
+        }
+    }
+
     /// Changes `model`'s counts; a model with none left is forgotten, so names sent by clients
     /// (a model that does not exist) cannot pile up series.
     fn count(&self, model: &str, f: impl FnOnce(&mut InFlight)) {
@@ -144,6 +178,13 @@ impl RequestSeries {
         f(counts);
         if *counts == InFlight::default() {
             map.remove(model);
+        }
+    }
+
+    fn served(&self, model: &str) {
+        let mut served = self.served.lock().unwrap_or_else(|p| p.into_inner());
+        if !served.contains(model) {
+            served.insert(model.to_owned());
         }
     }
 
@@ -202,6 +243,7 @@ impl Trace {
         let now = Instant::now();
         match self.last_token {
             None => {
+                self.series.served(self.model());
                 let ttft = (now - self.started).as_secs_f64();
                 self.ttft = Some(ttft);
                 self.series.ttft.get_or_create(&self.label).observe(ttft);
@@ -230,6 +272,7 @@ impl Trace {
         let e2e = self.started.elapsed().as_secs_f64();
         let queue = queue_seconds(e2e, self.ttft, output);
         let s = &self.series;
+        s.served(self.model());
         s.e2e.get_or_create(&self.label).observe(e2e);
         s.queue.get_or_create(&self.label).observe(queue);
         let (prompt, generated) = (output.prompt_ids.len(), output.new_tokens.len());
@@ -288,110 +331,5 @@ fn queue_seconds(e2e: f64, ttft: Option<f64>, output: &GenerateOutput) -> f64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use wc_actors::FinishReason;
-
-    fn output(prompt: usize, generated: usize) -> GenerateOutput {
-        GenerateOutput {
-            prompt_ids: vec![1; prompt],
-            new_tokens: vec![2; generated],
-            text: String::new(),
-            finish_reason: FinishReason::Length,
-            prefill_ms: 0.0,
-            decode_ms: 0.0,
-            cumulative_logprob: 0.0,
-            logprobs: Vec::new(),
-        }
-    }
-
-    fn access() -> RequestContext {
-        RequestContext::new("r".into(), "POST", "/v1/completions")
-    }
-
-    /// The value of the series `name{model_name="m"}` as exposed.
-    fn exposed(series: &RequestSeries, name: &str) -> u64 {
-        let mut registry = Registry::default();
-        series.register(&mut registry);
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-        let prefix = format!("{name}{{model_name=\"m\"}} ");
-        text.lines()
-            .find_map(|l| l.strip_prefix(&prefix)?.parse().ok())
-            .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
-    }
-
-    #[test]
-    fn a_request_waits_until_its_first_token_then_runs_until_it_ends() {
-        let series = RequestSeries::default();
-        let ctx = access();
-        let mut trace = series.trace(&ctx, "m");
-        let waiting = InFlight {
-            waiting: 1,
-            running: 0,
-        };
-        assert_eq!(series.in_flight()["m"], waiting);
-        trace.token();
-        trace.token();
-        let running = InFlight {
-            waiting: 0,
-            running: 1,
-        };
-        assert_eq!(series.in_flight()["m"], running);
-        trace.finish(&output(4, 2));
-        assert!(series.in_flight().is_empty());
-        let facts = ctx.facts();
-        assert_eq!(
-            (
-                facts.model.as_deref(),
-                facts.prompt_tokens,
-                facts.completion_tokens
-            ),
-            (Some("m"), Some(4), Some(2))
-        );
-        assert!(facts.ttft_ms.is_some() && facts.queue_ms.is_some());
-        assert_eq!(exposed(&series, "vllm:generation_tokens_total"), 2);
-        assert_eq!(exposed(&series, "vllm:prompt_tokens_total"), 4);
-        assert_eq!(
-            exposed(&series, "vllm:time_to_first_token_seconds_count"),
-            1
-        );
-        assert_eq!(
-            exposed(&series, "vllm:inter_token_latency_seconds_count"),
-            1
-        );
-        assert_eq!(
-            exposed(&series, "vllm:e2e_request_latency_seconds_count"),
-            1
-        );
-        assert_eq!(exposed(&series, "vllm:request_queue_time_seconds_count"), 1);
-    }
-
-    #[test]
-    fn a_request_dropped_unfinished_leaves_the_gauges_and_records_no_latency() {
-        let series = RequestSeries::default();
-        let ctx = access();
-        drop(series.trace(&ctx, "m"));
-        let mut running = series.trace(&ctx, "m");
-        running.token();
-        drop(running);
-        assert!(series.in_flight().is_empty(), "no series left for a name");
-        assert_eq!(
-            exposed(&series, "vllm:time_to_first_token_seconds_count"),
-            1
-        );
-        let text = format!("{:?}", series.e2e);
-        assert!(!text.contains("model_name"), "no e2e series: {text}");
-        assert_eq!(ctx.facts().error, Some("cancelled"));
-    }
-
-    #[test]
-    fn queue_time_is_what_came_before_the_engine_started() {
-        let mut out = output(1, 1);
-        out.prefill_ms = 300.0;
-        out.decode_ms = 500.0;
-        assert!((queue_seconds(2.0, Some(0.5), &out) - 0.2).abs() < 1e-9);
-        assert!((queue_seconds(1.0, None, &out) - 0.2).abs() < 1e-9);
-        assert_eq!(queue_seconds(0.1, Some(0.1), &out), 0.0);
-    }
-}
+#[path = "requests_tests.rs"]
+mod tests;
