@@ -260,3 +260,32 @@ fn a_device_error_says_what_failed_without_a_backtrace() {
         engine_error.message.len()
     );
 }
+
+/// What `worker-controller <args>` exits with and writes to stderr.
+fn cli(args: &[&str]) -> (Option<i32>, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_worker-controller"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn command_line_lengths_and_timeouts_out_of_range_are_refused() {
+    let model = fixture(GOOD).display().to_string();
+    let (code, stderr) = cli(&[
+        "generate",
+        "--model",
+        &model,
+        "--max-new-tokens",
+        "18446744073709551613",
+    ]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("from 0 to 1048576"), "{stderr}");
+    let (code, stderr) = cli(&["loadgen", "--model", "m", "--timeout", "0s"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("longer than 0s"), "{stderr}");
+}
