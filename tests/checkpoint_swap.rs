@@ -82,7 +82,7 @@ fn under_swaps<T>(
 
 #[test]
 fn a_check_never_reads_a_weight_file_swapped_for_a_link_out() {
-    let (errors, made) = under_swaps("swap-check", 3000, |dir| {
+    let (errors, made) = under_swaps("swap-check", 20000, |dir| {
         check(&spec(dir)).map(|_| ()).map_err(|e| match e {
             // Refused as outside, or caught by the early path check: both keep the file closed.
             LoadError::OutsideCheckpoint { .. } | LoadError::MissingFile(_) => String::new(),
