@@ -2,8 +2,9 @@
 //!
 //! The main thread runs the device and the engine, as a worker thread does in thread mode. A
 //! reader thread takes frames off stdin (a `Cancel` reaches a running generation; an `Encode`
-//! runs beside it), and a heartbeat thread sends `Alive` while the main thread keeps beating:
-//! between messages, per token, and for the whole of a prewarm, a load or a prefill.
+//! runs beside it, on a small pool with a timeout: [`encode`]), and a heartbeat thread sends
+//! `Alive` while the main thread keeps beating: between messages, per token, and for the whole
+//! of a prewarm, a load or a prefill.
 //!
 //! A batching engine's steps are not asked for: while its batch has sequences the main thread
 //! handles every message waiting (admits, cancels), runs one step and sends its events, and
@@ -53,20 +54,23 @@ pub fn serve_worker(backend: Arc<dyn Backend>) {
     let (tx, rx) = mpsc::channel::<ToWorker>();
     {
         let (out, encoder) = (out.clone(), encoder.clone());
+        let replies = out.clone();
+        let encoders = encode::Encoders::start(
+            encode::encode_timeout(),
+            Arc::new(move |id, ids| send(&replies, &FromWorker::Encoded { id, ids })),
+            || {
+                // The encode's thread cannot be stopped: the process ends, and is restarted.
+                eprintln!("a prompt encode ran past its timeout: this worker process ends");
+                std::process::exit(EXIT_ENCODE_TIMEOUT);
+            },
+        );
         std::thread::spawn(move || {
             let mut input = BufReader::new(std::io::stdin());
             while let Ok(Some(message)) = read_frame::<ToWorker>(&mut input) {
                 match message {
                     ToWorker::Encode { id, prompt } => {
-                        let (out, encoder) = (out.clone(), encoder.clone());
-                        std::thread::spawn(move || {
-                            let current = encoder.lock().map(|e| e.clone()).unwrap_or(None);
-                            let ids = match current {
-                                Some(encoder) => encoder.encode(&prompt),
-                                None => Err(no("an engine with an encoder")),
-                            };
-                            send(&out, &FromWorker::Encoded { id, ids });
-                        });
+                        let current = encoder.lock().map(|e| e.clone()).unwrap_or(None);
+                        encoders.submit(id, prompt, current);
                     }
                     other => {
                         if tx.send(other).is_err() {
@@ -81,6 +85,9 @@ pub fn serve_worker(backend: Arc<dyn Backend>) {
     }
     Worker::new(backend, out, beat, encoder).run(&rx);
 }
+
+/// The exit status of a worker process whose prompt encode ran past its timeout.
+const EXIT_ENCODE_TIMEOUT: i32 = 75;
 
 fn no(what: &str) -> EngineError {
     EngineError::new(
@@ -369,6 +376,8 @@ impl Worker {
     }
 }
 
+#[path = "child_encode.rs"]
+mod encode;
 #[path = "child_steps.rs"]
 mod steps;
 
