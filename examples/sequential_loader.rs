@@ -17,7 +17,7 @@ use wc_actors::{
 use worker_controller::bench::frame;
 use worker_controller::bench::results::{Results, RunRecord};
 use worker_controller::bench::standard::{run_child, start_in_this_process};
-use worker_controller::bench::{machine, report};
+use worker_controller::bench::{machine, report, stats};
 use worker_controller::CandleBackend;
 
 struct Options {
@@ -177,8 +177,8 @@ fn main() -> anyhow::Result<()> {
         summary["controller"]["total"].p50_ms,
     );
     println!(
-        "attach-to-first-token p50: standard {s:.1} ms, controller {c:.2} ms ({:.0}x)",
-        s / c.max(1e-9)
+        "attach-to-first-token p50: standard {s:.1} ms, controller {c:.2} ms ({})",
+        stats::ratio(s, c)
     );
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! The cold-start bench's own logic: a small real run's files, percentiles, phase records, report and chart, and the child's frame.
+//! The cold-start bench's own logic: a small real run's files, percentiles, phase records, report and chart, the child's frame, and the guard that fails a controller path not faster than a fresh process.
 
 mod common;
 
@@ -8,8 +8,9 @@ use std::process::{Command, Stdio};
 
 use common::{fixture, scratch};
 use wc_actors::{Anchor, DeviceSpec, Timeline};
+use worker_controller::bench::guard::{check, NotFaster};
 use worker_controller::bench::results::{phase_names, ModeSummary, Results, RunRecord};
-use worker_controller::bench::stats::{percentile, Summary};
+use worker_controller::bench::stats::{percentile, ratio, Summary};
 use worker_controller::bench::{chart, frame, report, BenchOptions};
 
 const PRENORM: &str = "tiny-opt-prenorm";
@@ -559,4 +560,114 @@ fn modes_limit_the_bench_to_the_paths_asked_for_and_unknown_ones_are_refused() {
         .unwrap_err()
         .to_string();
     assert!(error.contains("unknown bench mode `warp-drive`"), "{error}");
+}
+
+/// Results of three runs per `(scenario, mode, ms to first token)`.
+fn results_of(runs: &[(&str, &str, u64)]) -> Results {
+    let mut results = Results::default();
+    for &(scenario, mode, ms) in runs {
+        for run in 0..3 {
+            let t = timeline(&[(Anchor::Requested, 0), (Anchor::FirstToken, ms)]);
+            let record = RunRecord::new(scenario, mode, "m", 0, run, t, 8);
+            results.runs.push(record);
+        }
+    }
+    results.summarize();
+    results
+}
+
+#[test]
+fn the_guard_fails_every_controller_path_not_faster_than_a_fresh_process() {
+    let faster = results_of(&[
+        ("single", "standard", 8),
+        ("single", "controller", 2),
+        ("single", "controller_process", 3),
+        ("sequential", "standard", 8),
+        ("sequential", "controller", 7),
+        // The transformers peer is not a controller path: slower is its normal.
+        ("single", "transformers", 12_000),
+    ]);
+    assert_eq!(check(&faster), Ok(()));
+    let slower = results_of(&[
+        ("single", "standard", 8),
+        ("single", "controller", 2),
+        ("single", "controller_process", 9),
+        ("sequential", "standard", 8),
+        ("sequential", "controller", 8),
+    ]);
+    let error = check(&slower).unwrap_err();
+    let not_faster = |scenario: &str, mode: &str, ms| NotFaster {
+        scenario: scenario.into(),
+        mode: mode.into(),
+        controller_p50_ms: ms,
+        standard_p50_ms: 8.0,
+    };
+    assert_eq!(
+        error.0,
+        [
+            not_faster("sequential", "controller", 8.0),
+            not_faster("single", "controller_process", 9.0),
+        ],
+        "a tie is not faster; the faster path is not named"
+    );
+    let message = error.to_string();
+    for part in [
+        "not faster than the standard path",
+        "single: controller_process 9.00 ms, standard 8.00 ms (0.9x)",
+        "--allow-slower",
+    ] {
+        assert!(message.contains(part), "{part} in {message}");
+    }
+    // Nothing to compare against: only the controller timed (`--modes controller`).
+    assert_eq!(check(&results_of(&[("single", "controller", 9)])), Ok(()));
+}
+
+#[test]
+fn a_speed_up_below_one_is_not_printed_as_zero() {
+    assert_eq!(ratio(5.1, 12.6), "0.4x");
+    assert_eq!(ratio(7.58, 8.46), "0.9x");
+    assert_eq!(ratio(1.0, 50.0), "0.02x");
+    assert_eq!(ratio(1.0, 1000.0), "<0.01x");
+    assert_eq!(ratio(30.0, 2.0), "15.0x");
+}
+
+#[test]
+fn bench_exits_non_zero_on_a_slower_controller_unless_allowed() {
+    let dir = scratch("bench-guard");
+    let results = dir.join("results.json");
+    let slower = results_of(&[("single", "standard", 7), ("single", "controller", 8)]);
+    std::fs::write(&results, serde_json::to_string(&slower).unwrap()).unwrap();
+    let render = |allow: bool| {
+        let mut command = Command::new(CLI);
+        command.arg("bench").arg("--render").arg(&results);
+        command.arg("--out").arg(dir.join("out"));
+        if allow {
+            command.arg("--allow-slower");
+        }
+        let out = command.stderr(Stdio::piped()).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = render(false);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("single: controller 8.00 ms, standard 7.00 ms (0.9x)"),
+        "{stderr}"
+    );
+    assert!(
+        dir.join("out/report.md").is_file(),
+        "the report is still written"
+    );
+    let (code, stderr) = render(true);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("warning (--allow-slower)"), "{stderr}");
+    let help = Command::new(CLI)
+        .args(["bench", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("--allow-slower"), "{help}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -11,6 +11,7 @@ pub mod concurrency;
 pub mod decode;
 pub mod floor;
 pub mod frame;
+pub mod guard;
 pub mod machine;
 pub mod report;
 pub mod results;

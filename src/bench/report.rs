@@ -95,7 +95,7 @@ pub fn markdown(results: &Results) -> String {
                     scenario.summary.get(*mode),
                 ) {
                     (Some(s), Some(c)) if c[phase].p50_ms > 0.0 => {
-                        format!("{:.1}x", s[phase].p50_ms / c[phase].p50_ms)
+                        super::stats::ratio(s[phase].p50_ms, c[phase].p50_ms)
                     }
                     _ => "-".into(),
                 };

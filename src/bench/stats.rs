@@ -39,6 +39,17 @@ impl Summary {
     }
 }
 
+/// `a / b` as a speed-up for a report: one decimal ("12.3x", "0.4x"), two below 0.1
+/// ("0.04x"), and "<0.01x" below that, so that a slowdown never reads "0x".
+pub fn ratio(a: f64, b: f64) -> String {
+    let r = a / b.max(1e-9);
+    match r {
+        r if r >= 0.1 => format!("{r:.1}x"),
+        r if r >= 0.01 => format!("{r:.2}x"),
+        _ => "<0.01x".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -75,6 +75,11 @@ pub struct BenchArgs {
     /// same for every mode, so that modes compare on the same CPUs). Default: anywhere.
     #[arg(long, value_delimiter = ',', value_name = "CPUS")]
     worker_cpus: Vec<usize>,
+    /// Exit 0 even when a controller path is not faster (p50 to first token) than the standard
+    /// path in some scenario. Without it, bench (and --render, on the results it reads) writes
+    /// its files, then fails, naming each such path, so that a regression cannot pass unseen.
+    #[arg(long)]
+    allow_slower: bool,
 }
 
 /// The models `bench` starts when `--models` is not given.
@@ -109,7 +114,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         std::fs::create_dir_all(&args.out)?;
         crate::bench::write_outputs(&results, &args.out)?;
         eprintln!("rendered {}/report.md and chart.svg", args.out.display());
-        return Ok(());
+        return guard(&results, args.allow_slower);
     }
     let models = match args.models {
         Some(models) => models,
@@ -198,12 +203,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         };
         for (mode, summary) in scenario.summary.iter().filter(|(m, _)| *m != "standard") {
             eprintln!(
-                "{name}: to first token p50 (p95): standard {:.2} ms ({:.2}), {mode} {:.2} ms ({:.2}); standard / {mode} = {:.1}x",
+                "{name}: to first token p50 (p95): standard {:.2} ms ({:.2}), {mode} {:.2} ms ({:.2}); standard / {mode} = {}",
                 standard["total"].p50_ms,
                 standard["total"].p95_ms,
                 summary["total"].p50_ms,
                 summary["total"].p95_ms,
-                standard["total"].p50_ms / summary["total"].p50_ms.max(1e-9)
+                crate::bench::stats::ratio(standard["total"].p50_ms, summary["total"].p50_ms)
             );
         }
     }
@@ -211,5 +216,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "wrote {}/results.json, report.md, chart.svg",
         args.out.display()
     );
-    Ok(())
+    guard(&results, args.allow_slower)
+}
+
+/// Fails when a controller path was not faster than the standard path, unless allowed.
+fn guard(results: &crate::bench::results::Results, allow_slower: bool) -> anyhow::Result<()> {
+    match (crate::bench::guard::check(results), allow_slower) {
+        (Err(slower), true) => {
+            eprintln!("warning (--allow-slower): {slower}");
+            Ok(())
+        }
+        (result, _) => Ok(result?),
+    }
 }
