@@ -49,7 +49,7 @@ pub async fn identify(
 
 /// Refuses, before any handler runs or any body is read: a `Host` the server does not answer
 /// to (403), a missing or wrong key for the endpoint's access class (401), and a request body
-/// that is not JSON (415). The path checked is the one the router matches, after its
+/// that is not JSON or is compressed (415). The path checked is the one the router matches, after its
 /// percent-decoding and our slash normalisation, so `/%65ngines` is `/engines` here too.
 pub async fn guard(
     req: ServiceRequest,
@@ -95,7 +95,22 @@ fn check(req: &ServiceRequest, state: &AppState) -> Result<(), ApiError> {
             "request bodies must be JSON: send `Content-Type: application/json`",
         ));
     }
+    if is_encoded(req) {
+        // The server decodes no body encoding: a gzip body would be read as its raw bytes.
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "request bodies must not be compressed: send them without `Content-Encoding`",
+        ));
+    }
     Ok(())
+}
+
+/// Whether the body comes with a `Content-Encoding` other than `identity`.
+fn is_encoded(req: &ServiceRequest) -> bool {
+    req.headers()
+        .get_all(header::CONTENT_ENCODING)
+        .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
 }
 
 fn is_json(req: &ServiceRequest) -> bool {

@@ -1,7 +1,8 @@
 //! What a request or a config cannot make the server echo or accept: a model name of 100 000
 //! characters comes back cut short (reply and access log), and values that would break the
 //! server later (a `max_tokens` near the largest number, a zero heartbeat, a KV cache of zero or
-//! absurd tokens, a key no header can carry, a wildcard CORS origin) are refused at load.
+//! absurd tokens, a key no header can carry, a wildcard CORS origin) are refused at load; a
+//! compressed body is refused (415), not read as its raw bytes.
 
 use std::path::Path;
 
@@ -47,10 +48,7 @@ fn refusal(text: &str) -> String {
 #[test]
 fn values_that_would_break_the_server_later_are_refused_at_load() {
     let cases = [
-        (
-            "[server]\nmax_tokens = 9223372036854775807\n",
-            "max_tokens",
-        ),
+        ("[server]\nmax_tokens = 9223372036854775807\n", "max_tokens"),
         ("[server]\nmax_tokens = 1048577\n", "max_tokens"),
         (
             "[runtime]\nheartbeat_timeout = \"0s\"\n",
@@ -74,4 +72,20 @@ fn values_that_would_break_the_server_later_are_refused_at_load() {
     }
     let fine = "[server]\nmax_tokens = 1048576\ncors_allow_origins = [\"https://app.example.com\", \"http://localhost:3000\"]\n";
     Config::parse(fine, Path::new("test.toml"), Path::new(".")).expect("accepted");
+}
+
+#[test]
+fn a_compressed_body_is_refused_as_unsupported_not_read_raw() {
+    let server = Server::start("gzip-body", "[[workers]]\ndevice = \"cpu\"\ncount = 1\n");
+    let reply = server.raw(
+        "POST",
+        "/v1/completions",
+        &[
+            ("Content-Type", "application/json"),
+            ("Content-Encoding", "gzip"),
+        ],
+        Some("{\"model\": \"m\", \"prompt\": \"hi\"}"),
+    );
+    reply.assert_error(415, "unsupported_media_type");
+    assert!(reply.body.contains("Content-Encoding"), "{}", reply.body);
 }
