@@ -121,12 +121,9 @@ pub async fn attach(
         .json(reply))
 }
 
-/// At most the first 64 characters of a client's string, for error messages.
-fn shorten(text: &str) -> String {
-    match text.char_indices().nth(64) {
-        Some((cut, _)) => format!("{}...", &text[..cut]),
-        None => text.to_owned(),
-    }
+/// At most the first 64 characters of a client's engine name, for error messages.
+fn shorten(text: &str) -> std::borrow::Cow<'_, str> {
+    crate::error::shorten_to(text, 64)
 }
 
 /// `GET /engines`: every attached engine with its counters.
