@@ -205,6 +205,17 @@ impl PromptCodec {
         let Some(tokenizer) = &self.tokenizer else {
             return Ok(());
         };
+        if let Some(id) = tokenizer
+            .get_added_tokens_decoder()
+            .into_keys()
+            .filter(|&id| id as usize >= self.vocab_size)
+            .max()
+        {
+            return Err(format!(
+                "the tokenizer's added token id {id} is outside the model's vocabulary of {}",
+                self.vocab_size
+            ));
+        }
         let size = tokenizer.get_vocab_size(true);
         if size > self.vocab_size {
             return Err(format!(

@@ -124,6 +124,16 @@ fn a_tokenizer_that_adds_ids_past_the_vocabulary_is_refused_at_attach() {
     .expect_err("refused at attach");
     assert_eq!(err.kind, ErrorKind::InvalidModel, "{}", err.message);
     assert!(err.message.contains("600"), "{}", err.message);
+    let err = attach_with_tokenizer("added-outside", |t| {
+        let added = t["added_tokens"].as_array_mut().unwrap();
+        let mut token = added[0].clone();
+        token["id"] = serde_json::json!(700);
+        token["content"] = serde_json::json!("<extra>");
+        added.push(token);
+    })
+    .expect_err("refused at attach");
+    assert_eq!(err.kind, ErrorKind::InvalidModel, "{}", err.message);
+    assert!(err.message.contains("added token"), "{}", err.message);
 }
 
 #[test]
