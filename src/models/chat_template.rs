@@ -27,8 +27,10 @@ const TEMPLATE: &str = "chat";
 /// to well under a second and its data to about 256 MiB.
 pub const TEMPLATE_FUEL: u64 = 4_000_000;
 
-/// The most bytes a rendered chat may have when no tighter limit is given.
-pub const MAX_RENDERED_BYTES: usize = 16 << 20;
+/// The most bytes a rendered chat may have when no tighter limit is given: four times the
+/// default request body (`[server] max_body_bytes`), and far more than a 128k-token context holds;
+/// what the tokenizer makes of it stays within a few hundred MiB.
+pub const MAX_RENDERED_BYTES: usize = 4 << 20;
 
 #[path = "chat_template_json.rs"]
 mod json;

@@ -21,6 +21,10 @@ pub use normaliser::{Growth, MAX_GROWTH_PER_BYTE, MAX_NORMALISED_BYTES};
 /// could fold into one token; a text longer than that many characters per position cannot fit.
 const NORMALISER_SLACK: usize = 4;
 
+/// The most characters any prompt text may have, whatever the context (a 128k-token context
+/// holds about half a million): what the tokenizer builds for it stays bounded.
+pub const MAX_PROMPT_CHARS: usize = 4 << 20;
+
 /// Everything needed to turn a prompt into checked token ids.
 pub struct PromptCodec {
     tokenizer: Option<Arc<Tokenizer>>,
@@ -87,11 +91,13 @@ impl PromptCodec {
         self.chat_template.as_ref()
     }
 
-    /// The most characters a text that fits the context can have.
+    /// The most characters a text that fits the context can have, and never more than
+    /// [`MAX_PROMPT_CHARS`].
     pub fn max_prompt_chars(&self) -> usize {
         self.max_positions
             .saturating_mul(self.max_token_chars())
             .saturating_mul(NORMALISER_SLACK)
+            .min(MAX_PROMPT_CHARS)
     }
 
     /// The most bytes a rendered chat may have: what fits the context, and never more than
