@@ -210,16 +210,22 @@ fn signal(worker: &Value, signal: i32) {
 
 #[test]
 fn a_server_whose_every_worker_failed_for_good_is_not_ready() {
-    let config = "[runtime]\nmax_restarts = 0\n\n[[workers]]\ndevice = \"cpu\"\n";
-    let server = Server::start("ready-failed", config);
+    let config = format!(
+        "[runtime]\nmax_restarts = 0\n\n[[workers]]\ndevice = \"cpu\"\n\n{}",
+        model_entry("other", POSTNORM, false, "1h"),
+    );
+    let server = Server::start("ready-failed", &config);
     assert_eq!(server.get("/ready").status, 200);
     signal(&workers(&server)[0], libc::SIGKILL);
     worker_when(&server, 0, |w| w["state"] == "failed");
     for probe in ["/ready", "/v2/health/ready"] {
         server.get(probe).assert_error(503, "no_worker_ready");
     }
-    // Alive, though: the process answers.
+    // Alive, though: the process answers, and says why nothing can be attached.
     assert_eq!(server.get("/health").status, 200);
+    let reply = server.post("/v1/completions", &json!({"model": "other", "prompt": "x"}));
+    reply.assert_error(503, "no_worker_alive");
+    assert!(reply.body.contains("failed for good"), "{}", reply.body);
 }
 
 /// Two CPU workers; a worker process silent for 2 s is taken for hung.

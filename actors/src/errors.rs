@@ -24,6 +24,12 @@ pub enum AttachError {
     /// Every matching worker stayed busy for the whole attach timeout.
     #[error("no free worker became available within {waited_ms} ms")]
     NoFreeWorker { waited_ms: u64 },
+    /// Every worker the attach may use failed for good (out of restarts): none will come free.
+    #[error(
+        "every worker this attach may use has failed for good ({failed} out of restarts): \
+         nothing can take it until the server is restarted (see GET /workers)"
+    )]
+    NoWorkerAlive { failed: usize },
     /// Too many attaches are already waiting for a busy worker; try again later.
     #[error(
         "{waiting} attaches are already waiting for a free worker (the limit); try again later"
@@ -58,6 +64,7 @@ impl AttachError {
             AttachError::InvalidName { .. } => 400,
             AttachError::DoesNotFit { .. } => 507,
             AttachError::NoFreeWorker { .. } | AttachError::TooManyWaiting { .. } => 503,
+            AttachError::NoWorkerAlive { .. } => 503,
             AttachError::UnknownWorker { .. } => 404,
             AttachError::NoWorkerOnDevice { .. } => 400,
             AttachError::Load(e) => engine_status(e),
@@ -74,6 +81,7 @@ impl AttachError {
             AttachError::InvalidName { .. } => "invalid_name",
             AttachError::DoesNotFit { .. } => "does_not_fit",
             AttachError::NoFreeWorker { .. } => "no_free_worker",
+            AttachError::NoWorkerAlive { .. } => "no_worker_alive",
             AttachError::TooManyWaiting { .. } => "too_many_waiting",
             AttachError::UnknownWorker { .. } => "unknown_worker",
             AttachError::NoWorkerOnDevice { .. } => "no_worker_on_device",

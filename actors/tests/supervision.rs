@@ -196,7 +196,7 @@ async fn a_worker_that_keeps_failing_stays_failed_after_its_restarts() {
         .attach(Attach::new(spec("fake")).on_worker(0))
         .await
         .unwrap_err();
-    assert_eq!(error, AttachError::NoFreeWorker { waited_ms: 0 });
+    assert_eq!(error, AttachError::NoWorkerAlive { failed: 1 });
     let ok = handle.generate("good", request(&[2], 2)).await.unwrap();
     assert_eq!(ok.new_tokens, expected_tokens(&[2], 2));
     let stats = handle.stats().await.unwrap();

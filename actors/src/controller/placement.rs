@@ -50,11 +50,14 @@ pub(crate) fn place(
         return Placement::Fail(AttachError::NoWorkerOnDevice { device });
     }
     let alive: Vec<usize> = suitable
-        .into_iter()
+        .iter()
+        .copied()
         .filter(|&w| !matches!(workers[w].state, WorkerState::Failed | WorkerState::Stopped))
         .collect();
     if alive.is_empty() {
-        return Placement::Fail(AttachError::NoFreeWorker { waited_ms: 0 });
+        return Placement::Fail(AttachError::NoWorkerAlive {
+            failed: suitable.len(),
+        });
     }
     let capacities: Option<Vec<u64>> = alive.iter().map(|&w| workers[w].idle_free).collect();
     if let Some(largest) = capacities.and_then(|c| c.into_iter().max()) {
@@ -130,7 +133,7 @@ mod tests {
         ));
         assert!(matches!(
             place(&workers, 1, None, None),
-            Placement::Fail(AttachError::NoFreeWorker { waited_ms: 0 })
+            Placement::Fail(AttachError::NoWorkerAlive { failed: 1 })
         ));
     }
 
