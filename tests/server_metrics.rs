@@ -377,37 +377,3 @@ fn request_ids_are_honoured_or_made_echoed_on_every_reply_and_logged_once() {
     );
     assert!(line(&id).contains("completion_tokens=24"), "{}", line(&id));
 }
-
-#[test]
-fn a_detached_engines_series_leave_the_scrape() {
-    let config = format!(
-        "[[workers]]\ndevice = \"cpu\"\ncount = 1\n\n{}",
-        model_entry(MODEL, MODEL, false, "5m")
-    );
-    let server = Server::start("metrics-forget", &config);
-    // Attach an engine under `name`, serve one completion with it, detach it.
-    let serve_and_detach = |name: &str| {
-        let attach = json!({"model": MODEL, "name": name});
-        assert_eq!(server.post("/engines", &attach).status, 201);
-        let mut body = completion(false);
-        body["model"] = json!(name);
-        assert_eq!(server.post("/v1/completions", &body).status, 200);
-        let text = scrape(&server);
-        assert!(text.contains(&format!("model_name=\"{name}\"")), "{text}");
-        let path = format!("/engines/{name}");
-        assert_eq!(server.request("DELETE", &path, None).status, 200);
-    };
-    serve_and_detach("first");
-    let lines_before = scrape(&server).lines().count();
-    for i in 0..10 {
-        serve_and_detach(&format!("engine-name-{i}"));
-    }
-    let text = scrape(&server);
-    assert!(!text.contains("engine-name-"), "{text}");
-    // Every series of the names is gone (one name's series are some 90 lines).
-    let lines_after = text.lines().count();
-    assert!(
-        lines_after <= lines_before + 10,
-        "{lines_before} lines before, {lines_after} after:\n{text}"
-    );
-}

@@ -1,6 +1,6 @@
 //! On-demand attach (Ollama-style) and least-recently-used eviction past `keep_alive`; attaches
 //! waiting side by side within their bound; readiness and workers lost (failed for good, or
-//! stopped) before or under an attach.
+//! stopped) before or under an attach; a detached engine's series leaving `/metrics`.
 
 mod server_common;
 
@@ -272,4 +272,37 @@ fn a_stopped_idle_worker_is_found_by_its_heartbeat_without_a_request() {
     );
     let reply = server.post("/engines", &json!({"model": "other"}));
     assert_eq!(reply.status, 201, "{}", reply.body);
+}
+
+#[test]
+fn a_detached_engines_series_leave_the_scrape() {
+    let config = format!(
+        "[[workers]]\ndevice = \"cpu\"\ncount = 1\n\n{}",
+        model_entry(PRENORM, PRENORM, false, "5m")
+    );
+    let server = Server::start("metrics-forget", &config);
+    // Attach an engine under `name`, serve one completion with it, detach it.
+    let serve_and_detach = |name: &str| {
+        let attach = json!({"model": PRENORM, "name": name});
+        assert_eq!(server.post("/engines", &attach).status, 201);
+        let body = json!({"model": name, "prompt": "Hello there", "max_tokens": 4});
+        assert_eq!(server.post("/v1/completions", &body).status, 200);
+        let text = server.get("/metrics").body;
+        assert!(text.contains(&format!("model_name=\"{name}\"")), "{text}");
+        let path = format!("/engines/{name}");
+        assert_eq!(server.request("DELETE", &path, None).status, 200);
+    };
+    serve_and_detach("first");
+    let lines_before = server.get("/metrics").body.lines().count();
+    for i in 0..10 {
+        serve_and_detach(&format!("engine-name-{i}"));
+    }
+    let text = server.get("/metrics").body;
+    assert!(!text.contains("engine-name-"), "{text}");
+    // Every series of the names is gone (one name's series are some 90 lines).
+    let lines_after = text.lines().count();
+    assert!(
+        lines_after <= lines_before + 10,
+        "{lines_before} lines before, {lines_after} after:\n{text}"
+    );
 }
