@@ -1,8 +1,9 @@
-//! What a request or a config cannot make the server echo or accept: a model name of 100 000
-//! characters comes back cut short (reply and access log), and values that would break the
-//! server later (a `max_tokens` near the largest number, a zero heartbeat, a KV cache of zero or
-//! absurd tokens, a key no header can carry, a wildcard CORS origin) are refused at load; a
-//! compressed body is refused (415), not read as its raw bytes.
+//! What a request, a checkpoint or a config cannot make the server echo or accept: a model name
+//! of 100 000 characters and an 8 MiB string in a safetensors header come back cut short (reply
+//! and access log); values that would break the server later (a `max_tokens` near the largest
+//! number, a zero heartbeat, a KV cache of zero or absurd tokens, a key no header can carry, a
+//! wildcard CORS origin) are refused at load; a compressed body is refused (415), not read as
+//! its raw bytes.
 
 use std::path::Path;
 
@@ -88,4 +89,48 @@ fn a_compressed_body_is_refused_as_unsupported_not_read_raw() {
     );
     reply.assert_error(415, "unsupported_media_type");
     assert!(reply.body.contains("Content-Encoding"), "{}", reply.body);
+}
+
+#[test]
+fn a_checkpoint_with_a_huge_header_string_gets_a_small_reply() {
+    let root = crate::server_common::scratch("huge-header-root");
+    let dir = root.join("ckpt");
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = crate::server_common::fixture("tiny-opt-prenorm");
+    for file in ["config.json", "tokenizer.json"] {
+        std::fs::copy(good.join(file), dir.join(file)).unwrap();
+    }
+    let bytes = std::fs::read(good.join("model.safetensors")).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let first = header
+        .keys()
+        .find(|k| *k != "__metadata__")
+        .unwrap()
+        .clone();
+    header[&first]["dtype"] = json!("F".repeat(8 << 20));
+    let text = serde_json::to_string(&header).unwrap();
+    let mut weights = (text.len() as u64).to_le_bytes().to_vec();
+    weights.extend(text.as_bytes());
+    weights.extend(&bytes[8 + n..]);
+    std::fs::write(dir.join("model.safetensors"), weights).unwrap();
+
+    let config = format!(
+        "[server]\nmodel_roots = [{:?}]\n\n[[workers]]\ndevice = \"cpu\"\ncount = 1\n",
+        root.display().to_string()
+    );
+    let server = Server::start("huge-header", &config);
+    let reply = server.post(
+        "/engines",
+        &json!({"model": dir.display().to_string(), "name": "huge"}),
+    );
+    assert_eq!(
+        reply.status,
+        422,
+        "{}",
+        &reply.body[..reply.body.len().min(500)]
+    );
+    assert!(reply.body.len() < 4096, "{} bytes", reply.body.len());
+    let _ = std::fs::remove_dir_all(root);
 }
