@@ -62,6 +62,19 @@ fn bad_configs_are_refused_with_file_line_and_reason() {
 }
 
 #[test]
+fn min_ready_workers_outside_one_to_the_worker_count_is_refused() {
+    for wanted in [0, 3] {
+        let config = format!(
+            "[server]\nmin_ready_workers = {wanted}\n\n[[workers]]\ndevice = \"cpu\"\ncount = 2\n"
+        );
+        let (ok, stderr) = serve_with("min-ready", &config);
+        assert!(!ok, "{config}");
+        let reason = format!("min_ready_workers = {wanted} is out of range: 1 to the 2 worker(s)");
+        assert!(stderr.contains(&reason), "{config}\n{stderr}");
+    }
+}
+
+#[test]
 fn flags_override_the_file() {
     let server = Server::spawn(
         "flags",
