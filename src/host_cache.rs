@@ -99,6 +99,15 @@ pub fn check_cached(spec: &ModelSpec) -> Result<Arc<CheckedCheckpoint>, LoadErro
     Ok(checked)
 }
 
+/// Parses the `tokenizer.json` at `path` (at most [`MAX_TOKENIZER_BYTES`]).
+pub fn read_tokenizer(path: &Path) -> Result<Tokenizer, LoadError> {
+    let bytes = read_bounded(path, MAX_TOKENIZER_BYTES)?;
+    Tokenizer::from_bytes(&bytes).map_err(|e| LoadError::InvalidTokenizer {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
 struct CachedFile {
     file: Arc<WeightFile>,
     last_used: u64,
@@ -182,12 +191,7 @@ impl HostCache {
         if let Some(tokenizer) = self.tokenizers.get(&key) {
             return Ok((key, tokenizer.clone()));
         }
-        let bytes = read_bounded(path, MAX_TOKENIZER_BYTES)?;
-        let tokenizer = Tokenizer::from_bytes(&bytes).map_err(|e| LoadError::InvalidTokenizer {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-        Ok((key, Arc::new(tokenizer)))
+        Ok((key, Arc::new(read_tokenizer(path)?)))
     }
 
     /// Keeps a tokenizer that a successful load used.

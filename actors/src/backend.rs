@@ -271,6 +271,14 @@ pub trait Backend: Send + Sync + 'static {
     /// much device memory it needs. Cheap: no weights are read.
     fn inspect(&self, spec: &ModelSpec) -> Result<Footprint, EngineError>;
 
+    /// Everything [`Self::inspect`] checks and every other check an attach makes without a
+    /// device (tokenizer, chat template, side files, ids against the vocabulary): what a caller
+    /// runs before it frees room for the model by evicting a live engine. Slower than `inspect`
+    /// (it parses the tokenizer); by default, `inspect`.
+    fn preflight(&self, spec: &ModelSpec) -> Result<Footprint, EngineError> {
+        self.inspect(spec)
+    }
+
     /// Opens the device on the calling thread (the worker's own) and prewarms it. The returned
     /// device stays on this thread for its whole life.
     fn open_device(

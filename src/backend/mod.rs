@@ -17,7 +17,8 @@ pub use device::CandleDevice;
 
 use crate::checkpoint::{Checkpoint, TensorHeader};
 use crate::error::LoadError;
-use crate::host_cache::check_cached;
+use crate::host_cache::{check_cached, read_tokenizer};
+use crate::models::text_files::TextFiles;
 
 /// Runs checkpoints of every supported family on candle devices.
 #[derive(Clone, Debug, Default)]
@@ -81,9 +82,36 @@ fn check_headers(spec: &ModelSpec, checkpoint: Checkpoint) -> Result<CheckedChec
     })
 }
 
+/// The whole check of an attach short of a device: the headers ([`check`]), the tokenizer
+/// parsed, the side files read and checked against the model ([`TextFiles`]). Errors name files
+/// relative to the checkpoint directory.
+pub fn preflight(spec: &ModelSpec) -> Result<Footprint, LoadError> {
+    let checked = check_cached(spec)?;
+    let checkpoint = &checked.checkpoint;
+    let text = || {
+        let tokenizer = checkpoint
+            .tokenizer
+            .as_deref()
+            .map(read_tokenizer)
+            .transpose()?;
+        TextFiles::read(
+            &checkpoint.dir,
+            tokenizer.map(std::sync::Arc::new),
+            checkpoint.config.vocab_size(),
+            checkpoint.config.max_positions(),
+        )
+    };
+    text().map_err(|e| e.relative_to(&checkpoint.dir))?;
+    Ok(checked.footprint.clone())
+}
+
 impl wc_actors::Backend for CandleBackend {
     fn inspect(&self, spec: &ModelSpec) -> Result<Footprint, EngineError> {
         Ok(check_cached(spec)?.footprint.clone())
+    }
+
+    fn preflight(&self, spec: &ModelSpec) -> Result<Footprint, EngineError> {
+        Ok(preflight(spec)?)
     }
 
     fn open_device(

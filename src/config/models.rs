@@ -157,7 +157,7 @@ pub(super) fn resolve_model(
     if model.attach_on_start {
         // What an attach would find wrong before loading (config, weight headers, the
         // hub cache), said here with the model's line rather than after start-up.
-        if let Err(e) = crate::backend::CandleBackend.inspect(&model.spec()) {
+        if let Err(e) = crate::backend::CandleBackend.preflight(&model.spec()) {
             let span = match (&model.path, &model.hub) {
                 (Some(path), _) => path.span(),
                 (None, Some(hub)) => hub.span(),

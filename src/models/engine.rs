@@ -15,9 +15,10 @@ use wc_actors::{
 use super::batch::{Batch, DEFAULT_KV_CACHE_TOKENS};
 use super::chat_template::{ChatMessage, ChatTemplate, ChatTemplateError};
 use super::generate::decode;
-use super::generation_config::{generation_eos_ids, union};
+use super::generation_config::union;
 use super::prompt::PromptCodec;
 use super::sequence::{Sequence, Vocabulary};
+use super::text_files::TextFiles;
 use super::CausalLm;
 use crate::error::{GenerateError, LoadError};
 
@@ -67,24 +68,15 @@ impl<M: CausalLm> TextEngine<M> {
     /// Refuses, as the model's defect, a tokenizer or context that would fail every request
     /// ([`PromptCodec::check_at_attach`]).
     pub fn with_checkpoint_files(mut self, dir: &Path) -> Result<Self, LoadError> {
-        let positions = self.model.max_positions();
-        if positions < 2 {
-            return Err(LoadError::InvalidConfig {
-                path: dir.join("config.json"),
-                reason: format!("{positions} positions hold no prompt and generated token"),
-            });
-        }
-        union(&mut self.eos_ids, generation_eos_ids(dir)?);
-        let template = ChatTemplate::from_dir(dir)?;
-        let engine = self.with_chat_template(template);
-        engine
-            .codec
-            .check_at_attach()
-            .map_err(|reason| LoadError::InvalidTokenizer {
-                path: dir.join("tokenizer.json"),
-                reason,
-            })?;
-        Ok(engine)
+        let files = TextFiles::read(
+            dir,
+            self.codec.shared_tokenizer(),
+            self.model.vocab_size(),
+            self.model.max_positions(),
+        )?;
+        union(&mut self.eos_ids, files.eos_ids);
+        self.codec = Arc::new(files.codec);
+        Ok(self)
     }
 
     /// Adds end-of-sequence ids.

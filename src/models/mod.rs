@@ -21,6 +21,7 @@ pub mod packing;
 pub mod prompt;
 pub mod sampler;
 pub mod sequence;
+pub mod text_files;
 pub mod writer;
 
 use std::path::Path;
@@ -182,6 +183,22 @@ impl ModelConfig {
             Self::Llama(c) => c.num_hidden_layers,
         };
         2 * (per_layer * layers) as u64 * dtype_bytes
+    }
+
+    /// Tokens in the model's vocabulary.
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            Self::Opt(c) => c.vocab_size,
+            Self::Llama(c) => c.vocab_size,
+        }
+    }
+
+    /// The most positions (prompt plus generated tokens) one sequence may use.
+    pub fn max_positions(&self) -> usize {
+        match self {
+            Self::Opt(c) => c.max_position_embeddings,
+            Self::Llama(c) => c.max_position_embeddings,
+        }
     }
 
     pub fn parameter_count(&self) -> u64 {

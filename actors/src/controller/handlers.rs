@@ -46,7 +46,7 @@ impl Handler<Attach> for ControllerActor {
             }
         };
         let (reply, replied) = oneshot::channel();
-        let inspect = inspect_off_thread(self.backend.clone(), msg.model.clone());
+        let inspect = inspect_off_thread(self.backend.clone(), msg.model.clone(), Check::Headers);
         let (model, worker, device, caller) = (msg.model, msg.worker, msg.device, msg.caller);
         ctx.spawn(
             inspect
@@ -81,14 +81,27 @@ impl Handler<Attach> for ControllerActor {
     }
 }
 
-/// Runs the backend's inspection on a blocking thread: it reads file headers, and a panic in it
-/// is a typed failure, not a dead controller.
+/// How much of a model an inspection checks.
+#[derive(Clone, Copy)]
+enum Check {
+    /// The headers ([`Backend::inspect`]): every attach, on its way to a worker.
+    Headers,
+    /// Every check short of a device ([`Backend::preflight`]): an [`Inspect`] request.
+    Preflight,
+}
+
+/// Runs the backend's inspection on a blocking thread: it reads files, and a panic in it is a
+/// typed failure, not a dead controller.
 fn inspect_off_thread(
     backend: Arc<dyn Backend>,
     spec: ModelSpec,
+    check: Check,
 ) -> impl Future<Output = Result<Footprint, EngineError>> {
     let inspect = actix_rt::task::spawn_blocking(move || {
-        call("inspecting the model", || backend.inspect(&spec))
+        call("inspecting the model", || match check {
+            Check::Headers => backend.inspect(&spec),
+            Check::Preflight => backend.preflight(&spec),
+        })
     });
     async move {
         match inspect.await {
@@ -125,7 +138,7 @@ impl Handler<Inspect> for ControllerActor {
         if self.shutting_down {
             return Box::pin(async { Err(AttachError::ShuttingDown) });
         }
-        let inspect = inspect_off_thread(self.backend.clone(), msg.model);
+        let inspect = inspect_off_thread(self.backend.clone(), msg.model, Check::Preflight);
         Box::pin(async move { inspect.await.map_err(AttachError::Load) })
     }
 }

@@ -63,6 +63,10 @@ impl Backend for ProcessBackend {
         self.local.inspect(spec)
     }
 
+    fn preflight(&self, spec: &ModelSpec) -> Result<Footprint, EngineError> {
+        self.local.preflight(spec)
+    }
+
     fn open_device(
         &self,
         device: &DeviceSpec,
