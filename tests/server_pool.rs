@@ -221,6 +221,7 @@ fn a_server_whose_every_worker_failed_for_good_is_not_ready() {
     for probe in ["/ready", "/v2/health/ready"] {
         server.get(probe).assert_error(503, "no_worker_ready");
     }
+    assert_eq!(metric(&server, "wc_ready"), 0.0);
     // Alive, though: the process answers, and says why nothing can be attached.
     assert_eq!(server.get("/health").status, 200);
     let reply = server.post("/v1/completions", &json!({"model": "other", "prompt": "x"}));

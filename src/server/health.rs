@@ -3,7 +3,7 @@
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
-use wc_actors::WorkerState;
+use wc_actors::{WorkerInfo, WorkerState};
 
 use super::error::ApiError;
 use super::metrics::{Format, Live};
@@ -45,8 +45,7 @@ pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError>
         .list_workers()
         .await
         .map_err(|_| ApiError::shutting_down())?;
-    let serving = workers.iter().filter(|w| can_serve(w.state)).count();
-    let needed = state.config.server.min_ready_workers;
+    let (serving, needed) = (serving(&workers), state.config.server.min_ready_workers);
     if serving < needed {
         let failed = workers
             .iter()
@@ -65,12 +64,18 @@ pub async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError>
     Ok(HttpResponse::Ok().json(json!({ "status": "ready", "workers_ready": serving })))
 }
 
-/// Whether a worker in `state` takes attaches or serves requests now.
-fn can_serve(state: WorkerState) -> bool {
-    matches!(
-        state,
-        WorkerState::Idle | WorkerState::Attaching | WorkerState::Serving | WorkerState::Detaching
-    )
+/// How many of `workers` take attaches or serve requests now.
+fn serving(workers: &[WorkerInfo]) -> usize {
+    let can_serve = |state| {
+        matches!(
+            state,
+            WorkerState::Idle
+                | WorkerState::Attaching
+                | WorkerState::Serving
+                | WorkerState::Detaching
+        )
+    };
+    workers.iter().filter(|w| can_serve(w.state)).count()
 }
 
 /// `GET /metrics`: OpenMetrics when the scraper's `Accept` asks for it, else Prometheus text.
@@ -91,7 +96,8 @@ pub async fn metrics(
         stats: &stats,
         workers: &workers,
         engines: &engines,
-        ready: state.is_ready(),
+        // As `/ready` says.
+        ready: state.is_ready() && serving(&workers) >= state.config.server.min_ready_workers,
         draining: state.is_draining(),
     };
     let text = state.metrics.render(&live, format).map_err(|_| {

@@ -181,7 +181,8 @@ impl Collector for Snapshot {
         family(
             &mut e,
             "wc_ready",
-            "1 when workers are prewarmed and the server is not draining.",
+            "1 when /ready says 200: workers prewarmed, at least min_ready_workers able to serve, \
+             not draining.",
             MetricType::Gauge,
             [(POD, ConstGauge::new(i64::from(self.ready)))],
         )?;
