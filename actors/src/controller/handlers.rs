@@ -217,6 +217,14 @@ impl Handler<Generate> for ControllerActor {
                     let mut request = msg.request;
                     match encode_off_thread(encoder, &request.prompt).await {
                         Ok(ids) => request.prompt = Prompt::Ids(ids),
+                        // The worker process ended under the encode (one that ran past its
+                        // timeout ends it): the worker is lost, and restarted.
+                        Err(e) if e.kind == ErrorKind::DeviceFatal => {
+                            return Ok(Err(GenerateError::WorkerLost {
+                                worker,
+                                reason: e.message,
+                            }))
+                        }
                         Err(e) => return Ok(Err(GenerateError::Engine(e))),
                     }
                     addr.send(RunGenerate {

@@ -1,7 +1,8 @@
 //! A worker process's prompt encoders: a small pool of threads beside the engine's, a bounded
 //! queue in front of them, and a watchdog. An encode runs a checkpoint's chat template and
-//! tokenizer, which may not end: one that runs past [`ENCODE_TIMEOUT`] is answered with the
-//! model's defect and the process ends, so that it is restarted instead of spinning on.
+//! tokenizer, which may not end: past [`ENCODE_TIMEOUT`] the process ends with that encode
+//! unanswered, so that the parent answers it as the worker lost (503) and restarts the worker
+//! instead of leaving a thread spinning on.
 
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
@@ -49,8 +50,8 @@ pub(super) fn encode_timeout() -> Duration {
 }
 
 impl Encoders {
-    /// Starts the threads and the watchdog; `expired` runs (once) after an encode that ran past
-    /// `timeout` was answered, and is expected to end the process.
+    /// Starts the threads and the watchdog; `expired` runs (once) when an encode runs past
+    /// `timeout`, unanswered, and is expected to end the process.
     pub(super) fn start(
         timeout: Duration,
         reply: Reply,
@@ -63,8 +64,7 @@ impl Encoders {
             let (jobs, running, reply) = (jobs.clone(), running.clone(), reply.clone());
             std::thread::spawn(move || work(slot, &jobs, &running, &reply));
         }
-        let watched = reply.clone();
-        std::thread::spawn(move || watch(timeout, &running, &watched, expired));
+        std::thread::spawn(move || watch(timeout, &running, expired));
         Self { queue, reply }
     }
 
@@ -116,7 +116,7 @@ fn set(running: &Running, slot: usize, to: Option<(u64, Instant)>) -> Option<(u6
     std::mem::replace(&mut running[slot], to)
 }
 
-fn watch(timeout: Duration, running: &Running, reply: &Reply, expired: impl FnOnce()) {
+fn watch(timeout: Duration, running: &Running, expired: impl FnOnce()) {
     loop {
         std::thread::sleep(WATCH_EVERY);
         let late = {
@@ -127,12 +127,15 @@ fn watch(timeout: Duration, running: &Running, reply: &Reply, expired: impl FnOn
                 .and_then(Option::take)
         };
         if let Some((id, _)) = late {
-            let message = format!(
-                "encoding the prompt took more than {} ms: the model's chat template or \
-                 tokenizer does not finish; the worker restarts",
-                timeout.as_millis()
+            // Not answered: the process ends with the encode still running, so the parent
+            // answers it (and whatever else this worker had) as the worker lost, 503, and
+            // restarts the worker.
+            tracing::error!(
+                encode = id,
+                timeout_ms = timeout.as_millis() as u64,
+                "encoding a prompt ran past the timeout: the model's chat template or tokenizer \
+                 does not finish; the worker process ends to be restarted"
             );
-            reply(id, Err(EngineError::new(ErrorKind::InvalidModel, message)));
             expired();
             return;
         }
@@ -161,7 +164,7 @@ mod tests {
     }
 
     #[test]
-    fn an_encode_past_the_timeout_is_the_models_defect_and_ends_the_process() {
+    fn an_encode_past_the_timeout_is_left_unanswered_and_ends_the_process() {
         let (tx, answers) = mpsc::channel();
         let (ended, expired) = mpsc::channel();
         let reply: Reply = Arc::new(move |id, ids| {
@@ -175,19 +178,15 @@ mod tests {
         assert_eq!((id, ids.unwrap()), (1, vec![5]));
         let started = Instant::now();
         encoders.submit(2, Prompt::Ids(vec![60_000]), Some(Arc::new(Slow)));
-        let (id, ids) = answers.recv_timeout(Duration::from_secs(5)).unwrap();
-        let err = ids.unwrap_err();
-        assert_eq!(
-            (id, err.kind),
-            (2, ErrorKind::InvalidModel),
-            "{}",
-            err.message
-        );
         expired.recv_timeout(Duration::from_secs(5)).unwrap();
         assert!(
             started.elapsed() < Duration::from_secs(2),
             "{:?}",
             started.elapsed()
+        );
+        assert!(
+            answers.try_recv().is_err(),
+            "the late encode is answered by the parent as the worker lost, not here"
         );
     }
 }
