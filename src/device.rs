@@ -64,11 +64,26 @@ fn meminfo(text: &str) -> (u64, u64) {
 
 /// Host memory this process can still take: the kernel's `MemAvailable`, and no more than its
 /// memory cgroup's limit less the cgroup's usage (which counts every worker process in it).
+///
+/// Memory this process freed and its allocator keeps for reuse counts as available too (engines'
+/// processes keep freed memory, see `cli/allocator.rs`): after a detach it is not back in
+/// `MemAvailable`, yet the next attach reuses it.
 pub fn host_available_bytes() -> u64 {
     let (_, available) = host_memory();
     let cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
     let read = |path: &str| std::fs::read_to_string(path).ok();
-    available.min(cgroup_headroom(&cgroup, read).unwrap_or(u64::MAX))
+    let headroom = available.min(cgroup_headroom(&cgroup, read).unwrap_or(u64::MAX));
+    headroom.saturating_add(allocator_free_bytes())
+}
+
+/// Bytes this process's allocator holds free: glibc's `fordblks` (0 elsewhere).
+fn allocator_free_bytes() -> u64 {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallinfo2 only reads the allocator's statistics.
+    let free = unsafe { libc::mallinfo2() }.fordblks as u64;
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let free = 0;
+    free
 }
 
 /// Limit minus usage of the memory cgroup that `/proc/self/cgroup`'s `text` names (v2's

@@ -86,3 +86,47 @@ fn an_attach_that_would_fail_after_its_headers_evicts_no_engine() {
     );
     assert_eq!(served.status, 200, "{}", served.body);
 }
+
+/// `MemAvailable` of the host, in bytes.
+fn host_available() -> u64 {
+    worker_controller::device::host_memory().1
+}
+
+#[test]
+fn a_model_whose_kv_budget_would_not_fit_after_the_eviction_evicts_no_engine() {
+    let root = scratch("evict-fit-models");
+    let big = server_common::slow_model(&root.join("big-kv"));
+    let kv_per_token = |dir: &Path| {
+        let spec = wc_actors::ModelSpec {
+            model: dir.display().to_string(),
+            dtype: None,
+            canonical: false,
+        };
+        worker_controller::backend::check(&spec)
+            .unwrap()
+            .footprint
+            .kv_bytes_per_token
+    };
+    let (big_kv, idle_kv) = (kv_per_token(&big), kv_per_token(&fixture(PRENORM)));
+    assert!(big_kv >= 8 * idle_kv, "{big_kv} vs {idle_kv}");
+    // A budget the idle model's KV cache fits in four times over, and the big one's does not
+    // fit in twice what the host has.
+    let tokens = 2 * host_available() / big_kv;
+    assert!(tokens * idle_kv < host_available() / 4);
+    let config = format!(
+        "[prewarm]\nkv_cache_tokens = {tokens}\n\n[server]\nmodel_roots = [{:?}, {:?}]\n\n\
+         [[workers]]\ndevice = \"cpu\"\n\n{}",
+        root.display().to_string(),
+        fixture("").display().to_string(),
+        model_entry("idle", PRENORM, true, "0s"),
+    );
+    let server = Server::start("evict-fit", &config);
+    assert_eq!(attached_names(&server), ["idle"]);
+    let reply = server.post("/engines", &json!({"model": big.display().to_string()}));
+    reply.assert_error(507, "does_not_fit");
+    assert_eq!(
+        attached_names(&server),
+        ["idle"],
+        "the idle engine is still attached"
+    );
+}

@@ -15,14 +15,16 @@ use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
 use wc_actors::{
-    Attach, AttachReport, DetachReport, EngineId, EngineInfo, EngineRef, Handle, WorkerInfo,
-    WorkerState,
+    Attach, AttachError, AttachReport, DetachReport, DeviceSpec, EngineId, EngineInfo, EngineRef,
+    Footprint, Handle, WorkerInfo, WorkerState,
 };
 
 use super::error::ApiError;
 use super::metrics::Metrics;
 use super::openai::unix_now;
 use crate::config::{KeepAlive, ModelConfig};
+use crate::device::host_available_bytes;
+use crate::error::shorten;
 
 /// What the server remembers about an engine it attached.
 #[derive(Clone, Copy, Debug)]
@@ -50,6 +52,9 @@ pub struct Pool {
     /// Requests that were already waiting for a failed on-demand attach get the same answer
     /// instead of trying again.
     failed: Failures,
+    /// Each worker's KV-cache budget in tokens (`[prewarm] kv_cache_tokens`): what a model's
+    /// footprint needs beside its weights, for the fit check before an eviction.
+    kv_cache_tokens: usize,
 }
 
 /// One attach counted in [`Pool::attaching`] until it is answered (dropped).
@@ -73,8 +78,9 @@ fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Pool {
-    pub fn new(handle: Handle) -> Self {
+    pub fn new(handle: Handle, kv_cache_tokens: usize) -> Self {
         Self {
+            kv_cache_tokens,
             handle,
             meta: MetaMap::default(),
             placing: tokio::sync::Mutex::new(()),
@@ -253,8 +259,12 @@ impl Pool {
         let Some(victim) = victim else {
             return Ok(());
         };
-        // A model that cannot load must not cost a working engine its place.
-        self.handle.inspect(attach.model.clone()).await?;
+        // A model that cannot load, or would not fit once the victim is gone, must not cost a
+        // working engine its place.
+        let footprint = self.handle.inspect(attach.model.clone()).await?;
+        if let Some(worker) = workers.iter().find(|w| w.worker == victim.worker) {
+            self.check_fits_after_eviction(&footprint, worker, victim)?;
+        }
         tracing::info!(
             engine = %victim.engine_id,
             name = %victim.name,
@@ -271,6 +281,39 @@ impl Pool {
             Err(e) => tracing::warn!(name = %victim.name, error = %e, "eviction failed"),
         }
         Ok(())
+    }
+
+    /// Refuses a model that would not fit `worker` even with `victim` detached: its weights and
+    /// full KV budget against the worker's free memory plus the victim's, and on a CPU worker
+    /// against what the host has available plus the victim's.
+    fn check_fits_after_eviction(
+        &self,
+        footprint: &Footprint,
+        worker: &WorkerInfo,
+        victim: &EngineInfo,
+    ) -> Result<(), ApiError> {
+        let Some(memory) = &worker.memory else {
+            return Ok(());
+        };
+        let needed = footprint.needed_bytes(self.kv_cache_tokens);
+        let mut room = memory.free_bytes.saturating_add(victim.device_bytes);
+        if worker.device == DeviceSpec::Cpu {
+            room = room.min(host_available_bytes().saturating_add(victim.device_bytes));
+        }
+        if needed <= room {
+            return Ok(());
+        }
+        tracing::info!(
+            needed,
+            room,
+            victim = %shorten(&victim.name),
+            "not evicting: the model would not fit even with the victim gone"
+        );
+        Err(AttachError::DoesNotFit {
+            needed_bytes: needed,
+            free_bytes: room,
+        }
+        .into())
     }
 
     async fn list_engines(&self) -> Result<Vec<EngineInfo>, ApiError> {

@@ -42,7 +42,7 @@ impl AppState {
         Self {
             hosts: HostPolicy::new(&config.server.host, &config.server.allowed_hosts),
             model_roots: ModelRoots::from_config(&config),
-            pool: Pool::new(handle.clone()),
+            pool: Pool::new(handle.clone(), config.prewarm.kv_cache_tokens),
             handle,
             config,
             metrics: Metrics::default(),
