@@ -42,8 +42,8 @@ pub use duration::parse_duration;
 pub use errors::{AttachError, DetachError, GenerateError};
 pub use load::{EngineLoad, LoadNow};
 pub use messages::{
-    Attach, CallerAlive, Detach, Generate, GetStats, Inspect, ListEngines, ListWorkers, Shutdown,
-    WaitReady, WorkerFailed, WorkerReady,
+    Attach, CallerAlive, Detach, Drain, Generate, GetStats, Inspect, ListEngines, ListWorkers,
+    Shutdown, WaitReady, WorkerFailed, WorkerReady,
 };
 pub use reports::{
     check_engine_name, AttachReport, DetachReport, EngineId, EngineInfo, EngineRef, RuntimeStats,

@@ -138,6 +138,12 @@ pub struct GetStats;
 #[rtype(result = "Vec<WorkerInfo>")]
 pub struct WaitReady;
 
+/// Stop taking attaches (the server is draining): those waiting for a worker and every new one
+/// are answered `ShuttingDown`; attached engines go on serving, loads under way finish.
+#[derive(Clone, Copy, Debug, Message)]
+#[rtype(result = "()")]
+pub struct Drain;
+
 /// Detach every engine, stop every worker's thread, refuse new attaches.
 #[derive(Clone, Copy, Debug, Message)]
 #[rtype(result = "()")]

@@ -17,8 +17,8 @@ use crate::backend::{
 use crate::controller::ControllerActor;
 use crate::errors::{AttachError, DetachError, GenerateError};
 use crate::messages::{
-    Attach, CallerAlive, Detach, Generate, GetStats, Inspect, ListEngines, ListWorkers, Shutdown,
-    WaitReady,
+    Attach, CallerAlive, Detach, Drain, Generate, GetStats, Inspect, ListEngines, ListWorkers,
+    Shutdown, WaitReady,
 };
 use crate::reports::{AttachReport, DetachReport, EngineInfo, EngineRef, RuntimeStats, WorkerInfo};
 use crate::worker::MAILBOX_CAPACITY;
@@ -311,6 +311,12 @@ impl Handle {
             .send(WaitReady)
             .await
             .map_err(|_| RuntimeStopped)
+    }
+
+    /// Stops taking attaches ([`Drain`]): those waiting for a worker and every new one are
+    /// answered `ShuttingDown`, while attached engines go on serving.
+    pub async fn drain(&self) {
+        let _ = self.controller.send(Drain).await;
     }
 
     /// Detaches every engine (after their queued requests), stops every worker's thread, and

@@ -306,6 +306,8 @@ async fn drain(
 ) {
     let server_config = &state.config.server;
     state.start_draining();
+    // Attaches waiting for a worker would outlast the deadline unanswered: refuse them now.
+    handle.drain().await;
     tracing::info!(
         drain_delay_ms = server_config.drain_delay.0.as_millis() as u64,
         deadline_ms = server_config.shutdown_deadline.0.as_millis() as u64,

@@ -18,7 +18,7 @@ impl ControllerActor {
         &mut self,
         name: Option<String>,
     ) -> Result<(EngineId, String), AttachError> {
-        if self.shutting_down {
+        if self.refusing_attaches {
             return Err(AttachError::ShuttingDown);
         }
         let id = EngineId(self.next_id);
@@ -36,7 +36,7 @@ impl ControllerActor {
 
     /// Places an inspected attach now, fails it, or queues it until its timeout.
     pub(super) fn enqueue_attach(&mut self, pending: PendingAttach, ctx: &mut Context<Self>) {
-        if self.shutting_down {
+        if self.refusing_attaches {
             return self.fail_attach(pending, AttachError::ShuttingDown);
         }
         if !pending.caller.is_alive() {
@@ -105,7 +105,7 @@ impl ControllerActor {
         self.drop_abandoned();
         let mut waiting = VecDeque::new();
         while let Some(pending) = self.pending.pop_front() {
-            if self.shutting_down {
+            if self.refusing_attaches {
                 self.fail_attach(pending, AttachError::ShuttingDown);
                 continue;
             }
@@ -226,7 +226,7 @@ impl ControllerActor {
                 ..
             }) => {
                 self.worker_failed(worker, incarnation, reason.clone(), ctx);
-                if self.shutting_down {
+                if self.refusing_attaches {
                     return self.fail_attach(pending, AttachError::ShuttingDown);
                 }
                 return self.place_elsewhere(

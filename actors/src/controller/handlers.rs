@@ -15,8 +15,8 @@ use crate::backend::{
 use crate::errors::{AttachError, DetachError, GenerateError};
 use crate::guard::{call, Failure};
 use crate::messages::{
-    Attach, Detach, Generate, GetStats, Inspect, ListEngines, ListWorkers, RunGenerate, Shutdown,
-    WaitReady, WorkerFailed, WorkerReady,
+    Attach, Detach, Drain, Generate, GetStats, Inspect, ListEngines, ListWorkers, RunGenerate,
+    Shutdown, WaitReady, WorkerFailed, WorkerReady,
 };
 use crate::reports::{DetachReport, EngineInfo, WorkerInfo};
 use crate::timeline::Timeline;
@@ -308,11 +308,21 @@ impl Handler<WorkerFailed> for ControllerActor {
     }
 }
 
+impl Handler<Drain> for ControllerActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Drain, ctx: &mut Context<Self>) {
+        self.refusing_attaches = true;
+        self.dispatch_pending(ctx);
+    }
+}
+
 impl Handler<Shutdown> for ControllerActor {
     type Result = ResponseActFuture<Self, ()>;
 
     fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) -> Self::Result {
         self.shutting_down = true;
+        self.refusing_attaches = true;
         self.dispatch_pending(ctx);
         let me = ctx.address();
         let engines: Vec<_> = self.engines.keys().copied().collect();

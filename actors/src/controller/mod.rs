@@ -60,6 +60,8 @@ pub struct ControllerActor {
     ready_waiters: Vec<oneshot::Sender<Vec<WorkerInfo>>>,
     /// Set by `Shutdown`: no new attaches, no restarts.
     shutting_down: bool,
+    /// Set by `Drain` (and `Shutdown`): no new attaches, none left waiting.
+    refusing_attaches: bool,
     /// Runtime-wide counters.
     stats: RuntimeStats,
 }
@@ -154,6 +156,7 @@ impl ControllerActor {
             next_id: 1,
             ready_waiters: Vec::new(),
             shutting_down: false,
+            refusing_attaches: false,
             stats: RuntimeStats::default(),
         }
     }
