@@ -74,6 +74,31 @@ fn bench_with_zero_runs_or_rounds_is_refused_before_writing_anything() {
 }
 
 #[test]
+fn bench_on_a_cpu_this_process_may_not_use_is_refused_up_front() {
+    let out_dir = scratch("bench-cpus").join("out");
+    let out = bin()
+        .args([
+            "bench",
+            "--no-peer",
+            "--runs",
+            "1",
+            "--worker-cpus",
+            "999999",
+            "--out",
+        ])
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text = stderr(&out);
+    assert!(
+        text.contains("--worker-cpus") && text.contains("999999") && !text.contains("within 0 ms"),
+        "{text}"
+    );
+    assert!(!out_dir.exists(), "nothing written");
+}
+
+#[test]
 fn an_empty_stop_string_is_refused() {
     let out = bin()
         .args(["generate", "--stop", "", "--model"])

@@ -116,6 +116,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         eprintln!("rendered {}/report.md and chart.svg", args.out.display());
         return guard(&results, args.allow_slower);
     }
+    crate::backend::affinity::check_cpus(&args.worker_cpus)
+        .map_err(|reason| anyhow::anyhow!("--worker-cpus: {reason}"))?;
     let models = match args.models {
         Some(models) => models,
         None => DEFAULT_MODELS
