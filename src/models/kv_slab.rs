@@ -73,8 +73,9 @@ struct SlabState {
 
 impl SlabState {
     /// Reallocates to `capacity` slots, copying what is there; the new slots are free. One layer
-    /// at a time, so that growing holds at most one tensor beyond the slab; an error leaves the
-    /// slab as it was (layers already grown only hold more slots than are handed out).
+    /// at a time, so that growing holds at most one layer's keys and values beyond the slab; an
+    /// error leaves the slab as it was (layers already grown only hold more slots than are
+    /// handed out).
     fn grow(&mut self, capacity: usize) -> candle_core::Result<()> {
         if capacity <= self.capacity {
             return Ok(());
