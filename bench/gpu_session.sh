@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One GPU session, run from the repo root on the GPU machine with the CUDA build's gzipped binaries
-# in $GPU_BIN (default .gpu/: wc-cuda, cuda_reference, bad_input): GPU tests, compute-sanitizer
+# in $GPU_BIN (default .gpu/: wc-cuda, cuda_reference; bad_input, batching, checkpoint_swap when
+# there): GPU tests, compute-sanitizer
 # memcheck over the CUDA tests, decode speed against transformers, and the cold-start bench (JIT
 # cache warm, then cold). Everything is written under $OUT and packed into $OUT/session.tgz.
 #
@@ -52,7 +53,17 @@ log "transformers load rc=$?"
 log "GPU tests (WC_EXPECT_GPUS=$GPUS)"
 WC_EXPECT_GPUS=$GPUS /tmp/wc/cuda_reference --test-threads 1 --nocapture > "$OUT/test-cuda_reference.txt" 2>&1; log "cuda_reference rc=$?"
 grep -E "^test |test result" "$OUT/test-cuda_reference.txt" | tee -a "$OUT/session.log"
-/tmp/wc/bad_input --test-threads 1 > "$OUT/test-bad_input.txt" 2>&1; log "bad_input rc=$?"
+if [ -x /tmp/wc/bad_input ]; then
+  /tmp/wc/bad_input --test-threads 1 > "$OUT/test-bad_input.txt" 2>&1; log "bad_input rc=$?"
+fi
+if [ -x /tmp/wc/batching ]; then
+  WC_TEST_DEVICE=cuda:0 /tmp/wc/batching --test-threads 1 > "$OUT/test-batching-cuda.txt" 2>&1
+  log "batching on cuda:0 rc=$? $(grep -h 'test result' "$OUT/test-batching-cuda.txt")"
+fi
+if [ -x /tmp/wc/checkpoint_swap ]; then
+  /tmp/wc/checkpoint_swap --test-threads 1 > "$OUT/test-checkpoint_swap.txt" 2>&1
+  log "checkpoint_swap rc=$? $(grep -h 'test result' "$OUT/test-checkpoint_swap.txt")"
+fi
 if [ -z "${SKIP_MEMCHECK:-}" ]; then
   SAN=$(ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
   SAN=${SAN:-$(command -v compute-sanitizer)}
