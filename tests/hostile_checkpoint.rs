@@ -353,7 +353,9 @@ fn a_huge_string_in_the_header_comes_back_as_a_short_message() {
     let dir = with_header("huge-string", |h| h[BIAS]["dtype"] = json!(huge));
     let short = |e: &LoadError| {
         let text = e.to_string();
-        matches!(e, LoadError::CorruptSafetensors { .. }) && text.len() < 1024 && text.contains("more bytes")
+        matches!(e, LoadError::CorruptSafetensors { .. })
+            && text.len() < 1024
+            && text.contains("more bytes")
     };
     assert_refused(&dir, ErrorKind::InvalidModel, short);
     let config = copy_fixture(GOOD, "huge-config-string");
@@ -363,5 +365,9 @@ fn a_huge_string_in_the_header_comes_back_as_a_short_message() {
     )
     .unwrap();
     let err = check(&spec(&config)).err().expect("refused");
-    assert!(err.to_string().len() < 1024, "{} bytes", err.to_string().len());
+    assert!(
+        err.to_string().len() < 1024,
+        "{} bytes",
+        err.to_string().len()
+    );
 }
