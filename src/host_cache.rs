@@ -73,7 +73,7 @@ type CheckEntry = (Vec<FileKey>, Arc<CheckedCheckpoint>);
 pub fn check_cached(spec: &ModelSpec) -> Result<Arc<CheckedCheckpoint>, LoadError> {
     static CHECKED: OnceLock<Mutex<HashMap<String, CheckEntry>>> = OnceLock::new();
     let cache = CHECKED.get_or_init(Default::default);
-    let key = format!("{}\u{0}{:?}", spec.model, spec.dtype);
+    let key = format!("{}\u{0}{:?}\u{0}{}", spec.model, spec.dtype, spec.canonical);
     let cached = cache.lock().map(|c| c.get(&key).cloned()).unwrap_or(None);
     if let Some((keys, checked)) = cached {
         let unchanged = keys
