@@ -7,6 +7,7 @@
 //! - [`timeline`]: timing anchors shared by every path.
 //! - [`duration`]: durations written as text ("30s", "500ms").
 //! - [`quantity`]: durations and byte sizes as every config type reads them.
+//! - [`device_spec`]: where a worker runs and in what precision (`cpu`, `cuda:0`, `bf16`).
 //! - [`backend`]: the contract an engine implementation fulfils (devices, loading, generation).
 //! - [`runtime`]: configuration, starting the runtime, and the [`Handle`] to use it.
 //! - [`messages`]: every message, grouped by the actor that receives it.
@@ -21,6 +22,7 @@
 pub mod backend;
 pub mod batch;
 pub mod controller;
+pub mod device_spec;
 pub mod duration;
 pub mod engine;
 pub mod errors;
