@@ -29,10 +29,14 @@ pub enum ConfinedError {
     Io(io::Error),
 }
 
-/// The directory `file` must stay beneath: for a file inside a hub snapshot, its repository
-/// directory; else the directory the file is in. Read from the path alone, no file system access.
+/// The directory `file` must stay beneath: [`directory_root`] of the directory it is in.
 pub fn confinement_root(file: &Path) -> &Path {
-    let dir = file.parent().unwrap_or(Path::new("/"));
+    directory_root(file.parent().unwrap_or(Path::new("/")))
+}
+
+/// The directory every file of `dir` must stay beneath: for a directory inside a hub snapshot,
+/// its repository directory; else `dir` itself. Read from the path alone, no file system access.
+pub fn directory_root(dir: &Path) -> &Path {
     dir.ancestors()
         .find_map(|ancestor| {
             let snapshots = ancestor.parent()?;

@@ -20,7 +20,7 @@ mod confined;
 mod files;
 mod safetensors_header;
 
-pub use confined::confinement_root;
+use confined::directory_root;
 
 pub use files::{ensure_regular, open_regular, read_bounded};
 pub use safetensors_header::{
@@ -97,7 +97,7 @@ impl Checkpoint {
     }
 
     fn read(dir: &Path) -> Result<Self, LoadError> {
-        let root = confinement_root(&dir.join("config.json")).to_path_buf();
+        let root = directory_root(dir).to_path_buf();
         let config_path = inside(&root, dir, "config.json")?;
         let config = read_config(&config_path)?;
         let (weight_files, index) = weight_files(&root, dir)?;

@@ -64,9 +64,9 @@ impl<M: CausalLm> TextEngine<M> {
     }
 
     /// Adds what the side files of the checkpoint in `dir` say: `generation_config.json`'s EOS
-    /// ids and the chat template (each optional).
-    /// Refuses, as the model's defect, a tokenizer or context that would fail every request
-    /// ([`PromptCodec::check_at_attach`]).
+    /// ids and the chat template (each optional), checked as the pre-eviction check checks them
+    /// ([`TextFiles`]): a tokenizer or context that would fail every request is refused here, as
+    /// the model's defect.
     pub fn with_checkpoint_files(mut self, dir: &Path) -> Result<Self, LoadError> {
         let files = TextFiles::read(
             dir,
