@@ -26,7 +26,7 @@ async fn main() -> anyhow::Result<()> {
         }],
         ..Default::default()
     };
-    let handle = Runtime::start(config, Arc::new(CandleBackend));
+    let handle = Runtime::start(config, Arc::new(CandleBackend::default()));
     for worker in handle.wait_ready().await? {
         println!(
             "worker {} on {}: {:?}",

@@ -115,7 +115,8 @@ fn main() -> anyhow::Result<()> {
         }],
         ..Default::default()
     };
-    let handle = Runtime::start_in_background(config, std::sync::Arc::new(CandleBackend));
+    let handle =
+        Runtime::start_in_background(config, std::sync::Arc::new(CandleBackend::default()));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

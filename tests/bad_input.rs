@@ -9,10 +9,11 @@ use std::collections::HashMap;
 use candle_core::{Device, Tensor};
 use common::{copy_fixture, fixture, scratch};
 use wc_actors::{DType, DeviceSpec, GenerateRequest, ModelSpec, Prompt, Timeline};
-use worker_controller::error::{GenerateError, LoadError};
+use worker_controller::load::LoadError;
+use worker_controller::models::RunError;
 use worker_controller::CandleDevice;
 
-fn load(model: &std::path::Path) -> Result<worker_controller::opt::OptEngine, LoadError> {
+fn load(model: &std::path::Path) -> Result<worker_controller::models::opt::OptEngine, LoadError> {
     let (mut device, _) = CandleDevice::open(&DeviceSpec::Cpu, None).unwrap();
     let spec = ModelSpec {
         model: model.display().to_string(),
@@ -20,7 +21,7 @@ fn load(model: &std::path::Path) -> Result<worker_controller::opt::OptEngine, Lo
         canonical: false,
     };
     device
-        .load_opt(&spec, &mut Timeline::default())
+        .load_as::<worker_controller::models::OptEngine>(&spec, &mut Timeline::default())
         .map(|(engine, _)| engine)
 }
 
@@ -121,7 +122,7 @@ fn unknown_model_type() {
     .unwrap();
     let err = load(&dir).err().unwrap();
     assert!(
-        matches!(err, LoadError::UnknownModelType(ref t) if t == "gpt_neox"),
+        matches!(err, LoadError::UnknownModelType { found: ref t, .. } if t == "gpt_neox"),
         "{err}"
     );
 }
@@ -172,7 +173,7 @@ fn prompt_longer_than_the_position_table() {
     };
     let err = engine.run(&request, &mut |_| true).err().unwrap();
     assert!(
-        matches!(err, GenerateError::PromptTooLong { len: 129, max: 128 }),
+        matches!(err, RunError::PromptTooLong { len: 129, max: 128 }),
         "{err}"
     );
 }
@@ -189,12 +190,12 @@ fn token_ids_outside_the_vocabulary_and_empty_prompts() {
     };
     assert!(matches!(
         run(vec![2, 9999]),
-        GenerateError::TokenOutOfRange {
+        RunError::TokenOutOfRange {
             id: 9999,
             vocab: 512
         }
     ));
-    assert!(matches!(run(vec![]), GenerateError::EmptyPrompt));
+    assert!(matches!(run(vec![]), RunError::EmptyPrompt));
 }
 
 #[test]
@@ -207,7 +208,7 @@ fn text_prompt_without_a_tokenizer() {
         ..Default::default()
     };
     let err = engine.run(&request, &mut |_| true).err().unwrap();
-    assert!(matches!(err, GenerateError::NoTokenizer), "{err}");
+    assert!(matches!(err, RunError::NoTokenizer), "{err}");
     let ids = GenerateRequest {
         prompt: Prompt::Ids(vec![2, 506, 79]),
         max_new_tokens: 3,
@@ -269,9 +270,11 @@ fn a_model_larger_than_the_worker_is_refused_before_any_byte_is_read() {
         dtype: None,
         canonical: false,
     };
-    let footprint = worker_controller::backend::check(&spec).unwrap().footprint;
+    let footprint = worker_controller::backend::inspect(&spec)
+        .unwrap()
+        .footprint;
     let error = device
-        .load_opt(&spec, &mut Timeline::default())
+        .load_as::<worker_controller::models::OptEngine>(&spec, &mut Timeline::default())
         .err()
         .expect("refused");
     let LoadError::DoesNotFit {
@@ -298,6 +301,13 @@ fn a_model_larger_than_the_worker_is_refused_before_any_byte_is_read() {
         !device.host_cache_holds(&model.join("model.safetensors")),
         "nothing was read"
     );
-    let refused = device.load(&spec, &mut Timeline::default()).err().unwrap();
+    let refused = device
+        .load(
+            &spec,
+            &wc_actors::Handoff::default(),
+            &mut Timeline::default(),
+        )
+        .err()
+        .unwrap();
     assert_eq!(refused.kind, ErrorKind::OutOfMemory, "{}", refused.message);
 }

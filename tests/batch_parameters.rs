@@ -7,7 +7,7 @@ mod common;
 use wc_actors::{
     Admission, BatchEngine, GenerateOutput, GenerateRequest, ModelSpec, Prompt, SeqEvent, Timeline,
 };
-use worker_controller::opt::OptEngine;
+use worker_controller::models::opt::OptEngine;
 use worker_controller::CandleDevice;
 
 use common::{fixture, reference};
@@ -21,12 +21,15 @@ fn load() -> OptEngine {
         dtype: None,
         canonical: false,
     };
-    device.load_opt(&spec, &mut Timeline::default()).unwrap().0
+    device
+        .load_as::<worker_controller::models::OptEngine>(&spec, &mut Timeline::default())
+        .unwrap()
+        .0
 }
 
 /// A random-weight OPT (no trained margins, so a penalty shows in its greedy output).
 fn load_random() -> OptEngine {
-    use worker_controller::opt::presets::{preset, write_checkpoint};
+    use worker_controller::models::opt::presets::{preset, write_checkpoint};
     let dir = common::scratch("batch-parameters-random").join("opt");
     let config = preset("tiny").unwrap();
     write_checkpoint(&config, candle_core::DType::F32, &dir, 3).unwrap();
@@ -36,7 +39,10 @@ fn load_random() -> OptEngine {
         dtype: None,
         canonical: false,
     };
-    device.load_opt(&spec, &mut Timeline::default()).unwrap().0
+    device
+        .load_as::<worker_controller::models::OptEngine>(&spec, &mut Timeline::default())
+        .unwrap()
+        .0
 }
 
 fn log_softmax(logits: &[f32]) -> Vec<f64> {

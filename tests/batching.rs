@@ -53,7 +53,7 @@ fn start(kv_cache_tokens: usize) -> Handle {
             ..RuntimeOptions::default()
         },
     };
-    Runtime::start(config, Arc::new(CandleBackend))
+    Runtime::start(config, Arc::new(CandleBackend::default()))
 }
 
 async fn attach(handle: &Handle, name: &str) -> EngineId {

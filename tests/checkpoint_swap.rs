@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use common::{copy_fixture, cpu_worker, scratch, spec};
 use wc_actors::{Timeline, WorkerDevice};
-use worker_controller::backend::check;
-use worker_controller::error::LoadError;
+use worker_controller::backend::inspect;
+use worker_controller::load::LoadError;
 
 /// The outside file's first 8 bytes, as a little-endian header length would read them.
 const SECRET: &[u8; 16] = b"SECRET-BYTES-123";
@@ -83,7 +83,7 @@ fn under_swaps<T>(
 #[test]
 fn a_check_never_reads_a_weight_file_swapped_for_a_link_out() {
     let (errors, made) = under_swaps("swap-check", 20000, |dir| {
-        check(&spec(dir)).map(|_| ()).map_err(|e| match e {
+        inspect(&spec(dir)).map(|_| ()).map_err(|e| match e {
             // Refused as outside, or caught by the early path check: both keep the file closed.
             LoadError::OutsideCheckpoint { .. } | LoadError::MissingFile(_) => String::new(),
             other => format!("{other:?}: {other}"),
@@ -104,7 +104,11 @@ fn a_load_never_reads_a_weight_file_swapped_for_a_link_out() {
     let mut device = cpu_worker();
     let (errors, made) = under_swaps("swap-load", 400, |dir| {
         device
-            .load(&spec(dir), &mut Timeline::default())
+            .load(
+                &spec(dir),
+                &wc_actors::Handoff::default(),
+                &mut Timeline::default(),
+            )
             .map(|_| ())
             .map_err(|e| e.message)
     });
@@ -138,7 +142,11 @@ fn a_hub_snapshot_still_loads_through_its_links_into_blobs() {
     }
     let mut device = cpu_worker();
     let (mut engine, _) = device
-        .load(&spec(&snapshot), &mut Timeline::default())
+        .load(
+            &spec(&snapshot),
+            &wc_actors::Handoff::default(),
+            &mut Timeline::default(),
+        )
         .expect("a hub snapshot loads through its blob links");
     engine.warm_up().expect("and runs");
 
@@ -146,7 +154,7 @@ fn a_hub_snapshot_still_loads_through_its_links_into_blobs() {
     let outside = outside_file("swap-hub");
     std::fs::remove_file(snapshot.join("model.safetensors")).unwrap();
     std::os::unix::fs::symlink(&outside, snapshot.join("model.safetensors")).unwrap();
-    let err = check(&spec(&snapshot)).err().expect("refused");
+    let err = inspect(&spec(&snapshot)).err().expect("refused");
     assert!(
         matches!(err, LoadError::OutsideCheckpoint { .. }),
         "{err:?}"
@@ -162,25 +170,29 @@ fn an_admitted_directory_swapped_for_a_link_out_is_refused() {
         canonical: true,
         ..spec(dir)
     };
-    check(&canonical(&admitted)).expect("the admitted directory checks");
+    inspect(&canonical(&admitted)).expect("the admitted directory checks");
 
     // The directory becomes a link to a checkpoint outside the model roots.
     let outside = copy_fixture("tiny-opt-prenorm", "swap-dir-outside");
     let moved = admitted.with_extension("moved");
     std::fs::rename(&admitted, &moved).unwrap();
     std::os::unix::fs::symlink(&outside, &admitted).unwrap();
-    let err = check(&canonical(&admitted)).err().expect("refused");
+    let err = inspect(&canonical(&admitted)).err().expect("refused");
     assert!(
         matches!(err, LoadError::OutsideCheckpoint { .. }),
         "{err:?}"
     );
     let mut device = cpu_worker();
     let refused = device
-        .load(&canonical(&admitted), &mut Timeline::default())
+        .load(
+            &canonical(&admitted),
+            &wc_actors::Handoff::default(),
+            &mut Timeline::default(),
+        )
         .err()
         .expect("a load is refused too");
     assert!(refused.message.contains("outside"), "{}", refused.message);
 
     // A path given by hand (not admitted) may still lead through links.
-    check(&spec(&admitted)).expect("a user's own symlinked path resolves");
+    inspect(&spec(&admitted)).expect("a user's own symlinked path resolves");
 }

@@ -21,15 +21,14 @@ use wc_actors::{
     Attach, DType, DeviceSpec, GenerateRequest, ModelSpec, PrewarmOptions, Prompt, Runtime,
     RuntimeConfig, Timeline, WorkerConfig, WorkerDevice,
 };
-use worker_controller::checkpoint::WeightFile;
-use worker_controller::cuda::{
-    fail_next_read_at, pinned_upload_counts, pool_usage, upload_checkpoint, CacheInserts,
-    PinnedPool, BLOCK_BYTES,
+use worker_controller::load::cuda::{
+    pool_usage, upload_checkpoint, CacheInserts, PinnedPool, BLOCK_BYTES,
 };
+use worker_controller::load::weights::DeviceWeights;
+use worker_controller::load::WeightFile;
 use worker_controller::models::llama::{LlamaEngine, LlamaModel};
-use worker_controller::models::ModelConfig;
-use worker_controller::opt::OptEngine;
-use worker_controller::weights::DeviceWeights;
+use worker_controller::models::opt::OptEngine;
+use worker_controller::models::{FamilyConfig, LlamaConfig};
 use worker_controller::{CandleBackend, CandleDevice};
 
 const FIXTURES: [&str; 2] = ["tiny-opt-prenorm", "tiny-opt-postnorm-proj"];
@@ -73,7 +72,10 @@ fn spec(model: impl AsRef<Path>, dtype: Option<DType>) -> ModelSpec {
 
 fn load(device: &mut CandleDevice, model: impl AsRef<Path>, dtype: Option<DType>) -> OptEngine {
     device
-        .load_opt(&spec(model, dtype), &mut Timeline::default())
+        .load_as::<worker_controller::models::OptEngine>(
+            &spec(model, dtype),
+            &mut Timeline::default(),
+        )
         .unwrap()
         .0
 }
@@ -174,9 +176,9 @@ fn bf16_greedy_tokens_equal_transformers_on_the_gpu() {
         assert_greedy_reference(&mut converted, name, "bf16 (converted on the GPU)");
         // A checkpoint stored in bf16, uploaded as it is (the pinned path's bf16 tensors).
         let stored = converted_copy(name, CandleDType::BF16, &format!("{name}-bf16"));
-        let (uploads, _) = pinned_upload_counts();
+        let (uploads, _) = counts_of(&device);
         let mut native = load(&mut device, &stored, None);
-        assert_eq!(pinned_upload_counts().0, uploads + 1, "pinned path");
+        assert_eq!(counts_of(&device).0, uploads + 1, "pinned path");
         assert_greedy_reference(&mut native, name, "bf16 (stored)");
         // The same rounded weights either way: identical logits.
         for case in reference(name).cases {
@@ -207,30 +209,18 @@ fn output_after_a_host_cache_hit_equals_the_reference() {
         ..Default::default()
     });
     for name in FIXTURES {
-        let (uploads, hits) = pinned_upload_counts();
+        let (uploads, hits) = counts_of(&device);
         let first = load(&mut device, fixture(name), Some(DType::F32));
-        assert_eq!(
-            pinned_upload_counts(),
-            (uploads + 1, hits),
-            "{name}: a miss"
-        );
+        assert_eq!(counts_of(&device), (uploads + 1, hits), "{name}: a miss");
         drop(first);
         let engine = load(&mut device, fixture(name), Some(DType::F32));
-        assert_eq!(
-            pinned_upload_counts(),
-            (uploads + 2, hits + 1),
-            "{name}: a hit"
-        );
+        assert_eq!(counts_of(&device), (uploads + 2, hits + 1), "{name}: a hit");
         let diff = worst_logit_diff(&engine, name);
         println!("{name}: f32 max abs logit diff after a host-cache hit = {diff:e}");
         assert!(diff < 1e-3, "{name} from the host cache: {diff}");
         drop(engine);
         let mut engine = load(&mut device, fixture(name), Some(DType::F16));
-        assert_eq!(
-            pinned_upload_counts(),
-            (uploads + 3, hits + 2),
-            "{name}: a hit"
-        );
+        assert_eq!(counts_of(&device), (uploads + 3, hits + 2), "{name}: a hit");
         assert_greedy_reference(&mut engine, name, "f16 from the host cache");
     }
 }
@@ -285,11 +275,11 @@ fn sharded_and_uncached_checkpoints_take_the_pinned_path_and_give_the_reference_
         ];
         for (what, device, model, caches) in cases {
             for round in 0..2 {
-                let (uploads, hits) = pinned_upload_counts();
+                let (uploads, hits) = counts_of(device);
                 let engine = load(device, &model, Some(DType::F32));
                 let hit = caches && round == 1;
                 assert_eq!(
-                    pinned_upload_counts(),
+                    counts_of(device),
                     (uploads + 1, hits + u64::from(hit)),
                     "{name} {what} round {round}: the pinned path, from the host cache: {hit}"
                 );
@@ -307,8 +297,9 @@ fn sharded_and_uncached_checkpoints_take_the_pinned_path_and_give_the_reference_
 /// Writes the OPT-125m preset (random weights, f16) once per call.
 fn opt_125m(test: &str) -> PathBuf {
     let dir = scratch(&format!("opt-125m-f16-{test}"));
-    let config = worker_controller::opt::presets::preset("opt-125m").unwrap();
-    worker_controller::opt::presets::write_checkpoint(&config, CandleDType::F16, &dir, 0).unwrap();
+    let config = worker_controller::models::opt::presets::preset("opt-125m").unwrap();
+    worker_controller::models::opt::presets::write_checkpoint(&config, CandleDType::F16, &dir, 0)
+        .unwrap();
     dir
 }
 
@@ -326,12 +317,15 @@ fn a_read_error_mid_upload_leaves_no_memory_behind_and_the_device_serves_afterwa
     let baseline = device.memory().unwrap();
     let pool_before = pool_usage(cuda(&device)).unwrap();
     assert!(baseline.free_bytes > 0 && baseline.total_bytes >= baseline.free_bytes);
-    let counts = pinned_upload_counts();
+    let counts = counts_of(&device);
     // Fails once half the data section is in pinned memory, with the copies of the tensors in
     // that half already queued on the device.
-    fail_next_read_at(data_bytes / 2);
+    device.fail_next_read_at(data_bytes / 2);
     let error = device
-        .load_opt(&spec(&model, Some(DType::F16)), &mut Timeline::default())
+        .load_as::<worker_controller::models::OptEngine>(
+            &spec(&model, Some(DType::F16)),
+            &mut Timeline::default(),
+        )
         .err()
         .expect("the load fails");
     assert!(error.to_string().contains("injected"), "{error}");
@@ -357,20 +351,16 @@ fn a_read_error_mid_upload_leaves_no_memory_behind_and_the_device_serves_afterwa
         after.free_bytes.abs_diff(baseline.free_bytes) <= 4 << 20,
         "free memory changed by more than 4 MiB"
     );
-    assert_eq!(pinned_upload_counts(), counts, "nothing was uploaded");
+    assert_eq!(counts_of(&device), counts, "nothing was uploaded");
     // The host cache kept nothing of the failed file: the next load reads it from disk.
     let mut engine = load(&mut device, &model, Some(DType::F16));
-    assert_eq!(pinned_upload_counts(), (counts.0 + 1, counts.1), "a miss");
+    assert_eq!(counts_of(&device), (counts.0 + 1, counts.1), "a miss");
     let tokens = engine
         .run(&greedy(&[2, 100, 200], 8), &mut |_| true)
         .unwrap();
     drop(engine);
     let mut engine = load(&mut device, &model, Some(DType::F16));
-    assert_eq!(
-        pinned_upload_counts(),
-        (counts.0 + 2, counts.1 + 1),
-        "a hit"
-    );
+    assert_eq!(counts_of(&device), (counts.0 + 2, counts.1 + 1), "a hit");
     let again = engine
         .run(&greedy(&[2, 100, 200], 8), &mut |_| true)
         .unwrap();
@@ -386,11 +376,28 @@ fn a_read_error_mid_upload_leaves_no_memory_behind_and_the_device_serves_afterwa
     assert_greedy_reference(&mut engine, FIXTURES[0], "f16 after a failed upload");
 }
 
+/// `(uploads, host-cache hits)` through `device`'s pinned pool so far.
+fn counts_of(device: &CandleDevice) -> (u64, u64) {
+    let counts = device.pinned_upload_counts();
+    (counts.uploads, counts.hits)
+}
+
+/// The weight file at `path` as an inspection finds it.
+fn inspected(path: &Path) -> worker_controller::load::safetensors::InspectedFile {
+    worker_controller::load::safetensors::InspectedFile::read(path).unwrap()
+}
+
 /// Uploads `path` through `pool` and keeps it, as a successful load does; whether it was a hit.
 fn staged(device: &CandleDevice, pool: &mut PinnedPool, path: &Path) -> bool {
     let mut inserts = CacheInserts::default();
-    let uploaded =
-        upload_checkpoint(cuda(device), pool, &[path], CandleDType::F32, &mut inserts).unwrap();
+    let uploaded = upload_checkpoint(
+        cuda(device),
+        pool,
+        &[inspected(path)],
+        CandleDType::F32,
+        &mut inserts,
+    )
+    .unwrap();
     let hit = uploaded.from_host_cache();
     uploaded.in_flight.wait().unwrap();
     pool.finish_load(inserts, true);
@@ -471,9 +478,9 @@ fn a_changed_file_is_read_again_and_serves_its_new_weights() {
         &dir.join("model.safetensors"),
         "model.decoder.final_layer_norm.weight",
     );
-    let counts = pinned_upload_counts();
+    let counts = counts_of(&device);
     let engine = load(&mut device, &dir, Some(DType::F32));
-    assert_eq!(pinned_upload_counts(), (counts.0 + 1, counts.1), "a miss");
+    assert_eq!(counts_of(&device), (counts.0 + 1, counts.1), "a miss");
     // What the CPU computes from the changed file.
     let (mut cpu, _) = CandleDevice::open(&DeviceSpec::Cpu, None).unwrap();
     let expected = load(&mut cpu, &dir, Some(DType::F32));
@@ -493,19 +500,22 @@ async fn a_hundred_attach_detach_cycles_return_device_memory() {
     let _gpu = GPU_LOCK.lock().await;
     let model = opt_125m("cycles");
     // A second handle on cuda:0 (same primary context and memory pool) to read the pool.
-    let (probe, _) = CandleDevice::open(&DeviceSpec::Cuda(0), None).unwrap();
+    // Opened with the worker's prewarm options, it shares the worker's pinned pool (and so
+    // its upload counts).
+    let prewarm = PrewarmOptions {
+        dtypes: vec![DType::F16],
+        ..Default::default()
+    };
+    let (probe, _) = CandleDevice::open(&DeviceSpec::Cuda(0), Some(&prewarm)).unwrap();
     let config = RuntimeConfig {
         workers: vec![WorkerConfig {
             device: DeviceSpec::Cuda(0),
             count: 1,
-            prewarm: PrewarmOptions {
-                dtypes: vec![DType::F16],
-                ..Default::default()
-            },
+            prewarm: prewarm.clone(),
         }],
         ..Default::default()
     };
-    let handle = Runtime::start(config, Arc::new(CandleBackend));
+    let handle = Runtime::start(config, Arc::new(CandleBackend::default()));
     let workers = handle.wait_ready().await.unwrap();
     let baseline = workers[0]
         .memory
@@ -513,7 +523,7 @@ async fn a_hundred_attach_detach_cycles_return_device_memory() {
         .free_bytes;
     assert!(baseline > 0, "a positive baseline");
     let pool_baseline = pool_usage(cuda(&probe)).unwrap();
-    let counts = pinned_upload_counts();
+    let counts = counts_of(&probe);
     let (mut last, mut tokens, mut model_bytes, mut attached) = (None, Vec::new(), 0, Vec::new());
     let mut pool_after_first = None;
     for cycle in 0..100 {
@@ -565,7 +575,7 @@ async fn a_hundred_attach_detach_cycles_return_device_memory() {
     // What the pool holds for the cycles (over what prewarm left in it) is one engine's worth
     // (its weights and the KV-cache slab it reserves at attach) plus the model build's transient
     // copies and the pool's chunk rounding, and it stops growing after the first cycle.
-    let footprint = worker_controller::backend::check(&spec(&model, Some(DType::F16)))
+    let footprint = worker_controller::backend::inspect(&spec(&model, Some(DType::F16)))
         .unwrap()
         .footprint;
     let engine_bytes = footprint.needed_bytes(PrewarmOptions::default().kv_cache_tokens);
@@ -587,7 +597,7 @@ async fn a_hundred_attach_detach_cycles_return_device_memory() {
         "detached engines hold no memory"
     );
     assert_eq!(
-        pinned_upload_counts(),
+        counts_of(&probe),
         (counts.0 + 100, counts.1 + 99),
         "every attach after the first is a host-cache hit"
     );
@@ -619,7 +629,7 @@ fn cpu_greedy_with_margins(model: &Path, prompt: &[u32], n: usize) -> (Vec<u32>,
 #[actix_rt::test]
 async fn engines_on_two_gpus_attach_at_the_same_time() {
     let _gpu = GPU_LOCK.lock().await;
-    let gpus = worker_controller::cuda::device_count().unwrap();
+    let gpus = worker_controller::load::cuda::device_count().unwrap();
     let expected: usize = std::env::var("WC_EXPECT_GPUS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -646,7 +656,7 @@ async fn engines_on_two_gpus_attach_at_the_same_time() {
         workers: vec![worker(0), worker(1)],
         ..Default::default()
     };
-    let handle = Runtime::start(config, Arc::new(CandleBackend));
+    let handle = Runtime::start(config, Arc::new(CandleBackend::default()));
     handle.wait_ready().await.unwrap();
     let prompt = [2u32, 100, 200];
     let attach_on = |gpu: usize, dtype: DType| {
@@ -721,7 +731,10 @@ const LLAMA_FIXTURES: [&str; 4] = ["tiny-llama", "tiny-mistral", "tiny-qwen2", "
 /// A Llama-family fixture built on `device` in `dtype` (weights converted on the device).
 fn llama_on(device: &Device, name: &str, dtype: CandleDType) -> LlamaEngine {
     let dir = fixture(name);
-    let ModelConfig::Llama(config) = ModelConfig::from_file(&dir.join("config.json")).unwrap()
+    let Some(config) = FamilyConfig::from_file(&dir.join("config.json"))
+        .unwrap()
+        .get::<LlamaConfig>()
+        .cloned()
     else {
         panic!("{name} is not a Llama-family config");
     };
@@ -816,7 +829,7 @@ fn llama_family_fixtures_through_the_pinned_upload_and_the_host_cache() {
             .into_iter()
             .filter(|(_, _, margin)| margin.is_some_and(|m| m >= MIN_MARGIN))
             .collect();
-        let counts = pinned_upload_counts();
+        let counts = counts_of(&device);
         // The first load reads the file; the other three come from the pinned host cache.
         for dtype in [DType::F16, DType::F16, DType::BF16, DType::BF16] {
             let (mut engine, _) = device
@@ -835,7 +848,7 @@ fn llama_family_fixtures_through_the_pinned_upload_and_the_host_cache() {
             }
         }
         assert_eq!(
-            pinned_upload_counts(),
+            counts_of(&device),
             (counts.0 + 4, counts.1 + 3),
             "{name}: one read, three host-cache hits"
         );

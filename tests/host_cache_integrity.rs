@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use common::copy_fixture;
 use wc_actors::{DeviceSpec, ModelSpec, PrewarmOptions, Timeline};
-use worker_controller::error::LoadError;
-use worker_controller::opt::OptEngine;
+use worker_controller::load::LoadError;
+use worker_controller::models::opt::OptEngine;
 use worker_controller::CandleDevice;
 
 const GOOD: &str = "tiny-opt-prenorm";
@@ -31,7 +31,7 @@ fn load(device: &mut CandleDevice, dir: &Path) -> Result<OptEngine, LoadError> {
         canonical: false,
     };
     device
-        .load_opt(&spec, &mut Timeline::default())
+        .load_as::<worker_controller::models::OptEngine>(&spec, &mut Timeline::default())
         .map(|(engine, _)| engine)
 }
 

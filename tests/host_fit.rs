@@ -5,16 +5,16 @@ mod common;
 
 use common::{fixture, spec};
 use wc_actors::{DeviceSpec, ErrorKind, PrewarmOptions, Timeline, WorkerDevice};
-use worker_controller::error::LoadError;
+use worker_controller::load::LoadError;
 use worker_controller::CandleDevice;
 
 #[test]
 fn a_kv_budget_past_the_available_host_memory_is_refused_up_front() {
     let model = fixture("tiny-opt-prenorm");
-    let footprint = worker_controller::backend::check(&spec(&model))
+    let footprint = worker_controller::backend::inspect(&spec(&model))
         .unwrap()
         .footprint;
-    let (total, available) = worker_controller::device::host_memory();
+    let (total, available) = worker_controller::load::device::host_memory();
     assert!(total > available && available > 0, "meminfo read");
     // Below the host's total (what the check used to count as free) but above what is left.
     let target = available + (total - available) / 2;
@@ -25,7 +25,7 @@ fn a_kv_budget_past_the_available_host_memory_is_refused_up_front() {
     };
     let (mut device, _) = CandleDevice::open(&DeviceSpec::Cpu, Some(&options)).unwrap();
     let error = device
-        .load_opt(&spec(&model), &mut Timeline::default())
+        .load_as::<worker_controller::models::OptEngine>(&spec(&model), &mut Timeline::default())
         .err()
         .expect("refused");
     let LoadError::DoesNotFit {
@@ -37,7 +37,11 @@ fn a_kv_budget_past_the_available_host_memory_is_refused_up_front() {
     };
     assert!(needed_bytes > free_bytes && free_bytes <= available + (64 << 20));
     let refused = device
-        .load(&spec(&model), &mut Timeline::default())
+        .load(
+            &spec(&model),
+            &wc_actors::Handoff::default(),
+            &mut Timeline::default(),
+        )
         .err()
         .unwrap();
     assert_eq!(refused.kind, ErrorKind::OutOfMemory, "{}", refused.message);
@@ -49,6 +53,10 @@ fn a_kv_budget_past_the_available_host_memory_is_refused_up_front() {
     };
     let (mut device, _) = CandleDevice::open(&DeviceSpec::Cpu, Some(&small)).unwrap();
     device
-        .load(&spec(&model), &mut Timeline::default())
+        .load(
+            &spec(&model),
+            &wc_actors::Handoff::default(),
+            &mut Timeline::default(),
+        )
         .expect("a budget that fits attaches");
 }

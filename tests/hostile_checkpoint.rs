@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use common::{copy_fixture, cpu_worker, fixture, scratch, spec};
 use serde_json::{json, Value};
 use wc_actors::{ErrorKind, ModelSpec, Timeline, WorkerDevice};
-use worker_controller::backend::check;
-use worker_controller::error::LoadError;
+use worker_controller::backend::inspect;
+use worker_controller::load::LoadError;
 
 const GOOD: &str = "tiny-opt-prenorm";
 /// What the issue allows for refusing any hostile checkpoint.
@@ -22,7 +22,7 @@ const PROMPTLY: Duration = Duration::from_secs(2);
 /// nothing of the hostile checkpoint.
 fn assert_refused(dir: &Path, kind: ErrorKind, expected: impl Fn(&LoadError) -> bool) {
     let started = Instant::now();
-    let err = check(&spec(dir)).err().expect("the check refuses it");
+    let err = inspect(&spec(dir)).err().expect("the check refuses it");
     assert!(
         started.elapsed() < PROMPTLY,
         "check took {:?}",
@@ -37,7 +37,11 @@ fn assert_refused(dir: &Path, kind: ErrorKind, expected: impl Fn(&LoadError) -> 
     let mut device = cpu_worker();
     let started = Instant::now();
     let refused = device
-        .load(&spec(dir), &mut Timeline::default())
+        .load(
+            &spec(dir),
+            &wc_actors::Handoff::default(),
+            &mut Timeline::default(),
+        )
         .err()
         .expect("the load refuses it");
     assert!(
@@ -50,7 +54,11 @@ fn assert_refused(dir: &Path, kind: ErrorKind, expected: impl Fn(&LoadError) -> 
     assert!(!device.host_cache_holds(&dir.join("model.safetensors")));
 
     let (mut engine, _) = device
-        .load(&spec(&fixture(GOOD)), &mut Timeline::default())
+        .load(
+            &spec(&fixture(GOOD)),
+            &wc_actors::Handoff::default(),
+            &mut Timeline::default(),
+        )
         .expect("the worker still loads a good model");
     engine.warm_up().expect("and runs it");
 }
@@ -306,12 +314,12 @@ fn a_symlink_inside_the_directory_is_followed() {
     let dir = copy_fixture(GOOD, "symlink-inside");
     std::fs::rename(dir.join("model.safetensors"), dir.join("weights.bin")).unwrap();
     std::os::unix::fs::symlink("weights.bin", dir.join("model.safetensors")).unwrap();
-    check(&spec(&dir)).expect("a link within the checkpoint is fine");
+    inspect(&spec(&dir)).expect("a link within the checkpoint is fine");
 }
 
 #[test]
 fn a_hub_cache_miss_does_not_reveal_the_cache_paths() {
-    let err = check(&ModelSpec {
+    let err = inspect(&ModelSpec {
         model: "no-such-org/no-such-model".into(),
         dtype: None,
         canonical: false,
@@ -339,7 +347,7 @@ fn a_hub_snapshot_may_link_into_its_blobs_but_not_beyond_its_repo() {
         std::fs::copy(fixture(GOOD).join(file), blobs.join(format!("blob{i}"))).unwrap();
         std::os::unix::fs::symlink(format!("../../blobs/blob{i}"), snapshot.join(file)).unwrap();
     }
-    check(&spec(&snapshot)).expect("links into the repo's blobs are inside the checkpoint");
+    inspect(&spec(&snapshot)).expect("links into the repo's blobs are inside the checkpoint");
 
     let target = outside_weights("hub-layout");
     std::fs::remove_file(snapshot.join("model.safetensors")).unwrap();
@@ -364,7 +372,7 @@ fn a_huge_string_in_the_header_comes_back_as_a_short_message() {
         format!("{{\"model_type\": \"opt\", \"hidden_size\": \"{huge}\"}}"),
     )
     .unwrap();
-    let err = check(&spec(&config)).err().expect("refused");
+    let err = inspect(&spec(&config)).err().expect("refused");
     assert!(
         err.to_string().len() < 1024,
         "{} bytes",

@@ -9,12 +9,12 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 use tokenizers::Tokenizer;
 use wc_actors::{FinishReason, GenerateRequest, Prompt};
-use worker_controller::checkpoint::WeightFile;
-use worker_controller::error::LoadError;
-use worker_controller::models::chat_template::{ChatMessage, MessageExt};
+use worker_controller::load::weights::DeviceWeights;
+use worker_controller::load::LoadError;
+use worker_controller::load::WeightFile;
 use worker_controller::models::llama::{KvCache, LlamaEngine, LlamaModel, SequenceInput};
-use worker_controller::models::{ModelConfig, TokenCache};
-use worker_controller::weights::DeviceWeights;
+use worker_controller::models::text::chat_template::{ChatMessage, MessageExt};
+use worker_controller::models::{FamilyConfig, LlamaConfig, TokenCache};
 
 use common::{fixture, reference};
 
@@ -28,7 +28,10 @@ fn weights(dir: &Path, dtype: DType) -> DeviceWeights {
 
 fn load(name: &str) -> LlamaEngine {
     let dir = fixture(name);
-    let ModelConfig::Llama(config) = ModelConfig::from_file(&dir.join("config.json")).unwrap()
+    let Some(config) = FamilyConfig::from_file(&dir.join("config.json"))
+        .unwrap()
+        .get::<LlamaConfig>()
+        .cloned()
     else {
         panic!("{name} is not a Llama-family config");
     };
@@ -264,7 +267,10 @@ fn eos_ids_are_the_union_of_config_and_generation_config() {
         r#"{"eos_token_id": [1, 3]}"#,
     )
     .unwrap();
-    let ModelConfig::Llama(config) = ModelConfig::from_file(&dir.join("config.json")).unwrap()
+    let Some(config) = FamilyConfig::from_file(&dir.join("config.json"))
+        .unwrap()
+        .get::<LlamaConfig>()
+        .cloned()
     else {
         unreachable!()
     };
@@ -326,7 +332,7 @@ fn engine_stops_on_stop_strings_and_any_eos_and_streams_the_same_text() {
 fn every_family_builds_a_runtime_engine_from_its_config() {
     for name in FIXTURES.iter().chain(&["tiny-opt-prenorm"]) {
         let dir = fixture(name);
-        let config = ModelConfig::from_file(&dir.join("config.json")).unwrap();
+        let config = FamilyConfig::from_file(&dir.join("config.json")).unwrap();
         let w = weights(&dir, DType::F32);
         let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
             .ok()
@@ -350,13 +356,16 @@ fn every_family_builds_a_runtime_engine_from_its_config() {
 #[test]
 fn models_without_a_template_say_so() {
     let dir = fixture("tiny-opt-prenorm");
-    let config = ModelConfig::from_file(&dir.join("config.json")).unwrap();
-    let ModelConfig::Opt(config) = config else {
+    let config = FamilyConfig::from_file(&dir.join("config.json")).unwrap();
+    let Some(config) = config
+        .get::<worker_controller::models::OptConfig>()
+        .cloned()
+    else {
         panic!("an OPT config")
     };
     let w = weights(&dir, DType::F32);
-    let engine = worker_controller::opt::OptEngine::new(
-        worker_controller::opt::OptModel::new(config, &w).unwrap(),
+    let engine = worker_controller::models::opt::OptEngine::new(
+        worker_controller::models::opt::OptModel::new(config, &w).unwrap(),
         Tokenizer::from_file(dir.join("tokenizer.json"))
             .ok()
             .map(Arc::new),
@@ -370,17 +379,17 @@ fn models_without_a_template_say_so() {
     assert!(err.to_string().contains("no chat template"), "{err}");
 }
 
-fn config_with(edit: impl FnOnce(&mut serde_json::Value)) -> Result<ModelConfig, LoadError> {
+fn config_with(edit: impl FnOnce(&mut serde_json::Value)) -> Result<FamilyConfig, LoadError> {
     let text = std::fs::read_to_string(fixture("tiny-llama").join("config.json")).unwrap();
     let mut value: serde_json::Value = serde_json::from_str(&text).unwrap();
     edit(&mut value);
-    ModelConfig::from_json(&value.to_string())
+    FamilyConfig::from_json(&value.to_string())
 }
 
 #[test]
 fn bad_configs_are_typed_errors_naming_what_is_supported() {
     let err = config_with(|c| c["model_type"] = "gpt_neox".into()).unwrap_err();
-    assert!(matches!(&err, LoadError::UnknownModelType(t) if t == "gpt_neox"));
+    assert!(matches!(&err, LoadError::UnknownModelType { found: t, .. } if t == "gpt_neox"));
     let message = err.to_string();
     for family in ["llama", "mistral", "qwen2", "qwen3", "opt"] {
         assert!(message.contains(family), "{message}");
@@ -409,7 +418,7 @@ fn bad_configs_are_typed_errors_naming_what_is_supported() {
     assert!(err.to_string().contains("silu"), "{err}");
 
     // Missing a tensor or a wrong shape is a typed error too, not a panic.
-    let ModelConfig::Llama(mut config) = config_with(|_| {}).unwrap() else {
+    let Some(mut config) = config_with(|_| {}).unwrap().get::<LlamaConfig>().cloned() else {
         unreachable!()
     };
     config.intermediate_size += 1;
@@ -424,7 +433,10 @@ fn reduced_precision_weights_run_and_mostly_agree() {
     // bf16 / f16 on CPU: the first greedy token of well-separated prompts matches f32.
     for name in FIXTURES {
         let dir = fixture(name);
-        let ModelConfig::Llama(config) = ModelConfig::from_file(&dir.join("config.json")).unwrap()
+        let Some(config) = FamilyConfig::from_file(&dir.join("config.json"))
+            .unwrap()
+            .get::<LlamaConfig>()
+            .cloned()
         else {
             unreachable!()
         };
@@ -463,7 +475,10 @@ fn llama3_rope_scaling_matches_transformers() {
     let reference: RopeReference =
         serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
             .unwrap();
-    let ModelConfig::Llama(config) = ModelConfig::from_file(&dir.join("config.json")).unwrap()
+    let Some(config) = FamilyConfig::from_file(&dir.join("config.json"))
+        .unwrap()
+        .get::<LlamaConfig>()
+        .cloned()
     else {
         unreachable!()
     };

@@ -4,7 +4,7 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use wc_actors::{GenerateRequest, ModelSpec, Prompt, Timeline};
-use worker_controller::opt::{KvCache, OptEngine};
+use worker_controller::models::opt::{KvCache, OptEngine};
 use worker_controller::CandleDevice;
 
 use common::reference;
@@ -22,7 +22,10 @@ fn load(name: &str, dtype: Option<wc_actors::DType>) -> OptEngine {
         dtype,
         canonical: false,
     };
-    device.load_opt(&spec, &mut Timeline::default()).unwrap().0
+    device
+        .load_as::<worker_controller::models::OptEngine>(&spec, &mut Timeline::default())
+        .unwrap()
+        .0
 }
 
 fn max_abs_diff(a: &Tensor, b: &[Vec<f32>]) -> f32 {

@@ -41,7 +41,7 @@ fn start(count: usize) -> Handle {
             ..RuntimeOptions::default()
         },
     };
-    Runtime::start(config, Arc::new(CandleBackend))
+    Runtime::start(config, Arc::new(CandleBackend::default()))
 }
 
 async fn ready(handle: &Handle) {
@@ -54,7 +54,7 @@ async fn ready(handle: &Handle) {
 /// Bytes of the KV slab an engine of the checkpoint in `dir` reserves at attach: the worker's
 /// default budget of tokens.
 fn kv_slab_bytes(dir: &Path) -> u64 {
-    let footprint = worker_controller::backend::check(&spec(dir))
+    let footprint = worker_controller::backend::inspect(&spec(dir))
         .unwrap()
         .footprint;
     footprint.kv_bytes_per_token * PrewarmOptions::default().kv_cache_tokens as u64

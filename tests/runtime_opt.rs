@@ -33,7 +33,7 @@ fn spec(dir: &Path) -> ModelSpec {
 /// Bytes of the KV slab an engine of the checkpoint in `dir` reserves at attach: the worker's
 /// default budget of tokens.
 fn kv_slab_bytes(dir: &Path) -> u64 {
-    let footprint = worker_controller::backend::check(&spec(dir))
+    let footprint = worker_controller::backend::inspect(&spec(dir))
         .unwrap()
         .footprint;
     footprint.kv_bytes_per_token * PrewarmOptions::default().kv_cache_tokens as u64
@@ -47,7 +47,10 @@ fn safetensors_data_bytes(path: &Path) -> u64 {
 
 /// `count` CPU workers with `prewarm`, and an attach timeout long enough to notice waiting.
 fn start(count: usize, prewarm: PrewarmOptions) -> Handle {
-    Runtime::start(runtime_config(count, prewarm), Arc::new(CandleBackend))
+    Runtime::start(
+        runtime_config(count, prewarm),
+        Arc::new(CandleBackend::default()),
+    )
 }
 
 fn runtime_config(count: usize, prewarm: PrewarmOptions) -> RuntimeConfig {
@@ -201,7 +204,7 @@ async fn attach_generate_detach_and_reattach_on_the_same_worker() {
 async fn two_engines_on_two_workers_generate_concurrently() {
     let run = async {
         // Each generation waits (up to 10 s) for the other to be running too.
-        let backend = Arc::new(MeetingBackend::new(CandleBackend, 2));
+        let backend = Arc::new(MeetingBackend::new(CandleBackend::default(), 2));
         let meeting = backend.meeting.clone();
         let handle = Runtime::start(runtime_config(2, PrewarmOptions::default()), backend);
         ready(&handle).await;
@@ -246,7 +249,7 @@ async fn streamed_tokens_add_up_to_the_greedy_text() {
             workers: vec![WorkerConfig::default()],
             ..RuntimeConfig::default()
         };
-        let handle = Runtime::start_in_background(config, Arc::new(CandleBackend));
+        let handle = Runtime::start_in_background(config, Arc::new(CandleBackend::default()));
         ready(&handle).await;
         let report = handle
             .attach(Attach::new(spec(&fixture(PRENORM))))
@@ -348,7 +351,7 @@ async fn a_model_larger_than_the_worker_does_not_fit_at_once() {
         let dir = fixture(PRENORM);
         // f32 weights: the device needs the stored data and a full KV cache of the worker's
         // budget (2 x layers x hidden x 4 bytes per token).
-        let footprint = worker_controller::backend::check(&spec(&dir))
+        let footprint = worker_controller::backend::inspect(&spec(&dir))
             .unwrap()
             .footprint;
         let weights = safetensors_data_bytes(&dir.join("model.safetensors"));

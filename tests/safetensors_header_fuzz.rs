@@ -13,7 +13,7 @@ use std::io::Cursor;
 
 use proptest::prelude::*;
 use safetensors::SafeTensors;
-use worker_controller::checkpoint::{canonical_name, parse_header};
+use worker_controller::load::{canonical_name, parse_header};
 
 const DTYPES: &[(&str, u32)] = &[
     ("F32", 32),

@@ -89,7 +89,7 @@ fn an_attach_that_would_fail_after_its_headers_evicts_no_engine() {
 
 /// `MemAvailable` of the host, in bytes.
 fn host_available() -> u64 {
-    worker_controller::device::host_memory().1
+    worker_controller::load::device::host_memory().1
 }
 
 #[test]
@@ -102,7 +102,7 @@ fn a_model_whose_kv_budget_would_not_fit_after_the_eviction_evicts_no_engine() {
             dtype: None,
             canonical: false,
         };
-        worker_controller::backend::check(&spec)
+        worker_controller::backend::inspect(&spec)
             .unwrap()
             .footprint
             .kv_bytes_per_token

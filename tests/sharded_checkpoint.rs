@@ -12,11 +12,11 @@ use candle_core::{DType, Device};
 use common::{cpu_worker, fixture, scratch, spec};
 use serde_json::Value;
 use wc_actors::{ErrorKind, Timeline, WorkerDevice};
-use worker_controller::checkpoint::WeightFile;
-use worker_controller::error::LoadError;
+use worker_controller::load::weights::DeviceWeights;
+use worker_controller::load::LoadError;
+use worker_controller::load::WeightFile;
 use worker_controller::models::llama::{LlamaEngine, LlamaModel};
-use worker_controller::models::ModelConfig;
-use worker_controller::weights::DeviceWeights;
+use worker_controller::models::LlamaConfig;
 
 const SHARDED: &str = "tiny-llama-sharded";
 const SHARDS: [&str; 2] = [
@@ -53,7 +53,7 @@ fn write_shard(path: &Path, header: &serde_json::Map<String, Value>, data: &[u8]
 /// Loads `dir` on a fresh worker and expects a refusal of `kind` that `expected` accepts; then
 /// checks the worker's memory is where it was and that it loads the good sharded fixture.
 fn assert_refused(dir: &Path, kind: ErrorKind, expected: impl Fn(&LoadError) -> bool) {
-    let direct = worker_controller::backend::check(&spec(dir))
+    let direct = worker_controller::backend::inspect(&spec(dir))
         .err()
         .or_else(|| {
             let mut device = cpu_worker();
@@ -66,7 +66,11 @@ fn assert_refused(dir: &Path, kind: ErrorKind, expected: impl Fn(&LoadError) -> 
     let mut device = cpu_worker();
     let before = device.memory().unwrap();
     let refused = device
-        .load(&spec(dir), &mut Timeline::default())
+        .load(
+            &spec(dir),
+            &wc_actors::Handoff::default(),
+            &mut Timeline::default(),
+        )
         .err()
         .expect("the worker refuses it");
     assert_eq!(refused.kind, kind, "{}", refused.message);
@@ -77,7 +81,11 @@ fn assert_refused(dir: &Path, kind: ErrorKind, expected: impl Fn(&LoadError) -> 
     );
     assert_eq!(device.memory().unwrap(), before, "memory back where it was");
     let (mut engine, _) = device
-        .load(&spec(&fixture(SHARDED)), &mut Timeline::default())
+        .load(
+            &spec(&fixture(SHARDED)),
+            &wc_actors::Handoff::default(),
+            &mut Timeline::default(),
+        )
         .expect("the worker still loads a good model");
     engine.warm_up().expect("and runs it");
 }
@@ -118,7 +126,7 @@ fn the_sharded_fixture_gives_the_single_file_models_logits() {
 
 /// Logits of `ids` from the checkpoint in `dir`, read by the CPU loader (every weight file).
 fn logits(dir: &Path, ids: &[u32]) -> Vec<Vec<f32>> {
-    let checked = worker_controller::backend::check(&spec(dir)).unwrap();
+    let checked = worker_controller::backend::inspect(&spec(dir)).unwrap();
     let files: Vec<Arc<WeightFile>> = checked
         .checkpoint
         .weight_files
@@ -126,7 +134,7 @@ fn logits(dir: &Path, ids: &[u32]) -> Vec<Vec<f32>> {
         .map(|path| Arc::new(WeightFile::read(path).unwrap()))
         .collect();
     let weights = DeviceWeights::upload(&files, &Device::Cpu, DType::F32).unwrap();
-    let ModelConfig::Llama(config) = &checked.checkpoint.config else {
+    let Some(config) = checked.config.get::<LlamaConfig>() else {
         panic!("a Llama-family fixture");
     };
     let model = LlamaModel::new(config.clone(), &weights).unwrap();

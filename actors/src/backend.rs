@@ -39,6 +39,28 @@ pub struct Footprint {
     pub file_bytes: u64,
     /// The dtype the engine will use.
     pub dtype: DType,
+    /// What the inspection read, handed to the attach that follows it.
+    #[serde(default)]
+    pub handoff: Handoff,
+}
+
+/// What a backend's inspection read (for a checkpoint: every weight file's identity and parsed
+/// header), handed unchanged to the attach that follows it, in this process or serialised to a
+/// worker process, so that nothing is parsed twice. Opaque to the runtime; empty when the
+/// backend hands nothing down (the device then inspects on its own).
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Handoff(pub std::sync::Arc<Vec<u8>>);
+
+impl Handoff {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Handoff {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Handoff({} bytes)", self.0.len())
+    }
 }
 
 impl Footprint {
@@ -190,9 +212,11 @@ pub trait WorkerDevice {
     /// Reads the weights, puts them on the device and builds an engine. Marks `weights_read`,
     /// `weights_on_device` and `engine_ready` on `timeline` (each after a device sync) and
     /// returns the number of weight bytes moved to the device.
+    /// `handoff` is what the backend's inspection of `spec` handed down (maybe empty).
     fn load(
         &mut self,
         spec: &ModelSpec,
+        handoff: &Handoff,
         timeline: &mut Timeline,
     ) -> Result<(Box<dyn Engine>, u64), EngineError>;
 
@@ -207,10 +231,11 @@ pub trait WorkerDevice {
     fn attach(
         &mut self,
         spec: &ModelSpec,
+        handoff: &Handoff,
         timeline: &mut Timeline,
     ) -> Result<WarmEngine, EngineError> {
         let memory_before = self.memory()?;
-        let (mut engine, bytes_moved) = self.load(spec, timeline)?;
+        let (mut engine, bytes_moved) = self.load(spec, handoff, timeline)?;
         let warmed = crate::guard::call("warming up the engine", || engine.warm_up())
             .map_err(crate::guard::Failure::into_error)
             .and_then(|_| self.synchronize())

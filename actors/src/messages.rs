@@ -183,6 +183,8 @@ pub struct WorkerFailed {
 pub(crate) struct LoadEngine {
     pub engine_id: EngineId,
     pub spec: ModelSpec,
+    /// What the controller's inspection of `spec` handed down.
+    pub handoff: crate::backend::Handoff,
     /// Already holds `requested`; the worker marks the rest.
     pub timeline: Timeline,
 }

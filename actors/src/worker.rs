@@ -149,7 +149,7 @@ impl WorkerActor {
             memory_before,
             memory_attached,
         } = call("loading the model", || {
-            device.attach(&msg.spec, &mut timeline)
+            device.attach(&msg.spec, &msg.handoff, &mut timeline)
         })?;
         // Here, not where the engine ran: a worker process's answer is counted in.
         timeline.mark(Anchor::FirstToken);

@@ -2,7 +2,7 @@
 
 use wc_actors::DeviceSpec;
 
-use crate::error::LoadError;
+use crate::load::LoadError;
 
 /// The CPUs this process may run on (Linux).
 pub fn allowed_cpus() -> Result<Vec<usize>, String> {

@@ -5,20 +5,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use wc_actors::{
-    DeviceSpec, Engine, EngineError, GenerateOutput, GenerateRequest, MemoryInfo, ModelSpec,
-    PrewarmOptions, PrewarmReport, Timeline, TokenEvent, WorkerDevice,
+    DeviceSpec, Engine, EngineError, GenerateOutput, GenerateRequest, Handoff, MemoryInfo,
+    ModelSpec, PrewarmOptions, PrewarmReport, Timeline, TokenEvent, WorkerDevice,
 };
 
-use super::load::pool_poisoned;
-use crate::cuda::{self, SharedPool};
-use crate::device::{candle_dtype, host_memory};
-use crate::error::{DeviceError, LoadError};
-use crate::host_cache::HostCache;
-use crate::opt::presets::{preset, random_weights};
-use crate::opt::{KvCache, OptModel};
-use crate::weights::DeviceWeights;
+use super::attach::{self, pool_poisoned, LoadAs};
+use super::inspect::{inspect, Inspected};
+use crate::load::cuda::{self, SharedPool, UploadCounts};
+use crate::load::device::host_memory;
+use crate::load::dtype::candle_dtype;
+use crate::load::host_cache::HostCache;
+use crate::load::{DeviceError, LoadError};
+use crate::models::family::FAMILIES;
 
 /// One worker's candle device, with the bytes its engines hold.
 pub struct CandleDevice {
@@ -57,17 +57,16 @@ impl CandleDevice {
             step(format!("kept on CPUs {:?}", options.cpus), Instant::now());
         }
         let t = Instant::now();
-        let device = crate::device::open(spec)?;
+        let device = crate::load::device::open(spec)?;
         device.synchronize()?;
         step("context".into(), t);
         if let Some(options) = prewarm {
             for dtype in &options.dtypes {
-                let t = Instant::now();
-                run_tiny_forward(&device, candle_dtype(*dtype))?;
-                step(format!("kernels {dtype}"), t);
-                let t = Instant::now();
-                crate::models::llama::prewarm(&device, candle_dtype(*dtype))?;
-                step(format!("kernels {dtype} llama"), t);
+                for family in &FAMILIES {
+                    let t = Instant::now();
+                    (family.prewarm)(&device, candle_dtype(*dtype))?;
+                    step(format!("kernels {dtype} {}", family.name), t);
+                }
             }
         }
         let pinned = match (&device, spec, prewarm) {
@@ -130,28 +129,54 @@ impl CandleDevice {
     pub fn host_cache_holds(&self, path: &std::path::Path) -> bool {
         self.host_cache.holds(path)
     }
-}
 
-/// Builds a tiny random OPT in `dtype` and runs a prefill and a decode step, so that every
-/// kernel module and BLAS path the engine uses is loaded before any model is known.
-fn run_tiny_forward(device: &Device, dtype: candle_core::DType) -> Result<(), LoadError> {
-    let mut config = preset("tiny").expect("tiny preset exists");
-    config.hidden_size = 64;
-    config.ffn_dim = 128;
-    config.vocab_size = 64;
-    config.word_embed_proj_dim = Some(64);
-    let host = random_weights(&config, &Device::Cpu, candle_core::DType::F32, 0)?;
-    let on_device = host
-        .into_iter()
-        .map(|(name, t)| Ok((name, t.to_device(device)?.to_dtype(dtype)?)))
-        .collect::<Result<_, candle_core::Error>>()?;
-    let model = OptModel::new(config, &DeviceWeights::from_tensors(on_device))?;
-    let mut cache = KvCache::default();
-    let prompt = Tensor::new(&[[2u32, 5, 7, 9]], device)?;
-    model.forward(&prompt, &mut cache, false)?;
-    let next = Tensor::new(&[[11u32]], device)?;
-    model.forward(&next, &mut cache, false)?.to_vec2::<f32>()?;
-    Ok(())
+    /// Uploads through this device's pinned pool so far, and host-cache hits among them (for
+    /// tests and reports: which path an attach took); zero without one.
+    pub fn pinned_upload_counts(&self) -> UploadCounts {
+        self.pinned
+            .as_ref()
+            .and_then(|p| p.lock().ok().map(|p| p.upload_counts()))
+            .unwrap_or_default()
+    }
+
+    /// Test hook: the next read from disk into this device's pinned pool fails once `offset`
+    /// bytes of a file's data section are read (see `PinnedPool::fail_next_read_at`).
+    #[doc(hidden)]
+    pub fn fail_next_read_at(&self, offset: u64) {
+        if let Some(Ok(mut pool)) = self.pinned.as_ref().map(|p| p.lock()) {
+            pool.fail_next_read_at(offset);
+        }
+    }
+
+    /// Inspects `spec` and loads it as a runtime engine, marking the anchors on `timeline`;
+    /// returns it with the number of weight bytes read.
+    pub fn load_engine(
+        &mut self,
+        spec: &ModelSpec,
+        timeline: &mut Timeline,
+    ) -> Result<(Box<dyn Engine>, u64), LoadError> {
+        attach::load_engine(self, &inspect(spec)?, timeline)
+    }
+
+    /// Loads an inspected checkpoint as a runtime engine (see [`Self::load_engine`]).
+    pub fn load_inspected(
+        &mut self,
+        inspected: &Inspected,
+        timeline: &mut Timeline,
+    ) -> Result<(Box<dyn Engine>, u64), LoadError> {
+        attach::load_engine(self, inspected, timeline)
+    }
+
+    /// Inspects `spec` and loads it as the concrete engine `E` (for tests and tools that need
+    /// the model itself); a checkpoint of another family is a typed
+    /// [`LoadError::WrongFamily`], refused before any weight is read.
+    pub fn load_as<E: LoadAs>(
+        &mut self,
+        spec: &ModelSpec,
+        timeline: &mut Timeline,
+    ) -> Result<(E, u64), LoadError> {
+        attach::load_as(self, &inspect(spec)?, timeline)
+    }
 }
 
 /// An engine that gives its bytes back to its device's account when dropped.
@@ -220,12 +245,18 @@ impl WorkerDevice for CandleDevice {
         })
     }
 
+    /// Loads the inspection `handoff` carries (inspecting `spec` here when it carries none).
     fn load(
         &mut self,
         spec: &ModelSpec,
+        handoff: &Handoff,
         timeline: &mut Timeline,
     ) -> Result<(Box<dyn Engine>, u64), EngineError> {
-        let (engine, bytes) = self.load_engine(spec, timeline)?;
+        let inspected = match handoff.is_empty() {
+            true => inspect(spec)?,
+            false => Inspected::from_handoff(handoff)?,
+        };
+        let (engine, bytes) = attach::load_engine(self, &inspected, timeline)?;
         self.held.fetch_add(engine.device_bytes(), Ordering::SeqCst);
         Ok((
             Box::new(LeasedEngine {

@@ -77,7 +77,7 @@ pub fn run(options: &ConcurrencyOptions) -> anyhow::Result<ConcurrencyResult> {
         }],
         ..RuntimeConfig::default()
     };
-    let backend: Arc<dyn Backend> = Arc::new(CandleBackend);
+    let backend: Arc<dyn Backend> = Arc::new(CandleBackend::default());
     let handle = Runtime::start_in_background(config, backend);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -55,7 +55,7 @@ impl ControllerPath {
             }],
             ..RuntimeConfig::default()
         };
-        let local: Arc<dyn Backend> = Arc::new(CandleBackend);
+        let local: Arc<dyn Backend> = Arc::new(CandleBackend::default());
         let backend: Arc<dyn Backend> = match worker_exe {
             Some(exe) => Arc::new(ProcessBackend::new(
                 local,

@@ -10,7 +10,8 @@ pub fn measure_bandwidth(device: &DeviceSpec) -> anyhow::Result<(String, f64)> {
         DeviceSpec::Cpu => Ok(("memcpy".into(), memcpy_bandwidth(256 << 20))),
         DeviceSpec::Cuda(index) => Ok((
             "pinned host-to-device copy".into(),
-            crate::cuda::pinned_h2d_bandwidth(*index, 256 << 20).map_err(anyhow::Error::msg)?,
+            crate::load::cuda::pinned_h2d_bandwidth(*index, 256 << 20)
+                .map_err(anyhow::Error::msg)?,
         )),
     }
 }

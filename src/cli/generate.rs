@@ -89,10 +89,11 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         dtype: args.dtype,
         canonical: false,
     };
+    let inspected = crate::backend::inspect(&spec).with_context(|| format!("loading {model}"))?;
     let (mut engine, bytes) = device
-        .load_engine(&spec, &mut timeline)
+        .load_inspected(&inspected, &mut timeline)
         .with_context(|| format!("loading {model}"))?;
-    let dtype = crate::host_cache::check_cached(&spec)?.dtype;
+    let dtype = inspected.dtype;
     let request = GenerateRequest {
         prompt,
         max_new_tokens: args.max_new_tokens,

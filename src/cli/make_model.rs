@@ -9,10 +9,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use wc_actors::DType;
 
-use crate::device::candle_dtype;
-use crate::models::llama::presets as llama;
-use crate::models::writer::write_placeholder_tokenizer;
-use crate::opt::presets::{preset as opt_preset, write_checkpoint, PRESETS as OPT_PRESETS};
+use crate::models::family::FAMILIES;
 
 #[derive(Args, Debug)]
 pub struct MakeModelArgs {
@@ -43,22 +40,22 @@ pub struct MakeModelArgs {
 }
 
 pub fn run(args: MakeModelArgs) -> anyhow::Result<()> {
-    let opt = opt_preset(&args.preset);
-    let llama = llama::preset(&args.preset);
-    if opt.is_none() && llama.is_none() {
-        let names: Vec<&str> = OPT_PRESETS
-            .iter()
-            .copied()
-            .chain(llama::PRESETS.iter().map(|p| p.name))
-            .collect();
+    let found = FAMILIES
+        .iter()
+        .find_map(|family| (family.preset)(&args.preset).map(|info| (family, info)));
+    let Some((family, info)) = found else {
+        let names: Vec<&str> = FAMILIES.iter().flat_map(|f| (f.presets)()).collect();
         bail!(
             "unknown preset `{}`: expected one of {}",
             args.preset,
             names.join(", ")
         );
-    }
-    if opt.is_some() && args.shards.is_some_and(|n| n != 1) {
-        bail!("--shards is for the Llama-family presets; OPT presets write one file");
+    };
+    if !info.shardable && args.shards.is_some_and(|n| n != 1) {
+        bail!(
+            "--shards is for presets of the sharded families; `{}` presets write one file",
+            family.name
+        );
     }
     if !args.force && !is_empty_or_missing(&args.out)? {
         bail!(
@@ -66,54 +63,26 @@ pub fn run(args: MakeModelArgs) -> anyhow::Result<()> {
             args.out.display()
         );
     }
-    let written: Vec<String> = if let Some(config) = opt {
-        let dtype = args.dtype.unwrap_or(DType::F16);
-        eprintln!(
-            "writing {} ({} parameters, {dtype}) to {} ...",
-            args.preset,
-            config.parameter_count(),
-            args.out.display()
-        );
-        let bytes = write_checkpoint(&config, candle_dtype(dtype), &args.out, args.seed)
-            .with_context(|| format!("writing {}", args.out.display()))?;
-        eprintln!("wrote {:.1} MB of weights", bytes as f64 / 1e6);
-        write_placeholder_tokenizer(&args.out, config.vocab_size)?;
-        vec![
-            "model.safetensors".into(),
-            "config.json".into(),
-            "tokenizer.json".into(),
-        ]
-    } else {
-        let preset = llama.expect("one of the two");
-        let dtype = args.dtype.unwrap_or(DType::BF16);
-        eprintln!(
-            "writing {} ({} parameters, {dtype}) to {} ...",
-            args.preset,
-            preset.config().parameter_count(),
-            args.out.display()
-        );
-        let shards = args.shards.map(usize::from);
-        let written =
-            llama::write_checkpoint(preset, candle_dtype(dtype), &args.out, args.seed, shards)
-                .with_context(|| format!("writing {}", args.out.display()))?;
-        eprintln!(
-            "wrote {:.1} MB of weights in {} file(s)",
-            written.data_bytes as f64 / 1e6,
-            written.files.len()
-        );
-        write_placeholder_tokenizer(&args.out, preset.config().vocab_size)?;
-        let mut files = written.files;
-        let shards = files.len();
-        files.extend([
-            "config.json".into(),
-            "generation_config.json".into(),
-            "tokenizer.json".into(),
-        ]);
-        if shards > 1 {
-            files.push("model.safetensors.index.json".into());
-        }
-        files
-    };
+    let dtype = args.dtype.unwrap_or(info.default_dtype);
+    eprintln!(
+        "writing {} ({} parameters, {dtype}) to {} ...",
+        args.preset,
+        info.parameters,
+        args.out.display()
+    );
+    let shards = args.shards.map(usize::from);
+    let written = (family.write_preset)(&args.preset, dtype, &args.out, args.seed, shards)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    let weight_files = written
+        .files
+        .iter()
+        .filter(|f| f.ends_with(".safetensors"))
+        .count();
+    eprintln!(
+        "wrote {:.1} MB of weights in {weight_files} file(s)",
+        written.data_bytes as f64 / 1e6,
+    );
+    let written = written.files;
     // Give every written file the mode any new file gets here (the weights writer of the OPT
     // path creates its file owner-only).
     for file in written {

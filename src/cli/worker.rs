@@ -6,6 +6,6 @@ use std::sync::Arc;
 pub fn run() -> anyhow::Result<()> {
     super::allocator::keep_freed_host_memory(false);
     crate::server::logging::init(super::log_format_from_env());
-    wc_actors::process::serve_worker(Arc::new(crate::CandleBackend));
+    wc_actors::process::serve_worker(Arc::new(crate::CandleBackend::default()));
     Ok(())
 }

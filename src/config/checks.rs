@@ -37,7 +37,7 @@ pub fn check_cors_origin(origin: &str) -> Result<(), String> {
     let uri: actix_web::http::Uri = origin.parse().map_err(|e| {
         format!(
             "cors_allow_origins: `{}` is not an origin: {e}",
-            crate::error::shorten(origin)
+            crate::load::shorten(origin)
         )
     })?;
     // Browsers send `scheme://host[:port]`: a path (even a trailing `/`) never matches.
@@ -49,7 +49,7 @@ pub fn check_cors_origin(origin: &str) -> Result<(), String> {
         return Err(format!(
             "cors_allow_origins: `{}` is not an origin: write `scheme://host[:port]`, e.g. \
              \"https://app.example.com\"",
-            crate::error::shorten(origin)
+            crate::load::shorten(origin)
         ));
     }
     Ok(())

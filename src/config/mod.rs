@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::checkpoint::is_hub_id;
+use crate::load::is_hub_id;
 pub use wc_actors::Isolation;
 use wc_actors::{DType, PrewarmOptions, RuntimeOptions};
 

@@ -6,7 +6,7 @@ use std::path::{Component, Path};
 
 use serde::Deserialize;
 use toml::Spanned;
-use wc_actors::{Backend, DType, ModelSpec};
+use wc_actors::{DType, ModelSpec};
 
 use super::KeepAlive;
 
@@ -157,16 +157,13 @@ pub(super) fn resolve_model(
     if model.attach_on_start {
         // What an attach would find wrong before loading (config, weight headers, the
         // hub cache), said here with the model's line rather than after start-up.
-        if let Err(e) = crate::backend::CandleBackend.preflight(&model.spec()) {
+        if let Err(e) = crate::backend::CandleBackend::default().preflight(&model.spec()) {
             let span = match (&model.path, &model.hub) {
                 (Some(path), _) => path.span(),
                 (None, Some(hub)) => hub.span(),
                 (None, None) => model.name.span(),
             };
-            return Err((
-                Some(span),
-                format!("model `{name}` (attach_on_start): {}", e.message),
-            ));
+            return Err((Some(span), format!("model `{name}` (attach_on_start): {e}")));
         }
     }
     Ok(())

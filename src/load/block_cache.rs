@@ -6,8 +6,8 @@
 
 use std::sync::Arc;
 
-use crate::checkpoint::SafetensorsHeader;
-use crate::host_cache::FileKey;
+use crate::load::FileKey;
+use crate::load::SafetensorsHeader;
 
 /// One cached file: its identity, its checked header, and the blocks holding its data section
 /// in order (chunk `i` in `blocks[i]`).

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use actix_web::http::header::HeaderMap;
 
-use crate::error::shorten;
+use crate::load::shorten;
 
 /// The header a request id travels in, both ways.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";

@@ -24,7 +24,7 @@ use super::openai::{
 use super::params;
 use super::state::AppState;
 use super::stream::{self, Chunks};
-use crate::models::chat_template::{ChatMessage, MessageExt};
+use crate::models::text::chat_template::{ChatMessage, MessageExt};
 
 /// The parameters used.
 const SUPPORTED: [&str; 17] = [

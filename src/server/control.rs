@@ -123,7 +123,7 @@ pub async fn attach(
 
 /// At most the first 64 characters of a client's engine name, for error messages.
 fn shorten(text: &str) -> std::borrow::Cow<'_, str> {
-    crate::error::shorten_to(text, 64)
+    crate::load::shorten_to(text, 64)
 }
 
 /// `GET /engines`: every attached engine with its counters.

@@ -34,7 +34,7 @@ impl ApiError {
         Self {
             status,
             kind,
-            message: crate::error::shorten_to(&message, MAX_MESSAGE_CHARS).into_owned(),
+            message: crate::load::shorten_to(&message, MAX_MESSAGE_CHARS).into_owned(),
             retry_after: None,
             challenge: None,
         }
@@ -64,7 +64,7 @@ impl ApiError {
             "model_not_found",
             format!(
                 "the model `{}` is neither attached nor configured",
-                crate::error::shorten(model)
+                crate::load::shorten(model)
             ),
         )
     }
@@ -74,7 +74,7 @@ impl ApiError {
         Self::new(
             StatusCode::NOT_FOUND,
             "not_found",
-            format!("no route for `{}`", crate::error::shorten(path)),
+            format!("no route for `{}`", crate::load::shorten(path)),
         )
     }
 

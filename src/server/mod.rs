@@ -172,7 +172,7 @@ pub async fn run(
 /// The backend for `[runtime] isolation`: workers as processes of this same binary
 /// (`worker-controller worker`), or as threads.
 fn backend(config: &Config) -> anyhow::Result<Arc<dyn Backend>> {
-    let local: Arc<dyn Backend> = Arc::new(CandleBackend);
+    let local: Arc<dyn Backend> = Arc::new(CandleBackend::default());
     if config.runtime.isolation == Isolation::Thread {
         return Ok(local);
     }

@@ -12,9 +12,9 @@ use std::path::{Component, Path, PathBuf};
 use actix_web::http::StatusCode;
 
 use super::error::ApiError;
-use crate::checkpoint::{cached_snapshot, hub_cache_dirs, is_hub_id};
 use crate::config::Config;
-use crate::error::shorten;
+use crate::load::shorten;
+use crate::load::{cached_snapshot, hub_cache_dirs, is_hub_id};
 
 /// The canonical directories clients may load checkpoints from.
 #[derive(Clone, Debug, Default)]

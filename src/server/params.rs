@@ -61,13 +61,13 @@ pub fn used(body: Value, supported: &[&str]) -> Result<Value, ApiError> {
             Some(false) => {
                 return Err(ApiError::bad_request(format!(
                     "`{}` is not supported by this server (only its no-op value is accepted): leave it out",
-                    crate::error::shorten(&name)
+                    crate::load::shorten(&name)
                 )))
             }
             None => {
                 return Err(ApiError::bad_request(format!(
                     "unknown parameter `{}`",
-                    crate::error::shorten(&name)
+                    crate::load::shorten(&name)
                 )))
             }
         }

@@ -23,8 +23,8 @@ use super::error::ApiError;
 use super::metrics::Metrics;
 use super::openai::unix_now;
 use crate::config::{KeepAlive, ModelConfig};
-use crate::device::host_available_bytes;
-use crate::error::shorten;
+use crate::load::device::host_available_bytes;
+use crate::load::shorten;
 
 /// What the server remembers about an engine it attached.
 #[derive(Clone, Copy, Debug)]

@@ -9,11 +9,11 @@ use wc_actors::{
     DeviceSpec, ErrorKind, GenerateRequest, PrewarmOptions, Prompt, SeqEvent, Timeline,
     WorkerDevice,
 };
-use worker_controller::error::GenerateError;
-use worker_controller::models::batch::Batch;
-use worker_controller::models::chat_template::ChatMessage;
-use worker_controller::models::sequence::{Sequence, Vocabulary};
+use worker_controller::models::text::batch::Batch;
+use worker_controller::models::text::chat_template::ChatMessage;
+use worker_controller::models::text::sequence::{Sequence, Vocabulary};
 use worker_controller::models::CausalLm;
+use worker_controller::models::RunError;
 use worker_controller::CandleDevice;
 
 use crate::common::{copy_fixture, cpu_worker, fixture, spec};
@@ -34,7 +34,11 @@ fn chat(dir: &std::path::Path) -> (Result<Vec<u32>, wc_actors::EngineError>, Dur
     let dir = dir.to_path_buf();
     std::thread::spawn(move || {
         let (engine, _) = cpu_worker()
-            .load(&spec(&dir), &mut Timeline::default())
+            .load(
+                &spec(&dir),
+                &wc_actors::Handoff::default(),
+                &mut Timeline::default(),
+            )
             .expect("the checkpoint attaches");
         let encoder = engine.prompt_encoder().expect("an encoder");
         let started = Instant::now();
@@ -97,7 +101,11 @@ fn attach_with_tokenizer(
     edit(&mut tokenizer);
     std::fs::write(&path, tokenizer.to_string()).unwrap();
     cpu_worker()
-        .load(&spec(&dir), &mut Timeline::default())
+        .load(
+            &spec(&dir),
+            &wc_actors::Handoff::default(),
+            &mut Timeline::default(),
+        )
         .map(|_| ())
 }
 
@@ -146,7 +154,11 @@ fn a_context_of_one_position_is_the_models_defect() {
     config["max_position_embeddings"] = serde_json::json!(1);
     std::fs::write(&path, config.to_string()).unwrap();
     let err = cpu_worker()
-        .load(&spec(&dir), &mut Timeline::default())
+        .load(
+            &spec(&dir),
+            &wc_actors::Handoff::default(),
+            &mut Timeline::default(),
+        )
         .err()
         .expect("refused");
     assert_eq!(err.kind, ErrorKind::InvalidModel, "{}", err.message);
@@ -162,7 +174,7 @@ fn max_new_tokens_near_the_largest_number_is_refused_not_wrapped() {
     };
     let err = engine.run(&request, &mut |_| true).expect_err("refused");
     assert!(
-        matches!(err, GenerateError::ContextExceeded { prompt: 3, .. }),
+        matches!(err, RunError::ContextExceeded { prompt: 3, .. }),
         "{err}"
     );
 }
@@ -177,7 +189,7 @@ fn logit_bias_outside_the_vocabulary_is_refused() {
         ..Default::default()
     };
     let err = engine.run(&request, &mut |_| true).expect_err("refused");
-    assert!(matches!(err, GenerateError::InvalidSampling(_)), "{err}");
+    assert!(matches!(err, RunError::InvalidSampling(_)), "{err}");
     assert!(err.to_string().contains("100000"), "{err}");
 }
 
@@ -212,7 +224,10 @@ fn a_sequence_past_its_reservation_fails_alone_and_the_batch_goes_on() {
     };
     let (mut device, _) = CandleDevice::open(&DeviceSpec::Cpu, Some(&options)).unwrap();
     let (engine, _) = device
-        .load_opt(&spec(&fixture(GOOD)), &mut Timeline::default())
+        .load_as::<worker_controller::models::OptEngine>(
+            &spec(&fixture(GOOD)),
+            &mut Timeline::default(),
+        )
         .unwrap();
     let model = &engine.model;
     let request = |max_new_tokens| GenerateRequest {
@@ -260,10 +275,10 @@ fn a_device_error_says_what_failed_without_a_backtrace() {
         inner: Box::new(inner),
         backtrace: Box::new(std::backtrace::Backtrace::force_capture()),
     };
-    let text = GenerateError::Device(with_trace).to_string();
+    let text = RunError::Device(with_trace).to_string();
     assert_eq!(text, "device error: slab is full");
     let engine_error: wc_actors::EngineError =
-        GenerateError::Device(candle_core::Error::Msg("x".repeat(100_000))).into();
+        RunError::Device(candle_core::Error::Msg("x".repeat(100_000))).into();
     assert!(
         engine_error.message.len() < 1024,
         "{}",

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wc_actors::{
-    Backend, DeviceSpec, Engine, EngineError, Footprint, GenerateOutput, GenerateRequest,
+    Backend, DeviceSpec, Engine, EngineError, Footprint, GenerateOutput, GenerateRequest, Handoff,
     MemoryInfo, ModelSpec, PrewarmOptions, PrewarmReport, Timeline, TokenEvent, WorkerDevice,
 };
 
@@ -98,9 +98,10 @@ impl WorkerDevice for MeetingDevice {
     fn load(
         &mut self,
         spec: &ModelSpec,
+        handoff: &Handoff,
         timeline: &mut Timeline,
     ) -> Result<(Box<dyn Engine>, u64), EngineError> {
-        let (inner, bytes) = self.inner.load(spec, timeline)?;
+        let (inner, bytes) = self.inner.load(spec, handoff, timeline)?;
         let engine = MeetingEngine {
             inner,
             meeting: self.meeting.clone(),

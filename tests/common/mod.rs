@@ -54,7 +54,7 @@ pub fn copy_fixture(name: &str, test: &str) -> PathBuf {
 /// A random-weight OPT (the fixtures' tokenizer, 4096 positions) big enough that a long
 /// generation takes seconds on a CPU worker, written into `dir`.
 pub fn slow_model(dir: &std::path::Path) -> PathBuf {
-    use worker_controller::opt::presets::{preset, write_checkpoint};
+    use worker_controller::models::opt::presets::{preset, write_checkpoint};
     let mut config = preset("tiny").expect("tiny preset");
     config.hidden_size = 512;
     config.ffn_dim = 2048;

@@ -194,6 +194,7 @@ impl ControllerActor {
         let load = addr.send(LoadEngine {
             engine_id: pending.engine_id,
             spec: pending.spec.clone(),
+            handoff: pending.footprint.handoff.clone(),
             timeline: pending.timeline.clone(),
         });
         ctx.spawn(load.into_actor(self).map(move |result, act, ctx| {

@@ -204,11 +204,15 @@ impl Worker {
                 Some(device) => FromWorker::Memory(device.memory()),
                 None => FromWorker::Memory(Err(no("open device"))),
             },
-            ToWorker::Attach { spec, mut timeline } => {
+            ToWorker::Attach {
+                spec,
+                handoff,
+                mut timeline,
+            } => {
                 let beat = self.beat.clone();
-                let attached = self
-                    .device_for_load(&spec)
-                    .and_then(|device| beat.during(|| device.attach(&spec, &mut timeline)));
+                let attached = self.device_for_load(&spec).and_then(|device| {
+                    beat.during(|| device.attach(&spec, &handoff, &mut timeline))
+                });
                 FromWorker::Attached(attached.map(|warm| self.keep(warm, timeline)))
             }
             ToWorker::WarmUp => match self.engine.as_mut() {

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::backend::{
-    DType, DeviceSpec, FinishReason, Footprint, GenerateOutput, MemoryInfo, ModelSpec,
+    DType, DeviceSpec, FinishReason, Footprint, GenerateOutput, Handoff, MemoryInfo, ModelSpec,
     PrewarmOptions, PrewarmReport,
 };
 use crate::batch::{BatchEngine, KvUsage, SeqEvent};
@@ -96,6 +96,7 @@ impl WorkerDevice for Device {
     fn load(
         &mut self,
         _: &ModelSpec,
+        _: &Handoff,
         _: &mut Timeline,
     ) -> Result<(Box<dyn Engine>, u64), EngineError> {
         Ok((Box::<Counting>::default(), 0))
@@ -115,6 +116,7 @@ impl Backend for Fake {
             kv_bytes_per_token: 0,
             file_bytes: 0,
             dtype: DType::F32,
+            handoff: Default::default(),
         })
     }
 
@@ -180,6 +182,7 @@ fn opened_and_loaded() -> Vec<ToWorker> {
                 dtype: None,
                 canonical: false,
             },
+            handoff: Handoff::default(),
             timeline: Timeline::default(),
         },
     ]

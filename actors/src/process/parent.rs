@@ -26,7 +26,7 @@ use super::ledger::Ledger;
 use super::link::{describe, fatal, EncodeReplies, Link};
 use super::protocol::{AttachedEngine, FromWorker, ToWorker};
 use crate::backend::{
-    Backend, DeviceSpec, Engine, EngineError, Footprint, GenerateOutput, GenerateRequest,
+    Backend, DeviceSpec, Engine, EngineError, Footprint, GenerateOutput, GenerateRequest, Handoff,
     MemoryInfo, ModelSpec, PrewarmOptions, PrewarmReport, Prompt, PromptEncoder, TokenEvent,
     WarmEngine, WorkerDevice,
 };
@@ -135,9 +135,10 @@ impl WorkerDevice for ProcessDevice {
     fn load(
         &mut self,
         spec: &ModelSpec,
+        handoff: &Handoff,
         timeline: &mut Timeline,
     ) -> Result<(Box<dyn Engine>, u64), EngineError> {
-        self.attach(spec, timeline)
+        self.attach(spec, handoff, timeline)
             .map(|warm| (warm.engine, warm.bytes_moved))
     }
 
@@ -145,10 +146,12 @@ impl WorkerDevice for ProcessDevice {
     fn attach(
         &mut self,
         spec: &ModelSpec,
+        handoff: &Handoff,
         timeline: &mut Timeline,
     ) -> Result<WarmEngine, EngineError> {
         self.link.send(&ToWorker::Attach {
             spec: spec.clone(),
+            handoff: handoff.clone(),
             timeline: timeline.clone(),
         })?;
         match self.link.wait()? {

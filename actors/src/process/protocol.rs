@@ -24,6 +24,7 @@ pub enum ToWorker {
     /// loads only this way: one round trip.
     Attach {
         spec: ModelSpec,
+        handoff: crate::backend::Handoff,
         timeline: Timeline,
     },
     WarmUp,

@@ -45,6 +45,7 @@ impl WorkerDevice for FakeDevice {
     fn load(
         &mut self,
         spec: &ModelSpec,
+        _: &Handoff,
         timeline: &mut Timeline,
     ) -> Result<(Box<dyn Engine>, u64), EngineError> {
         let model = FakeModel::parse(&spec.model)?;

@@ -170,6 +170,7 @@ impl Backend for FakeBackend {
             kv_bytes_per_token: 0,
             file_bytes: model.size,
             dtype: spec.dtype.unwrap_or(DType::F32),
+            handoff: Default::default(),
         })
     }
 

@@ -4,14 +4,20 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::error::LoadError;
-use crate::models::generation_config::token_ids;
+use std::path::Path;
+use std::sync::Arc;
+
+use tokenizers::Tokenizer;
+
+use super::rope::rope;
+pub use super::rope::{RopeScaling, ROPE_TYPES};
+use super::{LlamaEngine, LlamaModel};
+use crate::load::{DeviceWeights, LoadError};
+use crate::models::family::Config;
+use crate::models::text::generation_config::token_ids;
 
 /// The `model_type`s this decoder runs.
-pub const FAMILIES: [&str; 4] = ["llama", "mistral", "qwen2", "qwen3"];
-
-/// The `rope_type`s supported.
-pub const ROPE_TYPES: [&str; 2] = ["default", "llama3"];
+pub const MODEL_TYPES: [&str; 4] = ["llama", "mistral", "qwen2", "qwen3"];
 
 /// Bounds checked before anything is allocated from a config's numbers.
 pub mod limits {
@@ -22,20 +28,6 @@ pub mod limits {
     pub const HEAD_DIM: usize = 1024;
     pub const VOCAB: usize = 1 << 20;
     pub const POSITIONS: usize = 1 << 24;
-}
-
-/// How rotary position embeddings turn positions into angles.
-#[derive(Clone, Debug, PartialEq)]
-pub enum RopeScaling {
-    /// `inv_freq[i] = theta^(-2i/d)`.
-    Default,
-    /// Llama 3.1 / 3.2: low frequencies divided by `factor`, high ones kept, a smooth ramp between.
-    Llama3 {
-        factor: f64,
-        low_freq_factor: f64,
-        high_freq_factor: f64,
-        original_max_position_embeddings: usize,
-    },
 }
 
 /// A Llama-family model's shape and switches, resolved from its `config.json`.
@@ -117,8 +109,11 @@ impl LlamaConfig {
 
     fn resolve(raw: Raw) -> Result<Self, LoadError> {
         let t = raw.model_type.as_str();
-        if !FAMILIES.contains(&t) {
-            return Err(LoadError::UnknownModelType(raw.model_type.clone()));
+        if !MODEL_TYPES.contains(&t) {
+            return Err(LoadError::WrongFamily {
+                expected: "llama",
+                found: raw.model_type.clone(),
+            });
         }
         let in_range = |name: &str, value: usize, max: usize| {
             if value == 0 || value > max {
@@ -192,7 +187,8 @@ impl LlamaConfig {
                 "partial_rotary_factor {f} is not supported; supported: 1.0"
             )));
         }
-        let (rope_theta, rope_scaling) = rope(&raw)?;
+        let (rope_theta, rope_scaling) =
+            rope(&raw.rope_parameters, &raw.rope_scaling, raw.rope_theta)?;
         let attention_bias = raw.attention_bias.unwrap_or(false);
         let (qkv_bias, o_bias, mlp_bias, qk_norm) = match t {
             "llama" => (
@@ -275,14 +271,6 @@ impl LlamaConfig {
         out
     }
 
-    /// Number of parameters, from [`Self::expected_tensors`].
-    pub fn parameter_count(&self) -> u64 {
-        self.expected_tensors()
-            .iter()
-            .map(|(_, shape)| shape.iter().product::<usize>() as u64)
-            .sum()
-    }
-
     /// Inverse frequencies of the rotary embedding (`[head_dim / 2]`), computed in f32 as
     /// transformers does.
     pub fn inv_freq(&self) -> Vec<f32> {
@@ -321,73 +309,6 @@ impl LlamaConfig {
             }
         }
     }
-}
-
-/// `rope_theta` and the scaling, from transformers 5's `rope_parameters` or the Hub's top-level
-/// `rope_theta` + `rope_scaling`.
-fn rope(raw: &Raw) -> Result<(f64, RopeScaling), LoadError> {
-    let params = match (&raw.rope_parameters, &raw.rope_scaling) {
-        (Some(p), _) if !p.is_null() => Some(p),
-        (_, Some(s)) if !s.is_null() => Some(s),
-        _ => None,
-    };
-    let field = |name: &str| params.and_then(|p| p.get(name)).filter(|v| !v.is_null());
-    if let Some(p) = params {
-        if !p.is_object() {
-            return Err(invalid(format!(
-                "rope_parameters / rope_scaling must be an object, got {p}"
-            )));
-        }
-    }
-    let theta = match field("rope_theta") {
-        Some(v) => v
-            .as_f64()
-            .ok_or_else(|| invalid(format!("rope_theta must be a number, got {v}")))?,
-        None => raw.rope_theta.unwrap_or(10000.0),
-    };
-    if !(theta.is_finite() && theta > 0.0) {
-        return Err(invalid(format!("rope_theta must be positive, got {theta}")));
-    }
-    let rope_type = match field("rope_type").or_else(|| field("type")) {
-        None => "default".to_string(),
-        Some(Value::String(s)) => s.clone(),
-        Some(v) => return Err(invalid(format!("rope_type must be a string, got {v}"))),
-    };
-    let number = |name: &str| -> Result<f64, LoadError> {
-        let v = field(name).ok_or_else(|| {
-            invalid(format!(
-                "rope_type `{rope_type}` needs `{name}` in rope_scaling"
-            ))
-        })?;
-        v.as_f64()
-            .filter(|x| x.is_finite() && *x > 0.0)
-            .ok_or_else(|| invalid(format!("rope_scaling `{name}` must be positive, got {v}")))
-    };
-    let scaling = match rope_type.as_str() {
-        "default" => RopeScaling::Default,
-        "llama3" => {
-            let (low, high) = (number("low_freq_factor")?, number("high_freq_factor")?);
-            if high <= low {
-                return Err(invalid(format!(
-                    "rope_scaling high_freq_factor {high} must exceed low_freq_factor {low}"
-                )));
-            }
-            RopeScaling::Llama3 {
-                factor: number("factor")?,
-                low_freq_factor: low,
-                high_freq_factor: high,
-                original_max_position_embeddings: number("original_max_position_embeddings")?
-                    as usize,
-            }
-        }
-        other => {
-            return Err(invalid(format!(
-                "rope_type `{other}` is not supported; supported: {}",
-                ROPE_TYPES.map(|t| format!("`{t}`")).join(", ")
-            )))
-        }
-    };
-    Ok((theta, scaling))
 }
 
 /// The attention window of each layer: `layer_types` when given, else the family's rule
@@ -429,6 +350,52 @@ fn windows(raw: &Raw, layers: usize) -> Result<Vec<Option<usize>>, LoadError> {
     Ok((0..layers)
         .map(|i| window.filter(|_| i >= first_windowed))
         .collect())
+}
+
+/// The family table's parse: `config.json`'s text read as the Llama family's and checked.
+pub fn parse(text: &str) -> Result<Box<dyn Config>, LoadError> {
+    Ok(Box::new(LlamaConfig::from_json(text)?))
+}
+
+impl Config for LlamaConfig {
+    fn model_type(&self) -> &str {
+        &self.model_type
+    }
+
+    fn expected_tensors(&self) -> Vec<(String, Vec<usize>)> {
+        LlamaConfig::expected_tensors(self)
+    }
+
+    fn kv_elements_per_token(&self) -> u64 {
+        2 * (self.num_key_value_heads * self.head_dim * self.num_hidden_layers) as u64
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+
+    fn max_positions(&self) -> usize {
+        self.max_position_embeddings
+    }
+
+    fn build_engine(
+        &self,
+        weights: &DeviceWeights,
+        tokenizer: Option<Arc<Tokenizer>>,
+        dir: &Path,
+        kv_cache_tokens: usize,
+    ) -> Result<Box<dyn wc_actors::Engine>, LoadError> {
+        let model = LlamaModel::new(self.clone(), weights)?;
+        Ok(Box::new(
+            LlamaEngine::new(model, tokenizer, weights.device_bytes)
+                .with_kv_cache_tokens(kv_cache_tokens)?
+                .with_checkpoint_files(dir)?,
+        ))
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
 }
 
 #[cfg(test)]

@@ -12,15 +12,15 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::Linear;
 
 use super::config::LlamaConfig;
-use crate::error::LoadError;
-use crate::models::decode_attention::{attend_packed, softmax_as_transformers, Heads};
-use crate::models::kv_cache::KvCache;
-use crate::models::kv_pass::KvPass;
-use crate::models::kv_slab::KvSlab;
-use crate::models::matmul::{linear, times_transposed};
-use crate::models::packing::{packing_order, PackingOrder, Span};
+use crate::load::weights::DeviceWeights;
+use crate::load::LoadError;
+use crate::models::layers::attention::{attend_packed, softmax_as_transformers, Heads};
+use crate::models::layers::kv_cache::KvCache;
+use crate::models::layers::kv_pass::KvPass;
+use crate::models::layers::kv_slab::KvSlab;
+use crate::models::layers::matmul::{linear, times_transposed};
+use crate::models::layers::packing::{packing_order, PackingOrder, Span};
 use crate::models::{CausalLm, TokenCache};
-use crate::weights::DeviceWeights;
 
 /// A Llama-family causal language model with its weights on one device.
 pub struct LlamaModel {

@@ -10,8 +10,12 @@ use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
 
 use super::config::LlamaConfig;
-use crate::error::LoadError;
-use crate::models::writer::{write_json, write_safetensors, Init, TensorSpec, Written};
+use crate::load::dtype::candle_dtype;
+use crate::load::writer::{
+    write_json, write_placeholder_tokenizer, write_safetensors, Init, TensorSpec, Written,
+};
+use crate::load::LoadError;
+use crate::models::family::{Config, PresetInfo};
 
 /// A published checkpoint's `config.json` and how its weights are sharded.
 pub struct Preset {
@@ -168,7 +172,7 @@ pub fn write_checkpoint(
         _ => "float32",
     };
     config_json["torch_dtype"] = dtype_name.into();
-    std::fs::create_dir_all(out).map_err(|e| crate::checkpoint::io_error(out, e))?;
+    std::fs::create_dir_all(out).map_err(|e| crate::load::io_error(out, e))?;
     write_json(&out.join("config.json"), &config_json)?;
     let generation = serde_json::json!({
         "_from_model_config": true,
@@ -245,4 +249,39 @@ mod tests {
         let l = preset("llama-3.2-1b").unwrap().config();
         assert!(l.tie_word_embeddings && l.head_dim == 64);
     }
+}
+
+/// The family table's preset lookup.
+pub fn info(name: &str) -> Option<PresetInfo> {
+    preset(name).map(|p| PresetInfo {
+        parameters: p.config().parameter_count(),
+        default_dtype: wc_actors::DType::BF16,
+        shardable: true,
+    })
+}
+
+/// The family table's preset writer: the weights in `shards` files (`None`: as the original),
+/// `config.json`, `generation_config.json`, a placeholder `tokenizer.json` and, when sharded,
+/// `model.safetensors.index.json`.
+pub fn write_preset(
+    name: &str,
+    dtype: wc_actors::DType,
+    out: &Path,
+    seed: u64,
+    shards: Option<usize>,
+) -> Result<Written, LoadError> {
+    let preset = preset(name).ok_or_else(|| LoadError::InvalidConfig {
+        path: out.to_path_buf(),
+        reason: format!("no Llama-family preset `{name}`"),
+    })?;
+    let mut written = write_checkpoint(preset, candle_dtype(dtype), out, seed, shards)?;
+    write_placeholder_tokenizer(out, preset.config().vocab_size)?;
+    let sharded = written.files.len() > 1;
+    written
+        .files
+        .extend(["config.json", "generation_config.json", "tokenizer.json"].map(String::from));
+    if sharded {
+        written.files.push("model.safetensors.index.json".into());
+    }
+    Ok(written)
 }

@@ -7,9 +7,9 @@ use candle_core::{DType, Device};
 use super::config::LlamaConfig;
 use super::model::LlamaModel;
 use super::presets::random_weights;
-use crate::error::LoadError;
+use crate::load::weights::DeviceWeights;
+use crate::load::LoadError;
 use crate::models::CausalLm;
-use crate::weights::DeviceWeights;
 
 /// The prewarm model: qwen3-style q/k norm with biases on, GQA 4:2, a 3-token window on one
 /// layer so the windowed path runs too.

@@ -1,10 +1,14 @@
 //! OPT's `config.json`, with the field names and defaults of Hugging Face `OPTConfig`, and the tensor list it implies.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use tokenizers::Tokenizer;
 
-use crate::error::LoadError;
+use super::{OptEngine, OptModel};
+use crate::load::{DeviceWeights, LoadError};
+use crate::models::family::Config;
 
 /// The hyper-parameters of an OPT model, as written in its `config.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -110,7 +114,7 @@ pub const LAYER_NORM_EPS: f64 = 1e-5;
 impl OptConfig {
     /// Reads and checks `config.json` (a regular file of at most 1 MiB).
     pub fn from_file(path: &Path) -> Result<Self, LoadError> {
-        let text = crate::checkpoint::read_bounded(path, crate::checkpoint::MAX_CONFIG_BYTES)?;
+        let text = crate::load::read_bounded(path, crate::load::MAX_CONFIG_BYTES)?;
         let config: OptConfig =
             serde_json::from_slice(&text).map_err(|e| LoadError::InvalidConfig {
                 path: path.to_path_buf(),
@@ -129,7 +133,10 @@ impl OptConfig {
     /// Checks that the numbers describe a model this engine can run.
     pub fn validate(&self) -> Result<(), LoadError> {
         if self.model_type != "opt" {
-            return Err(LoadError::UnknownModelType(self.model_type.clone()));
+            return Err(LoadError::WrongFamily {
+                expected: "opt",
+                found: self.model_type.clone(),
+            });
         }
         let invalid = |reason: String| LoadError::InvalidConfig {
             path: "config.json".into(),
@@ -256,13 +263,56 @@ impl OptConfig {
         }
         out
     }
+}
 
-    /// Number of parameters, from [`Self::expected_tensors`].
-    pub fn parameter_count(&self) -> u64 {
-        self.expected_tensors()
-            .iter()
-            .map(|(_, shape)| shape.iter().product::<usize>() as u64)
-            .sum()
+/// The family table's parse: `config.json`'s text read as OPT's and checked.
+pub fn parse(text: &str) -> Result<Box<dyn Config>, LoadError> {
+    let config: OptConfig = serde_json::from_str(text).map_err(|e| LoadError::InvalidConfig {
+        path: "config.json".into(),
+        reason: e.to_string(),
+    })?;
+    config.validate()?;
+    Ok(Box::new(config))
+}
+
+impl Config for OptConfig {
+    fn model_type(&self) -> &str {
+        &self.model_type
+    }
+
+    fn expected_tensors(&self) -> Vec<(String, Vec<usize>)> {
+        OptConfig::expected_tensors(self)
+    }
+
+    fn kv_elements_per_token(&self) -> u64 {
+        2 * (self.hidden_size * self.num_hidden_layers) as u64
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+
+    fn max_positions(&self) -> usize {
+        self.max_position_embeddings
+    }
+
+    fn build_engine(
+        &self,
+        weights: &DeviceWeights,
+        tokenizer: Option<Arc<Tokenizer>>,
+        dir: &Path,
+        kv_cache_tokens: usize,
+    ) -> Result<Box<dyn wc_actors::Engine>, LoadError> {
+        let model = OptModel::new(self.clone(), weights)?;
+        Ok(Box::new(
+            OptEngine::new(model, tokenizer, weights.device_bytes)
+                .with_kv_cache_tokens(kv_cache_tokens)?
+                .with_checkpoint_files(dir)?,
+        ))
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }
 

@@ -3,7 +3,7 @@
 use candle_core::{Device, Tensor};
 
 use super::model::{KvCache, OptModel};
-use crate::models::kv_slab::KvSlab;
+use crate::models::layers::kv_slab::KvSlab;
 use crate::models::{CausalLm, TextEngine};
 
 /// A loaded OPT model, ready to generate.

@@ -4,15 +4,15 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{LayerNorm, Linear};
 
 use super::config::{OptConfig, LAYER_NORM_EPS, POSITION_OFFSET};
-use crate::error::LoadError;
-use crate::models::decode_attention::{attend_packed, softmax_as_transformers, Heads};
-pub use crate::models::kv_cache::KvCache;
-use crate::models::kv_pass::KvPass;
-use crate::models::kv_slab::KvSlab;
-use crate::models::matmul::{linear, times_transposed};
-use crate::models::packing::{packing_order, PackingOrder, Span};
+use crate::load::weights::DeviceWeights;
+use crate::load::LoadError;
+use crate::models::layers::attention::{attend_packed, softmax_as_transformers, Heads};
+pub use crate::models::layers::kv_cache::KvCache;
+use crate::models::layers::kv_pass::KvPass;
+use crate::models::layers::kv_slab::KvSlab;
+use crate::models::layers::matmul::{linear, times_transposed};
+use crate::models::layers::packing::{packing_order, PackingOrder, Span};
 use crate::models::TokenCache;
-use crate::weights::DeviceWeights;
 
 struct Attention {
     /// `q_proj`, `k_proj` and `v_proj` stacked into one matmul, with OPT's query scaling

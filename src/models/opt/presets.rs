@@ -9,7 +9,10 @@ use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
 
 use super::config::OptConfig;
-use crate::error::LoadError;
+use crate::load::dtype::candle_dtype;
+use crate::load::writer::{write_placeholder_tokenizer, Written};
+use crate::load::LoadError;
+use crate::models::family::{Config, PresetInfo};
 
 /// Preset names accepted by `make-model`.
 pub const PRESETS: [&str; 3] = ["opt-125m", "opt-350m", "tiny"];
@@ -105,4 +108,42 @@ pub fn write_checkpoint(
     let text = serde_json::to_string_pretty(&json).expect("json serialises");
     std::fs::write(out.join("config.json"), text).map_err(io)?;
     Ok(std::fs::metadata(&path).map_err(io)?.len())
+}
+
+/// The family table's preset lookup.
+pub fn info(name: &str) -> Option<PresetInfo> {
+    preset(name).map(|config| PresetInfo {
+        parameters: config.parameter_count(),
+        default_dtype: wc_actors::DType::F16,
+        shardable: false,
+    })
+}
+
+/// The family table's preset writer: `model.safetensors`, `config.json` and a placeholder
+/// `tokenizer.json`; OPT presets are one file (`shards` other than 1 is refused).
+pub fn write_preset(
+    name: &str,
+    dtype: wc_actors::DType,
+    out: &Path,
+    seed: u64,
+    shards: Option<usize>,
+) -> Result<Written, LoadError> {
+    let config = preset(name).ok_or_else(|| LoadError::InvalidConfig {
+        path: out.to_path_buf(),
+        reason: format!("no OPT preset `{name}`"),
+    })?;
+    if shards.is_some_and(|n| n != 1) {
+        return Err(LoadError::InvalidConfig {
+            path: out.to_path_buf(),
+            reason: "OPT presets are written as one file".into(),
+        });
+    }
+    let data_bytes = write_checkpoint(&config, candle_dtype(dtype), out, seed)?;
+    write_placeholder_tokenizer(out, config.vocab_size)?;
+    Ok(Written {
+        files: ["model.safetensors", "config.json", "tokenizer.json"]
+            .map(String::from)
+            .to_vec(),
+        data_bytes,
+    })
 }

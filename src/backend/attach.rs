@@ -1,0 +1,321 @@
+//! Attaching an inspected checkpoint to a worker's device, as free functions over
+//! [`CandleDevice`]: fit check first (before any read), weights uploaded through the pinned ring
+//! and host cache on CUDA or read on the CPU (each file's header the inspected one, its identity
+//! re-checked on open), then the engine built by its family while the last copies run; what was
+//! read is kept in the host caches once the load has succeeded.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::Device;
+use tokenizers::Tokenizer;
+use wc_actors::{Anchor, Engine, Timeline};
+
+use super::inspect::{inspect, Inspected};
+use super::CandleDevice;
+use crate::load::cuda::{self, CacheInserts, CopiesInFlight, PinnedPool};
+use crate::load::dtype::candle_dtype;
+use crate::load::{DeviceError, DeviceWeights, FileKey, LoadError, WeightFile};
+use crate::models::family::Config;
+use crate::models::{FamilyConfig, LlamaConfig, LlamaEngine, LlamaModel};
+use crate::models::{OptConfig, OptEngine, OptModel};
+
+/// An engine type that can be loaded as itself, not boxed (for tests and tools).
+pub trait LoadAs: Sized {
+    /// The family config it is built from.
+    type Config: Config + Clone;
+    /// The family's name, for [`LoadError::WrongFamily`].
+    const FAMILY: &'static str;
+
+    fn build(
+        config: &Self::Config,
+        weights: &DeviceWeights,
+        tokenizer: Option<Arc<Tokenizer>>,
+        dir: &Path,
+        kv_cache_tokens: usize,
+    ) -> Result<Self, LoadError>;
+}
+
+impl LoadAs for OptEngine {
+    type Config = OptConfig;
+    const FAMILY: &'static str = "opt";
+
+    fn build(
+        config: &OptConfig,
+        weights: &DeviceWeights,
+        tokenizer: Option<Arc<Tokenizer>>,
+        dir: &Path,
+        kv_cache_tokens: usize,
+    ) -> Result<Self, LoadError> {
+        OptEngine::new(
+            OptModel::new(config.clone(), weights)?,
+            tokenizer,
+            weights.device_bytes,
+        )
+        .with_kv_cache_tokens(kv_cache_tokens)?
+        .with_checkpoint_files(dir)
+    }
+}
+
+impl LoadAs for LlamaEngine {
+    type Config = LlamaConfig;
+    const FAMILY: &'static str = "llama";
+
+    fn build(
+        config: &LlamaConfig,
+        weights: &DeviceWeights,
+        tokenizer: Option<Arc<Tokenizer>>,
+        dir: &Path,
+        kv_cache_tokens: usize,
+    ) -> Result<Self, LoadError> {
+        LlamaEngine::new(
+            LlamaModel::new(config.clone(), weights)?,
+            tokenizer,
+            weights.device_bytes,
+        )
+        .with_kv_cache_tokens(kv_cache_tokens)?
+        .with_checkpoint_files(dir)
+    }
+}
+
+/// Loads an inspected checkpoint of any family in the table as a runtime engine, marking the
+/// anchors on `timeline`; returns it with the number of weight bytes read.
+pub(super) fn load_engine(
+    device: &mut CandleDevice,
+    inspected: &Inspected,
+    timeline: &mut Timeline,
+) -> Result<(Box<dyn Engine>, u64), LoadError> {
+    let kv_cache_tokens = device.kv_cache_tokens;
+    load_with(
+        device,
+        inspected,
+        timeline,
+        |config, weights, tokenizer, dir| {
+            config.build_engine(weights, tokenizer, dir, kv_cache_tokens)
+        },
+    )
+}
+
+/// Loads an inspected checkpoint as the concrete engine `E`; another family's checkpoint is
+/// refused before any weight is read.
+pub(super) fn load_as<E: LoadAs>(
+    device: &mut CandleDevice,
+    inspected: &Inspected,
+    timeline: &mut Timeline,
+) -> Result<(E, u64), LoadError> {
+    let kv_cache_tokens = device.kv_cache_tokens;
+    let wrong_family = |config: &FamilyConfig| LoadError::WrongFamily {
+        expected: E::FAMILY,
+        found: config.model_type().to_string(),
+    };
+    if inspected.config.get::<E::Config>().is_none() {
+        return Err(wrong_family(&inspected.config));
+    }
+    load_with(
+        device,
+        inspected,
+        timeline,
+        |config, weights, tokenizer, dir| {
+            let config = config
+                .get::<E::Config>()
+                .ok_or_else(|| wrong_family(config))?;
+            E::build(config, weights, tokenizer, dir, kv_cache_tokens)
+        },
+    )
+}
+
+/// Loads the inspected checkpoint and builds it with `build`. An inspection whose weight files
+/// changed since is done again first.
+fn load_with<E>(
+    device: &mut CandleDevice,
+    inspected: &Inspected,
+    timeline: &mut Timeline,
+    build: impl Build<E>,
+) -> Result<(E, u64), LoadError> {
+    let again;
+    let inspected = if inspected.files_unchanged() {
+        inspected
+    } else {
+        let spec = wc_actors::ModelSpec {
+            model: inspected.checkpoint.dir.display().to_string(),
+            dtype: Some(inspected.dtype),
+            canonical: true,
+        };
+        again = inspect(&spec)?;
+        &again
+    };
+    let mut read = ReadForCache::default();
+    // The device's pinned pool is this load's from the first read to the last copy.
+    let shared = device.pinned.clone();
+    let mut pool = shared
+        .as_ref()
+        .map(|p| p.lock().map_err(|_| pool_poisoned()))
+        .transpose()?;
+    let loaded = load_inspected(
+        device,
+        inspected,
+        timeline,
+        &mut read,
+        pool.as_deref_mut(),
+        build,
+    );
+    if let Some(pool) = pool.as_mut() {
+        pool.finish_load(read.pinned, loaded.is_ok());
+    }
+    drop(pool);
+    let loaded = loaded.map_err(|e| e.relative_to(&inspected.checkpoint.dir))?;
+    for file in read.files {
+        device.host_cache.keep(file);
+    }
+    if let Some((key, tokenizer)) = read.tokenizer {
+        device.host_cache.keep_tokenizer(key, tokenizer);
+    }
+    Ok(loaded)
+}
+
+fn load_inspected<E>(
+    device: &mut CandleDevice,
+    inspected: &Inspected,
+    timeline: &mut Timeline,
+    read: &mut ReadForCache,
+    pool: Option<&mut PinnedPool>,
+    build: impl Build<E>,
+) -> Result<(E, u64), LoadError> {
+    let dtype = candle_dtype(inspected.dtype);
+    check_fits(device, inspected)?;
+    let uploaded = upload_pinned(device, pool, inspected, dtype, timeline, read)?;
+    let (weights, in_flight) = match uploaded {
+        Some((weights, in_flight)) => (weights, Some(in_flight)),
+        None => {
+            let files = inspected
+                .files
+                .iter()
+                .map(|file| Ok(device.host_cache.file(file)?.0))
+                .collect::<Result<Vec<_>, LoadError>>()?;
+            timeline.mark(Anchor::WeightsRead);
+            let weights = DeviceWeights::upload(&files, &device.device, dtype)?;
+            device.device.synchronize()?;
+            timeline.mark(Anchor::WeightsOnDevice);
+            read.files = files;
+            (weights, None)
+        }
+    };
+    // On the pinned path the copies are still running: building the model now queues its
+    // kernels behind them on the same stream, so the build's host work overlaps the DMA.
+    let build_began = std::time::Instant::now();
+    let built = tokenizer(device, inspected, read).and_then(|tokenizer| {
+        build(
+            &inspected.config,
+            &weights,
+            tokenizer,
+            &inspected.checkpoint.dir,
+        )
+    });
+    let build_us = build_began.elapsed().as_micros() as u64;
+    if let Some(in_flight) = in_flight {
+        in_flight.wait()?;
+        timeline.mark(Anchor::WeightsOnDevice);
+    }
+    tracing::debug!(
+        target: "wc::attach",
+        build_us,
+        build_and_copies_us = build_began.elapsed().as_micros() as u64,
+        "engine built"
+    );
+    let engine = built?;
+    device.device.synchronize()?;
+    timeline.mark(Anchor::EngineReady);
+    Ok((engine, inspected.footprint.file_bytes))
+}
+
+pub(super) fn pool_poisoned() -> LoadError {
+    LoadError::Device(DeviceError::other(
+        "the device's pinned pool is unusable: a load panicked while holding it",
+    ))
+}
+
+/// Builds what a load returns from the checkpoint's config, its weights on the device, its
+/// tokenizer and its directory (for the side files).
+trait Build<E>:
+    FnOnce(&FamilyConfig, &DeviceWeights, Option<Arc<Tokenizer>>, &Path) -> Result<E, LoadError>
+{
+}
+
+impl<E, F> Build<E> for F where
+    F: FnOnce(&FamilyConfig, &DeviceWeights, Option<Arc<Tokenizer>>, &Path) -> Result<E, LoadError>
+{
+}
+
+/// What a load read that the host caches may keep once the load has succeeded.
+#[derive(Default)]
+struct ReadForCache {
+    files: Vec<Arc<WeightFile>>,
+    tokenizer: Option<(FileKey, Arc<Tokenizer>)>,
+    /// Files read into the pinned host cache.
+    pinned: CacheInserts,
+}
+
+/// The checkpoint's tokenizer, from the host cache when the same file is still there.
+fn tokenizer(
+    device: &mut CandleDevice,
+    inspected: &Inspected,
+    read: &mut ReadForCache,
+) -> Result<Option<Arc<Tokenizer>>, LoadError> {
+    let Some(path) = &inspected.checkpoint.tokenizer else {
+        return Ok(None);
+    };
+    let (key, tokenizer) = device.host_cache.tokenizer(path)?;
+    read.tokenizer = Some((key, tokenizer.clone()));
+    Ok(Some(tokenizer))
+}
+
+/// Refuses, before any weight is read, a model whose weights and full KV cache (this
+/// worker's `kv_cache_tokens`) cannot fit the memory this worker has free.
+fn check_fits(device: &CandleDevice, inspected: &Inspected) -> Result<(), LoadError> {
+    let needed = inspected.footprint.needed_bytes(device.kv_cache_tokens);
+    let mut free = wc_actors::WorkerDevice::memory(device)
+        .map_err(|e| LoadError::Device(DeviceError::other(e.message)))?
+        .free_bytes;
+    if matches!(device.device, Device::Cpu) {
+        // The worker's own count says what it holds; the host says what is left after
+        // every other worker, process and cgroup limit.
+        free = free.min(crate::load::device::host_available_bytes());
+    }
+    if needed > free {
+        return Err(LoadError::DoesNotFit {
+            needed_bytes: needed,
+            free_bytes: free,
+        });
+    }
+    Ok(())
+}
+
+/// The CUDA path: every weight file through the pinned staging ring and host cache.
+/// Returns with the copies queued, not finished; `None` without pinned memory (CPU).
+fn upload_pinned(
+    device: &CandleDevice,
+    pool: Option<&mut PinnedPool>,
+    inspected: &Inspected,
+    dtype: candle_core::DType,
+    timeline: &mut Timeline,
+    read: &mut ReadForCache,
+) -> Result<Option<(DeviceWeights, CopiesInFlight)>, LoadError> {
+    let (Device::Cuda(cuda), Some(pool)) = (&device.device, pool) else {
+        return Ok(None);
+    };
+    let files = &inspected.files;
+    let began = std::time::Instant::now();
+    let uploaded = cuda::upload_checkpoint(cuda, pool, files, dtype, &mut read.pinned)?;
+    timeline.mark_at(Anchor::WeightsRead, uploaded.read_done_ns);
+    tracing::debug!(
+        from_host_cache = uploaded.from_host_cache(),
+        bytes = uploaded.bytes,
+        cached_bytes = uploaded.cached_bytes,
+        queued_us = began.elapsed().as_micros() as u64,
+        "pinned upload"
+    );
+    Ok(Some((
+        DeviceWeights::from_tensors(uploaded.tensors),
+        uploaded.in_flight,
+    )))
+}

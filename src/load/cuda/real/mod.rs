@@ -1,0 +1,17 @@
+//! The CUDA build's device pieces (see the parent module for the API every build shares).
+
+mod fault;
+mod memory;
+mod pinned;
+mod upload;
+
+pub use fault::{fault_illegal_address, fault_of};
+pub use memory::{
+    device_count, keep_pool_memory, memory_info, pinned_h2d_bandwidth, pool_usage, single_stream,
+    PoolUsage,
+};
+pub use pinned::{device_pool, CacheInserts, PinnedPool, SharedPool, UploadCounts, BLOCK_BYTES};
+pub use upload::{upload_checkpoint, CopiesInFlight, Uploaded};
+
+/// This build drives CUDA devices.
+pub const COMPILED: bool = true;
