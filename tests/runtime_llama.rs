@@ -153,10 +153,14 @@ async fn every_llama_family_fixture_attaches_generates_and_detaches() {
             .clone()
             .expect("prewarmed");
         let steps: Vec<&str> = prewarm.steps.iter().map(|(s, _)| s.as_str()).collect();
-        assert!(
-            steps.contains(&"kernels f32") && steps.contains(&"kernels f32 llama"),
-            "the prewarm ran the OPT and the Llama-family kernels: {steps:?}"
-        );
+        for family in &worker_controller::FAMILIES {
+            let step = format!("kernels f32 {}", family.name);
+            assert!(
+                steps.contains(&step.as_str()),
+                "the prewarm ran the kernels of every family (the OPT and the Llama-family ones \
+                 among them): no `{step}` in {steps:?}"
+            );
+        }
         let idle = handle.list_workers().await.unwrap()[0].memory.unwrap();
         for name in FIXTURES {
             let dir = fixture(name);

@@ -6,8 +6,8 @@
 
 use std::sync::Arc;
 
-use crate::load::FileKey;
-use crate::load::SafetensorsHeader;
+use super::files::FileKey;
+use super::safetensors::SafetensorsHeader;
 
 /// One cached file: its identity, its checked header, and the blocks holding its data section
 /// in order (chunk `i` in `blocks[i]`).

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::Mutex;
 
-use crate::load::TensorHeader;
+use super::safetensors::TensorHeader;
 
 /// The part of one tensor that lies in one chunk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

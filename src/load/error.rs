@@ -150,15 +150,6 @@ impl DeviceError {
     }
 }
 
-impl From<&candle_core::Error> for DeviceError {
-    fn from(e: &candle_core::Error) -> Self {
-        Self {
-            message: candle_message(e),
-            fault: super::cuda::fault_of(e),
-        }
-    }
-}
-
 impl LoadError {
     /// The same error with the file it names made relative to the checkpoint directory `dir`,
     /// so that messages name `model.safetensors`, not where the server keeps it.
@@ -213,12 +204,6 @@ impl LoadError {
             },
             other => other,
         }
-    }
-}
-
-impl From<candle_core::Error> for LoadError {
-    fn from(e: candle_core::Error) -> Self {
-        LoadError::Device(DeviceError::from(&e))
     }
 }
 

@@ -15,7 +15,7 @@ use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
 use serde_json::{json, Value};
 
-use crate::load::{DeviceError, LoadError};
+use super::error::{DeviceError, LoadError};
 
 /// How a tensor is filled.
 #[derive(Clone, Copy, Debug, PartialEq)]

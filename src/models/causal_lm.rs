@@ -1,8 +1,9 @@
-//! What every family implements: [`CausalLm`], the model the shared text engine drives, and
-//! [`TokenCache`], what the engine needs to know of one sequence's cache.
+//! What every family implements: [`CausalLm`], the model the shared text engine drives (its
+//! cache a [`TokenCache`], defined with the KV cache in `layers`).
 
 use candle_core::{Device, Tensor};
 
+pub use super::layers::kv_cache::TokenCache;
 use super::layers::kv_slab::KvSlab;
 
 /// A causal language model the shared generation loop can drive.
@@ -42,14 +43,4 @@ pub trait CausalLm {
 
     /// The keys and values of every sequence of this model (reserved when an engine attaches).
     fn kv_slab(&self) -> &KvSlab;
-}
-
-/// What the generation loop needs to know of a cache.
-pub trait TokenCache {
-    /// Tokens already in the cache: the position the next token gets.
-    fn len(&self) -> usize;
-
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }

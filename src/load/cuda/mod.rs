@@ -14,3 +14,22 @@ pub use real::*;
 mod stub;
 #[cfg(not(feature = "cuda"))]
 pub use stub::*;
+
+use super::error::{candle_message, DeviceError, LoadError};
+
+/// A candle error as a device error, its meaning for the worker read from the driver's code
+/// ([`fault_of`]; here, not in `error.rs`, so that the errors need nothing of CUDA).
+impl From<&candle_core::Error> for DeviceError {
+    fn from(e: &candle_core::Error) -> Self {
+        Self {
+            message: candle_message(e),
+            fault: fault_of(e),
+        }
+    }
+}
+
+impl From<candle_core::Error> for LoadError {
+    fn from(e: candle_core::Error) -> Self {
+        LoadError::Device(DeviceError::from(&e))
+    }
+}

@@ -7,8 +7,8 @@ use std::convert::Infallible;
 use candle_core::{CudaDevice, DType, Tensor};
 
 use crate::load::block_cache::CacheContents;
+use crate::load::error::{DeviceFault, LoadError};
 use crate::load::safetensors::InspectedFile;
-use crate::load::{DeviceFault, LoadError};
 
 /// This build drives no CUDA device.
 pub const COMPILED: bool = false;

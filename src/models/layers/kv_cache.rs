@@ -7,7 +7,6 @@
 //! ([`super::kv_pass::KvPass`]).
 
 use super::kv_slab::KvSlab;
-use crate::models::TokenCache;
 
 /// The slots of one sequence's tokens.
 #[derive(Default)]
@@ -75,5 +74,15 @@ impl Drop for KvCache {
 impl TokenCache for KvCache {
     fn len(&self) -> usize {
         self.len
+    }
+}
+
+/// What the generation loop needs to know of a cache.
+pub trait TokenCache {
+    /// Tokens already in the cache: the position the next token gets.
+    fn len(&self) -> usize;
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }

@@ -9,9 +9,9 @@ use candle_core::{DType, Device, Tensor};
 
 use super::attention::padding_mask;
 use super::kv_cache::KvCache;
+use super::kv_cache::TokenCache;
 use super::kv_slab::KvSlab;
 use super::packing::PackingOrder;
-use crate::models::TokenCache;
 
 /// The slab's tensors and the indexes of one pass.
 pub struct KvPass {

@@ -5,9 +5,9 @@ use candle_core::{DType, Device, Tensor};
 
 use super::KvPass;
 use crate::models::layers::kv_cache::KvCache;
+use crate::models::layers::kv_cache::TokenCache;
 use crate::models::layers::kv_slab::{Allocation, KvSlab};
 use crate::models::layers::packing::packing_order;
-use crate::models::TokenCache;
 
 const LAYERS: usize = 2;
 const HEADS: usize = 2;

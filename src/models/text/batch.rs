@@ -5,9 +5,9 @@
 use candle_core::Tensor;
 use wc_actors::{Admission, FinishReason, GenerateOutput, SeqEvent, SeqId};
 
+use super::error::RunError;
 use super::sequence::{Next, Sequence, Vocabulary};
-use crate::models::CausalLm;
-use crate::models::RunError;
+use crate::models::causal_lm::CausalLm;
 
 /// Prompt tokens one step runs at most, over all prefilling sequences, so that a long prompt
 /// does not stall the decodes beside it.
@@ -86,7 +86,7 @@ impl<C> Batch<C> {
     }
 }
 
-impl<C: crate::models::TokenCache> Batch<C> {
+impl<C: crate::models::layers::kv_cache::TokenCache> Batch<C> {
     /// Ends a sequence now, for `reason`; its output so far.
     pub fn finish(
         &mut self,

@@ -14,14 +14,14 @@ use wc_actors::{
 
 use super::batch::{Batch, DEFAULT_KV_CACHE_TOKENS};
 use super::chat_template::{ChatMessage, ChatTemplate, ChatTemplateError};
+use super::error::RunError;
 use super::generate::decode;
 use super::generation_config::union;
 use super::prompt::PromptCodec;
 use super::sequence::{Sequence, Vocabulary};
 use super::text_files::TextFiles;
 use crate::load::LoadError;
-use crate::models::CausalLm;
-use crate::models::RunError;
+use crate::models::causal_lm::CausalLm;
 
 /// A model ready to generate.
 pub struct TextEngine<M: CausalLm> {

@@ -6,6 +6,7 @@ pub mod batch;
 pub mod chat_template;
 pub mod detokenizer;
 pub mod engine;
+pub mod error;
 pub mod generate;
 pub mod generation_config;
 pub mod prompt;
@@ -14,3 +15,4 @@ pub mod sequence;
 pub mod text_files;
 
 pub use engine::TextEngine;
+pub use error::RunError;

@@ -11,7 +11,7 @@ use tokenizers::Tokenizer;
 use wc_actors::{EngineError, Prompt};
 
 use super::chat_template::{ChatMessage, ChatTemplate, ChatTemplateError, MAX_RENDERED_BYTES};
-use crate::models::RunError;
+use super::error::RunError;
 
 #[path = "prompt_normaliser.rs"]
 mod normaliser;

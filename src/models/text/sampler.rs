@@ -3,7 +3,7 @@
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::models::RunError;
+use super::error::RunError;
 
 /// Chooses tokens for one request.
 pub struct Sampler {

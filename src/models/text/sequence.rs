@@ -8,10 +8,10 @@ use tokenizers::Tokenizer;
 use wc_actors::{FinishReason, GenerateOutput, GenerateRequest, SeqId, TokenEvent, TokenLogprobs};
 
 use super::detokenizer::Detokenizer;
+use super::error::RunError;
 use super::generate::stream_safe_len;
 use super::sampler::Sampler;
-use crate::models::RunError;
-use crate::models::TokenCache;
+use crate::models::layers::kv_cache::TokenCache;
 
 /// What the model and tokenizer tell every sequence of an engine.
 pub struct Vocabulary<'a> {

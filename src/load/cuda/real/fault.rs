@@ -6,7 +6,7 @@ use candle_core::cuda_backend::cudarc::driver::{sys::CUresult, DriverError};
 use candle_core::cuda_backend::CudaError;
 use candle_core::CudaDevice;
 
-use crate::load::{DeviceError, DeviceFault, LoadError};
+use crate::load::error::{DeviceError, DeviceFault, LoadError};
 
 /// What a driver result code means for the worker.
 fn fault_of_code(code: CUresult) -> DeviceFault {

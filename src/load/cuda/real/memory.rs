@@ -6,7 +6,7 @@ use candle_core::cuda_backend::cudarc::driver::{sys, CudaContext, DriverError};
 use candle_core::CudaDevice;
 
 use super::fault::driver;
-use crate::load::{DeviceError, LoadError};
+use crate::load::error::{DeviceError, LoadError};
 
 /// Number of CUDA devices the driver sees.
 pub fn device_count() -> Result<usize, String> {

@@ -11,7 +11,7 @@ use candle_core::CudaDevice;
 use super::fault::driver;
 use crate::load::block_cache::{BlockCache, CacheContents};
 use crate::load::chunks::BlockMemory;
-use crate::load::LoadError;
+use crate::load::error::LoadError;
 
 /// Bytes of each block: a chunk of a file is read into one block and copied from it.
 pub const BLOCK_BYTES: usize = 16 << 20;
@@ -145,8 +145,8 @@ impl PinnedPool {
 #[derive(Default)]
 pub struct CacheInserts(
     pub(super)  Vec<(
-        crate::load::FileKey,
-        std::sync::Arc<crate::load::SafetensorsHeader>,
+        crate::load::files::FileKey,
+        std::sync::Arc<crate::load::safetensors::SafetensorsHeader>,
         Vec<usize>,
     )>,
 );

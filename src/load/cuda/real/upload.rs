@@ -24,8 +24,9 @@ use super::pinned::{CacheInserts, PinnedPool, BLOCK_BYTES};
 use crate::load::chunks::{
     segments, BlockMemory, ChunkSink, ChunkedRead, ReadFailure, RingSlots, Slots,
 };
+use crate::load::error::{DeviceError, LoadError};
 use crate::load::safetensors::InspectedFile;
-use crate::load::{DeviceError, LoadError, SafetensorsHeader, TensorHeader};
+use crate::load::safetensors::{SafetensorsHeader, TensorHeader};
 
 /// Most reader threads per upload.
 const MAX_READERS: usize = 16;

@@ -58,7 +58,7 @@ pub enum RunError {
     )]
     KvReservationExceeded { needed: usize, reserved: usize },
     #[error(transparent)]
-    Chat(#[from] super::text::chat_template::ChatTemplateError),
+    Chat(#[from] super::chat_template::ChatTemplateError),
     #[error("device error: {}", candle_message(.0))]
     Device(#[from] candle_core::Error),
 }
