@@ -154,7 +154,7 @@ fn a_hub_snapshot_still_loads_through_its_links_into_blobs() {
     let outside = outside_file("swap-hub");
     std::fs::remove_file(snapshot.join("model.safetensors")).unwrap();
     std::os::unix::fs::symlink(&outside, snapshot.join("model.safetensors")).unwrap();
-    let err = inspect(&spec(&snapshot)).err().expect("refused");
+    let err = inspect(&spec(&snapshot)).expect_err("refused");
     assert!(
         matches!(err, LoadError::OutsideCheckpoint { .. }),
         "{err:?}"
@@ -177,7 +177,7 @@ fn an_admitted_directory_swapped_for_a_link_out_is_refused() {
     let moved = admitted.with_extension("moved");
     std::fs::rename(&admitted, &moved).unwrap();
     std::os::unix::fs::symlink(&outside, &admitted).unwrap();
-    let err = inspect(&canonical(&admitted)).err().expect("refused");
+    let err = inspect(&canonical(&admitted)).expect_err("refused");
     assert!(
         matches!(err, LoadError::OutsideCheckpoint { .. }),
         "{err:?}"

@@ -22,7 +22,7 @@ const PROMPTLY: Duration = Duration::from_secs(2);
 /// nothing of the hostile checkpoint.
 fn assert_refused(dir: &Path, kind: ErrorKind, expected: impl Fn(&LoadError) -> bool) {
     let started = Instant::now();
-    let err = inspect(&spec(dir)).err().expect("the check refuses it");
+    let err = inspect(&spec(dir)).expect_err("the check refuses it");
     assert!(
         started.elapsed() < PROMPTLY,
         "check took {:?}",
@@ -372,7 +372,7 @@ fn a_huge_string_in_the_header_comes_back_as_a_short_message() {
         format!("{{\"model_type\": \"opt\", \"hidden_size\": \"{huge}\"}}"),
     )
     .unwrap();
-    let err = inspect(&spec(&config)).err().expect("refused");
+    let err = inspect(&spec(&config)).expect_err("refused");
     assert!(
         err.to_string().len() < 1024,
         "{} bytes",

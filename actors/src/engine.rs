@@ -20,8 +20,8 @@ use crate::backend::{Engine, EngineError, ErrorKind, GenerateOutput, GenerateReq
 use crate::batch::{Admission, BatchEngine, KvUsage, SeqEvent, SeqId};
 use crate::errors::GenerateError;
 use crate::guard::{call, drop_guarded, Failure};
-use crate::load::{EngineLoad, LoadNow};
 use crate::messages::{CallerAlive, DropEngine, RunGenerate, WorkerFailed};
+use crate::occupancy::{EngineLoad, LoadNow};
 
 /// The engine, shared by the worker and its engine actor (both on the worker's thread), so either
 /// can drop it there and then.

@@ -27,8 +27,8 @@ pub mod duration;
 pub mod engine;
 pub mod errors;
 mod guard;
-pub mod load;
 pub mod messages;
+pub mod occupancy;
 pub mod process;
 pub mod quantity;
 pub mod reports;
@@ -42,11 +42,11 @@ pub use batch::{Admission, BatchEngine, KvUsage, SeqEvent, SeqId};
 pub use controller::ControllerActor;
 pub use duration::parse_duration;
 pub use errors::{AttachError, DetachError, GenerateError};
-pub use load::{EngineLoad, LoadNow};
 pub use messages::{
     Attach, CallerAlive, Detach, Drain, Generate, GetStats, Inspect, ListEngines, ListWorkers,
     Shutdown, WaitReady, WorkerFailed, WorkerReady,
 };
+pub use occupancy::{EngineLoad, LoadNow};
 pub use reports::{
     check_engine_name, AttachReport, DetachReport, EngineId, EngineInfo, EngineRef, RuntimeStats,
     WorkerInfo, WorkerState,

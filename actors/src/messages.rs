@@ -196,7 +196,7 @@ pub(crate) struct Loaded {
     /// The engine's prompt encoder, run by the controller off the engine's thread.
     pub encoder: Option<std::sync::Arc<dyn crate::backend::PromptEncoder>>,
     /// The engine's live load, written by its engine actor.
-    pub load: std::sync::Arc<crate::load::EngineLoad>,
+    pub load: std::sync::Arc<crate::occupancy::EngineLoad>,
     pub timeline: Timeline,
     pub bytes_moved: u64,
     pub device_bytes: u64,

@@ -11,10 +11,10 @@ use crate::backend::{Backend, DeviceSpec, MemoryInfo, PrewarmOptions, WarmEngine
 use crate::engine::{EngineActor, SharedEngine};
 use crate::errors::AttachError;
 use crate::guard::{call, drop_guarded, Failure};
-use crate::load::EngineLoad;
 use crate::messages::{
     DropEngine, LoadEngine, LoadFailed, Loaded, ReleaseEngine, WorkerFailed, WorkerReady,
 };
+use crate::occupancy::EngineLoad;
 use crate::timeline::Anchor;
 
 /// How often an idle worker checks that its device (or worker process) is still there.

@@ -3,6 +3,7 @@
 use std::io::{Read, Write};
 
 use serde::{Deserialize, Serialize};
+use wc_actors::process::frame::{read_frame, write_frame};
 use wc_actors::Timeline;
 
 /// What a `generate --frame` child sends back.
@@ -14,23 +15,15 @@ pub struct ChildReport {
     pub bytes: u64,
 }
 
-/// Writes `report` as a little-endian u32 length followed by its bincode encoding.
+/// Writes `report` as one frame of the worker processes' framing (a little-endian u32 length,
+/// then bincode).
 pub fn write(out: &mut impl Write, report: &ChildReport) -> anyhow::Result<()> {
-    let body = bincode::serde::encode_to_vec(report, bincode::config::standard())?;
-    out.write_all(&(body.len() as u32).to_le_bytes())?;
-    out.write_all(&body)?;
-    out.flush()?;
-    Ok(())
+    Ok(write_frame(out, report)?)
 }
 
-/// Reads one frame written by [`write`].
+/// Reads one frame written by [`write`]; a stream that ends first is an error.
 pub fn read(input: &mut impl Read) -> anyhow::Result<ChildReport> {
-    let mut len = [0u8; 4];
-    input.read_exact(&mut len)?;
-    let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
-    input.read_exact(&mut body)?;
-    let (report, _) = bincode::serde::decode_from_slice(&body, bincode::config::standard())?;
-    Ok(report)
+    read_frame(input)?.ok_or_else(|| anyhow::anyhow!("the child exited without its report"))
 }
 
 #[cfg(test)]

@@ -10,13 +10,13 @@ use wc_actors::{DType, DeviceSpec};
 
 use crate::config::{check_api_key, check_worker_count, Config, LogFormat, WorkerGroup};
 
-/// Flags override the config file; every flag also reads a `WC_*` environment variable (a flag
-/// given wins). Without `--config` and without `--model`, `./config.toml` is read when present.
-#[derive(Args, Debug)]
-#[command(
-    after_help = "Models: OPT and the Llama family (Llama 2/3.x, Mistral, Qwen2/2.5, Qwen3), \
-    chosen by config.json's model_type; chats use the checkpoint's own chat template.\n\
-    Endpoints: GET /health, GET /ready, GET /metrics, GET /workers, \
+/// `serve --help`'s closing text; its model types are the family table's.
+fn after_help() -> String {
+    format!(
+        "Models: chosen by config.json's model_type ({}); chats use the checkpoint's own chat \
+         template.\n{}",
+        crate::models::family::model_types_listed().replace('`', ""),
+        "Endpoints: GET /health, GET /ready, GET /metrics, GET /workers, \
     POST|GET /engines, GET|DELETE /engines/{id}, GET /v1/models, POST /v1/completions, \
     POST /v1/chat/completions.\n\
     Security: the key guards control and inference; POST bodies must be application/json; on a \
@@ -25,7 +25,13 @@ use crate::config::{check_api_key, check_worker_count, Config, LogFormat, Worker
     start: anyone who reaches it may attach, detach and generate.\n\
     Ctrl-C or SIGTERM drains in-flight requests and exits 0; a second Ctrl-C exits at once.\n\
     One model, no config file: worker-controller serve --model facebook/opt-125m --device cuda:0"
-)]
+    )
+}
+
+/// Flags override the config file; every flag also reads a `WC_*` environment variable (a flag
+/// given wins). Without `--config` and without `--model`, `./config.toml` is read when present.
+#[derive(Args, Debug)]
+#[command(after_help = after_help())]
 pub struct ServeArgs {
     /// TOML config file (default: ./config.toml if it exists and no --model is given, else
     /// built-in defaults: one CPU worker and no models).

@@ -22,7 +22,7 @@ mod workers;
 use checks::{api_key, body_bytes, cors_origins};
 pub use checks::{check_api_key, check_cors_origin};
 use models::resolve_model;
-pub use models::{default_model_name, ModelConfig};
+pub use models::{default_model_name, ModelEntry};
 pub use units::{
     format_duration, parse_bytes, parse_duration, ByteSize, HumanDuration, KeepAlive, MAX_DURATION,
 };
@@ -58,7 +58,7 @@ pub struct Config {
     pub workers: Vec<WorkerGroup>,
     /// Models the server knows by name: attachable on demand, or at start.
     #[serde(default)]
-    pub models: Vec<ModelConfig>,
+    pub models: Vec<ModelEntry>,
 }
 
 /// The `[server]` section.
@@ -267,7 +267,7 @@ impl Config {
         name: Option<&str>,
         dtype: Option<DType>,
         origin: &str,
-    ) -> Result<&ModelConfig, String> {
+    ) -> Result<&ModelEntry, String> {
         let is_dir = Path::new(model).is_dir();
         if !is_dir && !is_hub_id(model) {
             return Err(format!(
@@ -279,7 +279,7 @@ impl Config {
             None => default_model_name(model),
         };
         let value = |v: &str| Some(Spanned::new(0..0, v.to_owned()));
-        let mut entry = ModelConfig {
+        let mut entry = ModelEntry {
             name: Spanned::new(0..0, name),
             path: if is_dir { value(model) } else { None },
             hub: if is_dir { None } else { value(model) },
@@ -334,7 +334,7 @@ impl Config {
     }
 
     /// The configured model with this name.
-    pub fn model(&self, name: &str) -> Option<&ModelConfig> {
+    pub fn model(&self, name: &str) -> Option<&ModelEntry> {
         self.models.iter().find(|m| m.name() == name)
     }
 }

@@ -13,7 +13,7 @@ use super::KeepAlive;
 /// One `[[models]]` entry.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ModelConfig {
+pub struct ModelEntry {
     /// The name clients use (`model` in `/v1/completions`, engine name once attached).
     pub name: Spanned<String>,
     /// A checkpoint directory; relative paths start at the config file's directory.
@@ -39,7 +39,7 @@ pub struct ModelConfig {
     pub origin: String,
 }
 
-impl ModelConfig {
+impl ModelEntry {
     /// The configured name.
     pub fn name(&self) -> &str {
         self.name.get_ref()
@@ -98,9 +98,9 @@ pub fn default_model_name(model: &str) -> String {
 /// `attach_on_start` model) and resolves where it is; relative paths start at `base`. Errors carry
 /// the span of the value they are about.
 pub(super) fn resolve_model(
-    model: &mut ModelConfig,
+    model: &mut ModelEntry,
     base: &Path,
-    earlier: &[ModelConfig],
+    earlier: &[ModelEntry],
 ) -> Result<(), (Option<Range<usize>>, String)> {
     let name = model.name.get_ref();
     if let Err(reason) = wc_actors::check_engine_name(name) {

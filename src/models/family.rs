@@ -71,6 +71,10 @@ pub struct PresetInfo {
     pub shardable: bool,
 }
 
+/// A family's preset writer: preset name, dtype, output directory, seed, shards (`None`: as
+/// the published checkpoint).
+pub type WritePreset = fn(&str, DType, &Path, u64, Option<usize>) -> Result<Written, LoadError>;
+
 /// One row of the table: a family and what the crate calls it for.
 pub struct Family {
     /// The family's name in messages and prewarm steps.
@@ -88,7 +92,7 @@ pub struct Family {
     pub preset: fn(&str) -> Option<PresetInfo>,
     /// Writes a preset's random-weight checkpoint (`name`, dtype, `out`, seed, shards) with a
     /// placeholder tokenizer; returns the files written (relative to `out`) and the weight bytes.
-    pub write_preset: fn(&str, DType, &Path, u64, Option<usize>) -> Result<Written, LoadError>,
+    pub write_preset: WritePreset,
 }
 
 impl std::fmt::Debug for Family {

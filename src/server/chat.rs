@@ -19,7 +19,7 @@ use super::completions::{choice_requests, generate_choices};
 use super::error::ApiError;
 use super::logprobs::chat_logprobs;
 use super::openai::{
-    finish_reason, usage_of, Choices, CompletionMeta, Sampling, StopInput, StreamOptions,
+    finish_reason, usage_of, ChoiceCounts, CompletionMeta, Sampling, StopInput, StreamOptions,
 };
 use super::params;
 use super::state::AppState;
@@ -78,7 +78,7 @@ struct ChatRequest {
 struct Checked {
     model: String,
     request: wc_actors::GenerateRequest,
-    choices: Choices,
+    choices: ChoiceCounts,
     logprobs: bool,
     stream: bool,
     include_usage: bool,

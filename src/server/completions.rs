@@ -12,7 +12,7 @@ use super::error::ApiError;
 use super::generation;
 use super::logprobs::completion_logprobs;
 use super::metrics::Trace;
-use super::openai::{model_list, Choices, CompletionMeta, CompletionRequest};
+use super::openai::{model_list, ChoiceCounts, CompletionMeta, CompletionRequest};
 use super::params;
 use super::state::AppState;
 use super::stream::{self, Chunks};
@@ -97,7 +97,7 @@ pub async fn completions(
 
 /// The runtime requests of a request's choices: `best_of` of them, each with its own seed (the
 /// given one plus the choice's index), computing logprobs when they rank the choices.
-pub fn choice_requests(request: &GenerateRequest, choices: Choices) -> Vec<GenerateRequest> {
+pub fn choice_requests(request: &GenerateRequest, choices: ChoiceCounts) -> Vec<GenerateRequest> {
     (0..choices.best_of)
         .map(|i| {
             let mut r = request.clone();

@@ -24,7 +24,7 @@ pub enum Event {
 }
 
 /// Every choice of one request, their events merged in the order they come.
-pub struct Choices {
+pub struct ChoiceStreams {
     pub count: usize,
     pub events: BoxStream<'static, Event>,
 }
@@ -36,7 +36,7 @@ pub async fn start(
     state: &AppState,
     trace: &Trace,
     requests: Vec<GenerateRequest>,
-) -> Result<Choices, ApiError> {
+) -> Result<ChoiceStreams, ApiError> {
     let count = requests.len();
     let mut requests = requests.into_iter();
     let Some(first) = requests.next() else {
@@ -65,7 +65,7 @@ pub async fn start(
     let others = requests
         .enumerate()
         .map(|(i, request)| events(i + 1, handle.generate_stream(model.clone(), request)));
-    Ok(Choices {
+    Ok(ChoiceStreams {
         count,
         events: select_all(std::iter::once(first).chain(others)).boxed(),
     })

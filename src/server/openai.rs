@@ -173,7 +173,7 @@ pub struct Sampling {
 
 /// How many sequences a request runs and how many it returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Choices {
+pub struct ChoiceCounts {
     /// Returned.
     pub n: usize,
     /// Generated; the `n` with the highest cumulative logprob are returned.
@@ -182,7 +182,7 @@ pub struct Choices {
 
 impl Sampling {
     /// Checks `n` and `best_of`; a stream cannot rank sequences it has already sent.
-    pub fn choices(&self, stream: bool) -> Result<Choices, ApiError> {
+    pub fn choices(&self, stream: bool) -> Result<ChoiceCounts, ApiError> {
         let n = self.n.unwrap_or(1);
         let best_of = self.best_of.unwrap_or(n);
         if n == 0 || n > MAX_CHOICES {
@@ -200,7 +200,7 @@ impl Sampling {
                 "`best_of` other than `n` cannot be streamed: set `stream` to false",
             ));
         }
-        Ok(Choices { n, best_of })
+        Ok(ChoiceCounts { n, best_of })
     }
 
     /// Checks the parameters against `limits` and builds the runtime's request for `prompt`.

@@ -22,7 +22,7 @@ use wc_actors::{
 use super::error::ApiError;
 use super::metrics::Metrics;
 use super::openai::unix_now;
-use crate::config::{KeepAlive, ModelConfig};
+use crate::config::{KeepAlive, ModelEntry};
 use crate::load::device::host_available_bytes;
 use crate::load::shorten;
 
@@ -116,7 +116,7 @@ impl Pool {
 
     /// Makes sure the configured `model` is attached under its own name (attaching it on
     /// demand); concurrent callers for one model share one attach.
-    pub async fn ensure(&self, model: &ModelConfig, metrics: &Metrics) -> Result<(), ApiError> {
+    pub async fn ensure(&self, model: &ModelEntry, metrics: &Metrics) -> Result<(), ApiError> {
         let asked = Instant::now();
         let turn = self.model_turn(model.name()).lock_owned().await;
         let engines = self.list_engines().await?;

@@ -19,7 +19,7 @@ use wc_actors::{GenerateOutput, GenerateRequest, TokenEvent, TokenLogprobs};
 use serde_json::Value;
 
 use super::error::ApiError;
-use super::generation::{self, Choices, Event};
+use super::generation::{self, ChoiceStreams, Event};
 use super::metrics::Trace;
 use super::openai::finish_reason;
 use super::sse;
@@ -70,7 +70,7 @@ pub async fn respond(
 /// the client is gone.
 async fn forward(
     state: web::Data<AppState>,
-    mut choices: Choices,
+    mut choices: ChoiceStreams,
     chunks: impl Chunks,
     include_usage: bool,
     mut trace: Trace,

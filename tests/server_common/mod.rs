@@ -134,6 +134,12 @@ impl Server {
 
     /// Writes `config` to a scratch file and starts the binary on a free loopback port.
     pub fn spawn(test: &str, config: &str, args: &[&str]) -> Server {
+        Self::spawn_with_env(test, config, args, &[])
+    }
+
+    /// [`Self::spawn`] with environment variables set for the server (and so for its worker
+    /// processes), `RUST_LOG` among them if wanted.
+    pub fn spawn_with_env(test: &str, config: &str, args: &[&str], env: &[(&str, &str)]) -> Server {
         let dir = scratch(test);
         let path = dir.join("config.toml");
         std::fs::write(&path, config).expect("write config");
@@ -144,6 +150,7 @@ impl Server {
             .args(["--host", "127.0.0.1", "--port", "0"])
             .args(args)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn server");

@@ -22,7 +22,7 @@ use crate::backend::{Backend, DType, DeviceSpec, Footprint, MemoryInfo, ModelSpe
 use crate::batch::KvUsage;
 use crate::engine::EngineActor;
 use crate::errors::AttachError;
-use crate::load::EngineLoad;
+use crate::occupancy::EngineLoad;
 use crate::reports::{
     AttachReport, EngineId, EngineInfo, EngineRef, RuntimeStats, WorkerInfo, WorkerState,
 };

@@ -217,40 +217,6 @@ pub fn random_weights(
     Ok(out)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Parameter counts as published (billions, rounded as the model cards do).
-    #[test]
-    fn presets_have_their_published_sizes() {
-        let expect = [
-            ("llama-3.2-1b", 1.236),
-            ("llama-3.1-8b", 8.030),
-            ("qwen2.5-7b", 7.6),
-            ("qwen3-8b", 8.19),
-            ("mistral-7b", 7.24),
-        ];
-        for (name, billions) in expect {
-            let params = preset(name).unwrap().config().parameter_count() as f64 / 1e9;
-            assert!(
-                (params - billions).abs() / billions < 0.01,
-                "{name}: {params:.3}B, expected ~{billions}B"
-            );
-        }
-    }
-
-    #[test]
-    fn preset_switches_follow_the_family() {
-        let q = preset("qwen2.5-7b").unwrap().config();
-        assert!(q.qkv_bias && q.layer_windows.iter().all(Option::is_none));
-        let m = preset("mistral-7b").unwrap().config();
-        assert!(m.layer_windows.iter().all(|w| *w == Some(4096)));
-        let l = preset("llama-3.2-1b").unwrap().config();
-        assert!(l.tie_word_embeddings && l.head_dim == 64);
-    }
-}
-
 /// The family table's preset lookup.
 pub fn info(name: &str) -> Option<PresetInfo> {
     preset(name).map(|p| PresetInfo {
@@ -284,4 +250,38 @@ pub fn write_preset(
         written.files.push("model.safetensors.index.json".into());
     }
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Parameter counts as published (billions, rounded as the model cards do).
+    #[test]
+    fn presets_have_their_published_sizes() {
+        let expect = [
+            ("llama-3.2-1b", 1.236),
+            ("llama-3.1-8b", 8.030),
+            ("qwen2.5-7b", 7.6),
+            ("qwen3-8b", 8.19),
+            ("mistral-7b", 7.24),
+        ];
+        for (name, billions) in expect {
+            let params = preset(name).unwrap().config().parameter_count() as f64 / 1e9;
+            assert!(
+                (params - billions).abs() / billions < 0.01,
+                "{name}: {params:.3}B, expected ~{billions}B"
+            );
+        }
+    }
+
+    #[test]
+    fn preset_switches_follow_the_family() {
+        let q = preset("qwen2.5-7b").unwrap().config();
+        assert!(q.qkv_bias && q.layer_windows.iter().all(Option::is_none));
+        let m = preset("mistral-7b").unwrap().config();
+        assert!(m.layer_windows.iter().all(|w| *w == Some(4096)));
+        let l = preset("llama-3.2-1b").unwrap().config();
+        assert!(l.tie_word_embeddings && l.head_dim == 64);
+    }
 }

@@ -80,12 +80,6 @@ impl<M: CausalLm> TextEngine<M> {
         Ok(self)
     }
 
-    /// Adds end-of-sequence ids.
-    pub fn with_eos_ids(mut self, ids: impl IntoIterator<Item = u32>) -> Self {
-        union(&mut self.eos_ids, ids);
-        self
-    }
-
     pub fn with_chat_template(mut self, template: Option<ChatTemplate>) -> Self {
         let tokenizer = self.codec.shared_tokenizer();
         self.codec = Arc::new(PromptCodec::new(

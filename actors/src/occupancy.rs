@@ -1,5 +1,5 @@
-//! The live load of one engine: sequences in its batch, requests waiting for room and the
-//! KV-cache tokens reserved, written by its engine actor as they change and read by the
+//! The live occupancy of one engine (its "load", as `EngineLoad` names it): sequences in its
+//! batch, requests waiting for room and the KV-cache tokens reserved, written by its engine actor as they change and read by the
 //! controller when it lists engines (never a message to a busy engine).
 
 use std::sync::Mutex;
