@@ -202,8 +202,7 @@ fn bf16_greedy_tokens_equal_transformers_on_the_gpu() {
 #[test]
 fn output_after_a_host_cache_hit_equals_the_reference() {
     let _gpu = serial();
-    // A host cache of a size no other test uses: workers of one GPU with the same sizes share
-    // one pinned pool in a process, and this test starts from an empty one.
+    // A device opened on its own has its own pinned pool: this test starts from an empty one.
     let mut device = gpu_with(PrewarmOptions {
         host_cache_bytes: 528 << 20,
         ..Default::default()
@@ -500,13 +499,14 @@ async fn a_hundred_attach_detach_cycles_return_device_memory() {
     let _gpu = GPU_LOCK.lock().await;
     let model = opt_125m("cycles");
     // A second handle on cuda:0 (same primary context and memory pool) to read the pool.
-    // Opened with the worker's prewarm options, it shares the worker's pinned pool (and so
-    // its upload counts).
+    // Opened by the runtime's backend with the worker's prewarm options, it shares the worker's
+    // pinned pool (and so its upload counts).
     let prewarm = PrewarmOptions {
         dtypes: vec![DType::F16],
         ..Default::default()
     };
-    let (probe, _) = CandleDevice::open(&DeviceSpec::Cuda(0), Some(&prewarm)).unwrap();
+    let backend = CandleBackend::default();
+    let (probe, _) = backend.open(&DeviceSpec::Cuda(0), &prewarm).unwrap();
     let config = RuntimeConfig {
         workers: vec![WorkerConfig {
             device: DeviceSpec::Cuda(0),
@@ -515,7 +515,7 @@ async fn a_hundred_attach_detach_cycles_return_device_memory() {
         }],
         ..Default::default()
     };
-    let handle = Runtime::start(config, Arc::new(CandleBackend::default()));
+    let handle = Runtime::start(config, Arc::new(backend.clone()));
     let workers = handle.wait_ready().await.unwrap();
     let baseline = workers[0]
         .memory

@@ -13,7 +13,7 @@ use wc_actors::{
 
 use super::attach::{self, pool_poisoned, LoadAs};
 use super::inspect::{inspect, Inspected};
-use crate::load::cuda::{self, SharedPool, UploadCounts};
+use crate::load::cuda::{self, PinnedPools, SharedPool, UploadCounts};
 use crate::load::device::host_memory;
 use crate::load::dtype::candle_dtype;
 use crate::load::host_cache::HostCache;
@@ -40,10 +40,21 @@ pub struct CandleDevice {
 }
 
 impl CandleDevice {
-    /// Opens the device; with `prewarm`, also runs every kernel the engine uses in each dtype.
+    /// Opens the device; with `prewarm`, also runs every kernel the engine uses in each dtype
+    /// and allocates its own pinned pool (CUDA).
     pub fn open(
         spec: &DeviceSpec,
         prewarm: Option<&PrewarmOptions>,
+    ) -> Result<(Self, PrewarmReport), LoadError> {
+        Self::open_in(spec, prewarm, &PinnedPools::default())
+    }
+
+    /// [`Self::open`], the pinned pool shared with the other devices opened from `pools` with
+    /// the same GPU and sizes.
+    pub fn open_in(
+        spec: &DeviceSpec,
+        prewarm: Option<&PrewarmOptions>,
+        pools: &PinnedPools,
     ) -> Result<(Self, PrewarmReport), LoadError> {
         let started = Instant::now();
         let mut report = PrewarmReport::default();
@@ -74,7 +85,7 @@ impl CandleDevice {
                 cuda::keep_pool_memory(cuda)?;
                 let t = Instant::now();
                 let (staging, cache) = (options.staging_bytes, options.host_cache_bytes);
-                let shared = cuda::device_pool(cuda, *ordinal, staging, cache)?;
+                let shared = pools.get(cuda, *ordinal, staging, cache)?;
                 let (staging, total) = shared
                     .lock()
                     .map(|p| (p.staging_bytes(), p.bytes()))

@@ -24,6 +24,7 @@ pub use attach::LoadAs;
 pub use device::CandleDevice;
 pub use inspect::{inspect, CheckCache, Inspected};
 
+use crate::load::cuda::PinnedPools;
 use crate::load::host_cache::read_tokenizer;
 use crate::load::LoadError;
 use crate::models::text::text_files::TextFiles;
@@ -33,9 +34,21 @@ use crate::models::text::text_files::TextFiles;
 pub struct CandleBackend {
     /// Inspections kept while their files are unchanged.
     checks: Arc<CheckCache>,
+    /// The pinned pools of this backend's workers (CUDA), one per GPU and sizes.
+    pools: Arc<PinnedPools>,
 }
 
 impl CandleBackend {
+    /// Opens and prewarms a device as this backend's workers are (sharing their pinned pool of
+    /// that GPU and sizes), as the concrete type: for tests and tools.
+    pub fn open(
+        &self,
+        device: &DeviceSpec,
+        options: &PrewarmOptions,
+    ) -> Result<(CandleDevice, PrewarmReport), LoadError> {
+        CandleDevice::open_in(device, Some(options), &self.pools)
+    }
+
     /// The whole check of an attach short of a device: the headers ([`inspect`]), the
     /// tokenizer parsed, the side files read and checked against the model ([`TextFiles`]).
     /// Errors name files relative to the checkpoint directory.
@@ -79,7 +92,7 @@ impl wc_actors::Backend for CandleBackend {
         device: &DeviceSpec,
         options: &PrewarmOptions,
     ) -> Result<(Box<dyn WorkerDevice>, PrewarmReport), EngineError> {
-        let (opened, report) = CandleDevice::open(device, Some(options))?;
+        let (opened, report) = self.open(device, options)?;
         Ok((Box::new(opened), report))
     }
 }

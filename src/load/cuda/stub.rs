@@ -94,13 +94,20 @@ pub struct UploadCounts {
 /// A device's pinned pool, shared by its workers.
 pub type SharedPool = std::sync::Arc<std::sync::Mutex<PinnedPool>>;
 
-pub fn device_pool(
-    _device: &CudaDevice,
-    _ordinal: usize,
-    _staging_bytes: u64,
-    _host_cache_bytes: u64,
-) -> Result<SharedPool, LoadError> {
-    Err(not_compiled())
+/// A backend's pinned pools (never any without CUDA).
+#[derive(Debug, Default)]
+pub struct PinnedPools(());
+
+impl PinnedPools {
+    pub fn get(
+        &self,
+        _device: &CudaDevice,
+        _ordinal: usize,
+        _staging_bytes: u64,
+        _host_cache_bytes: u64,
+    ) -> Result<SharedPool, LoadError> {
+        Err(not_compiled())
+    }
 }
 
 /// Files a load read into host-cache blocks (always none without CUDA).

@@ -10,7 +10,7 @@ pub use memory::{
     device_count, keep_pool_memory, memory_info, pinned_h2d_bandwidth, pool_usage, single_stream,
     PoolUsage,
 };
-pub use pinned::{device_pool, CacheInserts, PinnedPool, SharedPool, UploadCounts, BLOCK_BYTES};
+pub use pinned::{CacheInserts, PinnedPool, PinnedPools, SharedPool, UploadCounts, BLOCK_BYTES};
 pub use upload::{upload_checkpoint, CopiesInFlight, Uploaded};
 
 /// This build drives CUDA devices.

@@ -3,7 +3,7 @@
 //! loaded weight files for the next attach.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, Weak};
 
 use candle_core::cuda_backend::cudarc::driver::PinnedHostSlice;
 use candle_core::CudaDevice;
@@ -154,32 +154,52 @@ pub struct CacheInserts(
 /// A device's pinned pool, shared by the workers of that device in this process.
 pub type SharedPool = Arc<Mutex<PinnedPool>>;
 
-/// The pinned pool of CUDA device `ordinal` in this process: made by the first worker that
-/// opens the device with these sizes, shared by every worker of it prewarmed with the same ones
-/// (a worker configured otherwise, e.g. without a host cache, gets its own), freed when the last
-/// one goes. Loads hold its lock from the first read to the last copy, so workers of one GPU take
-/// turns on its PCIe link and never evict a file another worker's copies still read.
-pub fn device_pool(
-    device: &CudaDevice,
-    ordinal: usize,
-    staging_bytes: u64,
-    host_cache_bytes: u64,
-) -> Result<SharedPool, LoadError> {
-    type Key = (usize, u64, u64);
-    static POOLS: OnceLock<Mutex<HashMap<Key, Weak<Mutex<PinnedPool>>>>> = OnceLock::new();
-    let key = (ordinal, staging_bytes, host_cache_bytes);
-    let mut pools = POOLS
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if let Some(pool) = pools.get(&key).and_then(Weak::upgrade) {
-        return Ok(pool);
+/// The pinned pools of one backend's workers, by device and sizes: a pool is made by the first
+/// worker that opens a device with its sizes, shared by every worker of that device prewarmed
+/// with the same ones (a worker configured otherwise, e.g. without a host cache, gets its own),
+/// and freed when the last one goes. Loads hold a pool's lock from the first read to the last
+/// copy, so workers of one GPU take turns on its PCIe link and never evict a file another
+/// worker's copies still read.
+#[derive(Default)]
+pub struct PinnedPools {
+    pools: Mutex<HashMap<PoolKey, Weak<Mutex<PinnedPool>>>>,
+}
+
+/// Device ordinal, staging bytes, host-cache bytes.
+type PoolKey = (usize, u64, u64);
+
+impl std::fmt::Debug for PinnedPools {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let live = self.pools.lock().map(|p| p.len()).unwrap_or(0);
+        write!(f, "PinnedPools({live} kept)")
     }
-    let pool = Arc::new(Mutex::new(PinnedPool::new(
-        device,
-        staging_bytes,
-        host_cache_bytes,
-    )?));
-    pools.insert(key, Arc::downgrade(&pool));
-    Ok(pool)
+}
+
+impl PinnedPools {
+    /// The pool of CUDA device `ordinal` with these sizes: the one a worker of this backend
+    /// holds, else a new one.
+    pub fn get(
+        &self,
+        device: &CudaDevice,
+        ordinal: usize,
+        staging_bytes: u64,
+        host_cache_bytes: u64,
+    ) -> Result<SharedPool, LoadError> {
+        let key = (ordinal, staging_bytes, host_cache_bytes);
+        let mut pools = self
+            .pools
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        pools.retain(|_, pool| pool.strong_count() > 0);
+        if let Some(pool) = pools.get(&key).and_then(Weak::upgrade) {
+            return Ok(pool);
+        }
+        let pool = Arc::new(Mutex::new(PinnedPool::new(
+            device,
+            staging_bytes,
+            host_cache_bytes,
+        )?));
+        pools.insert(key, Arc::downgrade(&pool));
+        Ok(pool)
+    }
 }
