@@ -125,43 +125,24 @@ pub(super) fn load_as<E: LoadAs>(
 }
 
 /// Loads the inspected checkpoint and builds it with `build`. An inspection whose weight files
-/// changed since (a checkpoint replaced between inspection and attach) is done again first, and
-/// once more if a file changes while it is read.
+/// changed since (a checkpoint replaced between inspection and attach) is done again first.
 fn load_with<E>(
     device: &mut CandleDevice,
     inspected: &Inspected,
     timeline: &mut Timeline,
     build: impl Build<E>,
 ) -> Result<(E, u64), LoadError> {
-    let reinspect = || {
-        inspect(&wc_actors::ModelSpec {
+    let again;
+    let inspected = if inspected.files_unchanged() {
+        inspected
+    } else {
+        again = inspect(&wc_actors::ModelSpec {
             model: inspected.checkpoint.dir.display().to_string(),
             dtype: Some(inspected.dtype),
             canonical: true,
-        })
-    };
-    let again;
-    let current = if inspected.files_unchanged() {
-        inspected
-    } else {
-        again = reinspect()?;
+        })?;
         &again
     };
-    match load_once(device, current, timeline, &build) {
-        Err(LoadError::ChangedSinceInspected { .. }) => {
-            load_once(device, &reinspect()?, timeline, &build)
-        }
-        loaded => loaded,
-    }
-}
-
-/// One attempt of [`load_with`].
-fn load_once<E>(
-    device: &mut CandleDevice,
-    inspected: &Inspected,
-    timeline: &mut Timeline,
-    build: &impl Build<E>,
-) -> Result<(E, u64), LoadError> {
     let mut read = ReadForCache::default();
     // The device's pinned pool is this load's from the first read to the last copy.
     let shared = device.pinned.clone();
@@ -197,7 +178,7 @@ fn load_inspected<E>(
     timeline: &mut Timeline,
     read: &mut ReadForCache,
     pool: Option<&mut PinnedPool>,
-    build: &impl Build<E>,
+    build: impl Build<E>,
 ) -> Result<(E, u64), LoadError> {
     let dtype = candle_dtype(inspected.dtype);
     check_fits(device, inspected)?;
@@ -255,12 +236,12 @@ pub(super) fn pool_poisoned() -> LoadError {
 /// Builds what a load returns from the checkpoint's config, its weights on the device, its
 /// tokenizer and its directory (for the side files).
 trait Build<E>:
-    Fn(&FamilyConfig, &DeviceWeights, Option<Arc<Tokenizer>>, &Path) -> Result<E, LoadError>
+    FnOnce(&FamilyConfig, &DeviceWeights, Option<Arc<Tokenizer>>, &Path) -> Result<E, LoadError>
 {
 }
 
 impl<E, F> Build<E> for F where
-    F: Fn(&FamilyConfig, &DeviceWeights, Option<Arc<Tokenizer>>, &Path) -> Result<E, LoadError>
+    F: FnOnce(&FamilyConfig, &DeviceWeights, Option<Arc<Tokenizer>>, &Path) -> Result<E, LoadError>
 {
 }
 

@@ -76,11 +76,6 @@ pub enum LoadError {
     },
     #[error("corrupt or truncated safetensors file `{path}`: {}", shorten(.reason))]
     CorruptSafetensors { path: PathBuf, reason: String },
-    #[error(
-        "`{}` changed on disk while the model was being attached: attach it again",
-        shorten(&.path.display().to_string())
-    )]
-    ChangedSinceInspected { path: PathBuf },
     #[error("the inspection handed to this attach cannot be read: {}", shorten(.reason))]
     InvalidHandoff { reason: String },
     #[error("tensor `{}` is missing from the checkpoint", shorten(.0))]
@@ -171,9 +166,6 @@ impl LoadError {
             },
             LoadError::OutsideCheckpoint { path } => {
                 LoadError::OutsideCheckpoint { path: rel(path) }
-            }
-            LoadError::ChangedSinceInspected { path } => {
-                LoadError::ChangedSinceInspected { path: rel(path) }
             }
             LoadError::Io { path, source } => LoadError::Io {
                 path: rel(path),

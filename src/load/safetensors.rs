@@ -116,15 +116,18 @@ impl InspectedFile {
         })
     }
 
-    /// Opens the file again for its data: refused as [`LoadError::ChangedSinceInspected`]
-    /// unless it is still the version inspected (same identity, taken from the open file).
-    pub fn reopen(&self) -> Result<std::fs::File, LoadError> {
+    /// Opens the file again for its data, with what describes the version opened: this
+    /// inspection when the file is still that version (same identity, taken from the open
+    /// file), else the header of the file as it is now, parsed from the descriptor opened (a
+    /// file replaced since is read as it is now, confined like every open).
+    pub fn reopen(&self) -> Result<(std::fs::File, InspectedFile), LoadError> {
         let path = &self.key.path;
-        let (file, meta) = open_regular(path)?;
-        if FileKey::from_metadata(path, &meta) != self.key {
-            return Err(LoadError::ChangedSinceInspected { path: path.clone() });
+        let (mut file, meta) = open_regular(path)?;
+        if FileKey::from_metadata(path, &meta) == self.key {
+            return Ok((file, self.clone()));
         }
-        Ok(file)
+        let current = Self::parse(path, &mut file, &meta)?;
+        Ok((file, current))
     }
 }
 
@@ -255,12 +258,12 @@ impl WeightFile {
     }
 
     /// Reads the data section of the file `inspected` describes, without parsing its header
-    /// again; refused if the file is no longer the version inspected.
+    /// again (unless the file changed since: see [`InspectedFile::reopen`]).
     pub fn read_inspected(inspected: &InspectedFile) -> Result<Self, LoadError> {
-        let mut file = inspected.reopen()?;
-        file.seek(std::io::SeekFrom::Start(inspected.header.data_start))
-            .map_err(|e| io_error(&inspected.key.path, e))?;
-        Self::read_data(inspected.clone(), file)
+        let (mut file, current) = inspected.reopen()?;
+        file.seek(std::io::SeekFrom::Start(current.header.data_start))
+            .map_err(|e| io_error(&current.key.path, e))?;
+        Self::read_data(current, file)
     }
 
     /// Reads the data section from `file`, positioned at its start.

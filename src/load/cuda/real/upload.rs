@@ -155,9 +155,8 @@ impl Upload<'_> {
             self.cached_bytes += hit.header.data_len;
             return Ok(());
         }
-        let file = inspected.reopen()?;
-        let key = key.clone();
-        let header = inspected.header.clone();
+        let (file, current) = inspected.reopen()?;
+        let InspectedFile { key, header } = current;
         let fail_read_at = pool.fail_read_at.take();
         let reserved = pool.cache.as_mut().and_then(|c| c.reserve(header.data_len));
         let recycle = reserved.is_none().then_some(&mut self.in_flight);
