@@ -85,6 +85,11 @@ pub struct MemoryInfo {
     /// Host memory the cache may hold (0: no cache).
     #[serde(default)]
     pub host_cache_capacity_bytes: u64,
+    /// Device memory held by parked weights (models detached but kept resident, see
+    /// [`PrewarmOptions::park_detached`]): counted in `free_bytes`, since an attach that needs
+    /// the room frees them first.
+    #[serde(default)]
+    pub parked_bytes: u64,
 }
 
 impl MemoryInfo {
@@ -119,6 +124,11 @@ pub struct PrewarmOptions {
     /// small model is bound by that thread's kernel launches, so on a machine whose CPUs run
     /// at different speeds (a VM's vCPUs, a far NUMA node) this decides its tokens/s.
     pub cpus: Vec<usize>,
+    /// Keep a detached model's weights on the device ("parked", no engine, no KV cache) while
+    /// no one needs the room, so that attaching the same files again skips the read and the
+    /// copy. Parked weights are freed, least recently used first, the moment an attach needs
+    /// the room: they never make an attach fail or wait that would have fit without them.
+    pub park_detached: bool,
 }
 
 impl Default for PrewarmOptions {
@@ -130,6 +140,7 @@ impl Default for PrewarmOptions {
             memory_limit_bytes: 0,
             kv_cache_tokens: 32768,
             cpus: Vec::new(),
+            park_detached: false,
         }
     }
 }

@@ -11,7 +11,9 @@ use candle_core::Device;
 use tokenizers::Tokenizer;
 use wc_actors::{Anchor, Engine, Timeline};
 
+use super::device::lock;
 use super::inspect::{inspect, Inspected};
+use super::parking::ParkKey;
 use super::CandleDevice;
 use crate::load::cuda::{self, CacheInserts, CopiesInFlight, PinnedPool};
 use crate::load::dtype::candle_dtype;
@@ -180,8 +182,20 @@ fn load_inspected<E>(
     pool: Option<&mut PinnedPool>,
     build: impl Build<E>,
 ) -> Result<(E, u64), LoadError> {
+    let key = device.park_detached.then(|| ParkKey::of(inspected));
+    if let Some(key) = key.clone() {
+        let parked = lock(&device.parking).lend(&key);
+        if let Some(weights) = parked {
+            let attached = attach_parked(device, inspected, timeline, read, &weights, build);
+            match attached {
+                Ok(_) => device.lent = Some(key),
+                Err(_) => lock(&device.parking).give_back(&key),
+            }
+            return attached;
+        }
+    }
     let dtype = candle_dtype(inspected.dtype);
-    check_fits(device, inspected)?;
+    check_fits(device, inspected, false)?;
     let uploaded = upload_pinned(device, pool, inspected, dtype, timeline, read)?;
     let (weights, in_flight) = match uploaded {
         Some((weights, in_flight)) => (weights, Some(in_flight)),
@@ -224,7 +238,36 @@ fn load_inspected<E>(
     let engine = built?;
     device.device.synchronize()?;
     timeline.mark(Anchor::EngineReady);
+    if let Some(key) = key {
+        lock(&device.parking).record(key.clone(), &weights);
+        device.lent = Some(key);
+    }
     Ok((engine, inspected.footprint.file_bytes))
+}
+
+/// Builds the engine on weights parked on the device: nothing is read or copied.
+fn attach_parked<E>(
+    device: &mut CandleDevice,
+    inspected: &Inspected,
+    timeline: &mut Timeline,
+    read: &mut ReadForCache,
+    weights: &DeviceWeights,
+    build: impl Build<E>,
+) -> Result<(E, u64), LoadError> {
+    check_fits(device, inspected, true)?;
+    timeline.mark(Anchor::WeightsRead);
+    timeline.mark(Anchor::WeightsOnDevice);
+    let tokenizer = tokenizer(device, inspected, read)?;
+    let engine = build(
+        &inspected.config,
+        weights,
+        tokenizer,
+        &inspected.checkpoint.dir,
+    )?;
+    device.device.synchronize()?;
+    timeline.mark(Anchor::EngineReady);
+    tracing::debug!(target: "wc::attach", "engine built on parked weights");
+    Ok((engine, 0))
 }
 
 pub(super) fn pool_poisoned() -> LoadError {
@@ -268,17 +311,35 @@ fn tokenizer(
     Ok(Some(tokenizer))
 }
 
-/// Refuses, before any weight is read, a model whose weights and full KV cache (this
-/// worker's `kv_cache_tokens`) cannot fit the memory this worker has free.
-fn check_fits(device: &CandleDevice, inspected: &Inspected) -> Result<(), LoadError> {
-    let needed = inspected.footprint.needed_bytes(device.kv_cache_tokens);
-    let mut free = wc_actors::WorkerDevice::memory(device)
-        .map_err(|e| LoadError::Device(DeviceError::other(e.message)))?
-        .free_bytes;
-    if matches!(device.device, Device::Cpu) {
-        // The worker's own count says what it holds; the host says what is left after
-        // every other worker, process and cgroup limit.
-        free = free.min(crate::load::device::host_available_bytes());
+/// Refuses, before any weight is read, a model whose weights (unless `weights_resident`) and
+/// full KV cache (this worker's `kv_cache_tokens`) cannot fit the memory this worker has free;
+/// parked weights are freed, least recently used first, to make the room when they stand in
+/// the way.
+fn check_fits(
+    device: &CandleDevice,
+    inspected: &Inspected,
+    weights_resident: bool,
+) -> Result<(), LoadError> {
+    let mut needed = inspected.footprint.needed_bytes(device.kv_cache_tokens);
+    if weights_resident {
+        needed = needed.saturating_sub(inspected.footprint.device_bytes);
+    }
+    let free_now = || -> Result<(u64, u64), LoadError> {
+        let memory = wc_actors::WorkerDevice::memory(device)
+            .map_err(|e| LoadError::Device(DeviceError::other(e.message)))?;
+        let mut free = memory.free_bytes.saturating_sub(memory.parked_bytes);
+        if matches!(device.device, Device::Cpu) {
+            // The worker's own count says what it holds; the host says what is left after
+            // every other worker, process and cgroup limit.
+            free = free.min(crate::load::device::host_available_bytes());
+        }
+        Ok((free, memory.parked_bytes))
+    };
+    let (mut free, parked) = free_now()?;
+    if needed > free && parked > 0 {
+        lock(&device.parking).free(needed - free);
+        device.device.synchronize()?;
+        free = free_now()?.0;
     }
     if needed > free {
         return Err(LoadError::DoesNotFit {

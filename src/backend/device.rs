@@ -2,7 +2,7 @@
 //! staging and host cache), its memory as the worker reports it, and the engines it lends out.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use candle_core::Device;
@@ -13,6 +13,7 @@ use wc_actors::{
 
 use super::attach::{self, pool_poisoned, LoadAs};
 use super::inspect::{inspect, Inspected};
+use super::parking::{ParkKey, Parking};
 use crate::load::cuda::{self, PinnedPools, SharedPool, UploadCounts};
 use crate::load::device::host_memory;
 use crate::load::dtype::candle_dtype;
@@ -37,6 +38,12 @@ pub struct CandleDevice {
     pub(super) pinned: Option<SharedPool>,
     /// The pinned cache's `(used, capacity)` bytes when last read.
     pub(super) pinned_usage: std::sync::Mutex<(u64, u64)>,
+    /// Weights of the engines loaded here, and of detached ones kept resident
+    /// (`[prewarm] park_detached`; empty when off).
+    pub(super) parking: Arc<Mutex<Parking>>,
+    pub(super) park_detached: bool,
+    /// The weights the last load lent its engine, for the lease that gives them back.
+    pub(super) lent: Option<ParkKey>,
 }
 
 impl CandleDevice {
@@ -113,6 +120,9 @@ impl CandleDevice {
             host_cache: HostCache::new(prewarm.map(|p| p.host_cache_bytes).unwrap_or(0)),
             pinned,
             pinned_usage: Default::default(),
+            parking: Default::default(),
+            park_detached: prewarm.is_some_and(|p| p.park_detached),
+            lent: None,
         };
         report.total_ms = started.elapsed().as_secs_f64() * 1e3;
         Ok((opened, report))
@@ -139,6 +149,11 @@ impl CandleDevice {
     /// Whether the host cache holds a version of the weight file `path` (for tests and reports).
     pub fn host_cache_holds(&self, path: &std::path::Path) -> bool {
         self.host_cache.holds(path)
+    }
+
+    /// Device bytes of parked weights (detached models kept resident).
+    pub fn parked_bytes(&self) -> u64 {
+        lock(&self.parking).parked_bytes()
     }
 
     /// Uploads through this device's pinned pool so far, and host-cache hits among them (for
@@ -194,12 +209,17 @@ impl CandleDevice {
 struct LeasedEngine {
     engine: Box<dyn Engine>,
     held: Arc<AtomicU64>,
+    /// The weights it was lent, parked when it goes.
+    weights: Option<(Arc<Mutex<Parking>>, ParkKey)>,
 }
 
 impl Drop for LeasedEngine {
     fn drop(&mut self) {
         self.held
             .fetch_sub(self.engine.device_bytes(), Ordering::SeqCst);
+        if let Some((parking, key)) = &self.weights {
+            lock(parking).give_back(key);
+        }
     }
 }
 
@@ -244,6 +264,13 @@ impl WorkerDevice for CandleDevice {
             }
         };
         let (host_cache_used_bytes, host_cache_capacity_bytes) = self.host_cache_usage();
+        // Parked weights are free for anyone who needs the room (an attach frees them first);
+        // on the CPU they were never counted as held.
+        let parked_bytes = self.parked_bytes();
+        let device_free = match &self.device {
+            Device::Cuda(_) => device_free.saturating_add(parked_bytes),
+            _ => device_free,
+        };
         let (total_bytes, free_bytes) = match self.memory_limit {
             0 => (device_total, device_free),
             limit => (limit, limit.saturating_sub(held).min(device_free)),
@@ -253,6 +280,7 @@ impl WorkerDevice for CandleDevice {
             free_bytes,
             host_cache_used_bytes,
             host_cache_capacity_bytes,
+            parked_bytes,
         })
     }
 
@@ -269,10 +297,12 @@ impl WorkerDevice for CandleDevice {
         };
         let (engine, bytes) = attach::load_engine(self, &inspected, timeline)?;
         self.held.fetch_add(engine.device_bytes(), Ordering::SeqCst);
+        let weights = self.lent.take().map(|key| (self.parking.clone(), key));
         Ok((
             Box::new(LeasedEngine {
                 engine,
                 held: self.held.clone(),
+                weights,
             }),
             bytes,
         ))
@@ -293,4 +323,11 @@ impl WorkerDevice for CandleDevice {
             )),
         }
     }
+}
+
+/// The parking, whatever a panic while it was held left (its bookkeeping stays consistent).
+pub(super) fn lock(parking: &Mutex<Parking>) -> MutexGuard<'_, Parking> {
+    parking
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

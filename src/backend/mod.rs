@@ -6,13 +6,17 @@
 //!   ([`CheckCache`], a field of the backend) and handed down to the attach.
 //! - `device`: [`CandleDevice`], one worker's device: open, prewarm (every family of the table),
 //!   memory, the engines it lends out.
-//! - `attach`: fit check → upload via `load` → build via the family table, as free functions.
+//! - `attach`: fit check → upload via `load` (or the parked weights) → build via the family
+//!   table, as free functions.
+//! - `parking`: the device tier: detached models' weights kept resident while no one needs the
+//!   room (`[prewarm] park_detached`).
 //! - [`affinity`]: keeping a worker's threads on its CPUs.
 
 pub mod affinity;
 mod attach;
 mod device;
 pub mod inspect;
+mod parking;
 
 use std::sync::Arc;
 

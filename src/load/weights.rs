@@ -10,6 +10,7 @@ use super::safetensors::WeightFile;
 use super::LoadError;
 
 /// Named tensors on one device, in one dtype.
+#[derive(Clone)]
 pub struct DeviceWeights {
     tensors: HashMap<String, Tensor>,
     /// Bytes the tensors take on the device.

@@ -1,0 +1,106 @@
+//! Parked weights, the device tier of the weight cache: a detached model's weights kept on the
+//! device (no engine, no KV cache) while no one needs the room, so that attaching the same files
+//! in the same dtype again skips the read and the copy. An attach that needs the room frees them
+//! first, least recently used first (`[prewarm] park_detached`).
+
+use wc_actors::DType;
+
+use super::inspect::Inspected;
+use crate::load::{DeviceWeights, FileKey};
+
+/// What parked weights are: every weight file's identity and the dtype on the device. A file
+/// changed on disk has another identity, so stale weights are never reused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParkKey {
+    files: Vec<FileKey>,
+    dtype: DType,
+}
+
+impl ParkKey {
+    pub fn of(inspected: &Inspected) -> Self {
+        Self {
+            files: inspected.files.iter().map(|f| f.key.clone()).collect(),
+            dtype: inspected.dtype,
+        }
+    }
+
+    /// Whether both name one of the same paths (maybe in another version).
+    fn shares_a_file_with(&self, other: &ParkKey) -> bool {
+        self.files
+            .iter()
+            .any(|a| other.files.iter().any(|b| a.path == b.path))
+    }
+}
+
+struct Entry {
+    key: ParkKey,
+    /// Handles on the tensors (the engines built on them share the same device memory).
+    weights: DeviceWeights,
+    /// Engines alive on these weights; parked when none.
+    engines: usize,
+    last_used: u64,
+}
+
+/// One device's weights that engines use or that are parked.
+#[derive(Default)]
+pub struct Parking {
+    entries: Vec<Entry>,
+    clock: u64,
+}
+
+impl Parking {
+    /// The weights of `key` (parked, or lent to a live engine), lent to one more engine.
+    pub fn lend(&mut self, key: &ParkKey) -> Option<DeviceWeights> {
+        self.clock += 1;
+        let entry = self.entries.iter_mut().find(|e| &e.key == key)?;
+        entry.engines += 1;
+        entry.last_used = self.clock;
+        Some(entry.weights.clone())
+    }
+
+    /// Records weights just put on the device for `key`, lent to one engine; parked weights of
+    /// older versions of the same files go (they would never be served again).
+    pub fn record(&mut self, key: ParkKey, weights: &DeviceWeights) {
+        self.clock += 1;
+        self.entries
+            .retain(|e| e.engines > 0 || (e.key != key && !e.key.shares_a_file_with(&key)));
+        self.entries.push(Entry {
+            key,
+            weights: weights.clone(),
+            engines: 1,
+            last_used: self.clock,
+        });
+    }
+
+    /// An engine on `key`'s weights has gone: they are parked once no engine uses them.
+    pub fn give_back(&mut self, key: &ParkKey) {
+        if let Some(entry) = self.entries.iter_mut().find(|e| &e.key == key) {
+            entry.engines = entry.engines.saturating_sub(1);
+        }
+    }
+
+    /// Device bytes of the parked weights (those no engine uses).
+    pub fn parked_bytes(&self) -> u64 {
+        self.entries
+            .iter()
+            .filter(|e| e.engines == 0)
+            .map(|e| e.weights.device_bytes)
+            .sum()
+    }
+
+    /// Frees parked weights, least recently used first, until at least `bytes` are freed or
+    /// none is left; returns the bytes freed.
+    pub fn free(&mut self, bytes: u64) -> u64 {
+        let mut freed = 0;
+        while freed < bytes {
+            let oldest = (0..self.entries.len())
+                .filter(|&i| self.entries[i].engines == 0)
+                .min_by_key(|&i| self.entries[i].last_used);
+            let Some(i) = oldest else { break };
+            let entry = self.entries.swap_remove(i);
+            freed += entry.weights.device_bytes;
+            tracing::debug!(bytes = entry.weights.device_bytes, "parked weights freed");
+        }
+        freed
+    }
+}
