@@ -29,17 +29,18 @@ if [ "$PART" = tests ]; then
   opt; bench_opt /tmp/wc/wc-cuda opt-after
   exit 0
 fi
-opt
-for round in 1 2; do
-  bench_opt /tmp/wc/wc-cuda-before "opt-before-$round"
-  bench_opt /tmp/wc/wc-cuda "opt-after-$round"
-done
 log "make-model llama-3.1-8b bf16"
-/tmp/wc/wc-cuda make-model --preset llama-3.1-8b --dtype bf16 --force --out /tmp/llama-8b >> "$OUT/session.log" 2>&1
+[ -f /tmp/llama-8b/config.json ] || /tmp/wc/wc-cuda make-model --preset llama-3.1-8b --dtype bf16 --force --out /tmp/llama-8b >> "$OUT/session.log" 2>&1
 log "make-model rc=$?"
 for b in before after; do
   bin=/tmp/wc/wc-cuda; [ $b = before ] && bin=/tmp/wc/wc-cuda-before
   "$bin" bench --models /tmp/llama-8b --device cuda:0 --dtype bf16 --scenario single --runs 8 --no-peer \
     --modes controller --staging-mib 4096 --host-cache-mib 20480 --decode-tokens 64 --out "$OUT/llama-8b-$b" >> "$OUT/session.log" 2>&1
-  log "bench llama-8b-$b rc=$?"
+  log "bench llama-8b-$b rc=$?: $(grep -h '\*\*total' "$OUT/llama-8b-$b/report.md" 2>/dev/null | head -2 | tr '\n' ' ')"
 done
+opt
+for round in 1 2; do
+  bench_opt /tmp/wc/wc-cuda-before "opt-before-$round"
+  bench_opt /tmp/wc/wc-cuda "opt-after-$round"
+done
+[ -n "${PARKED:-}" ] && OUT=$OUT bash bench/gpu_parked.sh
