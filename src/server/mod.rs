@@ -5,6 +5,8 @@
 //! - [`control`]: `/workers`, `/engines`; [`completions`] and [`stream`]: `/v1/...`;
 //!   [`generation`]: one generation, plain or streamed, followed by the metrics.
 //! - [`health`]: `/health`, `/ready`, `/metrics`; [`metrics`]: the Prometheus registry.
+//! - [`model_card`]: `/v1/models/{id}`; [`tokenize`]: `/tokenize`, `/detokenize`;
+//!   [`version`]: `/version`.
 //! - [`error`]: the JSON error shape; [`auth`] and [`middleware`]: API key, request counting;
 //!   [`access`]: request ids (`x-request-id`) and the access log.
 //! - [`openai`] and [`sse`]: wire shapes; [`shutdown`]: signals; [`logging`]: tracing set-up.
@@ -30,6 +32,7 @@ pub mod logprobs;
 pub mod metrics;
 pub mod middleware;
 pub mod model_access;
+pub mod model_card;
 pub mod openai;
 pub mod params;
 pub mod pool;
@@ -38,6 +41,8 @@ pub mod shutdown;
 pub mod sse;
 pub mod state;
 pub mod stream;
+pub mod tokenize;
+pub mod version;
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};

@@ -12,14 +12,16 @@ use actix_web::dev::ResourceDef;
 use actix_web::http::Method;
 use actix_web::{web, FromRequest, Handler, Responder, Route};
 
-use super::{chat, completions, control, health};
+use super::{chat, completions, control, health, model_card, tokenize, version};
 
 /// Who may call an endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
-    /// Probes and scraping: `/health`, `/ready`, `/metrics`. Never behind the key.
+    /// Probes, scraping and the version: `/health`, `/ready`, `/metrics`, `/version`. Never
+    /// behind the key.
     Public,
-    /// The OpenAI API (`/v1/...`): behind the key unless `open_inference` is set.
+    /// The OpenAI API (`/v1/...`) and vLLM's `/tokenize` and `/detokenize`: behind the key
+    /// unless `open_inference` is set.
     Inference,
     /// Workers and engines: always behind the key when one is configured.
     Control,
@@ -108,6 +110,7 @@ pub fn endpoints() -> Vec<Endpoint> {
         Endpoint::new("/ready", Public).probe(health::ready),
         Endpoint::new("/v2/health/ready", Public).probe(health::ready),
         Endpoint::new("/metrics", Public).probe(health::metrics),
+        Endpoint::new("/version", Public).get(version::version),
         Endpoint::new("/workers", Control).get(control::list_workers),
         Endpoint::new("/engines", Control)
             .get(control::list_engines)
@@ -116,8 +119,12 @@ pub fn endpoints() -> Vec<Endpoint> {
             .get(control::get_engine)
             .delete(control::detach),
         Endpoint::new("/v1/models", Inference).get(completions::models),
+        // Model ids may hold slashes (hub ids): the rest of the path is the id.
+        Endpoint::new("/v1/models/{id:.+}", Inference).get(model_card::model),
         Endpoint::new("/v1/completions", Inference).post(completions::completions),
         Endpoint::new("/v1/chat/completions", Inference).post(chat::chat_completions),
+        Endpoint::new("/tokenize", Inference).post(tokenize::tokenize),
+        Endpoint::new("/detokenize", Inference).post(tokenize::detokenize),
     ]
 }
 
@@ -151,6 +158,12 @@ mod tests {
         assert_eq!(access_of("/v1/completions"), Access::Inference);
         assert_eq!(access_of("/v1/models"), Access::Inference);
         assert_eq!(access_of("/v1/chat/completions"), Access::Inference);
+        assert_eq!(access_of("/v1/models/tiny"), Access::Inference);
+        assert_eq!(access_of("/v1/models/org/name"), Access::Inference);
+        assert_eq!(access_of("/tokenize"), Access::Inference);
+        assert_eq!(access_of("/detokenize"), Access::Inference);
+        assert_eq!(access_of("/version"), Access::Public);
+        assert_eq!(access_of("/version/x"), Access::Control);
         assert_eq!(access_of("/healthz"), Access::Control);
         assert_eq!(access_of("/HEALTH"), Access::Control);
         assert_eq!(access_of("/health/x"), Access::Control);

@@ -2,9 +2,17 @@
 //! Gateway API Inference Extension's endpoint picker reads), workers, engines and the runtime's
 //! own counters.
 //!
-//! Each `vllm:` gauge has the pod's value first, without labels, then one series per model
-//! (`model_name`). The endpoint picker takes the first series of a family unless told which
-//! labels to match, so it reads the pod's value.
+//! Every `vllm:` series is per model (`model_name`), as vLLM labels them, so that a `sum()`
+//! over a family counts each request once. The pod's totals have their own families,
+//! `wc_pod_num_requests_running`, `wc_pod_num_requests_waiting` and
+//! `wc_pod_kv_cache_usage_perc`: what a router or an autoscaler reading one value per pod wants.
+//!
+//! `vllm:cache_config_info` is vLLM's info gauge (always 1, the facts in its labels), one per
+//! attached engine: the KV cache in `block_size`-token blocks (16, vLLM's default; our cache
+//! reserves by the token, so `num_gpu_blocks` is the budget over 16, rounded down), the
+//! engine's dtype as `cache_dtype`, and `gpu_memory_utilization` the fraction of its device's
+//! memory the engine holds (0 when the device reports none). `vllm:num_preemptions_total` is
+//! 0: an engine reserves a request's KV cache when it admits it and never preempts one.
 //!
 //! `vllm:kv_cache_usage_perc` is each engine's reserved KV-cache tokens over its budget; the
 //! pod's is vLLM's definition for one instance, the KV cache in use over the KV cache there is:
@@ -19,7 +27,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetri
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
-use wc_actors::{EngineInfo, RuntimeStats, WorkerInfo, WorkerState};
+use wc_actors::{DType, EngineInfo, RuntimeStats, WorkerInfo, WorkerState};
 
 use super::requests::{InFlight, MODEL_LABEL};
 
@@ -64,13 +72,73 @@ pub fn pod_kv_cache_usage(engines: &[EngineInfo]) -> f64 {
     }
 }
 
+/// The tokens of one `vllm:cache_config_info` block (vLLM's default block size).
+pub const BLOCK_SIZE: usize = 16;
+
+/// What a scrape reports of one attached engine.
+#[derive(Clone, Debug)]
+struct EngineRow {
+    name: String,
+    /// Requests since attach.
+    requests: u64,
+    /// KV-cache usage ([`kv_cache_usage`]).
+    kv: f64,
+    /// KV-cache budget, tokens.
+    kv_budget: usize,
+    dtype: DType,
+    /// Fraction of its device's memory the engine holds; 0 when unknown.
+    memory_fraction: f64,
+}
+
+impl EngineRow {
+    fn new(engine: &EngineInfo, workers: &[WorkerInfo]) -> Self {
+        let total = workers
+            .iter()
+            .find(|w| w.worker == engine.worker)
+            .and_then(|w| w.memory.as_ref())
+            .map_or(0, |m| m.total_bytes);
+        Self {
+            name: engine.name.clone(),
+            requests: engine.total_requests,
+            kv: kv_cache_usage(engine),
+            kv_budget: engine.kv_cache_tokens_budget,
+            dtype: engine.dtype,
+            memory_fraction: match total {
+                0 => 0.0,
+                total => (engine.device_bytes as f64 / total as f64).min(1.0),
+            },
+        }
+    }
+
+    /// `vllm:cache_config_info`'s labels, vLLM's names.
+    fn cache_config(&self) -> Vec<(&'static str, String)> {
+        let dtype = match self.dtype {
+            DType::F32 => "float32",
+            DType::F16 => "float16",
+            DType::BF16 => "bfloat16",
+        };
+        vec![
+            (MODEL_LABEL, self.name.clone()),
+            ("block_size", BLOCK_SIZE.to_string()),
+            ("num_gpu_blocks", (self.kv_budget / BLOCK_SIZE).to_string()),
+            ("num_cpu_blocks", "0".into()),
+            ("cache_dtype", dtype.into()),
+            (
+                "gpu_memory_utilization",
+                format!("{:.4}", self.memory_fraction),
+            ),
+            ("enable_prefix_caching", "False".into()),
+            ("swap_space", "0".into()),
+        ]
+    }
+}
+
 /// One scrape's copy of everything [`Live`] and the request counts say.
 #[derive(Debug)]
 pub struct Snapshot {
     stats: RuntimeStats,
     workers: Vec<WorkerState>,
-    /// `(engine name, requests since attach, KV-cache usage)`.
-    engines: Vec<(String, u64, f64)>,
+    engines: Vec<EngineRow>,
     /// The pod's KV-cache usage ([`pod_kv_cache_usage`]).
     kv_cache_usage: f64,
     ready: bool,
@@ -89,7 +157,7 @@ impl Snapshot {
             engines: live
                 .engines
                 .iter()
-                .map(|e| (e.name.clone(), e.total_requests, kv_cache_usage(e)))
+                .map(|e| EngineRow::new(e, live.workers))
                 .collect(),
             kv_cache_usage: pod_kv_cache_usage(live.engines),
             ready: live.ready && !live.draining,
@@ -116,23 +184,44 @@ fn family<L: EncodeLabelSet, M: EncodeMetric>(
     Ok(())
 }
 
-/// The pod's gauge first (no labels), then one per model.
-fn pod_and_models<T: Copy>(
+/// One gauge per model (`model_name`).
+fn per_model<T: Copy>(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    pod: T,
     models: impl IntoIterator<Item = (String, T)>,
 ) -> fmt::Result
 where
     ConstGauge<T>: EncodeMetric,
 {
-    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-    ConstGauge::new(pod).encode(family.encode_family(&POD)?)?;
-    for (model, value) in models {
-        ConstGauge::new(value).encode(family.encode_family(&[(MODEL_LABEL, model)])?)?;
-    }
-    Ok(())
+    family(
+        encoder,
+        name,
+        help,
+        MetricType::Gauge,
+        models
+            .into_iter()
+            .map(|(model, value)| ([(MODEL_LABEL, model)], ConstGauge::new(value))),
+    )
+}
+
+/// The pod's gauge (no labels).
+fn pod_gauge<T: Copy>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    pod: T,
+) -> fmt::Result
+where
+    ConstGauge<T>: EncodeMetric,
+{
+    family(
+        encoder,
+        name,
+        help,
+        MetricType::Gauge,
+        [(POD, ConstGauge::new(pod))],
+    )
 }
 
 fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> fmt::Result {
@@ -153,29 +242,65 @@ impl Collector for Snapshot {
                 .map(move |(m, n)| (m.clone(), f(n) as i64))
         };
         let total = |f: fn(&InFlight) -> u64| self.in_flight.values().map(f).sum::<u64>() as i64;
-        pod_and_models(
+        per_model(
             &mut e,
             "vllm:num_requests_running",
-            "Requests that have their first token and are not finished.",
-            total(|n| n.running),
+            "Requests that have their first token and are not finished, per model.",
             models(|n| n.running),
         )?;
-        pod_and_models(
+        per_model(
             &mut e,
             "vllm:num_requests_waiting",
             "Requests accepted and without a first token yet (queued, in prefill, or waiting \
-             for their model to attach).",
-            total(|n| n.waiting),
+             for their model to attach), per model.",
             models(|n| n.waiting),
         )?;
-        let kv = self.engines.iter().map(|(name, _, kv)| (name.clone(), *kv));
-        pod_and_models(
+        per_model(
             &mut e,
             "vllm:kv_cache_usage_perc",
-            "KV-cache usage, 1 = full: tokens reserved by running requests over the KV-cache \
-             budget, per model, and summed over the pod's engines for the pod.",
+            "KV-cache usage, 1 = full: tokens reserved by running requests over the engine's \
+             KV-cache budget.",
+            self.engines.iter().map(|row| (row.name.clone(), row.kv)),
+        )?;
+        family(
+            &mut e,
+            "vllm:num_preemptions",
+            "Requests preempted: always 0 (an engine reserves a request's KV cache when it \
+             admits it and never preempts one).",
+            MetricType::Counter,
+            self.engines
+                .iter()
+                .map(|row| ([(MODEL_LABEL, row.name.clone())], ConstCounter::new(0u64))),
+        )?;
+        family(
+            &mut e,
+            "vllm:cache_config_info",
+            "Information of each engine's KV cache (vLLM's CacheConfig labels; the value is 1).",
+            MetricType::Gauge,
+            self.engines
+                .iter()
+                .map(|row| (row.cache_config(), ConstGauge::new(1i64))),
+        )?;
+        pod_gauge(
+            &mut e,
+            "wc_pod_num_requests_running",
+            "Requests that have their first token and are not finished, every model of the pod \
+             (the sum of vllm:num_requests_running).",
+            total(|n| n.running),
+        )?;
+        pod_gauge(
+            &mut e,
+            "wc_pod_num_requests_waiting",
+            "Requests accepted and without a first token yet, every model of the pod (the sum \
+             of vllm:num_requests_waiting).",
+            total(|n| n.waiting),
+        )?;
+        pod_gauge(
+            &mut e,
+            "wc_pod_kv_cache_usage_perc",
+            "The pod's KV-cache usage, 1 = full: tokens reserved by running requests over the \
+             KV-cache budgets, both summed over the pod's engines.",
             self.kv_cache_usage,
-            kv,
         )?;
 
         family(
@@ -208,9 +333,12 @@ impl Collector for Snapshot {
             "wc_engine_requests",
             "Requests received by each attached engine since its attach.",
             MetricType::Counter,
-            self.engines
-                .iter()
-                .map(|(name, n, _)| ([("engine", name.clone())], ConstCounter::new(*n))),
+            self.engines.iter().map(|row| {
+                (
+                    [("engine", row.name.clone())],
+                    ConstCounter::new(row.requests),
+                )
+            }),
         )?;
         let s = &self.stats;
         family(

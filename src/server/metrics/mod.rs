@@ -4,11 +4,15 @@
 //! # Layout
 //! - [`requests`]: one generation request from arrival to its last token ([`Trace`]), and the
 //!   requests waiting and running per model.
-//! - [`live`]: the series read at each scrape (requests in flight, KV cache, workers, engines).
+//! - [`finished`]: the `vllm:` series recorded once per finished request (success by finish
+//!   reason, token counts, prefill / decode / inference time, time per output token).
+//! - [`live`]: the series read at each scrape (requests in flight, KV cache, cache config,
+//!   workers, engines), per model under `vllm:` and for the pod under `wc_pod_`.
 //!
 //! A scrape gets OpenMetrics 1.0 when its `Accept` asks for it (as Prometheus does), else the
 //! Prometheus text format 0.0.4.
 
+pub mod finished;
 pub mod live;
 pub mod requests;
 
@@ -218,7 +222,7 @@ mod tests {
     }
 
     #[test]
-    fn vllm_gauges_have_the_pod_series_first_then_one_per_model() {
+    fn vllm_gauges_are_per_model_and_the_pod_totals_have_their_own_family() {
         let metrics = Metrics::default();
         let ctx = RequestContext::new("r".into(), "POST", "/v1/completions");
         let _a = metrics.trace(&ctx, "a");
@@ -235,7 +239,6 @@ mod tests {
         assert_eq!(
             lines("vllm:num_requests_waiting"),
             [
-                "vllm:num_requests_waiting 2",
                 "vllm:num_requests_waiting{model_name=\"a\"} 1",
                 "vllm:num_requests_waiting{model_name=\"b\"} 1",
             ],
@@ -244,15 +247,23 @@ mod tests {
         assert_eq!(
             lines("vllm:num_requests_running"),
             [
-                "vllm:num_requests_running 1",
                 "vllm:num_requests_running{model_name=\"a\"} 0",
                 "vllm:num_requests_running{model_name=\"b\"} 1",
             ],
             "{text}"
         );
         assert_eq!(
-            lines("vllm:kv_cache_usage_perc"),
-            ["vllm:kv_cache_usage_perc 0.0"]
+            lines("wc_pod_num_requests_waiting"),
+            ["wc_pod_num_requests_waiting 2"]
+        );
+        assert_eq!(
+            lines("wc_pod_num_requests_running"),
+            ["wc_pod_num_requests_running 1"]
+        );
+        assert_eq!(lines("vllm:kv_cache_usage_perc"), Vec::<String>::new());
+        assert_eq!(
+            lines("wc_pod_kv_cache_usage_perc"),
+            ["wc_pod_kv_cache_usage_perc 0.0"]
         );
         assert!(text.contains("wc_workers{state=\"idle\"} 0"), "{text}");
     }
@@ -296,14 +307,16 @@ mod tests {
             draining: false,
         };
         let text = metrics.render(&live, Format::Prometheus).unwrap();
-        let lines: Vec<&str> = text
-            .lines()
-            .filter(|l| l.starts_with("vllm:kv_cache_usage_perc"))
-            .collect();
+        let lines = |prefix: &str| -> Vec<&str> {
+            text.lines().filter(|l| l.starts_with(prefix)).collect()
+        };
         assert_eq!(
-            lines,
+            lines("wc_pod_kv_cache_usage_perc"),
+            ["wc_pod_kv_cache_usage_perc 0.2"]
+        );
+        assert_eq!(
+            lines("vllm:kv_cache_usage_perc"),
             [
-                "vllm:kv_cache_usage_perc 0.2",
                 "vllm:kv_cache_usage_perc{model_name=\"a\"} 0.75",
                 "vllm:kv_cache_usage_perc{model_name=\"b\"} 0.0625",
                 "vllm:kv_cache_usage_perc{model_name=\"c\"} 0.0",
@@ -311,6 +324,24 @@ mod tests {
             "{text}"
         );
         assert_eq!(pod_kv_cache_usage(&[]), 0.0);
+        // One cache-config info per engine: 40 tokens are 2 blocks of 16, none preempted.
+        assert!(
+            text.contains(
+                "vllm:cache_config_info{model_name=\"a\",block_size=\"16\",num_gpu_blocks=\"2\",\
+                 num_cpu_blocks=\"0\",cache_dtype=\"float32\",gpu_memory_utilization=\"0.0000\",\
+                 enable_prefix_caching=\"False\",swap_space=\"0\"} 1\n"
+            ),
+            "{text}"
+        );
+        assert_eq!(lines("vllm:cache_config_info").len(), 3);
+        assert_eq!(
+            lines("vllm:num_preemptions_total"),
+            [
+                "vllm:num_preemptions_total{model_name=\"a\"} 0",
+                "vllm:num_preemptions_total{model_name=\"b\"} 0",
+                "vllm:num_preemptions_total{model_name=\"c\"} 0",
+            ]
+        );
     }
 
     #[test]
