@@ -1,6 +1,8 @@
 //! `POST /v1/chat/completions`: OpenAI chat completions, plain or streamed, on the completions
 //! machinery (on-demand attach, limits, metrics, the event stream). The prompt is the model's
-//! own chat template rendered by the engine; a model without one answers 400.
+//! own chat template rendered by the engine (with vLLM's `chat_template_kwargs` and
+//! `add_generation_prompt` when given; role `developer` read as `system`); a model without one
+//! answers 400.
 //!
 //! Every parameter is either used, accepted as harmless (`user`, `metadata`, ...), or refused
 //! with a 400 naming it: a parameter the engine cannot honour (`tools`, `response_format`, ...)
@@ -11,6 +13,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
+use wc_actors::request::ChatPrompt;
 use wc_actors::{GenerateOutput, Prompt, TokenLogprobs};
 
 use super::access::RequestContext;
@@ -19,15 +22,16 @@ use super::completions::{choice_requests, generate_choices};
 use super::error::ApiError;
 use super::logprobs::chat_logprobs;
 use super::openai::{
-    finish_reason, usage_of, ChoiceCounts, CompletionMeta, Sampling, StopInput, StreamOptions,
+    finish_reason, usage_of, ChoiceCounts, CompletionMeta, Sampling, SamplingExtras, StopInput,
+    StreamOptions, EXTRA_PARAMETERS,
 };
 use super::params;
 use super::state::AppState;
 use super::stream::{self, Chunks};
 use crate::models::text::chat_template::{ChatMessage, MessageExt};
 
-/// The parameters used.
-const SUPPORTED: [&str; 17] = [
+/// The parameters used, besides vLLM's sampling extras.
+const SUPPORTED: [&str; 19] = [
     "model",
     "messages",
     "max_tokens",
@@ -45,11 +49,12 @@ const SUPPORTED: [&str; 17] = [
     "stream",
     "stream_options",
     "ignore_eos",
+    "chat_template_kwargs",
+    "add_generation_prompt",
 ];
 
-/// The parameters used, typed.
+/// The parameters used, typed (only those [`params::used`] let through reach it).
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct ChatRequest {
     model: String,
     messages: Value,
@@ -72,6 +77,12 @@ struct ChatRequest {
     stream_options: Option<StreamOptions>,
     #[serde(default)]
     ignore_eos: bool,
+    /// Extra variables for the chat template (an object), e.g. `{"enable_thinking": false}`.
+    chat_template_kwargs: Option<Value>,
+    /// End the prompt where the assistant's reply begins (true unless given).
+    add_generation_prompt: Option<bool>,
+    #[serde(flatten)]
+    extras: SamplingExtras,
 }
 
 /// A checked chat request: the model, the runtime's request, and how to reply.
@@ -86,7 +97,8 @@ struct Checked {
 
 /// Checks the body: every field known, every message well formed, the sampling in range.
 fn check(body: Value, limits: super::openai::Limits) -> Result<Checked, ApiError> {
-    let used = params::used(body, &SUPPORTED)?;
+    let supported: Vec<&str> = SUPPORTED.iter().chain(&EXTRA_PARAMETERS).copied().collect();
+    let used = params::used(body, &supported)?;
     let request: ChatRequest = serde_json::from_value(used)
         .map_err(|e| ApiError::bad_request(format!("invalid request: {e}")))?;
     if request.model.is_empty() {
@@ -140,8 +152,28 @@ fn check(body: Value, limits: super::openai::Limits) -> Result<Checked, ApiError
         presence_penalty: request.presence_penalty,
         frequency_penalty: request.frequency_penalty,
         logit_bias: request.logit_bias,
+        extras: request.extras,
     };
-    let generate = sampling.to_generate(Prompt::Chat(messages), limits)?;
+    let kwargs = match request.chat_template_kwargs {
+        None => String::new(),
+        Some(Value::Object(map)) if map.is_empty() => String::new(),
+        Some(kwargs @ Value::Object(_)) => kwargs.to_string(),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "`chat_template_kwargs` must be an object of template variables",
+            ))
+        }
+    };
+    let add_generation_prompt = request.add_generation_prompt.unwrap_or(true);
+    let prompt = match (add_generation_prompt, kwargs.is_empty()) {
+        (true, true) => Prompt::Chat(messages),
+        _ => Prompt::ChatWith(ChatPrompt {
+            messages,
+            add_generation_prompt,
+            template_kwargs: kwargs,
+        }),
+    };
+    let generate = sampling.to_generate(prompt, limits)?;
     Ok(Checked {
         model: request.model,
         request: generate,
@@ -166,9 +198,10 @@ pub async fn chat_completions(
     let trace = state.metrics.trace(&access, &checked.model);
     let requests = choice_requests(&checked.request, checked.choices);
     if checked.stream {
+        let requests = (requests, checked.choices.best_of);
         return stream::respond(state, trace, checked.include_usage, requests, meta).await;
     }
-    let outputs = generate_choices(&state, trace, requests, checked.choices.n).await?;
+    let outputs = generate_choices(&state, trace, requests, checked.choices).await?;
     Ok(HttpResponse::Ok().json(meta.reply(&outputs, checked.logprobs)))
 }
 
@@ -215,7 +248,7 @@ impl ChatMeta {
             .collect();
         self.envelope(
             "chat.completion",
-            json!({ "choices": choices, "usage": usage_of(outputs) }),
+            json!({ "choices": choices, "usage": usage_of(outputs, outputs.len()) }),
         )
     }
 
@@ -259,7 +292,8 @@ impl Chunks for ChatMeta {
     }
 
     fn usage(&self, outputs: &[GenerateOutput]) -> Value {
-        self.envelope(CHUNK, json!({"choices": [], "usage": usage_of(outputs)}))
+        let usage = usage_of(outputs, outputs.len());
+        self.envelope(CHUNK, json!({"choices": [], "usage": usage}))
     }
 }
 
@@ -312,6 +346,32 @@ mod tests {
     }
 
     #[test]
+    fn template_options_and_vllm_extras_reach_the_request() {
+        let c = check(
+            json!({"model": "m", "messages": [{"role": "developer", "content": "d"}],
+                   "chat_template_kwargs": {"enable_thinking": false}, "top_k": -1, "min_p": 0,
+                   "repetition_penalty": 1.1, "add_generation_prompt": true}),
+            LIMITS,
+        )
+        .unwrap();
+        assert_eq!(
+            c.request.prompt,
+            Prompt::ChatWith(ChatPrompt {
+                messages: vec![ChatMessage::new("system", "d")],
+                add_generation_prompt: true,
+                template_kwargs: r#"{"enable_thinking":false}"#.into(),
+            })
+        );
+        assert_eq!((c.request.top_k, c.request.repetition_penalty), (0, 1.1));
+        let plain = check(
+            json!({"model": "m", "messages": user(), "chat_template_kwargs": {}}),
+            LIMITS,
+        )
+        .unwrap();
+        assert!(matches!(plain.request.prompt, Prompt::Chat(_)));
+    }
+
+    #[test]
     fn unsupported_parameters_are_400_naming_them() {
         for (name, value) in [
             ("top_logprobs", json!(2)),
@@ -325,7 +385,12 @@ mod tests {
             ("presence_penalty", json!(2.5)),
             ("frequency_penalty", json!(-3)),
             ("logit_bias", json!({"50256": -101})),
-            ("top_k", json!(5)),
+            ("top_k", json!(-5)),
+            ("min_p", json!(2)),
+            ("repetition_penalty", json!(0)),
+            ("min_tokens", json!(17)),
+            ("chat_template_kwargs", json!("enable_thinking")),
+            ("guided_json", json!({"type": "object"})),
             ("frobnicate", json!(1)),
         ] {
             let mut body = json!({"model": "m", "messages": user()});

@@ -1,4 +1,5 @@
-//! The OpenAI inference API: `GET /v1/models` and `POST /v1/completions` (plain or streamed).
+//! The OpenAI inference API: `GET /v1/models` and `POST /v1/completions` (plain or streamed; one
+//! prompt or a batch of them, each prompt's choices its own requests beside the others').
 
 use std::future::Future;
 
@@ -12,7 +13,9 @@ use super::error::ApiError;
 use super::generation;
 use super::logprobs::completion_logprobs;
 use super::metrics::Trace;
-use super::openai::{model_list, ChoiceCounts, CompletionMeta, CompletionRequest};
+use super::openai::{
+    model_list, ChoiceCounts, CompletionMeta, CompletionRequest, EXTRA_PARAMETERS,
+};
 use super::params;
 use super::state::AppState;
 use super::stream::{self, Chunks};
@@ -50,7 +53,7 @@ pub async fn models(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
     Ok(HttpResponse::Ok().json(model_list(&listed, &not_attached)))
 }
 
-/// The parameters `/v1/completions` uses.
+/// The parameters `/v1/completions` uses, besides vLLM's sampling extras.
 const COMPLETION_PARAMETERS: [&str; 17] = [
     "model",
     "prompt",
@@ -77,22 +80,35 @@ pub async fn completions(
     access: web::ReqData<RequestContext>,
     body: JsonBody<Value>,
 ) -> Result<HttpResponse, ApiError> {
-    let used = params::used(body.into_inner(), &COMPLETION_PARAMETERS)?;
+    let supported: Vec<&str> = COMPLETION_PARAMETERS
+        .iter()
+        .chain(&EXTRA_PARAMETERS)
+        .copied()
+        .collect();
+    let used = params::used(body.into_inner(), &supported)?;
     let body: CompletionRequest = serde_json::from_value(used)
         .map_err(|e| ApiError::bad_request(format!("invalid request: {e}")))?;
-    let request = body.to_generate(state.limits())?;
+    let prompts = body.to_generate(state.limits())?;
     let choices = body.sampling().choices(body.stream)?;
-    let requests = choice_requests(&request, choices);
+    let requests: Vec<GenerateRequest> = prompts
+        .iter()
+        .flat_map(|request| choice_requests(request, choices))
+        .collect();
     let meta = CompletionMeta::new(&body.model, access.id());
     let trace = state.metrics.trace(&access, &body.model);
-    let (echo, logprobs) = (body.echoed().to_owned(), body.logprobs.is_some());
+    let (echoes, logprobs) = (body.echoed(), body.logprobs.is_some());
     if body.stream {
         let include_usage = body.include_usage();
-        let chunks = CompletionChunks { meta, echo };
+        let chunks = CompletionChunks {
+            meta,
+            echoes,
+            n: choices.n,
+        };
+        let requests = (requests, choices.best_of);
         return stream::respond(state, trace, include_usage, requests, chunks).await;
     }
-    let outputs = generate_choices(&state, trace, requests, choices.n).await?;
-    Ok(HttpResponse::Ok().json(meta.reply(&outputs, &echo, logprobs)))
+    let outputs = generate_choices(&state, trace, requests, choices).await?;
+    Ok(HttpResponse::Ok().json(meta.reply(&outputs, &echoes, choices.n, logprobs)))
 }
 
 /// The runtime requests of a request's choices: `best_of` of them, each with its own seed (the
@@ -110,27 +126,43 @@ pub fn choice_requests(request: &GenerateRequest, choices: ChoiceCounts) -> Vec<
         .collect()
 }
 
-/// Runs every request on the trace's model at once (they join the engine's batch) and keeps the
-/// `n` with the highest cumulative logprob, in that order (all of them, in order, when there are
-/// `n`).
+/// Runs every request on the trace's model at once (they join the engine's batch), `best_of`
+/// a prompt, prompt by prompt, and keeps each prompt's `n` with the highest cumulative logprob,
+/// in that order (all of them, in order, when `best_of` is `n`).
 pub async fn generate_choices(
     state: &AppState,
     trace: Trace,
     requests: Vec<GenerateRequest>,
-    n: usize,
+    choices: ChoiceCounts,
 ) -> Result<Vec<GenerateOutput>, ApiError> {
-    let mut outputs = generation::complete(state, trace, requests).await?;
-    if outputs.len() > n {
-        outputs.sort_by(|a, b| b.cumulative_logprob.total_cmp(&a.cumulative_logprob));
-        outputs.truncate(n);
+    let outputs = generation::complete(state, trace, requests, choices.best_of).await?;
+    if choices.best_of == choices.n {
+        return Ok(outputs);
     }
-    Ok(outputs)
+    let mut kept = Vec::with_capacity(outputs.len() / choices.best_of * choices.n);
+    for prompt in outputs.chunks(choices.best_of) {
+        let mut ranked = prompt.to_vec();
+        ranked.sort_by(|a, b| b.cumulative_logprob.total_cmp(&a.cumulative_logprob));
+        kept.extend(ranked.into_iter().take(choices.n));
+    }
+    Ok(kept)
 }
 
-/// A streamed completion's chunks: the prompt's text first when echoed.
+/// A streamed completion's chunks: the prompt's text first when echoed. Choice `index` is
+/// prompt `index / n`'s.
 struct CompletionChunks {
     meta: CompletionMeta,
-    echo: String,
+    /// Per prompt, its text when echoed (else empty).
+    echoes: Vec<String>,
+    n: usize,
+}
+
+impl CompletionChunks {
+    fn echo(&self, index: usize) -> &str {
+        self.echoes
+            .get(index / self.n.max(1))
+            .map_or("", String::as_str)
+    }
 }
 
 impl Chunks for CompletionChunks {
@@ -139,15 +171,15 @@ impl Chunks for CompletionChunks {
     }
 
     fn opening(&self, index: usize) -> Vec<Value> {
-        match self.echo.is_empty() {
-            true => Vec::new(),
-            false => vec![self.meta.chunk(index, &self.echo, Value::Null, None)],
+        match self.echo(index) {
+            "" => Vec::new(),
+            echo => vec![self.meta.chunk(index, echo, Value::Null, None)],
         }
     }
 
     fn text(&self, index: usize, text: &str, logprobs: Option<(&TokenLogprobs, usize)>) -> Value {
         let logprobs = logprobs.map_or(Value::Null, |(l, offset)| {
-            completion_logprobs(std::slice::from_ref(l), self.echo.len() + offset)
+            completion_logprobs(std::slice::from_ref(l), self.echo(index).len() + offset)
         });
         self.meta.chunk(index, text, logprobs, None)
     }
@@ -157,7 +189,7 @@ impl Chunks for CompletionChunks {
     }
 
     fn usage(&self, outputs: &[GenerateOutput]) -> Value {
-        self.meta.usage_chunk(outputs)
+        self.meta.usage_chunk(outputs, self.n)
     }
 }
 

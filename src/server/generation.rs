@@ -26,16 +26,20 @@ pub enum Event {
 /// Every choice of one request, their events merged in the order they come.
 pub struct ChoiceStreams {
     pub count: usize,
+    /// Choices a prompt (they come prompt by prompt).
+    pub per_prompt: usize,
     pub events: BoxStream<'static, Event>,
 }
 
-/// Starts every request (one per choice) on the trace's model and waits for the first choice's
-/// first event, so that an unknown model or a refused request is an error before any reply is
-/// sent. The other choices start once the engine is there and join its batch.
+/// Starts every request (one per choice, `per_prompt` for each prompt, prompt by prompt) on the
+/// trace's model and waits for the first choice's first event, so that an unknown model or a
+/// refused request is an error before any reply is sent. The other choices start once the
+/// engine is there and join its batch.
 pub async fn start(
     state: &AppState,
     trace: &Trace,
     requests: Vec<GenerateRequest>,
+    per_prompt: usize,
 ) -> Result<ChoiceStreams, ApiError> {
     let count = requests.len();
     let mut requests = requests.into_iter();
@@ -67,6 +71,7 @@ pub async fn start(
         .map(|(i, request)| events(i + 1, handle.generate_stream(model.clone(), request)));
     Ok(ChoiceStreams {
         count,
+        per_prompt,
         events: select_all(std::iter::once(first).chain(others)).boxed(),
     })
 }
@@ -77,8 +82,9 @@ pub async fn complete(
     state: &AppState,
     mut trace: Trace,
     requests: Vec<GenerateRequest>,
+    per_prompt: usize,
 ) -> Result<Vec<GenerateOutput>, ApiError> {
-    let mut choices = start(state, &trace, requests).await?;
+    let mut choices = start(state, &trace, requests, per_prompt).await?;
     let mut outputs: Vec<Option<GenerateOutput>> = vec![None; choices.count];
     while let Some(event) = choices.events.next().await {
         match event {
@@ -87,15 +93,19 @@ pub async fn complete(
         }
     }
     let outputs: Vec<GenerateOutput> = outputs.into_iter().flatten().collect();
-    trace.finish(&combined(&outputs));
+    trace.finish(&combined(&outputs, per_prompt));
     Ok(outputs)
 }
 
 /// One output standing for every choice of a request in its metrics and access line: the first
-/// choice's, with every choice's new tokens.
-pub fn combined(outputs: &[GenerateOutput]) -> GenerateOutput {
+/// choice's, with every prompt's ids once (`per_prompt` choices a prompt) and every choice's
+/// new tokens.
+pub fn combined(outputs: &[GenerateOutput], per_prompt: usize) -> GenerateOutput {
     let mut all = outputs[0].clone();
-    for other in &outputs[1..] {
+    for (i, other) in outputs.iter().enumerate().skip(1) {
+        if i % per_prompt.max(1) == 0 {
+            all.prompt_ids.extend_from_slice(&other.prompt_ids);
+        }
         all.new_tokens.extend_from_slice(&other.new_tokens);
     }
     all

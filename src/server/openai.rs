@@ -9,6 +9,18 @@ use wc_actors::{EngineInfo, FinishReason, GenerateOutput, GenerateRequest, Promp
 use super::error::ApiError;
 use super::logprobs::completion_logprobs;
 
+#[path = "openai_sampling.rs"]
+mod sampling;
+pub use sampling::{
+    ChoiceCounts, Sampling, SamplingExtras, EXTRA_PARAMETERS, MAX_CHOICES, MAX_LOGPROBS,
+};
+
+/// The most prompts one completion request may batch (LangChain sends up to 20).
+pub const MAX_PROMPTS: usize = 64;
+
+/// The most sequences (prompts times `best_of`, or `n`) one completion request may run.
+pub const MAX_SEQUENCES: usize = 128;
+
 /// `POST /v1/completions`, after [`super::params::used`] refused what it cannot honour.
 #[derive(Clone, Debug, Deserialize)]
 pub struct CompletionRequest {
@@ -40,6 +52,9 @@ pub struct CompletionRequest {
     /// vLLM's extension: keep generating past the end-of-sequence token.
     #[serde(default, deserialize_with = "null_as_default")]
     pub ignore_eos: bool,
+    /// vLLM's other sampling extensions.
+    #[serde(flatten)]
+    pub extras: SamplingExtras,
 }
 
 /// A value where JSON `null` means the type's default, as for an absent field.
@@ -51,7 +66,7 @@ where
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
-/// A prompt: text, token ids, or a batch of one of either.
+/// A prompt: text, token ids, or a batch of either (each prompt its own choices).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(untagged)]
 pub enum PromptInput {
@@ -85,31 +100,60 @@ pub struct Limits {
 }
 
 impl CompletionRequest {
-    /// Checks the parameters and builds the runtime's request.
-    pub fn to_generate(&self, limits: Limits) -> Result<GenerateRequest, ApiError> {
+    /// The prompts, one or a batch of at most [`MAX_PROMPTS`], each checked.
+    pub fn prompts(&self) -> Result<Vec<Prompt>, ApiError> {
+        let bad = |m: String| ApiError::bad_request(m);
+        let prompts: Vec<Prompt> = match &self.prompt {
+            PromptInput::Text(t) => vec![Prompt::Text(t.clone())],
+            PromptInput::Ids(ids) => vec![Prompt::Ids(ids.clone())],
+            PromptInput::Texts(t) => t.iter().cloned().map(Prompt::Text).collect(),
+            PromptInput::IdLists(l) => l.iter().cloned().map(Prompt::Ids).collect(),
+        };
+        if prompts.len() > MAX_PROMPTS {
+            return Err(bad(format!(
+                "`prompt` is a list of {} prompts: at most {MAX_PROMPTS} per request",
+                prompts.len()
+            )));
+        }
+        if prompts.is_empty()
+            || prompts
+                .iter()
+                .any(|p| matches!(p, Prompt::Ids(i) if i.is_empty()))
+        {
+            return Err(bad(
+                "`prompt` must not be an empty list, nor hold an empty list of token ids".into(),
+            ));
+        }
+        Ok(prompts)
+    }
+
+    /// Checks the parameters and builds the runtime's request for each prompt, in order.
+    pub fn to_generate(&self, limits: Limits) -> Result<Vec<GenerateRequest>, ApiError> {
         let bad = |m: &str| ApiError::bad_request(m);
         if self.model.is_empty() {
             return Err(bad("`model` must not be empty"));
         }
-        let prompt = match &self.prompt {
-            PromptInput::Text(t) => Prompt::Text(t.clone()),
-            PromptInput::Ids(ids) => Prompt::Ids(ids.clone()),
-            PromptInput::Texts(t) if t.len() == 1 => Prompt::Text(t[0].clone()),
-            PromptInput::IdLists(l) if l.len() == 1 => Prompt::Ids(l[0].clone()),
-            _ => return Err(bad("`prompt` must be one string or one list of token ids")),
-        };
-        if matches!(&prompt, Prompt::Ids(ids) if ids.is_empty()) {
-            return Err(bad("`prompt` must not be an empty list of token ids"));
-        }
+        let prompts = self.prompts()?;
         if self.echo && self.logprobs.is_some() {
             return Err(bad(
                 "`echo` with `logprobs` is not supported (no logprobs for prompt tokens): leave one out",
             ));
         }
-        if self.echo && !matches!(prompt, Prompt::Text(_)) {
+        if self.echo && prompts.iter().any(|p| !matches!(p, Prompt::Text(_))) {
             return Err(bad("`echo` needs a text prompt, not token ids"));
         }
-        self.sampling().to_generate(prompt, limits)
+        let sampling = self.sampling();
+        let sequences = sampling.choices(false)?.best_of * prompts.len();
+        if sequences > MAX_SEQUENCES {
+            return Err(bad(&format!(
+                "`n` (or `best_of`) times the number of prompts is {sequences}: at most \
+                 {MAX_SEQUENCES} per request"
+            )));
+        }
+        prompts
+            .into_iter()
+            .map(|prompt| sampling.to_generate(prompt, limits))
+            .collect()
     }
 
     /// The sampling parameters, as every endpoint takes them.
@@ -127,15 +171,19 @@ impl CompletionRequest {
             presence_penalty: self.presence_penalty,
             frequency_penalty: self.frequency_penalty,
             logit_bias: self.logit_bias.clone(),
+            extras: self.extras.clone(),
         }
     }
 
-    /// The text `echo` puts before the completion.
-    pub fn echoed(&self) -> &str {
+    /// Per prompt, the text `echo` puts before its completions (empty without `echo`).
+    pub fn echoed(&self) -> Vec<String> {
         match (&self.prompt, self.echo) {
-            (PromptInput::Text(t), true) => t,
-            (PromptInput::Texts(t), true) if t.len() == 1 => &t[0],
-            _ => "",
+            (PromptInput::Text(t), true) => vec![t.clone()],
+            (PromptInput::Texts(t), true) => t.clone(),
+            (PromptInput::Text(_) | PromptInput::Ids(_), false) => vec![String::new()],
+            (PromptInput::Texts(t), false) => vec![String::new(); t.len()],
+            (PromptInput::IdLists(l), _) => vec![String::new(); l.len()],
+            (PromptInput::Ids(_), true) => vec![String::new()],
         }
     }
 
@@ -144,136 +192,6 @@ impl CompletionRequest {
         self.stream_options
             .as_ref()
             .is_some_and(|o| o.include_usage)
-    }
-}
-
-/// The most choices (`n`, `best_of`) one request may ask for.
-pub const MAX_CHOICES: usize = 16;
-
-/// The most alternatives per token `logprobs` / `top_logprobs` may ask for (vLLM's default).
-pub const MAX_LOGPROBS: usize = 20;
-
-/// The sampling parameters every completion endpoint takes.
-#[derive(Clone, Debug, Default)]
-pub struct Sampling {
-    pub max_tokens: Option<usize>,
-    pub temperature: Option<f64>,
-    pub top_p: Option<f64>,
-    pub seed: Option<u64>,
-    pub stop: Option<StopInput>,
-    pub n: Option<usize>,
-    pub best_of: Option<usize>,
-    pub ignore_eos: bool,
-    /// Alternatives per token, when logprobs are asked for.
-    pub logprobs: Option<usize>,
-    pub presence_penalty: Option<f32>,
-    pub frequency_penalty: Option<f32>,
-    pub logit_bias: Option<BTreeMap<String, f32>>,
-}
-
-/// How many sequences a request runs and how many it returns.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ChoiceCounts {
-    /// Returned.
-    pub n: usize,
-    /// Generated; the `n` with the highest cumulative logprob are returned.
-    pub best_of: usize,
-}
-
-impl Sampling {
-    /// Checks `n` and `best_of`; a stream cannot rank sequences it has already sent.
-    pub fn choices(&self, stream: bool) -> Result<ChoiceCounts, ApiError> {
-        let n = self.n.unwrap_or(1);
-        let best_of = self.best_of.unwrap_or(n);
-        if n == 0 || n > MAX_CHOICES {
-            return Err(ApiError::bad_request(format!(
-                "`n` must be between 1 and {MAX_CHOICES}, got {n}"
-            )));
-        }
-        if best_of < n || best_of > MAX_CHOICES {
-            return Err(ApiError::bad_request(format!(
-                "`best_of` must be between `n` ({n}) and {MAX_CHOICES}, got {best_of}"
-            )));
-        }
-        if stream && best_of != n {
-            return Err(ApiError::bad_request(
-                "`best_of` other than `n` cannot be streamed: set `stream` to false",
-            ));
-        }
-        Ok(ChoiceCounts { n, best_of })
-    }
-
-    /// Checks the parameters against `limits` and builds the runtime's request for `prompt`.
-    pub fn to_generate(&self, prompt: Prompt, limits: Limits) -> Result<GenerateRequest, ApiError> {
-        let bad = |m: &str| ApiError::bad_request(m);
-        self.choices(false)?;
-        let max_tokens = self.max_tokens.unwrap_or(limits.default_max_tokens);
-        if max_tokens == 0 || max_tokens > limits.max_tokens {
-            return Err(bad(&format!(
-                "`max_tokens` must be between 1 and {}, got {max_tokens}",
-                limits.max_tokens
-            )));
-        }
-        let temperature = self.temperature.unwrap_or(1.0);
-        if !(0.0..=2.0).contains(&temperature) {
-            return Err(bad(&format!(
-                "`temperature` must be between 0 and 2, got {temperature}"
-            )));
-        }
-        let top_p = self.top_p.unwrap_or(1.0);
-        if !(top_p > 0.0 && top_p <= 1.0) {
-            return Err(bad(&format!("`top_p` must be in (0, 1], got {top_p}")));
-        }
-        let stop = match &self.stop {
-            None => Vec::new(),
-            Some(StopInput::One(s)) => vec![s.clone()],
-            Some(StopInput::Many(v)) => v.clone(),
-        };
-        if stop.len() > 4 || stop.iter().any(String::is_empty) {
-            return Err(bad("`stop` takes at most 4 non-empty strings"));
-        }
-        if self.logprobs.is_some_and(|k| k > MAX_LOGPROBS) {
-            return Err(bad(&format!(
-                "`logprobs` must be between 0 and {MAX_LOGPROBS}"
-            )));
-        }
-        let penalty = |name: &str, value: Option<f32>| match value.unwrap_or(0.0) {
-            v if (-2.0..=2.0).contains(&v) => Ok(v),
-            v => Err(bad(&format!("`{name}` must be between -2 and 2, got {v}"))),
-        };
-        let presence_penalty = penalty("presence_penalty", self.presence_penalty)?;
-        let frequency_penalty = penalty("frequency_penalty", self.frequency_penalty)?;
-        let logit_bias = self
-            .logit_bias
-            .iter()
-            .flatten()
-            .map(|(token, bias)| {
-                let id = token.parse::<u32>().map_err(|_| {
-                    bad(&format!(
-                        "`logit_bias` keys must be token ids, got `{token}`"
-                    ))
-                })?;
-                match (-100.0..=100.0).contains(bias) {
-                    true => Ok((id, *bias)),
-                    false => Err(bad(&format!(
-                        "`logit_bias` values must be between -100 and 100, got {bias}"
-                    ))),
-                }
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(GenerateRequest {
-            prompt,
-            max_new_tokens: max_tokens,
-            temperature,
-            top_p,
-            seed: self.seed,
-            stop,
-            ignore_eos: self.ignore_eos,
-            logprobs: self.logprobs,
-            presence_penalty,
-            frequency_penalty,
-            logit_bias,
-        })
     }
 }
 
@@ -286,9 +204,13 @@ pub fn finish_reason(reason: FinishReason) -> &'static str {
     }
 }
 
-/// The `usage` object of the choices of one request: the prompt once, every choice's tokens.
-pub fn usage_of(outputs: &[GenerateOutput]) -> Value {
-    let prompt = outputs.first().map_or(0, |o| o.prompt_ids.len());
+/// The `usage` object of the choices of one request, `per_prompt` choices a prompt in order:
+/// each prompt once, every choice's tokens.
+pub fn usage_of(outputs: &[GenerateOutput], per_prompt: usize) -> Value {
+    let prompt: usize = outputs
+        .chunks(per_prompt.max(1))
+        .map(|choices| choices[0].prompt_ids.len())
+        .sum();
     let completion: usize = outputs.iter().map(|o| o.new_tokens.len()).sum();
     json!({
         "prompt_tokens": prompt,
@@ -315,13 +237,21 @@ impl CompletionMeta {
         }
     }
 
-    /// The non-streamed reply: one choice per output, each after `echo` (the prompt's text
-    /// when asked for), with logprobs when the request asked for them.
-    pub fn reply(&self, outputs: &[GenerateOutput], echo: &str, logprobs: bool) -> Value {
+    /// The non-streamed reply: one choice per output (`n` per prompt, in order: choice
+    /// `i * n + j` is prompt `i`'s `j`th), each after its prompt's `echoes` entry (the prompt's
+    /// text when asked for), with logprobs when the request asked for them.
+    pub fn reply(
+        &self,
+        outputs: &[GenerateOutput],
+        echoes: &[String],
+        n: usize,
+        logprobs: bool,
+    ) -> Value {
         let choices: Vec<Value> = outputs
             .iter()
             .enumerate()
             .map(|(index, output)| {
+                let echo = echoes.get(index / n.max(1)).map_or("", String::as_str);
                 json!({
                     "index": index,
                     "text": format!("{echo}{}", output.text),
@@ -336,7 +266,7 @@ impl CompletionMeta {
             "created": self.created,
             "model": self.model,
             "choices": choices,
-            "usage": usage_of(outputs),
+            "usage": usage_of(outputs, n),
         })
     }
 
@@ -356,15 +286,16 @@ impl CompletionMeta {
         })
     }
 
-    /// The last streamed chunk when usage was asked for: no choices, only counts.
-    pub fn usage_chunk(&self, outputs: &[GenerateOutput]) -> Value {
+    /// The last streamed chunk when usage was asked for: no choices, only counts (`n` choices
+    /// a prompt).
+    pub fn usage_chunk(&self, outputs: &[GenerateOutput], n: usize) -> Value {
         json!({
             "id": self.id,
             "object": "text_completion",
             "created": self.created,
             "model": self.model,
             "choices": [],
-            "usage": usage_of(outputs),
+            "usage": usage_of(outputs, n),
         })
     }
 }
@@ -422,19 +353,59 @@ mod tests {
     }
 
     #[test]
-    fn prompts_may_be_text_ids_or_a_batch_of_one() {
+    fn prompts_may_be_text_ids_or_a_batch_of_either() {
         let r = request(json!({"model": "m", "prompt": [2, 5, 7], "stop": "x"}));
         let g = r.to_generate(LIMITS).unwrap();
-        assert_eq!(g.prompt, Prompt::Ids(vec![2, 5, 7]));
-        assert_eq!(g.stop, vec!["x".to_string()]);
-        assert_eq!(g.max_new_tokens, 16);
-        let r = request(json!({"model": "m", "prompt": ["hi"]}));
+        assert_eq!(g.len(), 1);
+        assert_eq!(g[0].prompt, Prompt::Ids(vec![2, 5, 7]));
+        assert_eq!(g[0].stop, vec!["x".to_string()]);
+        assert_eq!(g[0].max_new_tokens, 16);
+        let r = request(json!({"model": "m", "prompt": ["a", "b"], "echo": true}));
+        let prompts: Vec<_> = r
+            .to_generate(LIMITS)
+            .unwrap()
+            .into_iter()
+            .map(|g| g.prompt)
+            .collect();
         assert_eq!(
-            r.to_generate(LIMITS).unwrap().prompt,
-            Prompt::Text("hi".into())
+            prompts,
+            [Prompt::Text("a".into()), Prompt::Text("b".into())]
         );
-        let r = request(json!({"model": "m", "prompt": ["a", "b"]}));
-        assert!(r.to_generate(LIMITS).is_err());
+        assert_eq!(r.echoed(), ["a", "b"]);
+        let r = request(json!({"model": "m", "prompt": [[1], [2, 3]]}));
+        assert_eq!(
+            r.to_generate(LIMITS).unwrap()[1].prompt,
+            Prompt::Ids(vec![2, 3])
+        );
+        assert_eq!(r.echoed(), ["", ""]);
+    }
+
+    #[test]
+    fn too_many_prompts_or_sequences_are_400_naming_the_limit() {
+        let many = vec!["p"; MAX_PROMPTS + 1];
+        let e = request(json!({"model": "m", "prompt": many}))
+            .to_generate(LIMITS)
+            .unwrap_err();
+        assert!(
+            e.message.contains(&MAX_PROMPTS.to_string()),
+            "{}",
+            e.message
+        );
+        let prompts = vec!["p"; MAX_SEQUENCES / 16 + 1];
+        let e = request(json!({"model": "m", "prompt": prompts, "n": 16}))
+            .to_generate(LIMITS)
+            .unwrap_err();
+        assert!(
+            e.message.contains(&MAX_SEQUENCES.to_string()),
+            "{}",
+            e.message
+        );
+        for empty in [json!([]), json!([[1], []])] {
+            let e = request(json!({"model": "m", "prompt": empty}))
+                .to_generate(LIMITS)
+                .unwrap_err();
+            assert!(e.message.contains("`prompt`"), "{}", e.message);
+        }
     }
 
     #[test]

@@ -27,7 +27,6 @@ fn is_no_op(name: &str, value: &Value) -> Option<bool> {
         "logprobs" | "echo" => value == &Value::Bool(false),
         "top_logprobs" => zero(value),
         "presence_penalty" | "frequency_penalty" => zero(value),
-        "repetition_penalty" => value.as_f64() == Some(1.0),
         "best_of" => value.as_u64() == Some(1),
         "logit_bias" | "tools" | "functions" => empty(value),
         "tool_choice" | "function_call" => value == "none" || value == "auto",
@@ -35,8 +34,7 @@ fn is_no_op(name: &str, value: &Value) -> Option<bool> {
         "response_format" => value.get("type").and_then(Value::as_str) == Some("text"),
         "modalities" => value == &json!(["text"]),
         "audio" | "prediction" | "reasoning_effort" | "web_search_options" | "verbosity"
-        | "top_k" | "min_p" | "suffix" | "guided_json" | "guided_regex" | "guided_choice"
-        | "guided_grammar" => false,
+        | "suffix" | "guided_json" | "guided_regex" | "guided_choice" | "guided_grammar" => false,
         _ => return None,
     })
 }

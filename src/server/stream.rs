@@ -1,6 +1,7 @@
 //! Streamed completions: OpenAI chunks as server-sent events, then `[DONE]`. The chunks' shape
 //! is the endpoint's ([`Chunks`]: `text_completion` or `chat.completion.chunk`); the rest is shared.
-//! With `n` > 1 every choice streams beside the others, each chunk naming its choice's index.
+//! With `n` > 1 or several prompts every choice streams beside the others, each chunk naming its
+//! choice's index.
 //!
 //! The reply's status is decided before the first byte: the handler waits for the first token
 //! (or the end) of the first choice, so an unknown model or a refused request is a plain JSON
@@ -42,16 +43,17 @@ pub trait Chunks: Send + 'static {
     fn usage(&self, outputs: &[GenerateOutput]) -> Value;
 }
 
-/// Starts generation of every request (one per choice) on the trace's model and answers with
-/// an event stream of `chunks`' shape (or an error before any event).
+/// Starts generation of every request (one per choice, `per_prompt` for each prompt, prompt by
+/// prompt: choice `i * per_prompt + j` is prompt `i`'s `j`th) on the trace's model and answers
+/// with an event stream of `chunks`' shape (or an error before any event).
 pub async fn respond(
     state: web::Data<AppState>,
     trace: Trace,
     include_usage: bool,
-    requests: Vec<GenerateRequest>,
+    (requests, per_prompt): (Vec<GenerateRequest>, usize),
     chunks: impl Chunks,
 ) -> Result<HttpResponse, ApiError> {
-    let choices = generation::start(&state, &trace, requests).await?;
+    let choices = generation::start(&state, &trace, requests, per_prompt).await?;
     let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
     actix_web::rt::spawn(forward(state, choices, chunks, include_usage, trace, tx));
     let body = unfold(rx, |mut rx| async move {
@@ -76,7 +78,7 @@ async fn forward(
     mut trace: Trace,
     tx: mpsc::UnboundedSender<Bytes>,
 ) {
-    let count = choices.count;
+    let (count, per_prompt) = (choices.count, choices.per_prompt);
     for index in 0..count {
         for chunk in chunks.opening(index) {
             if tx.send(sse::event(&chunk)).is_err() {
@@ -132,7 +134,7 @@ async fn forward(
         let _ = tx.send(sse::event(&chunks.usage(&outputs)));
     }
     if !outputs.is_empty() {
-        trace.finish(&generation::combined(&outputs));
+        trace.finish(&generation::combined(&outputs, per_prompt));
     }
     let _ = tx.send(sse::done());
 }

@@ -100,6 +100,11 @@ fn prompt_ids(prompt: &Prompt) -> Vec<u32> {
             .iter()
             .flat_map(|m| m.content.bytes().map(u32::from))
             .collect(),
+        Prompt::ChatWith(chat) => chat
+            .messages
+            .iter()
+            .flat_map(|m| m.content.bytes().map(u32::from))
+            .collect(),
     }
 }
 

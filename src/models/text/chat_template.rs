@@ -10,7 +10,7 @@
 use std::path::Path;
 
 use minijinja::{Environment, ErrorKind, Value};
-use serde_json::Value as Json;
+use serde_json::{Map, Value as Json};
 use wc_actors::EngineError;
 
 use crate::load::{shorten, LoadError};
@@ -58,6 +58,8 @@ pub enum ChatTemplateError {
     OutputTooLong { limit: usize },
     #[error("message {index}: {}", shorten(.reason))]
     InvalidMessage { index: usize, reason: String },
+    #[error("`chat_template_kwargs` must be a JSON object: {}", shorten(.0))]
+    InvalidKwargs(String),
     #[error("no messages: give at least one")]
     NoMessages,
     #[error("this model has no tokenizer.json to tokenize the rendered chat")]
@@ -86,7 +88,8 @@ pub use wc_actors::ChatMessage;
 
 /// Reading chat messages as clients send them, and checking them.
 pub trait MessageExt: Sized {
-    /// A message in the OpenAI shape: `role` one of [`ROLES`], `content` a string or a list of
+    /// A message in the OpenAI shape: `role` one of [`ROLES`] (or `developer`, OpenAI's newer
+    /// name for `system`, read as `system`), `content` a string or a list of
     /// `{"type": "text", "text": ...}` parts (joined with newlines).
     fn from_openai(index: usize, value: &Json) -> Result<Self, ChatTemplateError>;
 
@@ -129,6 +132,7 @@ impl MessageExt for ChatMessage {
             }
             None => return Err(bad("`content` is missing".into())),
         };
+        let role = if role == "developer" { "system" } else { role };
         let message = ChatMessage::new(role, &content);
         message.check(index)?;
         Ok(message)
@@ -250,6 +254,19 @@ impl ChatTemplate {
         add_generation_prompt: bool,
         limit: usize,
     ) -> Result<String, ChatTemplateError> {
+        self.render_with(messages, add_generation_prompt, &Map::new(), limit)
+    }
+
+    /// [`Self::render_at_most`] with more variables for the template (vLLM's
+    /// `chat_template_kwargs`, e.g. Qwen3's `enable_thinking`); `messages`,
+    /// `add_generation_prompt` and the special tokens are this call's, whatever `kwargs` say.
+    pub fn render_with(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        kwargs: &Map<String, Json>,
+        limit: usize,
+    ) -> Result<String, ChatTemplateError> {
         if messages.is_empty() {
             return Err(ChatTemplateError::NoMessages);
         }
@@ -265,15 +282,20 @@ impl ChatTemplate {
             limit,
             over: false,
         };
-        let rendered = template.render_captured_to(
-            minijinja::context! {
-                messages => Value::from(minijinja::value::Serde(messages)),
-                add_generation_prompt => add_generation_prompt,
-                bos_token => &self.bos_token,
-                eos_token => &self.eos_token,
-            },
-            &mut out,
-        );
+        let fixed = minijinja::context! {
+            messages => Value::from(minijinja::value::Serde(messages)),
+            add_generation_prompt => add_generation_prompt,
+            bos_token => &self.bos_token,
+            eos_token => &self.eos_token,
+        };
+        let context = match kwargs.is_empty() {
+            true => fixed,
+            // The first context that has a name wins: the fixed variables, then `kwargs`.
+            false => {
+                minijinja::context! { ..fixed, ..Value::from(minijinja::value::Serde(kwargs)) }
+            }
+        };
+        let rendered = template.render_captured_to(context, &mut out);
         if out.over {
             return Err(ChatTemplateError::OutputTooLong { limit });
         }

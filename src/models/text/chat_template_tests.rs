@@ -102,3 +102,30 @@ fn named_templates_use_default() {
         Some("<s>".into())
     );
 }
+
+#[test]
+fn template_kwargs_reach_the_template_and_cannot_replace_its_variables() {
+    let src = "{{ messages[0].content }}{% if enable_thinking is defined and not enable_thinking %}<think></think>{% endif %}{% if add_generation_prompt %}>{% endif %}";
+    let t = ChatTemplate::new(src, "", "").unwrap();
+    let user = [ChatMessage::new("user", "hi")];
+    let kwargs = |v: serde_json::Value| v.as_object().unwrap().clone();
+    let render = |k: &serde_json::Value, generation| {
+        t.render_with(&user, generation, &kwargs(k.clone()), MAX_RENDERED_BYTES)
+            .unwrap()
+    };
+    assert_eq!(render(&json!({}), true), "hi>");
+    assert_eq!(
+        render(&json!({"enable_thinking": false}), true),
+        "hi<think></think>>"
+    );
+    assert_eq!(render(&json!({"enable_thinking": true}), false), "hi");
+    let hijack =
+        json!({"messages": [{"role": "user", "content": "x"}], "add_generation_prompt": false});
+    assert_eq!(render(&hijack, true), "hi>");
+}
+
+#[test]
+fn developer_is_read_as_system() {
+    let m = ChatMessage::from_openai(0, &json!({"role": "developer", "content": "d"})).unwrap();
+    assert_eq!(m, ChatMessage::new("system", "d"));
+}

@@ -6,18 +6,34 @@
 
 use tokenizers::Tokenizer;
 
-use super::generate::decode;
+use super::generate::decode_with;
 
 /// Where the text of a sequence's generated tokens stands.
-#[derive(Default)]
 pub struct Detokenizer {
     /// First token of the decoded window.
     prefix_offset: usize,
     /// Tokens whose text was given out already.
     read_offset: usize,
+    /// Leave special tokens out of the text.
+    skip_special: bool,
+}
+
+impl Default for Detokenizer {
+    fn default() -> Self {
+        Self::new(true)
+    }
 }
 
 impl Detokenizer {
+    /// A detokenizer that leaves special tokens out of the text, or writes them.
+    pub fn new(skip_special: bool) -> Self {
+        Self {
+            prefix_offset: 0,
+            read_offset: 0,
+            skip_special,
+        }
+    }
+
     /// The text the tokens after those already read add; empty while they end inside a
     /// character (they are read again with the next token).
     pub fn next(&mut self, tokenizer: Option<&Tokenizer>, tokens: &[u32]) -> String {
@@ -33,8 +49,13 @@ impl Detokenizer {
         if self.read_offset >= tokens.len() {
             return String::new();
         }
-        let before = decode(tokenizer, &tokens[self.prefix_offset..self.read_offset]);
-        let after = decode(tokenizer, &tokens[self.prefix_offset..]);
+        let skip = self.skip_special;
+        let before = decode_with(
+            tokenizer,
+            &tokens[self.prefix_offset..self.read_offset],
+            skip,
+        );
+        let after = decode_with(tokenizer, &tokens[self.prefix_offset..], skip);
         let complete = !after.ends_with('\u{FFFD}');
         if !(partial || complete) || !after.starts_with(&before) || after.len() <= before.len() {
             return String::new();
@@ -48,6 +69,7 @@ impl Detokenizer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::models::text::generate::decode;
 
     fn tokenizer(fixture: &str) -> Tokenizer {
         let path = format!(

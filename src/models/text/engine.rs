@@ -16,7 +16,7 @@ use super::batch::{Batch, DEFAULT_KV_CACHE_TOKENS};
 use super::chat_template::{ChatMessage, ChatTemplate, ChatTemplateError};
 use super::error::RunError;
 use super::generate::decode;
-use super::generation_config::union;
+use super::generation_config::{union, SamplingDefaults};
 use super::prompt::PromptCodec;
 use super::sequence::{Sequence, Vocabulary};
 use super::text_files::TextFiles;
@@ -30,6 +30,8 @@ pub struct TextEngine<M: CausalLm> {
     codec: Arc<PromptCodec>,
     /// Ids that end generation: `config.json`'s, then `generation_config.json`'s.
     eos_ids: Vec<u32>,
+    /// `generation_config.json`'s sampling defaults, for what a request leaves unset.
+    sampling_defaults: SamplingDefaults,
     /// Device bytes held by the weights (the KV slab's are counted beside them).
     device_bytes: u64,
     /// The sequences being generated, and the KV-cache budget they share.
@@ -41,6 +43,7 @@ impl<M: CausalLm> TextEngine<M> {
         let codec = PromptCodec::new(tokenizer, None, model.vocab_size(), model.max_positions());
         Self {
             eos_ids: model.eos_ids(),
+            sampling_defaults: SamplingDefaults::default(),
             model,
             codec: Arc::new(codec),
             device_bytes,
@@ -65,7 +68,7 @@ impl<M: CausalLm> TextEngine<M> {
     }
 
     /// Adds what the side files of the checkpoint in `dir` say: `generation_config.json`'s EOS
-    /// ids and the chat template (each optional), checked as the pre-eviction check checks them
+    /// ids and sampling defaults, and the chat template (each optional), checked as the pre-eviction check checks them
     /// ([`TextFiles`]): a tokenizer or context that would fail every request is refused here, as
     /// the model's defect.
     pub fn with_checkpoint_files(mut self, dir: &Path) -> Result<Self, LoadError> {
@@ -76,6 +79,7 @@ impl<M: CausalLm> TextEngine<M> {
             self.model.max_positions(),
         )?;
         union(&mut self.eos_ids, files.eos_ids);
+        self.sampling_defaults = files.sampling;
         self.codec = Arc::new(files.codec);
         Ok(self)
     }
@@ -94,6 +98,11 @@ impl<M: CausalLm> TextEngine<M> {
     /// The ids that end generation.
     pub fn eos_ids(&self) -> &[u32] {
         &self.eos_ids
+    }
+
+    /// The sampling defaults of `generation_config.json` a request leaving them unset takes.
+    pub fn sampling_defaults(&self) -> SamplingDefaults {
+        self.sampling_defaults
     }
 
     pub fn chat_template(&self) -> Option<&ChatTemplate> {
@@ -137,13 +146,32 @@ impl<M: CausalLm> TextEngine<M> {
             .forward_tokens(ids, &mut self.model.new_cache(), true)?)
     }
 
-    /// A sequence for `request`, its prompt encoded and checked against the context.
+    /// A sequence for `request` (what it left unset taken from `generation_config.json`), its
+    /// prompt encoded and checked against the context.
     fn sequence(
         &self,
         id: SeqId,
         request: &GenerateRequest,
     ) -> Result<Sequence<M::Cache>, RunError> {
+        let applied;
+        let request = match request.unset == Default::default() || self.sampling_defaults.is_empty()
+        {
+            true => request,
+            false => {
+                applied = self.sampling_defaults.apply(request);
+                &applied
+            }
+        };
         let vocab = self.model.vocab_size();
+        if let Some(&id) = request
+            .stop_token_ids
+            .iter()
+            .find(|id| **id as usize >= vocab)
+        {
+            return Err(RunError::InvalidSampling(format!(
+                "stop_token_ids names token id {id}, outside the vocabulary (size {vocab})"
+            )));
+        }
         if let Some(&(id, _)) = request
             .logit_bias
             .iter()

@@ -5,8 +5,13 @@ use tokenizers::Tokenizer;
 
 /// Text of `ids` with special tokens skipped; empty without a tokenizer.
 pub fn decode(tokenizer: Option<&Tokenizer>, ids: &[u32]) -> String {
+    decode_with(tokenizer, ids, true)
+}
+
+/// Text of `ids`, special tokens skipped or written out; empty without a tokenizer.
+pub fn decode_with(tokenizer: Option<&Tokenizer>, ids: &[u32], skip_special: bool) -> String {
     tokenizer
-        .and_then(|t| t.decode(ids, true).ok())
+        .and_then(|t| t.decode(ids, skip_special).ok())
         .unwrap_or_default()
 }
 

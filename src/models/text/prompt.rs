@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use serde_json::{Map, Value};
 use tokenizers::Tokenizer;
 use wc_actors::{EngineError, Prompt};
 
@@ -116,6 +117,22 @@ impl PromptCodec {
             Prompt::Ids(ids) => ids.clone(),
             Prompt::Text(text) => self.tokenize(text, true)?,
             Prompt::Chat(messages) => self.encode_chat(messages)?,
+            Prompt::ChatWith(chat) => {
+                let kwargs = match chat.template_kwargs.trim() {
+                    "" => Map::new(),
+                    text => match serde_json::from_str::<Value>(text) {
+                        Ok(Value::Object(map)) => map,
+                        Ok(other) => {
+                            let e = format!("got {other}");
+                            return Err(ChatTemplateError::InvalidKwargs(e).into());
+                        }
+                        Err(e) => {
+                            return Err(ChatTemplateError::InvalidKwargs(e.to_string()).into())
+                        }
+                    },
+                };
+                self.encode_chat_with(&chat.messages, chat.add_generation_prompt, &kwargs)?
+            }
         };
         match self.check_ids(&ids) {
             // Ids the tokenizer made: the model's defect, not the client's.
@@ -172,16 +189,42 @@ impl PromptCodec {
     /// The chat rendered by the model's template, ending where the assistant's reply begins;
     /// at most [`Self::max_rendered_bytes`].
     pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String, ChatTemplateError> {
+        self.render_chat_with(messages, true, &Map::new())
+    }
+
+    /// The chat rendered by the model's template with these options and extra variables; at
+    /// most [`Self::max_rendered_bytes`].
+    pub fn render_chat_with(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        kwargs: &Map<String, Value>,
+    ) -> Result<String, ChatTemplateError> {
         self.chat_template
             .as_ref()
             .ok_or(ChatTemplateError::NoTemplate)?
-            .render_at_most(messages, true, self.max_rendered_bytes())
+            .render_with(
+                messages,
+                add_generation_prompt,
+                kwargs,
+                self.max_rendered_bytes(),
+            )
     }
 
     /// Prompt ids of a chat: the rendered template tokenized without adding special tokens
     /// again (the template writes BOS itself when the model wants one). Messages longer than
     /// any prompt that fits are refused before the template runs.
     pub fn encode_chat(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, RunError> {
+        self.encode_chat_with(messages, true, &Map::new())
+    }
+
+    /// [`Self::encode_chat`] rendered with these options and extra variables.
+    pub fn encode_chat_with(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        kwargs: &Map<String, Value>,
+    ) -> Result<Vec<u32>, RunError> {
         let limit = self.max_prompt_chars();
         let mut chars = 0usize;
         for message in messages {
@@ -193,7 +236,7 @@ impl PromptCodec {
                 });
             }
         }
-        let text = self.render_chat(messages)?;
+        let text = self.render_chat_with(messages, add_generation_prompt, kwargs)?;
         if self.tokenizer.is_none() {
             return Err(ChatTemplateError::NoTokenizer.into());
         }

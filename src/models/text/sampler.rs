@@ -1,4 +1,5 @@
-//! Picks the next token from logits: greedy, or sampled with temperature and top-p from a seeded generator.
+//! Picks the next token from logits: greedy, or sampled with temperature, top-k, top-p and
+//! min-p from a seeded generator.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -9,6 +10,10 @@ use super::error::RunError;
 pub struct Sampler {
     temperature: f64,
     top_p: f64,
+    /// Only the `top_k` most likely tokens; 0 keeps all.
+    top_k: usize,
+    /// Only tokens at least `min_p` times as likely as the most likely; 0 keeps all.
+    min_p: f64,
     rng: StdRng,
 }
 
@@ -32,18 +37,34 @@ impl Sampler {
         Ok(Self {
             temperature,
             top_p,
+            top_k: 0,
+            min_p: 0.0,
             rng,
         })
     }
 
-    /// Whether this sampler takes the argmax.
+    /// Keeps only the `top_k` most likely tokens (0: all) and those at least `min_p` times as
+    /// likely as the most likely one (0: all).
+    pub fn with_filters(mut self, top_k: usize, min_p: f64) -> Result<Self, RunError> {
+        if !(0.0..=1.0).contains(&min_p) {
+            return Err(RunError::InvalidSampling(format!(
+                "min_p must be in [0, 1], got {min_p}"
+            )));
+        }
+        self.top_k = top_k;
+        self.min_p = min_p;
+        Ok(self)
+    }
+
+    /// Whether this sampler takes the argmax (temperature 0, or only the most likely token
+    /// kept).
     pub fn is_greedy(&self) -> bool {
-        self.temperature == 0.0
+        self.temperature == 0.0 || self.top_k == 1
     }
 
     /// The next token for these logits.
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
-        if self.temperature == 0.0 {
+        if self.is_greedy() {
             return argmax(logits);
         }
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -52,7 +73,15 @@ impl Sampler {
             .enumerate()
             .map(|(i, l)| (i as u32, (((*l - max) as f64) / self.temperature).exp()))
             .collect();
+        // Stable: equally likely tokens stay in id order, the first of them kept by top-k.
         probs.sort_by(|a, b| b.1.total_cmp(&a.1));
+        if self.top_k > 0 {
+            probs.truncate(self.top_k);
+        }
+        if self.min_p > 0.0 {
+            let floor = probs.first().map_or(0.0, |p| p.1) * self.min_p;
+            probs.retain(|p| p.1 >= floor);
+        }
         let total: f64 = probs.iter().map(|p| p.1).sum();
         let mut kept = 0.0;
         let mut cut = probs.len();
@@ -110,6 +139,30 @@ mod tests {
             "top_p 0.9 keeps only the two likely tokens"
         );
         assert!(draw(7).contains(&0) && draw(7).contains(&1));
+    }
+
+    #[test]
+    fn top_k_and_min_p_keep_only_the_likely_tokens() {
+        let logits = [2.0, 1.9, 1.8, -1.0];
+        let draw = |top_k, min_p| {
+            let mut s = Sampler::new(1.0, 1.0, Some(3))
+                .unwrap()
+                .with_filters(top_k, min_p)
+                .unwrap();
+            (0..1000).map(|_| s.sample(&logits)).collect::<Vec<_>>()
+        };
+        assert!(draw(1, 0.0).iter().all(|t| *t == 0), "top_k 1 is greedy");
+        assert!(draw(2, 0.0).iter().all(|t| *t < 2) && draw(2, 0.0).contains(&1));
+        // exp(-3) of the top one's probability is under 0.1: token 3 goes, the others stay.
+        assert!(draw(0, 0.1).iter().all(|t| *t < 3) && draw(0, 0.1).contains(&2));
+        assert!(
+            draw(0, 0.0).contains(&3),
+            "no filter keeps the unlikely token"
+        );
+        assert!(Sampler::new(1.0, 1.0, None)
+            .unwrap()
+            .with_filters(0, 1.5)
+            .is_err());
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! One sequence of a batch: its prompt and generated ids, its own cache, sampler, penalties,
-//! logit bias, stop strings and text held back from the stream, and the output it builds.
+//! logit bias, minimum length, stop strings and stop tokens, text held back from the stream, and
+//! the output it builds.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use tokenizers::Tokenizer;
@@ -37,6 +38,16 @@ pub struct Sequence<C> {
     presence_penalty: f32,
     frequency_penalty: f32,
     logit_bias: Vec<(u32, f32)>,
+    /// 1.0: none.
+    repetition_penalty: f32,
+    /// Every token of the prompt and the output, for the repetition penalty (empty without one).
+    seen: HashSet<u32>,
+    /// No end before this many new tokens.
+    min_tokens: usize,
+    /// Ids that end generation besides the end-of-sequence ids.
+    stop_token_ids: Vec<u32>,
+    /// Keep what ended generation (stop string, stop token's text) in the output.
+    include_stop: bool,
     /// How often each generated token occurred, for the penalties.
     counts: HashMap<u32, u32>,
     new_tokens: Vec<u32>,
@@ -88,6 +99,18 @@ impl<C: TokenCache> Sequence<C> {
                 )));
             }
         }
+        if !(request.repetition_penalty > 0.0 && request.repetition_penalty.is_finite()) {
+            return Err(RunError::InvalidSampling(format!(
+                "repetition_penalty must be > 0, got {}",
+                request.repetition_penalty
+            )));
+        }
+        if request.min_tokens > request.max_new_tokens {
+            return Err(RunError::InvalidSampling(format!(
+                "min_tokens ({}) must be at most max_tokens ({})",
+                request.min_tokens, request.max_new_tokens
+            )));
+        }
         if let Some(&(_, bias)) = request
             .logit_bias
             .iter()
@@ -104,13 +127,18 @@ impl<C: TokenCache> Sequence<C> {
                 max: usize::MAX,
             },
         )?;
+        let seen = match request.repetition_penalty == 1.0 {
+            true => HashSet::new(),
+            false => prompt_ids.iter().copied().collect(),
+        };
         Ok(Self {
             id,
             cache,
             reserved,
             pending: prompt_ids.clone(),
             prompt_ids,
-            sampler: Sampler::new(request.temperature, request.top_p, request.seed)?,
+            sampler: Sampler::new(request.temperature, request.top_p, request.seed)?
+                .with_filters(request.top_k, request.min_p)?,
             max_new_tokens: request.max_new_tokens,
             stop: request
                 .stop
@@ -123,10 +151,15 @@ impl<C: TokenCache> Sequence<C> {
             presence_penalty: request.presence_penalty,
             frequency_penalty: request.frequency_penalty,
             logit_bias: request.logit_bias.clone(),
+            repetition_penalty: request.repetition_penalty as f32,
+            seen,
+            min_tokens: request.min_tokens,
+            stop_token_ids: request.stop_token_ids.clone(),
+            include_stop: request.include_stop_str_in_output,
             counts: HashMap::new(),
             new_tokens: Vec::new(),
             text: String::new(),
-            detokenizer: Detokenizer::default(),
+            detokenizer: Detokenizer::new(request.skip_special_tokens),
             stopped_by_string: false,
             emitted: 0,
             token_logprobs: Vec::new(),
@@ -167,7 +200,9 @@ impl<C: TokenCache> Sequence<C> {
             || self.logprobs.is_some()
             || self.presence_penalty != 0.0
             || self.frequency_penalty != 0.0
+            || self.repetition_penalty != 1.0
             || !self.logit_bias.is_empty()
+            || self.new_tokens.len() < self.min_tokens
     }
 
     /// Takes the next token (sampled from the logits of the last token run, or the device's
@@ -179,14 +214,16 @@ impl<C: TokenCache> Sequence<C> {
         let (token, logprobs) = match next {
             Next::Greedy(token) => (token, None),
             Next::Logits(logits) => {
-                let token = self.sample(logits);
+                let token = self.sample(logits, vocab.eos_ids);
                 let logprobs = self
                     .logprobs
                     .map(|top| token_logprobs(logits, token, top, vocab.tokenizer));
                 (token, logprobs)
             }
         };
-        if vocab.eos_ids.contains(&token) && !self.ignore_eos {
+        let stop_token = (vocab.eos_ids.contains(&token) && !self.ignore_eos)
+            || self.stop_token_ids.contains(&token);
+        if stop_token && !self.include_stop {
             return Advance {
                 token: None,
                 finished: Some(FinishReason::Stop),
@@ -198,6 +235,9 @@ impl<C: TokenCache> Sequence<C> {
         }
         self.new_tokens.push(token);
         *self.counts.entry(token).or_default() += 1;
+        if self.repetition_penalty != 1.0 {
+            self.seen.insert(token);
+        }
         // Only the end of the text can hold a stop string that was not there before.
         let longest_stop = self.stop.iter().map(String::len).max().unwrap_or(0);
         let mut search_from = self.text.len().saturating_sub(longest_stop);
@@ -206,10 +246,20 @@ impl<C: TokenCache> Sequence<C> {
         }
         let added = self.detokenizer.next(vocab.tokenizer, &self.new_tokens);
         self.text.push_str(&added);
-        let mut finished = None;
+        let mut finished = stop_token.then_some(FinishReason::Stop);
         let tail = &self.text[search_from..];
-        if let Some(at) = self.stop.iter().filter_map(|s| tail.find(s)).min() {
-            self.text.truncate(search_from + at);
+        // Stop strings end nothing before `min_tokens` (as in vLLM).
+        let found = match self.new_tokens.len() >= self.min_tokens {
+            true => self
+                .stop
+                .iter()
+                .filter_map(|s| tail.find(s.as_str()).map(|at| (at, s.len())))
+                .min_by_key(|(at, _)| *at),
+            false => None,
+        };
+        if let Some((at, len)) = found {
+            let kept = if self.include_stop { len } else { 0 };
+            self.text.truncate(search_from + at + kept);
             self.stopped_by_string = true;
             finished = Some(FinishReason::Stop);
         }
@@ -238,14 +288,25 @@ impl<C: TokenCache> Sequence<C> {
         }
     }
 
-    /// The next token: penalties and bias on the logits, then the sampler.
-    fn sample(&mut self, logits: &[f32]) -> u32 {
+    /// The next token: penalties and bias on the logits, the stop tokens masked before
+    /// `min_tokens`, then the sampler.
+    fn sample(&mut self, logits: &[f32], eos_ids: &[u32]) -> u32 {
         let penalised = !self.counts.is_empty()
             && (self.presence_penalty != 0.0 || self.frequency_penalty != 0.0);
-        if !penalised && self.logit_bias.is_empty() {
+        let repeated = self.repetition_penalty != 1.0;
+        let too_short = self.new_tokens.len() < self.min_tokens;
+        if !penalised && !repeated && !too_short && self.logit_bias.is_empty() {
             return self.sampler.sample(logits);
         }
         let mut adjusted = logits.to_vec();
+        if repeated {
+            let penalty = self.repetition_penalty;
+            for &id in &self.seen {
+                if let Some(l) = adjusted.get_mut(id as usize) {
+                    *l = if *l > 0.0 { *l / penalty } else { *l * penalty };
+                }
+            }
+        }
         if penalised {
             for (&id, &count) in &self.counts {
                 if let Some(l) = adjusted.get_mut(id as usize) {
@@ -256,6 +317,14 @@ impl<C: TokenCache> Sequence<C> {
         for &(id, bias) in &self.logit_bias {
             if let Some(l) = adjusted.get_mut(id as usize) {
                 *l += bias;
+            }
+        }
+        if too_short {
+            let eos = eos_ids.iter().filter(|_| !self.ignore_eos);
+            for &id in eos.chain(&self.stop_token_ids) {
+                if let Some(l) = adjusted.get_mut(id as usize) {
+                    *l = f32::NEG_INFINITY;
+                }
             }
         }
         self.sampler.sample(&adjusted)

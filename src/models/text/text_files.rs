@@ -1,7 +1,8 @@
-//! What an attach reads of a checkpoint besides its weights, checked without them: the EOS ids of
-//! `generation_config.json`, the chat template compiled, and the tokenizer and context proven
-//! usable with the model's vocabulary. The engine build and the pre-eviction check share it, so a
-//! checkpoint that would fail the build fails before a live engine is evicted for it.
+//! What an attach reads of a checkpoint besides its weights, checked without them: the EOS ids
+//! and sampling defaults of `generation_config.json`, the chat template compiled, and the
+//! tokenizer and context proven usable with the model's vocabulary. The engine build and the
+//! pre-eviction check share it, so a checkpoint that would fail the build fails before a live
+//! engine is evicted for it.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use tokenizers::Tokenizer;
 
 use super::chat_template::ChatTemplate;
-use super::generation_config::generation_eos_ids;
+use super::generation_config::{generation_config, SamplingDefaults};
 use super::prompt::PromptCodec;
 use crate::load::LoadError;
 
@@ -17,6 +18,8 @@ use crate::load::LoadError;
 pub struct TextFiles {
     /// `generation_config.json`'s end-of-sequence ids (empty without one).
     pub eos_ids: Vec<u32>,
+    /// `generation_config.json`'s sampling defaults (none without one).
+    pub sampling: SamplingDefaults,
     /// The prompt codec: tokenizer, chat template, vocabulary and context.
     pub codec: PromptCodec,
 }
@@ -36,7 +39,7 @@ impl TextFiles {
                 reason: format!("{max_positions} positions hold no prompt and generated token"),
             });
         }
-        let eos_ids = generation_eos_ids(dir)?;
+        let (eos_ids, sampling) = generation_config(dir)?;
         let template = ChatTemplate::from_dir(dir)?;
         let codec = PromptCodec::new(tokenizer, template, vocab_size, max_positions);
         codec
@@ -45,6 +48,10 @@ impl TextFiles {
                 path: dir.join("tokenizer.json"),
                 reason,
             })?;
-        Ok(Self { eos_ids, codec })
+        Ok(Self {
+            eos_ids,
+            sampling,
+            codec,
+        })
     }
 }
