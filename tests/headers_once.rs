@@ -38,6 +38,7 @@ fn each_weight_file_header_is_parsed_once_per_attach_across_the_process_boundary
         &model,
         0,
         None,
+        &mut |_, _| {},
     )
     .unwrap();
     let shards: Vec<String> = written

@@ -13,6 +13,7 @@ pub mod floor;
 pub mod frame;
 pub mod guard;
 pub mod machine;
+pub mod progress;
 pub mod report;
 pub mod results;
 pub mod standard;
@@ -20,7 +21,6 @@ pub mod stats;
 
 mod controller_path;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -115,6 +115,8 @@ struct Bench<'a> {
     runs: Vec<RunRecord>,
     /// The paths timed, in order.
     modes: Vec<Mode>,
+    /// Each run as it finishes: redrawn in place on a terminal, a line each otherwise.
+    progress: progress::ProgressLine<std::io::Stderr>,
 }
 
 impl Bench<'_> {
@@ -166,12 +168,11 @@ impl Bench<'_> {
         let mut record = RunRecord::new(scenario, mode.name(), model, round, run, timeline, bytes);
         record.decode = decode;
         record.memory = memory;
-        eprint!(
-            "\r[{scenario}] round {round} run {run}: {:<12} {:>9.1} ms   ",
+        self.progress.line(&format!(
+            "[{scenario}] round {round} run {run}: {:<12} {:>9.1} ms",
             mode.name(),
             record.total_ms
-        );
-        let _ = std::io::stderr().flush();
+        ));
         self.runs.push(record);
         Ok(())
     }
@@ -188,7 +189,7 @@ impl Bench<'_> {
                 self.record("single", Mode::Transformers, &model, 0, run)?;
             }
         }
-        eprintln!();
+        self.progress.finish();
         Ok(())
     }
 
@@ -201,7 +202,7 @@ impl Bench<'_> {
                 }
             }
         }
-        eprintln!();
+        self.progress.finish();
         Ok(())
     }
 }
@@ -267,6 +268,7 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<Results> {
         scratch,
         runs: Vec::new(),
         modes,
+        progress: progress::ProgressLine::stderr(),
     };
     if options.single {
         bench.single()?;

@@ -71,8 +71,14 @@ pub fn run(args: MakeModelArgs) -> anyhow::Result<()> {
         args.out.display()
     );
     let shards = args.shards.map(usize::from);
-    let written = (family.write_preset)(&args.preset, dtype, &args.out, args.seed, shards)
-        .with_context(|| format!("writing {}", args.out.display()))?;
+    // The weights as they are written: one line redrawn on a terminal, a line per tenth in a log.
+    let mut progress = crate::bench::progress::ProgressLine::stderr();
+    let mut tell = |done: u64, total: u64| progress.bytes("weights", done, total);
+    let written =
+        (family.write_preset)(&args.preset, dtype, &args.out, args.seed, shards, &mut tell)
+            .with_context(|| format!("writing {}", args.out.display()));
+    progress.finish();
+    let written = written?;
     let weight_files = written
         .files
         .iter()

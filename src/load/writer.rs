@@ -2,7 +2,8 @@
 //! safetensors header is written first (every shape is known up front), then each tensor's bytes
 //! are generated in bounded chunks, on every core, and written straight to the file, so an 8B
 //! model (16 GB in bf16) never has more than a few MiB per core in memory. Several files get a
-//! `model.safetensors.index.json`, as `save_pretrained` writes it.
+//! `model.safetensors.index.json`, as `save_pretrained` writes it. A caller may watch the bytes
+//! go out through a progress callback ([`Progress`]).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -85,6 +86,10 @@ pub struct Written {
     pub data_bytes: u64,
 }
 
+/// Told the weight bytes written so far and the total, over all files: after each header with
+/// nothing yet, and after every wave of chunks, the last call with `written == total`.
+pub type Progress<'a> = &'a mut dyn FnMut(u64, u64);
+
 /// The file names of `shards` weight files, as `save_pretrained` names them.
 pub fn shard_names(shards: usize) -> Vec<String> {
     if shards <= 1 {
@@ -105,6 +110,18 @@ pub fn write_safetensors(
     dtype: candle_core::DType,
     shards: usize,
     seed: u64,
+) -> Result<Written, LoadError> {
+    write_safetensors_with_progress(dir, tensors, dtype, shards, seed, &mut |_, _| {})
+}
+
+/// [`write_safetensors`], telling `progress` the weight bytes written so far and the total.
+pub fn write_safetensors_with_progress(
+    dir: &Path,
+    tensors: &[TensorSpec],
+    dtype: candle_core::DType,
+    shards: usize,
+    seed: u64,
+    progress: Progress<'_>,
 ) -> Result<Written, LoadError> {
     let size = match dtype {
         candle_core::DType::F32 => 4u64,
@@ -135,6 +152,8 @@ pub fn write_safetensors(
     let names = shard_names(shards);
     std::fs::create_dir_all(dir).map_err(|e| crate::load::io_error(dir, e))?;
     let mut weight_map = BTreeMap::new();
+    let mut done = 0u64;
+    progress(0, total);
     for (shard, file_name) in names.iter().enumerate() {
         let members: Vec<&TensorSpec> = tensors
             .iter()
@@ -143,7 +162,11 @@ pub fn write_safetensors(
             .map(|(t, _)| t)
             .collect();
         let path = dir.join(file_name);
-        write_file(&path, &members, dtype, size, seed)?;
+        let mut tell = |bytes: u64| {
+            done += bytes;
+            progress(done, total);
+        };
+        write_file(&path, &members, dtype, size, seed, &mut tell)?;
         for t in members {
             weight_map.insert(t.name.clone(), file_name.clone());
         }
@@ -163,13 +186,15 @@ pub fn write_safetensors(
 }
 
 /// One safetensors file: the header (padded with spaces to 8 bytes, as the `safetensors` crate
-/// pads it), then each tensor's data in order.
+/// pads it), then each tensor's data in order; `wrote` is told the data bytes of each wave of
+/// chunks once they are in the file's buffer.
 fn write_file(
     path: &Path,
     tensors: &[&TensorSpec],
     dtype: candle_core::DType,
     size: u64,
     seed: u64,
+    wrote: &mut dyn FnMut(u64),
 ) -> Result<(), LoadError> {
     let io = |e| crate::load::io_error(path, e);
     let dtype_name = match dtype {
@@ -225,9 +250,12 @@ fn write_file(
                     .map(|w| w.join().expect("a chunk generator panicked"))
                     .collect()
             });
+            let mut bytes_out = 0u64;
             for bytes in generated {
                 out.write_all(&bytes).map_err(io)?;
+                bytes_out += bytes.len() as u64;
             }
+            wrote(bytes_out);
         }
     }
     out.flush().map_err(io)?;
@@ -342,6 +370,37 @@ mod tests {
         }
         assert_eq!(read[0], read[1], "sharding does not change the weights");
         std::fs::remove_dir_all(base).unwrap();
+    }
+
+    #[test]
+    fn progress_counts_every_byte_up_to_the_total_in_order() {
+        let dir = std::env::temp_dir().join(format!("wc-writer-progress-{}", std::process::id()));
+        let tensors: Vec<TensorSpec> = (0..5)
+            .map(|i| spec(&format!("t{i}"), &[100 + i], Init::Normal(0.02)))
+            .collect();
+        let mut calls = Vec::new();
+        let written = write_safetensors_with_progress(
+            &dir,
+            &tensors,
+            candle_core::DType::F16,
+            2,
+            0,
+            &mut |done, total| calls.push((done, total)),
+        )
+        .unwrap();
+        assert_eq!(
+            calls.first(),
+            Some(&(0, written.data_bytes)),
+            "told at the start"
+        );
+        assert_eq!(
+            calls.last(),
+            Some(&(written.data_bytes, written.data_bytes)),
+            "told at the end"
+        );
+        assert!(calls.len() >= 6, "told after each tensor: {calls:?}");
+        assert!(calls.windows(2).all(|w| w[0].0 <= w[1].0), "{calls:?}");
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

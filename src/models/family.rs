@@ -72,8 +72,15 @@ pub struct PresetInfo {
 }
 
 /// A family's preset writer: preset name, dtype, output directory, seed, shards (`None`: as
-/// the published checkpoint).
-pub type WritePreset = fn(&str, DType, &Path, u64, Option<usize>) -> Result<Written, LoadError>;
+/// the published checkpoint), and a callback told the weight bytes written so far and the total.
+pub type WritePreset = fn(
+    &str,
+    DType,
+    &Path,
+    u64,
+    Option<usize>,
+    &mut dyn FnMut(u64, u64),
+) -> Result<Written, LoadError>;
 
 /// One row of the table: a family and what the crate calls it for.
 pub struct Family {
@@ -90,8 +97,8 @@ pub struct Family {
     pub presets: fn() -> Vec<&'static str>,
     /// The preset called so, if the family has it.
     pub preset: fn(&str) -> Option<PresetInfo>,
-    /// Writes a preset's random-weight checkpoint (`name`, dtype, `out`, seed, shards) with a
-    /// placeholder tokenizer; returns the files written (relative to `out`) and the weight bytes.
+    /// Writes a preset's random-weight checkpoint (`name`, dtype, `out`, seed, shards, progress)
+    /// with a placeholder tokenizer; returns the files written (relative to `out`) and the weight bytes.
     pub write_preset: WritePreset,
 }
 

@@ -12,7 +12,8 @@ use rand_distr::{Distribution, Normal};
 use super::config::LlamaConfig;
 use crate::load::dtype::candle_dtype;
 use crate::load::writer::{
-    write_json, write_placeholder_tokenizer, write_safetensors, Init, TensorSpec, Written,
+    write_json, write_placeholder_tokenizer, write_safetensors_with_progress, Init, Progress,
+    TensorSpec, Written,
 };
 use crate::load::LoadError;
 use crate::models::family::{Config, PresetInfo};
@@ -163,6 +164,18 @@ pub fn write_checkpoint(
     seed: u64,
     shards: Option<usize>,
 ) -> Result<Written, LoadError> {
+    write_checkpoint_with_progress(preset, dtype, out, seed, shards, &mut |_, _| {})
+}
+
+/// [`write_checkpoint`], telling `progress` the weight bytes written so far and the total.
+pub fn write_checkpoint_with_progress(
+    preset: &Preset,
+    dtype: DType,
+    out: &Path,
+    seed: u64,
+    shards: Option<usize>,
+    progress: Progress<'_>,
+) -> Result<Written, LoadError> {
     let config = preset.config();
     let mut config_json: serde_json::Value =
         serde_json::from_str(preset.config_json).expect("preset configs are JSON");
@@ -180,12 +193,13 @@ pub fn write_checkpoint(
         "eos_token_id": config_json["eos_token_id"],
     });
     write_json(&out.join("generation_config.json"), &generation)?;
-    write_safetensors(
+    write_safetensors_with_progress(
         out,
         &tensor_specs(&config),
         dtype,
         shards.unwrap_or(preset.shards),
         seed,
+        progress,
     )
 }
 
@@ -228,19 +242,21 @@ pub fn info(name: &str) -> Option<PresetInfo> {
 
 /// The family table's preset writer: the weights in `shards` files (`None`: as the original),
 /// `config.json`, `generation_config.json`, a placeholder `tokenizer.json` and, when sharded,
-/// `model.safetensors.index.json`.
+/// `model.safetensors.index.json`; `progress` is told the weight bytes as they are written.
 pub fn write_preset(
     name: &str,
     dtype: wc_actors::DType,
     out: &Path,
     seed: u64,
     shards: Option<usize>,
+    progress: Progress<'_>,
 ) -> Result<Written, LoadError> {
     let preset = preset(name).ok_or_else(|| LoadError::InvalidConfig {
         path: out.to_path_buf(),
         reason: format!("no Llama-family preset `{name}`"),
     })?;
-    let mut written = write_checkpoint(preset, candle_dtype(dtype), out, seed, shards)?;
+    let mut written =
+        write_checkpoint_with_progress(preset, candle_dtype(dtype), out, seed, shards, progress)?;
     write_placeholder_tokenizer(out, preset.config().vocab_size)?;
     let sharded = written.files.len() > 1;
     written

@@ -10,7 +10,7 @@ use rand_distr::{Distribution, Normal};
 
 use super::config::OptConfig;
 use crate::load::dtype::candle_dtype;
-use crate::load::writer::{write_placeholder_tokenizer, Written};
+use crate::load::writer::{write_placeholder_tokenizer, Progress, Written};
 use crate::load::LoadError;
 use crate::models::family::{Config, PresetInfo};
 
@@ -120,13 +120,16 @@ pub fn info(name: &str) -> Option<PresetInfo> {
 }
 
 /// The family table's preset writer: `model.safetensors`, `config.json` and a placeholder
-/// `tokenizer.json`; OPT presets are one file (`shards` other than 1 is refused).
+/// `tokenizer.json`; OPT presets are one file (`shards` other than 1 is refused). The weights are
+/// made in memory and saved at once (OPT presets are at most a few hundred MB), so `progress` is
+/// told only when the file is written.
 pub fn write_preset(
     name: &str,
     dtype: wc_actors::DType,
     out: &Path,
     seed: u64,
     shards: Option<usize>,
+    progress: Progress<'_>,
 ) -> Result<Written, LoadError> {
     let config = preset(name).ok_or_else(|| LoadError::InvalidConfig {
         path: out.to_path_buf(),
@@ -139,6 +142,7 @@ pub fn write_preset(
         });
     }
     let data_bytes = write_checkpoint(&config, candle_dtype(dtype), out, seed)?;
+    progress(data_bytes, data_bytes);
     write_placeholder_tokenizer(out, config.vocab_size)?;
     Ok(Written {
         files: ["model.safetensors", "config.json", "tokenizer.json"]
