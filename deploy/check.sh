@@ -214,12 +214,34 @@ for _ in $(seq 1 600); do
   kill -0 "$SERVER" 2>/dev/null || break
   sleep 0.1
 done
+url=$(grep -o "ready: listening on http://[^\" ]*" "$OUT/serve.log" | head -1 | sed 's/.* //')
+[ -z "$url" ] || curl -sf "$url/metrics" >"$OUT/metrics.txt" || true
 kill "$SERVER" 2>/dev/null || true
 wait "$SERVER" 2>/dev/null || true
-if ! grep -q "ready: listening on" "$OUT/serve.log"; then
+if [ -z "$url" ]; then
   cat "$OUT/serve.log" >&2
   echo "the server did not start with the chart's config.toml" >&2
   exit 1
 fi
-grep -o "ready: listening on http://[^\" ]*" "$OUT/serve.log" | head -1
+echo "ready: listening on $url"
+
+echo "== the picker's gauges are on the server's /metrics, one series a pod"
+python3 - "$CHART/files/epp-config.yaml" "$OUT/metrics.txt" <<'EOF'
+import re, sys, yaml
+cfg = yaml.safe_load(open(sys.argv[1]))
+engines = [p for p in cfg["plugins"] if p["type"] == "core-metrics-extractor"][0]["parameters"]
+specs = {e["name"]: e for e in engines["engineConfigs"]}[engines["defaultEngine"]]
+series = {}
+for line in open(sys.argv[2]):
+    m = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? ", line)
+    if m:
+        series.setdefault(m.group(1), []).append(m.group(2) or "")
+for key, spec in specs.items():
+    if not key.endswith("Spec") or not spec:
+        continue
+    assert "{" not in spec, f"{key}: {spec} names labels: the picker would read one model"
+    found = series.get(spec, [])
+    assert found == [""], f"{key}: {spec} on /metrics: {found or 'absent'} (want one series, no labels)"
+    print(f"{key}: {spec}")
+EOF
 echo "deploy checks passed"
