@@ -235,10 +235,10 @@ fn metrics_expose_attach_phases_workers_requests_and_errors() {
         .starts_with("text/plain"));
     let text = metrics.body;
     let series = |name: &str| text.lines().filter(|l| l.starts_with(name)).count();
-    assert_eq!(series("vllm:num_requests_waiting "), 1, "{text}");
-    assert_eq!(series("vllm:num_requests_running "), 1, "{text}");
+    assert_eq!(series("wc_pod_num_requests_waiting "), 1, "{text}");
+    assert_eq!(series("wc_pod_num_requests_running "), 1, "{text}");
     for line in [
-        "vllm:num_requests_running 0",
+        "wc_pod_num_requests_running 0",
         "wc_workers{state=\"serving\"} 1",
         "wc_workers{state=\"idle\"} 1",
         "wc_engines 1",

@@ -281,7 +281,7 @@ fn engines_and_metrics_show_the_batch_the_queue_and_the_kv_cache_reservation() {
         let usage = sample(&metrics, "vllm:kv_cache_usage_perc{model_name=\"slow\"}");
         assert_eq!(usage, 1208.0 / 1500.0, "{metrics}");
         // One engine: the pod's usage is its usage.
-        assert_eq!(sample(&metrics, "vllm:kv_cache_usage_perc"), usage);
+        assert_eq!(sample(&metrics, "wc_pod_kv_cache_usage_perc"), usage);
         for client in clients {
             assert_eq!(client.join().unwrap(), 600);
         }
@@ -292,7 +292,7 @@ fn engines_and_metrics_show_the_batch_the_queue_and_the_kv_cache_reservation() {
     let done = engine_when(&server, settled);
     assert_eq!(reserved(&done), 0, "{done}");
     let metrics = server.get("/metrics").body;
-    assert_eq!(sample(&metrics, "vllm:kv_cache_usage_perc"), 0.0);
+    assert_eq!(sample(&metrics, "wc_pod_kv_cache_usage_perc"), 0.0);
     assert_eq!(
         sample(&metrics, "vllm:kv_cache_usage_perc{model_name=\"slow\"}"),
         0.0

@@ -1,10 +1,13 @@
-//! `/metrics` over real HTTP: the `vllm:` series per model and for the pod move with requests,
-//! the gauges follow a request in flight, and the OpenMetrics output passes a strict parser.
+//! `/metrics` over real HTTP: the `vllm:` series per model (every one labelled `model_name`, so
+//! a `sum()` counts each request once) and the pod's `wc_pod_` totals move with requests, every
+//! series inference-perf's vLLM client reads is there and agrees with the requests made, the
+//! gauges follow a request in flight, and the OpenMetrics output passes a strict parser.
 //! Request ids: `x-request-id` honoured when sane, made otherwise, echoed on every reply and
 //! used in the completion's `id`; one access line per request.
 
 mod server_common;
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -37,6 +40,87 @@ fn sample(text: &str, series: &str) -> f64 {
 fn scrape(server: &Server) -> String {
     server.get("/metrics").body
 }
+
+/// One sample of the Prometheus text format: name, labels, value.
+#[derive(Debug)]
+struct Sample {
+    name: String,
+    labels: BTreeMap<String, String>,
+    value: f64,
+}
+
+/// Every sample of a Prometheus text exposition (comments skipped).
+fn parse(text: &str) -> Vec<Sample> {
+    let mut samples = Vec::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let (series, value) = line.rsplit_once(' ').expect("name and value");
+        let value = value.parse().unwrap_or_else(|_| panic!("value of {line}"));
+        let (name, labels) = match series.split_once('{') {
+            None => (series.to_owned(), BTreeMap::new()),
+            Some((name, rest)) => {
+                let mut labels = BTreeMap::new();
+                let mut rest = rest.strip_suffix('}').expect("closing brace");
+                while !rest.is_empty() {
+                    let (key, after) = rest.split_once("=\"").expect("key=\"");
+                    let end = after.find('"').expect("closing quote");
+                    labels.insert(key.to_owned(), after[..end].to_owned());
+                    rest = after[end + 1..].trim_start_matches(',');
+                }
+                (name.to_owned(), labels)
+            }
+        };
+        samples.push(Sample {
+            name,
+            labels,
+            value,
+        });
+    }
+    samples
+}
+
+/// The sum of the samples named `name` whose labels include every one of `with`.
+fn total(samples: &[Sample], name: &str, with: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|s| s.name == name)
+        .filter(|s| {
+            with.iter()
+                .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(v))
+        })
+        .map(|s| s.value)
+        .sum()
+}
+
+/// The series inference-perf's vLLM client reads (inference_perf/client/modelserver/
+/// vllm_client.py), each filtered by `model_name`: counters by their family name (the samples
+/// carry `_total`), histograms by their name (the samples carry `_bucket`, `_sum`, `_count`).
+const INFERENCE_PERF_COUNTERS: [&str; 4] = [
+    "vllm:prompt_tokens",
+    "vllm:generation_tokens",
+    "vllm:request_success",
+    "vllm:num_preemptions",
+];
+const INFERENCE_PERF_GAUGES: [&str; 3] = [
+    "vllm:num_requests_waiting",
+    "vllm:num_requests_running",
+    "vllm:kv_cache_usage_perc",
+];
+const INFERENCE_PERF_HISTOGRAMS: [&str; 11] = [
+    "vllm:e2e_request_latency_seconds",
+    "vllm:request_time_per_output_token_seconds",
+    "vllm:time_to_first_token_seconds",
+    "vllm:inter_token_latency_seconds",
+    "vllm:request_queue_time_seconds",
+    "vllm:request_inference_time_seconds",
+    "vllm:request_prefill_time_seconds",
+    "vllm:request_decode_time_seconds",
+    "vllm:request_prompt_tokens",
+    "vllm:request_generation_tokens",
+    "vllm:iteration_tokens_total",
+];
 
 #[test]
 fn vllm_series_count_requests_per_model_and_for_the_pod() {
@@ -77,11 +161,14 @@ fn vllm_series_count_requests_per_model_and_for_the_pod() {
         0.0 < ttft_sum && ttft_sum <= e2e_sum,
         "{ttft_sum} {e2e_sum}"
     );
-    for gauge in ["vllm:num_requests_running", "vllm:num_requests_waiting"] {
-        let lines: Vec<&str> = text.lines().filter(|l| l.starts_with(gauge)).collect();
-        assert_eq!(lines, [format!("{gauge} 0"), format!("{} 0", m(gauge))]);
+    // Per model only: the pod's totals are their own families.
+    for gauge in ["num_requests_running", "num_requests_waiting"] {
+        let vllm = format!("vllm:{gauge}");
+        let lines: Vec<&str> = text.lines().filter(|l| l.starts_with(&vllm)).collect();
+        assert_eq!(lines, [format!("{} 0", m(&vllm))]);
+        assert_eq!(sample(&text, &format!("wc_pod_{gauge}")), 0.0);
     }
-    assert_eq!(sample(&text, "vllm:kv_cache_usage_perc"), 0.0);
+    assert_eq!(sample(&text, "wc_pod_kv_cache_usage_perc"), 0.0);
     assert_eq!(sample(&text, &m("vllm:kv_cache_usage_perc")), 0.0);
 
     // A model name that does not exist leaves no series behind (clients choose names).
@@ -89,6 +176,143 @@ fn vllm_series_count_requests_per_model_and_for_the_pod() {
     assert_eq!(server.post("/v1/completions", &unknown).status, 404);
     let text = scrape(&server);
     assert!(!text.contains("no-such-model"), "{text}");
+}
+
+#[test]
+fn every_series_inference_perf_reads_is_there_per_model_and_agrees_with_the_requests() {
+    let server = Server::start("metrics-inference-perf", &config());
+    // Three requests: two that run to max_tokens (one streamed) and one that stops early.
+    let mut generated = 0.0;
+    let mut prompt = 0.0;
+    for body in [
+        completion(false),
+        json!({"model": MODEL, "prompt": "Now is better", "max_tokens": 5, "temperature": 0,
+               "ignore_eos": true}),
+    ] {
+        let reply = server.post("/v1/completions", &body);
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        generated += reply.json()["usage"]["completion_tokens"].as_f64().unwrap();
+        prompt += reply.json()["usage"]["prompt_tokens"].as_f64().unwrap();
+    }
+    let (chunks, done) =
+        EventStream::open(&server.addr, "/v1/completions", &completion(true)).collect();
+    assert!(done);
+    let usage = &chunks.last().unwrap()["usage"];
+    generated += usage["completion_tokens"].as_f64().unwrap();
+    prompt += usage["prompt_tokens"].as_f64().unwrap();
+    let requests = 3.0;
+
+    let text = scrape(&server);
+    let samples = parse(&text);
+    // Every vllm:* sample is per model.
+    for sample in samples.iter().filter(|s| s.name.starts_with("vllm:")) {
+        assert_eq!(
+            sample.labels.get("model_name").map(String::as_str),
+            Some(MODEL),
+            "{sample:?}"
+        );
+    }
+    let model = [("model_name", MODEL)];
+    let has = |name: &str| samples.iter().any(|s| s.name == name);
+    for counter in INFERENCE_PERF_COUNTERS {
+        assert!(
+            has(&format!("{counter}_total")),
+            "no {counter}_total in\n{text}"
+        );
+    }
+    for gauge in INFERENCE_PERF_GAUGES {
+        assert!(has(gauge), "no {gauge} in\n{text}");
+    }
+    for histogram in INFERENCE_PERF_HISTOGRAMS {
+        for suffix in ["_bucket", "_sum", "_count"] {
+            assert!(
+                has(&format!("{histogram}{suffix}")),
+                "no {histogram}{suffix}"
+            );
+        }
+        let count = total(&samples, &format!("{histogram}_count"), &model);
+        let expected = match histogram {
+            // One observation per token after the first.
+            "vllm:inter_token_latency_seconds" => generated - requests,
+            _ => requests,
+        };
+        assert_eq!(count, expected, "{histogram}");
+    }
+
+    // Finished requests by reason: all ran to max_tokens (ignore_eos).
+    let success = "vllm:request_success_total";
+    assert_eq!(total(&samples, success, &model), requests);
+    assert_eq!(
+        total(
+            &samples,
+            success,
+            &[("model_name", MODEL), ("finished_reason", "length")]
+        ),
+        requests
+    );
+    for reason in ["stop", "abort"] {
+        let labels = [("model_name", MODEL), ("finished_reason", reason)];
+        assert_eq!(total(&samples, success, &labels), 0.0, "{reason}");
+        assert!(
+            samples.iter().any(|s| s.name == success
+                && s.labels.get("finished_reason").map(String::as_str) == Some(reason)),
+            "no {reason} series"
+        );
+    }
+    // The token histograms sum to the counters and to the replies' usage.
+    let sum = |name: &str| total(&samples, &format!("{name}_sum"), &model);
+    assert_eq!(sum("vllm:request_generation_tokens"), generated);
+    assert_eq!(
+        total(&samples, "vllm:generation_tokens_total", &model),
+        generated
+    );
+    assert_eq!(sum("vllm:request_prompt_tokens"), prompt);
+    assert_eq!(total(&samples, "vllm:prompt_tokens_total", &model), prompt);
+    assert_eq!(sum("vllm:iteration_tokens_total"), prompt + generated);
+    // Inference is prefill and decode; none is longer than the whole request.
+    let (prefill, decode) = (
+        sum("vllm:request_prefill_time_seconds"),
+        sum("vllm:request_decode_time_seconds"),
+    );
+    let inference = sum("vllm:request_inference_time_seconds");
+    assert!(prefill > 0.0 && decode > 0.0, "{prefill} {decode}");
+    assert!(
+        (inference - prefill - decode).abs() < 1e-6,
+        "{inference} {prefill} {decode}"
+    );
+    assert!(inference <= sum("vllm:e2e_request_latency_seconds"));
+    let tpot = sum("vllm:request_time_per_output_token_seconds");
+    assert!(
+        0.0 < tpot && tpot < sum("vllm:e2e_request_latency_seconds"),
+        "{tpot}"
+    );
+    // Nothing preempted; one cache-config info for the engine.
+    assert_eq!(total(&samples, "vllm:num_preemptions_total", &model), 0.0);
+    let info: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.name == "vllm:cache_config_info")
+        .collect();
+    assert_eq!(info.len(), 1, "{text}");
+    assert_eq!(info[0].value, 1.0);
+    for label in [
+        "block_size",
+        "num_gpu_blocks",
+        "cache_dtype",
+        "gpu_memory_utilization",
+    ] {
+        assert!(
+            info[0].labels.contains_key(label),
+            "no {label}: {:?}",
+            info[0]
+        );
+    }
+    let blocks: f64 = info[0].labels["num_gpu_blocks"].parse().unwrap();
+    assert!(blocks > 0.0, "{:?}", info[0]);
+    // The attach and detach series stay beside them.
+    assert!(
+        has("wc_attach_seconds_count") && has("wc_detach_seconds_count"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -106,23 +330,34 @@ fn running_and_waiting_follow_a_request_in_flight_and_a_client_that_leaves() {
     assert_eq!(stream.status, 200);
     assert!(stream.next_data().is_some(), "a first token");
     let text = scrape(&server);
-    assert_eq!(sample(&text, "vllm:num_requests_running"), 1.0, "{text}");
+    assert_eq!(sample(&text, "wc_pod_num_requests_running"), 1.0, "{text}");
     assert_eq!(
         sample(&text, "vllm:num_requests_running{model_name=\"slow\"}"),
         1.0
     );
-    assert_eq!(sample(&text, "vllm:num_requests_waiting"), 0.0);
+    assert_eq!(sample(&text, "wc_pod_num_requests_waiting"), 0.0);
+    // A plain sum over each family counts the request once, and the pod's totals are that sum.
+    let samples = parse(&text);
+    for gauge in ["num_requests_running", "num_requests_waiting"] {
+        let per_model = total(&samples, &format!("vllm:{gauge}"), &[]);
+        let pod = total(&samples, &format!("wc_pod_{gauge}"), &[]);
+        assert_eq!(per_model, pod, "{gauge}: {text}");
+    }
+    assert_eq!(total(&samples, "vllm:num_requests_running", &[]), 1.0);
+    let kv = sample(&text, "vllm:kv_cache_usage_perc{model_name=\"slow\"}");
+    assert!(kv > 0.0, "{text}");
+    assert_eq!(sample(&text, "wc_pod_kv_cache_usage_perc"), kv);
 
     // The client goes away: generation stops and the request leaves the gauges, without an
     // end-to-end latency (it did not finish) and without its 3000 tokens counted as generated
     // once the engine's batch is empty (a finished request's tokens are).
     drop(stream);
-    wait_for(&server, "vllm:num_requests_running", 0.0);
+    wait_for(&server, "wc_pod_num_requests_running", 0.0);
     let engine = engine_settled(&server);
     assert_eq!(engine["total_tokens"], 0, "{engine}");
     let text = scrape(&server);
     assert_eq!(sample(&text, "wc_tokens_total"), 0.0, "{text}");
-    assert_eq!(sample(&text, "vllm:num_requests_waiting"), 0.0, "{text}");
+    assert_eq!(sample(&text, "wc_pod_num_requests_waiting"), 0.0, "{text}");
     assert!(
         !text.contains("vllm:e2e_request_latency_seconds_count{model_name=\"slow\"}"),
         "{text}"
@@ -242,6 +477,27 @@ fn openmetrics_output_passes_a_strict_parser() {
         ("vllm:num_requests_running", "gauge", ""),
         ("vllm:num_requests_waiting", "gauge", ""),
         ("vllm:kv_cache_usage_perc", "gauge", ""),
+        ("vllm:request_success", "counter", ""),
+        ("vllm:num_preemptions", "counter", ""),
+        ("vllm:request_prompt_tokens", "histogram", ""),
+        ("vllm:request_generation_tokens", "histogram", ""),
+        ("vllm:iteration_tokens_total", "histogram", ""),
+        ("vllm:request_prefill_time_seconds", "histogram", "seconds"),
+        ("vllm:request_decode_time_seconds", "histogram", "seconds"),
+        (
+            "vllm:request_inference_time_seconds",
+            "histogram",
+            "seconds",
+        ),
+        (
+            "vllm:request_time_per_output_token_seconds",
+            "histogram",
+            "seconds",
+        ),
+        ("vllm:cache_config_info", "gauge", ""),
+        ("wc_pod_num_requests_running", "gauge", ""),
+        ("wc_pod_num_requests_waiting", "gauge", ""),
+        ("wc_pod_kv_cache_usage_perc", "gauge", ""),
         ("wc_attach_phase_seconds", "histogram", "seconds"),
         ("wc_http_requests", "counter", ""),
         ("wc_workers", "gauge", ""),
@@ -251,12 +507,21 @@ fn openmetrics_output_passes_a_strict_parser() {
         assert_eq!(family[1], unit, "{name}: {family}");
     }
     let samples = |name: &str| families[name][2].as_array().unwrap().clone();
-    let waiting = samples("vllm:num_requests_waiting");
-    assert_eq!(waiting[0], json!(["vllm:num_requests_waiting", {}, 0.0]));
     assert_eq!(
-        waiting[1],
-        json!(["vllm:num_requests_waiting", {"model_name": MODEL}, 0.0])
+        samples("vllm:num_requests_waiting"),
+        [json!(["vllm:num_requests_waiting", {"model_name": MODEL}, 0.0])]
     );
+    assert_eq!(
+        samples("wc_pod_num_requests_waiting"),
+        [json!(["wc_pod_num_requests_waiting", {}, 0.0])]
+    );
+    for (name, family) in families.as_object().unwrap() {
+        if name.starts_with("vllm:") {
+            for sample in family[2].as_array().unwrap() {
+                assert_eq!(sample[1]["model_name"], MODEL, "{name}: {sample}");
+            }
+        }
+    }
     assert!(samples("vllm:generation_tokens").contains(&json!([
         "vllm:generation_tokens_total",
         {"model_name": MODEL},

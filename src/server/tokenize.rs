@@ -99,7 +99,7 @@ fn engine_error(e: impl Into<EngineError>, state: &AppState) -> ApiError {
 }
 
 /// The engine serving `model` (attached on demand when it is a configured model). Without a
-/// `model`, the only engine attached, or the only model configured.
+/// `model`, the one model the server serves (attached or configured), if there is one.
 async fn engine_for(state: &AppState, model: Option<&str>) -> Result<EngineInfo, ApiError> {
     let engines = || async {
         state
@@ -111,15 +111,20 @@ async fn engine_for(state: &AppState, model: Option<&str>) -> Result<EngineInfo,
     let attached = engines().await?;
     let name = match model {
         Some(name) => name.to_owned(),
-        None => match (attached.as_slice(), state.config.models.as_slice()) {
-            ([only], _) => return Ok(only.clone()),
-            ([], [only]) => only.name().to_owned(),
-            _ => {
-                return Err(ApiError::bad_request(
-                    "`model` is required: this server serves more than one model",
-                ))
+        None => {
+            let mut served: Vec<&str> = attached.iter().map(|e| e.name.as_str()).collect();
+            served.extend(state.config.models.iter().map(|m| m.name()));
+            served.sort_unstable();
+            served.dedup();
+            match served.as_slice() {
+                [only] => (*only).to_owned(),
+                _ => {
+                    return Err(ApiError::bad_request(
+                        "`model` is required: this server serves more than one model (or none)",
+                    ))
+                }
             }
-        },
+        }
     };
     if name.is_empty() {
         return Err(ApiError::bad_request("`model` must not be empty"));
