@@ -283,7 +283,7 @@ fn errors_have_the_right_status_and_json_shape() {
         json!({"model": PRENORM, "prompt": "x", "max_tokens": 65}),
         json!({"model": PRENORM, "prompt": "x", "temperature": 3}),
         json!({"model": PRENORM, "prompt": "x", "top_p": 0}),
-        json!({"model": PRENORM, "prompt": ["a", "b"]}),
+        json!({"model": PRENORM, "prompt": [[5], []]}),
     ] {
         server
             .post("/v1/completions", &bad)
