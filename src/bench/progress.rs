@@ -138,7 +138,7 @@ mod tests {
         p.bytes("writing", 2_000_000_000, 2_000_000_000);
         let out = text(p);
         let draws = out.matches('\r').count();
-        assert!(draws >= 2 && draws < 50, "throttled: {draws} draws");
+        assert!((2..50).contains(&draws), "throttled: {draws} draws");
         assert!(
             out.starts_with("\rwriting: 0.0 kB of 2.00 GB (0%)"),
             "{out:?}"
