@@ -284,3 +284,23 @@ fn the_key_guards_tokenize_and_models_but_not_version() {
         assert_eq!(served.status, 200, "{path}: {}", served.body);
     }
 }
+
+#[test]
+fn an_engine_attached_by_path_is_tokenized_from_its_admitted_directory() {
+    let roots = format!(
+        "[server]\nmodel_roots = [{:?}]\n\n",
+        fixture("tiny-opt-postnorm-proj").display().to_string()
+    );
+    let server = Server::start("endpoints-by-path", &config(&roots));
+    let attach = json!({"model": fixture("tiny-opt-postnorm-proj"), "name": "post"});
+    let reply = server.post("/engines", &attach);
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    for (prompt, ids, _) in reference("tiny-opt-postnorm-proj") {
+        let reply = tokenize(&server, json!({"model": "post", "prompt": prompt}));
+        assert_eq!(reply["tokens"], json!(ids), "{prompt}");
+        assert_eq!(
+            reply["max_model_len"],
+            max_positions("tiny-opt-postnorm-proj")
+        );
+    }
+}

@@ -68,9 +68,14 @@ fn key_of(engine: &EngineInfo) -> String {
     format!("{}\0{}\0{:?}", engine.name, engine.model, engine.engine_id)
 }
 
-/// Reads what an attach of `model` (the engine's checkpoint) reads besides its weights.
-fn read_codec(key: String, model: &str) -> Result<Codec, LoadError> {
-    let checkpoint = Checkpoint::resolve(model)?;
+/// Reads what an attach of `model` (the engine's checkpoint) reads besides its weights,
+/// resolving it as the attach did: a configured model as configured, a directory a client
+/// named by the canonical path it was admitted as (a link swapped in since is refused).
+fn read_codec(key: String, model: &str, configured: bool) -> Result<Codec, LoadError> {
+    let checkpoint = match configured {
+        true => Checkpoint::resolve(model)?,
+        false => Checkpoint::resolve_canonical(model)?,
+    };
     let config = FamilyConfig::of(&checkpoint)?;
     let (vocab_size, max_model_len) = (config.vocab_size(), config.max_positions());
     let tokenizer = checkpoint
@@ -150,7 +155,11 @@ async fn codec_for(state: &AppState, model: Option<&str>) -> Result<Arc<Codec>, 
     if let Some(found) = locked().iter().find(|c| c.key == key) {
         return Ok(found.clone());
     }
-    let read = web::block(move || read_codec(key, &engine.model))
+    let configured = state
+        .config
+        .model(&engine.name)
+        .is_some_and(|m| m.resolved == engine.model);
+    let read = web::block(move || read_codec(key, &engine.model, configured))
         .await
         .map_err(|e| internal(format!("reading the tokenizer did not finish: {e}")))?;
     let codec = Arc::new(read.map_err(|e| engine_error(e, state))?);
