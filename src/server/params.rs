@@ -28,6 +28,10 @@ fn is_no_op(name: &str, value: &Value) -> Option<bool> {
         "top_logprobs" => zero(value),
         "presence_penalty" | "frequency_penalty" => zero(value),
         "best_of" => value.as_u64() == Some(1),
+        // vLLM's, at their defaults.
+        "use_beam_search" | "continue_final_message" => value == false,
+        "spaces_between_special_tokens" => value == true,
+        "length_penalty" => value.as_f64() == Some(1.0),
         "logit_bias" | "tools" | "functions" => empty(value),
         "tool_choice" | "function_call" => value == "none" || value == "auto",
         "parallel_tool_calls" => value.is_boolean(),
@@ -82,7 +86,9 @@ mod tests {
         let supported = ["model", "prompt"];
         let ok = used(
             json!({"model": "m", "prompt": "p", "user": "u", "echo": false, "best_of": 1,
-                   "logprobs": null, "presence_penalty": 0, "logit_bias": {}}),
+                   "logprobs": null, "presence_penalty": 0, "logit_bias": {},
+                   "use_beam_search": false, "spaces_between_special_tokens": true,
+                   "length_penalty": 1}),
             &supported,
         )
         .unwrap();
@@ -95,6 +101,8 @@ mod tests {
             ("frequency_penalty", json!(-1)),
             ("logit_bias", json!({"50256": -100})),
             ("suffix", json!("x")),
+            ("use_beam_search", json!(true)),
+            ("spaces_between_special_tokens", json!(false)),
             ("colour", json!("red")),
         ] {
             let mut body = json!({"model": "m", "prompt": "p"});
