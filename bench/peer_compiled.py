@@ -18,8 +18,14 @@ a = p.parse_args()
 dtype = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}[a.dtype]
 dev = torch.device(a.device)
 model = AutoModelForCausalLM.from_pretrained(a.model, dtype=dtype).to(dev).eval()
+# A static cache makes `generate` compile the decode step itself (CUDA graphs, "reduce-overhead"),
+# as transformers documents; compiling `forward` by hand as well breaks its graph replay.
 model.generation_config.cache_implementation = "static"
-model.forward = torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)
+try:
+    from transformers import CompileConfig
+    model.generation_config.compile_config = CompileConfig(fullgraph=True, mode="reduce-overhead")
+except ImportError:
+    pass
 vocab = model.config.vocab_size
 
 
@@ -37,7 +43,11 @@ def run(batch):
 
 
 for batch in [int(b) for b in a.batches.split(",")]:
-    compile_s = run(batch)  # compiles and captures this shape
+    try:
+        compile_s = run(batch)  # compiles and captures this shape
+    except Exception as e:  # report and go on with the next batch size
+        print(json.dumps({"batch": batch, "error": str(e)[-400:]}), flush=True)
+        continue
     warm = [run(batch) for _ in range(1)]
     seconds = [run(batch) for _ in range(a.repeats)]
     print(json.dumps({
