@@ -71,11 +71,15 @@ fn thirty_two_clients_on_two_engines_each_get_their_own_reference_text() {
     assert_eq!(server.get("/ready").status, 200);
     let metrics = server.get("/metrics").body;
     assert!(
-        metrics.lines().any(|l| l == "wc_pod_num_requests_running 0"),
+        metrics
+            .lines()
+            .any(|l| l == "wc_pod_num_requests_running 0"),
         "{metrics}"
     );
     assert!(
-        metrics.lines().any(|l| l == "wc_pod_num_requests_waiting 0"),
+        metrics
+            .lines()
+            .any(|l| l == "wc_pod_num_requests_waiting 0"),
         "{metrics}"
     );
     let completed: f64 = metrics

@@ -41,7 +41,10 @@ fn a_model_detached_over_http_is_parked_and_reattaches_without_moving_bytes() {
     assert_eq!(parked(), 0, "lent to the live engine, not parked");
     let detached = server.request("DELETE", "/engines/tiny", None);
     assert_eq!(detached.status, 200, "{}", detached.body);
-    assert!(parked() > 0, "the detached model's weights stay on the worker");
+    assert!(
+        parked() > 0,
+        "the detached model's weights stay on the worker"
+    );
 
     let again = attach();
     assert_eq!(again["bytes_moved"], 0, "nothing read or copied: {again}");
