@@ -73,7 +73,10 @@ pub fn attend_decodes(
     if let Some(scale) = shape.scale {
         scores = (scores * scale)?;
     }
-    let scores = scores.broadcast_add(pass.decode_mask(shape.window)?)?;
+    let scores = match pass.decode_mask(shape.window)? {
+        Some(mask) => scores.broadcast_add(mask)?,
+        None => scores,
+    };
     let probs = softmax_as_transformers(&scores, v.dtype())?;
     probs
         .matmul(&v)?

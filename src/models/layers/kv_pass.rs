@@ -40,12 +40,22 @@ struct Run {
 
 /// The decodes' caches, padded to the longest.
 struct Decodes {
-    /// `[decodes * longest]` u32: slots of positions `0..longest` of each decode, padding
-    /// pointing at its first slot (masked).
-    index: Tensor,
+    /// How the caches are read.
+    read: DecodeRead,
     count: usize,
-    /// `[1, decodes, 1, longest]` in the model's dtype, per distinct window of the layers.
-    masks: Vec<(Option<usize>, Tensor)>,
+    /// `[1, decodes, 1, longest]` in the model's dtype, per distinct window of the layers;
+    /// `None` for a window under which no key is hidden (nothing to add).
+    masks: Vec<(Option<usize>, Option<Tensor>)>,
+}
+
+/// How a pass reads its decodes' caches from the slab.
+enum DecodeRead {
+    /// `[decodes * longest]` u32: slots of positions `0..longest` of each decode, padding
+    /// pointing at its first slot (masked), gathered in one `index_select` per layer.
+    Gather(Tensor),
+    /// A lone decode whose slots are one run `start..start + len`: read in place, a view of
+    /// the slab (no gather, no padding).
+    InPlace { start: usize, len: usize },
 }
 
 impl KvPass {
@@ -94,23 +104,53 @@ impl KvPass {
             decodes => {
                 let lens: Vec<usize> = decodes.iter().map(|&i| caches[i].len() + 1).collect();
                 let longest = lens.iter().copied().max().unwrap_or(0);
-                let mut index = Vec::with_capacity(decodes.len() * longest);
-                for (&i, &len) in decodes.iter().zip(&lens) {
-                    let slots = caches[i].slots(0, len);
-                    index.extend_from_slice(slots);
-                    index.extend(std::iter::repeat_n(slots[0], longest - len));
-                }
-                let mut masks: Vec<(Option<usize>, Tensor)> = Vec::new();
+                let lone_run = match decodes {
+                    [i] => {
+                        let slots = caches[*i].slots(0, lens[0]);
+                        let run = slots.windows(2).all(|w| w[1] == w[0] + 1);
+                        run.then_some(slots[0] as usize)
+                    }
+                    _ => None,
+                };
+                let read = match lone_run {
+                    Some(start) => DecodeRead::InPlace {
+                        start,
+                        len: lens[0],
+                    },
+                    None => {
+                        let mut index = Vec::with_capacity(decodes.len() * longest);
+                        for (&i, &len) in decodes.iter().zip(&lens) {
+                            let slots = caches[i].slots(0, len);
+                            index.extend_from_slice(slots);
+                            index.extend(std::iter::repeat_n(slots[0], longest - len));
+                        }
+                        DecodeRead::Gather(Tensor::from_vec(
+                            index,
+                            decodes.len() * longest,
+                            device,
+                        )?)
+                    }
+                };
+                let mut masks: Vec<(Option<usize>, Option<Tensor>)> = Vec::new();
                 for &window in windows {
                     if masks.iter().all(|(w, _)| *w != window) {
-                        let mask = padding_mask(&lens, longest, window, device)?
-                            .reshape((1, lens.len(), 1, longest))?
-                            .to_dtype(dtype)?;
+                        // Every key seen by every query: no padding, no window cut.
+                        let sees_all = lens.iter().all(|&len| {
+                            len == longest && window.is_none_or(|w| w >= len)
+                        });
+                        let mask = match sees_all {
+                            true => None,
+                            false => Some(
+                                padding_mask(&lens, longest, window, device)?
+                                    .reshape((1, lens.len(), 1, longest))?
+                                    .to_dtype(dtype)?,
+                            ),
+                        };
                         masks.push((window, mask));
                     }
                 }
                 Some(Decodes {
-                    index: Tensor::from_vec(index, decodes.len() * longest, device)?,
+                    read,
                     count: decodes.len(),
                     masks,
                 })
@@ -161,19 +201,26 @@ impl KvPass {
             candle_core::bail!("the pass has no decodes");
         };
         let (k, v) = &self.layers[layer];
-        let gather = |t: &Tensor| -> candle_core::Result<Tensor> {
-            let rows = t.index_select(&d.index, 1)?;
-            let longest = rows.dim(1)? / d.count;
-            rows.reshape((self.kv_heads, d.count, longest, self.head_dim))
+        let read = |t: &Tensor| -> candle_core::Result<Tensor> {
+            match &d.read {
+                DecodeRead::Gather(index) => {
+                    let rows = t.index_select(index, 1)?;
+                    let longest = rows.dim(1)? / d.count;
+                    rows.reshape((self.kv_heads, d.count, longest, self.head_dim))
+                }
+                // A view: the matmuls read the slab's rows where they are.
+                DecodeRead::InPlace { start, len } => t.narrow(1, *start, *len)?.unsqueeze(1),
+            }
         };
-        Ok((gather(k)?, gather(v)?))
+        Ok((read(k)?, read(v)?))
     }
 
-    /// `[1, decodes, 1, longest]`: 0 where a decode's query sees a key, `-inf` elsewhere.
-    pub fn decode_mask(&self, window: Option<usize>) -> candle_core::Result<&Tensor> {
+    /// `[1, decodes, 1, longest]`: 0 where a decode's query sees a key, `-inf` elsewhere;
+    /// `None` when every query sees every key (nothing to add).
+    pub fn decode_mask(&self, window: Option<usize>) -> candle_core::Result<Option<&Tensor>> {
         let masks = self.decodes.as_ref().map(|d| &d.masks[..]).unwrap_or(&[]);
         match masks.iter().find(|(w, _)| *w == window) {
-            Some((_, mask)) => Ok(mask),
+            Some((_, mask)) => Ok(mask.as_ref()),
             None => candle_core::bail!("no decode mask for window {window:?}"),
         }
     }

@@ -40,12 +40,23 @@ fn tokens(base: f32, count: usize) -> Tensor {
 /// One pass: reserves `new[i]` tokens in each cache, writes `base[i] + t` (keys) and its
 /// negation (values) in every layer, and returns the pass before the lengths advance.
 fn pass(slab: &KvSlab, caches: &mut [&mut KvCache], new: &[usize], base: &[f32]) -> KvPass {
+    pass_windows(slab, caches, new, base, &[None])
+}
+
+/// [`pass`] for layers with these windows.
+fn pass_windows(
+    slab: &KvSlab,
+    caches: &mut [&mut KvCache],
+    new: &[usize],
+    base: &[f32],
+    windows: &[Option<usize>],
+) -> KvPass {
     for (cache, &n) in caches.iter_mut().zip(new) {
         cache.reserve(n, slab).unwrap();
     }
     let order = packing_order(new.iter().copied(), false);
     let refs: Vec<&KvCache> = caches.iter().map(|c| &**c).collect();
-    let kv = KvPass::new(slab, &refs, new, &order, &[None], DType::F32, &Device::Cpu).unwrap();
+    let kv = KvPass::new(slab, &refs, new, &order, windows, DType::F32, &Device::Cpu).unwrap();
     let packed: Vec<Tensor> = order
         .order
         .iter()
@@ -135,6 +146,7 @@ fn writes_land_where_prefill_and_decode_reads_find_them() {
     let mask: Vec<f32> = kv
         .decode_mask(None)
         .unwrap()
+        .expect("a padded pass masks")
         .flatten_all()
         .unwrap()
         .to_vec1()
@@ -145,6 +157,38 @@ fn writes_land_where_prefill_and_decode_reads_find_them() {
         (a.len(), b.len()),
         (3, 2),
         "lengths move on only when advanced"
+    );
+}
+
+#[test]
+fn a_lone_decode_reads_its_run_in_place_and_a_scattered_one_gathers() {
+    let slab = slab();
+    let mut a = KvCache::new();
+    pass(&slab, &mut [&mut a], &[3], &[10.0]);
+    a.advance(3);
+    let kv = pass_windows(&slab, &mut [&mut a], &[1], &[13.0], &[None, Some(2)]);
+    let (k, v) = kv.decode_kv(0).unwrap();
+    assert_eq!(k.dims(), [HEADS, 1, 4, DIM]);
+    assert_eq!(per_token(&k.get_on_dim(1, 0).unwrap()), [10.0, 11.0, 12.0, 13.0]);
+    assert_eq!(per_token(&v.get_on_dim(1, 0).unwrap()), [-10.0, -11.0, -12.0, -13.0]);
+    assert!(!k.is_contiguous(), "a view of the slab, not a gathered copy");
+    assert!(kv.decode_mask(None).unwrap().is_none(), "nothing to mask");
+    assert!(
+        kv.decode_mask(Some(2)).unwrap().is_some(),
+        "a window shorter than the sequence still masks"
+    );
+    // Slots out of order (a's freed slots reused after b's): read by a gather.
+    let mut b = KvCache::new();
+    pass(&slab, &mut [&mut b], &[2], &[30.0]);
+    drop(a);
+    let mut c = KvCache::new();
+    pass(&slab, &mut [&mut c], &[6], &[40.0]);
+    c.advance(6);
+    let kv = pass(&slab, &mut [&mut c], &[1], &[46.0]);
+    let (k, _) = kv.decode_kv(0).unwrap();
+    assert_eq!(
+        per_token(&k.get_on_dim(1, 0).unwrap()),
+        [40.0, 41.0, 42.0, 43.0, 44.0, 45.0, 46.0]
     );
 }
 
