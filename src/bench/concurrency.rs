@@ -33,6 +33,9 @@ pub struct ConcurrencyOptions {
 /// What the scenario measured.
 #[derive(Clone, Debug, Serialize)]
 pub struct ConcurrencyResult {
+    /// `git describe --always --dirty` of the build, and whether that is a committed tree.
+    pub commit: String,
+    pub clean: bool,
     pub model: String,
     pub device: String,
     pub streams: usize,
@@ -46,6 +49,9 @@ pub struct ConcurrencyResult {
     pub wall_ratio: f64,
     pub single_tokens_per_s: f64,
     pub concurrent_tokens_per_s: f64,
+    /// Every repeat's wall times (the medians above are of these), in the order run.
+    pub single_runs_ms: Vec<f64>,
+    pub concurrent_runs_ms: Vec<f64>,
 }
 
 fn request(index: usize, tokens: usize) -> GenerateRequest {
@@ -118,8 +124,13 @@ pub fn run(options: &ConcurrencyOptions) -> anyhow::Result<ConcurrencyResult> {
         concurrent.push(run_streams(options.streams)?);
     }
     runtime.block_on(handle.shutdown());
+    let (single_runs_ms, concurrent_runs_ms) = (single.clone(), concurrent.clone());
     let (single_ms, concurrent_ms) = (median(single), median(concurrent));
     let result = ConcurrencyResult {
+        commit: env!("WC_GIT_DESCRIBE").to_owned(),
+        clean: super::results::is_clean(env!("WC_GIT_DESCRIBE")),
+        single_runs_ms,
+        concurrent_runs_ms,
         model: options.model.clone(),
         device: options.device.to_string(),
         streams: options.streams,

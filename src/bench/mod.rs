@@ -9,6 +9,7 @@
 pub mod chart;
 pub mod concurrency;
 pub mod decode;
+pub mod expect;
 pub mod floor;
 pub mod frame;
 pub mod guard;
@@ -309,6 +310,7 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<Results> {
         meta: Meta {
             date: machine::today(),
             commit: env!("WC_GIT_DESCRIBE").to_owned(),
+            clean: results::is_clean(env!("WC_GIT_DESCRIBE")),
             command: options.command.clone(),
             machine: machine::describe(),
             device: options.device.to_string(),
@@ -347,7 +349,11 @@ fn timed_modes(names: &[String]) -> anyhow::Result<Vec<Mode>> {
 }
 
 /// Writes `results.json`, `report.md` and `chart.svg` into `out`.
+/// `meta.clean` is derived from `meta.commit` here: a file cannot call a `-dirty` build clean.
 pub fn write_outputs(results: &Results, out: &Path) -> anyhow::Result<()> {
+    let mut results = results.clone();
+    results.meta.clean = results::is_clean(&results.meta.commit);
+    let results = &results;
     std::fs::write(
         out.join("results.json"),
         serde_json::to_string_pretty(results)?,

@@ -29,7 +29,16 @@ pub fn markdown(results: &Results) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "# Cold start: standard path vs worker controller\n");
     let _ = writeln!(md, "- date: {}", meta.date);
-    let _ = writeln!(md, "- commit: {}", meta.commit);
+    let _ = writeln!(
+        md,
+        "- commit: {}{}",
+        meta.commit,
+        if super::results::is_clean(&meta.commit) {
+            ""
+        } else {
+            " (NOT A CLEAN BUILD: uncommitted changes or no git; figures not reproducible from the commit)"
+        }
+    );
     let _ = writeln!(md, "- machine: {}", meta.machine);
     let _ = writeln!(md, "- device: {} ({})", meta.device, meta.dtype);
     let _ = writeln!(md, "- CUDA JIT cache: {}", meta.jit_cache);

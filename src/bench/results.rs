@@ -87,6 +87,11 @@ pub struct Floor {
     pub floor_ms: BTreeMap<String, f64>,
 }
 
+/// Whether a `git describe --always --dirty` names a committed tree.
+pub fn is_clean(commit: &str) -> bool {
+    !commit.is_empty() && commit != "unknown" && !commit.ends_with("-dirty")
+}
+
 /// Where and how the bench ran.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Meta {
@@ -94,6 +99,11 @@ pub struct Meta {
     /// `git describe --always --dirty` of the build that ran (see `build.rs`).
     #[serde(default)]
     pub commit: String,
+    /// Whether `commit` names a committed tree: false for a `-dirty` build (uncommitted
+    /// changes) and for `unknown`. Derived from `commit` whenever results are written, never
+    /// taken on trust from a file.
+    #[serde(default)]
+    pub clean: bool,
     pub command: String,
     pub machine: String,
     pub device: String,

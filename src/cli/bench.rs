@@ -80,6 +80,17 @@ pub struct BenchArgs {
     /// its files, then fails, naming each such path, so that a regression cannot pass unseen.
     #[arg(long)]
     allow_slower: bool,
+    /// A bound the run must meet, PATH<=VALUE or PATH>=VALUE on a field of results.json
+    /// (repeatable), e.g. 'summary.controller.total.p50_ms<=350' or
+    /// 'scenarios.single.summary.controller.total.p50_ms<=0.35s' (`ms`/`s` units on `_ms`
+    /// fields). Checked after the files are written (also with --render); each failing bound
+    /// is named and bench exits non-zero.
+    #[arg(long, value_name = "PATH<=VALUE")]
+    expect: Vec<crate::bench::expect::Expect>,
+    /// Refuse to run from a build with uncommitted changes (results.json's meta.commit ends in
+    /// `-dirty` and meta.clean is false either way).
+    #[arg(long)]
+    require_clean: bool,
 }
 
 /// The models `bench` starts when `--models` is not given.
@@ -114,7 +125,17 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         std::fs::create_dir_all(&args.out)?;
         crate::bench::write_outputs(&results, &args.out)?;
         eprintln!("rendered {}/report.md and chart.svg", args.out.display());
-        return guard(&results, args.allow_slower);
+        let guarded = guard(&results, args.allow_slower);
+        crate::bench::expect::check_all(&results, &args.expect)?;
+        return guarded;
+    }
+    let commit = env!("WC_GIT_DESCRIBE");
+    if !crate::bench::results::is_clean(commit) {
+        anyhow::ensure!(
+            !args.require_clean,
+            "--require-clean: this build is `{commit}`, not a committed tree"
+        );
+        eprintln!("warning: this build is `{commit}`: results.json will say so (meta.clean false)");
     }
     crate::backend::affinity::check_cpus(&args.worker_cpus)
         .map_err(|reason| anyhow::anyhow!("--worker-cpus: {reason}"))?;
@@ -218,7 +239,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "wrote {}/results.json, report.md, chart.svg",
         args.out.display()
     );
-    guard(&results, args.allow_slower)
+    let guarded = guard(&results, args.allow_slower);
+    crate::bench::expect::check_all(&results, &args.expect)?;
+    guarded
 }
 
 /// Fails when a controller path was not faster than the standard path, unless allowed.

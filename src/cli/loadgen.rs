@@ -64,6 +64,12 @@ pub struct LoadgenArgs {
     /// Directory for results.json, report.md and chart.svg.
     #[arg(long, default_value = "loadgen-results")]
     out: PathBuf,
+    /// A bound the run must meet, PATH<=VALUE or PATH>=VALUE on a field of results.json
+    /// (repeatable), e.g. 'summary.ttft_ms.p99<=0.5s', 'summary.output_tokens_per_s>=900'
+    /// (`ms`/`s` units on `_ms` fields). The files are written, then each failing bound is
+    /// named and loadgen exits non-zero.
+    #[arg(long, value_name = "PATH<=VALUE")]
+    expect: Vec<crate::bench::expect::Expect>,
 }
 
 fn at_least_one(text: &str) -> Result<usize, String> {
@@ -130,7 +136,7 @@ pub fn run(args: LoadgenArgs) -> anyhow::Result<()> {
             report.summary.failed, report.summary.requests
         );
     }
-    Ok(())
+    crate::bench::expect::check_all(&report, &args.expect)
 }
 
 /// This command line, with the API key left out.

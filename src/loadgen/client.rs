@@ -23,12 +23,17 @@ pub struct RequestResult {
     pub error: Option<String>,
     /// The `x-request-id` the server echoed.
     pub request_id: Option<String>,
+    /// Milliseconds from the start of the run to sending this request (its timestamp: the
+    /// request ran from `start_ms` to `start_ms + e2e_ms`).
+    #[serde(default)]
+    pub start_ms: f64,
     /// Milliseconds from sending to the first non-empty text.
     pub ttft_ms: Option<f64>,
     /// Milliseconds from sending to the end of the stream.
     pub e2e_ms: f64,
-    /// Milliseconds between consecutive texts.
-    #[serde(skip)]
+    /// Milliseconds between consecutive texts, in order (the per-token gaps: the first text
+    /// came at `ttft_ms`, the k-th at `ttft_ms` plus the first k-1 gaps).
+    #[serde(default)]
     pub itl_ms: Vec<f64>,
     /// Mean of `itl_ms` (absent with fewer than two texts).
     pub itl_mean_ms: Option<f64>,
@@ -64,10 +69,12 @@ pub async fn send(
     client_index: usize,
     request_id: &str,
     prompt: &str,
+    run_started: Instant,
 ) -> RequestResult {
     let started = Instant::now();
     let mut result = RequestResult {
         client: client_index,
+        start_ms: ms(started - run_started),
         ..RequestResult::default()
     };
     let outcome = tokio::time::timeout(

@@ -90,14 +90,47 @@ pub fn run(options: &LoadOptions, command: &str) -> anyhow::Result<LoadReport> {
         anyhow::bail!("--requests must be at least 1");
     }
     let system = actix_rt::System::new();
-    let (results, wall) = system.block_on(drive(options));
-    let report = LoadReport::new(options, command, results, wall);
+    let (server, (results, wall)) =
+        system.block_on(async { (server_version(options).await, drive(options).await) });
+    let mut report = LoadReport::new(options, command, results, wall);
+    match server {
+        Ok((version, commit)) => {
+            report.meta.server_version = Some(version);
+            report.meta.server_commit = Some(commit);
+        }
+        Err(why) => eprintln!("warning: the server's commit is not recorded: {why}"),
+    }
     if report.summary.succeeded == 0 {
         let first = report.requests.iter().find_map(|r| r.error.clone());
         return Err(anyhow::anyhow!(first.unwrap_or_default()))
             .context(format!("every request to {} failed", options.url));
     }
     Ok(report)
+}
+
+/// `GET /version` of the server: its version and the commit it was built from.
+async fn server_version(options: &LoadOptions) -> Result<(String, String), String> {
+    let url = format!("{}/version", options.url.trim_end_matches('/'));
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .finish();
+    let mut response = client
+        .get(&url)
+        .send()
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
+    if !response.status().is_success() {
+        return Err(format!("{url}: {}", response.status()));
+    }
+    let body: Value = response
+        .json()
+        .await
+        .map_err(|e| format!("{url}: not JSON: {e}"))?;
+    let field = |k: &str| body[k].as_str().map(str::to_owned);
+    match (field("version"), field("commit")) {
+        (Some(version), Some(commit)) => Ok((version, commit)),
+        _ => Err(format!("{url}: no version and commit in {body}")),
+    }
 }
 
 /// Every client until the limit; returns each request's result and the wall time.
@@ -124,7 +157,7 @@ async fn drive(options: &LoadOptions) -> (Vec<RequestResult>, Duration) {
                 next.set(n + 1);
                 let prompt = &options.prompts[n % options.prompts.len()];
                 let id = format!("loadgen-{index}-{n}");
-                results.push(client::send(client, options, index, &id, prompt).await);
+                results.push(client::send(client, options, index, &id, prompt, started).await);
             }
             results
         }

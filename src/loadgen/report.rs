@@ -42,6 +42,12 @@ impl Percentiles {
 #[derive(Clone, Debug, Serialize)]
 pub struct LoadMeta {
     pub date: String,
+    /// `git describe --always --dirty` of this loadgen build.
+    pub commit: String,
+    /// The server's `GET /version`: its version and the commit it was built from (`-dirty`
+    /// when its tree was); absent when the server did not answer it.
+    pub server_version: Option<String>,
+    pub server_commit: Option<String>,
     pub machine: String,
     pub command: String,
     pub url: String,
@@ -63,7 +69,8 @@ pub struct LoadSummary {
     pub requests: usize,
     pub succeeded: usize,
     pub failed: usize,
-    /// From the first request sent to the last one ended.
+    /// From the first request sent to the last one ended (the largest `start_ms + e2e_ms` of
+    /// the requests, to within the clock reads).
     pub wall_s: f64,
     pub output_tokens: usize,
     pub prompt_tokens: usize,
@@ -96,6 +103,9 @@ impl LoadReport {
     ) -> Self {
         let meta = LoadMeta {
             date: machine::today(),
+            commit: env!("WC_GIT_DESCRIBE").to_owned(),
+            server_version: None,
+            server_commit: None,
             machine: machine::describe(),
             command: command.to_owned(),
             url: options.url.clone(),
@@ -140,6 +150,23 @@ impl LoadReport {
         let _ = writeln!(md, "# Load: `{}` at {}\n", m.model, m.url);
         let _ = writeln!(md, "- date: {}", m.date);
         let _ = writeln!(md, "- machine (of the client): {}", m.machine);
+        let _ = writeln!(
+            md,
+            "- server: {} at commit {}{}; loadgen at {}",
+            m.server_version.as_deref().unwrap_or("?"),
+            m.server_commit
+                .as_deref()
+                .unwrap_or("unknown (no GET /version)"),
+            if m.server_commit
+                .as_deref()
+                .is_some_and(|c| c.ends_with("-dirty"))
+            {
+                " (DIRTY BUILD: uncommitted changes)"
+            } else {
+                ""
+            },
+            m.commit
+        );
         let _ = writeln!(md, "- command: `{}`", m.command);
         let limit = match (m.requests_limit, m.duration_limit_s) {
             (Some(n), _) => format!("{n} requests"),
