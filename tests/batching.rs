@@ -9,6 +9,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::meeting::MeetingBackend;
 use common::{fixture, reference, scratch, slow_model, Case};
 use wc_actors::{
     Attach, DeviceSpec, EngineId, EngineInfo, ErrorKind, FinishReason, GenerateError,
@@ -39,6 +40,10 @@ fn device() -> DeviceSpec {
 }
 
 fn start(kv_cache_tokens: usize) -> Handle {
+    start_with(kv_cache_tokens, Arc::new(CandleBackend::default()))
+}
+
+fn start_with(kv_cache_tokens: usize, backend: Arc<dyn wc_actors::Backend>) -> Handle {
     let config = RuntimeConfig {
         workers: vec![WorkerConfig {
             device: device(),
@@ -53,7 +58,7 @@ fn start(kv_cache_tokens: usize) -> Handle {
             ..RuntimeOptions::default()
         },
     };
-    Runtime::start(config, Arc::new(CandleBackend::default()))
+    Runtime::start(config, backend)
 }
 
 async fn attach(handle: &Handle, name: &str) -> EngineId {
@@ -106,7 +111,10 @@ fn filler(index: usize, vocab: u32) -> GenerateRequest {
 #[actix_rt::test]
 async fn greedy_outputs_are_the_same_alone_and_among_sixteen_concurrent_requests() {
     let run = async {
-        let handle = start(32768);
+        // The wrapper (meeting no one) records the largest batch each step ran.
+        let backend = Arc::new(MeetingBackend::new(CandleBackend::default(), 1));
+        let meeting = backend.meeting.clone();
+        let handle = start_with(32768, backend);
         for name in FIXTURES {
             let engine = attach(&handle, name).await;
             let cases = reference(name).cases;
@@ -125,10 +133,19 @@ async fn greedy_outputs_are_the_same_alone_and_among_sixteen_concurrent_requests
             for (i, case) in cases.iter().enumerate() {
                 requests.insert(3 + 4 * i, (Some((case, &alone_texts[i])), greedy(case)));
             }
+            let before = meeting.largest_batch();
+            assert!(
+                before <= 1,
+                "{name}: one request at a time so far ({before})"
+            );
             let runs = requests
                 .iter()
                 .map(|(_, request)| handle.generate(engine, request.clone()));
             let outputs = futures_util::future::join_all(runs).await;
+            // The sixteen shared steps: "among" is not "one after another".
+            let shared = meeting.largest_batch();
+            assert!(shared > 1, "{name}: the largest batch stepped was {shared}");
+            meeting.reset_largest_batch();
             for ((case, request), output) in requests.iter().zip(outputs) {
                 let output = output.unwrap();
                 assert_eq!(output.new_tokens.len(), request.max_new_tokens, "{name}");
@@ -183,30 +200,46 @@ async fn requests_wait_for_room_in_the_budget_and_one_that_never_fits_is_refused
 #[actix_rt::test]
 async fn a_cancelled_stream_frees_its_room_at_the_next_step() {
     let run = async {
-        // The budget holds one of these requests at a time.
-        let handle = start(100);
-        let engine = attach(&handle, "tiny-opt-prenorm").await;
-        let long = GenerateRequest {
+        let dir = scratch("batching-cancel");
+        let slow = slow_model(&dir);
+        // The budget holds the long request (3 + 3000 tokens) or the short one (3 + 200), not
+        // both: the short one runs only once the long one's room is free, and on the slow
+        // model the long one takes far longer to finish than the test waits.
+        let backend = Arc::new(MeetingBackend::new(CandleBackend::default(), 1));
+        let meeting = backend.meeting.clone();
+        let handle = start_with(3100, backend);
+        let engine = attach_dir(&handle, &slow).await;
+        let request = |max_new_tokens| GenerateRequest {
             prompt: Prompt::Ids(vec![2, 11, 12]),
-            max_new_tokens: 90,
+            max_new_tokens,
             ignore_eos: true,
             ..Default::default()
         };
-        let mut stream = handle.generate_stream(engine, long.clone());
+        let mut stream = handle.generate_stream(engine, request(3000));
         assert!(stream.tokens.recv().await.is_some(), "a first token");
-        // Without this drop the next request would wait for all 90 tokens.
         drop(stream);
-        let next = handle.generate(engine, long).await.unwrap();
-        assert_eq!(next.new_tokens.len(), 90);
+        let next = handle.generate(engine, request(200)).await.unwrap();
+        assert_eq!(next.new_tokens.len(), 200);
         assert_eq!(next.finish_reason, FinishReason::Length);
-        // Only the second request ran to its end: the cancelled one stopped early, so the
-        // engine counts the second's 90 tokens and not another 90 (finished requests count).
+        // The cancelled sequence (the engine actor's first, id 1) left the batch: it was
+        // cancelled once, made no token after that, and stopped far short of its 3000.
+        assert_eq!(meeting.cancels(), 1, "one sequence cancelled");
+        assert_eq!(meeting.tokens_after_cancel(), 0, "stepped after its cancel");
+        let made = meeting.tokens_of(1);
+        assert!(
+            (1..3000).contains(&made),
+            "the cancelled one made {made} tokens"
+        );
+        assert_eq!(meeting.tokens_of(2), 200);
+        // Only the second request ran to its end: the engine counts its 200 tokens only.
         let settled = engine_when(&handle, |e| {
             e.requests_running == 0 && e.requests_waiting == 0
         })
         .await;
-        assert_eq!(settled.total_tokens, 90, "{settled:?}");
+        assert_eq!(settled.total_tokens, 200, "{settled:?}");
+        assert_eq!(settled.kv_cache_tokens_reserved, 0, "{settled:?}");
         handle.shutdown().await;
+        let _ = std::fs::remove_dir_all(&dir);
     };
     tokio::time::timeout(HANG_GUARD, run).await.unwrap();
 }

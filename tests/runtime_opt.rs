@@ -203,7 +203,8 @@ async fn attach_generate_detach_and_reattach_on_the_same_worker() {
 #[actix_rt::test]
 async fn two_engines_on_two_workers_generate_concurrently() {
     let run = async {
-        // Each generation waits (up to 10 s) for the other to be running too.
+        // Each engine's step waits (up to 10 s) for the other's to be running too. The wrapper
+        // forwards `batch()`, so the engines run the batched path `serve` runs.
         let backend = Arc::new(MeetingBackend::new(CandleBackend::default(), 2));
         let meeting = backend.meeting.clone();
         let handle = Runtime::start(runtime_config(2, PrewarmOptions::default()), backend);
@@ -230,8 +231,10 @@ async fn two_engines_on_two_workers_generate_concurrently() {
         assert_eq!(
             meeting.max_running(),
             2,
-            "the two engines' generations overlapped"
+            "the two engines' steps overlapped"
         );
+        assert!(meeting.steps() > 0, "the engines ran batched steps");
+        assert_eq!(meeting.generations(), 0, "no one-at-a-time generation");
         // Addressed by name too.
         let case = &reference(POSTNORM).cases[0];
         let by_name = handle.generate("post", greedy(case)).await.unwrap();

@@ -308,6 +308,19 @@ fn engines_and_metrics_show_the_batch_the_queue_and_the_kv_cache_reservation() {
     let left = engine_when(&server, settled);
     assert_eq!(reserved(&left), 0, "{left}");
     assert_eq!(left["total_tokens"], tokens_before, "{left}");
+    // The controller's ledger takes a cancelled reservation off at once; the worker process's
+    // batch must have let the sequence go too: a request reserving 4 + 1000 tokens fits the
+    // 1500 only beside nothing, and is refused at once if the left one still holds its 604.
+    let big = json!({"model": "slow", "prompt": [2, 10, 7, 9], "max_tokens": 1000,
+                     "ignore_eos": true, "stream": true});
+    let mut stream = EventStream::open(&server.addr, "/v1/completions", &big);
+    assert_eq!(stream.status, 200, "admitted");
+    let first = stream.next_data().expect("a first event");
+    let first: Value = serde_json::from_str(&first).expect("a chunk, not an error");
+    assert!(first["choices"][0]["text"].is_string(), "{first}");
+    assert_eq!(reserved(&server.get("/engines").json()["engines"][0]), 1004);
+    drop(stream);
+    engine_when(&server, |e| settled(e) && reserved(e) == 0);
 }
 
 /// The slow model with a chat template (each message's content, in order), so that both

@@ -319,8 +319,9 @@ fn every_series_inference_perf_reads_is_there_per_model_and_agrees_with_the_requ
 fn running_and_waiting_follow_a_request_in_flight_and_a_client_that_leaves() {
     let dir = scratch("metrics-in-flight-model");
     let slow = slow_model(&dir);
+    // The budget holds the 3000-token request or the one that follows it, not both.
     let config = format!(
-        "[[workers]]\ndevice = \"cpu\"\ncount = 1\n\n[[models]]\nname = \"slow\"\npath = {:?}\nattach_on_start = true\n",
+        "[prewarm]\nkv_cache_tokens = 4000\n\n[[workers]]\ndevice = \"cpu\"\ncount = 1\n\n[[models]]\nname = \"slow\"\npath = {:?}\nattach_on_start = true\n",
         slow.display().to_string()
     );
     let server = Server::start("metrics-in-flight", &config);
@@ -369,6 +370,18 @@ fn running_and_waiting_follow_a_request_in_flight_and_a_client_that_leaves() {
         ),
         1.0
     );
+
+    // Its generation stopped in the worker process too, room and all: a request reserving
+    // 3000 more tokens fits the 4000 only once the first is gone (else it is refused at once).
+    let mut next = EventStream::open(&server.addr, "/v1/completions", &body);
+    assert_eq!(next.status, 200);
+    let first = next.next_data().expect("a first event");
+    let first: Value = serde_json::from_str(&first).expect("a chunk, not an error");
+    assert!(first["choices"][0]["text"].is_string(), "{first}");
+    let text = scrape(&server);
+    assert_eq!(sample(&text, "wc_pod_num_requests_running"), 1.0, "{text}");
+    drop(next);
+    wait_for(&server, "wc_pod_num_requests_running", 0.0);
 }
 
 /// Lists engines until the first has no request running or waiting (two minutes at most).
