@@ -160,6 +160,11 @@ impl Engine for FakeEngine {
                 break;
             }
         }
+        self.state.finished.lock().unwrap().push((
+            prompt,
+            output.new_tokens.len(),
+            output.finish_reason,
+        ));
         Ok(output)
     }
 

@@ -113,6 +113,8 @@ fn prompt_ids(prompt: &Prompt) -> Vec<u32> {
 pub struct FakeState {
     /// Every generate call, in the order engines saw them: `(model, prompt ids)`.
     pub generated: Mutex<Vec<(String, Vec<u32>)>>,
+    /// Every generation that returned an output: `(prompt ids, tokens made, finish reason)`.
+    pub finished: Mutex<Vec<(Vec<u32>, usize, FinishReason)>>,
     /// Engines alive now (created and not dropped).
     pub live_engines: AtomicI64,
     /// How many times a device was opened.
