@@ -149,7 +149,7 @@ mod tests {
         assert_eq!(index.check(&r), Ok(3.0));
         let typo: Expect = "summary.tfft_ms.p99<=1".parse().unwrap();
         assert!(typo.check(&r).unwrap_err().contains("has no"));
-        assert!(check_all(&r, &[ok.clone()]).is_ok());
+        assert!(check_all(&r, std::slice::from_ref(&ok)).is_ok());
         assert!(check_all(&r, &[ok, bad]).is_err());
     }
 }
