@@ -56,6 +56,18 @@ impl CandleDevice {
         Self::open_in(spec, prewarm, &PinnedPools::default())
     }
 
+    /// Opens the device for a fresh process's one load (`generate`, the bench's standard path):
+    /// no kernel prewarm and no host cache, but on CUDA a pinned staging ring, so that the load
+    /// streams through the same parallel reader as a worker's instead of pageable copies.
+    pub fn open_fresh(spec: &DeviceSpec) -> Result<Self, LoadError> {
+        let options = PrewarmOptions {
+            dtypes: Vec::new(),
+            host_cache_bytes: 0,
+            ..PrewarmOptions::default()
+        };
+        Ok(Self::open(spec, Some(&options))?.0)
+    }
+
     /// [`Self::open`], the pinned pool shared with the other devices opened from `pools` with
     /// the same GPU and sizes.
     pub fn open_in(

@@ -80,8 +80,9 @@ struct PeerReport {
     bytes: u64,
 }
 
-/// The standard path inside a fresh process: open the device (no prewarm), load `model`, make
-/// one token from `</s>`; the anchors start at this process's start.
+/// The standard path inside a fresh process: open the device (no prewarm; on CUDA a pinned
+/// staging ring, as any fresh process of ours loads), load `model`, make one token from `</s>`;
+/// the anchors start at this process's start.
 pub fn start_in_this_process(
     process_started_ns: u64,
     model: &str,
@@ -90,7 +91,7 @@ pub fn start_in_this_process(
 ) -> anyhow::Result<frame::ChildReport> {
     let mut timeline = Timeline::default();
     timeline.mark_at(Anchor::ProcessStarted, process_started_ns);
-    let (mut opened, _) = crate::backend::CandleDevice::open(device, None)?;
+    let mut opened = crate::backend::CandleDevice::open_fresh(device)?;
     timeline.mark(Anchor::DeviceReady);
     let spec = wc_actors::ModelSpec {
         model: model.to_string(),

@@ -82,7 +82,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         (Some(text), None) => Prompt::Text(text),
         (None, None) => Prompt::Text("Beautiful is better than".into()),
     };
-    let (mut device, _) = CandleDevice::open(&args.device, None)?;
+    let mut device = CandleDevice::open_fresh(&args.device)?;
     timeline.mark(Anchor::DeviceReady);
     let spec = ModelSpec {
         model: model.clone(),
