@@ -8,6 +8,7 @@ A case is deploy/ci/broken/NAME.yaml:
     patch:                     # optional: edits of the rendered output, kustomize-style
       - kind: Deployment       # the (first) document of this kind ...
         path: spec.template.spec.containers.0.livenessProbe.httpGet.path   # ... at this path
+                               # (a segment [name=X] picks the list item named X)
         value: /healthz        # ... gets this value
     expect: "a substring of check.sh's error output"
 
@@ -25,11 +26,22 @@ def case(path):
         return yaml.safe_load(f)
 
 
+def step(doc, key):
+    """One path segment: a key, a list index, or `[name=X]` (the list item named X)."""
+    if key.startswith("[name=") and key.endswith("]"):
+        name = key[len("[name="):-1]
+        found = [item for item in doc if item.get("name") == name]
+        assert len(found) == 1, f"no single item named {name}"
+        return found[0]
+    return doc[int(key)] if key.isdigit() else doc[key]
+
+
 def set_path(doc, path, value):
-    keys = [int(k) if k.isdigit() else k for k in path.split(".")]
+    keys = path.split(".")
     for k in keys[:-1]:
-        doc = doc[k]
-    doc[keys[-1]] = value
+        doc = step(doc, k)
+    last = keys[-1]
+    doc[int(last) if last.isdigit() else last] = value
 
 
 def main():

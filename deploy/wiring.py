@@ -6,8 +6,9 @@
       token; a PodDisruptionBudget, NetworkPolicy, InferencePool select the pods; an autoscaler
       targets the Deployment, which then leaves its replica count to it. The ports agree: WC_PORT,
       the config's [server] port, the probes', the Service's targetPort, the NetworkPolicy's and
-      the scrape annotation all name the container's serving port; every probe asks a route the
-      server answers without a key (GET, access Public in src/server/routes.rs).
+      the scrape annotation all name the container's serving port; the ServiceMonitor scrapes a
+      port its Service names; every probe and scrape asks a route the server answers without a
+      key (GET, access Public in src/server/routes.rs).
   wiring.py config RENDERED.yaml BIN SCRATCH
       Every rendered config.toml parsed by the real binary (`serve --check-config`), as the pod
       would start it: the container's args and literal WC_* environment (a Secret's key as a
@@ -81,7 +82,17 @@ def ports_agree(docs, deploy):
         for p in svc["spec"]["ports"]:
             got = resolve(p.get("targetPort", p["port"]), named, numbers, f"Service targetPort of {p.get('name')}")
             assert got == port, f"the Service sends port {p['port']} to {got}, the server listens on {port}"
+    services = [d for d in docs if d["kind"] == "Service"]
+    for sm in (d for d in docs if d["kind"] == "ServiceMonitor"):
+        picked = [svc for svc in services if selects(sm["spec"]["selector"]["matchLabels"], svc["metadata"].get("labels", {}))]
+        assert picked, "the ServiceMonitor selects no Service"
+        names = {p.get("name") for svc in picked for p in svc["spec"]["ports"]}
+        for ep in sm["spec"]["endpoints"]:
+            assert ep.get("port") in names, f"the ServiceMonitor scrapes port {ep.get('port')!r}, which its Service does not name ({sorted(names)})"
+            assert ep.get("path", "/metrics") in routes, f"the ServiceMonitor scrapes {ep.get('path')}, not a keyless GET route"
     ann = pod["metadata"].get("annotations", {})
+    if "prometheus.io/path" in ann:
+        assert ann["prometheus.io/path"] in routes, f"scraped at {ann['prometheus.io/path']}, not a keyless GET route"
     if "prometheus.io/port" in ann:
         assert ann["prometheus.io/port"] == str(port), f"scraped on {ann['prometheus.io/port']}, served on {port}"
     return port
