@@ -33,9 +33,9 @@ the process-vs-thread overhead table (every row), the H100 2026-11-27 cold-start
 to-first-token rows (p50, p95, standard / mode) and the "Worker processes on a GPU" table.
 
 Not covered (no raw data committed for them, or not yet in the table): figures taken from session
-logs only (BENCHMARKS.md says so where it cites them: the H100 2026-12-07 parked re-attach 11.1 ms
-and the 8B serving runs through `serve`, whose results.json did not come back; the 1B's standard
-and transformers, the OPT-125m row of the real-size table); the 100-cycle memory test's byte counts
+logs only (BENCHMARKS.md says so where it cites them: the H100 2026-12-07 opt-125m attach p50s,
+parked re-attach 11.1 ms and 8B serving runs through `serve`, whose raw files did not come back;
+the 1B's standard and transformers, the OPT-125m row of the real-size table); the 100-cycle memory test's byte counts
 (a test log, not a results.json); the fault-containment timings (session logs); the 2x H200 and
 "Models on the GPU" sections, the H100 2026-11-27 engine_ready and phase tables, and the CPU
 sections (their raw data is committed; entries not written yet); the vLLM RFC's published
