@@ -6,7 +6,8 @@
 #     decode tokens/s, 3 runs per build, builds alternating;
 #   - llama-3.1-8b bf16 from the host cache: `bench --scenario single --decode-tokens 128`, the
 #     controller path's streamed decode (tokens/s as a caller sees it), 4 runs per build.
-# Everything under $OUT; the summary in $OUT/session.log.
+# FRESH_8B=1 adds a fresh process's 8B load (bench's standard path) before vs after, and the
+# transformers peer. Everything under $OUT (packed in $OUT/all.tgz); the summary in session.log.
 set -u
 GPU_BIN=${GPU_BIN:-.gpu}
 OUT=${OUT:-/tmp/wc-out}; mkdir -p "$OUT"
@@ -45,4 +46,14 @@ for b in before after; do
     --modes controller --staging-mib 4096 --host-cache-mib 20480 --decode-tokens 128 --out "$OUT/llama-8b-$b" > "$OUT/bench-8b-$b.log" 2>&1
   log "8B $b rc=$?: $(grep -i -A3 'tokens/s' "$OUT/llama-8b-$b/report.md" | grep '^|' | tail -1)"
 done
+if [ -n "${FRESH_8B:-}" ]; then
+  # A fresh process's 8B load (the standard path): before (pageable copies) vs after (pinned
+  # staging ring), and transformers' from_pretrained on the same card as the peer.
+  /tmp/wc/wc-cuda-before bench --models /tmp/llama-8b --device cuda:0 --dtype bf16 --scenario single --runs 1 \
+    --modes standard --no-peer --out "$OUT/fresh-8b-before" > "$OUT/bench-fresh-8b-before.log" 2>&1
+  log "fresh 8B before rc=$?: $(grep -E '^\| (weights_read|weights_on_device|\*\*total)' "$OUT/fresh-8b-before/report.md" | tr '\n' ' ')"
+  /tmp/wc/wc-cuda bench --models /tmp/llama-8b --device cuda:0 --dtype bf16 --scenario single --runs 2 \
+    --modes standard --peer-runs 1 --out "$OUT/fresh-8b-after" > "$OUT/bench-fresh-8b-after.log" 2>&1
+  log "fresh 8B after rc=$?: $(grep -E '^\| (weights_read|weights_on_device|\*\*total)' "$OUT/fresh-8b-after/report.md" | tr '\n' ' ')"
+fi
 tar czf "$OUT/all.tgz" -C "$OUT" --exclude all.tgz .
