@@ -2,8 +2,9 @@
 
 mod common;
 
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::copy_fixture;
 use wc_actors::{DeviceSpec, ModelSpec, PrewarmOptions, Timeline};
@@ -59,14 +60,24 @@ fn a_same_size_copy_keeping_the_mtime_serves_the_new_weights() {
 
     // What `cp -p new model.safetensors` does: rewrite the file in place (same inode, same
     // size), then put the old modification time back. Only the change time differs, and the
-    // kernel keeps it at clock-tick granularity: let one pass.
+    // kernel keeps it at clock-tick granularity (up to a second on some file systems): the
+    // copy is repeated until the change time moved, however coarse the clock.
     let meta = std::fs::metadata(&path).unwrap();
-    std::thread::sleep(Duration::from_millis(20));
-    std::fs::write(&path, negated(&path)).unwrap();
-    let file = std::fs::File::options().write(true).open(&path).unwrap();
-    file.set_modified(meta.modified().unwrap()).unwrap();
-    drop(file);
-    let after = std::fs::metadata(&path).unwrap();
+    let changed = |m: &std::fs::Metadata| (m.ctime(), m.ctime_nsec());
+    let new_bytes = negated(&path);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let after = loop {
+        std::fs::write(&path, &new_bytes).unwrap();
+        let file = std::fs::File::options().write(true).open(&path).unwrap();
+        file.set_modified(meta.modified().unwrap()).unwrap();
+        drop(file);
+        let after = std::fs::metadata(&path).unwrap();
+        if changed(&after) != changed(&meta) {
+            break after;
+        }
+        assert!(Instant::now() < deadline, "the change time never moved");
+        std::thread::sleep(Duration::from_millis(10));
+    };
     assert_eq!(
         (after.len(), after.modified().unwrap()),
         (meta.len(), meta.modified().unwrap())

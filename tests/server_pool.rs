@@ -83,13 +83,14 @@ fn configured_models_attach_on_demand_and_the_least_recently_used_idle_one_is_ev
 #[test]
 fn engines_within_keep_alive_are_not_evicted_and_the_request_gets_503() {
     let config = format!(
-        "[runtime]\nattach_timeout = \"200ms\"\n\n[[workers]]\ndevice = \"cpu\"\n\n{}{}",
+        "[runtime]\nattach_timeout = \"5s\"\n\n[[workers]]\ndevice = \"cpu\"\n\n{}{}",
         model_entry("kept", PRENORM, true, "1h"),
         model_entry("other", POSTNORM, false, "-1"),
     );
     let server = Server::start("keep-alive", &config);
     // Four requests wait for one on-demand attach; when it fails they all get its answer
-    // together: one failed attach, not one attach timeout after another.
+    // together: one failed attach, not one attach timeout after another. (The timeout is
+    // generous so that all four arrive while the first attach waits, however busy the box.)
     std::thread::scope(|s| {
         for _ in 0..4 {
             s.spawn(|| {

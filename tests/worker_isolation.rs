@@ -115,7 +115,7 @@ fn stop_leaving_no_orphans(server: Server) {
     let pids = worker_pids(&server);
     assert!(!pids.is_empty());
     server.stop().expect("a clean stop");
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while pids.iter().any(|&pid| running(pid)) {
         assert!(Instant::now() < deadline, "orphans among {pids:?}");
         std::thread::sleep(Duration::from_millis(20));
@@ -174,7 +174,7 @@ fn survive(test: &str, heartbeat: &str, fault: Fault) {
                 let first = stream.next_data().expect("a first chunk");
                 // SAFETY: kill(2) on a worker process this test's server started.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
-                assert_lost(first, &mut stream, Duration::from_secs(1));
+                assert_lost(first, &mut stream);
             }
             Fault::Hang => {
                 let body = stream_body(&["\u{0}wc-fault:hang"]);
@@ -184,10 +184,9 @@ fn survive(test: &str, heartbeat: &str, fault: Fault) {
                 // the first event is already the error.
                 let first = stream.next_data().expect("a first event");
                 // Found out by the heartbeat (1 s of silence after 1 s without a beat).
-                assert_lost(first, &mut stream, Duration::from_secs(4));
+                assert_lost(first, &mut stream);
             }
             Fault::Abort => {
-                let started = Instant::now();
                 let reply = server.post(
                     "/v1/completions",
                     &json!({"model": "slow", "prompt": [2, 5], "max_tokens": 4,
@@ -195,14 +194,16 @@ fn survive(test: &str, heartbeat: &str, fault: Fault) {
                 );
                 reply.assert_error(503, "worker_lost");
                 assert!(reply.header("retry-after").is_some());
-                assert!(started.elapsed() < Duration::from_secs(1));
             }
         }
         let worker = wait_restarted(&server, index, restarts_before);
-        assert!(
-            worker["last_error"]
-                .as_str()
-                .is_some_and(|e| e.contains("worker process")),
+        let last_error = worker["last_error"].as_str().unwrap_or_default();
+        assert!(last_error.contains("worker process"), "{worker}");
+        // Found out by what happened, not by a clock: a killed or aborted process by its exit
+        // (the heartbeat here is 30 s, and would say so), a hung one by the heartbeat.
+        assert_eq!(
+            last_error.contains("no heartbeat"),
+            fault == Fault::Hang,
             "{worker}"
         );
         assert_ne!(
@@ -225,14 +226,13 @@ fn survive(test: &str, heartbeat: &str, fault: Fault) {
 }
 
 /// Reads the stream to its end (after `first`, already read); its last event must be a typed
-/// `worker_lost` error, soon.
-fn assert_lost(first: String, stream: &mut EventStream, within: Duration) {
-    let started = Instant::now();
+/// `worker_lost` error. (How the loss was found is checked on the worker's `last_error`; the
+/// stream ends either way, at the latest at the heartbeat.)
+fn assert_lost(first: String, stream: &mut EventStream) {
     let mut events = vec![first];
     while let Some(data) = stream.next_data() {
         events.push(data);
     }
-    assert!(started.elapsed() < within, "took {:?}", started.elapsed());
     let last = events
         .iter()
         .rev()
@@ -287,13 +287,17 @@ fn a_worker_killed_mid_attach_fails_only_that_attach() {
         model_entry(PRENORM, PRENORM, true, "-1"),
     );
     let server = Server::start("kill-attach", &config);
-    let started = Instant::now();
     let reply = server.post(
         "/engines",
         &json!({"model": victim.display().to_string(), "name": "victim"}),
     );
-    assert!(started.elapsed() < Duration::from_secs(1));
     reply.assert_error(503, "worker_failed");
+    // Failed by the process's exit, not by a heartbeat or the attach timeout.
+    assert!(
+        !reply.body.contains("heartbeat") && !reply.body.contains("timed out"),
+        "{}",
+        reply.body
+    );
     let ok = server.post(
         "/v1/completions",
         &json!({"model": PRENORM, "prompt": [2, 5], "max_tokens": 4}),
