@@ -42,17 +42,37 @@ fn generate_json_reports_tokens_text_and_every_anchor() {
     assert_eq!(report["new_tokens"], case["greedy_new_tokens"]);
     assert_eq!(report["text"], case["greedy_text"]);
     let phases = report["timings"]["phases_ms"].as_object().unwrap();
+    let mut anchors: Vec<&str> = phases.keys().map(String::as_str).collect();
+    anchors.sort_unstable();
+    assert_eq!(
+        anchors,
+        [
+            "device_ready",
+            "engine_ready",
+            "first_token",
+            "process_started",
+            "weights_on_device",
+            "weights_read",
+        ],
+        "every anchor, and only those"
+    );
+    // The phases that do work took time (the first anchor is the start itself), and the
+    // phases add up to the total: each is the time between its anchor and the one before.
     for anchor in [
-        "process_started",
         "device_ready",
         "weights_read",
-        "weights_on_device",
         "engine_ready",
         "first_token",
     ] {
-        assert!(phases[anchor].as_f64().unwrap() >= 0.0, "{anchor}");
+        let ms = phases[anchor].as_f64().unwrap();
+        assert!(ms > 0.0 && ms.is_finite(), "{anchor}: {ms}");
     }
-    assert!(report["timings"]["total_ms"].as_f64().unwrap() > 0.0);
+    let sum: f64 = phases.values().map(|v| v.as_f64().unwrap()).sum();
+    let total = report["timings"]["total_ms"].as_f64().unwrap();
+    assert!(
+        total > 0.0 && (sum - total).abs() <= 1e-6 * total + 1e-3,
+        "phases add up to {sum} ms, the total is {total} ms"
+    );
 }
 
 #[test]

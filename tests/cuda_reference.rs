@@ -1,4 +1,4 @@
-//! On a GPU (`--features cuda`): the fixtures match transformers (f32 logits within 1e-3, f16 and
+//! On a GPU (`--features cuda`): the fixtures match transformers (f32 logits within 1e-4, f16 and
 //! bf16 greedy tokens equal) on every upload path — pinned staging, host-cache hit, the pageable
 //! fallback for files larger than a staging buffer and for sharded checkpoints; a read error in
 //! the middle of an upload leaves no device memory and no cache entry behind; the staging buffers
@@ -32,6 +32,10 @@ use worker_controller::models::{FamilyConfig, LlamaConfig};
 use worker_controller::{CandleBackend, CandleDevice};
 
 const FIXTURES: [&str; 2] = ["tiny-opt-prenorm", "tiny-opt-postnorm-proj"];
+
+/// The largest f32 logit difference from transformers (or the CPU) allowed on the GPU: the
+/// differences measured on an H100 are at most about 1.5e-5 (8.6e-6 OPT, 6.7e-6 Llama).
+const F32_LOGIT_TOL: f32 = 1e-4;
 
 /// Reduced-precision greedy streams are compared with transformers' only where every greedy
 /// step's top-2 logit margin is at least this (see `tests/fixtures/README-llama.md`).
@@ -135,8 +139,8 @@ fn f32_logits_match_transformers_within_1e3_on_the_gpu() {
     for name in FIXTURES {
         let engine = load(&mut device, fixture(name), Some(DType::F32));
         let diff = worst_logit_diff(&engine, name);
-        println!("{name}: f32 max abs logit diff on cuda:0 = {diff:e} (limit 1e-3)");
-        assert!(diff < 1e-3, "{name}: {diff}");
+        println!("{name}: f32 max abs logit diff on cuda:0 = {diff:e} (limit {F32_LOGIT_TOL:e})");
+        assert!(diff < F32_LOGIT_TOL, "{name}: {diff}");
     }
 }
 
@@ -216,7 +220,7 @@ fn output_after_a_host_cache_hit_equals_the_reference() {
         assert_eq!(counts_of(&device), (uploads + 2, hits + 1), "{name}: a hit");
         let diff = worst_logit_diff(&engine, name);
         println!("{name}: f32 max abs logit diff after a host-cache hit = {diff:e}");
-        assert!(diff < 1e-3, "{name} from the host cache: {diff}");
+        assert!(diff < F32_LOGIT_TOL, "{name} from the host cache: {diff}");
         drop(engine);
         let mut engine = load(&mut device, fixture(name), Some(DType::F16));
         assert_eq!(counts_of(&device), (uploads + 3, hits + 2), "{name}: a hit");
@@ -284,7 +288,10 @@ fn sharded_and_uncached_checkpoints_take_the_pinned_path_and_give_the_reference_
                 );
                 let diff = worst_logit_diff(&engine, name);
                 println!("{name} {what} (round {round}): f32 max abs logit diff = {diff:e}");
-                assert!(diff < 1e-3, "{name} {what} (round {round}): {diff}");
+                assert!(
+                    diff < F32_LOGIT_TOL,
+                    "{name} {what} (round {round}): {diff}"
+                );
                 drop(engine);
                 let mut engine = load(device, &model, Some(DType::F16));
                 assert_greedy_reference(&mut engine, name, &format!("f16 {what} ({round})"));
@@ -471,7 +478,7 @@ fn a_changed_file_is_read_again_and_serves_its_new_weights() {
     let dir = common::copy_fixture(name, "changed-file");
     let mut device = gpu();
     let engine = load(&mut device, &dir, Some(DType::F32));
-    assert!(worst_logit_diff(&engine, name) < 1e-3);
+    assert!(worst_logit_diff(&engine, name) < F32_LOGIT_TOL);
     drop(engine);
     negate_in_place(
         &dir.join("model.safetensors"),
@@ -486,7 +493,10 @@ fn a_changed_file_is_read_again_and_serves_its_new_weights() {
     for case in reference(name).cases {
         let new: Vec<Vec<f32>> = expected.logits(&case.input_ids).unwrap().to_vec2().unwrap();
         let logits = engine.logits(&case.input_ids).unwrap();
-        assert!(max_abs_diff(&logits, &new) < 1e-3, "the new weights");
+        assert!(
+            max_abs_diff(&logits, &new) < F32_LOGIT_TOL,
+            "the new weights"
+        );
         assert!(
             max_abs_diff(&logits, &case.logits) > 0.1,
             "not the old ones"
@@ -764,8 +774,8 @@ fn llama_family_fixtures_match_transformers_on_the_gpu() {
             .iter()
             .map(|case| max_abs_diff(&engine.logits(&case.input_ids).unwrap(), &case.logits))
             .fold(0.0, f32::max);
-        println!("{name}: f32 max abs logit diff on cuda:0 = {diff:e} (limit 1e-3)");
-        if diff >= 1e-3 {
+        println!("{name}: f32 max abs logit diff on cuda:0 = {diff:e} (limit {F32_LOGIT_TOL:e})");
+        if diff >= F32_LOGIT_TOL {
             failures.push(format!("{name} f32 logits: max abs diff {diff}"));
         }
         // Every prompt and conversation whose greedy margins leave room for the precision.

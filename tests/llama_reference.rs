@@ -55,6 +55,17 @@ fn max_abs_diff(a: &Tensor, b: &[Vec<f32>]) -> f32 {
         .fold(0.0, f32::max)
 }
 
+/// The index of the largest logit (the first of equals).
+fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in logits.iter().enumerate() {
+        if x > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
 fn greedy(prompt: Prompt, max_new_tokens: usize, ignore_eos: bool) -> GenerateRequest {
     GenerateRequest {
         prompt,
@@ -449,12 +460,20 @@ fn reduced_precision_weights_run_and_mostly_agree() {
                     .unwrap()
                     .to_vec1()
                     .unwrap();
+                let reference_last = case.logits.last().unwrap();
+                assert_eq!(logits.len(), reference_last.len(), "vocab size");
                 let diff = logits
                     .iter()
-                    .zip(case.logits.last().unwrap())
+                    .zip(reference_last)
                     .map(|(a, b)| (a - b).abs())
                     .fold(0.0, f32::max);
                 assert!(diff < 0.15, "{name} {dtype:?} {:?}: {diff}", case.prompt);
+                assert_eq!(
+                    argmax(&logits),
+                    case.greedy_new_tokens[0],
+                    "{name} {dtype:?} {:?}: the first greedy token",
+                    case.prompt
+                );
             }
         }
     }
@@ -482,6 +501,11 @@ fn llama3_rope_scaling_matches_transformers() {
     else {
         unreachable!()
     };
+    assert_eq!(
+        config.inv_freq().len(),
+        reference.inv_freq.len(),
+        "one inverse frequency per rotary pair"
+    );
     for (ours, theirs) in config.inv_freq().iter().zip(&reference.inv_freq) {
         assert!(
             (ours - theirs).abs() <= 1e-6 * theirs.abs(),

@@ -1,6 +1,6 @@
 """Drives `worker-controller serve` with the official `openai` Python client, as a user would:
 chat completions plain and streamed (with usage), a plain completion, the model list, and the
-typed error for a model without a chat template. Run by tests/server_chat.rs:
+typed error for a model without a chat template, chat logprobs, and a refused `n`. Run by tests/server_chat.rs:
 
     python openai_client.py BASE_URL CASES_JSON OPT_MODEL
 
@@ -69,11 +69,19 @@ def main():
     except openai.BadRequestError as e:
         assert "no chat template" in str(e), e
 
+    r = client.chat.completions.create(
+        model=cases[0]["model"], messages=cases[0]["messages"], max_tokens=4, temperature=0,
+        logprobs=True, top_logprobs=2,
+    )
+    content = r.choices[0].logprobs.content
+    assert len(content) == r.usage.completion_tokens, r
+    assert all(len(t.top_logprobs) == 2 and t.logprob <= 0 for t in content), content
+
     try:
-        client.chat.completions.create(model=cases[0]["model"], messages=cases[0]["messages"], logprobs=True)
-        raise AssertionError("logprobs were accepted")
+        client.chat.completions.create(model=cases[0]["model"], messages=cases[0]["messages"], n=0)
+        raise AssertionError("n=0 was accepted")
     except openai.BadRequestError as e:
-        assert "logprobs" in str(e), e
+        assert "n" in str(e), e
     print("all ok")
 
 

@@ -27,7 +27,8 @@ fn serve(test: &str, config: &str, args: &[&str], env: &[(&str, &str)]) -> (Outp
 
 #[test]
 fn a_huge_keep_alive_in_an_attach_request_is_a_400_and_the_server_lives_on() {
-    let server = Server::start("keep-alive-json", "[[workers]]\ndevice = \"cpu\"\n");
+    // The binary, so that its log (stderr and stdout) is there to read.
+    let server = Server::spawn("keep-alive-json", "[[workers]]\ndevice = \"cpu\"\n", &[]);
     for keep_alive in [json!(1e300), json!(18446744073709551615u64), json!(-7)] {
         let reply = server.post(
             "/engines",
@@ -37,7 +38,9 @@ fn a_huge_keep_alive_in_an_attach_request_is_a_400_and_the_server_lives_on() {
         assert!(reply.body.contains("keep_alive"), "{}", reply.body);
     }
     assert_eq!(server.get("/health").status, 200);
-    assert!(!server.log().contains("panicked"), "{}", server.log());
+    let log = server.log();
+    assert!(log.contains("listening on"), "the log is read: {log}");
+    assert!(!log.contains("panicked"), "{log}");
 }
 
 #[test]

@@ -190,25 +190,49 @@ fn completions_match_the_reference_plain_and_streamed() {
     // The post-norm model was attached on demand by the first request for it.
     assert_eq!(model_ids(&server), [PRENORM, POSTNORM]);
 
-    let stop = server.post(
-        "/v1/completions",
-        &json!({"model": PRENORM, "prompt": "Beautiful is better than", "max_tokens": 24,
-                "temperature": 0, "stop": ["Explicit"]}),
-    );
-    let body = stop.json();
-    assert_eq!(body["choices"][0]["text"], " ugly.\n");
-    assert_eq!(body["choices"][0]["finish_reason"], "stop");
-    let seeded = |seed: u64| {
+    // A stop string ends the text just before it: the greedy text without it, cut there.
+    let greedy_text = |stop: Value| {
+        let reply = server.post(
+            "/v1/completions",
+            &json!({"model": PRENORM, "prompt": "Beautiful is better than", "max_tokens": 24,
+                    "temperature": 0, "ignore_eos": true, "stop": stop}),
+        );
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        reply.json()["choices"][0].clone()
+    };
+    let full = greedy_text(json!([]));
+    let full = full["text"].as_str().unwrap().to_owned();
+    let at = full
+        .find("Explicit")
+        .unwrap_or_else(|| panic!("the greedy text has no `Explicit`: {full:?}"));
+    assert!(at > 0, "{full:?}");
+    let stopped = greedy_text(json!(["Explicit"]));
+    assert_eq!(stopped["text"], full[..at], "cut before the stop string");
+    assert_eq!(stopped["finish_reason"], "stop");
+    let sample = |temperature: f64, seed: u64| {
         server
             .post(
                 "/v1/completions",
                 &json!({"model": PRENORM, "prompt": "Now is better", "max_tokens": 12,
-                        "temperature": 1.5, "top_p": 0.9, "seed": seed}),
+                        "ignore_eos": true, "temperature": temperature, "top_p": 0.9,
+                        "seed": seed}),
             )
             .json()["choices"][0]["text"]
-            .clone()
+            .as_str()
+            .unwrap()
+            .to_owned()
     };
-    assert_eq!(seeded(7), seeded(7), "one seed, one sample");
+    assert_eq!(sample(1.5, 7), sample(1.5, 7), "one seed, one sample");
+    // ... and the temperature samples: other seeds give other texts, and not the greedy one
+    // (an engine ignoring the temperature, or the seed, gives one text for all).
+    let greedy = sample(0.0, 7);
+    let samples: std::collections::BTreeSet<String> =
+        (1..=6).map(|seed| sample(1.5, seed)).collect();
+    assert!(samples.len() > 1, "every seed gave {samples:?}");
+    assert!(
+        samples.iter().any(|s| *s != greedy),
+        "every sample is the greedy {greedy:?}"
+    );
 }
 
 #[test]

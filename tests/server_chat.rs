@@ -8,7 +8,7 @@ mod server_common;
 use std::process::Command;
 
 use serde_json::{json, Value};
-use server_common::{fixture, model_entry, EventStream, Server};
+use server_common::{fixture, model_entry, python_with, skip_without_python, EventStream, Server};
 
 const FIXTURES: [&str; 4] = ["tiny-llama", "tiny-mistral", "tiny-qwen2", "tiny-qwen3"];
 const OPT: &str = "tiny-opt-prenorm";
@@ -343,25 +343,14 @@ fn models_lists_configured_models_with_their_state() {
     assert_eq!(listed.len(), 5, "each configured model once: {listed:?}");
 }
 
-/// The Python that has the official `openai` client: `WC_PYTHON`, else `python3`.
-fn python_with_openai() -> Option<String> {
-    let python = std::env::var("WC_PYTHON").unwrap_or_else(|_| "python3".into());
-    let ok = Command::new(&python)
-        .args(["-c", "import openai"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    ok.then_some(python)
-}
-
 #[test]
 fn the_official_openai_python_client_chats_plain_and_streamed() {
-    let Some(python) = python_with_openai() else {
-        println!(
-            "note: skipped: no Python with the `openai` package (set WC_PYTHON to one, e.g. \
-             a venv with `pip install openai`); the reply layout it parses is checked by the \
-             other tests here"
+    let Some(python) = python_with("openai") else {
+        return skip_without_python(
+            "no Python with the `openai` package (set WC_PYTHON to one, e.g. a venv with \
+             `pip install openai`, or run .ci/python-deps.sh); the reply layout it parses is \
+             checked by the other tests here",
         );
-        return;
     };
     let server = Server::start("chat-openai-client", &config());
     let script = fixture("../openai_client.py");

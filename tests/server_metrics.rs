@@ -13,7 +13,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use server_common::{model_entry, scratch, slow_model, EventStream, Server};
+use server_common::{
+    model_entry, python_with, scratch, skip_without_python, slow_model, EventStream, Server,
+};
 
 const MODEL: &str = "tiny-opt-prenorm";
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0";
@@ -447,19 +449,13 @@ fn openmetrics_output_passes_a_strict_parser() {
         reply.headers
     );
     assert!(reply.body.ends_with("# EOF\n"));
-    let has_parser = Command::new("python3")
-        .args(["-c", "import prometheus_client.openmetrics.parser"])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !has_parser {
-        eprintln!(
-            "SKIPPED the strict parse: python3 with prometheus_client is not installed \
-             (pip install prometheus-client)"
+    let Some(python) = python_with("prometheus_client.openmetrics.parser") else {
+        return skip_without_python(
+            "the strict OpenMetrics parse: no Python with prometheus_client (set WC_PYTHON \
+             to one, pip install prometheus-client, or run .ci/python-deps.sh)",
         );
-        return;
-    }
-    let mut child = Command::new("python3")
+    };
+    let mut child = Command::new(python)
         .args(["-c", STRICT_PARSE])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -46,6 +46,39 @@ pub fn slow_model(dir: &std::path::Path) -> PathBuf {
     common::slow_model(dir)
 }
 
+/// The Python the tests drive (`WC_PYTHON`, else `python3`) when it can import `module`.
+pub fn python_with(module: &str) -> Option<String> {
+    let python = std::env::var("WC_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = Command::new(&python)
+        .args(["-c", &format!("import {module}")])
+        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    ok.then_some(python)
+}
+
+/// Whether a test that needs a Python package must fail rather than skip without it: in CI
+/// (`CI` set to anything but `0`/`false`, or `WC_REQUIRE_PYTHON_TESTS` likewise, which
+/// `.ci/python-deps.sh` sets), so that CI can never pass by skipping.
+pub fn python_tests_required() -> bool {
+    let set = |name: &str| {
+        std::env::var(name)
+            .is_ok_and(|v| !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false"))
+    };
+    set("CI") || set("WC_REQUIRE_PYTHON_TESTS")
+}
+
+/// Skips (with `note` on stderr) a test whose Python package is missing, or fails it where
+/// Python tests are required ([`python_tests_required`]).
+pub fn skip_without_python(note: &str) {
+    assert!(
+        !python_tests_required(),
+        "required here (CI or WC_REQUIRE_PYTHON_TESTS), not skipped: {note}"
+    );
+    eprintln!("SKIPPED: {note}");
+}
+
 /// A `[[models]]` entry for a bundled fixture.
 pub fn model_entry(
     name: &str,
@@ -249,6 +282,10 @@ impl Server {
     }
 
     pub fn log(&self) -> String {
+        assert!(
+            matches!(self.running, Running::Child(_)),
+            "an in-process server writes no log here: start it with spawn()"
+        );
         self.log.lock().unwrap().clone()
     }
 }
@@ -508,6 +545,8 @@ impl EventStream {
         let mut chunks = Vec::new();
         let mut done = false;
         while let Some(data) = self.next_data() {
+            // `[DONE]` ends the stream: it is the last event, and there is only one.
+            assert!(!done, "an event after [DONE]: {data}");
             if data == "[DONE]" {
                 done = true;
                 continue;
