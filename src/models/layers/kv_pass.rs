@@ -135,9 +135,9 @@ impl KvPass {
                 for &window in windows {
                     if masks.iter().all(|(w, _)| *w != window) {
                         // Every key seen by every query: no padding, no window cut.
-                        let sees_all = lens.iter().all(|&len| {
-                            len == longest && window.is_none_or(|w| w >= len)
-                        });
+                        let sees_all = lens
+                            .iter()
+                            .all(|&len| len == longest && window.is_none_or(|w| w >= len));
                         let mask = match sees_all {
                             true => None,
                             false => Some(

@@ -169,9 +169,18 @@ fn a_lone_decode_reads_its_run_in_place_and_a_scattered_one_gathers() {
     let kv = pass_windows(&slab, &mut [&mut a], &[1], &[13.0], &[None, Some(2)]);
     let (k, v) = kv.decode_kv(0).unwrap();
     assert_eq!(k.dims(), [HEADS, 1, 4, DIM]);
-    assert_eq!(per_token(&k.get_on_dim(1, 0).unwrap()), [10.0, 11.0, 12.0, 13.0]);
-    assert_eq!(per_token(&v.get_on_dim(1, 0).unwrap()), [-10.0, -11.0, -12.0, -13.0]);
-    assert!(!k.is_contiguous(), "a view of the slab, not a gathered copy");
+    assert_eq!(
+        per_token(&k.get_on_dim(1, 0).unwrap()),
+        [10.0, 11.0, 12.0, 13.0]
+    );
+    assert_eq!(
+        per_token(&v.get_on_dim(1, 0).unwrap()),
+        [-10.0, -11.0, -12.0, -13.0]
+    );
+    assert!(
+        !k.is_contiguous(),
+        "a view of the slab, not a gathered copy"
+    );
     assert!(kv.decode_mask(None).unwrap().is_none(), "nothing to mask");
     assert!(
         kv.decode_mask(Some(2)).unwrap().is_some(),
