@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::confined::directory_root;
 use super::dtype::runtime_dtype;
 use super::files::{ensure_regular, io_error, read_bounded};
-use super::safetensors::{read_header, TensorHeader};
+use super::safetensors::TensorHeader;
 use super::LoadError;
 
 /// Most bytes a `config.json` may have.
@@ -114,34 +114,6 @@ impl Checkpoint {
             tokenizer,
             side_files,
         })
-    }
-
-    /// Reads only the safetensors headers, checking each file is exactly as long as its header
-    /// says; no tensor data is read.
-    pub fn headers(&self) -> Result<Vec<TensorHeader>, LoadError> {
-        let mut out = Vec::new();
-        let mut first: Option<(&PathBuf, wc_actors::DType)> = None;
-        for path in &self.weight_files {
-            let tensors = read_header(path)?.tensors;
-            // Shards of one checkpoint are saved in one dtype; a shard in another is a different
-            // checkpoint's file.
-            if let Some(dtype) = Self::stored_dtype(&tensors) {
-                match first {
-                    None => first = Some((path, dtype)),
-                    Some((first_path, first_dtype)) if first_dtype != dtype => {
-                        return Err(LoadError::ShardsDisagree {
-                            first: first_path.clone(),
-                            first_dtype: first_dtype.to_string(),
-                            other: path.clone(),
-                            other_dtype: dtype.to_string(),
-                        })
-                    }
-                    Some(_) => {}
-                }
-            }
-            out.extend(tensors);
-        }
-        Ok(out)
     }
 
     /// The floating dtype the weights are stored in (that of the first float tensor).
