@@ -49,13 +49,8 @@ impl LoadAs for OptEngine {
         dir: &Path,
         kv_cache_tokens: usize,
     ) -> Result<Self, LoadError> {
-        OptEngine::new(
-            OptModel::new(config.clone(), weights)?,
-            tokenizer,
-            weights.device_bytes,
-        )
-        .with_kv_cache_tokens(kv_cache_tokens)?
-        .with_checkpoint_files(dir)
+        let model = OptModel::new(config.clone(), weights)?;
+        OptEngine::attached(model, tokenizer, weights.device_bytes, kv_cache_tokens, dir)
     }
 }
 
@@ -70,13 +65,8 @@ impl LoadAs for LlamaEngine {
         dir: &Path,
         kv_cache_tokens: usize,
     ) -> Result<Self, LoadError> {
-        LlamaEngine::new(
-            LlamaModel::new(config.clone(), weights)?,
-            tokenizer,
-            weights.device_bytes,
-        )
-        .with_kv_cache_tokens(kv_cache_tokens)?
-        .with_checkpoint_files(dir)
+        let model = LlamaModel::new(config.clone(), weights)?;
+        LlamaEngine::attached(model, tokenizer, weights.device_bytes, kv_cache_tokens, dir)
     }
 }
 

@@ -386,11 +386,9 @@ impl Config for LlamaConfig {
         kv_cache_tokens: usize,
     ) -> Result<Box<dyn wc_actors::Engine>, LoadError> {
         let model = LlamaModel::new(self.clone(), weights)?;
-        Ok(Box::new(
-            LlamaEngine::new(model, tokenizer, weights.device_bytes)
-                .with_kv_cache_tokens(kv_cache_tokens)?
-                .with_checkpoint_files(dir)?,
-        ))
+        let engine =
+            LlamaEngine::attached(model, tokenizer, weights.device_bytes, kv_cache_tokens, dir)?;
+        Ok(Box::new(engine))
     }
 
     fn as_any(&self) -> &dyn std::any::Any {

@@ -304,11 +304,9 @@ impl Config for OptConfig {
         kv_cache_tokens: usize,
     ) -> Result<Box<dyn wc_actors::Engine>, LoadError> {
         let model = OptModel::new(self.clone(), weights)?;
-        Ok(Box::new(
-            OptEngine::new(model, tokenizer, weights.device_bytes)
-                .with_kv_cache_tokens(kv_cache_tokens)?
-                .with_checkpoint_files(dir)?,
-        ))
+        let engine =
+            OptEngine::attached(model, tokenizer, weights.device_bytes, kv_cache_tokens, dir)?;
+        Ok(Box::new(engine))
     }
 
     fn as_any(&self) -> &dyn std::any::Any {

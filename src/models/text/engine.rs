@@ -51,6 +51,21 @@ impl<M: CausalLm> TextEngine<M> {
         }
     }
 
+    /// The engine an attach builds: `model` with its tokenizer, its KV-cache budget of
+    /// `kv_cache_tokens` reserved, and the side files of the checkpoint in `dir` (stopping ids,
+    /// chat template) read and checked.
+    pub fn attached(
+        model: M,
+        tokenizer: Option<Arc<Tokenizer>>,
+        device_bytes: u64,
+        kv_cache_tokens: usize,
+        dir: &Path,
+    ) -> Result<Self, LoadError> {
+        Self::new(model, tokenizer, device_bytes)
+            .with_kv_cache_tokens(kv_cache_tokens)?
+            .with_checkpoint_files(dir)
+    }
+
     /// Sets the KV-cache tokens the running sequences may reserve together (each reserves its
     /// prompt plus `max_new_tokens`) and reserves the model's slab for them: allocated now on a
     /// GPU, as sequences take slots on the CPU ([`super::kv_slab::Allocation`]); the engine
