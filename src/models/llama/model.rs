@@ -11,15 +11,15 @@
 use candle_core::{DType, Device, Tensor};
 use candle_nn::Linear;
 
+use super::attention::{rms_norm, Attention, Pass};
 use super::config::LlamaConfig;
 use crate::load::weights::DeviceWeights;
 use crate::load::LoadError;
-use crate::models::layers::attention::{attend_packed, softmax_as_transformers, Heads};
 use crate::models::layers::kv_cache::KvCache;
 use crate::models::layers::kv_pass::KvPass;
 use crate::models::layers::kv_slab::KvSlab;
 use crate::models::layers::matmul::{linear, times_transposed};
-use crate::models::layers::packing::{packing_order, PackingOrder, Span};
+use crate::models::layers::packing::{packing_order, Span};
 use crate::models::{CausalLm, TokenCache};
 
 /// A Llama-family causal language model with its weights on one device.
@@ -35,20 +35,6 @@ pub struct LlamaModel {
     kv: KvSlab,
     device: Device,
     dtype: DType,
-}
-
-struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    o_proj: Linear,
-    q_norm: Option<Tensor>,
-    k_norm: Option<Tensor>,
-    num_heads: usize,
-    num_kv_heads: usize,
-    head_dim: usize,
-    /// Positions a query sees, itself included; `None`: all before it.
-    window: Option<usize>,
 }
 
 struct Mlp {
@@ -283,21 +269,6 @@ impl LlamaModel {
     }
 }
 
-/// RMSNorm as transformers computes it (in f32 for half types), over the last dimension.
-fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
-    candle_nn::ops::rms_norm(&x.contiguous()?, weight, eps as f32)
-}
-
-/// What every layer of one pass shares: the slab's indexes, the sequences' spans (in the
-/// caller's order), the packing order, and the rotary angles of the packed tokens.
-struct Pass<'a> {
-    kv: &'a KvPass,
-    spans: &'a [Span],
-    order: &'a PackingOrder,
-    cos: &'a Tensor,
-    sin: &'a Tensor,
-}
-
 impl DecoderLayer {
     fn forward(
         &self,
@@ -318,132 +289,6 @@ impl Mlp {
         let gate = candle_nn::ops::silu(&linear(&self.gate_proj, x)?)?;
         linear(&self.down_proj, &(gate * linear(&self.up_proj, x)?)?)
     }
-}
-
-impl Attention {
-    /// Projects to `[tokens, heads, head_dim]`, then the per-head norm and RoPE when given.
-    fn project(
-        &self,
-        x: &Tensor,
-        proj: &Linear,
-        heads: usize,
-        norm: Option<(&Tensor, f64)>,
-        rope: Option<(&Tensor, &Tensor)>,
-    ) -> candle_core::Result<Tensor> {
-        let tokens = x.dim(0)?;
-        let mut y = linear(proj, x)?.reshape((tokens, heads, self.head_dim))?;
-        if let Some((weight, eps)) = norm {
-            y = rms_norm(&y, weight, eps)?;
-        }
-        if let Some((cos, sin)) = rope {
-            y = candle_nn::rotary_emb::rope_thd(&y.unsqueeze(0)?.contiguous()?, cos, sin)?
-                .squeeze(0)?;
-        }
-        Ok(y)
-    }
-
-    fn forward(
-        &self,
-        x: &Tensor,
-        layer: usize,
-        pass: &Pass<'_>,
-        eps: f64,
-    ) -> candle_core::Result<Tensor> {
-        let rope = Some((pass.cos, pass.sin));
-        let q_norm = self.q_norm.as_ref().map(|w| (w, eps));
-        let k_norm = self.k_norm.as_ref().map(|w| (w, eps));
-        let q = self.project(x, &self.q_proj, self.num_heads, q_norm, rope)?;
-        let k = self.project(x, &self.k_proj, self.num_kv_heads, k_norm, rope)?;
-        let v = self.project(x, &self.v_proj, self.num_kv_heads, None, None)?;
-        // Every new token's keys and values into the slab, in one write.
-        pass.kv.write(layer, &k, &v)?;
-        let shape = Heads {
-            heads: self.num_heads,
-            kv_heads: self.num_kv_heads,
-            head_dim: self.head_dim,
-            scale: Some((self.head_dim as f64).powf(-0.5)),
-            window: self.window,
-        };
-        let out = attend_packed(
-            &q,
-            pass.kv,
-            pass.order,
-            pass.spans,
-            layer,
-            &shape,
-            |q, i, span| self.attend(q, pass.kv, i, layer, span),
-        )?;
-        linear(&self.o_proj, &out)
-    }
-
-    /// Attention of sequence `seq`'s queries (`[heads, tokens, head_dim]`) over its cache;
-    /// returns `[tokens, heads * head_dim]`.
-    fn attend(
-        &self,
-        q: &Tensor,
-        kv: &KvPass,
-        seq: usize,
-        layer: usize,
-        span: &Span,
-    ) -> candle_core::Result<Tensor> {
-        let (t, group) = (span.len, self.num_heads / self.num_kv_heads);
-        let end = span.past + t;
-        // The first query (at position `past`) sees keys after `past - window`.
-        let start = match self.window {
-            Some(w) => (span.past + 1).saturating_sub(w),
-            None => 0,
-        };
-        let (k, v) = kv.read(seq, layer, start, end)?;
-        let keys = end - start;
-        // Query heads of one kv head side by side: [kv_heads, group * t, head_dim].
-        let q = q.reshape((self.num_kv_heads, group * t, self.head_dim))?;
-        let scale = (self.head_dim as f64).powf(-0.5);
-        let scores = (q.matmul(&k.t()?)? * scale)?;
-        let scores = match mask(t, span.past, start, self.window, q.device())? {
-            Some(mask) => scores
-                .reshape((self.num_kv_heads, group, t, keys))?
-                .broadcast_add(&mask.to_dtype(scores.dtype())?)?
-                .reshape((self.num_kv_heads, group * t, keys))?,
-            None => scores,
-        };
-        let probs = softmax_as_transformers(&scores, v.dtype())?;
-        probs
-            .matmul(&v)?
-            .reshape((self.num_heads, t, self.head_dim))?
-            .transpose(0, 1)?
-            .reshape((t, self.num_heads * self.head_dim))
-    }
-}
-
-/// `[t, keys]` with `-inf` where query `i` (position `past + i`) must not see key `j` (position
-/// `start + j`): later positions, and those at or before `past + i - window`. `None` when every
-/// query sees every key (a single new token).
-fn mask(
-    t: usize,
-    past: usize,
-    start: usize,
-    window: Option<usize>,
-    device: &Device,
-) -> candle_core::Result<Option<Tensor>> {
-    if t == 1 {
-        return Ok(None);
-    }
-    let keys = past + t - start;
-    let values: Vec<f32> = (0..t)
-        .flat_map(|i| {
-            let p = past + i;
-            (0..keys).map(move |j| {
-                let k = start + j;
-                let too_old = window.is_some_and(|w| k + w <= p);
-                if k > p || too_old {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
-                }
-            })
-        })
-        .collect();
-    Tensor::from_vec(values, (t, keys), device).map(Some)
 }
 
 impl CausalLm for LlamaModel {
@@ -494,7 +339,3 @@ impl CausalLm for LlamaModel {
         &self.kv
     }
 }
-
-#[cfg(test)]
-#[path = "model_tests.rs"]
-mod tests;
