@@ -57,6 +57,15 @@ def main():
 
     c = client.completions.create(model=cases[0]["model"], prompt="Beautiful is", max_tokens=4, temperature=0)
     assert c.object == "text_completion" and isinstance(c.choices[0].text, str), c
+    # A list of prompts, as LangChain's batch() sends them: a choice per prompt and sample, index
+    # i*n + j, each as the prompt alone gives it.
+    many = client.completions.create(
+        model=cases[0]["model"], prompt=["Beautiful is", "Explicit is"], max_tokens=3, temperature=0, n=2
+    )
+    assert sorted(c.index for c in many.choices) == [0, 1, 2, 3], many
+    alone = client.completions.create(model=cases[0]["model"], prompt="Explicit is", max_tokens=3, temperature=0)
+    second = [c.text for c in many.choices if c.index in (2, 3)]
+    assert second == [alone.choices[0].text] * 2, (many, alone)
 
     ids = {m.id: getattr(m, "state", None) for m in client.models.list()}
     for case in cases:
