@@ -1,6 +1,8 @@
-//! OPT, the model family of facebook/opt-125m: config, decoder, engine, prewarm and presets, and
+//! OPT, the model family of facebook/opt-125m: config, decoder (its attention in `attention.rs`),
+//! engine, prewarm and presets, and
 //! its row of the family table ([`FAMILY`]).
 
+pub mod attention;
 pub mod config;
 pub mod engine;
 pub mod model;
