@@ -1,6 +1,5 @@
 //! OPT, the model family of facebook/opt-125m: config, decoder (its attention in `attention.rs`),
-//! engine, prewarm and presets, and
-//! its row of the family table ([`FAMILY`]).
+//! engine, prewarm and presets, and its row of the family table ([`FAMILY`]).
 
 pub mod attention;
 pub mod config;
