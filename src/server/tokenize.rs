@@ -32,7 +32,7 @@ use super::state::AppState;
 use crate::load::host_cache::read_tokenizer;
 use crate::load::{Checkpoint, LoadError};
 use crate::models::text::chat_template::{ChatMessage, ChatTemplateError, MessageExt};
-use crate::models::text::prompt::{PromptCodec, MAX_NORMALISED_BYTES};
+use crate::models::text::prompt::PromptCodec;
 use crate::models::text::text_files::TextFiles;
 use crate::models::{FamilyConfig, RunError};
 
@@ -248,23 +248,9 @@ impl Codec {
         self.codec.tokenizer().ok_or(RunError::NoTokenizer)
     }
 
-    /// `text`'s ids, within the bounds a completion's prompt has.
+    /// `text`'s ids, within the bounds a completion's prompt has (the engine's own tokenizing).
     fn tokenize(&self, text: &str, special: bool) -> Result<Vec<u32>, RunError> {
-        let tokenizer = self.tokenizer()?;
-        self.check_chars(text.chars().take(self.codec.max_prompt_chars() + 1).count())?;
-        let normalised = self.codec.normaliser_growth().apply(text.len());
-        if normalised > MAX_NORMALISED_BYTES {
-            return Err(RunError::NormaliserExpands {
-                bytes: text.len(),
-                normalised,
-                limit: MAX_NORMALISED_BYTES,
-            });
-        }
-        Ok(tokenizer
-            .encode(text, special)
-            .map_err(|e| RunError::Tokenizer(e.to_string()))?
-            .get_ids()
-            .to_vec())
+        self.codec.tokenize(text, special)
     }
 
     fn check_chars(&self, chars: usize) -> Result<(), RunError> {

@@ -143,7 +143,9 @@ impl PromptCodec {
         }
     }
 
-    fn tokenize(&self, text: &str, special: bool) -> Result<Vec<u32>, RunError> {
+    /// `text`'s ids, refused when it has more characters than the positions could hold or the
+    /// normaliser could grow it past its limit; the ids are not checked against the positions.
+    pub fn tokenize(&self, text: &str, special: bool) -> Result<Vec<u32>, RunError> {
         let tokenizer = self.tokenizer.as_ref().ok_or(RunError::NoTokenizer)?;
         // Counting characters stops early: a huge prompt costs only this scan.
         let limit = self.max_prompt_chars();
