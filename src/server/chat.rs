@@ -96,6 +96,21 @@ struct Checked {
 }
 
 /// Checks the body: every field known, every message well formed, the sampling in range.
+/// OpenAI's `messages` as chat messages: at least one, each checked ([`ChatMessage::from_openai`]).
+pub fn parse_messages(messages: &[Value]) -> Result<Vec<ChatMessage>, ApiError> {
+    if messages.is_empty() {
+        return Err(ApiError::bad_request(
+            "`messages` is empty: give at least one message",
+        ));
+    }
+    messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| ChatMessage::from_openai(i, m))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ApiError::bad_request(format!("`messages`: {e}")))
+}
+
 fn check(body: Value, limits: super::openai::Limits) -> Result<Checked, ApiError> {
     let supported: Vec<&str> = SUPPORTED.iter().chain(&EXTRA_PARAMETERS).copied().collect();
     let used = params::used(body, &supported)?;
@@ -109,17 +124,7 @@ fn check(body: Value, limits: super::openai::Limits) -> Result<Checked, ApiError
             "`messages` must be a list of {\"role\", \"content\"} objects",
         ));
     };
-    if messages.is_empty() {
-        return Err(ApiError::bad_request(
-            "`messages` is empty: give at least one message",
-        ));
-    }
-    let messages = messages
-        .iter()
-        .enumerate()
-        .map(|(i, m)| ChatMessage::from_openai(i, m))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ApiError::bad_request(format!("`messages`: {e}")))?;
+    let messages = parse_messages(messages)?;
     let max_tokens = match (request.max_tokens, request.max_completion_tokens) {
         (Some(a), Some(b)) if a != b => {
             return Err(ApiError::bad_request(format!(

@@ -31,7 +31,7 @@ use super::params;
 use super::state::AppState;
 use crate::load::host_cache::read_tokenizer;
 use crate::load::{Checkpoint, LoadError};
-use crate::models::text::chat_template::{ChatMessage, ChatTemplateError, MessageExt};
+use crate::models::text::chat_template::{ChatMessage, ChatTemplateError};
 use crate::models::text::prompt::PromptCodec;
 use crate::models::text::text_files::TextFiles;
 use crate::models::{FamilyConfig, RunError};
@@ -219,20 +219,7 @@ impl TokenizeRequest {
                 }
                 Input::Text(text.clone())
             }
-            (None, Some(messages)) => {
-                if messages.is_empty() {
-                    return Err(ApiError::bad_request(
-                        "`messages` is empty: give at least one message",
-                    ));
-                }
-                let messages = messages
-                    .iter()
-                    .enumerate()
-                    .map(|(i, m)| ChatMessage::from_openai(i, m))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| ApiError::bad_request(format!("`messages`: {e}")))?;
-                Input::Chat(messages)
-            }
+            (None, Some(messages)) => Input::Chat(super::chat::parse_messages(messages)?),
             _ => {
                 return Err(ApiError::bad_request(
                     "give either `prompt` (a string) or `messages`, not both",
