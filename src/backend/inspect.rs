@@ -4,7 +4,7 @@
 //! ([`Inspected::handoff`]), to a worker process too, so no header is parsed twice.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use serde::{Deserialize, Serialize};
 use wc_actors::{DType, Footprint, Handoff, ModelSpec};
@@ -26,6 +26,9 @@ pub struct Inspected {
     /// The dtype the weights will be held in on the device.
     pub dtype: DType,
     pub footprint: Footprint,
+    /// [`Self::handoff`], encoded on first use (a kept inspection hands down the same bytes to
+    /// every attach).
+    handed: OnceLock<Handoff>,
 }
 
 /// What travels in a [`Handoff`]: the inspection less the parsed config (re-read from the
@@ -41,6 +44,10 @@ struct HandedDown {
 impl Inspected {
     /// The inspection as bytes for the attach that follows it.
     pub fn handoff(&self) -> Handoff {
+        self.handed.get_or_init(|| self.encode()).clone()
+    }
+
+    fn encode(&self) -> Handoff {
         let handed = HandedDown {
             checkpoint: self.checkpoint.clone(),
             files: self.files.clone(),
@@ -69,6 +76,7 @@ impl Inspected {
             files: handed.files,
             dtype: handed.dtype,
             footprint: handed.footprint,
+            handed: OnceLock::from(handoff.clone()),
         })
     }
 
@@ -153,6 +161,7 @@ fn inspect_checkpoint(spec: &ModelSpec, checkpoint: Checkpoint) -> Result<Inspec
         files,
         dtype,
         footprint,
+        handed: OnceLock::new(),
     })
 }
 
