@@ -52,6 +52,30 @@ pub trait BatchEngine {
     /// that can never fit (context or budget) is an `InvalidRequest` error, never a wait.
     fn admit(&mut self, id: SeqId, request: &GenerateRequest) -> Result<Admission, EngineError>;
 
+    /// Admits `requests` in order, as [`Self::admit`] does each, until one has no room yet or
+    /// fails fatally (none after it is tried, so the queue keeps its order): one answer per
+    /// request tried, in order. An engine whose batch runs elsewhere sends them all before it
+    /// reads an answer: a worker process answers admits between its steps, so one round trip per
+    /// request would let a burst of `n` requests wait `n` steps for their first token.
+    fn admit_many(
+        &mut self,
+        requests: &[(SeqId, &GenerateRequest)],
+    ) -> Vec<Result<Admission, EngineError>> {
+        let mut answers = Vec::with_capacity(requests.len());
+        for &(id, request) in requests {
+            let answer = self.admit(id, request);
+            let last = match &answer {
+                Ok(admission) => *admission == Admission::NoRoomYet,
+                Err(e) => e.kind == crate::backend::ErrorKind::DeviceFatal,
+            };
+            answers.push(answer);
+            if last {
+                break;
+            }
+        }
+        answers
+    }
+
     /// Runs one forward pass for every running sequence (the prefill of newly admitted ones
     /// joins, in chunks when long) and samples their next tokens. An error here fails the
     /// whole batch. An engine whose passes run elsewhere (a worker process, which steps on its

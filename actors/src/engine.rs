@@ -247,32 +247,58 @@ impl EngineActor {
         Ok(())
     }
 
-    /// Admits waiting requests in order while the engine has room for them.
+    /// Admits waiting requests in order while the engine has room for them, all in one
+    /// [`BatchEngine::admit_many`] (one round trip to a worker process, not one per request).
     fn admit(&mut self, batch: &mut dyn BatchEngine) -> Result<(), String> {
-        while let Some(seq) = self.waiting.front() {
-            match call("admitting a request", || batch.admit(seq.id, &seq.request)) {
-                Ok(Admission::Admitted) => {
-                    let seq = self.waiting.pop_front().expect("the front");
-                    self.running.insert(seq.id, seq);
+        loop {
+            let requests: Vec<(SeqId, &GenerateRequest)> = self
+                .waiting
+                .iter()
+                .map(|seq| (seq.id, &seq.request))
+                .collect();
+            if requests.is_empty() {
+                return Ok(());
+            }
+            let answers = call("admitting requests", || Ok(batch.admit_many(&requests)))
+                .map_err(|f| f.into_error().message)?;
+            let tried: Vec<Sequence> = self.waiting.drain(..answers.len()).collect();
+            // Requests behind a refused one were answered "no room" because of it: try again.
+            let mut again = false;
+            let mut still_waiting = Vec::new();
+            for (seq, answer) in tried.into_iter().zip(answers) {
+                match call("admitting a request", || answer) {
+                    Ok(Admission::Admitted) => {
+                        self.running.insert(seq.id, seq);
+                    }
+                    Ok(Admission::NoRoomYet) if self.running.is_empty() && !again => {
+                        // Nothing will free room: refuse rather than wait for ever.
+                        let refused = Err(GenerateError::Engine(EngineError::new(
+                            ErrorKind::InvalidRequest,
+                            "the request does not fit the engine's KV-cache budget",
+                        )));
+                        self.outbox.push((seq.reply, refused));
+                        again = true;
+                    }
+                    Ok(Admission::NoRoomYet) => still_waiting.push(seq),
+                    Err(Failure::Engine(e)) => {
+                        self.outbox.push((seq.reply, Err(GenerateError::Engine(e))));
+                    }
+                    Err(Failure::Fatal(reason)) => {
+                        still_waiting.push(seq);
+                        for seq in still_waiting.into_iter().rev() {
+                            self.waiting.push_front(seq);
+                        }
+                        return Err(reason);
+                    }
                 }
-                Ok(Admission::NoRoomYet) if self.running.is_empty() => {
-                    // Nothing will free room: refuse rather than wait for ever.
-                    let seq = self.waiting.pop_front().expect("the front");
-                    let refused = Err(GenerateError::Engine(EngineError::new(
-                        ErrorKind::InvalidRequest,
-                        "the request does not fit the engine's KV-cache budget",
-                    )));
-                    self.outbox.push((seq.reply, refused));
-                }
-                Ok(Admission::NoRoomYet) => break,
-                Err(Failure::Engine(e)) => {
-                    let seq = self.waiting.pop_front().expect("the front");
-                    self.outbox.push((seq.reply, Err(GenerateError::Engine(e))));
-                }
-                Err(Failure::Fatal(reason)) => return Err(reason),
+            }
+            for seq in still_waiting.into_iter().rev() {
+                self.waiting.push_front(seq);
+            }
+            if !again {
+                return Ok(());
             }
         }
-        Ok(())
     }
 
     /// One forward pass for the batch; tokens go to their streams, outputs to their callers.

@@ -119,6 +119,9 @@ struct Worker {
     paused: bool,
     /// `Admit`s and `CancelSequence`s handled (see [`StepReport::control`]).
     control: u64,
+    /// An admit since the last step found no room: the admits after it in the same burst are
+    /// answered "no room yet" untried, so that none overtakes it (see `BatchEngine::admit_many`).
+    refused: bool,
 }
 
 impl Worker {
@@ -140,6 +143,7 @@ impl Worker {
             running: HashSet::new(),
             paused: false,
             control: 0,
+            refused: false,
         }
     }
 
@@ -226,7 +230,14 @@ impl Worker {
             ToWorker::Admit { id, request } => {
                 self.control += 1;
                 let before = self.kv_usage().reserved_tokens;
-                let result = self.admit(id, request);
+                let result = match self.refused {
+                    true => Ok(Admission::NoRoomYet),
+                    false => self.admit(id, request),
+                };
+                // With nothing running the controller refuses it (nothing will free room), and
+                // the admits after it must be tried.
+                self.refused =
+                    matches!(result, Ok(Admission::NoRoomYet)) && !self.running.is_empty();
                 let kv = self.kv_usage();
                 if let Ok(Admission::Admitted) = result {
                     self.running.insert(id);

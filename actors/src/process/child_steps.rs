@@ -35,6 +35,7 @@ impl Worker {
     /// Runs one step and reports it; finished sequences leave the batch, and a failed step
     /// pauses the stepping.
     pub(super) fn step(&mut self) -> FromWorker {
+        self.refused = false;
         let result = self.run_step();
         match &result {
             Ok(events) => {

@@ -13,14 +13,28 @@ use crate::timeline::Timeline;
 use std::collections::HashMap;
 
 /// A batching engine that gives each sequence token 1, 2, … one per step, 10 tokens of
-/// KV cache reserved per sequence.
+/// KV cache reserved per sequence (a `max_new_tokens` of [`BIG`] or more reserves that many) out
+/// of a budget of 100.
 #[derive(Default)]
 struct Counting {
     sequences: HashMap<SeqId, (usize, Vec<u32>)>,
 }
 
+/// Sequences asking this many tokens or more reserve that many.
+const BIG: usize = 50;
+
+fn reserve(max_new_tokens: usize) -> usize {
+    match max_new_tokens >= BIG {
+        true => max_new_tokens,
+        false => 10,
+    }
+}
+
 impl BatchEngine for Counting {
     fn admit(&mut self, id: SeqId, r: &GenerateRequest) -> Result<Admission, EngineError> {
+        if self.kv_usage().reserved_tokens + reserve(r.max_new_tokens) > 100 {
+            return Ok(Admission::NoRoomYet);
+        }
         self.sequences.insert(id, (r.max_new_tokens, Vec::new()));
         Ok(Admission::Admitted)
     }
@@ -58,7 +72,7 @@ impl BatchEngine for Counting {
 
     fn kv_usage(&self) -> KvUsage {
         KvUsage {
-            reserved_tokens: 10 * self.sequences.len(),
+            reserved_tokens: self.sequences.values().map(|(max, _)| reserve(*max)).sum(),
             budget_tokens: 100,
         }
     }
@@ -242,4 +256,41 @@ fn a_cancelled_sequence_is_not_stepped_and_a_cancel_is_not_answered() {
     // Opened, Attached, Admitted; no step for a batch emptied before it ran, no answer.
     assert_eq!(sent.len(), 3, "{sent:?}");
     assert!(matches!(sent[2], FromWorker::Admitted { .. }));
+}
+
+/// The answers to the admits among `sent`, in order.
+fn admissions(sent: &[FromWorker]) -> Vec<Admission> {
+    sent.iter()
+        .filter_map(|m| match m {
+            FromWorker::Admitted { result, .. } => Some(*result.as_ref().unwrap()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_burst_of_admits_behind_one_without_room_waits_behind_it_in_order() {
+    // 1 runs (10 of 100); 2 needs 95 and waits; 3 would fit but must not overtake 2.
+    let mut messages = opened_and_loaded();
+    messages.extend([admit(1, 3), admit(2, 95), admit(3, 3)]);
+    let sent = serve(messages);
+    use Admission::{Admitted, NoRoomYet};
+    assert_eq!(admissions(&sent), [Admitted, NoRoomYet, NoRoomYet]);
+    // Every admit of the burst was answered before the batch stepped.
+    let first_step = sent
+        .iter()
+        .position(|m| matches!(m, FromWorker::Stepped(_)));
+    let last_admit = sent
+        .iter()
+        .rposition(|m| matches!(m, FromWorker::Admitted { .. }));
+    assert!(last_admit < first_step, "{sent:?}");
+}
+
+#[test]
+fn with_nothing_running_a_request_that_never_fits_does_not_hold_back_the_next() {
+    // 1 can never fit (the controller refuses it); 2 is admitted in the same burst.
+    let mut messages = opened_and_loaded();
+    messages.extend([admit(1, 101), admit(2, 3)]);
+    use Admission::{Admitted, NoRoomYet};
+    assert_eq!(admissions(&serve(messages)), [NoRoomYet, Admitted]);
 }

@@ -213,6 +213,50 @@ impl BatchEngine for ProcessEngine {
         }
     }
 
+    /// Sends every admit, then reads their answers: the process answers the ones that have
+    /// come between two of its steps, so a burst of requests costs one step, not one each.
+    /// After a "no room yet" the process answers the rest the same (the queue keeps its order).
+    fn admit_many(
+        &mut self,
+        requests: &[(SeqId, &GenerateRequest)],
+    ) -> Vec<Result<Admission, EngineError>> {
+        let mut sent = 0;
+        let mut answers = Vec::with_capacity(requests.len());
+        for &(id, request) in requests {
+            let admit = ToWorker::Admit {
+                id,
+                request: request.clone(),
+            };
+            match self.send_control(&admit) {
+                Ok(()) => sent += 1,
+                Err(e) => {
+                    answers.push(Err(e));
+                    break;
+                }
+            }
+        }
+        let mut read = Vec::with_capacity(sent);
+        for &(id, _) in &requests[..sent] {
+            match self.link.wait() {
+                Ok(FromWorker::Admitted { result, kv, share }) => {
+                    let admitted = matches!(result, Ok(Admission::Admitted));
+                    self.ledger.admitted(id, admitted, share, kv);
+                    read.push(result);
+                }
+                Ok(other) => {
+                    read.push(Err(self.link.unexpected(&other)));
+                    break;
+                }
+                Err(e) => {
+                    read.push(Err(e));
+                    break;
+                }
+            }
+        }
+        read.append(&mut answers);
+        read
+    }
+
     /// The events of every step the process reported since the last call, in order; waits for
     /// one only when none has come and sequences run. A failed step is reported on its own, after
     /// the events of the steps before it.
