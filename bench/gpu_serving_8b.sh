@@ -4,7 +4,8 @@
 # process, `loadgen` at 1, 16, 64 and 128 clients (128 output tokens, ~32-token prompts,
 # ignore_eos; TTFT, inter-token and end-to-end percentiles), then the peer on the same checkpoint
 # and card: transformers with a static KV cache and `torch.compile` (bench/peer_compiled.py) at
-# batch 1 and 64. Run from the repo root with the gzipped wc-cuda in $GPU_BIN (default .gpu/).
+# batch 1 and 64. Run from the repo root with the gzipped wc-cuda in $GPU_BIN (default .gpu/), or
+# WC=<binary>.
 # Writes under $OUT. SKIP_PEER=1 skips the peer; CLIENTS="1 16" changes the client counts.
 set -u
 GPU_BIN=${GPU_BIN:-.gpu}
@@ -12,8 +13,10 @@ TOKENS=${TOKENS:-128}
 CLIENTS=${CLIENTS:-"1 16 64 128"}
 OUT=${OUT:-/tmp/wc-out}; mkdir -p "$OUT"
 export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}
-mkdir -p /tmp/wc && for f in "$GPU_BIN"/wc-cuda.gz; do gunzip -c "$f" > /tmp/wc/wc-cuda; chmod +x /tmp/wc/wc-cuda; done
-WC=/tmp/wc/wc-cuda
+if [ -z "${WC:-}" ]; then
+  mkdir -p /tmp/wc && for f in "$GPU_BIN"/wc-cuda.gz; do gunzip -c "$f" > /tmp/wc/wc-cuda; chmod +x /tmp/wc/wc-cuda; done
+  WC=/tmp/wc/wc-cuda
+fi
 MODEL=${MODEL:-/tmp/llama-8b}
 log() { echo "== $(date -u +%FT%TZ) $*" | tee -a "$OUT/session.log"; }
 { date -u; $WC --version; nvidia-smi; nproc; free -g; } > "$OUT/machine.txt" 2>&1

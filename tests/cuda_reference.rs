@@ -869,3 +869,85 @@ fn llama_family_fixtures_through_the_pinned_upload_and_the_host_cache() {
     }
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+/// Greedy streams and logits of three prompts of `name` decoded together by `graphed` (its slab
+/// reserved whole, so that its decode passes are captured) and by `eager`; what differs.
+fn graphed_against_eager<M: worker_controller::models::CausalLm>(
+    name: &str,
+    dtype: CandleDType,
+    eager: &M,
+    graphed: &M,
+    counts: impl Fn(&M) -> (usize, usize),
+) -> Vec<String> {
+    use common::decoding::decode_together;
+    let reference = reference(name);
+    let mut failures = Vec::new();
+    // Three sequences (a batch padded to four) of different lengths.
+    let cases: Vec<_> = reference.cases.iter().cycle().take(3).collect();
+    let prompts: Vec<Vec<u32>> = cases.iter().map(|c| c.input_ids.clone()).collect();
+    let steps = cases
+        .iter()
+        .map(|c| c.greedy_new_tokens.len())
+        .min()
+        .unwrap();
+    // Graphs hold the slab's addresses: only a slab reserved whole is captured.
+    graphed.kv_slab().reserve(4096).unwrap();
+    let (eager_streams, eager_passes) = decode_together(eager, &prompts, steps);
+    let (streams, passes) = decode_together(graphed, &prompts, steps);
+    let (buckets, captured) = counts(graphed);
+    println!("{name} {dtype:?}: {buckets} buckets, {captured} graphs captured");
+    if captured == 0 {
+        failures.push(format!("{name} {dtype:?}: no graph was captured"));
+    }
+    if streams != eager_streams {
+        failures.push(format!(
+            "{name} {dtype:?}: graphed {streams:?} != eager {eager_streams:?}"
+        ));
+    }
+    let diff = passes
+        .iter()
+        .flatten()
+        .flatten()
+        .zip(eager_passes.iter().flatten().flatten())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    let limit = if dtype == CandleDType::F32 { 1e-3 } else { 0.1 };
+    println!("{name} {dtype:?}: graphed logits within {diff:e} of eager (limit {limit})");
+    if diff > limit {
+        failures.push(format!("{name} {dtype:?}: logits differ by {diff}"));
+    }
+    if dtype == CandleDType::F32 {
+        for (i, case) in cases.iter().enumerate() {
+            if streams[i][..] != case.greedy_new_tokens[..steps] {
+                failures.push(format!("{name} f32 sequence {i}: not transformers' stream"));
+            }
+        }
+    }
+    failures
+}
+
+#[test]
+fn decode_passes_replayed_as_cuda_graphs_equal_the_eager_passes() {
+    use common::decoding::{llama_model, opt_model};
+    use worker_controller::models::layers::decode_graph::GraphMode;
+    let _gpu = serial();
+    let device = Device::new_cuda(0).unwrap();
+    let mut failures = Vec::new();
+    for dtype in [CandleDType::F32, CandleDType::BF16] {
+        for name in LLAMA_FIXTURES {
+            let dir = fixture(name);
+            let eager = llama_model(&dir, &device, dtype, GraphMode::Off);
+            let graphed = llama_model(&dir, &device, dtype, GraphMode::Captured);
+            let counts = |m: &LlamaModel| m.decode_graph_counts();
+            failures.extend(graphed_against_eager(name, dtype, &eager, &graphed, counts));
+        }
+        for name in FIXTURES {
+            let dir = fixture(name);
+            let eager = opt_model(&dir, &device, dtype, GraphMode::Off);
+            let graphed = opt_model(&dir, &device, dtype, GraphMode::Captured);
+            let counts = |m: &worker_controller::models::OptModel| m.decode_graph_counts();
+            failures.extend(graphed_against_eager(name, dtype, &eager, &graphed, counts));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}

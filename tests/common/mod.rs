@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub mod decoding;
 pub mod meeting;
 
 /// A model spec naming the checkpoint in `dir`, in its own dtype.

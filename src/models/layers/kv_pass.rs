@@ -173,6 +173,34 @@ impl KvPass {
         })
     }
 
+    /// A pass of `count` decodes only, over tensors made by the caller (a decode graph's fixed
+    /// buffers): `scatter` `[kv_heads, count, head_dim]` u32, the slot each new token goes to;
+    /// `gather` `[count * longest]` u32, the slots each decode reads; `masks` `[1, count, 1,
+    /// longest]` per distinct window of the layers.
+    pub fn for_decodes(
+        slab: &KvSlab,
+        scatter: Tensor,
+        gather: Tensor,
+        masks: Vec<(Option<usize>, Option<Tensor>)>,
+    ) -> candle_core::Result<Self> {
+        let (kv_heads, head_dim) = slab.heads();
+        let count = scatter.dim(1)?;
+        Ok(Self {
+            layers: slab.tensors(),
+            kv_heads,
+            head_dim,
+            tokens: count,
+            scatter: Some(scatter),
+            runs: Vec::new(),
+            decodes: Some(Decodes {
+                read: DecodeRead::Gather(gather),
+                count,
+                masks,
+            }),
+            others: (0..count).map(|_| None).collect(),
+        })
+    }
+
     /// Writes the keys and values of every new token of the pass (packed order, each
     /// `[tokens, kv_heads, head_dim]` or `[tokens, kv_heads * head_dim]`) into `layer`.
     pub fn write(&self, layer: usize, k: &Tensor, v: &Tensor) -> candle_core::Result<()> {

@@ -183,6 +183,13 @@ impl KvSlab {
         self.lock().capacity
     }
 
+    /// Whether every slot the slab will ever have is allocated (reserved eagerly): its tensors
+    /// stay where they are, so a captured graph may hold their addresses.
+    pub fn is_fixed(&self) -> bool {
+        let state = self.lock();
+        state.limit.is_some_and(|limit| state.capacity >= limit)
+    }
+
     /// Slots no sequence holds (allocated or not).
     pub fn free_slots(&self) -> usize {
         self.lock().available()

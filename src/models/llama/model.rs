@@ -15,6 +15,7 @@ use super::attention::{rms_norm, Attention, Pass};
 use super::config::LlamaConfig;
 use crate::load::weights::DeviceWeights;
 use crate::load::LoadError;
+use crate::models::layers::decode_graph::{DecodeGraphs, DecodeInputs, GraphMode};
 use crate::models::layers::kv_cache::KvCache;
 use crate::models::layers::kv_pass::KvPass;
 use crate::models::layers::kv_slab::KvSlab;
@@ -33,6 +34,8 @@ pub struct LlamaModel {
     inv_freq: Tensor,
     /// Keys and values of every sequence.
     kv: KvSlab,
+    /// Passes of decodes only, replayed as CUDA graphs.
+    graphs: DecodeGraphs,
     device: Device,
     dtype: DType,
 }
@@ -142,6 +145,7 @@ impl LlamaModel {
         );
         Ok(Self {
             kv,
+            graphs: DecodeGraphs::new(GraphMode::for_device(&device)),
             dtype: embed_tokens.dtype(),
             device,
             config,
@@ -155,6 +159,17 @@ impl LlamaModel {
 
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// Runs decode passes as `mode` says (the default: captured graphs on CUDA, off elsewhere).
+    pub fn with_decode_graphs(mut self, mode: GraphMode) -> Self {
+        self.graphs = DecodeGraphs::new(mode);
+        self
+    }
+
+    /// Decode buckets made and graphs captured so far.
+    pub fn decode_graph_counts(&self) -> (usize, usize) {
+        self.graphs.counts()
     }
 
     pub fn dtype(&self) -> DType {
@@ -216,13 +231,46 @@ impl LlamaModel {
             positions.extend((past..past + seq.ids.len()).map(|p| p as f32));
         }
         let spans: Vec<Span> = spans.into_iter().flatten().collect();
+        let windows: Vec<Option<usize>> = self.layers.iter().map(|l| l.self_attn.window).collect();
+        if !all_positions && order.decode_count == seqs.len() {
+            let caches: Vec<&KvCache> = seqs.iter().map(|s| &*s.cache).collect();
+            let forward = |inputs: &DecodeInputs<'_>| {
+                let rows = inputs.positions.dim(0)?;
+                let positions = inputs.positions.to_dtype(DType::F32)?.reshape((rows, 1))?;
+                let (cos, sin) = self.rotary(&positions)?;
+                let pass = Pass {
+                    kv: inputs.kv,
+                    spans: inputs.spans,
+                    order: inputs.order,
+                    cos: &cos,
+                    sin: &sin,
+                };
+                self.forward_packed(inputs.ids, &pass, None)
+            };
+            let (vocab, dtype) = (c.vocab_size, self.dtype);
+            let graphed = self.graphs.run(
+                &self.kv,
+                &caches,
+                &ids,
+                &windows,
+                vocab,
+                dtype,
+                &self.device,
+                &forward,
+            )?;
+            if let Some(logits) = graphed {
+                for seq in seqs.iter_mut() {
+                    seq.cache.advance(1);
+                }
+                return Ok(logits);
+            }
+        }
         let total = ids.len();
         let ids = Tensor::new(ids, &self.device)?;
+        let positions = Tensor::from_vec(positions, (total, 1), &self.device)?;
         let (cos, sin) = self.rotary(&positions)?;
-        let mut hidden = self.embed_tokens.index_select(&ids, 0)?;
         let caches: Vec<&KvCache> = seqs.iter().map(|s| &*s.cache).collect();
         let new: Vec<usize> = spans.iter().map(|s| s.len).collect();
-        let windows: Vec<Option<usize>> = self.layers.iter().map(|l| l.self_attn.window).collect();
         let kv = KvPass::new(
             &self.kv,
             &caches,
@@ -239,28 +287,42 @@ impl LlamaModel {
             cos: &cos,
             sin: &sin,
         };
-        for (index, layer) in self.layers.iter().enumerate() {
-            hidden = layer.forward(&hidden, index, &pass, c.rms_norm_eps)?;
-        }
+        let last = (!all_positions).then(|| {
+            spans
+                .iter()
+                .map(|s| (s.offset + s.len - 1) as u32)
+                .collect::<Vec<u32>>()
+        });
+        let logits = self.forward_packed(&ids, &pass, last)?;
         for (seq, span) in seqs.iter_mut().zip(&spans) {
             seq.cache.advance(span.len);
         }
-        if !all_positions {
-            let last: Vec<u32> = spans
-                .iter()
-                .map(|s| (s.offset + s.len - 1) as u32)
-                .collect();
+        Ok(logits)
+    }
+
+    /// The layers over packed tokens `ids` (`[tokens]` u32), then the final norm and the head
+    /// over the rows `last` names (every row when `None`): f32 logits `[rows, vocab]`.
+    fn forward_packed(
+        &self,
+        ids: &Tensor,
+        pass: &Pass<'_>,
+        last: Option<Vec<u32>>,
+    ) -> candle_core::Result<Tensor> {
+        let c = &self.config;
+        let mut hidden = self.embed_tokens.index_select(ids, 0)?;
+        for (index, layer) in self.layers.iter().enumerate() {
+            hidden = layer.forward(&hidden, index, pass, c.rms_norm_eps)?;
+        }
+        if let Some(last) = last {
             hidden = hidden.index_select(&Tensor::new(last, &self.device)?, 0)?;
-        } else {
-            debug_assert_eq!(hidden.dim(0)?, total);
         }
         let hidden = rms_norm(&hidden, &self.norm, c.rms_norm_eps)?;
         times_transposed(&hidden, &self.lm_head)?.to_dtype(DType::F32)
     }
 
-    /// `cos` and `sin` (`[tokens, head_dim / 2]`, model dtype) of each token's position.
-    fn rotary(&self, positions: &[f32]) -> candle_core::Result<(Tensor, Tensor)> {
-        let positions = Tensor::from_slice(positions, (positions.len(), 1), &self.device)?;
+    /// `cos` and `sin` (`[tokens, head_dim / 2]`, model dtype) of each token's position
+    /// (`positions`: `[tokens, 1]` f32).
+    fn rotary(&self, positions: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
         let angles = positions.broadcast_mul(&self.inv_freq.unsqueeze(0)?)?;
         Ok((
             angles.cos()?.to_dtype(self.dtype)?,

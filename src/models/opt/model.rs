@@ -7,6 +7,7 @@ use super::attention::{Attention, Pass};
 use super::config::{OptConfig, LAYER_NORM_EPS, POSITION_OFFSET};
 use crate::load::weights::DeviceWeights;
 use crate::load::LoadError;
+use crate::models::layers::decode_graph::{DecodeGraphs, DecodeInputs, GraphMode};
 pub use crate::models::layers::kv_cache::KvCache;
 use crate::models::layers::kv_pass::KvPass;
 use crate::models::layers::kv_slab::KvSlab;
@@ -34,6 +35,8 @@ pub struct OptModel {
     lm_head: Tensor,
     /// Keys and values of every sequence.
     kv: KvSlab,
+    /// Passes of decodes only, replayed as CUDA graphs.
+    graphs: DecodeGraphs,
     device: Device,
     dtype: DType,
 }
@@ -143,6 +146,7 @@ impl OptModel {
         );
         Ok(Self {
             kv,
+            graphs: DecodeGraphs::new(GraphMode::for_device(embed_tokens.device())),
             device: embed_tokens.device().clone(),
             dtype: embed_tokens.dtype(),
             config,
@@ -167,6 +171,17 @@ impl OptModel {
     /// The keys and values of every sequence of this model.
     pub fn kv_slab(&self) -> &KvSlab {
         &self.kv
+    }
+
+    /// Runs decode passes as `mode` says (the default: captured graphs on CUDA, off elsewhere).
+    pub fn with_decode_graphs(mut self, mode: GraphMode) -> Self {
+        self.graphs = DecodeGraphs::new(mode);
+        self
+    }
+
+    /// Decode buckets made and graphs captured so far.
+    pub fn decode_graph_counts(&self) -> (usize, usize) {
+        self.graphs.counts()
     }
 
     /// Runs `ids` (`[1, seq]`) after the tokens already in `cache` and returns f32 logits:
@@ -230,14 +245,46 @@ impl OptModel {
             positions.extend((past..past + new.len()).map(|p| (p + POSITION_OFFSET) as u32));
         }
         let spans: Vec<Span> = spans.into_iter().flatten().collect();
+        if !all_positions && order.decode_count == seqs.len() {
+            let caches: Vec<&KvCache> = seqs.iter().map(|(_, cache)| &**cache).collect();
+            let forward = |inputs: &DecodeInputs<'_>| {
+                // Rows of the position table start at POSITION_OFFSET.
+                let table_rows = self.embed_positions.dim(0)? - POSITION_OFFSET;
+                let table = self
+                    .embed_positions
+                    .narrow(0, POSITION_OFFSET, table_rows)?;
+                let pass = Pass {
+                    kv: inputs.kv,
+                    spans: inputs.spans,
+                    order: inputs.order,
+                };
+                self.forward_packed(
+                    inputs.ids,
+                    &table.index_select(inputs.positions, 0)?,
+                    &pass,
+                    None,
+                )
+            };
+            let graphed = self.graphs.run(
+                &self.kv,
+                &caches,
+                &ids,
+                &[None],
+                c.vocab_size,
+                self.dtype,
+                &self.device,
+                &forward,
+            )?;
+            if let Some(logits) = graphed {
+                for (_, cache) in seqs.iter_mut() {
+                    cache.advance(1);
+                }
+                return Ok(logits);
+            }
+        }
         let ids = Tensor::new(ids, &self.device)?;
-        let tokens = self.embed_tokens.index_select(&ids, 0)?;
-        let tokens = match &self.project_in {
-            Some(p) => linear(p, &tokens)?,
-            None => tokens,
-        };
         let positions = Tensor::new(positions, &self.device)?;
-        let mut hidden = (tokens + self.embed_positions.index_select(&positions, 0)?)?;
+        let position_rows = self.embed_positions.index_select(&positions, 0)?;
         let caches: Vec<&KvCache> = seqs.iter().map(|(_, cache)| &**cache).collect();
         let new: Vec<usize> = spans.iter().map(|s| s.len).collect();
         let kv = KvPass::new(
@@ -254,23 +301,46 @@ impl OptModel {
             spans: &spans,
             order: &order,
         };
+        let last = (!all_positions).then(|| {
+            spans
+                .iter()
+                .map(|s| (s.offset + s.len - 1) as u32)
+                .collect::<Vec<u32>>()
+        });
+        let logits = self.forward_packed(&ids, &position_rows, &pass, last)?;
+        for ((_, cache), span) in seqs.iter_mut().zip(&spans) {
+            cache.advance(span.len);
+        }
+        Ok(logits)
+    }
+
+    /// The layers over packed tokens `ids` (`[tokens]` u32) with their position embeddings
+    /// (`[tokens, hidden]`), then the final norm, projection and head over the rows `last`
+    /// names (every row when `None`): f32 logits `[rows, vocab]`.
+    fn forward_packed(
+        &self,
+        ids: &Tensor,
+        position_rows: &Tensor,
+        pass: &Pass<'_>,
+        last: Option<Vec<u32>>,
+    ) -> candle_core::Result<Tensor> {
+        let c = &self.config;
+        let tokens = self.embed_tokens.index_select(ids, 0)?;
+        let tokens = match &self.project_in {
+            Some(p) => linear(p, &tokens)?,
+            None => tokens,
+        };
+        let mut hidden = (tokens + position_rows)?;
         for (index, layer) in self.layers.iter().enumerate() {
             hidden = layer.forward(
                 &hidden,
                 index,
-                &pass,
+                pass,
                 c.do_layer_norm_before,
                 &c.activation_function,
             )?;
         }
-        for ((_, cache), span) in seqs.iter_mut().zip(&spans) {
-            cache.advance(span.len);
-        }
-        if !all_positions {
-            let last: Vec<u32> = spans
-                .iter()
-                .map(|s| (s.offset + s.len - 1) as u32)
-                .collect();
+        if let Some(last) = last {
             hidden = hidden.index_select(&Tensor::new(last, &self.device)?, 0)?;
         }
         if let Some(norm) = &self.final_layer_norm {

@@ -1,0 +1,463 @@
+//! Decode steps replayed as CUDA graphs. A pass whose sequences all decode one token runs over
+//! fixed device buffers sized by a bucket — the batch rounded up to a power of two (at most
+//! [`MAX_BATCH`]), the keys to a multiple of 128 (a power of two past 1 024) — and is captured
+//! once per bucket, after the bucket's first run (eager, which also fills candle's cache of
+//! kernel parameters), then replayed: one launch instead of ~30 a layer. Padding rows repeat row
+//! 0 (same token, slot and cache: they write the same bytes to the same slot); padding keys are
+//! masked, so a row's result is its result alone.
+//!
+//! Off on the CPU, with `WC_CUDA_GRAPHS=0`, and for good once a capture fails (the pass then
+//! runs as before). [`GraphMode::Eager`] runs the bucketed path without capturing (the CPU tests
+//! use it to hold the padding to the unpadded results).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use candle_core::{DType, Device, Tensor};
+
+use super::attention::padding_mask;
+use super::kv_cache::{KvCache, TokenCache};
+use super::kv_pass::KvPass;
+use super::kv_slab::KvSlab;
+use super::packing::{PackingOrder, Span};
+
+/// The largest batch a graph is captured for; larger passes run eagerly.
+pub const MAX_BATCH: usize = 128;
+/// Largest `batch * keys` a bucket holds (its gather index and masks grow with it).
+const MAX_BUCKET_KEYS: usize = 128 * 2048;
+/// Buckets kept; the least recently used goes first.
+const MAX_BUCKETS: usize = 24;
+
+/// How decode passes run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GraphMode {
+    /// As any other pass.
+    Off,
+    /// Over bucketed buffers, never captured.
+    Eager,
+    /// Over bucketed buffers, captured and replayed.
+    Captured,
+}
+
+impl GraphMode {
+    /// `Captured` on a CUDA device unless `WC_CUDA_GRAPHS=0`; `Off` elsewhere.
+    pub fn for_device(device: &Device) -> Self {
+        let off = std::env::var("WC_CUDA_GRAPHS").is_ok_and(|v| v == "0" || v == "off");
+        match device.is_cuda() && !off {
+            true => GraphMode::Captured,
+            false => GraphMode::Off,
+        }
+    }
+}
+
+/// What a model's forward pass over a bucket's buffers reads.
+pub struct DecodeInputs<'a> {
+    /// `[batch]` u32.
+    pub ids: &'a Tensor,
+    /// `[batch]` u32: each row's position (its cache's length).
+    pub positions: &'a Tensor,
+    pub kv: &'a KvPass,
+    /// Every row a decode, in order.
+    pub order: &'a PackingOrder,
+    pub spans: &'a [Span],
+}
+
+/// A model's forward pass over [`DecodeInputs`]: f32 logits `[batch, vocab]`.
+pub type DecodeForward<'a> = dyn Fn(&DecodeInputs<'_>) -> candle_core::Result<Tensor> + 'a;
+
+/// The decode graphs of one model.
+pub struct DecodeGraphs {
+    mode: Mutex<GraphMode>,
+    buckets: Mutex<Buckets>,
+    /// The device a graph was captured on, whose graph memory is given back on drop.
+    captured_on: Mutex<Option<Device>>,
+}
+
+#[derive(Default)]
+struct Buckets {
+    by_shape: HashMap<(usize, usize), Bucket>,
+    /// Steps run through buckets (orders their last use).
+    clock: u64,
+}
+
+/// One bucket's fixed buffers and, once captured, its graph.
+struct Bucket {
+    ids: Tensor,
+    positions: Tensor,
+    /// `[kv_heads, batch, head_dim]` u32.
+    scatter: Tensor,
+    /// `[batch * keys]` u32.
+    gather: Tensor,
+    /// `[1, batch, 1, keys]` per distinct window.
+    masks: Vec<(Option<usize>, Option<Tensor>)>,
+    /// `[batch, vocab]` f32, written by the graph.
+    out: Tensor,
+    order: PackingOrder,
+    spans: Vec<Span>,
+    graph: Option<capture::Graph>,
+    last_used: u64,
+}
+
+/// The shape of one pass's bucket: `(batch, keys)`, or `None` when it is too large.
+fn bucket_of(batch: usize, longest: usize) -> Option<(usize, usize)> {
+    let batch = batch.next_power_of_two();
+    let keys = match longest {
+        0..=1024 => longest.div_ceil(128).max(1) * 128,
+        _ => longest.next_power_of_two(),
+    };
+    (batch <= MAX_BATCH && batch * keys <= MAX_BUCKET_KEYS).then_some((batch, keys))
+}
+
+impl DecodeGraphs {
+    pub fn new(mode: GraphMode) -> Self {
+        Self {
+            mode: Mutex::new(mode),
+            buckets: Mutex::default(),
+            captured_on: Mutex::default(),
+        }
+    }
+
+    pub fn mode(&self) -> GraphMode {
+        *self.mode.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs a pass of one decode per cache (new slots reserved, lengths not advanced), `ids`
+    /// their tokens, through its bucket; `None` when the pass does not go through buckets (off,
+    /// too large, or a slab that may still grow under a captured graph), and the caller runs it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run(
+        &self,
+        slab: &KvSlab,
+        caches: &[&KvCache],
+        ids: &[u32],
+        windows: &[Option<usize>],
+        vocab: usize,
+        dtype: DType,
+        device: &Device,
+        forward: &DecodeForward<'_>,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let mode = self.mode();
+        if mode == GraphMode::Off || (mode == GraphMode::Captured && !slab.is_fixed()) {
+            return Ok(None);
+        }
+        let lens: Vec<usize> = caches.iter().map(|c| c.len() + 1).collect();
+        let longest = lens.iter().copied().max().unwrap_or(0);
+        let Some((batch, keys)) = bucket_of(caches.len(), longest) else {
+            return Ok(None);
+        };
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        buckets.clock += 1;
+        let now = buckets.clock;
+        if !buckets.by_shape.contains_key(&(batch, keys)) {
+            if buckets.by_shape.len() >= MAX_BUCKETS {
+                let oldest = buckets.by_shape.iter().min_by_key(|(_, b)| b.last_used);
+                let oldest = *oldest.map(|(shape, _)| shape).expect("a bucket");
+                buckets.by_shape.remove(&oldest);
+            }
+            let (kv_heads, head_dim) = slab.heads();
+            let made = Bucket::new(
+                batch,
+                keys,
+                (kv_heads, head_dim),
+                windows,
+                vocab,
+                dtype,
+                device,
+            )?;
+            buckets.by_shape.insert((batch, keys), made);
+        }
+        let bucket = buckets.by_shape.get_mut(&(batch, keys)).expect("made");
+        bucket.last_used = now;
+        bucket.fill(caches, ids, &lens, windows, dtype, device)?;
+        let kv = KvPass::for_decodes(
+            slab,
+            bucket.scatter.clone(),
+            bucket.gather.clone(),
+            bucket.masks.clone(),
+        )?;
+        let inputs = DecodeInputs {
+            ids: &bucket.ids,
+            positions: &bucket.positions,
+            kv: &kv,
+            order: &bucket.order,
+            spans: &bucket.spans,
+        };
+        if let Some(graph) = &bucket.graph {
+            graph.launch()?;
+            return Ok(Some(bucket.out.narrow(0, 0, caches.len())?.copy()?));
+        }
+        let logits = capture::eager(device, forward, &inputs)?;
+        if mode == GraphMode::Captured {
+            match capture::capture(device, forward, &inputs, &bucket.out) {
+                Ok(graph) => {
+                    bucket.graph = Some(graph);
+                    *self.captured_on.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(device.clone());
+                }
+                Err(e) => {
+                    tracing::warn!("decode graphs off for this engine: capturing failed: {e}");
+                    *self.mode.lock().unwrap_or_else(|e| e.into_inner()) = GraphMode::Off;
+                    buckets.by_shape.clear();
+                }
+            }
+        }
+        Ok(Some(logits.narrow(0, 0, caches.len())?))
+    }
+
+    /// Buckets made and graphs captured.
+    pub fn counts(&self) -> (usize, usize) {
+        let buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let captured = buckets.by_shape.values().filter(|b| b.graph.is_some());
+        (buckets.by_shape.len(), captured.count())
+    }
+}
+
+impl Drop for DecodeGraphs {
+    /// Graphs keep the memory of their passes in the device's graph pool after they are gone:
+    /// it goes back to the device with them, so memory after a detach is where it was.
+    fn drop(&mut self) {
+        self.buckets
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_shape
+            .clear();
+        if let Some(device) = self
+            .captured_on
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+        {
+            capture::trim(device);
+        }
+    }
+}
+
+impl Bucket {
+    fn new(
+        batch: usize,
+        keys: usize,
+        (kv_heads, head_dim): (usize, usize),
+        windows: &[Option<usize>],
+        vocab: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Self> {
+        let mut masks: Vec<(Option<usize>, Option<Tensor>)> = Vec::new();
+        for &window in windows {
+            if masks.iter().all(|(w, _)| *w != window) {
+                let mask = Tensor::zeros((1, batch, 1, keys), dtype, device)?;
+                masks.push((window, Some(mask)));
+            }
+        }
+        Ok(Self {
+            ids: Tensor::zeros(batch, DType::U32, device)?,
+            positions: Tensor::zeros(batch, DType::U32, device)?,
+            scatter: Tensor::zeros((kv_heads, batch, head_dim), DType::U32, device)?,
+            gather: Tensor::zeros(batch * keys, DType::U32, device)?,
+            masks,
+            out: Tensor::zeros((batch, vocab), DType::F32, device)?,
+            order: PackingOrder {
+                order: (0..batch).collect(),
+                decode_count: batch,
+            },
+            spans: (0..batch)
+                .map(|offset| Span {
+                    offset,
+                    len: 1,
+                    past: 0,
+                })
+                .collect(),
+            graph: None,
+            last_used: 0,
+        })
+    }
+
+    /// Writes this pass's rows into the buffers; rows past the pass repeat row 0.
+    fn fill(
+        &self,
+        caches: &[&KvCache],
+        ids: &[u32],
+        lens: &[usize],
+        windows: &[Option<usize>],
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<()> {
+        let (batch, keys) = (self.ids.dim(0)?, self.gather.dim(0)? / self.ids.dim(0)?);
+        let row = |r: usize| if r < caches.len() { r } else { 0 };
+        let ids: Vec<u32> = (0..batch).map(|r| ids[row(r)]).collect();
+        let positions: Vec<u32> = (0..batch).map(|r| caches[row(r)].len() as u32).collect();
+        let slots: Vec<u32> = (0..batch)
+            .map(|r| {
+                let c = caches[row(r)];
+                c.slots(c.len(), c.len() + 1)[0]
+            })
+            .collect();
+        let mut gather = Vec::with_capacity(batch * keys);
+        for r in 0..batch {
+            let cached = caches[row(r)].slots(0, lens[row(r)]);
+            gather.extend_from_slice(cached);
+            gather.extend(std::iter::repeat_n(cached[0], keys - cached.len()));
+        }
+        let padded_lens: Vec<usize> = (0..batch).map(|r| lens[row(r)]).collect();
+        let (kv_heads, _, head_dim) = self.scatter.dims3()?;
+        let put = |buffer: &Tensor, value: Tensor| buffer.slice_set(&value, 0, 0);
+        put(&self.ids, Tensor::from_vec(ids, batch, device)?)?;
+        put(&self.positions, Tensor::from_vec(positions, batch, device)?)?;
+        let slots = Tensor::from_vec(slots, (1, batch, 1), device)?;
+        put(
+            &self.scatter,
+            slots
+                .broadcast_as((kv_heads, batch, head_dim))?
+                .contiguous()?,
+        )?;
+        put(
+            &self.gather,
+            Tensor::from_vec(gather, batch * keys, device)?,
+        )?;
+        for (window, mask) in &self.masks {
+            debug_assert!(windows.contains(window));
+            if let Some(mask) = mask {
+                let values = padding_mask(&padded_lens, keys, *window, device)?
+                    .reshape((1, batch, 1, keys))?
+                    .to_dtype(dtype)?;
+                mask.slice_set(&values, 0, 0)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod capture {
+    //! Capturing a pass on the device's stream, and replaying it.
+    use candle_core::cuda_backend::cudarc::driver::sys::{
+        CUgraphInstantiate_flags, CUstreamCaptureMode,
+    };
+    use candle_core::{Device, Tensor};
+
+    use super::{DecodeForward, DecodeInputs};
+
+    /// A captured pass.
+    pub(super) struct Graph(candle_core::cuda_backend::cudarc::driver::CudaGraph);
+
+    // SAFETY: a graph is launched only under its `DecodeGraphs`' lock, by one thread at a time,
+    // which is all CUDA asks of graph objects; it holds no thread-bound state.
+    unsafe impl Send for Graph {}
+
+    impl Graph {
+        pub(super) fn launch(&self) -> candle_core::Result<()> {
+            self.0.launch().map_err(candle_core::Error::wrap)
+        }
+    }
+
+    fn cuda(device: &Device) -> candle_core::Result<&candle_core::CudaDevice> {
+        match device {
+            Device::Cuda(cuda) => Ok(cuda),
+            _ => candle_core::bail!("decode graphs need a CUDA device"),
+        }
+    }
+
+    /// Runs the pass now, keeping the kernels' parameter uploads for a capture to reuse.
+    pub(super) fn eager(
+        device: &Device,
+        forward: &DecodeForward<'_>,
+        inputs: &DecodeInputs<'_>,
+    ) -> candle_core::Result<Tensor> {
+        match device {
+            Device::Cuda(cuda) => {
+                let _cached = cuda.enable_cuda_graph_htod_cache();
+                forward(inputs)
+            }
+            _ => forward(inputs),
+        }
+    }
+
+    /// Gives the graph memory no graph holds back to the device (after a synchronize, so that
+    /// no replay still runs).
+    pub(super) fn trim(device: &Device) {
+        if let Ok(cuda) = cuda(device) {
+            let stream = cuda.cuda_stream();
+            let _ = stream.synchronize();
+            let ordinal = stream.context().cu_device();
+            // SAFETY: a plain driver call on a valid device handle, with the context current.
+            let _ = stream.context().bind_to_thread();
+            unsafe {
+                candle_core::cuda_backend::cudarc::driver::sys::cuDeviceGraphMemTrim(ordinal);
+            }
+        }
+    }
+
+    /// Records the pass (writing its logits into `out`) as a graph; nothing runs.
+    pub(super) fn capture(
+        device: &Device,
+        forward: &DecodeForward<'_>,
+        inputs: &DecodeInputs<'_>,
+        out: &Tensor,
+    ) -> candle_core::Result<Graph> {
+        let cuda = cuda(device)?;
+        let stream = cuda.cuda_stream();
+        let _cached = cuda.enable_cuda_graph_htod_cache();
+        let mode = CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED;
+        stream
+            .begin_capture(mode)
+            .map_err(candle_core::Error::wrap)?;
+        // Every tensor the pass makes is dropped inside the capture (freed by the graph).
+        let recorded = forward(inputs).and_then(|logits| out.slice_set(&logits, 0, 0));
+        let ended = stream.end_capture(CUgraphInstantiate_flags(0));
+        recorded?;
+        let graph = ended
+            .map_err(candle_core::Error::wrap)?
+            .ok_or_else(|| candle_core::Error::Msg("the capture recorded nothing".into()))?;
+        graph.upload().map_err(candle_core::Error::wrap)?;
+        Ok(Graph(graph))
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+mod capture {
+    //! Without CUDA nothing is captured: the bucketed pass runs eagerly.
+    use candle_core::{Device, Tensor};
+
+    use super::{DecodeForward, DecodeInputs};
+
+    pub(super) enum Graph {}
+
+    impl Graph {
+        pub(super) fn launch(&self) -> candle_core::Result<()> {
+            match *self {}
+        }
+    }
+
+    pub(super) fn eager(
+        _: &Device,
+        forward: &DecodeForward<'_>,
+        inputs: &DecodeInputs<'_>,
+    ) -> candle_core::Result<Tensor> {
+        forward(inputs)
+    }
+
+    pub(super) fn capture(
+        _: &Device,
+        _: &DecodeForward<'_>,
+        _: &DecodeInputs<'_>,
+        _: &Tensor,
+    ) -> candle_core::Result<Graph> {
+        candle_core::bail!("CUDA graphs need the cuda feature")
+    }
+
+    pub(super) fn trim(_: &Device) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bucket_of;
+
+    #[test]
+    fn buckets_round_the_batch_to_a_power_of_two_and_keys_to_128_then_powers() {
+        assert_eq!(bucket_of(1, 33), Some((1, 128)));
+        assert_eq!(bucket_of(3, 129), Some((4, 256)));
+        assert_eq!(bucket_of(64, 160), Some((64, 256)));
+        assert_eq!(bucket_of(2, 1500), Some((2, 2048)));
+        assert_eq!(bucket_of(129, 10), None);
+        assert_eq!(bucket_of(128, 4000), None);
+    }
+}

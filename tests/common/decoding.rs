@@ -1,0 +1,82 @@
+//! Decoding several sequences together through a Llama-family model (one pass a step), for the
+//! tests of decode passes on the CPU and on the GPU.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::{DType, Device};
+use worker_controller::load::weights::DeviceWeights;
+use worker_controller::load::WeightFile;
+use worker_controller::models::layers::decode_graph::GraphMode;
+use worker_controller::models::llama::LlamaModel;
+use worker_controller::models::opt::OptModel;
+use worker_controller::models::{CausalLm, FamilyConfig, LlamaConfig, OptConfig};
+
+/// A Llama-family fixture's model on `device` in `dtype`, its decode passes run as `mode` says.
+pub fn llama_model(dir: &Path, device: &Device, dtype: DType, mode: GraphMode) -> LlamaModel {
+    let config = FamilyConfig::from_file(&dir.join("config.json"))
+        .unwrap()
+        .get::<LlamaConfig>()
+        .cloned()
+        .expect("a Llama-family config");
+    let file = WeightFile::read(&dir.join("model.safetensors")).unwrap();
+    let weights = DeviceWeights::upload(&[Arc::new(file)], device, dtype).unwrap();
+    LlamaModel::new(config, &weights)
+        .unwrap()
+        .with_decode_graphs(mode)
+}
+
+pub fn argmax(row: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, v) in row.iter().enumerate() {
+        if *v > row[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Greedy streams of `prompts` decoded together (each prefilled alone, then one pass per step
+/// for all), and every decode pass's logits.
+pub fn decode_together<M: CausalLm>(
+    model: &M,
+    prompts: &[Vec<u32>],
+    steps: usize,
+) -> (Vec<Vec<u32>>, Vec<Vec<Vec<f32>>>) {
+    let mut caches: Vec<M::Cache> = prompts.iter().map(|_| model.new_cache()).collect();
+    let mut streams: Vec<Vec<u32>> = Vec::new();
+    for (prompt, cache) in prompts.iter().zip(&mut caches) {
+        let logits = model.forward_tokens(prompt, cache, false).unwrap();
+        let logits: Vec<f32> = logits.flatten_all().unwrap().to_vec1().unwrap();
+        streams.push(vec![argmax(&logits)]);
+    }
+    let mut passes = Vec::new();
+    for _ in 1..steps {
+        let last: Vec<[u32; 1]> = streams.iter().map(|s| [*s.last().unwrap()]).collect();
+        let mut inputs: Vec<(&[u32], &mut M::Cache)> = last
+            .iter()
+            .zip(&mut caches)
+            .map(|(ids, cache)| (&ids[..], cache))
+            .collect();
+        let logits: Vec<Vec<f32>> = model.forward_batch(&mut inputs).unwrap().to_vec2().unwrap();
+        for (stream, row) in streams.iter_mut().zip(&logits) {
+            stream.push(argmax(row));
+        }
+        passes.push(logits);
+    }
+    (streams, passes)
+}
+
+/// An OPT fixture's model on `device` in `dtype`, its decode passes run as `mode` says.
+pub fn opt_model(dir: &Path, device: &Device, dtype: DType, mode: GraphMode) -> OptModel {
+    let config = FamilyConfig::from_file(&dir.join("config.json"))
+        .unwrap()
+        .get::<OptConfig>()
+        .cloned()
+        .expect("an OPT config");
+    let file = WeightFile::read(&dir.join("model.safetensors")).unwrap();
+    let weights = DeviceWeights::upload(&[Arc::new(file)], device, dtype).unwrap();
+    OptModel::new(config, &weights)
+        .unwrap()
+        .with_decode_graphs(mode)
+}
