@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Decode graphs on one GPU in one call (issue 23), run from the repo root with wc-cuda and
-# cuda_reference (.xz or .gz) in $GPU_BIN (default .gpu/):
+# Decode graphs and the decode-attention kernel on one GPU in one call (issue 23), run from the
+# repo root with wc-cuda and cuda_reference (.xz or .gz) in $GPU_BIN (default .gpu/):
 #   1. the CUDA reference tests (graphed decode passes equal to eager ones among them);
-#   2. `generate` (a fresh process, batch 1, 256 new tokens) of llama-3.2-1b and llama-3.1-8b
-#      bf16, graphs on and off (WC_CUDA_GRAPHS=0), alternating, 3 runs each;
-#   3. bench/gpu_serving_8b.sh (serve + loadgen at $CLIENTS) with graphs on, then off at 1 and 64
-#      clients. PEER=1 adds the compiled transformers peer to the graphs-on run.
+#   2. `generate` (a fresh process, batch 1, 256 new tokens) of opt-125m f16, llama-3.2-1b and
+#      llama-3.1-8b bf16 in four setups, alternating, 3 runs each: both on; graphs off
+#      (WC_CUDA_GRAPHS=0); kernel off (WC_DECODE_KERNEL=0); both off (the path before them);
+#   3. bench/gpu_serving_8b.sh (serve + loadgen at $CLIENTS) with both on, then both off at
+#      $OFF_CLIENTS (default 1 and 64). PEER=1 adds the compiled transformers peer to the first.
 # Everything under $OUT, packed into $OUT/all.tgz; the summary in session.log.
 set -u
 GPU_BIN=${GPU_BIN:-.gpu}
@@ -27,23 +28,30 @@ if [ -x /tmp/wc/cuda_reference ] && [ -z "${SKIP_TESTS:-}" ]; then
   log "cuda_reference rc=$?: $(grep 'test result' "$OUT/test-cuda_reference.txt")"
   grep -E "graphs captured|graphed logits|FAILED|panicked" "$OUT/test-cuda_reference.txt" | head -20 | tee -a "$OUT/session.log"
 fi
+[ -f /tmp/opt-125m/model.safetensors ] || $WC make-model --preset opt-125m --dtype f16 --force --out /tmp/opt-125m > /dev/null 2>&1
 [ -f /tmp/llama-3.2-1b/config.json ] || $WC make-model --preset llama-3.2-1b --dtype bf16 --force --out /tmp/llama-3.2-1b > /dev/null 2>&1
 [ -f /tmp/llama-8b/config.json ] || $WC make-model --preset llama-3.1-8b --dtype bf16 --force --out /tmp/llama-8b > /dev/null 2>&1
-for model in llama-3.2-1b llama-8b; do
+SETUPS=${SETUPS:-"on:on off:on on:off off:off"}
+for spec in "opt-125m f16" "llama-3.2-1b bf16" "llama-8b bf16"; do
+  set -- $spec
   for round in 1 2 3; do
-    for graphs in on off; do
-      env_graphs=1; [ $graphs = off ] && env_graphs=0
-      WC_CUDA_GRAPHS=$env_graphs $WC generate --device cuda:0 --dtype bf16 --model "/tmp/$model" --prompt-ids 2 \
-        --max-new-tokens 256 --ignore-eos --json 2> "$OUT/generate-$model-$graphs-$round.err" \
-        | python3 -c "import json,sys; print(json.load(sys.stdin)['timings']['decode_tokens_per_s'])" >> "$OUT/decode-$model-$graphs.txt"
+    for setup in $SETUPS; do
+      graphs=${setup%%:*}; kernel=${setup##*:}
+      g=1; [ $graphs = off ] && g=0; k=1; [ $kernel = off ] && k=0
+      WC_CUDA_GRAPHS=$g WC_DECODE_KERNEL=$k $WC generate --device cuda:0 --dtype "$2" --model "/tmp/$1" --prompt-ids 2 \
+        --max-new-tokens 256 --ignore-eos --json 2> "$OUT/generate-$1-g$graphs-k$kernel-$round.err" \
+        | python3 -c "import json,sys; print(json.load(sys.stdin)['timings']['decode_tokens_per_s'])" >> "$OUT/decode-$1-g$graphs-k$kernel.txt"
     done
   done
-  log "$model generate decode tok/s, graphs on: $(tr '\n' ' ' < "$OUT/decode-$model-on.txt") off: $(tr '\n' ' ' < "$OUT/decode-$model-off.txt")"
+  for setup in $SETUPS; do
+    graphs=${setup%%:*}; kernel=${setup##*:}
+    log "$1 generate decode tok/s, graphs $graphs kernel $kernel: $(tr '\n' ' ' < "$OUT/decode-$1-g$graphs-k$kernel.txt")"
+  done
 done
 if [ -z "${SKIP_SERVING:-}" ]; then
   SKIP_PEER=${PEER:+}; [ -z "${PEER:-}" ] && SKIP_PEER=1
   WC=$WC MODEL=/tmp/llama-8b OUT="$OUT/serving-graphs-on" SKIP_PEER=$SKIP_PEER bash bench/gpu_serving_8b.sh
   grep "loadgen\|peer" "$OUT/serving-graphs-on/session.log" | tee -a "$OUT/session.log"
-  WC_CUDA_GRAPHS=0 WC=$WC MODEL=/tmp/llama-8b OUT="$OUT/serving-graphs-off" SKIP_PEER=1 CLIENTS="${OFF_CLIENTS:-1 64}" bash bench/gpu_serving_8b.sh
-  grep "loadgen" "$OUT/serving-graphs-off/session.log" | sed 's/^/graphs off: /' | tee -a "$OUT/session.log"
+  WC_CUDA_GRAPHS=0 WC_DECODE_KERNEL=0 WC=$WC MODEL=/tmp/llama-8b OUT="$OUT/serving-graphs-off" SKIP_PEER=1 CLIENTS="${OFF_CLIENTS:-1 64}" bash bench/gpu_serving_8b.sh
+  grep "loadgen" "$OUT/serving-graphs-off/session.log" | sed 's/^/graphs and kernel off: /' | tee -a "$OUT/session.log"
 fi

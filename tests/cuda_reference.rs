@@ -951,3 +951,148 @@ fn decode_passes_replayed_as_cuda_graphs_equal_the_eager_passes() {
     }
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+/// Attention of one query row over the listed key rows, in f64 on the host: `[heads, head_dim]`.
+#[allow(clippy::too_many_arguments)]
+fn attention_by_hand(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    rows: &[usize],
+    heads: usize,
+    kv_heads: usize,
+    slots: usize,
+    head_dim: usize,
+    scale: f64,
+) -> Vec<f32> {
+    let group = heads / kv_heads;
+    let mut out = vec![0f32; heads * head_dim];
+    for h in 0..heads {
+        let kv = h / group;
+        let at = |t: &[f32], row: usize, d: usize| t[(kv * slots + row) * head_dim + d] as f64;
+        let scores: Vec<f64> = rows
+            .iter()
+            .map(|&r| {
+                (0..head_dim)
+                    .map(|d| q[h * head_dim + d] as f64 * at(k, r, d))
+                    .sum::<f64>()
+                    * scale
+            })
+            .collect();
+        let top = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let weights: Vec<f64> = scores.iter().map(|s| (s - top).exp()).collect();
+        let sum: f64 = weights.iter().sum();
+        for d in 0..head_dim {
+            let value: f64 = rows
+                .iter()
+                .zip(&weights)
+                .map(|(&r, w)| w * at(v, r, d))
+                .sum();
+            out[h * head_dim + d] = (value / sum) as f32;
+        }
+    }
+    out
+}
+
+#[test]
+fn the_decode_attention_kernel_reads_each_sequence_through_its_slot_table() {
+    use worker_controller::models::layers::attention::Heads;
+    use worker_controller::models::layers::decode_attention;
+    let _gpu = serial();
+    let device = Device::new_cuda(0).unwrap();
+    // Shapes of Llama 3 8B (32/8 heads of 128), Qwen 2.5 (28/4), OPT (12/12 of 64) and 256-wide.
+    let shapes = [(32, 8, 128), (28, 4, 128), (12, 12, 64), (8, 2, 256)];
+    let mut failures = Vec::new();
+    for (heads, kv_heads, head_dim) in shapes {
+        for window in [None, Some(5)] {
+            let (seqs, slots, table_len) = (3, 2000, 1500);
+            let lens = [1usize, 37, 1500];
+            // Each sequence's slots scattered over the slab (a permutation, strided).
+            let table: Vec<u32> = (0..seqs * table_len)
+                .map(|i| ((i * 7919 + 13) % slots) as u32)
+                .collect();
+            let numbers = |n: usize, seed: usize| -> Vec<f32> {
+                (0..n)
+                    .map(|i| (((i * 2654435761 + seed) % 1000) as f32 / 500.0) - 1.0)
+                    .collect()
+            };
+            let q = numbers(seqs * heads * head_dim, 1);
+            let k = numbers(kv_heads * slots * head_dim, 2);
+            let v = numbers(kv_heads * slots * head_dim, 3);
+            let scale = (head_dim as f64).powf(-0.5);
+            let shape = Heads {
+                heads,
+                kv_heads,
+                head_dim,
+                scale: Some(scale),
+                window,
+            };
+            for dtype in [CandleDType::F32, CandleDType::BF16] {
+                let on = |data: &[f32], dims: &[usize]| {
+                    Tensor::from_slice(data, dims, &device)
+                        .unwrap()
+                        .to_dtype(dtype)
+                        .unwrap()
+                };
+                let qt = on(&q, &[seqs, heads, head_dim]);
+                assert!(decode_attention::applies(&qt, &shape));
+                let table_t = Tensor::from_slice(&table, (seqs, table_len), &device).unwrap();
+                let lens32: Vec<u32> = lens.iter().map(|&l| l as u32).collect();
+                let lens_t = Tensor::from_slice(&lens32, seqs, &device).unwrap();
+                let got = decode_attention::attend(
+                    &qt,
+                    &on(&k, &[kv_heads, slots, head_dim]),
+                    &on(&v, &[kv_heads, slots, head_dim]),
+                    &table_t,
+                    &lens_t,
+                    &shape,
+                )
+                .unwrap();
+                let got: Vec<Vec<f32>> = got.to_dtype(CandleDType::F32).unwrap().to_vec2().unwrap();
+                // The host reference reads what the device read (bf16-rounded inputs).
+                let back = |t: Tensor| -> Vec<f32> {
+                    t.to_dtype(CandleDType::F32)
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1()
+                        .unwrap()
+                };
+                let (qr, kr, vr) = (
+                    back(on(&q, &[q.len()])),
+                    back(on(&k, &[k.len()])),
+                    back(on(&v, &[v.len()])),
+                );
+                let mut worst = 0f32;
+                for s in 0..seqs {
+                    let first = window.map_or(0, |w| lens[s].saturating_sub(w));
+                    let rows: Vec<usize> = (first..lens[s])
+                        .map(|j| table[s * table_len + j] as usize)
+                        .collect();
+                    let q_row = &qr[s * heads * head_dim..(s + 1) * heads * head_dim];
+                    let want = attention_by_hand(
+                        q_row, &kr, &vr, &rows, heads, kv_heads, slots, head_dim, scale,
+                    );
+                    for (a, b) in got[s].iter().zip(&want) {
+                        worst = worst.max((a - b).abs());
+                    }
+                }
+                let limit = if dtype == CandleDType::F32 {
+                    1e-4
+                } else {
+                    2e-2
+                };
+                println!(
+                    "decode attention {heads}/{kv_heads}x{head_dim} window {window:?} {dtype:?}: \
+                     max abs diff {worst:e} (limit {limit})"
+                );
+                if worst > limit {
+                    failures.push(format!(
+                        "{heads}/{kv_heads}x{head_dim} {window:?} {dtype:?}: {worst}"
+                    ));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}

@@ -1,9 +1,11 @@
-//! Attention for the decodes of a pass (one new token per sequence), every sequence in one
-//! batched matmul: their caches are read together from the slab in one gather, padded to the
+//! Attention for the decodes of a pass (one new token per sequence): on a GPU one kernel pair
+//! reads each sequence's cache in place ([`decode_attention`]); elsewhere every sequence goes in
+//! one batched matmul, their caches read together from the slab in one gather, padded to the
 //! longest, and a mask hides each one's padding (and what its sliding window no longer sees).
 
 use candle_core::{DType, Device, Tensor};
 
+use super::decode_attention;
 use super::kv_pass::KvPass;
 use super::packing::{PackingOrder, Span};
 
@@ -60,6 +62,11 @@ pub fn attend_decodes(
     layer: usize,
     shape: &Heads,
 ) -> candle_core::Result<Tensor> {
+    if let Some([k, v, table, lens]) = pass.decode_table(layer) {
+        if decode_attention::applies(q, shape) {
+            return decode_attention::attend(q, k, v, table, lens, shape);
+        }
+    }
     let seqs = q.dim(0)?;
     let (k, v) = pass.decode_kv(layer)?;
     let group = shape.heads / shape.kv_heads;

@@ -88,6 +88,8 @@ struct Bucket {
     scatter: Tensor,
     /// `[batch * keys]` u32.
     gather: Tensor,
+    /// `[batch]` u32: each row's length.
+    lens: Tensor,
     /// `[1, batch, 1, keys]` per distinct window.
     masks: Vec<(Option<usize>, Option<Tensor>)>,
     /// `[batch, vocab]` f32, written by the graph.
@@ -173,6 +175,7 @@ impl DecodeGraphs {
             slab,
             bucket.scatter.clone(),
             bucket.gather.clone(),
+            bucket.lens.clone(),
             bucket.masks.clone(),
         )?;
         let inputs = DecodeInputs {
@@ -253,6 +256,7 @@ impl Bucket {
             positions: Tensor::zeros(batch, DType::U32, device)?,
             scatter: Tensor::zeros((kv_heads, batch, head_dim), DType::U32, device)?,
             gather: Tensor::zeros(batch * keys, DType::U32, device)?,
+            lens: Tensor::zeros(batch, DType::U32, device)?,
             masks,
             out: Tensor::zeros((batch, vocab), DType::F32, device)?,
             order: PackingOrder {

@@ -42,6 +42,9 @@ struct Run {
 struct Decodes {
     /// How the caches are read.
     read: DecodeRead,
+    /// `[decodes, longest]` u32, the slots of each decode's positions (padding after its length),
+    /// and `[decodes]` u32, its length: what the decode-attention kernel reads (on a GPU only).
+    table: Option<(Tensor, Tensor)>,
     count: usize,
     /// `[1, decodes, 1, longest]` in the model's dtype, per distinct window of the layers;
     /// `None` for a window under which no key is hidden (nothing to add).
@@ -112,24 +115,46 @@ impl KvPass {
                     }
                     _ => None,
                 };
-                let read = match lone_run {
-                    Some(start) => DecodeRead::InPlace {
-                        start,
-                        len: lens[0],
-                    },
-                    None => {
-                        let mut index = Vec::with_capacity(decodes.len() * longest);
-                        for (&i, &len) in decodes.iter().zip(&lens) {
-                            let slots = caches[i].slots(0, len);
-                            index.extend_from_slice(slots);
-                            index.extend(std::iter::repeat_n(slots[0], longest - len));
-                        }
-                        DecodeRead::Gather(Tensor::from_vec(
-                            index,
-                            decodes.len() * longest,
-                            device,
-                        )?)
+                let gather_index = || -> candle_core::Result<Tensor> {
+                    let mut index = Vec::with_capacity(decodes.len() * longest);
+                    for (&i, &len) in decodes.iter().zip(&lens) {
+                        let slots = caches[i].slots(0, len);
+                        index.extend_from_slice(slots);
+                        index.extend(std::iter::repeat_n(slots[0], longest - len));
                     }
+                    Tensor::from_vec(index, decodes.len() * longest, device)
+                };
+                let (read, table) = match (lone_run, device.is_cuda()) {
+                    (Some(start), false) => {
+                        let read = DecodeRead::InPlace {
+                            start,
+                            len: lens[0],
+                        };
+                        (read, None)
+                    }
+                    (Some(start), true) => {
+                        let index = gather_index()?;
+                        let read = DecodeRead::InPlace {
+                            start,
+                            len: lens[0],
+                        };
+                        (read, Some(index))
+                    }
+                    (None, _) => {
+                        let index = gather_index()?;
+                        let table = device.is_cuda().then(|| index.clone());
+                        (DecodeRead::Gather(index), table)
+                    }
+                };
+                let table = match table {
+                    Some(index) => {
+                        let lens32: Vec<u32> = lens.iter().map(|&l| l as u32).collect();
+                        Some((
+                            index.reshape((decodes.len(), longest))?,
+                            Tensor::from_vec(lens32, decodes.len(), device)?,
+                        ))
+                    }
+                    None => None,
                 };
                 let mut masks: Vec<(Option<usize>, Option<Tensor>)> = Vec::new();
                 for &window in windows {
@@ -151,6 +176,7 @@ impl KvPass {
                 }
                 Some(Decodes {
                     read,
+                    table,
                     count: decodes.len(),
                     masks,
                 })
@@ -175,16 +201,18 @@ impl KvPass {
 
     /// A pass of `count` decodes only, over tensors made by the caller (a decode graph's fixed
     /// buffers): `scatter` `[kv_heads, count, head_dim]` u32, the slot each new token goes to;
-    /// `gather` `[count * longest]` u32, the slots each decode reads; `masks` `[1, count, 1,
-    /// longest]` per distinct window of the layers.
+    /// `gather` `[count * longest]` u32, the slots each decode reads; `lens` `[count]` u32, each
+    /// decode's length; `masks` `[1, count, 1, longest]` per distinct window of the layers.
     pub fn for_decodes(
         slab: &KvSlab,
         scatter: Tensor,
         gather: Tensor,
+        lens: Tensor,
         masks: Vec<(Option<usize>, Option<Tensor>)>,
     ) -> candle_core::Result<Self> {
         let (kv_heads, head_dim) = slab.heads();
         let count = scatter.dim(1)?;
+        let table = gather.reshape((count, gather.dim(0)? / count))?;
         Ok(Self {
             layers: slab.tensors(),
             kv_heads,
@@ -194,6 +222,7 @@ impl KvPass {
             runs: Vec::new(),
             decodes: Some(Decodes {
                 read: DecodeRead::Gather(gather),
+                table: Some((table, lens)),
                 count,
                 masks,
             }),
@@ -241,6 +270,15 @@ impl KvPass {
             }
         };
         Ok((read(k)?, read(v)?))
+    }
+
+    /// The keys and values of `layer` (the slab's, `[kv_heads, slots, head_dim]`) with each
+    /// decode's slot table `[decodes, longest]` and length `[decodes]` (u32), where the pass
+    /// made them (on a GPU, for the decode-attention kernel).
+    pub fn decode_table(&self, layer: usize) -> Option<[&Tensor; 4]> {
+        let (table, lens) = self.decodes.as_ref()?.table.as_ref()?;
+        let (k, v) = &self.layers[layer];
+        Some([k, v, table, lens])
     }
 
     /// `[1, decodes, 1, longest]`: 0 where a decode's query sees a key, `-inf` elsewhere;
