@@ -3,8 +3,9 @@
 # repo root with wc-cuda and cuda_reference (.xz or .gz) in $GPU_BIN (default .gpu/):
 #   1. the CUDA reference tests (graphed decode passes equal to eager ones among them);
 #   2. `generate` (a fresh process, batch 1, 256 new tokens) of opt-125m f16, llama-3.2-1b and
-#      llama-3.1-8b bf16 in four setups, alternating, 3 runs each: both on; graphs off
-#      (WC_CUDA_GRAPHS=0); kernel off (WC_DECODE_KERNEL=0); both off (the path before them);
+#      llama-3.1-8b bf16 in four setups, alternating, 3 runs each (8B: both on and both off, 2
+#      runs): both on; graphs off (WC_CUDA_GRAPHS=0); kernel off (WC_DECODE_KERNEL=0); both off
+#      (the path before them);
 #   3. bench/gpu_serving_8b.sh (serve + loadgen at $CLIENTS) with both on, then both off at
 #      $OFF_CLIENTS (default 1 and 64). PEER=1 adds the compiled transformers peer to the first.
 # Everything under $OUT, packed into $OUT/all.tgz; the summary in session.log.
@@ -34,8 +35,11 @@ fi
 SETUPS=${SETUPS:-"on:on off:on on:off off:off"}
 for spec in "opt-125m f16" "llama-3.2-1b bf16" "llama-8b bf16"; do
   set -- $spec
-  for round in 1 2 3; do
-    for setup in $SETUPS; do
+  setups=$SETUPS; rounds="1 2 3"
+  # A fresh process's 8B load takes most of its run: the two ends only, twice.
+  [ $1 = llama-8b ] && setups=${SETUPS_8B:-"on:on off:off"} && rounds="1 2"
+  for round in $rounds; do
+    for setup in $setups; do
       graphs=${setup%%:*}; kernel=${setup##*:}
       g=1; [ $graphs = off ] && g=0; k=1; [ $kernel = off ] && k=0
       WC_CUDA_GRAPHS=$g WC_DECODE_KERNEL=$k $WC generate --device cuda:0 --dtype "$2" --model "/tmp/$1" --prompt-ids 2 \
@@ -43,7 +47,7 @@ for spec in "opt-125m f16" "llama-3.2-1b bf16" "llama-8b bf16"; do
         | python3 -c "import json,sys; print(json.load(sys.stdin)['timings']['decode_tokens_per_s'])" >> "$OUT/decode-$1-g$graphs-k$kernel.txt"
     done
   done
-  for setup in $SETUPS; do
+  for setup in $setups; do
     graphs=${setup%%:*}; kernel=${setup##*:}
     log "$1 generate decode tok/s, graphs $graphs kernel $kernel: $(tr '\n' ' ' < "$OUT/decode-$1-g$graphs-k$kernel.txt")"
   done
