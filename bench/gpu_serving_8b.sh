@@ -42,6 +42,13 @@ $WC serve --config "$OUT/serve.toml" > "$OUT/serve.log" 2>&1 &
 SERVER=$!
 for i in $(seq 1 600); do curl -sf http://127.0.0.1:8311/ready > /dev/null && break; sleep 0.5; done
 log "ready after $i polls"
+# Device memory as the workers report it, and the card's own figure, before and after each run
+# (decode graphs take their memory lazily, per bucket).
+memory() {
+  curl -s http://127.0.0.1:8311/workers > "$OUT/workers-$1.json"
+  log "memory $1: $(python3 -c "import json; w=json.load(open('$OUT/workers-$1.json')); w=w.get('workers', w); print([{k: x.get('memory', x).get(k) for k in ('free_bytes', 'total_bytes', 'parked_bytes')} for x in w])" 2>&1 | head -c 300); nvidia-smi --query-gpu=memory.used --format=csv,noheader)"
+}
+memory ready
 # ~32-token prompts of the placeholder tokenizer's words.
 P1="$(python3 -c "print(' '.join(f't{i}' for i in range(100, 132)))")"
 P2="$(python3 -c "print(' '.join(f't{i}' for i in range(2000, 2031)))")"
@@ -50,6 +57,7 @@ for c in $CLIENTS; do
   $WC loadgen --url http://127.0.0.1:8311 --model llama-8b --concurrency "$c" --max-tokens "$TOKENS" \
     --ignore-eos --prompt "$P1" --prompt "$P2" --requests "$requests" --out "$OUT/loadgen-c$c" >> "$OUT/session.log" 2>&1
   log "loadgen c=$c rc=$?: $(python3 -c "import json; r=json.load(open('$OUT/loadgen-c$c/results.json')); s=r.get('summary', r); print({k: s.get(k) for k in ('succeeded', 'failed', 'output_tokens_per_s', 'ttft_ms', 'itl_ms')})" 2>&1 | head -c 700)"
+  memory "after-c$c"
 done
 kill -INT $SERVER; wait $SERVER
 log "serve exit rc=$?"
