@@ -932,6 +932,10 @@ fn decode_passes_replayed_as_cuda_graphs_equal_the_eager_passes() {
     use worker_controller::models::layers::decode_graph::GraphMode;
     let _gpu = serial();
     let device = Device::new_cuda(0).unwrap();
+    // As a worker's device is: one stream, no cross-stream events (a capture needs that).
+    if let Device::Cuda(cuda) = &device {
+        worker_controller::load::cuda::single_stream(cuda);
+    }
     let mut failures = Vec::new();
     for dtype in [CandleDType::F32, CandleDType::BF16] {
         for name in LLAMA_FIXTURES {

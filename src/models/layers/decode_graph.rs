@@ -398,6 +398,10 @@ mod capture {
         out: &Tensor,
     ) -> candle_core::Result<Graph> {
         let cuda = cuda(device)?;
+        if cuda.is_event_tracking() {
+            // A capture may not wait on events recorded before it began.
+            candle_core::bail!("cross-stream event tracking is on (WC_CUDA_EVENT_TRACKING=1)");
+        }
         let stream = cuda.cuda_stream();
         let _cached = cuda.enable_cuda_graph_htod_cache();
         let mode = CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED;
