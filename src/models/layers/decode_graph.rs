@@ -1,8 +1,9 @@
 //! Decode steps replayed as CUDA graphs. A pass whose sequences all decode one token runs over
 //! fixed device buffers sized by a bucket — the batch rounded up to a power of two (at most
 //! [`MAX_BATCH`]), the keys to a multiple of 128 (a power of two past 1 024) — and is captured
-//! once per bucket, after the bucket's first run (eager, which also fills candle's cache of
-//! kernel parameters), then replayed: one launch instead of ~30 a layer. Padding rows repeat row
+//! once per bucket, at the bucket's second run (its runs before are eager and fill candle's cache
+//! of kernel parameters; the first is often the attach's warm-up, which must stay quick), then
+//! replayed: one launch instead of ~30 a layer. Padding rows repeat row
 //! 0 (same token, slot and cache: they write the same bytes to the same slot); padding keys are
 //! masked, so a row's result is its result alone.
 //!
@@ -97,6 +98,8 @@ struct Bucket {
     order: PackingOrder,
     spans: Vec<Span>,
     graph: Option<capture::Graph>,
+    /// Passes run eagerly through this bucket.
+    eager_runs: u32,
     last_used: u64,
 }
 
@@ -190,7 +193,10 @@ impl DecodeGraphs {
             return Ok(Some(bucket.out.narrow(0, 0, caches.len())?.copy()?));
         }
         let logits = capture::eager(device, forward, &inputs)?;
-        if mode == GraphMode::Captured {
+        bucket.eager_runs += 1;
+        // A bucket's first pass runs eagerly only: the engine's warm-up at attach is a pass of
+        // one token, which must not pay for a capture.
+        if mode == GraphMode::Captured && bucket.eager_runs >= 2 {
             match capture::capture(device, forward, &inputs, &bucket.out) {
                 Ok(graph) => {
                     bucket.graph = Some(graph);
@@ -271,6 +277,7 @@ impl Bucket {
                 })
                 .collect(),
             graph: None,
+            eager_runs: 0,
             last_used: 0,
         })
     }
