@@ -42,6 +42,7 @@ async fn main() -> anyhow::Result<()> {
         model: model.into(),
         dtype: None,
         canonical: false,
+        park: None,
     };
     let report = handle.attach(Attach::new(spec).named("zen")).await?;
     println!(

@@ -133,6 +133,7 @@ fn main() -> anyhow::Result<()> {
                     model: model.clone(),
                     dtype: options.dtype,
                     canonical: false,
+                    park: None,
                 };
                 let report = handle.attach(Attach::new(spec)).await?;
                 handle.detach(report.engine_id).await?;

@@ -19,6 +19,7 @@ fn load(model: &std::path::Path) -> Result<worker_controller::models::opt::OptEn
         model: model.display().to_string(),
         dtype: None,
         canonical: false,
+        park: None,
     };
     device
         .load_as::<worker_controller::models::OptEngine>(&spec, &mut Timeline::default())
@@ -269,6 +270,7 @@ fn a_model_larger_than_the_worker_is_refused_before_any_byte_is_read() {
         model: model.display().to_string(),
         dtype: None,
         canonical: false,
+        park: None,
     };
     let footprint = worker_controller::backend::inspect(&spec)
         .unwrap()

@@ -20,6 +20,7 @@ fn load() -> OptEngine {
         model: fixture(FIXTURE).display().to_string(),
         dtype: None,
         canonical: false,
+        park: None,
     };
     device
         .load_as::<worker_controller::models::OptEngine>(&spec, &mut Timeline::default())
@@ -38,6 +39,7 @@ fn load_random() -> OptEngine {
         model: dir.display().to_string(),
         dtype: None,
         canonical: false,
+        park: None,
     };
     device
         .load_as::<worker_controller::models::OptEngine>(&spec, &mut Timeline::default())

@@ -71,6 +71,7 @@ async fn attach_dir(handle: &Handle, dir: &std::path::Path) -> EngineId {
         model: dir.display().to_string(),
         dtype: None,
         canonical: false,
+        park: None,
     };
     handle.attach(Attach::new(spec)).await.unwrap().engine_id
 }

@@ -168,6 +168,7 @@ fn an_admitted_directory_swapped_for_a_link_out_is_refused() {
         .unwrap();
     let canonical = |dir: &Path| wc_actors::ModelSpec {
         canonical: true,
+        park: None,
         ..spec(dir)
     };
     inspect(&canonical(&admitted)).expect("the admitted directory checks");

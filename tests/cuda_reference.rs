@@ -71,6 +71,7 @@ fn spec(model: impl AsRef<Path>, dtype: Option<DType>) -> ModelSpec {
         model: model.as_ref().display().to_string(),
         dtype,
         canonical: false,
+        park: None,
     }
 }
 

@@ -34,6 +34,7 @@ fn every_listed_model_type_has_a_bundled_checkpoint_that_parses_and_attaches() {
             model: dir.display().to_string(),
             dtype: None,
             canonical: false,
+            park: None,
         };
         let (engine, bytes) = device
             .load_engine(&spec, &mut Timeline::default())

@@ -30,6 +30,7 @@ fn load(device: &mut CandleDevice, dir: &Path) -> Result<OptEngine, LoadError> {
         model: dir.display().to_string(),
         dtype: None,
         canonical: false,
+        park: None,
     };
     device
         .load_as::<worker_controller::models::OptEngine>(&spec, &mut Timeline::default())

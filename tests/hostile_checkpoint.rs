@@ -323,6 +323,7 @@ fn a_hub_cache_miss_does_not_reveal_the_cache_paths() {
         model: "no-such-org/no-such-model".into(),
         dtype: None,
         canonical: false,
+        park: None,
     })
     .err()
     .unwrap();

@@ -21,6 +21,7 @@ fn load(name: &str, dtype: Option<wc_actors::DType>) -> OptEngine {
         model: fixture(name),
         dtype,
         canonical: false,
+        park: None,
     };
     device
         .load_as::<worker_controller::models::OptEngine>(&spec, &mut Timeline::default())

@@ -1,14 +1,16 @@
 //! The device tier of the weight cache (`[prewarm] park_detached`): a detached model's weights
 //! stay on the device, a re-attach of the same files reads and copies nothing and answers as
 //! before, parked weights count as free memory and are freed (least recently used first) the
-//! moment an attach needs the room, and a file changed on disk is never served from them.
+//! moment an attach needs the room, and a file changed on disk is never served from them. A
+//! model's own `park` (`ModelSpec::park`) overrides the device's `park_detached` either way, and
+//! the device's memory lists the parked models and those in its host cache.
 
 mod common;
 
 use common::{copy_fixture, fixture, spec};
 use wc_actors::{
-    Anchor, DeviceSpec, GenerateRequest, Handoff, PrewarmOptions, Prompt, Timeline, WarmEngine,
-    WorkerDevice,
+    Anchor, DeviceSpec, GenerateRequest, Handoff, PrewarmOptions, Prompt, TierEntry, Timeline,
+    WarmEngine, WorkerDevice,
 };
 use worker_controller::CandleDevice;
 
@@ -26,12 +28,27 @@ fn device(park_detached: bool, memory_limit_bytes: u64) -> CandleDevice {
 }
 
 fn attach(device: &mut CandleDevice, dir: &std::path::Path) -> (WarmEngine, Timeline) {
+    attach_parking(device, dir, None)
+}
+
+/// [`attach`] with the model's own `park` setting.
+fn attach_parking(
+    device: &mut CandleDevice,
+    dir: &std::path::Path,
+    park: Option<bool>,
+) -> (WarmEngine, Timeline) {
     let mut timeline = Timeline::default();
     timeline.mark(Anchor::Requested);
+    let spec = wc_actors::ModelSpec { park, ..spec(dir) };
     let warm = device
-        .attach(&spec(dir), &Handoff::default(), &mut timeline)
+        .attach(&spec, &Handoff::default(), &mut timeline)
         .unwrap_or_else(|e| panic!("{}: {}", dir.display(), e.message));
     (warm, timeline)
+}
+
+/// The parked models the device's memory lists.
+fn parked(device: &CandleDevice) -> Vec<TierEntry> {
+    device.memory().unwrap().parked
 }
 
 /// Greedy tokens of a fixed prompt.
@@ -157,4 +174,107 @@ fn a_file_changed_on_disk_is_never_served_from_parked_weights() {
         weight_bytes(&dir),
         "only the current version stays parked"
     );
+}
+
+#[test]
+fn a_model_whose_park_is_false_is_never_parked_under_park_detached() {
+    let model = fixture("tiny-llama");
+    let mut device = device(true, 0);
+    let (first, _) = attach_parking(&mut device, &model, Some(false));
+    assert!(first.bytes_moved > 0);
+    drop(first);
+    assert_eq!(device.memory().unwrap().parked_bytes, 0, "freed on detach");
+    assert_eq!(parked(&device), vec![]);
+    let (again, _) = attach_parking(&mut device, &model, Some(false));
+    assert_eq!(
+        again.bytes_moved,
+        first_bytes(&model),
+        "read and copied again"
+    );
+    drop(again);
+    assert_eq!(device.memory().unwrap().parked_bytes, 0);
+    // The same files, saying nothing: the device's park_detached parks them.
+    let (unset, _) = attach_parking(&mut device, &model, None);
+    drop(unset);
+    assert_eq!(device.memory().unwrap().parked_bytes, weight_bytes(&model));
+}
+
+#[test]
+fn a_model_whose_park_is_true_is_parked_without_park_detached() {
+    let model = fixture("tiny-llama");
+    let mut device = device(false, 0);
+    let (first, _) = attach_parking(&mut device, &model, Some(true));
+    assert!(first.bytes_moved > 0);
+    assert_eq!(parked(&device), vec![], "lent to the live engine");
+    drop(first);
+    assert_eq!(device.memory().unwrap().parked_bytes, weight_bytes(&model));
+    let dir = model.canonicalize().unwrap().display().to_string();
+    assert_eq!(
+        parked(&device),
+        vec![TierEntry {
+            model: dir,
+            bytes: weight_bytes(&model)
+        }]
+    );
+    let (again, _) = attach_parking(&mut device, &model, Some(true));
+    assert_eq!(again.bytes_moved, 0, "from the parked weights");
+    assert_eq!(parked(&device), vec![], "lent again");
+    drop(again);
+    assert_eq!(parked(&device).len(), 1);
+    // Another model that says nothing follows park_detached (off): not parked.
+    let other = fixture("tiny-qwen3");
+    let (plain, _) = attach_parking(&mut device, &other, None);
+    drop(plain);
+    assert_eq!(
+        device.memory().unwrap().parked_bytes,
+        weight_bytes(&model),
+        "only the model that asked for it stays"
+    );
+}
+
+#[test]
+fn the_last_engine_on_parked_weights_decides_whether_they_stay() {
+    let model = fixture("tiny-opt-prenorm");
+    let mut device = device(false, 0);
+    let (kept, _) = attach_parking(&mut device, &model, Some(true));
+    drop(kept);
+    assert_eq!(device.memory().unwrap().parked_bytes, weight_bytes(&model));
+    // The same files as a model that may not stay: served from the parked weights, freed after.
+    let (borrowed, _) = attach_parking(&mut device, &model, Some(false));
+    assert_eq!(borrowed.bytes_moved, 0, "the parked weights are used");
+    drop(borrowed);
+    assert_eq!(device.memory().unwrap().parked_bytes, 0);
+    let (again, _) = attach_parking(&mut device, &model, Some(true));
+    assert!(again.bytes_moved > 0, "gone: read again");
+}
+
+#[test]
+fn the_device_memory_lists_the_models_in_its_host_cache() {
+    let (a, b) = (fixture("tiny-llama"), fixture("tiny-opt-prenorm"));
+    let options = PrewarmOptions {
+        kv_cache_tokens: 256,
+        host_cache_bytes: 64 << 20,
+        ..PrewarmOptions::default()
+    };
+    let mut device = CandleDevice::open(&DeviceSpec::Cpu, Some(&options))
+        .unwrap()
+        .0;
+    assert_eq!(device.memory().unwrap().host_cache, vec![]);
+    drop(attach(&mut device, &a));
+    drop(attach(&mut device, &b));
+    let memory = device.memory().unwrap();
+    let listed: Vec<String> = memory.host_cache.iter().map(|m| m.model.clone()).collect();
+    let dir = |d: &std::path::Path| d.canonicalize().unwrap().display().to_string();
+    assert_eq!(listed, vec![dir(&b), dir(&a)], "most recently used first");
+    let bytes: u64 = memory.host_cache.iter().map(|m| m.bytes).sum();
+    assert_eq!(bytes, memory.host_cache_used_bytes);
+    assert!(memory.host_cache.iter().all(|m| m.bytes > 0));
+}
+
+/// Weight bytes a first attach of `dir` moves (its files' data).
+fn first_bytes(dir: &std::path::Path) -> u64 {
+    worker_controller::inspect(&spec(dir))
+        .unwrap()
+        .footprint
+        .file_bytes
 }

@@ -26,6 +26,7 @@ fn spec(dir: &Path) -> ModelSpec {
         model: dir.display().to_string(),
         dtype: None,
         canonical: false,
+        park: None,
     }
 }
 
@@ -161,7 +162,10 @@ async fn every_llama_family_fixture_attaches_generates_and_detaches() {
                  among them): no `{step}` in {steps:?}"
             );
         }
-        let idle = handle.list_workers().await.unwrap()[0].memory.unwrap();
+        let idle = handle.list_workers().await.unwrap()[0]
+            .memory
+            .clone()
+            .unwrap();
         for name in FIXTURES {
             let dir = fixture(name);
             let report = handle.attach(Attach::new(spec(&dir))).await.unwrap();

@@ -26,6 +26,7 @@ fn spec(dir: &Path) -> ModelSpec {
         model: dir.display().to_string(),
         dtype: None,
         canonical: false,
+        park: None,
     }
 }
 
@@ -350,7 +351,7 @@ async fn a_model_larger_than_the_worker_does_not_fit_at_once() {
         );
         ready(&handle).await;
         let workers = handle.list_workers().await.unwrap();
-        assert_eq!(workers[0].memory.unwrap().total_bytes, 1_000_000);
+        assert_eq!(workers[0].memory.as_ref().unwrap().total_bytes, 1_000_000);
         let dir = fixture(PRENORM);
         // f32 weights: the device needs the stored data and a full KV cache of the worker's
         // budget (2 x layers x hidden x 4 bytes per token).
@@ -402,7 +403,10 @@ async fn detach_gives_back_exactly_the_engines_memory() {
     let run = async {
         let handle = start(1, PrewarmOptions::default());
         ready(&handle).await;
-        let idle = handle.list_workers().await.unwrap()[0].memory.unwrap();
+        let idle = handle.list_workers().await.unwrap()[0]
+            .memory
+            .clone()
+            .unwrap();
         let dir = fixture(PRENORM);
         let report = handle.attach(Attach::new(spec(&dir))).await.unwrap();
         let engines = handle.list_engines().await.unwrap();

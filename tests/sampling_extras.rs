@@ -23,6 +23,7 @@ fn load_random() -> OptEngine {
         model: dir.display().to_string(),
         dtype: None,
         canonical: false,
+        park: None,
     };
     device
         .load_as::<OptEngine>(&spec, &mut Timeline::default())

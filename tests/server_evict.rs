@@ -101,6 +101,7 @@ fn a_model_whose_kv_budget_would_not_fit_after_the_eviction_evicts_no_engine() {
             model: dir.display().to_string(),
             dtype: None,
             canonical: false,
+            park: None,
         };
         worker_controller::backend::inspect(&spec)
             .unwrap()

@@ -24,6 +24,11 @@ pub struct ModelSpec {
     /// as exactly that path, and a symlink found on the way (swapped in since) is refused.
     #[serde(default)]
     pub canonical: bool,
+    /// Whether the device keeps this model's weights resident ("parked") once its engine is
+    /// detached (a configured model's `park`); `None` follows the worker's
+    /// [`PrewarmOptions::park_detached`].
+    #[serde(default)]
+    pub park: Option<bool>,
 }
 
 /// What attaching a model will cost, read from its headers without loading it.
@@ -75,7 +80,7 @@ impl Footprint {
 }
 
 /// A device's memory, in bytes, and what the worker's host cache holds.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemoryInfo {
     pub total_bytes: u64,
     pub free_bytes: u64,
@@ -90,6 +95,22 @@ pub struct MemoryInfo {
     /// the room frees them first.
     #[serde(default)]
     pub parked_bytes: u64,
+    /// The models whose weights are parked on the device (together `parked_bytes`), most
+    /// recently used first.
+    #[serde(default)]
+    pub parked: Vec<TierEntry>,
+    /// The models whose weight files the host cache holds (together `host_cache_used_bytes`,
+    /// less the pinned cache's block rounding), most recently used first.
+    #[serde(default)]
+    pub host_cache: Vec<TierEntry>,
+}
+
+/// One model in a tier of a worker's weight cache: its checkpoint directory and the bytes of it
+/// that the tier holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TierEntry {
+    pub model: String,
+    pub bytes: u64,
 }
 
 impl MemoryInfo {

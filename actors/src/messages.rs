@@ -208,7 +208,7 @@ pub(crate) struct Loaded {
 #[derive(Debug)]
 pub(crate) struct LoadFailed {
     pub error: AttachError,
-    pub memory: Option<MemoryInfo>,
+    pub memory: Option<Box<MemoryInfo>>,
 }
 
 /// Drop this worker's engine after the requests queued to it; reply with memory afterwards.

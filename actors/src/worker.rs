@@ -232,7 +232,7 @@ impl Handler<LoadEngine> for WorkerActor {
             Ok(loaded) => Ok(loaded),
             Err(Failure::Engine(e)) => Err(LoadFailed {
                 error: AttachError::Load(e),
-                memory: self.memory_now().ok(),
+                memory: self.memory_now().ok().map(Box::new),
             }),
             Err(Failure::Fatal(reason)) => {
                 self.fail(reason.clone());

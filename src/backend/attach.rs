@@ -75,12 +75,14 @@ impl LoadAs for LlamaEngine {
 pub(super) fn load_engine(
     device: &mut CandleDevice,
     inspected: &Inspected,
+    park: bool,
     timeline: &mut Timeline,
 ) -> Result<(Box<dyn Engine>, u64), LoadError> {
     let kv_cache_tokens = device.kv_cache_tokens;
     load_with(
         device,
         inspected,
+        park,
         timeline,
         |config, weights, tokenizer, dir| {
             config.build_engine(weights, tokenizer, dir, kv_cache_tokens)
@@ -93,6 +95,7 @@ pub(super) fn load_engine(
 pub(super) fn load_as<E: LoadAs>(
     device: &mut CandleDevice,
     inspected: &Inspected,
+    park: bool,
     timeline: &mut Timeline,
 ) -> Result<(E, u64), LoadError> {
     let kv_cache_tokens = device.kv_cache_tokens;
@@ -106,6 +109,7 @@ pub(super) fn load_as<E: LoadAs>(
     load_with(
         device,
         inspected,
+        park,
         timeline,
         |config, weights, tokenizer, dir| {
             let config = config
@@ -118,9 +122,12 @@ pub(super) fn load_as<E: LoadAs>(
 
 /// Loads the inspected checkpoint and builds it with `build`. An inspection whose weight files
 /// changed since (a checkpoint replaced between inspection and attach) is done again first.
+/// With `park`, the weights stay on the device once the engine is gone (until the room is
+/// needed).
 fn load_with<E>(
     device: &mut CandleDevice,
     inspected: &Inspected,
+    park: bool,
     timeline: &mut Timeline,
     build: impl Build<E>,
 ) -> Result<(E, u64), LoadError> {
@@ -132,6 +139,7 @@ fn load_with<E>(
             model: inspected.checkpoint.dir.display().to_string(),
             dtype: Some(inspected.dtype),
             canonical: true,
+            park: None,
         })?;
         &again
     };
@@ -145,6 +153,7 @@ fn load_with<E>(
     let loaded = load_inspected(
         device,
         inspected,
+        park,
         timeline,
         &mut read,
         pool.as_deref_mut(),
@@ -164,25 +173,27 @@ fn load_with<E>(
     Ok(loaded)
 }
 
+/// Parked weights of the same files (parked by this model or another of the same files) are
+/// used whatever `park` says; `park` decides whether they stay once the engine is gone.
 fn load_inspected<E>(
     device: &mut CandleDevice,
     inspected: &Inspected,
+    park: bool,
     timeline: &mut Timeline,
     read: &mut ReadForCache,
     pool: Option<&mut PinnedPool>,
     build: impl Build<E>,
 ) -> Result<(E, u64), LoadError> {
-    let key = device.park_detached.then(|| ParkKey::of(inspected));
-    if let Some(key) = key.clone() {
-        let parked = lock(&device.parking).lend(&key);
-        if let Some(weights) = parked {
-            let attached = attach_parked(device, inspected, timeline, read, &weights, build);
-            match attached {
-                Ok(_) => device.lent = Some(key),
-                Err(_) => lock(&device.parking).give_back(&key),
-            }
-            return attached;
+    device.lent = None;
+    let key = ParkKey::of(inspected);
+    let parked = lock(&device.parking).lend(&key);
+    if let Some(weights) = parked {
+        let attached = attach_parked(device, inspected, timeline, read, &weights, build);
+        match attached {
+            Ok(_) => device.lent = Some((key, park)),
+            Err(_) => lock(&device.parking).give_back(&key, park),
         }
+        return attached;
     }
     let dtype = candle_dtype(inspected.dtype);
     check_fits(device, inspected, false)?;
@@ -228,9 +239,12 @@ fn load_inspected<E>(
     let engine = built?;
     device.device.synchronize()?;
     timeline.mark(Anchor::EngineReady);
-    if let Some(key) = key {
-        lock(&device.parking).record(key.clone(), &weights);
-        device.lent = Some(key);
+    if park {
+        let model = inspected.checkpoint.dir.clone();
+        lock(&device.parking).record(key.clone(), model, &weights);
+        device.lent = Some((key, park));
+    } else {
+        lock(&device.parking).forget_other_versions(&key);
     }
     Ok((engine, inspected.footprint.file_bytes))
 }

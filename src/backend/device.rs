@@ -8,7 +8,7 @@ use std::time::Instant;
 use candle_core::Device;
 use wc_actors::{
     DeviceSpec, Engine, EngineError, GenerateOutput, GenerateRequest, Handoff, MemoryInfo,
-    ModelSpec, PrewarmOptions, PrewarmReport, Timeline, TokenEvent, WorkerDevice,
+    ModelSpec, PrewarmOptions, PrewarmReport, TierEntry, Timeline, TokenEvent, WorkerDevice,
 };
 
 use super::attach::{self, pool_poisoned, LoadAs};
@@ -36,14 +36,16 @@ pub struct CandleDevice {
     /// Pinned staging ring and host cache for uploads (CUDA), allocated at prewarm and shared
     /// by the workers of the device in this process.
     pub(super) pinned: Option<SharedPool>,
-    /// The pinned cache's `(used, capacity)` bytes when last read.
-    pub(super) pinned_usage: std::sync::Mutex<(u64, u64)>,
-    /// Weights of the engines loaded here, and of detached ones kept resident
-    /// (`[prewarm] park_detached`; empty when off).
+    /// What the pinned cache held when last read.
+    pub(super) pinned_usage: std::sync::Mutex<HostCacheUsage>,
+    /// Weights of the engines loaded here that may be parked, and of detached ones kept
+    /// resident (`[prewarm] park_detached`, or a model's own `park`; empty when off).
     pub(super) parking: Arc<Mutex<Parking>>,
+    /// Whether a model that says nothing (`ModelSpec::park` unset) is parked once detached.
     pub(super) park_detached: bool,
-    /// The weights the last load lent its engine, for the lease that gives them back.
-    pub(super) lent: Option<ParkKey>,
+    /// The weights the last load lent its engine, for the lease that gives them back, and
+    /// whether they stay parked once it goes.
+    pub(super) lent: Option<(ParkKey, bool)>,
 }
 
 impl CandleDevice {
@@ -140,11 +142,15 @@ impl CandleDevice {
         Ok((opened, report))
     }
 
-    /// `(used, capacity)` bytes of the host cache: the pinned one on CUDA (as last seen when
-    /// another worker's load holds it), the pageable one elsewhere.
-    fn host_cache_usage(&self) -> (u64, u64) {
+    /// What the host cache holds: the pinned one on CUDA (as last seen when another worker's
+    /// load holds it), the pageable one elsewhere.
+    fn host_cache_usage(&self) -> HostCacheUsage {
         let Some(shared) = &self.pinned else {
-            return (self.host_cache.bytes(), self.host_cache.budget_bytes());
+            return HostCacheUsage {
+                used_bytes: self.host_cache.bytes(),
+                capacity_bytes: self.host_cache.budget_bytes(),
+                models: by_model(self.host_cache.files()),
+            };
         };
         let mut last = self
             .pinned_usage
@@ -152,10 +158,20 @@ impl CandleDevice {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Ok(pool) = shared.try_lock() {
             if let Some(contents) = pool.contents() {
-                *last = (contents.used_bytes, contents.capacity_bytes);
+                *last = HostCacheUsage {
+                    used_bytes: contents.used_bytes,
+                    capacity_bytes: contents.capacity_bytes,
+                    models: by_model(contents.files),
+                };
             }
         }
-        *last
+        last.clone()
+    }
+
+    /// Whether `spec`'s weights stay parked once its engine is detached: its own `park`, else
+    /// this device's `park_detached`.
+    fn parks(&self, spec: &ModelSpec) -> bool {
+        spec.park.unwrap_or(self.park_detached)
     }
 
     /// Whether the host cache holds a version of the weight file `path` (for tests and reports).
@@ -166,6 +182,11 @@ impl CandleDevice {
     /// Device bytes of parked weights (detached models kept resident).
     pub fn parked_bytes(&self) -> u64 {
         lock(&self.parking).parked_bytes()
+    }
+
+    /// The parked models (checkpoint directory, device bytes), most recently used first.
+    pub fn parked_models(&self) -> Vec<(std::path::PathBuf, u64)> {
+        lock(&self.parking).parked()
     }
 
     /// Uploads through this device's pinned pool so far, and host-cache hits among them (for
@@ -193,16 +214,18 @@ impl CandleDevice {
         spec: &ModelSpec,
         timeline: &mut Timeline,
     ) -> Result<(Box<dyn Engine>, u64), LoadError> {
-        attach::load_engine(self, &inspect(spec)?, timeline)
+        let park = self.parks(spec);
+        attach::load_engine(self, &inspect(spec)?, park, timeline)
     }
 
-    /// Loads an inspected checkpoint as a runtime engine (see [`Self::load_engine`]).
+    /// Loads an inspected checkpoint as a runtime engine (see [`Self::load_engine`]), parked
+    /// once detached as the device's `park_detached` says.
     pub fn load_inspected(
         &mut self,
         inspected: &Inspected,
         timeline: &mut Timeline,
     ) -> Result<(Box<dyn Engine>, u64), LoadError> {
-        attach::load_engine(self, inspected, timeline)
+        attach::load_engine(self, inspected, self.park_detached, timeline)
     }
 
     /// Inspects `spec` and loads it as the concrete engine `E` (for tests and tools that need
@@ -213,7 +236,8 @@ impl CandleDevice {
         spec: &ModelSpec,
         timeline: &mut Timeline,
     ) -> Result<(E, u64), LoadError> {
-        attach::load_as(self, &inspect(spec)?, timeline)
+        let park = self.parks(spec);
+        attach::load_as(self, &inspect(spec)?, park, timeline)
     }
 }
 
@@ -221,16 +245,16 @@ impl CandleDevice {
 struct LeasedEngine {
     engine: Box<dyn Engine>,
     held: Arc<AtomicU64>,
-    /// The weights it was lent, parked when it goes.
-    weights: Option<(Arc<Mutex<Parking>>, ParkKey)>,
+    /// The weights it was lent, given back when it goes (and parked when the flag says so).
+    weights: Option<(Arc<Mutex<Parking>>, ParkKey, bool)>,
 }
 
 impl Drop for LeasedEngine {
     fn drop(&mut self) {
         self.held
             .fetch_sub(self.engine.device_bytes(), Ordering::SeqCst);
-        if let Some((parking, key)) = &self.weights {
-            lock(parking).give_back(key);
+        if let Some((parking, key, park)) = &self.weights {
+            lock(parking).give_back(key, *park);
         }
     }
 }
@@ -275,7 +299,7 @@ impl WorkerDevice for CandleDevice {
                 (total, total.saturating_sub(held))
             }
         };
-        let (host_cache_used_bytes, host_cache_capacity_bytes) = self.host_cache_usage();
+        let host_cache = self.host_cache_usage();
         // Parked weights are free for anyone who needs the room (an attach frees them first);
         // on the CPU they were never counted as held.
         let parked_bytes = self.parked_bytes();
@@ -287,12 +311,22 @@ impl WorkerDevice for CandleDevice {
             0 => (device_total, device_free),
             limit => (limit, limit.saturating_sub(held).min(device_free)),
         };
+        let parked = self
+            .parked_models()
+            .into_iter()
+            .map(|(model, bytes)| TierEntry {
+                model: model.display().to_string(),
+                bytes,
+            })
+            .collect();
         Ok(MemoryInfo {
             total_bytes,
             free_bytes,
-            host_cache_used_bytes,
-            host_cache_capacity_bytes,
+            host_cache_used_bytes: host_cache.used_bytes,
+            host_cache_capacity_bytes: host_cache.capacity_bytes,
             parked_bytes,
+            parked,
+            host_cache: host_cache.models,
         })
     }
 
@@ -307,9 +341,13 @@ impl WorkerDevice for CandleDevice {
             true => inspect(spec)?,
             false => Inspected::from_handoff(handoff)?,
         };
-        let (engine, bytes) = attach::load_engine(self, &inspected, timeline)?;
+        let park = self.parks(spec);
+        let (engine, bytes) = attach::load_engine(self, &inspected, park, timeline)?;
         self.held.fetch_add(engine.device_bytes(), Ordering::SeqCst);
-        let weights = self.lent.take().map(|key| (self.parking.clone(), key));
+        let weights = self
+            .lent
+            .take()
+            .map(|(key, park)| (self.parking.clone(), key, park));
         Ok((
             Box::new(LeasedEngine {
                 engine,
@@ -335,6 +373,29 @@ impl WorkerDevice for CandleDevice {
             )),
         }
     }
+}
+
+/// What a worker's host cache holds, for [`MemoryInfo`].
+#[derive(Clone, Debug, Default)]
+pub(super) struct HostCacheUsage {
+    used_bytes: u64,
+    capacity_bytes: u64,
+    /// Bytes per checkpoint directory, most recently used first.
+    models: Vec<TierEntry>,
+}
+
+/// Weight files `(path, bytes)` summed per checkpoint directory (a file's parent), in the
+/// order each directory first appears.
+fn by_model(files: impl IntoIterator<Item = (std::path::PathBuf, u64)>) -> Vec<TierEntry> {
+    let mut models: Vec<TierEntry> = Vec::new();
+    for (path, bytes) in files {
+        let model = path.parent().unwrap_or(&path).display().to_string();
+        match models.iter_mut().find(|m| m.model == model) {
+            Some(entry) => entry.bytes += bytes,
+            None => models.push(TierEntry { model, bytes }),
+        }
+    }
+    models
 }
 
 /// The parking, whatever a panic while it was held left (its bookkeeping stays consistent).

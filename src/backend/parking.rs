@@ -1,7 +1,9 @@
 //! Parked weights, the device tier of the weight cache: a detached model's weights kept on the
 //! device (no engine, no KV cache) while no one needs the room, so that attaching the same files
 //! in the same dtype again skips the read and the copy. An attach that needs the room frees them
-//! first, least recently used first (`[prewarm] park_detached`).
+//! first, least recently used first (`[prewarm] park_detached`, or a model's own `park`).
+
+use std::path::PathBuf;
 
 use wc_actors::DType;
 
@@ -34,6 +36,8 @@ impl ParkKey {
 
 struct Entry {
     key: ParkKey,
+    /// The checkpoint directory, for reports.
+    model: PathBuf,
     /// Handles on the tensors (the engines built on them share the same device memory).
     weights: DeviceWeights,
     /// Engines alive on these weights; parked when none.
@@ -60,23 +64,47 @@ impl Parking {
 
     /// Records weights just put on the device for `key`, lent to one engine; parked weights of
     /// older versions of the same files go (they would never be served again).
-    pub fn record(&mut self, key: ParkKey, weights: &DeviceWeights) {
+    pub fn record(&mut self, key: ParkKey, model: PathBuf, weights: &DeviceWeights) {
         self.clock += 1;
-        self.entries
-            .retain(|e| e.engines > 0 || (e.key != key && !e.key.shares_a_file_with(&key)));
+        self.forget_other_versions(&key);
         self.entries.push(Entry {
             key,
+            model,
             weights: weights.clone(),
             engines: 1,
             last_used: self.clock,
         });
     }
 
-    /// An engine on `key`'s weights has gone: they are parked once no engine uses them.
-    pub fn give_back(&mut self, key: &ParkKey) {
-        if let Some(entry) = self.entries.iter_mut().find(|e| &e.key == key) {
-            entry.engines = entry.engines.saturating_sub(1);
+    /// Frees parked weights of `key`'s files in another version (or the same, being replaced):
+    /// they would never be served again.
+    pub fn forget_other_versions(&mut self, key: &ParkKey) {
+        self.entries
+            .retain(|e| e.engines > 0 || (&e.key != key && !e.key.shares_a_file_with(key)));
+    }
+
+    /// An engine on `key`'s weights has gone: once no engine uses them they are parked, or
+    /// freed when `park` is false (the last engine's model may not stay on the device).
+    pub fn give_back(&mut self, key: &ParkKey, park: bool) {
+        let Some(i) = self.entries.iter().position(|e| &e.key == key) else {
+            return;
+        };
+        let entry = &mut self.entries[i];
+        entry.engines = entry.engines.saturating_sub(1);
+        if entry.engines == 0 && !park {
+            let entry = self.entries.swap_remove(i);
+            tracing::debug!(bytes = entry.weights.device_bytes, "detached weights freed");
         }
+    }
+
+    /// The parked models (checkpoint directory, device bytes), most recently used first.
+    pub fn parked(&self) -> Vec<(PathBuf, u64)> {
+        let mut parked: Vec<&Entry> = self.entries.iter().filter(|e| e.engines == 0).collect();
+        parked.sort_by_key(|e| std::cmp::Reverse(e.last_used));
+        parked
+            .into_iter()
+            .map(|e| (e.model.clone(), e.weights.device_bytes))
+            .collect()
     }
 
     /// Device bytes of the parked weights (those no engine uses).

@@ -95,6 +95,7 @@ pub fn run(options: &ConcurrencyOptions) -> anyhow::Result<ConcurrencyResult> {
         model: options.model.clone(),
         dtype: options.dtype,
         canonical: false,
+        park: None,
     };
     let report = runtime
         .block_on(handle.attach(Attach::new(spec)))

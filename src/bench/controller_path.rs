@@ -82,7 +82,7 @@ impl ControllerPath {
             .sum();
         let baseline_free_bytes = workers
             .iter()
-            .filter_map(|w| w.memory)
+            .filter_map(|w| w.memory.as_ref())
             .map(|m| m.free_bytes)
             .sum();
         Ok(Self {
@@ -106,6 +106,7 @@ impl ControllerPath {
             model: model.to_string(),
             dtype: self.dtype,
             canonical: false,
+            park: None,
         };
         let report = self
             .runtime

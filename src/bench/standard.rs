@@ -97,6 +97,7 @@ pub fn start_in_this_process(
         model: model.to_string(),
         dtype,
         canonical: false,
+        park: None,
     };
     let (mut engine, bytes) = opened.load_engine(&spec, &mut timeline)?;
     engine.warm_up()?;

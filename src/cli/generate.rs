@@ -88,6 +88,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         model: model.clone(),
         dtype: args.dtype,
         canonical: false,
+        park: None,
     };
     let inspected = crate::backend::inspect(&spec).with_context(|| format!("loading {model}"))?;
     let (mut engine, bytes) = device

@@ -286,6 +286,7 @@ impl Config {
             dtype,
             attach_on_start: true,
             keep_alive: KeepAlive::Forever,
+            park: None,
             resolved: String::new(),
             origin: format!("{origin} {model}"),
         };

@@ -31,6 +31,10 @@ pub struct ModelEntry {
     /// How long it stays attached while idle before another model may evict it.
     #[serde(default)]
     pub keep_alive: KeepAlive,
+    /// Whether a worker keeps its weights on the device ("parked") once it is detached;
+    /// unset: the worker's `[prewarm] park_detached`.
+    #[serde(default)]
+    pub park: Option<bool>,
     /// Where the checkpoint is, resolved after parsing (the `path`, or the `hub` id).
     #[serde(skip)]
     pub resolved: String,
@@ -51,6 +55,7 @@ impl ModelEntry {
             model: self.resolved.clone(),
             dtype: self.dtype,
             canonical: false,
+            park: self.park,
         }
     }
 }

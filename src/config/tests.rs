@@ -50,6 +50,30 @@ fn bad_values_are_rejected_with_their_line() {
 }
 
 #[test]
+fn a_models_park_setting_reaches_its_spec_and_must_be_a_bool() {
+    let model = "[[models]]\nname = \"a\"\npath = \"tests/fixtures/tiny-opt-prenorm\"\n";
+    let park = |text: &str| {
+        parse(&format!("{model}{text}")).unwrap().models[0]
+            .spec()
+            .park
+    };
+    assert_eq!(park(""), None, "unset: the worker's park_detached");
+    assert_eq!(park("park = true\n"), Some(true));
+    assert_eq!(park("park = false\n"), Some(false));
+    let err = parse(&format!("{model}park = \"yes\"\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("test.toml:4:"), "{err}");
+    let err = parse(&format!("{model}parked = true\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("test.toml:4:") && err.contains("parked"),
+        "{err}"
+    );
+}
+
+#[test]
 fn missing_model_paths_point_at_the_path() {
     let err = parse("[[models]]\nname = \"a\"\npath = \"no/such/dir\"\n")
         .unwrap_err()

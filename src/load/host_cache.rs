@@ -126,6 +126,16 @@ impl HostCache {
         self.tokenizers.insert(key, tokenizer);
     }
 
+    /// The weight files held, `(path, bytes)`, most recently used first.
+    pub fn files(&self) -> Vec<(std::path::PathBuf, u64)> {
+        let mut files: Vec<&CachedFile> = self.files.iter().collect();
+        files.sort_by_key(|f| std::cmp::Reverse(f.last_used));
+        files
+            .iter()
+            .map(|f| (f.file.key.path.clone(), f.file.data.len() as u64))
+            .collect()
+    }
+
     /// Whether a weight file of `path` is held (any version).
     pub fn holds(&self, path: &Path) -> bool {
         self.files.iter().any(|f| f.file.key.path == path)

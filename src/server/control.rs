@@ -30,14 +30,44 @@ pub struct AttachBody {
     pub keep_alive: Option<KeepAlive>,
 }
 
-/// `GET /workers`: every worker with its state, prewarm report and memory.
+/// `GET /workers`: every worker with its state, prewarm report and memory (with the models
+/// parked on its device and those in its host cache).
 pub async fn list_workers(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let workers = state
         .handle
         .list_workers()
         .await
         .map_err(|_| ApiError::shutting_down())?;
-    Ok(HttpResponse::Ok().json(json!({ "workers": workers })))
+    let mut reply = json!({ "workers": workers });
+    tiers_relative(&state, &mut reply);
+    Ok(HttpResponse::Ok().json(reply))
+}
+
+/// Every model a worker's memory lists (`parked`, `host_cache`) anywhere in `value`, written
+/// relative to the model roots as an engine's `model` is.
+fn tiers_relative(state: &AppState, value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            let memory = map.contains_key("parked_bytes");
+            for (key, value) in map.iter_mut() {
+                let Value::Array(entries) = value else {
+                    tiers_relative(state, value);
+                    continue;
+                };
+                if !(memory && (key == "parked" || key == "host_cache")) {
+                    entries.iter_mut().for_each(|e| tiers_relative(state, e));
+                    continue;
+                }
+                for model in entries.iter_mut().filter_map(|e| e.get_mut("model")) {
+                    if let Value::String(path) = model {
+                        *path = state.model_roots.relative(std::path::Path::new(path));
+                    }
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| tiers_relative(state, v)),
+        _ => {}
+    }
 }
 
 /// `POST /engines`: attaches a model; 201 with the engine id and the full timing report.
@@ -71,6 +101,7 @@ pub async fn attach(
                 .into_owned(),
             dtype: body.dtype,
             canonical: true,
+            park: None,
         },
     };
     let name = body
@@ -116,6 +147,7 @@ pub async fn attach(
         .model_roots
         .relative(std::path::Path::new(&report.model)));
     reply["keep_alive"] = json!(keep_alive.to_string());
+    tiers_relative(&state, &mut reply);
     Ok(HttpResponse::Created()
         .insert_header((header::LOCATION, format!("/engines/{}", report.engine_id)))
         .json(reply))
@@ -162,7 +194,9 @@ pub async fn detach(
         .pool
         .detach(EngineRef::Name(path.into_inner()), &state.metrics)
         .await?;
-    Ok(HttpResponse::Ok().json(report))
+    let mut reply = serde_json::to_value(&report).unwrap_or_else(|_| json!({}));
+    tiers_relative(&state, &mut reply);
+    Ok(HttpResponse::Ok().json(reply))
 }
 
 async fn engines(state: &AppState) -> Result<Vec<EngineInfo>, ApiError> {

@@ -14,6 +14,7 @@ pub fn spec(dir: &Path) -> wc_actors::ModelSpec {
         model: dir.display().to_string(),
         dtype: None,
         canonical: false,
+        park: None,
     }
 }
 

@@ -80,8 +80,8 @@ impl ControllerActor {
             .map(|w| Candidate {
                 device: &w.device,
                 state: w.state(),
-                idle_free: w.idle_memory.map(|m| m.free_bytes),
-                free_now: w.memory.map(|m| m.free_bytes),
+                idle_free: w.idle_memory.as_ref().map(|m| m.free_bytes),
+                free_now: w.memory.as_ref().map(|m| m.free_bytes),
             })
             .collect();
         // The smallest KV-cache budget of the workers: a worker with a larger one checks the
@@ -237,7 +237,7 @@ impl ControllerActor {
                 );
             }
             Err(LoadFailed { error, memory }) => {
-                slot.attach_abandoned(incarnation, memory);
+                slot.attach_abandoned(incarnation, memory.map(|m| *m));
                 self.fail_attach(pending, error);
                 return self.dispatch_pending(ctx);
             }
@@ -248,7 +248,7 @@ impl ControllerActor {
             slot.attach_abandoned(incarnation, None);
             return self.fail_attach(pending, AttachError::ShuttingDown);
         }
-        if !slot.attach_done(incarnation, loaded.memory_attached) {
+        if !slot.attach_done(incarnation, loaded.memory_attached.clone()) {
             // The worker failed (or the runtime stopped) while it loaded: the engine went with it.
             let reason = slot.last_error.clone().unwrap_or_default();
             return self.fail_attach(pending, AttachError::WorkerFailed { worker, reason });
@@ -324,8 +324,8 @@ fn attach_report(pending: &PendingAttach, slot: &WorkerSlot, loaded: &Loaded) ->
         timeline,
         bytes_moved: loaded.bytes_moved,
         bandwidth_gb_per_s,
-        memory_before: loaded.memory_before,
-        memory_attached: loaded.memory_attached,
+        memory_before: loaded.memory_before.clone(),
+        memory_attached: loaded.memory_attached.clone(),
         prewarm: slot.prewarm.clone(),
     }
 }

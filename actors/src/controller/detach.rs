@@ -74,8 +74,11 @@ impl ControllerActor {
                 return Err(DetachError::WorkerFailed { worker, reason });
             }
         };
-        self.workers[worker].detach_done(entry.incarnation, memory);
+        self.workers[worker].detach_done(entry.incarnation, memory.clone());
         self.stats.detaches += 1;
+        let freed_bytes = memory
+            .free_bytes
+            .saturating_sub(entry.memory_attached.free_bytes);
         let report = DetachReport {
             engine_id: entry.id,
             name: entry.name,
@@ -90,7 +93,7 @@ impl ControllerActor {
             name = %report.name,
             worker,
             detach_ms = report.detach_ms,
-            freed_bytes = memory.free_bytes.saturating_sub(entry.memory_attached.free_bytes),
+            freed_bytes,
             "engine detached"
         );
         self.dispatch_pending(ctx);

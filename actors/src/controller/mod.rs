@@ -190,7 +190,7 @@ impl ControllerActor {
                 state: w.state(),
                 engine: w.engine(),
                 prewarm: w.prewarm.clone(),
-                memory: w.memory,
+                memory: w.memory.clone(),
                 failures: w.failures,
                 restarts: w.restarts,
                 last_error: w.last_error.clone(),

@@ -120,7 +120,7 @@ impl WorkerSlot {
         }
         self.state = WorkerState::Idle;
         self.prewarm = Some(prewarm);
-        self.memory = Some(memory);
+        self.memory = Some(memory.clone());
         self.idle_memory = Some(memory);
         true
     }
@@ -159,7 +159,7 @@ impl WorkerSlot {
         }
         self.state = WorkerState::Idle;
         self.engine = None;
-        self.memory = memory.or(self.memory);
+        self.memory = memory.or(self.memory.take());
         true
     }
 
@@ -179,7 +179,7 @@ impl WorkerSlot {
         }
         self.state = WorkerState::Idle;
         self.engine = None;
-        self.memory = Some(memory);
+        self.memory = Some(memory.clone());
         self.idle_memory = Some(memory);
         true
     }

@@ -195,6 +195,7 @@ fn opened_and_loaded() -> Vec<ToWorker> {
                 model: "fake".into(),
                 dtype: None,
                 canonical: false,
+                park: None,
             },
             handoff: Handoff::default(),
             timeline: Timeline::default(),

@@ -83,6 +83,7 @@ pub fn spec(model: &str) -> ModelSpec {
         model: model.to_owned(),
         dtype: None,
         canonical: false,
+        park: None,
     }
 }
 
