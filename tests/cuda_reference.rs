@@ -105,7 +105,14 @@ fn max_abs_diff(logits: &Tensor, expected: &[Vec<f32>]) -> f32 {
         .iter()
         .zip(expected)
         .flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).abs()))
-        .fold(0.0f32, f32::max)
+        // A NaN is the largest difference (f32::max would skip it).
+        .fold(0.0f32, |worst, d| {
+            if d.is_nan() {
+                f32::INFINITY
+            } else {
+                worst.max(d)
+            }
+        })
 }
 
 /// The worst f32 logit difference from transformers over a fixture's prompts.
@@ -911,7 +918,14 @@ fn graphed_against_eager<M: worker_controller::models::CausalLm>(
         .flatten()
         .zip(eager_passes.iter().flatten().flatten())
         .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
+        // A NaN is the largest difference (f32::max would skip it).
+        .fold(0.0f32, |worst, d| {
+            if d.is_nan() {
+                f32::INFINITY
+            } else {
+                worst.max(d)
+            }
+        });
     let limit = if dtype == CandleDType::F32 { 1e-3 } else { 0.1 };
     println!("{name} {dtype:?}: graphed logits within {diff:e} of eager (limit {limit})");
     if diff > limit {
@@ -1079,7 +1093,12 @@ fn the_decode_attention_kernel_reads_each_sequence_through_its_slot_table() {
                         q_row, &kr, &vr, &rows, heads, kv_heads, slots, head_dim, scale,
                     );
                     for (a, b) in got[s].iter().zip(&want) {
-                        worst = worst.max((a - b).abs());
+                        let d = (a - b).abs();
+                        worst = if d.is_nan() {
+                            f32::INFINITY
+                        } else {
+                            worst.max(d)
+                        };
                     }
                 }
                 let limit = if dtype == CandleDType::F32 {

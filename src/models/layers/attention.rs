@@ -39,6 +39,13 @@ pub fn attend_packed(
         let q = q.narrow(0, 0, decodes.len())?.contiguous()?;
         outputs.push(attend_decodes(&q, pass, layer, shape)?);
     }
+    if let Some((batch, k, v)) = pass.prefill_batch(layer) {
+        outputs.push(batch.attend(q, k, v, shape)?);
+        return match outputs.len() {
+            1 => Ok(outputs.pop().expect("one output")),
+            _ => Tensor::cat(&outputs, 0),
+        };
+    }
     for &i in order.others() {
         let span = &spans[i];
         let q = q

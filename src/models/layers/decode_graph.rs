@@ -1,8 +1,8 @@
 //! Decode steps replayed as CUDA graphs. A pass whose sequences all decode one token runs over
 //! fixed device buffers sized by a bucket — the batch rounded up to a power of two (at most
 //! [`MAX_BATCH`]), the keys to a multiple of 128 (a power of two past 1 024) — and is captured
-//! once per bucket, at the bucket's second run (its runs before are eager and fill candle's cache
-//! of kernel parameters; the first is often the attach's warm-up, which must stay quick), then
+//! once per bucket once it has been used a few times ([`CAPTURE_AT_RUN`]; the runs before are
+//! eager, the last of them filling candle's cache of kernel parameters for the capture), then
 //! replayed: one launch instead of ~30 a layer. Padding rows repeat row
 //! 0 (same token, slot and cache: they write the same bytes to the same slot); padding keys are
 //! masked, so a row's result is its result alone.
@@ -28,6 +28,11 @@ pub const MAX_BATCH: usize = 128;
 const MAX_BUCKET_KEYS: usize = 128 * 2048;
 /// Buckets kept; the least recently used goes first.
 const MAX_BUCKETS: usize = 24;
+/// The run of a bucket at which it is captured; the runs before are eager. A capture of an 8B
+/// costs tens of eager steps' worth of launches, so a bucket is captured only once it has been
+/// used for a while: the attach's warm-up (one pass) and the batch sizes a burst of requests
+/// passes through on its way up stay eager.
+const CAPTURE_AT_RUN: u32 = 8;
 
 /// How decode passes run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -192,16 +197,27 @@ impl DecodeGraphs {
             graph.launch()?;
             return Ok(Some(bucket.out.narrow(0, 0, caches.len())?.copy()?));
         }
-        let logits = capture::eager(device, forward, &inputs)?;
         bucket.eager_runs += 1;
-        // A bucket's first pass runs eagerly only: the engine's warm-up at attach is a pass of
-        // one token, which must not pay for a capture.
-        if mode == GraphMode::Captured && bucket.eager_runs >= 2 {
+        let capturing = mode == GraphMode::Captured && bucket.eager_runs >= CAPTURE_AT_RUN;
+        // Only the run before a capture keeps its kernels' parameters in candle's cache (for
+        // the capture to reuse): that cache is process-wide and never freed.
+        let logits = match capturing {
+            true => capture::eager_for_capture(device, forward, &inputs)?,
+            false => forward(&inputs)?,
+        };
+        if capturing {
+            let started = std::time::Instant::now();
             match capture::capture(device, forward, &inputs, &bucket.out) {
                 Ok(graph) => {
                     bucket.graph = Some(graph);
                     *self.captured_on.lock().unwrap_or_else(|e| e.into_inner()) =
                         Some(device.clone());
+                    tracing::info!(
+                        batch,
+                        keys,
+                        ms = started.elapsed().as_secs_f64() * 1e3,
+                        "decode graph captured"
+                    );
                 }
                 Err(e) => {
                     tracing::warn!("decode graphs off for this engine: capturing failed: {e}");
@@ -368,7 +384,7 @@ mod capture {
     }
 
     /// Runs the pass now, keeping the kernels' parameter uploads for a capture to reuse.
-    pub(super) fn eager(
+    pub(super) fn eager_for_capture(
         device: &Device,
         forward: &DecodeForward<'_>,
         inputs: &DecodeInputs<'_>,
@@ -442,7 +458,7 @@ mod capture {
         }
     }
 
-    pub(super) fn eager(
+    pub(super) fn eager_for_capture(
         _: &Device,
         forward: &DecodeForward<'_>,
         inputs: &DecodeInputs<'_>,

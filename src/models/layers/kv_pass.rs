@@ -12,6 +12,7 @@ use super::kv_cache::KvCache;
 use super::kv_cache::TokenCache;
 use super::kv_slab::KvSlab;
 use super::packing::PackingOrder;
+use super::prefill_batch::{Chunk, PrefillBatch};
 
 /// The slab's tensors and the indexes of one pass.
 pub struct KvPass {
@@ -29,6 +30,8 @@ pub struct KvPass {
     decodes: Option<Decodes>,
     /// Per sequence (caller order) that is not a decode: slots of its positions `0..end`.
     others: Vec<Option<Tensor>>,
+    /// The prefill chunks in one batched attention, when there are several.
+    prefills: Option<PrefillBatch>,
 }
 
 /// Packed rows `row..row + len` go to slots `slot..slot + len`.
@@ -91,8 +94,14 @@ impl KvPass {
         };
         let mut runs: Vec<Run> = Vec::new();
         let mut row = n;
+        let mut chunks = Vec::with_capacity(order.others().len());
         for &i in order.others() {
             let past = caches[i].len();
+            chunks.push(Chunk {
+                offset: row,
+                len: new[i],
+                past,
+            });
             for &slot in caches[i].slots(past, past + new[i]) {
                 let slot = slot as usize;
                 match runs.last_mut() {
@@ -187,6 +196,7 @@ impl KvPass {
             let end = caches[i].len() + new[i];
             others[i] = Some(Tensor::new(caches[i].slots(0, end), device)?);
         }
+        let prefills = PrefillBatch::new(caches, &chunks, order, windows, dtype, device)?;
         Ok(Self {
             layers: slab.tensors(),
             kv_heads,
@@ -196,6 +206,7 @@ impl KvPass {
             runs,
             decodes,
             others,
+            prefills,
         })
     }
 
@@ -227,6 +238,7 @@ impl KvPass {
                 masks,
             }),
             others: (0..count).map(|_| None).collect(),
+            prefills: None,
         })
     }
 
@@ -270,6 +282,13 @@ impl KvPass {
             }
         };
         Ok((read(k)?, read(v)?))
+    }
+
+    /// The prefill chunks of the pass as one batch, when it has several, with the keys and
+    /// values of `layer` (the slab's, `[kv_heads, slots, head_dim]`).
+    pub fn prefill_batch(&self, layer: usize) -> Option<(&PrefillBatch, &Tensor, &Tensor)> {
+        let (k, v) = &self.layers[layer];
+        self.prefills.as_ref().map(|batch| (batch, k, v))
     }
 
     /// The keys and values of `layer` (the slab's, `[kv_heads, slots, head_dim]`) with each

@@ -10,3 +10,4 @@ pub mod kv_pass;
 pub mod kv_slab;
 pub mod matmul;
 pub mod packing;
+pub mod prefill_batch;
