@@ -101,18 +101,7 @@ fn max_abs_diff(logits: &Tensor, expected: &[Vec<f32>]) -> f32 {
         .to_vec2()
         .unwrap();
     assert_eq!(logits.len(), expected.len(), "sequence length");
-    logits
-        .iter()
-        .zip(expected)
-        .flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).abs()))
-        // A NaN is the largest difference (f32::max would skip it).
-        .fold(0.0f32, |worst, d| {
-            if d.is_nan() {
-                f32::INFINITY
-            } else {
-                worst.max(d)
-            }
-        })
+    common::decoding::largest_difference(logits.iter().flatten(), expected.iter().flatten())
 }
 
 /// The worst f32 logit difference from transformers over a fixture's prompts.
@@ -537,6 +526,7 @@ async fn a_hundred_attach_detach_cycles_return_device_memory() {
     let workers = handle.wait_ready().await.unwrap();
     let baseline = workers[0]
         .memory
+        .as_ref()
         .expect("the worker reports its memory")
         .free_bytes;
     assert!(baseline > 0, "a positive baseline");
@@ -887,56 +877,29 @@ fn graphed_against_eager<M: worker_controller::models::CausalLm>(
     graphed: &M,
     counts: impl Fn(&M) -> (usize, usize),
 ) -> Vec<String> {
-    use common::decoding::decode_together;
-    let reference = reference(name);
     let mut failures = Vec::new();
-    // Three sequences (a batch padded to four) of different lengths.
-    let cases: Vec<_> = reference.cases.iter().cycle().take(3).collect();
-    let prompts: Vec<Vec<u32>> = cases.iter().map(|c| c.input_ids.clone()).collect();
-    let steps = cases
-        .iter()
-        .map(|c| c.greedy_new_tokens.len())
-        .min()
-        .unwrap();
     // Graphs hold the slab's addresses: only a slab reserved whole is captured.
     graphed.kv_slab().reserve(4096).unwrap();
-    let (eager_streams, eager_passes) = decode_together(eager, &prompts, steps);
-    let (streams, passes) = decode_together(graphed, &prompts, steps);
+    let compared = common::decoding::decode_both(name, eager, graphed);
     let (buckets, captured) = counts(graphed);
     println!("{name} {dtype:?}: {buckets} buckets, {captured} graphs captured");
     if captured == 0 {
         failures.push(format!("{name} {dtype:?}: no graph was captured"));
     }
-    if streams != eager_streams {
+    if compared.streams != compared.plain_streams {
         failures.push(format!(
-            "{name} {dtype:?}: graphed {streams:?} != eager {eager_streams:?}"
+            "{name} {dtype:?}: graphed {:?} != eager {:?}",
+            compared.streams, compared.plain_streams
         ));
     }
-    let diff = passes
-        .iter()
-        .flatten()
-        .flatten()
-        .zip(eager_passes.iter().flatten().flatten())
-        .map(|(a, b)| (a - b).abs())
-        // A NaN is the largest difference (f32::max would skip it).
-        .fold(0.0f32, |worst, d| {
-            if d.is_nan() {
-                f32::INFINITY
-            } else {
-                worst.max(d)
-            }
-        });
+    let diff = compared.logit_diff;
     let limit = if dtype == CandleDType::F32 { 1e-3 } else { 0.1 };
     println!("{name} {dtype:?}: graphed logits within {diff:e} of eager (limit {limit})");
     if diff > limit {
         failures.push(format!("{name} {dtype:?}: logits differ by {diff}"));
     }
-    if dtype == CandleDType::F32 {
-        for (i, case) in cases.iter().enumerate() {
-            if streams[i][..] != case.greedy_new_tokens[..steps] {
-                failures.push(format!("{name} f32 sequence {i}: not transformers' stream"));
-            }
-        }
+    if dtype == CandleDType::F32 && compared.streams != compared.expected {
+        failures.push(format!("{name} f32: not transformers' streams"));
     }
     failures
 }
@@ -1092,14 +1055,8 @@ fn the_decode_attention_kernel_reads_each_sequence_through_its_slot_table() {
                     let want = attention_by_hand(
                         q_row, &kr, &vr, &rows, heads, kv_heads, slots, head_dim, scale,
                     );
-                    for (a, b) in got[s].iter().zip(&want) {
-                        let d = (a - b).abs();
-                        worst = if d.is_nan() {
-                            f32::INFINITY
-                        } else {
-                            worst.max(d)
-                        };
-                    }
+                    let diff = common::decoding::largest_difference(&got[s], &want);
+                    worst = worst.max(diff);
                 }
                 let limit = if dtype == CandleDType::F32 {
                     1e-4

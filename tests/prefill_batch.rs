@@ -8,7 +8,7 @@ use candle_core::{DType, Device};
 use worker_controller::models::layers::decode_graph::GraphMode;
 use worker_controller::models::CausalLm;
 
-use common::decoding::{llama_model, opt_model};
+use common::decoding::{largest_difference, llama_model, opt_model};
 use common::fixture;
 
 /// Last-position logits of each prompt, all in one pass after `cached` (each prompt's first
@@ -33,18 +33,7 @@ fn batched_against_alone<M: CausalLm>(model: &M, prompts: &[Vec<u32>], cached: &
         .map(|((prompt, cache), &n)| (&prompt[n..], cache))
         .collect();
     let together: Vec<Vec<f32>> = model.forward_batch(&mut inputs).unwrap().to_vec2().unwrap();
-    together
-        .iter()
-        .zip(&alone)
-        .flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).abs()))
-        // A NaN is the largest difference (f32::max would skip it).
-        .fold(0.0f32, |worst, d| {
-            if d.is_nan() {
-                f32::INFINITY
-            } else {
-                worst.max(d)
-            }
-        })
+    largest_difference(together.iter().flatten(), alone.iter().flatten())
 }
 
 /// Prompts of 7, 30 and 23 tokens (ids below `vocab`).
@@ -60,29 +49,31 @@ fn prompts(vocab: usize) -> Vec<Vec<u32>> {
         .collect()
 }
 
+/// Batched prefills of every prompt set against each prompt alone, for `model`.
+fn check<M: CausalLm>(name: &str, model: &M) {
+    let prompts = prompts(model.vocab_size());
+    for cached in [[0, 0, 0], [3, 0, 12]] {
+        let diff = batched_against_alone(model, &prompts, &cached);
+        assert!(
+            diff < 1e-4,
+            "{name} after {cached:?}: logits differ by {diff}"
+        );
+    }
+}
+
 #[test]
 fn prefill_chunks_batched_in_one_pass_equal_each_sequence_alone() {
     let cpu = &Device::Cpu;
     for name in ["tiny-llama", "tiny-mistral", "tiny-qwen3"] {
-        let model = llama_model(&fixture(name), cpu, DType::F32, GraphMode::Off);
-        let prompts = prompts(model.vocab_size());
-        for cached in [[0, 0, 0], [3, 0, 12]] {
-            let diff = batched_against_alone(&model, &prompts, &cached);
-            assert!(
-                diff < 1e-4,
-                "{name} after {cached:?}: logits differ by {diff}"
-            );
-        }
+        check(
+            name,
+            &llama_model(&fixture(name), cpu, DType::F32, GraphMode::Off),
+        );
     }
     for name in ["tiny-opt-prenorm", "tiny-opt-postnorm-proj"] {
-        let model = opt_model(&fixture(name), cpu, DType::F32, GraphMode::Off);
-        let prompts = prompts(model.vocab_size());
-        for cached in [[0, 0, 0], [3, 0, 12]] {
-            let diff = batched_against_alone(&model, &prompts, &cached);
-            assert!(
-                diff < 1e-4,
-                "{name} after {cached:?}: logits differ by {diff}"
-            );
-        }
+        check(
+            name,
+            &opt_model(&fixture(name), cpu, DType::F32, GraphMode::Off),
+        );
     }
 }

@@ -80,3 +80,57 @@ pub fn opt_model(dir: &Path, device: &Device, dtype: DType, mode: GraphMode) -> 
         .unwrap()
         .with_decode_graphs(mode)
 }
+
+/// The largest absolute difference between two runs of numbers; a NaN on either side counts as
+/// infinite (`f32::max` would skip it).
+pub fn largest_difference<'a>(
+    a: impl IntoIterator<Item = &'a f32>,
+    b: impl IntoIterator<Item = &'a f32>,
+) -> f32 {
+    a.into_iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, |worst, d| {
+            if d.is_nan() {
+                f32::INFINITY
+            } else {
+                worst.max(d)
+            }
+        })
+}
+
+/// Three prompts of fixture `name` (its reference cases, cycled) decoded together by `plain`
+/// and by `other`, as many steps as the shortest reference stream.
+pub struct Compared {
+    pub streams: Vec<Vec<u32>>,
+    pub plain_streams: Vec<Vec<u32>>,
+    /// Transformers' greedy streams, cut to the steps run.
+    pub expected: Vec<Vec<u32>>,
+    /// Largest difference of any decode pass's logits.
+    pub logit_diff: f32,
+}
+
+pub fn decode_both<M: CausalLm>(name: &str, plain: &M, other: &M) -> Compared {
+    let reference = super::reference(name);
+    // Three sequences (a batch padded to four), of different lengths (keys padded and masked).
+    let cases: Vec<_> = reference.cases.iter().cycle().take(3).collect();
+    let prompts: Vec<Vec<u32>> = cases.iter().map(|c| c.input_ids.clone()).collect();
+    let steps = cases
+        .iter()
+        .map(|c| c.greedy_new_tokens.len())
+        .min()
+        .unwrap();
+    assert!(steps >= 4, "{name}: the reference streams are long enough");
+    let (plain_streams, plain_passes) = decode_together(plain, &prompts, steps);
+    let (streams, passes) = decode_together(other, &prompts, steps);
+    let flat = |p: &Vec<Vec<Vec<f32>>>| p.iter().flatten().flatten().copied().collect::<Vec<f32>>();
+    Compared {
+        streams,
+        plain_streams,
+        expected: cases
+            .iter()
+            .map(|c| c.greedy_new_tokens[..steps].to_vec())
+            .collect(),
+        logit_diff: largest_difference(&flat(&passes), &flat(&plain_passes)),
+    }
+}

@@ -184,49 +184,19 @@ mod cuda {
             part_len,
             group,
         };
-        let out = match q.dtype() {
-            DType::F32 => CudaStorage::wrap_cuda_slice(
-                run::<f32>(
-                    op,
-                    &dev,
-                    &dims,
-                    (q, q_layout),
-                    (k, k_layout),
-                    (v, v_layout),
-                    &table,
-                    &lens,
-                    "f32",
-                )?,
-                dev.clone(),
-            ),
-            DType::F16 => CudaStorage::wrap_cuda_slice(
-                run::<half::f16>(
-                    op,
-                    &dev,
-                    &dims,
-                    (q, q_layout),
-                    (k, k_layout),
-                    (v, v_layout),
-                    &table,
-                    &lens,
-                    "f16",
-                )?,
-                dev.clone(),
-            ),
-            DType::BF16 => CudaStorage::wrap_cuda_slice(
-                run::<half::bf16>(
-                    op,
-                    &dev,
-                    &dims,
-                    (q, q_layout),
-                    (k, k_layout),
-                    (v, v_layout),
-                    &table,
-                    &lens,
-                    "bf16",
-                )?,
-                dev.clone(),
-            ),
+        let (q, k, v) = ((q, q_layout), (k, k_layout), (v, v_layout));
+        macro_rules! launch_as {
+            ($t:ty, $name:literal) => {
+                CudaStorage::wrap_cuda_slice(
+                    run::<$t>(op, &dev, &dims, q, k, v, &table, &lens, $name)?,
+                    dev.clone(),
+                )
+            };
+        }
+        let out = match q.0.dtype() {
+            DType::F32 => launch_as!(f32, "f32"),
+            DType::F16 => launch_as!(half::f16, "f16"),
+            DType::BF16 => launch_as!(half::bf16, "bf16"),
             other => candle_core::bail!("decode attention: no kernel for {other:?}"),
         };
         Ok((out, Shape::from((seqs, heads * head_dim))))
