@@ -6,8 +6,8 @@
 #      llama-3.1-8b bf16 in four setups, alternating, 3 runs each (8B: both on and both off, 2
 #      runs): both on; graphs off (WC_CUDA_GRAPHS=0); kernel off (WC_DECODE_KERNEL=0); both off
 #      (the path before them);
-#   3. bench/gpu_serving_8b.sh (serve + loadgen at $CLIENTS) with both on, then both off at
-#      $OFF_CLIENTS (default 1 and 64). PEER=1 adds the compiled transformers peer to the first.
+#   3. bench/gpu_serving_8b.sh (serve + loadgen): both off at $OFF_CLIENTS (default 1 and 64),
+#      then both on at $CLIENTS. PEER=1 adds the compiled transformers peer after the latter.
 # Everything under $OUT, packed into $OUT/all.tgz; the summary in session.log.
 set -u
 GPU_BIN=${GPU_BIN:-.gpu}
@@ -53,9 +53,10 @@ for spec in "opt-125m f16" "llama-3.2-1b bf16" "llama-8b bf16"; do
   done
 done
 if [ -z "${SKIP_SERVING:-}" ]; then
-  SKIP_PEER=${PEER:+}; [ -z "${PEER:-}" ] && SKIP_PEER=1
-  WC=$WC MODEL=/tmp/llama-8b OUT="$OUT/serving-graphs-on" SKIP_PEER=$SKIP_PEER bash bench/gpu_serving_8b.sh
-  grep "loadgen\|peer" "$OUT/serving-graphs-on/session.log" | tee -a "$OUT/session.log"
+  # The path before (both off) first; the peer, the longest part, last.
   WC_CUDA_GRAPHS=0 WC_DECODE_KERNEL=0 WC=$WC MODEL=/tmp/llama-8b OUT="$OUT/serving-graphs-off" SKIP_PEER=1 CLIENTS="${OFF_CLIENTS:-1 64}" bash bench/gpu_serving_8b.sh
   grep "loadgen" "$OUT/serving-graphs-off/session.log" | sed 's/^/graphs and kernel off: /' | tee -a "$OUT/session.log"
+  SKIP_PEER=${PEER:+}; [ -z "${PEER:-}" ] && SKIP_PEER=1
+  WC=$WC MODEL=/tmp/llama-8b OUT="$OUT/serving-graphs-on" SKIP_PEER=$SKIP_PEER bash bench/gpu_serving_8b.sh
+  grep "loadgen\|peer\|memory" "$OUT/serving-graphs-on/session.log" | tee -a "$OUT/session.log"
 fi
