@@ -30,7 +30,9 @@ and decode range), BENCHMARKS.md's tables of the H100 2026-12-07 floors (8B befo
 real-size attach table (8B and 7B rows), the prewarm range, the KV-slab recheck (1.01x / 1.88x /
 1.97x), both continuous-batching tables (run3, run5) with their ratios, the CPU concurrency 1.28x,
 the process-vs-thread overhead table (every row), the H100 2026-11-27 cold-start table's
-to-first-token rows (p50, p95, standard / mode) and the "Worker processes on a GPU" table.
+to-first-token rows (p50, p95, standard / mode), the "Worker processes on a GPU" table and the
+H100 2026-12-07 decode-graphs tables (`generate` medians of its per-run tok/s files, every
+`serve` row).
 
 Not covered (no raw data committed for them, or not yet in the table): figures taken from session
 logs only (BENCHMARKS.md says so where it cites them: the H100 2026-12-07 opt-125m attach p50s,
@@ -336,6 +338,53 @@ FIGURES += serving_rows("run3", [
     ("llama-3.2-1b-c1", "| 183.2 | 1x | 5.26 / 8.64 ms | 8.8 / 76.6 ms |", "183.2", None, "5.26 / 8.64 ms", None, "8.8 / 76.6 ms", "llama-3.2-1b-c1"),
     ("llama-3.2-1b-c64", "| **7 088** | **38.7x** | 6.92 / 13.11 ms (**1.52x**) | 26 / 870 ms |", "7 088", "38.7x", "6.92 / 13.11 ms", "1.52x", "26 / 870 ms", "llama-3.2-1b-c1"),
 ])
+
+
+# H100 2026-12-07: decode graphs and the decode-attention kernel (build 45112c33ee)
+GR = B + "h100-2026-12-07-graphs/"
+
+
+def median_of_lines(path):
+    """The median of the numbers in a text file, one a line (`generate`'s decode tok/s)."""
+    with open(os.path.join(ROOT, path)) as fh:
+        values = sorted(float(x) for x in fh.read().split())
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+def spaced(n, bold=False):
+    """`v` with `n` decimals and a space between thousands (`1 010.6`), bold when asked."""
+    return lambda v: ("**{}**" if bold else "{}").format(f"{v:,.{n}f}".replace(",", " "))
+
+
+def graphs_rows():
+    out = []
+    for ctx, model, cells in [
+        ("| opt-125m f16 | **1 010.6** | 847.5 | 451.6 | 369.3 |", "opt-125m",
+         [("gon-kon", "**1 010.6**"), ("gon-koff", "847.5"), ("goff-kon", "451.6"), ("goff-koff", "369.3")]),
+        ("| llama-3.2-1b bf16 | **541.8** | 467.6 | 287.3 | 274.9 |", "llama-3.2-1b",
+         [("gon-kon", "**541.8**"), ("gon-koff", "467.6"), ("goff-kon", "287.3"), ("goff-koff", "274.9")]),
+        ("| llama-3.1-8b bf16 | **143.4** | | | 116.4 |", "llama-8b", [("gon-kon", "**143.4**"), ("goff-koff", "116.4")]),
+    ]:
+        for setup, shown in cells:
+            path = f"{GR}decode/decode-{model}-{setup}.txt"
+            out.append((BM, ctx, shown, lambda p=path: median_of_lines(p), spaced(1, shown.startswith("**"))))
+    for run, clients, ctx, tps, ttft, itl in [
+        ("off", 1, "| both off, 1 | 119.3 | 12.5 / 84.0 ms | 8.26 / 8.94 ms |", "119.3", "12.5 / 84.0 ms", "8.26 / 8.94 ms"),
+        ("on", 1, "| graphs + kernel, 1 | **143.3** | 14.9 / 86.5 ms | 6.79 / 7.22 ms |", "143.3", "14.9 / 86.5 ms", "6.79 / 7.22 ms"),
+        ("on", 16, "| graphs + kernel, 16 | 1 717 | 168.7 / 246.8 ms | 7.87 / 9.42 ms |", "1 717", "168.7 / 246.8 ms", "7.87 / 9.42 ms"),
+        ("off", 64, "| both off, 64 | 2 721 | 470.1 / 864.3 ms | 16.85 / 126.53 ms |", "2 721", "470.1 / 864.3 ms", "16.85 / 126.53 ms"),
+        ("on", 64, "| graphs + kernel, 64 | **3 877** | 394.5 / 948.0 ms | 10.09 / 182.05 ms |", "3 877", "394.5 / 948.0 ms", "10.09 / 182.05 ms"),
+        ("on", 128, "| graphs + kernel, 128 | 4 375 | 742.1 / 2 223.5 ms | 13.42 / 262.64 ms |", "4 375", "742.1 / 2 223.5 ms", "13.42 / 262.64 ms"),
+    ]:
+        p = f"{GR}serving/serving-graphs-{run}/loadgen-c{clients}/results.json"
+        out.append((BM, ctx, tps, lambda p=p: lg_tps(p), spaced(0) if " " in tps else spaced(1)))
+        out.append((BM, ctx, ttft, lambda p=p: (lg_ttft(p, 50), lg_ttft(p, 99)), lambda v: f"{spaced(1)(v[0])} / {spaced(1)(v[1])} ms"))
+        out.append((BM, ctx, itl, lambda p=p: (lg_itl(p, 50), lg_itl(p, 99)), lambda v: f"{v[0]:.2f} / {v[1]:.2f} ms"))
+    return out
+
+
+FIGURES += graphs_rows()
 
 
 def main():
