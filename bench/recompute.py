@@ -384,7 +384,12 @@ def graphs_rows():
     return out
 
 
-FIGURES += graphs_rows()
+FIGURES += graphs_rows() + [
+    (R, "decodes at 143 tok/s for one client", "143", lambda: lg_tps(f"{GR}serving/serving-graphs-on/loadgen-c1/results.json"), f(0)),
+    (R, "(69 % of the card's bandwidth\nbound", "69", lambda: lg_tps(f"{GR}serving/serving-graphs-on/loadgen-c1/results.json") / (3.35e12 / 16.06e9) * 100, f(0)),
+    (R, "bound; 119 without graphs and the kernel)", "119", lambda: lg_tps(f"{GR}serving/serving-graphs-off/loadgen-c1/results.json"), f(0)),
+    (R, "serves 3 877 tok/s to 64 clients", "3 877", lambda: lg_tps(f"{GR}serving/serving-graphs-on/loadgen-c64/results.json"), thousands),
+]
 
 
 def main():
