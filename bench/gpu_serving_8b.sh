@@ -46,7 +46,7 @@ log "ready after $i polls"
 # (decode graphs take their memory lazily, per bucket).
 memory() {
   curl -s http://127.0.0.1:8311/workers > "$OUT/workers-$1.json"
-  log "memory $1: $(python3 -c "import json; w=json.load(open('$OUT/workers-$1.json')); w=w.get('workers', w); print([{k: x.get('memory', x).get(k) for k in ('free_bytes', 'total_bytes', 'parked_bytes')} for x in w])" 2>&1 | head -c 300); nvidia-smi --query-gpu=memory.used --format=csv,noheader)"
+  log "memory $1: $(python3 -c "import json; w=json.load(open('$OUT/workers-$1.json')); w=w.get('workers', w); print([{k: x.get('memory', x).get(k) for k in ('free_bytes', 'total_bytes', 'parked_bytes')} for x in w])" 2>&1 | head -c 300); card: $(nvidia-smi --query-gpu=memory.used --format=csv,noheader) used"
 }
 memory ready
 # ~32-token prompts of the placeholder tokenizer's words.
