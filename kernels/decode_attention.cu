@@ -13,7 +13,7 @@
 // Layouts: q [seqs, heads, head_dim]; k, v [kv_heads, slots, head_dim]; table [seqs, table_len]
 // u32 (slot of each position); lens [seqs] u32 (positions seen, the new token's included);
 // out [seqs, heads, head_dim]. A query at position len - 1 with a window w sees positions
-// len - w .. len - 1. head_dim is 64, 128 or 256; group (heads / kv_heads) at most 8.
+// len - w .. len - 1. head_dim is 32, 64, 128 or 256; group (heads / kv_heads) at most 8.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <stdint.h>
@@ -185,6 +185,7 @@ __device__ void combine(const float *part_out, const float *part_max_sum, T *out
   }
 
 #define DECODE_ATTENTION(T, NAME)                                                                  \
+  DECODE_ATTENTION_PARTIAL(T, NAME, 32)                                                            \
   DECODE_ATTENTION_PARTIAL(T, NAME, 64)                                                            \
   DECODE_ATTENTION_PARTIAL(T, NAME, 128)                                                           \
   DECODE_ATTENTION_PARTIAL(T, NAME, 256)                                                           \

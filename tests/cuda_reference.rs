@@ -982,8 +982,15 @@ fn the_decode_attention_kernel_reads_each_sequence_through_its_slot_table() {
     use worker_controller::models::layers::decode_attention;
     let _gpu = serial();
     let device = Device::new_cuda(0).unwrap();
-    // Shapes of Llama 3 8B (32/8 heads of 128), Qwen 2.5 (28/4), OPT (12/12 of 64) and 256-wide.
-    let shapes = [(32, 8, 128), (28, 4, 128), (12, 12, 64), (8, 2, 256)];
+    // Shapes of Llama 3 8B (32/8 heads of 128), Qwen 2.5 (28/4), OPT (12/12 of 64), 256-wide and
+    // the fixtures' (4/2 of 32).
+    let shapes = [
+        (32, 8, 128),
+        (28, 4, 128),
+        (12, 12, 64),
+        (8, 2, 256),
+        (4, 2, 32),
+    ];
     let mut failures = Vec::new();
     for (heads, kv_heads, head_dim) in shapes {
         for window in [None, Some(5)] {

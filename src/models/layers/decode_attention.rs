@@ -1,7 +1,7 @@
 //! The attention of every decode of a pass in one kernel pair over the slab
 //! (`kernels/decode_attention.cu`, compiled to PTX by build.rs): each sequence's keys and values
 //! are read where they are, through its slot table, instead of being gathered into a padded copy
-//! per layer and masked. CUDA only, for float dtypes, head_dim 64, 128 or 256 and at most 8
+//! per layer and masked. CUDA only, for float dtypes, head_dim 32, 64, 128 or 256 and at most 8
 //! query heads per kv head ([`applies`]); `WC_DECODE_KERNEL=0` turns it off. Scores and the
 //! softmax stay in f32 up to the output, which is rounded once.
 // Without the cuda feature the op is built but never launched.
@@ -28,7 +28,7 @@ pub fn applies(q: &Tensor, shape: &Heads) -> bool {
         && !off
         && q.device().is_cuda()
         && float
-        && matches!(shape.head_dim, 64 | 128 | 256)
+        && matches!(shape.head_dim, 32 | 64 | 128 | 256)
         && shape.heads % shape.kv_heads.max(1) == 0
         && (1..=8).contains(&group)
 }
