@@ -14,7 +14,7 @@ async fn attach_generate_detach_then_reattach_on_the_same_worker() {
     let handle = Runtime::start(config(1), Arc::new(backend.clone()));
     let workers = within(30, "prewarm", handle.wait_ready()).await.unwrap();
     assert_eq!(workers[0].state, WorkerState::Idle);
-    let baseline = workers[0].memory.unwrap();
+    let baseline = workers[0].memory.clone().unwrap();
 
     let report = within(
         30,
@@ -212,7 +212,9 @@ async fn a_model_too_large_for_every_worker_fails_at_once_with_both_sizes() {
 async fn a_failed_load_leaves_the_worker_idle_with_its_memory_back() {
     let backend = FakeBackend::new(1_000_000);
     let handle = Runtime::start(config(1), Arc::new(backend.clone()));
-    let baseline = within(30, "prewarm", handle.wait_ready()).await.unwrap()[0].memory;
+    let baseline = within(30, "prewarm", handle.wait_ready()).await.unwrap()[0]
+        .memory
+        .clone();
 
     let error = within(
         30,

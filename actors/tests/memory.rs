@@ -32,7 +32,9 @@ async fn cycle(handle: &Handle) {
 async fn two_hundred_attach_detach_cycles_leave_memory_flat() {
     let backend = FakeBackend::new(64 << 20);
     let handle = Runtime::start(config(1), Arc::new(backend.clone()));
-    let baseline = within(30, "prewarm", handle.wait_ready()).await.unwrap()[0].memory;
+    let baseline = within(30, "prewarm", handle.wait_ready()).await.unwrap()[0]
+        .memory
+        .clone();
 
     for _ in 0..20 {
         cycle(&handle).await;
