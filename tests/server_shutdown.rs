@@ -18,13 +18,26 @@ fn config(drain_delay: &str, deadline: &str) -> String {
     )
 }
 
-/// Polls `path` until it answers `status` (or the connection is refused, for `None`).
+/// The status `path` answers with; `None` when the server refuses the connection or drops it
+/// before answering (a listener that closes between the connect and the reply).
+fn status_of(addr: &str, path: &str) -> Option<u16> {
+    use std::io::{BufRead, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .ok()?;
+    let head = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(head.as_bytes()).ok()?;
+    let mut line = String::new();
+    std::io::BufReader::new(stream).read_line(&mut line).ok()?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Polls `path` until it answers `status` (or the connection is refused or dropped, for `None`).
 fn wait_for(addr: &str, path: &str, status: Option<u16>, limit: Duration) -> Instant {
     let deadline = Instant::now() + limit;
     loop {
-        let got = std::net::TcpStream::connect(addr)
-            .ok()
-            .map(|_| request(addr, "GET", path, &[], None).status);
+        let got = status_of(addr, path);
         if got == status {
             return Instant::now();
         }
