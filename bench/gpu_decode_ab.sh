@@ -9,15 +9,8 @@
 # FRESH_8B=1 adds a fresh process's 8B load (bench's standard path) before vs after, and the
 # transformers peer. Everything under $OUT (packed in $OUT/all.tgz); the summary in session.log.
 set -u
-GPU_BIN=${GPU_BIN:-.gpu}
 OUT=${OUT:-/tmp/wc-out}; mkdir -p "$OUT"
-export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}
-mkdir -p /tmp/wc
-for f in "$GPU_BIN"/*; do
-  name=$(basename "$f"); name=${name%.gz}; name=${name%.xz}
-  case "$f" in *.xz) xz -dc "$f" > "/tmp/wc/$name" ;; *.gz) gunzip -c "$f" > "/tmp/wc/$name" ;; *) continue ;; esac
-  chmod +x "/tmp/wc/$name"
-done
+source "$(dirname "$0")/gpu_unpack.sh"
 log() { echo "== $(date -u +%FT%TZ) $*" | tee -a "$OUT/session.log"; }
 { date -u; nvidia-smi; } > "$OUT/machine.txt" 2>&1
 log "builds: before=$(/tmp/wc/wc-cuda-before --version) after=$(/tmp/wc/wc-cuda --version)"

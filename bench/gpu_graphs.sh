@@ -10,15 +10,8 @@
 #      then both on at $CLIENTS. PEER=1 adds the compiled transformers peer after the latter.
 # Everything under $OUT, packed into $OUT/all.tgz; the summary in session.log.
 set -u
-GPU_BIN=${GPU_BIN:-.gpu}
 OUT=${OUT:-/tmp/wc-out}; mkdir -p "$OUT"
-export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}
-mkdir -p /tmp/wc
-for f in "$GPU_BIN"/*; do
-  name=$(basename "$f"); name=${name%.gz}; name=${name%.xz}
-  case "$f" in *.xz) xz -dc "$f" > "/tmp/wc/$name" ;; *.gz) gunzip -c "$f" > "/tmp/wc/$name" ;; *) continue ;; esac
-  chmod +x "/tmp/wc/$name"
-done
+source "$(dirname "$0")/gpu_unpack.sh"
 trap 'tar czf "$OUT/all.tgz" -C "$OUT" --exclude all.tgz .' EXIT
 WC=/tmp/wc/wc-cuda
 log() { echo "== $(date -u +%FT%TZ) $*" | tee -a "$OUT/session.log"; }

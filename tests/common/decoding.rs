@@ -12,16 +12,33 @@ use worker_controller::models::llama::LlamaModel;
 use worker_controller::models::opt::OptModel;
 use worker_controller::models::{CausalLm, FamilyConfig, LlamaConfig, OptConfig};
 
+/// A fixture's config of type `C` and its weights on `device` in `dtype`.
+fn fixture_parts<C: worker_controller::models::family::Config + Clone>(
+    dir: &Path,
+    device: &Device,
+    dtype: DType,
+) -> (C, DeviceWeights) {
+    let config = FamilyConfig::from_file(&dir.join("config.json")).unwrap();
+    let config = config.get::<C>().cloned().expect("a config of this family");
+    let file = WeightFile::read(&dir.join("model.safetensors")).unwrap();
+    (
+        config,
+        DeviceWeights::upload(&[Arc::new(file)], device, dtype).unwrap(),
+    )
+}
+
 /// A Llama-family fixture's model on `device` in `dtype`, its decode passes run as `mode` says.
 pub fn llama_model(dir: &Path, device: &Device, dtype: DType, mode: GraphMode) -> LlamaModel {
-    let config = FamilyConfig::from_file(&dir.join("config.json"))
-        .unwrap()
-        .get::<LlamaConfig>()
-        .cloned()
-        .expect("a Llama-family config");
-    let file = WeightFile::read(&dir.join("model.safetensors")).unwrap();
-    let weights = DeviceWeights::upload(&[Arc::new(file)], device, dtype).unwrap();
+    let (config, weights) = fixture_parts::<LlamaConfig>(dir, device, dtype);
     LlamaModel::new(config, &weights)
+        .unwrap()
+        .with_decode_graphs(mode)
+}
+
+/// An OPT fixture's model on `device` in `dtype`, its decode passes run as `mode` says.
+pub fn opt_model(dir: &Path, device: &Device, dtype: DType, mode: GraphMode) -> OptModel {
+    let (config, weights) = fixture_parts::<OptConfig>(dir, device, dtype);
+    OptModel::new(config, &weights)
         .unwrap()
         .with_decode_graphs(mode)
 }
@@ -65,20 +82,6 @@ pub fn decode_together<M: CausalLm>(
         passes.push(logits);
     }
     (streams, passes)
-}
-
-/// An OPT fixture's model on `device` in `dtype`, its decode passes run as `mode` says.
-pub fn opt_model(dir: &Path, device: &Device, dtype: DType, mode: GraphMode) -> OptModel {
-    let config = FamilyConfig::from_file(&dir.join("config.json"))
-        .unwrap()
-        .get::<OptConfig>()
-        .cloned()
-        .expect("an OPT config");
-    let file = WeightFile::read(&dir.join("model.safetensors")).unwrap();
-    let weights = DeviceWeights::upload(&[Arc::new(file)], device, dtype).unwrap();
-    OptModel::new(config, &weights)
-        .unwrap()
-        .with_decode_graphs(mode)
 }
 
 /// The largest absolute difference between two runs of numbers; a NaN on either side counts as
