@@ -10,6 +10,7 @@ use worker_controller::load::WeightFile;
 use worker_controller::models::layers::decode_graph::GraphMode;
 use worker_controller::models::llama::LlamaModel;
 use worker_controller::models::opt::OptModel;
+use worker_controller::models::text::sampler::argmax;
 use worker_controller::models::{CausalLm, FamilyConfig, LlamaConfig, OptConfig};
 
 /// A fixture's config of type `C` and its weights on `device` in `dtype`.
@@ -41,16 +42,6 @@ pub fn opt_model(dir: &Path, device: &Device, dtype: DType, mode: GraphMode) -> 
     OptModel::new(config, &weights)
         .unwrap()
         .with_decode_graphs(mode)
-}
-
-pub fn argmax(row: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, v) in row.iter().enumerate() {
-        if *v > row[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 /// Greedy streams of `prompts` decoded together (each prefilled alone, then one pass per step
