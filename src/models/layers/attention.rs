@@ -98,6 +98,17 @@ pub fn attend_decodes(
         .reshape((seqs, shape.heads * shape.head_dim))
 }
 
+/// What a mask adds to the score of the key at position `key` for the query at `position`: 0
+/// when the query sees it (not later, and inside the window when the layer has one), `-inf`
+/// otherwise. Every attention mask is made of it.
+pub(crate) fn mask_value(position: usize, key: usize, window: Option<usize>) -> f32 {
+    let too_old = window.is_some_and(|w| key + w <= position);
+    match key > position || too_old {
+        true => f32::NEG_INFINITY,
+        false => 0.0,
+    }
+}
+
 /// `[seqs, 1, 1, longest]`: 0 where sequence `i`'s query (at position `lens[i] - 1`) sees key
 /// `j`, `-inf` past its length or before its window.
 pub(crate) fn padding_mask(
@@ -110,14 +121,7 @@ pub(crate) fn padding_mask(
         .iter()
         .flat_map(|&len| {
             let position = len - 1;
-            (0..longest).map(move |j| {
-                let too_old = window.is_some_and(|w| j + w <= position);
-                if j >= len || too_old {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
-                }
-            })
+            (0..longest).map(move |j| mask_value(position, j, window))
         })
         .collect();
     Tensor::from_vec(values, (lens.len(), 1, 1, longest), device)

@@ -9,7 +9,7 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use super::attention::{softmax_as_transformers, Heads};
+use super::attention::{mask_value, softmax_as_transformers, Heads};
 use super::kv_cache::KvCache;
 use super::packing::PackingOrder;
 
@@ -20,7 +20,7 @@ const MAX_SCORES: usize = 1 << 22;
 
 /// The indexes and masks of a pass's prefill chunks (its sequences that are not decodes).
 pub struct PrefillBatch {
-    /// `[seqs * chunk]` u32: the packed row of each padded query (padding repeats a real row).
+    /// `[seqs * chunk]` u32: the packed row of each padded query (padding repeats the last real row).
     query_rows: Tensor,
     /// `[seqs * keys]` u32: the slot of each sequence's positions `0..keys` (padding repeats its
     /// first slot, masked).
@@ -80,15 +80,9 @@ impl PrefillBatch {
             let mut values = Vec::with_capacity(seqs * chunk * keys);
             for c in chunks {
                 for t in 0..chunk {
-                    // A padding query sees what the chunk's first one sees (no empty row).
+                    // A padding query repeats the chunk's last one (no empty row).
                     let position = c.past + t.min(c.len - 1);
-                    values.extend((0..keys).map(|j| {
-                        let too_old = window.is_some_and(|w| j + w <= position);
-                        match j > position || too_old {
-                            true => f32::NEG_INFINITY,
-                            false => 0.0,
-                        }
-                    }));
+                    values.extend((0..keys).map(|j| mask_value(position, j, window)));
                 }
             }
             let mask = Tensor::from_vec(values, (seqs, 1, 1, chunk, keys), device)?;

@@ -6,7 +6,7 @@
 use candle_core::{Device, Tensor};
 use candle_nn::Linear;
 
-use crate::models::layers::attention::{attend_packed, softmax_as_transformers, Heads};
+use crate::models::layers::attention::{attend_packed, mask_value, softmax_as_transformers, Heads};
 use crate::models::layers::kv_pass::KvPass;
 use crate::models::layers::matmul::linear;
 use crate::models::layers::packing::{PackingOrder, Span};
@@ -153,15 +153,7 @@ fn mask(
     let values: Vec<f32> = (0..t)
         .flat_map(|i| {
             let p = past + i;
-            (0..keys).map(move |j| {
-                let k = start + j;
-                let too_old = window.is_some_and(|w| k + w <= p);
-                if k > p || too_old {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
-                }
-            })
+            (0..keys).map(move |j| mask_value(p, start + j, window))
         })
         .collect();
     Tensor::from_vec(values, (t, keys), device).map(Some)

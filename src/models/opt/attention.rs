@@ -5,7 +5,7 @@
 use candle_core::{DType, Device, Tensor};
 use candle_nn::Linear;
 
-use crate::models::layers::attention::{attend_packed, softmax_as_transformers, Heads};
+use crate::models::layers::attention::{attend_packed, mask_value, softmax_as_transformers, Heads};
 use crate::models::layers::kv_pass::KvPass;
 use crate::models::layers::matmul::linear;
 use crate::models::layers::packing::{PackingOrder, Span};
@@ -40,7 +40,7 @@ fn causal_mask(
     }
     let total = past + seq;
     let values: Vec<f32> = (0..seq)
-        .flat_map(|i| (0..total).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
+        .flat_map(|i| (0..total).map(move |j| mask_value(past + i, j, None)))
         .collect();
     Tensor::from_vec(values, (seq, total), device)?
         .to_dtype(dtype)
