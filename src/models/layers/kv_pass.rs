@@ -133,37 +133,28 @@ impl KvPass {
                     }
                     Tensor::from_vec(index, decodes.len() * longest, device)
                 };
-                let (read, table) = match (lone_run, device.is_cuda()) {
-                    (Some(start), false) => {
-                        let read = DecodeRead::InPlace {
-                            start,
-                            len: lens[0],
-                        };
-                        (read, None)
-                    }
-                    (Some(start), true) => {
-                        let index = gather_index()?;
-                        let read = DecodeRead::InPlace {
-                            start,
-                            len: lens[0],
-                        };
-                        (read, Some(index))
-                    }
-                    (None, _) => {
-                        let index = gather_index()?;
-                        let table = device.is_cuda().then(|| index.clone());
-                        (DecodeRead::Gather(index), table)
-                    }
+                let read = match lone_run {
+                    Some(start) => DecodeRead::InPlace {
+                        start,
+                        len: lens[0],
+                    },
+                    None => DecodeRead::Gather(gather_index()?),
                 };
-                let table = match table {
-                    Some(index) => {
+                // On a GPU the decode-attention kernel reads the slots through a table: the
+                // gather's index, reshaped (made for a lone run too).
+                let table = match (device.is_cuda(), &read) {
+                    (false, _) => None,
+                    (true, read) => {
+                        let index = match read {
+                            DecodeRead::Gather(index) => index.clone(),
+                            DecodeRead::InPlace { .. } => gather_index()?,
+                        };
                         let lens32: Vec<u32> = lens.iter().map(|&l| l as u32).collect();
                         Some((
                             index.reshape((decodes.len(), longest))?,
                             Tensor::from_vec(lens32, decodes.len(), device)?,
                         ))
                     }
-                    None => None,
                 };
                 let mut masks: Vec<(Option<usize>, Option<Tensor>)> = Vec::new();
                 for &window in windows {
