@@ -21,7 +21,10 @@ const TARGET_BLOCKS: usize = 264;
 
 /// Whether the kernel computes the decode attention of `shape` for `q` (its device and dtype).
 pub fn applies(q: &Tensor, shape: &Heads) -> bool {
-    let off = std::env::var("WC_DECODE_KERNEL").is_ok_and(|v| v == "0" || v == "off");
+    // Read once: this is asked for every layer of every decode pass.
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let off = *OFF
+        .get_or_init(|| std::env::var("WC_DECODE_KERNEL").is_ok_and(|v| v == "0" || v == "off"));
     let float = matches!(q.dtype(), DType::F32 | DType::F16 | DType::BF16);
     let group = shape.heads / shape.kv_heads.max(1);
     cfg!(feature = "cuda")
