@@ -17,8 +17,8 @@ pub struct CachedFile {
     pub header: Arc<SafetensorsHeader>,
     pub blocks: Vec<usize>,
     last_used: u64,
-    /// Used by the load in progress: not evictable until it ends.
-    in_use: bool,
+    /// Loads in progress that read it: not evictable until they end.
+    readers: u32,
 }
 
 /// What a cache holds, for reports.
@@ -64,7 +64,7 @@ impl BlockCache {
         self.clock += 1;
         let file = self.files.iter_mut().find(|f| &f.key == key)?;
         file.last_used = self.clock;
-        file.in_use = true;
+        file.readers += 1;
         Some(file.clone())
     }
 
@@ -75,7 +75,7 @@ impl BlockCache {
         let evictable: usize = self
             .files
             .iter()
-            .filter(|f| !f.in_use)
+            .filter(|f| f.readers == 0)
             .map(|f| f.blocks.len())
             .sum();
         if needed > self.free.len() + evictable {
@@ -83,7 +83,7 @@ impl BlockCache {
         }
         while self.free.len() < needed {
             let oldest = (0..self.files.len())
-                .filter(|&i| !self.files[i].in_use)
+                .filter(|&i| self.files[i].readers == 0)
                 .min_by_key(|&i| self.files[i].last_used)?;
             let evicted = self.files.swap_remove(oldest);
             self.free.extend(evicted.blocks);
@@ -108,7 +108,7 @@ impl BlockCache {
             header,
             blocks,
             last_used: self.clock,
-            in_use: true,
+            readers: 1,
         });
     }
 
@@ -119,7 +119,28 @@ impl BlockCache {
 
     /// The load in progress has ended: its files become evictable.
     pub fn end_load(&mut self) {
-        self.files.iter_mut().for_each(|f| f.in_use = false);
+        self.files.iter_mut().for_each(|f| f.readers = 0);
+    }
+
+    /// One load that read (or inserted) the file `key` has ended (loads that run side by side
+    /// each end their own).
+    pub fn end_use(&mut self, key: &FileKey) {
+        if let Some(file) = self.files.iter_mut().find(|f| &f.key == key) {
+            file.readers = file.readers.saturating_sub(1);
+        }
+    }
+
+    /// Whether a load in progress reads a version of the file at `path`: a new version may not
+    /// replace it yet.
+    pub fn path_in_use(&self, path: &std::path::Path) -> bool {
+        self.files
+            .iter()
+            .any(|f| f.key.path == path && f.readers > 0)
+    }
+
+    /// Whether the version `key` is cached.
+    pub fn holds(&self, key: &FileKey) -> bool {
+        self.files.iter().any(|f| &f.key == key)
     }
 
     /// What the cache holds.

@@ -25,6 +25,7 @@ pub mod error;
 pub mod files;
 pub mod host_cache;
 pub mod safetensors;
+pub mod shared_cache;
 pub mod weights;
 pub mod writer;
 

@@ -1,0 +1,98 @@
+//! The shared cache's bookkeeping and its CPU reads, on real files and a real `memfd` region.
+
+use std::path::Path;
+
+use super::*;
+
+/// A safetensors file with one `U8` tensor of `len` bytes, counting up from `first`.
+fn write_weights(path: &Path, first: u8, len: usize) -> InspectedFile {
+    let header = format!(r#"{{"t":{{"dtype":"U8","shape":[{len}],"data_offsets":[0,{len}]}}}}"#);
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(header.as_bytes());
+    bytes.extend((0..len).map(|i| first.wrapping_add(i as u8)));
+    std::fs::write(path, bytes).unwrap();
+    InspectedFile::read(path).unwrap()
+}
+
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("wc-shared-cache-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn a_file_filled_by_an_attach_that_succeeded_is_read_back_from_the_blocks() {
+    let dir = scratch("fill");
+    let file = write_weights(&dir.join("a.safetensors"), 7, 3 * BLOCK_BYTES / 2);
+    let cache = SharedCache::create(4 * BLOCK_BYTES as u64).unwrap();
+    let plan = cache.plan(std::slice::from_ref(&file)).unwrap();
+    assert!(matches!(plan.action(&file.key), CacheAction::Fill(b) if b.len() == 2));
+    let (read, hit) = cache.read_file(&plan, &file).unwrap();
+    assert!(!hit);
+    cache.finish(plan.ticket, true);
+    let report = cache.report();
+    assert_eq!(report.contents.used_bytes, 2 * BLOCK_BYTES as u64);
+    assert_eq!(report.counts, HitCounts { hits: 0, misses: 1 });
+    // A second process's view (the worker's) of the same memory reads the same bytes.
+    let worker = SharedCache::open(cache.region.fd()).unwrap();
+    let plan = cache.plan(std::slice::from_ref(&file)).unwrap();
+    assert!(matches!(plan.action(&file.key), CacheAction::Cached(_)));
+    let (again, hit) = worker.read_file(&plan, &file).unwrap();
+    assert!(hit, "from the blocks, not the disk");
+    assert!(again.data == read.data, "the cached bytes are the file's");
+    cache.finish(plan.ticket, true);
+    assert_eq!(cache.report().counts, HitCounts { hits: 1, misses: 1 });
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn fills_of_a_failed_or_unsealed_attach_never_become_entries() {
+    let dir = scratch("unsealed");
+    let file = write_weights(&dir.join("a.safetensors"), 1, 1000);
+    let cache = SharedCache::create(2 * BLOCK_BYTES as u64).unwrap();
+    // The worker read it but the attach failed.
+    let plan = cache.plan(std::slice::from_ref(&file)).unwrap();
+    cache.read_file(&plan, &file).unwrap();
+    cache.finish(plan.ticket, false);
+    assert_eq!(cache.report().contents.used_bytes, 0);
+    // The attach "succeeded" without filling (its worker died before sealing, or used parked
+    // weights): the half-written blocks stay unseen.
+    let plan = cache.plan(std::slice::from_ref(&file)).unwrap();
+    let CacheAction::Fill(blocks) = plan.action(&file.key).clone() else {
+        panic!("not cached: filled again");
+    };
+    cache.region.write_in(&blocks, &[0xAA; 400], |_| {});
+    cache.finish(plan.ticket, true);
+    assert_eq!(cache.report().contents.used_bytes, 0);
+    let plan = cache.plan(std::slice::from_ref(&file)).unwrap();
+    assert!(matches!(plan.action(&file.key), CacheAction::Fill(_)));
+    cache.finish(plan.ticket, false);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn an_entry_an_attach_reads_is_not_evicted_until_that_attach_ends() {
+    let dir = scratch("in-use");
+    let a = write_weights(&dir.join("a.safetensors"), 1, 1000);
+    let b = write_weights(&dir.join("b.safetensors"), 2, 1000);
+    let cache = SharedCache::create(BLOCK_BYTES as u64).unwrap();
+    let plan = cache.plan(std::slice::from_ref(&a)).unwrap();
+    cache.read_file(&plan, &a).unwrap();
+    cache.finish(plan.ticket, true);
+    // One attach reads `a`; another wants `b`, which only fits by evicting `a`: not cached.
+    let reading = cache.plan(std::slice::from_ref(&a)).unwrap();
+    assert!(matches!(reading.action(&a.key), CacheAction::Cached(_)));
+    let other = cache.plan(std::slice::from_ref(&b)).unwrap();
+    assert_eq!(other.action(&b.key), &CacheAction::Uncached);
+    cache.finish(other.ticket, true);
+    cache.finish(reading.ticket, true);
+    // Once it ended, `b` may take `a`'s place.
+    let other = cache.plan(std::slice::from_ref(&b)).unwrap();
+    assert!(matches!(other.action(&b.key), CacheAction::Fill(_)));
+    cache.read_file(&other, &b).unwrap();
+    cache.finish(other.ticket, true);
+    let files = cache.report().contents.files;
+    assert_eq!(files.len(), 1);
+    assert_eq!(files[0].0, b.key.path);
+    std::fs::remove_dir_all(dir).unwrap();
+}
