@@ -399,6 +399,7 @@ fn staged(device: &CandleDevice, pool: &mut PinnedPool, path: &Path) -> bool {
         &[inspected(path)],
         CandleDType::F32,
         &mut inserts,
+        None,
     )
     .unwrap();
     let hit = uploaded.from_host_cache();

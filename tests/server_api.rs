@@ -108,25 +108,21 @@ fn control_api_attaches_lists_and_detaches_engines_with_timing_reports() {
         .assert_error(404, "engine_not_found");
     assert_eq!(model_ids(&server), [PRENORM]);
 
-    // The worker keeps the detached model's weights in its host cache, and `/workers` says so.
+    // The machine's host cache (shared by the workers, reported once) keeps the detached
+    // model's weights, and `/workers` says so.
     let workers = server.get("/workers").json();
-    let memory: Vec<&Value> = workers["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| &w["memory"])
-        .collect();
+    let cache = &workers["host_cache"];
+    assert_eq!(cache["capacity_bytes"], 512 << 20, "{cache}");
+    let cached = cache["used_bytes"].as_u64().unwrap();
+    assert!(cached >= bytes_moved, "{cached} bytes cached: {cache}");
     assert!(
-        memory
+        workers["workers"]
+            .as_array()
+            .unwrap()
             .iter()
-            .all(|m| m["host_cache_capacity_bytes"].as_u64() == Some(512 << 20)),
-        "{memory:?}"
+            .all(|w| w["memory"]["host_cache_used_bytes"] == 0),
+        "counted once, not per worker: {workers}"
     );
-    let cached: u64 = memory
-        .iter()
-        .map(|m| m["host_cache_used_bytes"].as_u64().unwrap())
-        .sum();
-    assert!(cached >= bytes_moved, "{cached} bytes cached: {memory:?}");
 }
 
 fn model_ids(server: &Server) -> Vec<String> {

@@ -87,9 +87,15 @@ pub struct MemoryInfo {
     /// Host memory the worker's cache of recently loaded models holds now (pinned on CUDA).
     #[serde(default)]
     pub host_cache_used_bytes: u64,
-    /// Host memory the cache may hold (0: no cache).
+    /// Host memory the cache may hold (0: no cache, or the machine's shared cache, reported
+    /// once for the machine rather than per worker).
     #[serde(default)]
     pub host_cache_capacity_bytes: u64,
+    /// Bytes of the machine's shared host cache this worker's process has registered with its
+    /// device driver (pinned) so far: registration runs in the background after prewarm, and a
+    /// block not registered yet is copied at the pageable rate.
+    #[serde(default)]
+    pub host_cache_pinned_bytes: u64,
     /// Device memory held by parked weights (models detached but kept resident, see
     /// [`PrewarmOptions::park_detached`]): counted in `free_bytes`, since an attach that needs
     /// the room frees them first.
@@ -226,6 +232,14 @@ pub trait Backend: Send + Sync + 'static {
         self.inspect(spec)
     }
 
+    /// In the serving process, before an attach is sent to a worker process: what this attach
+    /// may use of state the backend shares among all its worker processes (e.g. blocks of a
+    /// host weight cache), added to the handoff it is sent with. The grant ends when the
+    /// attach has (succeeded or failed, its process alive or not). By default: nothing added.
+    fn grant_attach(&self, handoff: &Handoff) -> Result<AttachGrant, EngineError> {
+        Ok(AttachGrant::plain(handoff.clone()))
+    }
+
     /// Opens the device on the calling thread (the worker's own) and prewarms it. The returned
     /// device stays on this thread for its whole life.
     fn open_device(
@@ -233,6 +247,43 @@ pub trait Backend: Send + Sync + 'static {
         device: &DeviceSpec,
         options: &PrewarmOptions,
     ) -> Result<(Box<dyn WorkerDevice>, PrewarmReport), EngineError>;
+}
+
+/// What [`Backend::grant_attach`] lent one attach: the handoff to send it with, and what to do
+/// once it has ended (called with whether it succeeded; with `false` when dropped unended).
+pub struct AttachGrant {
+    pub handoff: Handoff,
+    end: Option<Box<dyn FnOnce(bool) + Send>>,
+}
+
+impl AttachGrant {
+    /// A grant of nothing: the handoff as it was.
+    pub fn plain(handoff: Handoff) -> Self {
+        Self { handoff, end: None }
+    }
+
+    /// A grant whose end runs `end(succeeded)`.
+    pub fn new(handoff: Handoff, end: impl FnOnce(bool) + Send + 'static) -> Self {
+        Self {
+            handoff,
+            end: Some(Box::new(end)),
+        }
+    }
+
+    /// The attach has ended.
+    pub fn finish(mut self, succeeded: bool) {
+        if let Some(end) = self.end.take() {
+            end(succeeded);
+        }
+    }
+}
+
+impl Drop for AttachGrant {
+    fn drop(&mut self) {
+        if let Some(end) = self.end.take() {
+            end(false);
+        }
+    }
 }
 
 /// One worker's device context (CPU, or a CUDA context with its stream and staging memory).

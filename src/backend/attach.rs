@@ -17,6 +17,7 @@ use super::parking::ParkKey;
 use super::CandleDevice;
 use crate::load::cuda::{self, CacheInserts, CopiesInFlight, PinnedPool};
 use crate::load::dtype::candle_dtype;
+use crate::load::shared_cache::{CachePlan, SharedCache, SharedRegion};
 use crate::load::{DeviceError, DeviceWeights, FileKey, LoadError, WeightFile};
 use crate::models::family::Config;
 use crate::models::{FamilyConfig, LlamaConfig, LlamaEngine, LlamaModel};
@@ -144,6 +145,16 @@ fn load_with<E>(
         &again
     };
     let mut read = ReadForCache::default();
+    // The shared cache's plan: sent with the attach, else made here (thread mode), and then
+    // ended here once the load has.
+    let machine_cache = device.shared.clone();
+    let given = device.plan.take();
+    let planned_here = match (&given, &machine_cache) {
+        (None, Some(cache)) => cache.plan(&inspected.files),
+        _ => None,
+    };
+    let plan = given.or(planned_here.clone());
+    let cached = machine_cache.as_deref().zip(plan.as_ref());
     // The device's pinned pool is this load's from the first read to the last copy.
     let shared = device.pinned.clone();
     let mut pool = shared
@@ -156,13 +167,19 @@ fn load_with<E>(
         park,
         timeline,
         &mut read,
-        pool.as_deref_mut(),
+        Caches {
+            pool: pool.as_deref_mut(),
+            shared: cached,
+        },
         build,
     );
     if let Some(pool) = pool.as_mut() {
         pool.finish_load(read.pinned, loaded.is_ok());
     }
     drop(pool);
+    if let (Some(cache), Some(plan)) = (&machine_cache, &planned_here) {
+        cache.finish(plan.ticket, loaded.is_ok());
+    }
     let loaded = loaded.map_err(|e| e.relative_to(&inspected.checkpoint.dir))?;
     for file in read.files {
         device.host_cache.keep(file);
@@ -181,9 +198,13 @@ fn load_inspected<E>(
     park: bool,
     timeline: &mut Timeline,
     read: &mut ReadForCache,
-    pool: Option<&mut PinnedPool>,
+    caches: Caches<'_>,
     build: impl Build<E>,
 ) -> Result<(E, u64), LoadError> {
+    let Caches {
+        pool,
+        shared: cached,
+    } = caches;
     device.lent = None;
     let key = ParkKey::of(inspected);
     let parked = lock(&device.parking).lend(&key);
@@ -197,14 +218,18 @@ fn load_inspected<E>(
     }
     let dtype = candle_dtype(inspected.dtype);
     check_fits(device, inspected, false)?;
-    let uploaded = upload_pinned(device, pool, inspected, dtype, timeline, read)?;
+    let shared = cached.map(|(cache, plan)| (&*cache.region, plan));
+    let uploaded = upload_pinned(device, pool, inspected, dtype, timeline, read, shared)?;
     let (weights, in_flight) = match uploaded {
         Some((weights, in_flight)) => (weights, Some(in_flight)),
         None => {
             let files = inspected
                 .files
                 .iter()
-                .map(|file| Ok(device.host_cache.file(file)?.0))
+                .map(|file| match cached {
+                    Some((cache, plan)) => Ok(Arc::new(cache.read_file(plan, file)?.0)),
+                    None => Ok(device.host_cache.file(file)?.0),
+                })
                 .collect::<Result<Vec<_>, LoadError>>()?;
             timeline.mark(Anchor::WeightsRead);
             let weights = DeviceWeights::upload(&files, &device.device, dtype)?;
@@ -292,6 +317,13 @@ impl<E, F> Build<E> for F where
 {
 }
 
+/// The host memory a load reads through: the device's pinned pool (CUDA), and the machine's
+/// shared cache with this load's plan.
+struct Caches<'a> {
+    pool: Option<&'a mut PinnedPool>,
+    shared: Option<(&'a SharedCache, &'a CachePlan)>,
+}
+
 /// What a load read that the host caches may keep once the load has succeeded.
 #[derive(Default)]
 struct ReadForCache {
@@ -363,13 +395,14 @@ fn upload_pinned(
     dtype: candle_core::DType,
     timeline: &mut Timeline,
     read: &mut ReadForCache,
+    shared: Option<(&SharedRegion, &CachePlan)>,
 ) -> Result<Option<(DeviceWeights, CopiesInFlight)>, LoadError> {
     let (Device::Cuda(cuda), Some(pool)) = (&device.device, pool) else {
         return Ok(None);
     };
     let files = &inspected.files;
     let began = std::time::Instant::now();
-    let uploaded = cuda::upload_checkpoint(cuda, pool, files, dtype, &mut read.pinned)?;
+    let uploaded = cuda::upload_checkpoint(cuda, pool, files, dtype, &mut read.pinned, shared)?;
     timeline.mark_at(Anchor::WeightsRead, uploaded.read_done_ns);
     tracing::debug!(
         from_host_cache = uploaded.from_host_cache(),

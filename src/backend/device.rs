@@ -18,6 +18,7 @@ use crate::load::cuda::{self, PinnedPools, SharedPool, UploadCounts};
 use crate::load::device::host_memory;
 use crate::load::dtype::candle_dtype;
 use crate::load::host_cache::HostCache;
+use crate::load::shared_cache::{CachePlan, SharedCache};
 use crate::load::{DeviceError, LoadError};
 use crate::models::family::FAMILIES;
 
@@ -38,6 +39,12 @@ pub struct CandleDevice {
     pub(super) pinned: Option<SharedPool>,
     /// What the pinned cache held when last read.
     pub(super) pinned_usage: std::sync::Mutex<HostCacheUsage>,
+    /// The machine's host weight cache shared by every worker, when this worker uses it
+    /// (instead of a cache of its own).
+    pub(super) shared: Option<Arc<SharedCache>>,
+    /// The shared cache's plan for the next load, sent with its attach by the serving process
+    /// (a worker process); a load without one plans itself when this process keeps the book.
+    pub(super) plan: Option<CachePlan>,
     /// Weights of the engines loaded here that may be parked, and of detached ones kept
     /// resident (`[prewarm] park_detached`, or a model's own `park`; empty when off).
     pub(super) parking: Arc<Mutex<Parking>>,
@@ -77,6 +84,18 @@ impl CandleDevice {
         prewarm: Option<&PrewarmOptions>,
         pools: &PinnedPools,
     ) -> Result<(Self, PrewarmReport), LoadError> {
+        Self::open_shared(spec, prewarm, pools, None)
+    }
+
+    /// [`Self::open_in`], with the machine's shared host cache instead of one of its own when
+    /// `shared` is given: its pinned pool is then the staging ring alone, and the shared
+    /// cache's memory is registered with the driver in the background (CUDA), after prewarm.
+    pub fn open_shared(
+        spec: &DeviceSpec,
+        prewarm: Option<&PrewarmOptions>,
+        pools: &PinnedPools,
+        shared: Option<Arc<SharedCache>>,
+    ) -> Result<(Self, PrewarmReport), LoadError> {
         let started = Instant::now();
         let mut report = PrewarmReport::default();
         let mut step = |name: String, since: Instant| {
@@ -105,8 +124,17 @@ impl CandleDevice {
             (Device::Cuda(cuda), DeviceSpec::Cuda(ordinal), Some(options)) => {
                 cuda::keep_pool_memory(cuda)?;
                 let t = Instant::now();
-                let (staging, cache) = (options.staging_bytes, options.host_cache_bytes);
-                let shared = pools.get(cuda, *ordinal, staging, cache)?;
+                let own_cache = match shared {
+                    Some(_) => 0,
+                    None => options.host_cache_bytes,
+                };
+                let staging = options.staging_bytes;
+                if let Some(cache) = &shared {
+                    cache
+                        .region
+                        .register_in_background(cuda::host_registrar(cuda));
+                }
+                let shared = pools.get(cuda, *ordinal, staging, own_cache)?;
                 let (staging, total) = shared
                     .lock()
                     .map(|p| (p.staging_bytes(), p.bytes()))
@@ -131,9 +159,14 @@ impl CandleDevice {
                 .map(|p| p.kv_cache_tokens)
                 .unwrap_or(PrewarmOptions::default().kv_cache_tokens),
             held: Arc::new(AtomicU64::new(0)),
-            host_cache: HostCache::new(prewarm.map(|p| p.host_cache_bytes).unwrap_or(0)),
+            host_cache: HostCache::new(match shared {
+                Some(_) => 0,
+                None => prewarm.map(|p| p.host_cache_bytes).unwrap_or(0),
+            }),
             pinned,
             pinned_usage: Default::default(),
+            shared,
+            plan: None,
             parking: Default::default(),
             park_detached: prewarm.is_some_and(|p| p.park_detached),
             lent: None,
@@ -299,7 +332,16 @@ impl WorkerDevice for CandleDevice {
                 (total, total.saturating_sub(held))
             }
         };
-        let host_cache = self.host_cache_usage();
+        // The shared cache is the machine's: reported once (`/workers`' `host_cache`), not per
+        // worker; a worker reports how much of it its process has pinned.
+        let host_cache = match &self.shared {
+            Some(_) => HostCacheUsage::default(),
+            None => self.host_cache_usage(),
+        };
+        let host_cache_pinned_bytes = self
+            .shared
+            .as_ref()
+            .map_or(0, |c| c.region.registered_bytes());
         // Parked weights are free for anyone who needs the room (an attach frees them first);
         // on the CPU they were never counted as held.
         let parked_bytes = self.parked_bytes();
@@ -324,6 +366,7 @@ impl WorkerDevice for CandleDevice {
             free_bytes,
             host_cache_used_bytes: host_cache.used_bytes,
             host_cache_capacity_bytes: host_cache.capacity_bytes,
+            host_cache_pinned_bytes,
             parked_bytes,
             parked,
             host_cache: host_cache.models,
@@ -337,10 +380,12 @@ impl WorkerDevice for CandleDevice {
         handoff: &Handoff,
         timeline: &mut Timeline,
     ) -> Result<(Box<dyn Engine>, u64), EngineError> {
+        let (handoff, plan) = CachePlan::split(handoff)?;
         let inspected = match handoff.is_empty() {
             true => inspect(spec)?,
-            false => Inspected::from_handoff(handoff)?,
+            false => Inspected::from_handoff(&handoff)?,
         };
+        self.plan = plan;
         let park = self.parks(spec);
         let (engine, bytes) = attach::load_engine(self, &inspected, park, timeline)?;
         self.held.fetch_add(engine.device_bytes(), Ordering::SeqCst);

@@ -80,6 +80,17 @@ impl Inspected {
         })
     }
 
+    /// The weight files a [`Self::handoff`] names (for the serving process's cache plan).
+    pub fn files_of(handoff: &Handoff) -> Result<Vec<InspectedFile>, LoadError> {
+        let (handed, _): (HandedDown, usize) =
+            bincode::serde::decode_from_slice(&handoff.0, bincode::config::standard()).map_err(
+                |e| LoadError::InvalidHandoff {
+                    reason: e.to_string(),
+                },
+            )?;
+        Ok(handed.files)
+    }
+
     /// Whether every weight file is still the version inspected (identity only, no read).
     pub fn files_unchanged(&self) -> bool {
         self.files

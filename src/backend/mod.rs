@@ -21,7 +21,8 @@ mod parking;
 use std::sync::Arc;
 
 use wc_actors::{
-    DeviceSpec, EngineError, Footprint, ModelSpec, PrewarmOptions, PrewarmReport, WorkerDevice,
+    AttachGrant, DeviceSpec, EngineError, Footprint, Handoff, ModelSpec, PrewarmOptions,
+    PrewarmReport, WorkerDevice,
 };
 
 pub use attach::LoadAs;
@@ -30,6 +31,7 @@ pub use inspect::{inspect, CheckCache, Inspected};
 
 use crate::load::cuda::PinnedPools;
 use crate::load::host_cache::read_tokenizer;
+use crate::load::shared_cache::SharedCache;
 use crate::load::LoadError;
 use crate::models::text::text_files::TextFiles;
 
@@ -40,17 +42,36 @@ pub struct CandleBackend {
     checks: Arc<CheckCache>,
     /// The pinned pools of this backend's workers (CUDA), one per GPU and sizes.
     pools: Arc<PinnedPools>,
+    /// The machine's host weight cache shared by every worker (`serve`); without it each
+    /// worker keeps its own (the pinned pool's on CUDA, a pageable one on the CPU).
+    shared: Option<Arc<SharedCache>>,
 }
 
 impl CandleBackend {
+    /// A backend whose workers share `cache` (in the serving process: with its bookkeeping; in
+    /// a worker process: the region it inherited).
+    pub fn with_shared_cache(cache: Arc<SharedCache>) -> Self {
+        Self {
+            shared: Some(cache),
+            ..Self::default()
+        }
+    }
+
+    /// The machine's shared host cache, if this backend's workers use one.
+    pub fn shared_cache(&self) -> Option<&Arc<SharedCache>> {
+        self.shared.as_ref()
+    }
+
     /// Opens and prewarms a device as this backend's workers are (sharing their pinned pool of
-    /// that GPU and sizes), as the concrete type: for tests and tools.
+    /// that GPU and sizes, and the shared host cache), as the concrete type: for tests and
+    /// tools.
     pub fn open(
         &self,
         device: &DeviceSpec,
         options: &PrewarmOptions,
     ) -> Result<(CandleDevice, PrewarmReport), LoadError> {
-        CandleDevice::open_in(device, Some(options), &self.pools)
+        let shared = self.shared.clone().filter(|_| options.host_cache_bytes > 0);
+        CandleDevice::open_shared(device, Some(options), &self.pools, shared)
     }
 
     /// The whole check of an attach short of a device: the headers ([`inspect`]), the
@@ -89,6 +110,25 @@ impl wc_actors::Backend for CandleBackend {
 
     fn preflight(&self, spec: &ModelSpec) -> Result<Footprint, EngineError> {
         Ok(CandleBackend::preflight(self, spec)?)
+    }
+
+    /// With a shared host cache: the attach's plan (which files it reads from the cache, which
+    /// it fills), appended to the handoff; the plan's fills are kept only if it succeeds.
+    fn grant_attach(&self, handoff: &Handoff) -> Result<AttachGrant, EngineError> {
+        let Some(cache) = self.shared.clone().filter(|c| c.plans()) else {
+            return Ok(AttachGrant::plain(handoff.clone()));
+        };
+        if handoff.is_empty() {
+            return Ok(AttachGrant::plain(handoff.clone()));
+        }
+        let files = Inspected::files_of(handoff)?;
+        let Some(plan) = cache.plan(&files) else {
+            return Ok(AttachGrant::plain(handoff.clone()));
+        };
+        let ticket = plan.ticket;
+        Ok(AttachGrant::new(plan.attach_to(handoff), move |ok| {
+            cache.finish(ticket, ok)
+        }))
     }
 
     fn open_device(

@@ -10,6 +10,7 @@ use super::body::JsonBody;
 use super::error::ApiError;
 use super::state::AppState;
 use crate::config::KeepAlive;
+use crate::load::shared_cache::SharedCacheReport;
 
 /// `POST /engines`.
 #[derive(Debug, Deserialize)]
@@ -39,8 +40,38 @@ pub async fn list_workers(state: web::Data<AppState>) -> Result<HttpResponse, Ap
         .await
         .map_err(|_| ApiError::shutting_down())?;
     let mut reply = json!({ "workers": workers });
+    if let Some(cache) = &state.host_cache {
+        reply["host_cache"] = shared_host_cache(&state, &cache.report());
+    }
     tiers_relative(&state, &mut reply);
     Ok(HttpResponse::Ok().json(reply))
+}
+
+/// The machine's host weight cache, shared by every worker and so reported once: capacity and
+/// use, attaches that found every file in it (hits) or not (misses), the models whose weight
+/// files it holds (bytes per checkpoint directory, most recently used first). How much of it is
+/// pinned is each worker process's own (`memory.host_cache_pinned_bytes`).
+fn shared_host_cache(state: &AppState, report: &SharedCacheReport) -> Value {
+    let mut models: Vec<(String, u64)> = Vec::new();
+    for (path, bytes) in &report.contents.files {
+        let dir = path.parent().unwrap_or(path);
+        let model = state.model_roots.relative(dir);
+        match models.iter_mut().find(|(m, _)| *m == model) {
+            Some((_, total)) => *total += bytes,
+            None => models.push((model, *bytes)),
+        }
+    }
+    json!({
+        "shared": true,
+        "capacity_bytes": report.contents.capacity_bytes,
+        "used_bytes": report.contents.used_bytes,
+        "hits": report.counts.hits,
+        "misses": report.counts.misses,
+        "models": models
+            .into_iter()
+            .map(|(model, bytes)| json!({"model": model, "bytes": bytes}))
+            .collect::<Vec<_>>(),
+    })
 }
 
 /// Every model a worker's memory lists (`parked`, `host_cache`) anywhere in `value`, written

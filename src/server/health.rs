@@ -6,7 +6,7 @@ use serde_json::json;
 use wc_actors::{WorkerInfo, WorkerState};
 
 use super::error::ApiError;
-use super::metrics::{Format, Live};
+use super::metrics::{Format, HostCacheSeries, Live};
 use super::state::AppState;
 
 /// `GET /health`: the process is up and the runtime answers.
@@ -99,6 +99,18 @@ pub async fn metrics(
         // As `/ready` says.
         ready: state.is_ready() && serving(&workers) >= state.config.server.min_ready_workers,
         draining: state.is_draining(),
+        host_cache: state.host_cache.as_ref().map(|cache| HostCacheSeries {
+            report: cache.report(),
+            pinned: workers
+                .iter()
+                .map(|w| {
+                    (
+                        w.worker,
+                        w.memory.as_ref().map_or(0, |m| m.host_cache_pinned_bytes),
+                    )
+                })
+                .collect(),
+        }),
     };
     let text = state.metrics.render(&live, format).map_err(|_| {
         ApiError::new(

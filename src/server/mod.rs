@@ -59,6 +59,7 @@ use wc_actors::{Attach, Backend, Handle, Runtime, WorkerState};
 
 use crate::backend::CandleBackend;
 use crate::config::{Config, Isolation};
+use crate::load::shared_cache::{SharedCache, FD_ENV};
 use error::ApiError;
 use state::AppState;
 
@@ -112,8 +113,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
-    let handle = Runtime::start(config.runtime_config(), backend(&config)?);
-    let state = web::Data::new(AppState::new(handle.clone(), config.clone()));
+    let (backend, host_cache) = backend(&config)?;
+    let handle = Runtime::start(config.runtime_config(), backend);
+    let mut state = AppState::new(handle.clone(), config.clone());
+    state.host_cache = host_cache;
+    let state = web::Data::new(state);
     let app_state = state.clone();
     let deadline = config.server.shutdown_deadline.0;
     let origins = config.server.cors_allow_origins.clone();
@@ -174,32 +178,54 @@ pub async fn run(
     Ok(())
 }
 
+/// The machine's host weight cache, when the workers share one.
+type MachineCache = Option<Arc<SharedCache>>;
+
 /// The backend for `[runtime] isolation`: workers as processes of this same binary
-/// (`worker-controller worker`), or as threads.
-fn backend(config: &Config) -> anyhow::Result<Arc<dyn Backend>> {
-    let local: Arc<dyn Backend> = Arc::new(CandleBackend::default());
+/// (`worker-controller worker`), or as threads; with `[prewarm] host_cache`, the machine's one
+/// host weight cache that they all share (made here, its descriptor inherited by each worker
+/// process, its bookkeeping kept here).
+fn backend(config: &Config) -> anyhow::Result<(Arc<dyn Backend>, MachineCache)> {
+    let cache = match config.prewarm.host_cache_bytes {
+        0 => None,
+        bytes => Some(Arc::new(
+            SharedCache::create(bytes).context("making the shared host cache")?,
+        )),
+    };
+    let candle = match &cache {
+        Some(cache) => CandleBackend::with_shared_cache(cache.clone()),
+        None => CandleBackend::default(),
+    };
+    let local: Arc<dyn Backend> = Arc::new(candle);
     if config.runtime.isolation == Isolation::Thread {
-        return Ok(local);
+        return Ok((local, cache));
     }
     let exe = match &config.runtime.worker_exe {
         Some(exe) => exe.clone(),
         None => std::env::current_exe().context("finding this program to start workers with")?,
     };
-    Ok(Arc::new(ProcessBackend::new(
+    let process = Arc::new(ProcessBackend::new(
         local,
         WorkerCommand {
             exe,
             args: vec!["worker".into()],
-            env: vec![(
-                "WC_LOG_FORMAT".into(),
+            env: [(
+                "WC_LOG_FORMAT".to_string(),
                 match config.server.log_format {
                     crate::config::LogFormat::Json => "json".into(),
                     crate::config::LogFormat::Text => "text".into(),
                 },
-            )],
+            )]
+            .into_iter()
+            .chain(cache.iter().map(|c| {
+                let fd = c.region.fd().to_string();
+                (FD_ENV.to_string(), fd)
+            }))
+            .collect(),
             heartbeat_timeout: config.runtime.heartbeat_timeout,
         },
-    )))
+    ));
+    Ok((process, cache))
 }
 
 /// Binds `[server] host:port` and runs until the first Ctrl-C / SIGTERM.

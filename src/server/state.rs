@@ -27,6 +27,9 @@ pub struct AppState {
     pub hosts: HostPolicy,
     /// Where checkpoints named by path may come from.
     pub model_roots: ModelRoots,
+    /// The machine's host weight cache shared by the workers, reported once in `/workers` and
+    /// `/metrics` (`None`: no cache, or each worker's own).
+    pub host_cache: Option<std::sync::Arc<crate::load::shared_cache::SharedCache>>,
     /// Set once workers are prewarmed and start-up models attached.
     ready: AtomicBool,
     /// Set on Ctrl-C / SIGTERM: `/ready` says 503 and new work is refused.
@@ -47,6 +50,7 @@ impl AppState {
             config,
             metrics: Metrics::default(),
             api_key,
+            host_cache: None,
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
         }

@@ -81,7 +81,8 @@ impl Backend for ProcessBackend {
             FromWorker::Opened(report) => {
                 let mut report = report?;
                 report.pid = Some(link.child.borrow().id());
-                Ok((Box::new(ProcessDevice { link }), report))
+                let local = self.local.clone();
+                Ok((Box::new(ProcessDevice { link, local }), report))
             }
             other => Err(link.unexpected(&other)),
         }
@@ -91,6 +92,8 @@ impl Backend for ProcessBackend {
 /// A device in a worker process.
 struct ProcessDevice {
     link: Rc<Link>,
+    /// The serving process's backend: grants each attach its share of the shared state.
+    local: Arc<dyn Backend>,
 }
 
 impl ProcessDevice {
@@ -149,15 +152,19 @@ impl WorkerDevice for ProcessDevice {
         handoff: &Handoff,
         timeline: &mut Timeline,
     ) -> Result<WarmEngine, EngineError> {
-        self.link.send(&ToWorker::Attach {
+        // The grant ends with the attach: a process that died mid-read ends it unsuccessful.
+        let grant = self.local.grant_attach(handoff)?;
+        let sent = self.link.send(&ToWorker::Attach {
             spec: spec.clone(),
-            handoff: handoff.clone(),
+            handoff: grant.handoff.clone(),
             timeline: timeline.clone(),
-        })?;
-        match self.link.wait()? {
-            FromWorker::Attached(attached) => Ok(self.engine(attached?, timeline)),
+        });
+        let attached = sent.and_then(|()| match self.link.wait()? {
+            FromWorker::Attached(attached) => attached,
             other => Err(self.link.unexpected(&other)),
-        }
+        });
+        grant.finish(attached.is_ok());
+        Ok(self.engine(attached?, timeline))
     }
 
     fn synchronize(&self) -> Result<(), EngineError> {

@@ -9,6 +9,7 @@ use candle_core::{CudaDevice, DType, Tensor};
 use crate::load::block_cache::CacheContents;
 use crate::load::error::{DeviceFault, LoadError};
 use crate::load::safetensors::InspectedFile;
+use crate::load::shared_cache::{CachePlan, SharedRegion};
 
 /// This build drives no CUDA device.
 pub const COMPILED: bool = false;
@@ -144,6 +145,14 @@ pub fn upload_checkpoint(
     _files: &[InspectedFile],
     _dtype: DType,
     _inserts: &mut CacheInserts,
+    _shared: Option<(&SharedRegion, &CachePlan)>,
 ) -> Result<Uploaded, LoadError> {
     match pool.0 {}
+}
+
+/// Registers host memory with the driver of `device`'s context (never reached without CUDA).
+pub fn host_registrar(
+    _device: &CudaDevice,
+) -> impl Fn(*mut u8, usize) -> Result<(), String> + Send + 'static {
+    |_, _| Err(not_compiled().to_string())
 }

@@ -21,13 +21,20 @@ use crate::load::block_cache::CacheContents;
 use crate::load::safetensors::{InspectedFile, WeightFile};
 use crate::load::LoadError;
 
+/// The environment variable that gives a worker process the shared cache's inherited
+/// descriptor (set by `serve` for each worker process it starts).
+pub const FD_ENV: &str = "WC_HOST_CACHE_FD";
+/// Test hook (debug builds or `fault-injection`): a worker process's fills pause for ever once
+/// half their bytes are in, after writing their process id to the file this names.
+pub const PAUSE_FILL_ENV: &str = "WC_TEST_PAUSE_CACHE_FILL";
+
 /// The shared cache as one process sees it: the region, and in the serving process the book.
 pub struct SharedCache {
     pub region: Arc<SharedRegion>,
     /// The bookkeeping: in the serving process only (a worker process follows plans).
     book: Option<Mutex<Book>>,
-    /// Test hook: a fill pauses for ever once half its bytes are in, after creating this file
-    /// (so a test can kill the worker process mid-read).
+    /// Test hook: the first fill pauses for ever once half its bytes are in, after creating
+    /// this file with its process id (so a test can kill the worker process mid-read).
     pause_fill_at_half: Option<PathBuf>,
 }
 
@@ -161,10 +168,20 @@ impl SharedCache {
         }
     }
 
-    /// The test hook's pause (see the field).
+    /// The test hook's pause (see the field): only the first fill that finds no marker file
+    /// pauses (so the worker process started in its place fills normally).
     pub fn pause_if_asked(&self) {
-        if let Some(marker) = &self.pause_fill_at_half {
-            let _ = std::fs::write(marker, std::process::id().to_string());
+        use std::io::Write;
+        let Some(marker) = &self.pause_fill_at_half else {
+            return;
+        };
+        let created = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(marker);
+        if let Ok(mut file) = created {
+            let _ = write!(file, "{}", std::process::id());
+            drop(file);
             loop {
                 std::thread::sleep(std::time::Duration::from_secs(3600));
             }

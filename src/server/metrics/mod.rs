@@ -13,6 +13,7 @@
 //! Prometheus text format 0.0.4.
 
 pub mod finished;
+pub mod host_cache;
 pub mod live;
 pub mod requests;
 
@@ -25,6 +26,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 use wc_actors::AttachReport;
 
+pub use host_cache::HostCacheSeries;
 pub use live::{kv_cache_usage, pod_kv_cache_usage, Live};
 pub use requests::{Trace, MODEL_LABEL};
 
@@ -215,6 +217,7 @@ mod tests {
                     engines: &[],
                     ready: true,
                     draining: false,
+                    host_cache: None,
                 },
                 format,
             )
@@ -305,6 +308,7 @@ mod tests {
             engines: &engines,
             ready: true,
             draining: false,
+            host_cache: None,
         };
         let text = metrics.render(&live, Format::Prometheus).unwrap();
         let lines = |prefix: &str| -> Vec<&str> {

@@ -137,3 +137,28 @@ pub fn pinned_h2d_bandwidth(index: usize, bytes: usize) -> Result<f64, String> {
     }
     Ok(bytes as f64 / best / 1e9)
 }
+
+/// Registers host memory with the driver (`cuMemHostRegister`, portable: every context may DMA
+/// from it), in `device`'s context: what the shared host cache's background pinning runs per
+/// slab.
+pub fn host_registrar(
+    device: &CudaDevice,
+) -> impl Fn(*mut u8, usize) -> Result<(), String> + Send + 'static {
+    let context = device.cuda_stream().context().clone();
+    move |pointer, len| {
+        context.bind_to_thread().map_err(|e| e.to_string())?;
+        // SAFETY: `pointer..pointer + len` is a live mapping owned by the caller, which stays
+        // mapped while registered.
+        let status = unsafe {
+            sys::cuMemHostRegister_v2(
+                pointer.cast(),
+                len,
+                sys::CU_MEMHOSTREGISTER_PORTABLE as std::ffi::c_uint,
+            )
+        };
+        match status {
+            sys::CUresult::CUDA_SUCCESS => Ok(()),
+            other => Err(format!("cuMemHostRegister: {other:?}")),
+        }
+    }
+}

@@ -1,5 +1,6 @@
 //! The CUDA build's device pieces (see the parent module for the API every build shares).
 
+mod copy_sink;
 mod fault;
 mod memory;
 mod pinned;
@@ -7,8 +8,8 @@ mod upload;
 
 pub use fault::{fault_illegal_address, fault_of};
 pub use memory::{
-    device_count, keep_pool_memory, memory_info, pinned_h2d_bandwidth, pool_usage, single_stream,
-    PoolUsage,
+    device_count, host_registrar, keep_pool_memory, memory_info, pinned_h2d_bandwidth, pool_usage,
+    single_stream, PoolUsage,
 };
 pub use pinned::{CacheInserts, PinnedPool, PinnedPools, SharedPool, UploadCounts, BLOCK_BYTES};
 pub use upload::{upload_checkpoint, CopiesInFlight, Uploaded};
