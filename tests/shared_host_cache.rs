@@ -13,8 +13,13 @@ use server_common::{fixture, model_entry, Server};
 const MODEL: &str = "tiny-opt-prenorm";
 
 fn config(host_cache: &str) -> String {
+    config_with(host_cache, "process")
+}
+
+fn config_with(host_cache: &str, isolation: &str) -> String {
     format!(
-        "[server]\nmodel_roots = [{:?}]\n\n[runtime]\nrestart_backoff = \"50ms\"\n\n\
+        "[server]\nmodel_roots = [{:?}]\n\n\
+         [runtime]\nrestart_backoff = \"50ms\"\nisolation = \"{isolation}\"\n\n\
          [prewarm]\nhost_cache = \"{host_cache}\"\n\n\
          [[workers]]\ndevice = \"cpu\"\ncount = 2\n\n{}",
         fixture("").display().to_string(),
@@ -169,6 +174,10 @@ fn a_worker_process_killed_mid_read_leaves_no_entry_and_the_next_attach_is_corre
     detach(&server);
     assert_eq!(attach_on(&server, 1), read);
     assert_eq!(cache(&server)["hits"], 1);
+    // The cache outlived the killed process: its replacement reads the model from it too.
+    detach(&server);
+    assert_eq!(attach_on(&server, 0), read);
+    assert_eq!(cache(&server)["hits"], 2);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -188,5 +197,23 @@ fn a_large_cache_does_not_delay_ready() {
     eprintln!(
         "ready {:.2} s after start with a 40 GiB host cache",
         ready.as_secs_f64()
+    );
+}
+
+#[test]
+fn worker_threads_share_the_same_cache() {
+    let server = Server::start("shared-cache-threads", &config_with("64MiB", "thread"));
+    let first = attach_on(&server, 0);
+    detach(&server);
+    assert_eq!(attach_on(&server, 1), first);
+    let after = cache(&server);
+    assert_eq!(
+        (after["hits"].as_u64(), after["misses"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(
+        after["models"][0]["model"],
+        format!("fixtures/{MODEL}"),
+        "{after}"
     );
 }

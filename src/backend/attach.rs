@@ -13,63 +13,14 @@ use wc_actors::{Anchor, Engine, Timeline};
 
 use super::device::lock;
 use super::inspect::{inspect, Inspected};
+pub use super::load_as::LoadAs;
 use super::parking::ParkKey;
 use super::CandleDevice;
 use crate::load::cuda::{self, CacheInserts, CopiesInFlight, PinnedPool};
 use crate::load::dtype::candle_dtype;
 use crate::load::shared_cache::{CachePlan, SharedCache, SharedRegion};
 use crate::load::{DeviceError, DeviceWeights, FileKey, LoadError, WeightFile};
-use crate::models::family::Config;
-use crate::models::{FamilyConfig, LlamaConfig, LlamaEngine, LlamaModel};
-use crate::models::{OptConfig, OptEngine, OptModel};
-
-/// An engine type that can be loaded as itself, not boxed (for tests and tools).
-pub trait LoadAs: Sized {
-    /// The family config it is built from.
-    type Config: Config + Clone;
-    /// The family's name, for [`LoadError::WrongFamily`].
-    const FAMILY: &'static str;
-
-    fn build(
-        config: &Self::Config,
-        weights: &DeviceWeights,
-        tokenizer: Option<Arc<Tokenizer>>,
-        dir: &Path,
-        kv_cache_tokens: usize,
-    ) -> Result<Self, LoadError>;
-}
-
-impl LoadAs for OptEngine {
-    type Config = OptConfig;
-    const FAMILY: &'static str = "opt";
-
-    fn build(
-        config: &OptConfig,
-        weights: &DeviceWeights,
-        tokenizer: Option<Arc<Tokenizer>>,
-        dir: &Path,
-        kv_cache_tokens: usize,
-    ) -> Result<Self, LoadError> {
-        let model = OptModel::new(config.clone(), weights)?;
-        OptEngine::attached(model, tokenizer, weights.device_bytes, kv_cache_tokens, dir)
-    }
-}
-
-impl LoadAs for LlamaEngine {
-    type Config = LlamaConfig;
-    const FAMILY: &'static str = "llama";
-
-    fn build(
-        config: &LlamaConfig,
-        weights: &DeviceWeights,
-        tokenizer: Option<Arc<Tokenizer>>,
-        dir: &Path,
-        kv_cache_tokens: usize,
-    ) -> Result<Self, LoadError> {
-        let model = LlamaModel::new(config.clone(), weights)?;
-        LlamaEngine::attached(model, tokenizer, weights.device_bytes, kv_cache_tokens, dir)
-    }
-}
+use crate::models::FamilyConfig;
 
 /// Loads an inspected checkpoint of any family in the table as a runtime engine, marking the
 /// anchors on `timeline`; returns it with the number of weight bytes read.
@@ -220,7 +171,7 @@ fn load_inspected<E>(
     check_fits(device, inspected, false)?;
     let shared = cached.map(|(cache, plan)| (&*cache.region, plan));
     let uploaded = upload_pinned(device, pool, inspected, dtype, timeline, read, shared)?;
-    let (weights, in_flight) = match uploaded {
+    let (mut weights, in_flight) = match uploaded {
         Some((weights, in_flight)) => (weights, Some(in_flight)),
         None => {
             let files = inspected
@@ -239,6 +190,11 @@ fn load_inspected<E>(
             (weights, None)
         }
     };
+    // On CUDA the weights a family reads as one are stored so (a device copy, queued behind
+    // the upload's), before anything, parking included, holds them.
+    if device.device.is_cuda() {
+        weights.fuse(&inspected.config.fused_groups())?;
+    }
     // On the pinned path the copies are still running: building the model now queues its
     // kernels behind them on the same stream, so the build's host work overlaps the DMA.
     let build_began = std::time::Instant::now();

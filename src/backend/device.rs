@@ -7,12 +7,14 @@ use std::time::Instant;
 
 use candle_core::Device;
 use wc_actors::{
-    DeviceSpec, Engine, EngineError, GenerateOutput, GenerateRequest, Handoff, MemoryInfo,
-    ModelSpec, PrewarmOptions, PrewarmReport, TierEntry, Timeline, TokenEvent, WorkerDevice,
+    DeviceSpec, Engine, EngineError, Handoff, MemoryInfo, ModelSpec, PrewarmOptions, PrewarmReport,
+    TierEntry, Timeline, WorkerDevice,
 };
 
 use super::attach::{self, pool_poisoned, LoadAs};
+use super::host_tier::{self, HostCacheUsage};
 use super::inspect::{inspect, Inspected};
+use super::lease::LeasedEngine;
 use super::parking::{ParkKey, Parking};
 use crate::load::cuda::{self, PinnedPools, SharedPool, UploadCounts};
 use crate::load::device::host_memory;
@@ -175,32 +177,6 @@ impl CandleDevice {
         Ok((opened, report))
     }
 
-    /// What the host cache holds: the pinned one on CUDA (as last seen when another worker's
-    /// load holds it), the pageable one elsewhere.
-    fn host_cache_usage(&self) -> HostCacheUsage {
-        let Some(shared) = &self.pinned else {
-            return HostCacheUsage {
-                used_bytes: self.host_cache.bytes(),
-                capacity_bytes: self.host_cache.budget_bytes(),
-                models: by_model(self.host_cache.files()),
-            };
-        };
-        let mut last = self
-            .pinned_usage
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Ok(pool) = shared.try_lock() {
-            if let Some(contents) = pool.contents() {
-                *last = HostCacheUsage {
-                    used_bytes: contents.used_bytes,
-                    capacity_bytes: contents.capacity_bytes,
-                    models: by_model(contents.files),
-                };
-            }
-        }
-        last.clone()
-    }
-
     /// Whether `spec`'s weights stay parked once its engine is detached: its own `park`, else
     /// this device's `park_detached`.
     fn parks(&self, spec: &ModelSpec) -> bool {
@@ -274,50 +250,6 @@ impl CandleDevice {
     }
 }
 
-/// An engine that gives its bytes back to its device's account when dropped.
-struct LeasedEngine {
-    engine: Box<dyn Engine>,
-    held: Arc<AtomicU64>,
-    /// The weights it was lent, given back when it goes (and parked when the flag says so).
-    weights: Option<(Arc<Mutex<Parking>>, ParkKey, bool)>,
-}
-
-impl Drop for LeasedEngine {
-    fn drop(&mut self) {
-        self.held
-            .fetch_sub(self.engine.device_bytes(), Ordering::SeqCst);
-        if let Some((parking, key, park)) = &self.weights {
-            lock(parking).give_back(key, *park);
-        }
-    }
-}
-
-impl Engine for LeasedEngine {
-    fn generate(
-        &mut self,
-        request: &GenerateRequest,
-        on_token: &mut dyn FnMut(TokenEvent) -> bool,
-    ) -> Result<GenerateOutput, EngineError> {
-        self.engine.generate(request, on_token)
-    }
-
-    fn warm_up(&mut self) -> Result<u32, EngineError> {
-        self.engine.warm_up()
-    }
-
-    fn device_bytes(&self) -> u64 {
-        self.engine.device_bytes()
-    }
-
-    fn prompt_encoder(&self) -> Option<Arc<dyn wc_actors::PromptEncoder>> {
-        self.engine.prompt_encoder()
-    }
-
-    fn batch(&mut self) -> Option<&mut dyn wc_actors::BatchEngine> {
-        self.engine.batch()
-    }
-}
-
 impl WorkerDevice for CandleDevice {
     fn memory(&self) -> Result<MemoryInfo, EngineError> {
         let held = self.held.load(Ordering::SeqCst);
@@ -336,7 +268,7 @@ impl WorkerDevice for CandleDevice {
         // worker; a worker reports how much of it its process has pinned.
         let host_cache = match &self.shared {
             Some(_) => HostCacheUsage::default(),
-            None => self.host_cache_usage(),
+            None => host_tier::usage(self),
         };
         let host_cache_pinned_bytes = self
             .shared
@@ -418,29 +350,6 @@ impl WorkerDevice for CandleDevice {
             )),
         }
     }
-}
-
-/// What a worker's host cache holds, for [`MemoryInfo`].
-#[derive(Clone, Debug, Default)]
-pub(super) struct HostCacheUsage {
-    used_bytes: u64,
-    capacity_bytes: u64,
-    /// Bytes per checkpoint directory, most recently used first.
-    models: Vec<TierEntry>,
-}
-
-/// Weight files `(path, bytes)` summed per checkpoint directory (a file's parent), in the
-/// order each directory first appears.
-fn by_model(files: impl IntoIterator<Item = (std::path::PathBuf, u64)>) -> Vec<TierEntry> {
-    let mut models: Vec<TierEntry> = Vec::new();
-    for (path, bytes) in files {
-        let model = path.parent().unwrap_or(&path).display().to_string();
-        match models.iter_mut().find(|m| m.model == model) {
-            Some(entry) => entry.bytes += bytes,
-            None => models.push(TierEntry { model, bytes }),
-        }
-    }
-    models
 }
 
 /// The parking, whatever a panic while it was held left (its bookkeeping stays consistent).

@@ -8,6 +8,8 @@
 //!   memory, the engines it lends out.
 //! - `attach`: fit check → upload via `load` (or the parked weights) → build via the family
 //!   table, as free functions.
+//! - `lease`: an engine lent out, giving its bytes and weights back when dropped; `host_tier`:
+//!   a worker's own host cache in its memory report; `load_as`: engines loadable unboxed.
 //! - `parking`: the device tier: detached models' weights kept resident while no one needs the
 //!   room (`[prewarm] park_detached`).
 //! - [`affinity`]: keeping a worker's threads on its CPUs.
@@ -15,7 +17,10 @@
 pub mod affinity;
 mod attach;
 mod device;
+mod host_tier;
 pub mod inspect;
+mod lease;
+mod load_as;
 mod parking;
 
 use std::sync::Arc;

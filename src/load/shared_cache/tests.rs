@@ -1,6 +1,7 @@
 //! The shared cache's bookkeeping and its CPU reads, on real files and a real `memfd` region.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use super::*;
 
@@ -95,4 +96,40 @@ fn an_entry_an_attach_reads_is_not_evicted_until_that_attach_ends() {
     assert_eq!(files.len(), 1);
     assert_eq!(files[0].0, b.key.path);
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn registration_runs_in_the_background_slab_by_slab() {
+    use std::sync::mpsc;
+    // 2.5 slabs of small blocks: three registrations, the last one short.
+    let block = 1 << 20;
+    let region = Arc::new(
+        SharedRegion::create_with_blocks(5 * region::SLAB_BYTES as u64 / 2, block).unwrap(),
+    );
+    let (go, wait) = mpsc::channel::<()>();
+    let wait = std::sync::Mutex::new(wait);
+    let (seen, lens) = mpsc::channel();
+    region.register_in_background(move |_, len| {
+        wait.lock().unwrap().recv().unwrap();
+        seen.send(len).unwrap();
+        Ok(())
+    });
+    assert_eq!(
+        region.registered_bytes(),
+        0,
+        "nothing waits for registration"
+    );
+    assert!(!region.registered(0));
+    go.send(()).unwrap();
+    assert_eq!(lens.recv().unwrap(), region::SLAB_BYTES);
+    go.send(()).unwrap();
+    go.send(()).unwrap();
+    assert_eq!(lens.recv().unwrap(), region::SLAB_BYTES);
+    assert_eq!(lens.recv().unwrap(), region::SLAB_BYTES / 2);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while region.registered_bytes() < region.bytes() {
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::yield_now();
+    }
+    assert!(region.registered(0) && region.registered(region.blocks() - 1));
 }
