@@ -103,6 +103,11 @@ impl RingSlots {
         }
     }
 
+    /// A free block, if one is free now.
+    pub fn take(&self) -> Option<usize> {
+        self.free.lock().ok()?.try_recv().ok()
+    }
+
     /// Makes `block` free for the next chunk.
     pub fn release(&self, block: usize) {
         // The receiver lives as long as `self`.

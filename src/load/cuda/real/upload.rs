@@ -18,7 +18,7 @@ use super::copy_sink::CopySink;
 use super::fault::driver;
 use super::pinned::{CacheInserts, PinnedPool, BLOCK_BYTES};
 use crate::load::chunks::{BlockMemory, ChunkSink, ChunkedRead, ReadFailure, RingSlots, Slots};
-use crate::load::error::LoadError;
+use crate::load::error::{DeviceError, LoadError};
 use crate::load::safetensors::InspectedFile;
 use crate::load::safetensors::SafetensorsHeader;
 use crate::load::shared_cache::{CacheAction, CachePlan, SharedRegion};
@@ -199,7 +199,10 @@ impl Upload<'_> {
     /// A file as the machine's shared cache plans it: copied from its cached blocks, or read
     /// into its reserved blocks (sealed once read in full, when it is the version planned) and
     /// copied from them. `false` when the plan does not cache it (read through the ring).
-    /// Blocks of a slab this process has not registered yet are copied at the pageable rate.
+    /// While a block's slab is not registered with the driver in this process yet (pinning
+    /// runs in the background), the file streams through the staging ring instead: a cached
+    /// one copied into ring blocks first, one being filled read into the ring and copied into
+    /// its cache blocks beside the DMA.
     fn shared_file(
         &mut self,
         pool: &mut PinnedPool,
@@ -214,7 +217,10 @@ impl Upload<'_> {
         };
         match plan.action(&inspected.key) {
             CacheAction::Cached(blocks) if fits(blocks, inspected.header.data_len) => {
-                self.copy_cached(region, &inspected.header, blocks, path)?;
+                match blocks.iter().all(|&b| region.registered(b)) {
+                    true => self.copy_cached(region, &inspected.header, blocks, path)?,
+                    false => self.copy_staged(pool, region, &inspected.header, blocks, path)?,
+                }
                 Ok(true)
             }
             CacheAction::Fill(blocks) if fits(blocks, inspected.header.data_len) => {
@@ -224,7 +230,9 @@ impl Upload<'_> {
                     return Ok(false);
                 }
                 let header = current.header;
-                let mut sink = CopySink::new(self.device, &header, self.dtype, None, path)?;
+                let pinned = blocks.iter().all(|&b| region.registered(b));
+                let recycle = (!pinned).then_some(&mut self.in_flight);
+                let mut sink = CopySink::new(self.device, &header, self.dtype, recycle, path)?;
                 sink.fail_at = pool.fail_read_at.take();
                 let read = ChunkedRead {
                     file: &file,
@@ -232,15 +240,24 @@ impl Upload<'_> {
                     len: header.data_len,
                     threads: readers(),
                 };
-                read.run(region, Slots::Fixed(blocks), &mut sink).map_err(
-                    |failure| match failure {
-                        ReadFailure::Io(e) => LoadError::CorruptSafetensors {
-                            path: path.to_path_buf(),
-                            reason: format!("cannot read the data: {e}"),
-                        },
-                        ReadFailure::Sink(e) => e,
+                let result = match pinned {
+                    true => read.run(region, Slots::Fixed(blocks), &mut sink),
+                    false => {
+                        let mut tee = TeeSink {
+                            inner: &mut sink,
+                            region,
+                            blocks,
+                        };
+                        read.run(&pool.blocks, Slots::Ring(&self.ring), &mut tee)
+                    }
+                };
+                result.map_err(|failure| match failure {
+                    ReadFailure::Io(e) => LoadError::CorruptSafetensors {
+                        path: path.to_path_buf(),
+                        reason: format!("cannot read the data: {e}"),
                     },
-                )?;
+                    ReadFailure::Sink(e) => e,
+                })?;
                 region.seal_blocks(blocks, plan.ticket);
                 self.tensors.extend(sink.done);
                 self.bytes += header.data_len;
@@ -248,6 +265,82 @@ impl Upload<'_> {
             }
             _ => Ok(false),
         }
+    }
+}
+
+impl Upload<'_> {
+    /// Copies a file cached in `blocks` of the shared region to the device through the
+    /// staging ring: each block copied into a free ring block (waiting for the copies of an
+    /// earlier one to finish when none is free), and the DMA queued from there.
+    fn copy_staged(
+        &mut self,
+        pool: &PinnedPool,
+        region: &SharedRegion,
+        header: &SafetensorsHeader,
+        blocks: &[usize],
+        path: &Path,
+    ) -> Result<(), LoadError> {
+        let in_flight = Some(&mut self.in_flight);
+        let mut sink = CopySink::new(self.device, header, self.dtype, in_flight, path)?;
+        let mut left = header.data_len;
+        for (chunk, &block) in blocks.iter().enumerate() {
+            let len = left.min(BLOCK_BYTES as u64) as usize;
+            let staging = loop {
+                if let Some(free) = self.ring.take() {
+                    break free;
+                }
+                let done = sink.wait_for_blocks()?;
+                if done.is_empty() {
+                    return Err(LoadError::Device(DeviceError::other(
+                        "the staging ring has no block free and none in flight",
+                    )));
+                }
+                done.into_iter().for_each(|b| self.ring.release(b));
+            };
+            // SAFETY: the cached block holds this chunk (an entry this attach reads, which no
+            // writer touches until it ends), and the staging block is this upload's until the
+            // copies queued from it are done.
+            let bytes = unsafe {
+                let target = pool.blocks.block_ptr(staging);
+                std::ptr::copy_nonoverlapping(region.block_ptr(block), target, len);
+                std::slice::from_raw_parts(target, len)
+            };
+            sink.chunk_ready(chunk, staging, bytes)?;
+            left -= len as u64;
+        }
+        self.tensors.extend(sink.done);
+        self.bytes += header.data_len;
+        self.cached_bytes += header.data_len;
+        Ok(())
+    }
+}
+
+/// Hands landed chunks to a [`CopySink`] and copies each into its block of the shared cache
+/// (a file filled while its blocks are not registered: read through the ring).
+struct TeeSink<'a, 'b> {
+    inner: &'b mut CopySink<'a>,
+    region: &'b SharedRegion,
+    blocks: &'b [usize],
+}
+
+impl ChunkSink<LoadError> for TeeSink<'_, '_> {
+    fn chunk_ready(&mut self, chunk: usize, block: usize, bytes: &[u8]) -> Result<(), LoadError> {
+        let target = self.blocks.get(chunk).copied().ok_or_else(|| {
+            LoadError::Device(DeviceError::other("a chunk beyond the blocks reserved"))
+        })?;
+        // SAFETY: the reserved block is this attach's alone, and `bytes` is at most a block.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                self.region.block_ptr(target),
+                bytes.len(),
+            )
+        };
+        self.inner.chunk_ready(chunk, block, bytes)
+    }
+
+    fn wait_for_blocks(&mut self) -> Result<Vec<usize>, LoadError> {
+        self.inner.wait_for_blocks()
     }
 }
 
