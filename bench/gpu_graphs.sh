@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
-# Decode graphs and the decode-attention kernel on one GPU in one call (issue 23), run from the
-# repo root with wc-cuda and cuda_reference (.xz or .gz) in $GPU_BIN (default .gpu/):
+# Decode graphs, the decode-attention kernel and the fused layer kernels on one GPU in one call
+# (issue 23), run from the repo root with wc-cuda and cuda_reference (.xz or .gz) in $GPU_BIN
+# (default .gpu/), and optionally an earlier wc-cuda in $GPU_BIN_BEFORE (e.g. .gpu-before/):
 #   1. the CUDA reference tests (graphed decode passes equal to eager ones among them);
 #   2. `generate` (a fresh process, batch 1, 256 new tokens) of opt-125m f16, llama-3.2-1b and
-#      llama-3.1-8b bf16 in four setups, alternating, 3 runs each (8B: both on and both off, 2
-#      runs): both on; graphs off (WC_CUDA_GRAPHS=0); kernel off (WC_DECODE_KERNEL=0); both off
-#      (the path before them);
-#   3. bench/gpu_serving_8b.sh (serve + loadgen): both off at $OFF_CLIENTS (default 1 and 64),
-#      then both on at $CLIENTS. PEER=1 adds the compiled transformers peer after the latter.
+#      llama-3.1-8b bf16 in the setups of $SETUPS (8B: $SETUPS_8B), alternating, 3 runs each (8B:
+#      2): a setup `gGkKfF` sets graphs (WC_CUDA_GRAPHS), the decode kernel (WC_DECODE_KERNEL)
+#      and the fused kernels (WC_FUSED_KERNELS) on (1) or off (0); `before` runs the earlier
+#      binary as it is;
+#   3. bench/gpu_serving_8b.sh (serve + loadgen): everything off at $OFF_CLIENTS (default 1 and
+#      64), then everything on at $CLIENTS. PEER=1 adds the compiled transformers peer after it.
 # Everything under $OUT, packed into $OUT/all.tgz; the summary in session.log.
 set -u
 OUT=${OUT:-/tmp/wc-out}; mkdir -p "$OUT"
 source "$(dirname "$0")/gpu_unpack.sh"
+if [ -n "${GPU_BIN_BEFORE:-}" ]; then
+  mkdir -p /tmp/wc-before && xz -dc "$GPU_BIN_BEFORE/wc-cuda.xz" > /tmp/wc-before/wc-cuda && chmod +x /tmp/wc-before/wc-cuda
+fi
 trap 'tar czf "$OUT/all.tgz" -C "$OUT" --exclude all.tgz .' EXIT
 WC=/tmp/wc/wc-cuda
 log() { echo "== $(date -u +%FT%TZ) $*" | tee -a "$OUT/session.log"; }
@@ -25,29 +30,29 @@ fi
 [ -f /tmp/opt-125m/model.safetensors ] || $WC make-model --preset opt-125m --dtype f16 --force --out /tmp/opt-125m > /dev/null 2>&1
 [ -f /tmp/llama-3.2-1b/config.json ] || $WC make-model --preset llama-3.2-1b --dtype bf16 --force --out /tmp/llama-3.2-1b > /dev/null 2>&1
 [ -f /tmp/llama-8b/config.json ] || $WC make-model --preset llama-3.1-8b --dtype bf16 --force --out /tmp/llama-8b > /dev/null 2>&1
-SETUPS=${SETUPS:-"on:on off:on on:off off:off"}
+SETUPS=${SETUPS:-"g1k1f1 g0k1f1 g1k0f1 g1k1f0 g0k0f0"}
 for spec in "opt-125m f16" "llama-3.2-1b bf16" "llama-8b bf16"; do
   set -- $spec
   setups=$SETUPS; rounds="1 2 3"
-  # A fresh process's 8B load takes most of its run: the two ends only, twice.
-  [ $1 = llama-8b ] && setups=${SETUPS_8B:-"on:on off:off"} && rounds="1 2"
+  # A fresh process's 8B load takes most of its run: fewer setups, twice.
+  [ $1 = llama-8b ] && setups=${SETUPS_8B:-"g1k1f1 g1k1f0 g0k0f0"} && rounds="1 2"
   for round in $rounds; do
     for setup in $setups; do
-      graphs=${setup%%:*}; kernel=${setup##*:}
-      g=1; [ $graphs = off ] && g=0; k=1; [ $kernel = off ] && k=0
-      WC_CUDA_GRAPHS=$g WC_DECODE_KERNEL=$k $WC generate --device cuda:0 --dtype "$2" --model "/tmp/$1" --prompt-ids 2 \
-        --max-new-tokens 256 --ignore-eos --json 2> "$OUT/generate-$1-g$graphs-k$kernel-$round.err" \
-        | python3 -c "import json,sys; print(json.load(sys.stdin)['timings']['decode_tokens_per_s'])" >> "$OUT/decode-$1-g$graphs-k$kernel.txt"
+      bin=$WC; flags=(WC_CUDA_GRAPHS=${setup:1:1} WC_DECODE_KERNEL=${setup:3:1} WC_FUSED_KERNELS=${setup:5:1})
+      [ "$setup" = before ] && bin=/tmp/wc-before/wc-cuda && flags=()
+      [ -x "$bin" ] || continue
+      env "${flags[@]}" $bin generate --device cuda:0 --dtype "$2" --model "/tmp/$1" --prompt-ids 2 \
+        --max-new-tokens 256 --ignore-eos --json 2> "$OUT/generate-$1-$setup-$round.err" \
+        | python3 -c "import json,sys; print(json.load(sys.stdin)['timings']['decode_tokens_per_s'])" >> "$OUT/decode-$1-$setup.txt"
     done
   done
   for setup in $setups; do
-    graphs=${setup%%:*}; kernel=${setup##*:}
-    log "$1 generate decode tok/s, graphs $graphs kernel $kernel: $(tr '\n' ' ' < "$OUT/decode-$1-g$graphs-k$kernel.txt")"
+    [ -f "$OUT/decode-$1-$setup.txt" ] && log "$1 generate decode tok/s, $setup: $(tr '\n' ' ' < "$OUT/decode-$1-$setup.txt")"
   done
 done
 if [ -z "${SKIP_SERVING:-}" ]; then
   # The path before (both off) first; the peer, the longest part, last.
-  WC_CUDA_GRAPHS=0 WC_DECODE_KERNEL=0 WC=$WC MODEL=/tmp/llama-8b OUT="$OUT/serving-graphs-off" SKIP_PEER=1 CLIENTS="${OFF_CLIENTS:-1 64}" bash bench/gpu_serving_8b.sh
+  WC_CUDA_GRAPHS=0 WC_DECODE_KERNEL=0 WC_FUSED_KERNELS=0 WC=$WC MODEL=/tmp/llama-8b OUT="$OUT/serving-graphs-off" SKIP_PEER=1 CLIENTS="${OFF_CLIENTS:-1 64}" bash bench/gpu_serving_8b.sh
   grep "loadgen" "$OUT/serving-graphs-off/session.log" | sed 's/^/graphs and kernel off: /' | tee -a "$OUT/session.log"
   SKIP_PEER=${PEER:+}; [ -z "${PEER:-}" ] && SKIP_PEER=1
   WC=$WC MODEL=/tmp/llama-8b OUT="$OUT/serving-graphs-on" SKIP_PEER=$SKIP_PEER bash bench/gpu_serving_8b.sh

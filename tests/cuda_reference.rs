@@ -10,6 +10,8 @@
 #![cfg(feature = "cuda")]
 
 mod common;
+#[path = "cuda_reference/fused_kernels.rs"]
+mod fused_kernels;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -171,7 +171,7 @@ fn load_inspected<E>(
     check_fits(device, inspected, false)?;
     let shared = cached.map(|(cache, plan)| (&*cache.region, plan));
     let uploaded = upload_pinned(device, pool, inspected, dtype, timeline, read, shared)?;
-    let (weights, in_flight) = match uploaded {
+    let (mut weights, in_flight) = match uploaded {
         Some((weights, in_flight)) => (weights, Some(in_flight)),
         None => {
             let files = inspected
@@ -190,6 +190,11 @@ fn load_inspected<E>(
             (weights, None)
         }
     };
+    // On CUDA the weights a family reads as one are stored so (a device copy, queued behind
+    // the upload's), before anything, parking included, holds them.
+    if device.device.is_cuda() {
+        weights.fuse(&inspected.config.fused_groups())?;
+    }
     // On the pinned path the copies are still running: building the model now queues its
     // kernels behind them on the same stream, so the build's host work overlaps the DMA.
     let build_began = std::time::Instant::now();

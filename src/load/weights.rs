@@ -98,4 +98,56 @@ impl DeviceWeights {
     pub fn contains(&self, name: &str) -> bool {
         self.tensors.contains_key(name)
     }
+
+    /// Stores each group's members as one tensor, row after row, under the group's name (e.g.
+    /// a layer's q, k and v projections as one `[q + k + v, hidden]` weight, read by one matmul),
+    /// each member becoming a view of its rows: no byte is held twice. A group already stored
+    /// so, or whose members are missing or do not stack (dtype, trailing dims), is left as it
+    /// is. Costs one device copy of the members (the upload may instead place them so).
+    pub fn fuse(&mut self, groups: &[FusedGroup]) -> Result<(), LoadError> {
+        for group in groups {
+            if self.tensors.contains_key(&group.name) {
+                continue;
+            }
+            let members: Option<Vec<Tensor>> = group
+                .members
+                .iter()
+                .map(|name| self.tensors.get(name).cloned())
+                .collect();
+            let Some(members) = members.filter(|m| stackable(m)) else {
+                continue;
+            };
+            let fused = Tensor::cat(&members, 0)?;
+            let mut offset = 0;
+            for (name, member) in group.members.iter().zip(&members) {
+                let rows = member.dim(0)?;
+                self.tensors
+                    .insert(name.clone(), fused.narrow(0, offset, rows)?);
+                offset += rows;
+            }
+            self.tensors.insert(group.name.clone(), fused);
+        }
+        Ok(())
+    }
+}
+
+/// Tensors of one layer that a model reads as one: `name`, the rows of `members` in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FusedGroup {
+    pub name: String,
+    pub members: Vec<String>,
+}
+
+/// Whether `members` can be stacked along their first dimension.
+fn stackable(members: &[Tensor]) -> bool {
+    let Some(first) = members.first() else {
+        return false;
+    };
+    members.iter().all(|m| {
+        m.dtype() == first.dtype()
+            && m.device().same_device(first.device())
+            && m.rank() == first.rank()
+            && m.rank() >= 1
+            && m.dims()[1..] == first.dims()[1..]
+    })
 }

@@ -31,6 +31,12 @@ pub trait Config: std::fmt::Debug + Send + Sync + 'static {
     /// Every tensor the model needs, by its name without the `model.` prefix, with its shape.
     fn expected_tensors(&self) -> Vec<(String, Vec<usize>)>;
 
+    /// Weights the model reads as one (e.g. a layer's q/k/v projections), to be stored so by
+    /// [`DeviceWeights::fuse`] before the engine is built; none unless the family says.
+    fn fused_groups(&self) -> Vec<crate::load::weights::FusedGroup> {
+        Vec::new()
+    }
+
     /// Elements of keys and values one token takes in the KV cache, every layer.
     fn kv_elements_per_token(&self) -> u64;
 

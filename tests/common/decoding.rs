@@ -28,9 +28,25 @@ fn fixture_parts<C: worker_controller::models::family::Config + Clone>(
     )
 }
 
-/// A Llama-family fixture's model on `device` in `dtype`, its decode passes run as `mode` says.
+/// A Llama-family fixture's model on `device` in `dtype`, its decode passes run as `mode` says,
+/// its weights fused as an attach fuses them (on CUDA only).
 pub fn llama_model(dir: &Path, device: &Device, dtype: DType, mode: GraphMode) -> LlamaModel {
-    let (config, weights) = fixture_parts::<LlamaConfig>(dir, device, dtype);
+    llama_model_fused(dir, device, dtype, mode, device.is_cuda())
+}
+
+/// [`llama_model`], its q/k/v and gate/up weights fused (`DeviceWeights::fuse`) or not.
+pub fn llama_model_fused(
+    dir: &Path,
+    device: &Device,
+    dtype: DType,
+    mode: GraphMode,
+    fused: bool,
+) -> LlamaModel {
+    let (config, mut weights) = fixture_parts::<LlamaConfig>(dir, device, dtype);
+    if fused {
+        use worker_controller::models::family::Config;
+        weights.fuse(&config.fused_groups()).unwrap();
+    }
     LlamaModel::new(config, &weights)
         .unwrap()
         .with_decode_graphs(mode)

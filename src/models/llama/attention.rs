@@ -1,4 +1,4 @@
-//! The Llama family's attention: q/k/v projections with optional biases, per-head q/k RMSNorm,
+//! The Llama family's attention: q/k/v projections (fused or not) with optional biases, per-head q/k RMSNorm,
 //! rotary embeddings, grouped-query attention over the slab (decodes batched by
 //! `layers::attention`, each other sequence against its own cache with a causal and sliding-window
 //! mask), the output projection; and what every layer of one pass shares ([`Pass`]).
@@ -7,15 +7,14 @@ use candle_core::{Device, Tensor};
 use candle_nn::Linear;
 
 use crate::models::layers::attention::{attend_packed, mask_value, softmax_as_transformers, Heads};
+use crate::models::layers::fused::{rms_norm, split_qkv, QkvHeads};
 use crate::models::layers::kv_pass::KvPass;
 use crate::models::layers::matmul::linear;
 use crate::models::layers::packing::{PackingOrder, Span};
 
 /// One layer's attention: projections, per-head norms, its window.
 pub(super) struct Attention {
-    pub(super) q_proj: Linear,
-    pub(super) k_proj: Linear,
-    pub(super) v_proj: Linear,
+    pub(super) qkv: QkvProjection,
     pub(super) o_proj: Linear,
     pub(super) q_norm: Option<Tensor>,
     pub(super) k_norm: Option<Tensor>,
@@ -26,9 +25,11 @@ pub(super) struct Attention {
     pub(super) window: Option<usize>,
 }
 
-/// RMSNorm as transformers computes it (in f32 for half types), over the last dimension.
-pub(super) fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
-    candle_nn::ops::rms_norm(&x.contiguous()?, weight, eps as f32)
+/// The q, k and v projections: one matmul over their fused weight (on CUDA, where the attach
+/// stores them so), or three.
+pub(super) enum QkvProjection {
+    Fused(Linear),
+    Separate { q: Linear, k: Linear, v: Linear },
 }
 
 /// What every layer of one pass shares: the slab's indexes, the sequences' spans (in the
@@ -71,11 +72,29 @@ impl Attention {
         eps: f64,
     ) -> candle_core::Result<Tensor> {
         let rope = Some((pass.cos, pass.sin));
-        let q_norm = self.q_norm.as_ref().map(|w| (w, eps));
-        let k_norm = self.k_norm.as_ref().map(|w| (w, eps));
-        let q = self.project(x, &self.q_proj, self.num_heads, q_norm, rope)?;
-        let k = self.project(x, &self.k_proj, self.num_kv_heads, k_norm, rope)?;
-        let v = self.project(x, &self.v_proj, self.num_kv_heads, None, None)?;
+        let (q, k, v) = match &self.qkv {
+            QkvProjection::Fused(qkv) => {
+                let norms = match (&self.q_norm, &self.k_norm) {
+                    (Some(q), Some(k)) => Some((q, k, eps)),
+                    _ => None,
+                };
+                let heads = QkvHeads {
+                    heads: self.num_heads,
+                    kv_heads: self.num_kv_heads,
+                    head_dim: self.head_dim,
+                };
+                split_qkv(&linear(qkv, x)?, heads, norms, rope)?
+            }
+            QkvProjection::Separate { q, k, v } => {
+                let q_norm = self.q_norm.as_ref().map(|w| (w, eps));
+                let k_norm = self.k_norm.as_ref().map(|w| (w, eps));
+                (
+                    self.project(x, q, self.num_heads, q_norm, rope)?,
+                    self.project(x, k, self.num_kv_heads, k_norm, rope)?,
+                    self.project(x, v, self.num_kv_heads, None, None)?,
+                )
+            }
+        };
         // Every new token's keys and values into the slab, in one write.
         pass.kv.write(layer, &k, &v)?;
         let shape = Heads {

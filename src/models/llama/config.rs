@@ -366,6 +366,10 @@ impl Config for LlamaConfig {
         LlamaConfig::expected_tensors(self)
     }
 
+    fn fused_groups(&self) -> Vec<crate::load::weights::FusedGroup> {
+        super::fused::fused_groups(self)
+    }
+
     fn kv_elements_per_token(&self) -> u64 {
         2 * (self.num_key_value_heads * self.head_dim * self.num_hidden_layers) as u64
     }

@@ -1,10 +1,11 @@
 //! The Llama family (Llama 2/3, Mistral, Qwen2/2.5, Qwen3): one decoder (`model.rs`, its
-//! attention in `attention.rs`) parameterised by the config, the engine, a prewarm run,
+//! attention in `attention.rs`, the weights it reads fused in `fused.rs`) parameterised by the config, the engine, a prewarm run,
 //! `make-model` presets, and its row of the family table ([`FAMILY`]). The per-sequence KV cache
 //! is every family's [`crate::models::layers::kv_cache`].
 
 pub mod attention;
 pub mod config;
+pub mod fused;
 pub mod model;
 pub mod presets;
 pub mod prewarm;

@@ -11,11 +11,13 @@
 use candle_core::{DType, Device, Tensor};
 use candle_nn::Linear;
 
-use super::attention::{rms_norm, Attention, Pass};
+use super::attention::{Attention, Pass, QkvProjection};
 use super::config::LlamaConfig;
+use super::fused::{gate_up_name, qkv_name};
 use crate::load::weights::DeviceWeights;
 use crate::load::LoadError;
 use crate::models::layers::decode_graph::{DecodeGraphs, DecodeInputs, GraphMode};
+use crate::models::layers::fused::{add_rms_norm, rms_norm, silu_mul};
 use crate::models::layers::kv_cache::KvCache;
 use crate::models::layers::kv_pass::KvPass;
 use crate::models::layers::kv_slab::KvSlab;
@@ -41,9 +43,14 @@ pub struct LlamaModel {
 }
 
 struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
+    gate_up: GateUp,
     down_proj: Linear,
+}
+
+/// The gate and up projections: one matmul over their fused weight, or two.
+enum GateUp {
+    Fused(Linear),
+    Separate { gate: Linear, up: Linear },
 }
 
 struct DecoderLayer {
@@ -88,14 +95,36 @@ impl Builder<'_> {
                 Ok(None)
             }
         };
+        // The fused weights when the attach stored them so (DeviceWeights::fuse), else each.
+        let qkv = if self
+            .weights
+            .contains(&format!("{}.weight", qkv_name(index)))
+        {
+            QkvProjection::Fused(attn("qkv_proj", q + 2 * kv, h, c.qkv_bias)?)
+        } else {
+            QkvProjection::Separate {
+                q: attn("q_proj", q, h, c.qkv_bias)?,
+                k: attn("k_proj", kv, h, c.qkv_bias)?,
+                v: attn("v_proj", kv, h, c.qkv_bias)?,
+            }
+        };
+        let gate_up = if self
+            .weights
+            .contains(&format!("{}.weight", gate_up_name(index)))
+        {
+            GateUp::Fused(mlp("gate_up_proj", 2 * i, h)?)
+        } else {
+            GateUp::Separate {
+                gate: mlp("gate_proj", i, h)?,
+                up: mlp("up_proj", i, h)?,
+            }
+        };
         Ok(DecoderLayer {
             input_layernorm: self
                 .weights
                 .get(&format!("{p}.input_layernorm.weight"), &[h])?,
             self_attn: Attention {
-                q_proj: attn("q_proj", q, h, c.qkv_bias)?,
-                k_proj: attn("k_proj", kv, h, c.qkv_bias)?,
-                v_proj: attn("v_proj", kv, h, c.qkv_bias)?,
+                qkv,
                 o_proj: attn("o_proj", h, q, c.o_bias)?,
                 q_norm: qk_norm("q_norm")?,
                 k_norm: qk_norm("k_norm")?,
@@ -108,8 +137,7 @@ impl Builder<'_> {
                 .weights
                 .get(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
             mlp: Mlp {
-                gate_proj: mlp("gate_proj", i, h)?,
-                up_proj: mlp("up_proj", i, h)?,
+                gate_up,
                 down_proj: mlp("down_proj", h, i)?,
             },
         })
@@ -309,15 +337,27 @@ impl LlamaModel {
         last: Option<Vec<u32>>,
     ) -> candle_core::Result<Tensor> {
         let c = &self.config;
+        let eps = c.rms_norm_eps;
         let mut hidden = self.embed_tokens.index_select(ids, 0)?;
+        let first_norm = self
+            .layers
+            .first()
+            .map_or(&self.norm, |l| &l.input_layernorm);
+        // Each residual add is fused with the norm after it: the next layer's input norm, or
+        // the final norm after the last layer.
+        let mut normed = rms_norm(&hidden, first_norm, eps)?;
         for (index, layer) in self.layers.iter().enumerate() {
-            hidden = layer.forward(&hidden, index, pass, c.rms_norm_eps)?;
+            let next_norm = self
+                .layers
+                .get(index + 1)
+                .map_or(&self.norm, |l| &l.input_layernorm);
+            (hidden, normed) = layer.forward(&hidden, &normed, next_norm, index, pass, eps)?;
         }
+        // The norm is per row: selecting rows after it is selecting them before.
         if let Some(last) = last {
-            hidden = hidden.index_select(&Tensor::new(last, &self.device)?, 0)?;
+            normed = normed.index_select(&Tensor::new(last, &self.device)?, 0)?;
         }
-        let hidden = rms_norm(&hidden, &self.norm, c.rms_norm_eps)?;
-        times_transposed(&hidden, &self.lm_head)?.to_dtype(DType::F32)
+        times_transposed(&normed, &self.lm_head)?.to_dtype(DType::F32)
     }
 
     /// `cos` and `sin` (`[tokens, head_dim / 2]`, model dtype) of each token's position
@@ -332,24 +372,32 @@ impl LlamaModel {
 }
 
 impl DecoderLayer {
+    /// The layer over `x` (its input norm `normed` already computed): the layer's output, and
+    /// that output normed by `next_norm`.
     fn forward(
         &self,
         x: &Tensor,
+        normed: &Tensor,
+        next_norm: &Tensor,
         index: usize,
         pass: &Pass<'_>,
         eps: f64,
-    ) -> candle_core::Result<Tensor> {
-        let h = rms_norm(x, &self.input_layernorm, eps)?;
-        let h = (x + self.self_attn.forward(&h, index, pass, eps)?)?;
-        let m = rms_norm(&h, &self.post_attention_layernorm, eps)?;
-        h + self.mlp.forward(&m)?
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        let attended = self.self_attn.forward(normed, index, pass, eps)?;
+        let (h, m) = add_rms_norm(x, &attended, &self.post_attention_layernorm, eps)?;
+        add_rms_norm(&h, &self.mlp.forward(&m)?, next_norm, eps)
     }
 }
 
 impl Mlp {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let gate = candle_nn::ops::silu(&linear(&self.gate_proj, x)?)?;
-        linear(&self.down_proj, &(gate * linear(&self.up_proj, x)?)?)
+        let product = match &self.gate_up {
+            GateUp::Fused(gate_up) => silu_mul(&linear(gate_up, x)?)?,
+            GateUp::Separate { gate, up } => {
+                (candle_nn::ops::silu(&linear(gate, x)?)? * linear(up, x)?)?
+            }
+        };
+        linear(&self.down_proj, &product)
     }
 }
 

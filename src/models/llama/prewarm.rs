@@ -29,7 +29,12 @@ pub fn tiny_config() -> LlamaConfig {
 pub fn prewarm(device: &Device, dtype: DType) -> Result<(), LoadError> {
     let config = tiny_config();
     let weights = random_weights(&config, device, dtype, 0)?;
-    let model = LlamaModel::new(config, &DeviceWeights::from_tensors(weights))?;
+    let mut weights = DeviceWeights::from_tensors(weights);
+    // Fused as an attach fuses them on CUDA, so that the fused kernels load here.
+    if device.is_cuda() {
+        weights.fuse(&super::fused::fused_groups(&config))?;
+    }
+    let model = LlamaModel::new(config, &weights)?;
     let mut cache = model.new_cache();
     model.forward(&[2, 5, 7, 9, 11], &mut cache, false)?;
     model.forward(&[13], &mut cache, false)?.to_vec1::<f32>()?;
