@@ -93,7 +93,7 @@ pub struct MemoryInfo {
     pub host_cache_capacity_bytes: u64,
     /// Bytes of the machine's shared host cache this worker's process has registered with its
     /// device driver (pinned) so far: registration runs in the background after prewarm, and a
-    /// block not registered yet is copied at the pageable rate.
+    /// file whose blocks are not registered yet streams through the staging ring.
     #[serde(default)]
     pub host_cache_pinned_bytes: u64,
     /// Device memory held by parked weights (models detached but kept resident, see

@@ -24,6 +24,9 @@ use crate::load::shared_cache::{CachePlan, SharedCache};
 use crate::load::{DeviceError, LoadError};
 use crate::models::family::FAMILIES;
 
+/// Host memory the shared cache's background pinning leaves available to everything else.
+const PIN_RESERVE: u64 = 4 << 30;
+
 /// One worker's candle device, with the bytes its engines hold.
 pub struct CandleDevice {
     pub device: Device,
@@ -134,7 +137,7 @@ impl CandleDevice {
                 if let Some(cache) = &shared {
                     cache
                         .region
-                        .register_in_background(cuda::host_registrar(cuda));
+                        .register_in_background(cuda::host_registrar(cuda), PIN_RESERVE);
                 }
                 let shared = pools.get(cuda, *ordinal, staging, own_cache)?;
                 let (staging, total) = shared

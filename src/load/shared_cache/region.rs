@@ -5,7 +5,8 @@
 //! Layout of the file: `blocks × block_bytes` of data (block `i` at `i × block_bytes`, so 1 GiB
 //! slabs stay aligned for registration), then one `u64` seal per block. Registration with the
 //! device driver (CUDA: `cuMemHostRegister` per slab) runs in the background, per process; a
-//! block of a slab not registered yet is still usable, at the pageable copy rate.
+//! block of a slab not registered yet is still usable (the CUDA upload streams it through the
+//! staging ring).
 
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -190,10 +191,14 @@ impl SharedRegion {
     }
 
     /// Registers every slab on a background thread with `register(start, len)` (once per
-    /// process; later calls do nothing). A slab whose registration fails stays pageable.
+    /// process; later calls do nothing). A slab whose registration fails stays pageable, and
+    /// pinning stops, with a warning, where it would leave the host less than `keep_free`
+    /// bytes available (a cache larger than the machine can pin is used unpinned, never a
+    /// reason for the kernel to kill a process).
     pub fn register_in_background(
         self: &Arc<Self>,
         register: impl Fn(*mut u8, usize) -> Result<(), String> + Send + 'static,
+        keep_free: u64,
     ) {
         if self.registering.swap(true, Ordering::SeqCst) || self.blocks == 0 {
             return;
@@ -206,6 +211,15 @@ impl SharedRegion {
                 for (slab, flag) in region.registered.iter().enumerate() {
                     let start = slab * SLAB_BYTES;
                     let len = SLAB_BYTES.min(data - start);
+                    let available = crate::load::device::host_available_bytes();
+                    if keep_free > 0 && available < len as u64 + keep_free {
+                        tracing::warn!(
+                            pinned = region.registered_bytes(),
+                            available,
+                            "the host cache is pinned no further: the host would run short"
+                        );
+                        break;
+                    }
                     // SAFETY: `start + len` lies within the mapping.
                     let pointer = unsafe { region.base.add(start) };
                     match register(pointer, len) {

@@ -109,11 +109,14 @@ fn registration_runs_in_the_background_slab_by_slab() {
     let (go, wait) = mpsc::channel::<()>();
     let wait = std::sync::Mutex::new(wait);
     let (seen, lens) = mpsc::channel();
-    region.register_in_background(move |_, len| {
-        wait.lock().unwrap().recv().unwrap();
-        seen.send(len).unwrap();
-        Ok(())
-    });
+    region.register_in_background(
+        move |_, len| {
+            wait.lock().unwrap().recv().unwrap();
+            seen.send(len).unwrap();
+            Ok(())
+        },
+        0,
+    );
     assert_eq!(
         region.registered_bytes(),
         0,
