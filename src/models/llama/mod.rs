@@ -5,7 +5,9 @@
 
 pub mod attention;
 pub mod config;
+mod family_config;
 pub mod fused;
+mod layer;
 pub mod model;
 pub mod presets;
 pub mod prewarm;
@@ -25,7 +27,7 @@ pub type LlamaEngine = crate::models::TextEngine<LlamaModel>;
 pub const FAMILY: Family = Family {
     name: "llama",
     model_types: &config::MODEL_TYPES,
-    parse: config::parse,
+    parse: family_config::parse,
     prewarm,
     presets: || presets::PRESETS.iter().map(|p| p.name).collect(),
     preset: presets::info,

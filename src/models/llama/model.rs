@@ -9,19 +9,18 @@
 //! slots in the model's [`KvSlab`]).
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::Linear;
 
-use super::attention::{Attention, Pass, QkvProjection};
+use super::attention::Pass;
 use super::config::LlamaConfig;
-use super::fused::{gate_up_name, qkv_name};
+use super::layer::{Builder, DecoderLayer};
 use crate::load::weights::DeviceWeights;
 use crate::load::LoadError;
 use crate::models::layers::decode_graph::{DecodeGraphs, DecodeInputs, GraphMode};
-use crate::models::layers::fused::{add_rms_norm, rms_norm, silu_mul};
+use crate::models::layers::fused::rms_norm;
 use crate::models::layers::kv_cache::KvCache;
 use crate::models::layers::kv_pass::KvPass;
 use crate::models::layers::kv_slab::KvSlab;
-use crate::models::layers::matmul::{linear, times_transposed};
+use crate::models::layers::matmul::times_transposed;
 use crate::models::layers::packing::{packing_order, Span};
 use crate::models::{CausalLm, TokenCache};
 
@@ -42,106 +41,10 @@ pub struct LlamaModel {
     dtype: DType,
 }
 
-struct Mlp {
-    gate_up: GateUp,
-    down_proj: Linear,
-}
-
-/// The gate and up projections: one matmul over their fused weight, or two.
-enum GateUp {
-    Fused(Linear),
-    Separate { gate: Linear, up: Linear },
-}
-
-struct DecoderLayer {
-    input_layernorm: Tensor,
-    self_attn: Attention,
-    post_attention_layernorm: Tensor,
-    mlp: Mlp,
-}
-
 /// One sequence's part of a forward pass: its new tokens and its cache.
 pub struct SequenceInput<'a> {
     pub ids: &'a [u32],
     pub cache: &'a mut KvCache,
-}
-
-struct Builder<'a> {
-    weights: &'a DeviceWeights,
-    config: &'a LlamaConfig,
-}
-
-impl Builder<'_> {
-    fn layer(&self, index: usize) -> Result<DecoderLayer, LoadError> {
-        let c = self.config;
-        let (h, i, d) = (c.hidden_size, c.intermediate_size, c.head_dim);
-        let (q, kv) = (c.num_attention_heads * d, c.num_key_value_heads * d);
-        let p = format!("layers.{index}");
-        let attn = |name: &str, o, i, bias| {
-            self.weights
-                .linear(&format!("{p}.self_attn.{name}"), o, i, bias)
-        };
-        let mlp = |name: &str, o, i| {
-            self.weights
-                .linear(&format!("{p}.mlp.{name}"), o, i, c.mlp_bias)
-        };
-        let qk_norm = |name: &str| -> Result<Option<Tensor>, LoadError> {
-            if c.qk_norm {
-                Ok(Some(
-                    self.weights
-                        .get(&format!("{p}.self_attn.{name}.weight"), &[d])?,
-                ))
-            } else {
-                Ok(None)
-            }
-        };
-        // The fused weights when the attach stored them so (DeviceWeights::fuse), else each.
-        let qkv = if self
-            .weights
-            .contains(&format!("{}.weight", qkv_name(index)))
-        {
-            QkvProjection::Fused(attn("qkv_proj", q + 2 * kv, h, c.qkv_bias)?)
-        } else {
-            QkvProjection::Separate {
-                q: attn("q_proj", q, h, c.qkv_bias)?,
-                k: attn("k_proj", kv, h, c.qkv_bias)?,
-                v: attn("v_proj", kv, h, c.qkv_bias)?,
-            }
-        };
-        let gate_up = if self
-            .weights
-            .contains(&format!("{}.weight", gate_up_name(index)))
-        {
-            GateUp::Fused(mlp("gate_up_proj", 2 * i, h)?)
-        } else {
-            GateUp::Separate {
-                gate: mlp("gate_proj", i, h)?,
-                up: mlp("up_proj", i, h)?,
-            }
-        };
-        Ok(DecoderLayer {
-            input_layernorm: self
-                .weights
-                .get(&format!("{p}.input_layernorm.weight"), &[h])?,
-            self_attn: Attention {
-                qkv,
-                o_proj: attn("o_proj", h, q, c.o_bias)?,
-                q_norm: qk_norm("q_norm")?,
-                k_norm: qk_norm("k_norm")?,
-                num_heads: c.num_attention_heads,
-                num_kv_heads: c.num_key_value_heads,
-                head_dim: d,
-                window: c.layer_windows.get(index).copied().flatten(),
-            },
-            post_attention_layernorm: self
-                .weights
-                .get(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
-            mlp: Mlp {
-                gate_up,
-                down_proj: mlp("down_proj", h, i)?,
-            },
-        })
-    }
 }
 
 impl LlamaModel {
@@ -368,36 +271,6 @@ impl LlamaModel {
             angles.cos()?.to_dtype(self.dtype)?,
             angles.sin()?.to_dtype(self.dtype)?,
         ))
-    }
-}
-
-impl DecoderLayer {
-    /// The layer over `x` (its input norm `normed` already computed): the layer's output, and
-    /// that output normed by `next_norm`.
-    fn forward(
-        &self,
-        x: &Tensor,
-        normed: &Tensor,
-        next_norm: &Tensor,
-        index: usize,
-        pass: &Pass<'_>,
-        eps: f64,
-    ) -> candle_core::Result<(Tensor, Tensor)> {
-        let attended = self.self_attn.forward(normed, index, pass, eps)?;
-        let (h, m) = add_rms_norm(x, &attended, &self.post_attention_layernorm, eps)?;
-        add_rms_norm(&h, &self.mlp.forward(&m)?, next_norm, eps)
-    }
-}
-
-impl Mlp {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let product = match &self.gate_up {
-            GateUp::Fused(gate_up) => silu_mul(&linear(gate_up, x)?)?,
-            GateUp::Separate { gate, up } => {
-                (candle_nn::ops::silu(&linear(gate, x)?)? * linear(up, x)?)?
-            }
-        };
-        linear(&self.down_proj, &product)
     }
 }
 
