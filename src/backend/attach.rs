@@ -83,6 +83,8 @@ fn load_with<E>(
     timeline: &mut Timeline,
     build: impl Build<E>,
 ) -> Result<(E, u64), LoadError> {
+    // Taken first, so that no plan outlives the attach it was sent with (its grant ends then).
+    let given = device.plan.take();
     let again;
     let inspected = if inspected.files_unchanged() {
         inspected
@@ -99,7 +101,6 @@ fn load_with<E>(
     // The shared cache's plan: sent with the attach, else made here (thread mode), and then
     // ended here once the load has.
     let machine_cache = device.shared.clone();
-    let given = device.plan.take();
     let planned_here = match (&given, &machine_cache) {
         (None, Some(cache)) => cache.plan(&inspected.files),
         _ => None,
