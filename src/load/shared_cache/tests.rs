@@ -136,3 +136,65 @@ fn registration_runs_in_the_background_slab_by_slab() {
     }
     assert!(region.registered(0) && region.registered(region.blocks() - 1));
 }
+
+#[test]
+fn two_attaches_filling_the_same_file_at_once_leave_one_entry() {
+    let dir = scratch("twice");
+    let file = write_weights(&dir.join("a.safetensors"), 3, 1000);
+    let cache = SharedCache::create(4 * BLOCK_BYTES as u64).unwrap();
+    let first = cache.plan(std::slice::from_ref(&file)).unwrap();
+    let second = cache.plan(std::slice::from_ref(&file)).unwrap();
+    assert!(matches!(second.action(&file.key), CacheAction::Fill(_)));
+    cache.read_file(&first, &file).unwrap();
+    cache.read_file(&second, &file).unwrap();
+    cache.finish(first.ticket, true);
+    cache.finish(second.ticket, true);
+    let report = cache.report();
+    assert_eq!(report.contents.files.len(), 1);
+    assert_eq!(
+        report.contents.used_bytes, BLOCK_BYTES as u64,
+        "the second copy went back"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_new_version_does_not_replace_an_entry_an_attach_still_reads() {
+    let dir = scratch("version");
+    let path = dir.join("a.safetensors");
+    let old = write_weights(&path, 1, 1000);
+    let cache = SharedCache::create(2 * BLOCK_BYTES as u64).unwrap();
+    let plan = cache.plan(std::slice::from_ref(&old)).unwrap();
+    cache.read_file(&plan, &old).unwrap();
+    cache.finish(plan.ticket, true);
+    let reading = cache.plan(std::slice::from_ref(&old)).unwrap();
+    // Rewritten (another inode): its fill may not free the blocks `reading` copies from.
+    std::fs::remove_file(&path).unwrap();
+    let new = write_weights(&path, 9, 1000);
+    assert_ne!(new.key, old.key);
+    let filling = cache.plan(std::slice::from_ref(&new)).unwrap();
+    let (read, _) = cache.read_file(&filling, &new).unwrap();
+    cache.finish(filling.ticket, true);
+    // Another file takes whatever block is free: never one `reading` copies from.
+    let other = write_weights(&dir.join("b.safetensors"), 7, 1000);
+    let plan = cache.plan(std::slice::from_ref(&other)).unwrap();
+    cache.read_file(&plan, &other).unwrap();
+    cache.finish(plan.ticket, true);
+    let (still, hit) = cache.read_file(&reading, &old).unwrap();
+    assert!(hit && still.data[0] == 1, "the entry being read is intact");
+    cache.finish(reading.ticket, true);
+    // Now the new version is filled and kept, in place of the old one.
+    let again = cache.plan(std::slice::from_ref(&new)).unwrap();
+    assert!(matches!(again.action(&new.key), CacheAction::Fill(_)));
+    cache.read_file(&again, &new).unwrap();
+    cache.finish(again.ticket, true);
+    let plan = cache.plan(std::slice::from_ref(&new)).unwrap();
+    let (cached, hit) = cache.read_file(&plan, &new).unwrap();
+    assert!(hit && cached.data == read.data);
+    let files = cache.report().contents.files;
+    assert!(
+        files.iter().filter(|(p, _)| *p == path).count() == 1,
+        "{files:?}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
