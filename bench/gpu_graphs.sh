@@ -9,7 +9,7 @@
 #      and the fused kernels (WC_FUSED_KERNELS) on (1) or off (0); `before` runs the earlier
 #      binary as it is;
 #   3. bench/gpu_serving_8b.sh (serve + loadgen): everything off at $OFF_CLIENTS (default 1 and
-#      64), then everything on at $CLIENTS. PEER=1 adds the compiled transformers peer after it.
+#      64; OFF_CLIENTS= skips it), then everything on at $CLIENTS. PEER=1 adds the compiled transformers peer after it.
 # Everything under $OUT, packed into $OUT/all.tgz; the summary in session.log.
 set -u
 OUT=${OUT:-/tmp/wc-out}; mkdir -p "$OUT"
@@ -23,7 +23,7 @@ log() { echo "== $(date -u +%FT%TZ) $*" | tee -a "$OUT/session.log"; }
 { date -u; $WC --version; nvidia-smi; } > "$OUT/machine.txt" 2>&1
 log "build $($WC --version); $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
 if [ -x /tmp/wc/cuda_reference ] && [ -z "${SKIP_TESTS:-}" ]; then
-  WC_EXPECT_GPUS=$(nvidia-smi -L | wc -l) /tmp/wc/cuda_reference --test-threads 1 > "$OUT/test-cuda_reference.txt" 2>&1
+  WC_EXPECT_GPUS=$(nvidia-smi -L | wc -l) timeout "${TEST_TIMEOUT:-300}" /tmp/wc/cuda_reference --test-threads 1 > "$OUT/test-cuda_reference.txt" 2>&1
   log "cuda_reference rc=$?: $(grep 'test result' "$OUT/test-cuda_reference.txt")"
   grep -E "graphs captured|graphed logits|FAILED|panicked" "$OUT/test-cuda_reference.txt" | head -20 | tee -a "$OUT/session.log"
 fi
@@ -52,8 +52,10 @@ for spec in "opt-125m f16" "llama-3.2-1b bf16" "llama-8b bf16"; do
 done
 if [ -z "${SKIP_SERVING:-}" ]; then
   # The path before (both off) first; the peer, the longest part, last.
-  WC_CUDA_GRAPHS=0 WC_DECODE_KERNEL=0 WC_FUSED_KERNELS=0 WC=$WC MODEL=/tmp/llama-8b OUT="$OUT/serving-graphs-off" SKIP_PEER=1 CLIENTS="${OFF_CLIENTS:-1 64}" bash bench/gpu_serving_8b.sh
-  grep "loadgen" "$OUT/serving-graphs-off/session.log" | sed 's/^/graphs and kernel off: /' | tee -a "$OUT/session.log"
+  if [ "${OFF_CLIENTS-1 64}" != "" ]; then
+    WC_CUDA_GRAPHS=0 WC_DECODE_KERNEL=0 WC_FUSED_KERNELS=0 WC=$WC MODEL=/tmp/llama-8b OUT="$OUT/serving-graphs-off" SKIP_PEER=1 CLIENTS="${OFF_CLIENTS:-1 64}" bash bench/gpu_serving_8b.sh
+    grep "loadgen" "$OUT/serving-graphs-off/session.log" | sed 's/^/graphs and kernel off: /' | tee -a "$OUT/session.log"
+  fi
   SKIP_PEER=${PEER:+}; [ -z "${PEER:-}" ] && SKIP_PEER=1
   WC=$WC MODEL=/tmp/llama-8b OUT="$OUT/serving-graphs-on" SKIP_PEER=$SKIP_PEER bash bench/gpu_serving_8b.sh
   grep "loadgen\|peer\|memory" "$OUT/serving-graphs-on/session.log" | tee -a "$OUT/session.log"

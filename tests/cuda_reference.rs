@@ -388,7 +388,7 @@ fn counts_of(device: &CandleDevice) -> (u64, u64) {
 }
 
 /// The weight file at `path` as an inspection finds it.
-fn inspected(path: &Path) -> worker_controller::load::safetensors::InspectedFile {
+pub(crate) fn inspected(path: &Path) -> worker_controller::load::safetensors::InspectedFile {
     worker_controller::load::safetensors::InspectedFile::read(path).unwrap()
 }
 
@@ -402,6 +402,7 @@ fn staged(device: &CandleDevice, pool: &mut PinnedPool, path: &Path) -> bool {
         CandleDType::F32,
         &mut inserts,
         None,
+        &[],
     )
     .unwrap();
     let hit = uploaded.from_host_cache();

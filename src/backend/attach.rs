@@ -191,8 +191,9 @@ fn load_inspected<E>(
             (weights, None)
         }
     };
-    // On CUDA the weights a family reads as one are stored so (a device copy, queued behind
-    // the upload's), before anything, parking included, holds them.
+    // On CUDA the weights a family reads as one are stored so before anything, parking
+    // included, holds them: placed so by the pinned upload, else stacked here (a device copy,
+    // queued behind the upload's).
     if device.device.is_cuda() {
         weights.fuse(&inspected.config.fused_groups())?;
     }
@@ -359,7 +360,10 @@ fn upload_pinned(
     };
     let files = &inspected.files;
     let began = std::time::Instant::now();
-    let uploaded = cuda::upload_checkpoint(cuda, pool, files, dtype, &mut read.pinned, shared)?;
+    // The weights the family reads as one are placed so by the upload (no device copy).
+    let fused = inspected.config.fused_groups();
+    let uploaded =
+        cuda::upload_checkpoint(cuda, pool, files, dtype, &mut read.pinned, shared, &fused)?;
     timeline.mark_at(Anchor::WeightsRead, uploaded.read_done_ns);
     tracing::debug!(
         from_host_cache = uploaded.from_host_cache(),

@@ -134,3 +134,60 @@ fn the_fused_kernels_compute_what_candles_ops_compute() {
     }
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+#[test]
+fn the_pinned_upload_places_fused_groups_with_each_member_where_it_reads_as_before() {
+    use worker_controller::load::cuda::{upload_checkpoint, CacheInserts, PinnedPool};
+    use worker_controller::models::family::Config;
+    use worker_controller::models::{FamilyConfig, LlamaConfig};
+    let _gpu = super::serial();
+    let device = super::gpu();
+    let cuda = super::cuda(&device);
+    // tiny-qwen2: q/k/v biases, so weights and biases are both placed.
+    let dir = super::fixture("tiny-qwen2");
+    let config = FamilyConfig::from_file(&dir.join("config.json")).unwrap();
+    let config = config.get::<LlamaConfig>().cloned().unwrap();
+    let groups = config.fused_groups();
+    let file = super::inspected(&dir.join("model.safetensors"));
+    let mut pool = PinnedPool::new(cuda, 0, 0).unwrap();
+    let mut upload = |groups: &[worker_controller::load::weights::FusedGroup]| {
+        let mut inserts = CacheInserts::default();
+        let files = [file.clone()];
+        let up = upload_checkpoint(
+            cuda,
+            &mut pool,
+            &files,
+            DType::F32,
+            &mut inserts,
+            None,
+            groups,
+        )
+        .unwrap();
+        up.in_flight.wait().unwrap();
+        pool.finish_load(inserts, true);
+        up.tensors
+    };
+    let plain = upload(&[]);
+    let placed = upload(&groups);
+    let values = |t: &Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
+    for group in &groups {
+        let whole = placed
+            .get(&group.name)
+            .unwrap_or_else(|| panic!("{} placed", group.name));
+        let mut rows = 0;
+        for member in &group.members {
+            let want = values(&plain[member]);
+            assert_eq!(values(&placed[member]), want, "{member} reads as before");
+            let n = plain[member].dim(0).unwrap();
+            assert_eq!(
+                values(&whole.narrow(0, rows, n).unwrap()),
+                want,
+                "{member} in {}",
+                group.name
+            );
+            rows += n;
+        }
+        assert_eq!(whole.dim(0).unwrap(), rows);
+    }
+    assert!(plain.keys().all(|name| placed.contains_key(name)));
+}

@@ -146,6 +146,7 @@ pub fn upload_checkpoint(
     _dtype: DType,
     _inserts: &mut CacheInserts,
     _shared: Option<(&SharedRegion, &CachePlan)>,
+    _fused: &[crate::load::weights::FusedGroup],
 ) -> Result<Uploaded, LoadError> {
     match pool.0 {}
 }

@@ -14,16 +14,17 @@ use candle_core::{CudaDevice, DType, Storage, Tensor};
 use half::{bf16, f16};
 
 use super::fault::driver;
+use super::fused_placement::FusedPlacement;
 use super::pinned::BLOCK_BYTES;
 use crate::load::chunks::{segments, ChunkSink};
 use crate::load::error::{DeviceError, LoadError};
 use crate::load::safetensors::{SafetensorsHeader, TensorHeader};
 
 /// A tensor being filled: where its bytes go on the device, and how many are still to come.
-struct Filling {
-    pointer: CUdeviceptr,
-    tensor: Tensor,
-    remaining: u64,
+pub(super) struct Filling {
+    pub(super) pointer: CUdeviceptr,
+    pub(super) tensor: Tensor,
+    pub(super) remaining: u64,
 }
 
 /// Queues the copies of each landed chunk's pieces of tensors, and converts each tensor to the
@@ -44,19 +45,24 @@ pub(super) struct CopySink<'a> {
 }
 
 impl<'a> CopySink<'a> {
-    /// Allocates every tensor of the file on the device, in its stored dtype.
+    /// Allocates every tensor of the file on the device, in its stored dtype (a member of a
+    /// fused group in its group's buffer).
     pub(super) fn new(
         device: &'a CudaDevice,
         header: &'a SafetensorsHeader,
         dtype: DType,
         in_flight: Option<&'a mut VecDeque<(usize, CudaEvent)>>,
         path: &'a Path,
+        fused: &mut FusedPlacement,
     ) -> Result<Self, LoadError> {
         let filling = header
             .tensors
             .iter()
-            .map(|t| allocate(device, t).map(Some))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|t| match fused.allocate(device, t)? {
+                Some(member) => Ok(Some(member)),
+                None => allocate_shape(device, t).map(Some),
+            })
+            .collect::<Result<Vec<_>, LoadError>>()?;
         let mut sink = Self {
             device,
             header,
@@ -149,7 +155,10 @@ impl ChunkSink<LoadError> for CopySink<'_> {
 
 /// Allocates a tensor of `header`'s stored dtype and shape on the device, to be filled by
 /// copies queued on the same stream.
-fn allocate(device: &CudaDevice, header: &TensorHeader) -> Result<Filling, LoadError> {
+pub(super) fn allocate_shape(
+    device: &CudaDevice,
+    header: &TensorHeader,
+) -> Result<Filling, LoadError> {
     match header.dtype {
         safetensors::Dtype::F32 => allocate_as::<f32>(device, header),
         safetensors::Dtype::F16 => allocate_as::<f16>(device, header),

@@ -2,6 +2,7 @@
 
 mod copy_sink;
 mod fault;
+mod fused_placement;
 mod memory;
 mod pinned;
 mod upload;

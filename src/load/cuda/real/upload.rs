@@ -16,12 +16,14 @@ use candle_core::{CudaDevice, DType, Tensor};
 
 use super::copy_sink::CopySink;
 use super::fault::driver;
+use super::fused_placement::FusedPlacement;
 use super::pinned::{CacheInserts, PinnedPool, BLOCK_BYTES};
 use crate::load::chunks::{BlockMemory, ChunkSink, ChunkedRead, ReadFailure, RingSlots, Slots};
 use crate::load::error::{DeviceError, LoadError};
 use crate::load::safetensors::InspectedFile;
 use crate::load::safetensors::SafetensorsHeader;
 use crate::load::shared_cache::{CacheAction, CachePlan, SharedRegion};
+use crate::load::weights::FusedGroup;
 
 /// Most reader threads per upload.
 const MAX_READERS: usize = 16;
@@ -68,10 +70,12 @@ pub fn upload_checkpoint(
     dtype: DType,
     inserts: &mut CacheInserts,
     shared: Option<(&SharedRegion, &CachePlan)>,
+    fused: &[FusedGroup],
 ) -> Result<Uploaded, LoadError> {
     let mut upload = Upload {
         device,
         dtype,
+        fused: FusedPlacement::new(fused, files, dtype),
         tensors: HashMap::new(),
         in_flight: VecDeque::new(),
         ring: RingSlots::new(&pool.ring),
@@ -98,8 +102,10 @@ pub fn upload_checkpoint(
     if upload.cached_bytes == upload.bytes {
         pool.counts.hits += 1;
     }
+    let mut tensors = upload.tensors;
+    tensors.extend(upload.fused.into_tensors());
     Ok(Uploaded {
-        tensors: upload.tensors,
+        tensors,
         in_flight,
         read_done_ns,
         bytes: upload.bytes,
@@ -111,6 +117,8 @@ pub fn upload_checkpoint(
 struct Upload<'a> {
     device: &'a CudaDevice,
     dtype: DType,
+    /// Where the members of fused groups go.
+    fused: FusedPlacement,
     tensors: HashMap<String, Tensor>,
     /// Staging blocks whose copies are queued, oldest first, with the event that ends them.
     in_flight: VecDeque<(usize, CudaEvent)>,
@@ -142,7 +150,14 @@ impl Upload<'_> {
         let fail_read_at = pool.fail_read_at.take();
         let reserved = pool.cache.as_mut().and_then(|c| c.reserve(header.data_len));
         let recycle = reserved.is_none().then_some(&mut self.in_flight);
-        let mut sink = CopySink::new(self.device, &header, self.dtype, recycle, path)?;
+        let mut sink = CopySink::new(
+            self.device,
+            &header,
+            self.dtype,
+            recycle,
+            path,
+            &mut self.fused,
+        )?;
         sink.fail_at = fail_read_at;
         let read = ChunkedRead {
             file: &file,
@@ -179,7 +194,7 @@ impl Upload<'_> {
         blocks: &[usize],
         path: &Path,
     ) -> Result<(), LoadError> {
-        let mut sink = CopySink::new(self.device, header, self.dtype, None, path)?;
+        let mut sink = CopySink::new(self.device, header, self.dtype, None, path, &mut self.fused)?;
         let mut left = header.data_len;
         for (chunk, &block) in blocks.iter().enumerate() {
             let len = left.min(BLOCK_BYTES as u64) as usize;
@@ -232,7 +247,14 @@ impl Upload<'_> {
                 let header = current.header;
                 let pinned = blocks.iter().all(|&b| region.registered(b));
                 let recycle = (!pinned).then_some(&mut self.in_flight);
-                let mut sink = CopySink::new(self.device, &header, self.dtype, recycle, path)?;
+                let mut sink = CopySink::new(
+                    self.device,
+                    &header,
+                    self.dtype,
+                    recycle,
+                    path,
+                    &mut self.fused,
+                )?;
                 sink.fail_at = pool.fail_read_at.take();
                 let read = ChunkedRead {
                     file: &file,
@@ -281,7 +303,14 @@ impl Upload<'_> {
         path: &Path,
     ) -> Result<(), LoadError> {
         let in_flight = Some(&mut self.in_flight);
-        let mut sink = CopySink::new(self.device, header, self.dtype, in_flight, path)?;
+        let mut sink = CopySink::new(
+            self.device,
+            header,
+            self.dtype,
+            in_flight,
+            path,
+            &mut self.fused,
+        )?;
         let mut left = header.data_len;
         for (chunk, &block) in blocks.iter().enumerate() {
             let len = left.min(BLOCK_BYTES as u64) as usize;
