@@ -2,14 +2,16 @@
 # Decode graphs, the decode-attention kernel and the fused layer kernels on one GPU in one call
 # (issue 23), run from the repo root with wc-cuda and cuda_reference (.xz or .gz) in $GPU_BIN
 # (default .gpu/), and optionally an earlier wc-cuda in $GPU_BIN_BEFORE (e.g. .gpu-before/):
-#   1. the CUDA reference tests (graphed decode passes equal to eager ones among them);
+#   1. the CUDA reference tests (graphed decode passes equal to eager ones among them), and
+#      tests/cuda_shared_cache.rs when packed;
 #   2. `generate` (a fresh process, batch 1, 256 new tokens) of opt-125m f16, llama-3.2-1b and
 #      llama-3.1-8b bf16 in the setups of $SETUPS (8B: $SETUPS_8B), alternating, 3 runs each (8B:
 #      2): a setup `gGkKfF` sets graphs (WC_CUDA_GRAPHS), the decode kernel (WC_DECODE_KERNEL)
 #      and the fused kernels (WC_FUSED_KERNELS) on (1) or off (0); `before` runs the earlier
 #      binary as it is;
 #   3. bench/gpu_serving_8b.sh (serve + loadgen): everything off at $OFF_CLIENTS (default 1 and
-#      64; OFF_CLIENTS= skips it), then everything on at $CLIENTS. PEER=1 adds the compiled transformers peer after it.
+#      64; OFF_CLIENTS= skips it), then everything on at $CLIENTS. PEER=1 adds the compiled
+#      transformers peer after it.
 # Everything under $OUT, packed into $OUT/all.tgz; the summary in session.log.
 set -u
 OUT=${OUT:-/tmp/wc-out}; mkdir -p "$OUT"
@@ -26,6 +28,10 @@ if [ -x /tmp/wc/cuda_reference ] && [ -z "${SKIP_TESTS:-}" ]; then
   WC_EXPECT_GPUS=$(nvidia-smi -L | wc -l) timeout "${TEST_TIMEOUT:-300}" /tmp/wc/cuda_reference --test-threads 1 > "$OUT/test-cuda_reference.txt" 2>&1
   log "cuda_reference rc=$?: $(grep 'test result' "$OUT/test-cuda_reference.txt")"
   grep -E "graphs captured|graphed logits|FAILED|panicked" "$OUT/test-cuda_reference.txt" | head -20 | tee -a "$OUT/session.log"
+fi
+if [ -x /tmp/wc/cuda_shared_cache ] && [ -z "${SKIP_TESTS:-}" ]; then
+  timeout 150 /tmp/wc/cuda_shared_cache --test-threads 1 > "$OUT/test-cuda_shared_cache.txt" 2>&1
+  log "cuda_shared_cache rc=$?: $(grep 'test result' "$OUT/test-cuda_shared_cache.txt")"
 fi
 [ -f /tmp/opt-125m/model.safetensors ] || $WC make-model --preset opt-125m --dtype f16 --force --out /tmp/opt-125m > /dev/null 2>&1
 [ -f /tmp/llama-3.2-1b/config.json ] || $WC make-model --preset llama-3.2-1b --dtype bf16 --force --out /tmp/llama-3.2-1b > /dev/null 2>&1
