@@ -20,6 +20,7 @@ use crate::load::cuda::{self, CacheInserts, CopiesInFlight, PinnedPool};
 use crate::load::dtype::candle_dtype;
 use crate::load::shared_cache::{CachePlan, SharedCache, SharedRegion};
 use crate::load::{DeviceError, DeviceWeights, FileKey, LoadError, WeightFile};
+use crate::models::layers::decode_graph::{reserve_bytes, GraphMode};
 use crate::models::FamilyConfig;
 
 /// Loads an inspected checkpoint of any family in the table as a runtime engine, marking the
@@ -317,6 +318,11 @@ fn check_fits(
     let mut needed = inspected.footprint.needed_bytes(device.kv_cache_tokens);
     if weights_resident {
         needed = needed.saturating_sub(inspected.footprint.device_bytes);
+    }
+    // Decode graphs keep their buffers and working memory while the engine lives.
+    if GraphMode::for_device(&device.device) == GraphMode::Captured {
+        let dtype_bytes = candle_dtype(inspected.dtype).size_in_bytes();
+        needed += reserve_bytes(inspected.config.vocab_size(), dtype_bytes);
     }
     let free_now = || -> Result<(u64, u64), LoadError> {
         let memory = wc_actors::WorkerDevice::memory(device)

@@ -118,6 +118,29 @@ fn bucket_of(batch: usize, longest: usize) -> Option<(usize, usize)> {
     (batch <= MAX_BATCH && batch * keys <= MAX_BUCKET_KEYS).then_some((batch, keys))
 }
 
+/// Device memory a model's buckets and graphs may hold at most, for the fit check: the
+/// [`MAX_BUCKETS`] largest buckets a pass can make (by batch), each holding its f32 output
+/// `[batch, vocab]`, the working memory its captured pass keeps (the logits in the model's dtype
+/// and in f32 before the copy out: the largest tensors of a decode pass) and its index and mask
+/// buffers (`[batch, keys]`, four bytes each, at most two).
+pub fn reserve_bytes(vocab: usize, dtype_bytes: usize) -> u64 {
+    let mut shapes: Vec<(usize, usize)> = (0..=MAX_BATCH.trailing_zeros())
+        .map(|b| 1usize << b)
+        .flat_map(|batch| {
+            let key_buckets = (1..=8).map(|k| k * 128).chain((11..=20).map(|p| 1usize << p));
+            key_buckets.filter_map(move |keys| bucket_of(batch, keys))
+        })
+        .collect();
+    shapes.sort_unstable_by(|a, b| b.cmp(a));
+    shapes.dedup();
+    let per_row = (vocab * (4 + 4 + dtype_bytes)) as u64;
+    shapes
+        .iter()
+        .take(MAX_BUCKETS)
+        .map(|&(batch, keys)| batch as u64 * (per_row + 8 * keys as u64))
+        .sum()
+}
+
 impl DecodeGraphs {
     pub fn new(mode: GraphMode) -> Self {
         Self {

@@ -1,6 +1,6 @@
 //! Buckets' shapes and what a fill writes into a bucket's buffers.
 
-use super::{bucket_of, Bucket};
+use super::{bucket_of, reserve_bytes, Bucket};
 use crate::models::layers::kv_cache::KvCache;
 use crate::models::layers::kv_slab::KvSlab;
 use candle_core::{DType, Device};
@@ -71,4 +71,17 @@ fn buckets_round_the_batch_to_a_power_of_two_and_keys_to_128_then_powers() {
     assert_eq!(bucket_of(2, 1500), Some((2, 2048)));
     assert_eq!(bucket_of(129, 10), None);
     assert_eq!(bucket_of(128, 4000), None);
+}
+
+#[test]
+fn the_reserve_covers_the_largest_buckets_outputs_and_logits() {
+    // Llama 3 8B: 128 256 tokens, bf16. 24 buckets of at most 128 rows, each row holding f32
+    // output, f32 and bf16 logits (1.28 MB): between 24 * 32 rows' and 24 * 128 rows' worth.
+    let per_row = 128_256u64 * 10;
+    let reserve = reserve_bytes(128_256, 2);
+    assert!(reserve > 24 * 32 * per_row, "{reserve}");
+    assert!(reserve < 24 * 128 * per_row + (1 << 30), "{reserve}");
+    // Grows with the vocabulary and the dtype.
+    assert!(reserve_bytes(256_000, 2) > reserve);
+    assert!(reserve_bytes(128_256, 4) > reserve);
 }
