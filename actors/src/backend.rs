@@ -11,6 +11,7 @@ pub use crate::device_spec::{DType, DeviceSpec};
 pub use crate::request::{
     ChatMessage, FinishReason, GenerateOutput, GenerateRequest, Prompt, TokenEvent, TokenLogprobs,
 };
+pub use crate::source::{LinkKind, PeerLink, PeerSource, SourceReport, WeightsSource};
 use crate::timeline::Timeline;
 
 /// A model to attach: a checkpoint directory or hub id, and the dtype to hold it in.
@@ -47,6 +48,11 @@ pub struct Footprint {
     /// What the inspection read, handed to the attach that follows it.
     #[serde(default)]
     pub handoff: Handoff,
+    /// The identity of the weights on a device: the same for two specs whose weight files
+    /// (by identity, not path) and dtype are the same, so that a copy resident on one worker
+    /// can stand in for a read on another (see [`MemoryInfo::resident`]); empty: unknown.
+    #[serde(default)]
+    pub weights: String,
 }
 
 /// What a backend's inspection read (for a checkpoint: every weight file's identity and parsed
@@ -109,6 +115,10 @@ pub struct MemoryInfo {
     /// less the pinned cache's block rounding), most recently used first.
     #[serde(default)]
     pub host_cache: Vec<TierEntry>,
+    /// The identities ([`Footprint::weights`]) of the weights resident on the device, parked
+    /// or lent to the live engine, that another worker of this process may copy from.
+    #[serde(default)]
+    pub resident: Vec<String>,
 }
 
 /// One model in a tier of a worker's weight cache: its checkpoint directory and the bytes of it
@@ -181,6 +191,10 @@ pub struct PrewarmReport {
     /// The worker's process id, when it runs in its own process.
     #[serde(default)]
     pub pid: Option<u32>,
+    /// Where other workers of the same process reach this device's resident weights for a
+    /// peer copy (unique within its process); `None`: it lends none.
+    #[serde(default)]
+    pub peer: Option<u64>,
 }
 
 /// The category of an engine failure; decides HTTP status and whether the worker survives.
@@ -238,6 +252,15 @@ pub trait Backend: Send + Sync + 'static {
     /// attach has (succeeded or failed, its process alive or not). By default: nothing added.
     fn grant_attach(&self, handoff: &Handoff) -> Result<AttachGrant, EngineError> {
         Ok(AttachGrant::plain(handoff.clone()))
+    }
+
+    /// The physical link between two devices of this machine, for `/workers` and for placing
+    /// peer copies; by default: the same device, or none.
+    fn peer_link(&self, from: &DeviceSpec, to: &DeviceSpec) -> LinkKind {
+        match (from, to) {
+            (DeviceSpec::Cuda(a), DeviceSpec::Cuda(b)) if a == b => LinkKind::SameDevice,
+            _ => LinkKind::None,
+        }
     }
 
     /// Opens the device on the calling thread (the worker's own) and prewarms it. The returned
@@ -306,6 +329,26 @@ pub trait WorkerDevice {
     /// Waits until all queued device work is done.
     fn synchronize(&self) -> Result<(), EngineError>;
 
+    /// [`Self::attach`] with the source the controller planned for the weights. By default
+    /// the plan is not followed: the device reads as it always does and says why when the plan
+    /// named a peer.
+    fn attach_from(
+        &mut self,
+        spec: &ModelSpec,
+        handoff: &Handoff,
+        source: &WeightsSource,
+        timeline: &mut Timeline,
+    ) -> Result<WarmEngine, EngineError> {
+        let mut warm = self.attach(spec, handoff, timeline)?;
+        if let WeightsSource::Peer(peer) = source {
+            warm.source = warm.source.with_fallback(format!(
+                "this device cannot copy from worker {}'s device",
+                peer.worker
+            ));
+        }
+        Ok(warm)
+    }
+
     /// The whole of an attach on this device: memory read, [`Self::load`], the engine warmed
     /// up to a first token and the device synchronized, the engine's size, memory read again.
     /// One call, so that a device in a worker process answers an attach in one round trip
@@ -337,6 +380,7 @@ pub trait WorkerDevice {
             device_bytes,
             memory_before,
             memory_attached: self.memory()?,
+            source: SourceReport::default(),
         })
     }
 
@@ -366,6 +410,8 @@ pub struct WarmEngine {
     /// The device's memory before the load and once the engine was warm.
     pub memory_before: MemoryInfo,
     pub memory_attached: MemoryInfo,
+    /// Where the weights came from; a device sets it after [`WorkerDevice::attach`].
+    pub source: SourceReport,
 }
 
 /// Turns a prompt into token ids away from the engine's thread: tokenizing (and rendering a

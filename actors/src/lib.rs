@@ -9,6 +9,7 @@
 //! - [`quantity`]: durations and byte sizes as every config type reads them.
 //! - [`device_spec`]: where a worker runs and in what precision (`cpu`, `cuda:0`, `bf16`).
 //! - [`backend`]: the contract an engine implementation fulfils (devices, loading, generation).
+//! - [`source`]: where an attach's weights come from (host, parked, a peer worker's copy).
 //! - [`runtime`]: configuration, starting the runtime, and the [`Handle`] to use it.
 //! - [`messages`]: every message, grouped by the actor that receives it.
 //! - [`reports`]: what comes back: attach/detach reports, worker and engine listings, stats.
@@ -34,6 +35,7 @@ pub mod quantity;
 pub mod reports;
 pub mod request;
 pub mod runtime;
+pub mod source;
 pub mod timeline;
 pub mod worker;
 

@@ -187,6 +187,8 @@ pub(crate) struct LoadEngine {
     pub handoff: crate::backend::Handoff,
     /// Already holds `requested`; the worker marks the rest.
     pub timeline: Timeline,
+    /// Where the controller planned the weights to come from.
+    pub source: crate::source::WeightsSource,
 }
 
 /// What a successful load gives the controller.
@@ -202,6 +204,8 @@ pub(crate) struct Loaded {
     pub device_bytes: u64,
     pub memory_before: MemoryInfo,
     pub memory_attached: MemoryInfo,
+    /// Where the weights came from, as the device reports it.
+    pub source: crate::source::SourceReport,
 }
 
 /// Why a load failed, with the device's memory afterwards (when the worker survived).

@@ -149,6 +149,10 @@ pub struct WorkerInfo {
     pub restarts: u32,
     /// The last failure's description.
     pub last_error: Option<String>,
+    /// Every other worker: the link between their devices and whether a peer copy from it to
+    /// this one can be planned.
+    #[serde(default)]
+    pub peers: Vec<crate::source::PeerLink>,
 }
 
 /// One attached engine, with its request counters.
@@ -208,6 +212,18 @@ pub struct AttachReport {
     pub memory_attached: MemoryInfo,
     /// The prewarm of the worker it landed on (paid once, before this request).
     pub prewarm: Option<PrewarmReport>,
+    /// Where the weights came from: `peer:<worker>` (copied from another worker's device),
+    /// `parked` (resident on this one), or `host` (host cache, page cache or disk).
+    #[serde(default = "host_source")]
+    pub source: String,
+    /// Why a faster source than `source` was passed over (a peer busy, failed, in another
+    /// process, or gone mid-plan).
+    #[serde(default)]
+    pub source_fallback: Option<String>,
+}
+
+fn host_source() -> String {
+    "host".into()
 }
 
 impl AttachReport {

@@ -148,8 +148,9 @@ impl WorkerActor {
             device_bytes,
             memory_before,
             memory_attached,
+            source,
         } = call("loading the model", || {
-            device.attach(&msg.spec, &msg.handoff, &mut timeline)
+            device.attach_from(&msg.spec, &msg.handoff, &msg.source, &mut timeline)
         })?;
         // Here, not where the engine ran: a worker process's answer is counted in.
         timeline.mark(Anchor::FirstToken);
@@ -184,6 +185,7 @@ impl WorkerActor {
             device_bytes,
             memory_before,
             memory_attached,
+            source,
         })
     }
 

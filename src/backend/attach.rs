@@ -159,9 +159,11 @@ fn load_inspected<E>(
         shared: cached,
     } = caches;
     device.lent = None;
+    device.source_report = wc_actors::SourceReport::host();
     let key = ParkKey::of(inspected);
     let parked = lock(&device.parking).lend(&key);
     if let Some(weights) = parked {
+        device.source_report = wc_actors::SourceReport::parked();
         let attached = attach_parked(device, inspected, timeline, read, &weights, build);
         match attached {
             Ok(_) => device.lent = Some((key, park)),
@@ -172,10 +174,16 @@ fn load_inspected<E>(
     let dtype = candle_dtype(inspected.dtype);
     check_fits(device, inspected, false)?;
     let shared = cached.map(|(cache, plan)| (&*cache.region, plan));
-    let uploaded = upload_pinned(device, pool, inspected, dtype, timeline, read, shared)?;
-    let (mut weights, in_flight) = match uploaded {
-        Some((weights, in_flight)) => (weights, Some(in_flight)),
-        None => {
+    let copied = super::peer_copy::from_planned_peer(device, inspected, &key, timeline)?;
+    let moved = copied.as_ref().map(|w| w.device_bytes);
+    let uploaded = match copied {
+        Some(_) => None,
+        None => upload_pinned(device, pool, inspected, dtype, timeline, read, shared)?,
+    };
+    let (mut weights, in_flight) = match (copied, uploaded) {
+        (Some(weights), _) => (weights, None),
+        (None, Some((weights, in_flight))) => (weights, Some(in_flight)),
+        (None, None) => {
             let files = inspected
                 .files
                 .iter()
@@ -223,14 +231,16 @@ fn load_inspected<E>(
     let engine = built?;
     device.device.synchronize()?;
     timeline.mark(Anchor::EngineReady);
-    if park {
+    // A worker's weights in use are held for peers to copy too, and freed with the engine
+    // unless parked.
+    if park || device.peer.is_some() {
         let model = inspected.checkpoint.dir.clone();
-        lock(&device.parking).record(key.clone(), model, &weights);
+        lock(&device.parking).record(key.clone(), model, &weights, park);
         device.lent = Some((key, park));
     } else {
         lock(&device.parking).forget_other_versions(&key);
     }
-    Ok((engine, inspected.footprint.file_bytes))
+    Ok((engine, moved.unwrap_or(inspected.footprint.file_bytes)))
 }
 
 /// Builds the engine on weights parked on the device: nothing is read or copied.

@@ -8,7 +8,7 @@ use std::time::Instant;
 use candle_core::Device;
 use wc_actors::{
     DeviceSpec, Engine, EngineError, Handoff, MemoryInfo, ModelSpec, PrewarmOptions, PrewarmReport,
-    TierEntry, Timeline, WorkerDevice,
+    SourceReport, TierEntry, Timeline, WarmEngine, WeightsSource, WorkerDevice,
 };
 
 use super::attach::{self, pool_poisoned, LoadAs};
@@ -16,6 +16,7 @@ use super::host_tier::{self, HostCacheUsage};
 use super::inspect::{inspect, Inspected};
 use super::lease::LeasedEngine;
 use super::parking::{ParkKey, Parking};
+use super::peers::{Membership, PeerRegistry};
 use crate::load::cuda::{self, PinnedPools, SharedPool, UploadCounts};
 use crate::load::device::host_memory;
 use crate::load::dtype::candle_dtype;
@@ -58,6 +59,14 @@ pub struct CandleDevice {
     /// The weights the last load lent its engine, for the lease that gives them back, and
     /// whether they stay parked once it goes.
     pub(super) lent: Option<(ParkKey, bool)>,
+    /// This device's place among the backend's devices that copy each other's resident
+    /// weights (a worker's device; `None` opened on its own): its weights in use are then
+    /// held in `parking` too, for peers to copy.
+    pub(super) peer: Option<Membership>,
+    /// The source the controller planned for the next load (taken by it).
+    pub(super) source: WeightsSource,
+    /// Where the last load's weights came from.
+    pub(super) source_report: SourceReport,
 }
 
 impl CandleDevice {
@@ -175,9 +184,22 @@ impl CandleDevice {
             parking: Default::default(),
             park_detached: prewarm.is_some_and(|p| p.park_detached),
             lent: None,
+            peer: None,
+            source: WeightsSource::Host,
+            source_report: SourceReport::host(),
         };
         report.total_ms = started.elapsed().as_secs_f64() * 1e3;
         Ok((opened, report))
+    }
+
+    /// Joins `registry`: from now on this device lends its resident weights to the other
+    /// devices of it, and copies theirs (see `peer_copy`). Returns the endpoint for its prewarm
+    /// report and a step per GPU pair whose peer access it enabled.
+    pub(super) fn join_peers(&mut self, registry: &Arc<PeerRegistry>) -> (u64, Vec<String>) {
+        let (membership, steps) = registry.join(&self.device, &self.parking);
+        let endpoint = membership.endpoint;
+        self.peer = Some(membership);
+        (endpoint, steps)
     }
 
     /// Whether `spec`'s weights stay parked once its engine is detached: its own `park`, else
@@ -305,6 +327,7 @@ impl WorkerDevice for CandleDevice {
             parked_bytes,
             parked,
             host_cache: host_cache.models,
+            resident: lock(&self.parking).resident(),
         })
     }
 
@@ -336,6 +359,22 @@ impl WorkerDevice for CandleDevice {
             }),
             bytes,
         ))
+    }
+
+    /// The attach, from the source planned: a peer's resident copy when it is still there.
+    fn attach_from(
+        &mut self,
+        spec: &ModelSpec,
+        handoff: &Handoff,
+        source: &WeightsSource,
+        timeline: &mut Timeline,
+    ) -> Result<WarmEngine, EngineError> {
+        self.source = source.clone();
+        let attached = self.attach(spec, handoff, timeline);
+        self.source = WeightsSource::Host;
+        let mut warm = attached?;
+        warm.source = std::mem::take(&mut self.source_report);
+        Ok(warm)
     }
 
     fn synchronize(&self) -> Result<(), EngineError> {

@@ -165,15 +165,18 @@ fn inspect_checkpoint(spec: &ModelSpec, checkpoint: Checkpoint) -> Result<Inspec
         file_bytes: headers.iter().map(|h| h.data_bytes).sum(),
         dtype,
         handoff: Handoff::default(),
+        weights: String::new(),
     };
-    Ok(Inspected {
+    let mut inspected = Inspected {
         checkpoint,
         config,
         files,
         dtype,
         footprint,
         handed: OnceLock::new(),
-    })
+    };
+    inspected.footprint.weights = super::parking::ParkKey::of(&inspected).identity();
+    Ok(inspected)
 }
 
 /// Every weight file's header, parsed once; shards of one checkpoint are saved in one dtype,

@@ -10,6 +10,8 @@
 //!   table, as free functions.
 //! - `lease`: an engine lent out, giving its bytes and weights back when dropped; `host_tier`:
 //!   a worker's own host cache in its memory report; `load_as`: engines loadable unboxed.
+//! - `peers`, `peer_copy`: the workers' devices that copy each other's resident weights (a
+//!   peer clone) instead of reading them from the host.
 //! - `parking`: the device tier: detached models' weights kept resident while no one needs the
 //!   room (`[prewarm] park_detached`).
 //! - [`affinity`]: keeping a worker's threads on its CPUs.
@@ -22,11 +24,13 @@ pub mod inspect;
 mod lease;
 mod load_as;
 mod parking;
+mod peer_copy;
+mod peers;
 
 use std::sync::Arc;
 
 use wc_actors::{
-    AttachGrant, DeviceSpec, EngineError, Footprint, Handoff, ModelSpec, PrewarmOptions,
+    AttachGrant, DeviceSpec, EngineError, Footprint, Handoff, LinkKind, ModelSpec, PrewarmOptions,
     PrewarmReport, WorkerDevice,
 };
 
@@ -34,11 +38,12 @@ pub use attach::LoadAs;
 pub use device::CandleDevice;
 pub use inspect::{inspect, CheckCache, Inspected};
 
-use crate::load::cuda::PinnedPools;
+use crate::load::cuda::{P2pLink, PinnedPools};
 use crate::load::host_cache::read_tokenizer;
 use crate::load::shared_cache::SharedCache;
 use crate::load::LoadError;
 use crate::models::text::text_files::TextFiles;
+use peers::PeerRegistry;
 
 /// Runs checkpoints of every family in the table on candle devices.
 #[derive(Clone, Debug, Default)]
@@ -50,6 +55,8 @@ pub struct CandleBackend {
     /// The machine's host weight cache shared by every worker (`serve`); without it each
     /// worker keeps its own (the pinned pool's on CUDA, a pageable one on the CPU).
     shared: Option<Arc<SharedCache>>,
+    /// This backend's workers' devices, which copy each other's resident weights.
+    peers: Arc<PeerRegistry>,
 }
 
 impl CandleBackend {
@@ -76,7 +83,23 @@ impl CandleBackend {
         options: &PrewarmOptions,
     ) -> Result<(CandleDevice, PrewarmReport), LoadError> {
         let shared = self.shared.clone().filter(|_| options.host_cache_bytes > 0);
-        CandleDevice::open_shared(device, Some(options), &self.pools, shared)
+        let (mut opened, mut report) =
+            CandleDevice::open_shared(device, Some(options), &self.pools, shared)?;
+        let began = std::time::Instant::now();
+        let (endpoint, steps) = opened.join_peers(&self.peers);
+        let ms = began.elapsed().as_secs_f64() * 1e3;
+        report
+            .steps
+            .extend(steps.into_iter().map(|step| (step, ms)));
+        report.peer = Some(endpoint);
+        Ok((opened, report))
+    }
+
+    /// Test hook: the next peer copy between this backend's workers fails once `tensors`
+    /// tensors are copied, as when the peer's device fails mid-copy.
+    #[doc(hidden)]
+    pub fn fail_next_peer_copy_after(&self, tensors: usize) {
+        self.peers.fail_next_copy_after(tensors);
     }
 
     /// The whole check of an attach short of a device: the headers ([`inspect`]), the
@@ -134,6 +157,19 @@ impl wc_actors::Backend for CandleBackend {
         Ok(AttachGrant::new(plan.attach_to(handoff), move |ok| {
             cache.finish(ticket, ok)
         }))
+    }
+
+    /// Between GPUs, as the driver reports it (unknown when it cannot say); on the CPU, none.
+    fn peer_link(&self, from: &DeviceSpec, to: &DeviceSpec) -> LinkKind {
+        let (DeviceSpec::Cuda(a), DeviceSpec::Cuda(b)) = (from, to) else {
+            return LinkKind::None;
+        };
+        match crate::load::cuda::p2p_link(*a, *b) {
+            Ok(P2pLink::SameDevice) => LinkKind::SameDevice,
+            Ok(P2pLink::Nvlink) => LinkKind::Nvlink,
+            Ok(P2pLink::Pcie) => LinkKind::Pcie,
+            Ok(P2pLink::None) | Err(_) => LinkKind::None,
+        }
     }
 
     fn open_device(

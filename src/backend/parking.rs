@@ -26,6 +26,15 @@ impl ParkKey {
         }
     }
 
+    /// The weights' identity as the runtime compares it ([`wc_actors::Footprint::weights`]):
+    /// equal for equal keys, within this build.
+    pub fn identity(&self) -> String {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.files.hash(&mut hasher);
+        format!("{:016x}:{}", hasher.finish(), self.dtype)
+    }
+
     /// Whether both name one of the same paths (maybe in another version).
     fn shares_a_file_with(&self, other: &ParkKey) -> bool {
         self.files
@@ -40,8 +49,10 @@ struct Entry {
     model: PathBuf,
     /// Handles on the tensors (the engines built on them share the same device memory).
     weights: DeviceWeights,
-    /// Engines alive on these weights; parked when none.
+    /// Engines (and peer copies) using these weights; parked when none.
     engines: usize,
+    /// Whether they stay parked once none uses them (the last engine given back says).
+    park: bool,
     last_used: u64,
 }
 
@@ -64,7 +75,8 @@ impl Parking {
 
     /// Records weights just put on the device for `key`, lent to one engine; parked weights of
     /// older versions of the same files go (they would never be served again).
-    pub fn record(&mut self, key: ParkKey, model: PathBuf, weights: &DeviceWeights) {
+    /// `park`: whether they stay parked once the engine is gone.
+    pub fn record(&mut self, key: ParkKey, model: PathBuf, weights: &DeviceWeights, park: bool) {
         self.clock += 1;
         self.forget_other_versions(&key);
         self.entries.push(Entry {
@@ -72,8 +84,27 @@ impl Parking {
             model,
             weights: weights.clone(),
             engines: 1,
+            park,
             last_used: self.clock,
         });
+    }
+
+    /// A peer copy of `key`'s weights has ended: once nothing uses them they stay parked or
+    /// go as the last engine given back said (a copy never changes that).
+    pub fn copy_done(&mut self, key: &ParkKey) {
+        let Some(i) = self.entries.iter().position(|e| &e.key == key) else {
+            return;
+        };
+        let entry = &mut self.entries[i];
+        entry.engines = entry.engines.saturating_sub(1);
+        if entry.engines == 0 && !entry.park {
+            self.entries.swap_remove(i);
+        }
+    }
+
+    /// The identities of every weights held (parked or in use).
+    pub fn resident(&self) -> Vec<String> {
+        self.entries.iter().map(|e| e.key.identity()).collect()
     }
 
     /// Frees parked weights of `key`'s files in another version (or the same, being replaced):
@@ -91,6 +122,7 @@ impl Parking {
         };
         let entry = &mut self.entries[i];
         entry.engines = entry.engines.saturating_sub(1);
+        entry.park = park;
         if entry.engines == 0 && !park {
             let entry = self.entries.swap_remove(i);
             tracing::debug!(bytes = entry.weights.device_bytes, "detached weights freed");

@@ -101,6 +101,10 @@ pub enum LoadError {
     },
     #[error("tensor `{}` has unsupported dtype {}", shorten(.name), shorten(.dtype))]
     UnsupportedTensorDtype { name: String, dtype: String },
+    /// A copy of another worker's resident weights failed part-way (its device failed, or its
+    /// weights went): only this attach fails, and what it had copied is freed.
+    #[error("copying the weights from worker {worker}'s device failed: {}", shorten(.reason))]
+    PeerCopy { worker: usize, reason: String },
     #[error("invalid tokenizer `{path}`: {}", shorten(.reason))]
     InvalidTokenizer { path: PathBuf, reason: String },
     #[error("this build has no CUDA support: rebuild with `--features cuda` to use `{0}`")]
@@ -220,6 +224,7 @@ impl From<LoadError> for EngineError {
                 ErrorKind::InvalidRequest
             }
             LoadError::DoesNotFit { .. } => ErrorKind::OutOfMemory,
+            LoadError::PeerCopy { .. } => ErrorKind::Internal,
             LoadError::Device(device) => device.fault.kind(),
             _ => ErrorKind::InvalidModel,
         };

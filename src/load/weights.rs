@@ -95,6 +95,11 @@ impl DeviceWeights {
         Ok(candle_nn::Linear::new(weight, bias))
     }
 
+    /// Every tensor by name (fused groups and their members, which are views of them).
+    pub fn tensors(&self) -> impl Iterator<Item = (&str, &Tensor)> {
+        self.tensors.iter().map(|(name, t)| (name.as_str(), t))
+    }
+
     pub fn contains(&self, name: &str) -> bool {
         self.tensors.contains_key(name)
     }

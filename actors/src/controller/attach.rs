@@ -5,11 +5,13 @@ use std::time::Instant;
 
 use actix::prelude::*;
 
-use super::placement::{place, Candidate, Placement};
+use super::placement::{place, ready_now, suitable, Candidate, Placement};
+use super::source::{plan, Endpoint, Holder, Plan};
 use super::{AttachReply, ControllerActor, EngineEntry, PendingAttach, WorkerSlot};
 use crate::errors::AttachError;
 use crate::messages::{LoadEngine, LoadFailed, Loaded};
 use crate::reports::{check_engine_name, AttachReport, EngineId};
+use crate::source::WeightsSource;
 use crate::timeline::Anchor;
 
 impl ControllerActor {
@@ -73,7 +75,51 @@ impl ControllerActor {
         }
     }
 
+    /// Where an attach goes now (preferring a worker whose device, or a peer's, holds its
+    /// weights: see `source`), waits, or why it never can.
     pub(super) fn placement_for(&self, pending: &PendingAttach) -> Placement {
+        let (candidates, needed) = self.candidates(pending);
+        let placed = place(&candidates, needed, pending.worker, pending.device.as_ref());
+        let Placement::Now(first) = placed else {
+            return placed;
+        };
+        let suitable = suitable(&candidates, pending.worker, pending.device.as_ref());
+        let ready = ready_now(&candidates, needed, &suitable);
+        let planned = self.source_plan(pending, &ready);
+        Placement::Now(planned.map_or(first, |p| p.target))
+    }
+
+    /// The source of the weights of `pending` on `target`.
+    fn source_for(
+        &self,
+        pending: &PendingAttach,
+        target: usize,
+    ) -> (WeightsSource, Option<String>) {
+        match self.source_plan(pending, &[target]) {
+            Some(plan) if plan.target == target => (plan.source, plan.fallback),
+            _ => (WeightsSource::Host, None),
+        }
+    }
+
+    fn source_plan(&self, pending: &PendingAttach, ready: &[usize]) -> Option<Plan> {
+        let holders: Vec<Holder<'_>> = self
+            .workers
+            .iter()
+            .map(|w| Holder {
+                device: &w.device,
+                state: w.state(),
+                resident: w.memory.as_ref().map_or(&[][..], |m| &m.resident[..]),
+                endpoint: w
+                    .prewarm
+                    .as_ref()
+                    .and_then(|p| p.peer.map(|peer| Endpoint { peer, pid: p.pid })),
+            })
+            .collect();
+        plan(&pending.footprint.weights, ready, &holders, &self.links)
+    }
+
+    /// Every worker as placement sees it, and the bytes `pending` needs on one.
+    fn candidates(&self, pending: &PendingAttach) -> (Vec<Candidate<'_>>, u64) {
         let candidates: Vec<Candidate<'_>> = self
             .workers
             .iter()
@@ -92,12 +138,7 @@ impl ControllerActor {
             .map(|w| w.options.kv_cache_tokens)
             .min()
             .unwrap_or(0);
-        place(
-            &candidates,
-            pending.footprint.needed_bytes(kv_cache_tokens),
-            pending.worker,
-            pending.device.as_ref(),
-        )
+        (candidates, pending.footprint.needed_bytes(kv_cache_tokens))
     }
 
     /// Gives waiting attaches the workers that became idle, oldest first.
@@ -187,6 +228,8 @@ impl ControllerActor {
                 },
             );
         };
+        let (source, planned_fallback) = self.source_for(&pending, worker);
+        let slot = &mut self.workers[worker];
         let Some(incarnation) = slot.attach_begun(pending.engine_id) else {
             let reason = format!("the worker is {}, not idle", slot.state());
             return self.fail_attach(pending, AttachError::WorkerFailed { worker, reason });
@@ -196,8 +239,17 @@ impl ControllerActor {
             spec: pending.spec.clone(),
             handoff: pending.footprint.handoff.clone(),
             timeline: pending.timeline.clone(),
+            source,
         });
         ctx.spawn(load.into_actor(self).map(move |result, act, ctx| {
+            let result = result.map(|loaded| {
+                loaded.map(|mut loaded| {
+                    if let Some(reason) = planned_fallback {
+                        loaded.source = loaded.source.with_fallback(reason);
+                    }
+                    loaded
+                })
+            });
             let result = result.unwrap_or_else(|_| {
                 Err(LoadFailed {
                     error: AttachError::WorkerFailed {
@@ -327,5 +379,7 @@ fn attach_report(pending: &PendingAttach, slot: &WorkerSlot, loaded: &Loaded) ->
         memory_before: loaded.memory_before.clone(),
         memory_attached: loaded.memory_attached.clone(),
         prewarm: slot.prewarm.clone(),
+        source: loaded.source.source.clone(),
+        source_fallback: loaded.source.fallback.clone(),
     }
 }

@@ -9,6 +9,7 @@ mod detach;
 mod handlers;
 mod placement;
 mod slot_state;
+mod source;
 mod supervision;
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
@@ -27,6 +28,7 @@ use crate::reports::{
     AttachReport, EngineId, EngineInfo, EngineRef, RuntimeStats, WorkerInfo, WorkerState,
 };
 use crate::runtime::RuntimeConfig;
+use crate::source::{LinkKind, PeerLink};
 use crate::timeline::Timeline;
 use slot_state::WorkerSlot;
 
@@ -64,6 +66,9 @@ pub struct ControllerActor {
     refusing_attaches: bool,
     /// Runtime-wide counters.
     stats: RuntimeStats,
+    /// `links[a][b]`: the link from worker `a`'s device to worker `b`'s, asked of the backend
+    /// once (devices do not change).
+    links: Vec<Vec<LinkKind>>,
 }
 
 /// An attached engine and its counters.
@@ -144,6 +149,15 @@ impl ControllerActor {
             .flat_map(|w| std::iter::repeat_n(w, w.count))
             .enumerate()
             .map(|(index, w)| WorkerSlot::new(index, w.device.clone(), w.prewarm.clone()))
+            .collect::<Vec<_>>();
+        let links = workers
+            .iter()
+            .map(|a| {
+                let row = workers
+                    .iter()
+                    .map(|b| backend.peer_link(&a.device, &b.device));
+                row.collect()
+            })
             .collect();
         Self {
             backend,
@@ -158,6 +172,7 @@ impl ControllerActor {
             shutting_down: false,
             refusing_attaches: false,
             stats: RuntimeStats::default(),
+            links,
         }
     }
 
@@ -194,6 +209,33 @@ impl ControllerActor {
                 failures: w.failures,
                 restarts: w.restarts,
                 last_error: w.last_error.clone(),
+                peers: self.peer_links(w.index),
+            })
+            .collect()
+    }
+
+    /// From every other worker to `to`: the link and whether a peer copy can be planned.
+    fn peer_links(&self, to: usize) -> Vec<PeerLink> {
+        let endpoint = |w: &WorkerSlot| {
+            let prewarm = w.prewarm.as_ref()?;
+            prewarm.peer.map(|peer| source::Endpoint {
+                peer,
+                pid: prewarm.pid,
+            })
+        };
+        let target = endpoint(&self.workers[to]);
+        self.workers
+            .iter()
+            .filter(|w| w.index != to)
+            .map(|w| {
+                let reachable = source::reachable(endpoint(w), target);
+                PeerLink {
+                    peer: w.index,
+                    device: w.device.clone(),
+                    link: self.links[w.index][to],
+                    copy: reachable.is_ok(),
+                    reason: reachable.err(),
+                }
             })
             .collect()
     }

@@ -68,12 +68,34 @@ pub(crate) fn place(
             });
         }
     }
-    alive
-        .into_iter()
-        .find(|&w| {
+    ready_now(workers, needed, &alive)
+        .first()
+        .copied()
+        .map_or(Placement::Wait, Placement::Now)
+}
+
+/// Of `suitable`, the workers that can take an attach needing `needed` bytes now (idle, with
+/// room), lowest-numbered first.
+pub(crate) fn ready_now(workers: &[Candidate<'_>], needed: u64, suitable: &[usize]) -> Vec<usize> {
+    suitable
+        .iter()
+        .copied()
+        .filter(|&w| {
             workers[w].state == WorkerState::Idle && workers[w].free_now.unwrap_or(0) >= needed
         })
-        .map_or(Placement::Wait, Placement::Now)
+        .collect()
+}
+
+/// The workers an attach restricted to `worker` and/or `device` may go to.
+pub(crate) fn suitable(
+    workers: &[Candidate<'_>],
+    worker: Option<usize>,
+    device: Option<&DeviceSpec>,
+) -> Vec<usize> {
+    (0..workers.len())
+        .filter(|&w| worker.is_none_or(|only| only == w))
+        .filter(|&w| device.is_none_or(|d| workers[w].device == d))
+        .collect()
 }
 
 #[cfg(test)]

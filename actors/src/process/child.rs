@@ -217,7 +217,7 @@ impl Worker {
                 let attached = self.device_for_load(&spec).and_then(|device| {
                     beat.during(|| device.attach(&spec, &handoff, &mut timeline))
                 });
-                FromWorker::Attached(attached.map(|warm| self.keep(warm, timeline)))
+                FromWorker::Attached(attached.map(|warm| Box::new(self.keep(warm, timeline))))
             }
             ToWorker::WarmUp => match self.engine.as_mut() {
                 Some(engine) => {
@@ -311,6 +311,7 @@ impl Worker {
             device_bytes: warm.device_bytes,
             memory_before: warm.memory_before,
             memory_attached: warm.memory_attached,
+            source: warm.source,
             has_encoder,
             batches,
             kv,

@@ -131,6 +131,7 @@ impl Backend for Fake {
             file_bytes: 0,
             dtype: DType::F32,
             handoff: Default::default(),
+            weights: String::new(),
         })
     }
 

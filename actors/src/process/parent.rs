@@ -121,6 +121,7 @@ impl ProcessDevice {
             device_bytes: attached.device_bytes,
             memory_before: attached.memory_before,
             memory_attached: attached.memory_attached,
+            source: attached.source,
         }
     }
 }
@@ -164,7 +165,7 @@ impl WorkerDevice for ProcessDevice {
             other => Err(self.link.unexpected(&other)),
         });
         grant.finish(attached.is_ok());
-        Ok(self.engine(attached?, timeline))
+        Ok(self.engine(*attached?, timeline))
     }
 
     fn synchronize(&self) -> Result<(), EngineError> {

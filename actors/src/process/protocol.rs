@@ -52,7 +52,7 @@ pub enum FromWorker {
     Alive,
     Opened(Result<PrewarmReport, EngineError>),
     Memory(Result<MemoryInfo, EngineError>),
-    Attached(Result<AttachedEngine, EngineError>),
+    Attached(Result<Box<AttachedEngine>, EngineError>),
     WarmedUp(Result<u32, EngineError>),
     Token(TokenEvent),
     Generated(Result<GenerateOutput, EngineError>),
@@ -93,6 +93,9 @@ pub struct AttachedEngine {
     pub device_bytes: u64,
     pub memory_before: MemoryInfo,
     pub memory_attached: MemoryInfo,
+    /// Where the weights came from, as the process's device reports it.
+    #[serde(default)]
+    pub source: crate::source::SourceReport,
     /// Whether the engine encodes prompts off its thread.
     pub has_encoder: bool,
     /// Whether the engine batches requests ([`crate::Engine::batch`]).

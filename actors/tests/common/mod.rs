@@ -179,6 +179,7 @@ impl Backend for FakeBackend {
             file_bytes: model.size,
             dtype: spec.dtype.unwrap_or(DType::F32),
             handoff: Default::default(),
+            weights: String::new(),
         })
     }
 
@@ -213,6 +214,7 @@ impl Backend for FakeBackend {
             steps: vec![("context".into(), self.prewarm_ms as f64)],
             total_ms: self.prewarm_ms as f64,
             pid: None,
+            peer: None,
         };
         Ok((Box::new(device), report))
     }

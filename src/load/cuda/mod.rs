@@ -17,6 +17,19 @@ pub use stub::*;
 
 use super::error::{candle_message, DeviceError, LoadError};
 
+/// The link between two GPUs, as the driver reports it ([`p2p_link`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum P2pLink {
+    /// One GPU (two workers of it).
+    SameDevice,
+    /// Peer access with native atomics: NVLink.
+    Nvlink,
+    /// Peer access without: PCIe.
+    Pcie,
+    /// No peer access.
+    None,
+}
+
 /// A candle error as a device error, its meaning for the worker read from the driver's code
 /// ([`fault_of`]; here, not in `error.rs`, so that the errors need nothing of CUDA).
 impl From<&candle_core::Error> for DeviceError {

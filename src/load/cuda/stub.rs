@@ -48,6 +48,18 @@ pub fn fault_illegal_address(_device: &CudaDevice) -> LoadError {
     not_compiled()
 }
 
+pub fn p2p_link(_from: usize, _to: usize) -> Result<super::P2pLink, String> {
+    Err(not_compiled().to_string())
+}
+
+pub fn enable_peer_access(_device: &CudaDevice, _peer: &CudaDevice) -> Result<bool, LoadError> {
+    Err(not_compiled())
+}
+
+pub fn copy_from_peer(_device: &CudaDevice, _source: &Tensor) -> Result<Tensor, LoadError> {
+    Err(not_compiled())
+}
+
 /// Never made without CUDA.
 pub struct PinnedPool(Infallible);
 

@@ -4,6 +4,7 @@ mod copy_sink;
 mod fault;
 mod fused_placement;
 mod memory;
+mod peer;
 mod pinned;
 mod upload;
 
@@ -12,6 +13,7 @@ pub use memory::{
     device_count, host_registrar, keep_pool_memory, memory_info, pinned_h2d_bandwidth, pool_usage,
     single_stream, PoolUsage,
 };
+pub use peer::{copy_from_peer, enable_peer_access, p2p_link};
 pub use pinned::{CacheInserts, PinnedPool, PinnedPools, SharedPool, UploadCounts, BLOCK_BYTES};
 pub use upload::{upload_checkpoint, CopiesInFlight, Uploaded};
 
