@@ -117,13 +117,15 @@ fn copy_as<T: CudaDType + DeviceRepr>(
     let bytes = elements * std::mem::size_of::<T>();
     let from_slice: &CudaSlice<T> = from.as_cuda_slice::<T>()?;
     let stream = device.cuda_stream();
-    let from_stream = from.device().cuda_stream();
+    let from_stream = from.device.cuda_stream();
     // SAFETY: every byte is written by the copy queued below on the same stream before any
     // kernel reads the tensor.
     let mut slice: CudaSlice<T> = unsafe { stream.alloc::<T>(elements.max(1)) }.map_err(driver)?;
     {
-        // The copy waits (on `stream`) for whatever last wrote either buffer.
-        let (src, _read) = from_slice.device_ptr(&stream);
+        // The source's weights were complete (its worker synchronized) before it could be
+        // planned as a source, and are only read: its pointer is taken on its own stream (an
+        // event of another context cannot be recorded on this one, were tracking on).
+        let (src, _read) = from_slice.device_ptr(&from_stream);
         let (dst, _write) = slice.device_ptr_mut(&stream);
         let src = src + offset_bytes as u64;
         let (src_ctx, dst_ctx) = (from_stream.context(), stream.context());
