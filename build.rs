@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Our kernels, each compiled to `$OUT_DIR/<name>.ptx`.
-const KERNELS: [&str; 2] = ["decode_attention", "fused"];
+const KERNELS: [&str; 3] = ["decode_attention", "fused", "gemv"];
 
 fn nvcc() -> PathBuf {
     if let Some(nvcc) = std::env::var_os("NVCC") {

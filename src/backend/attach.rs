@@ -21,6 +21,7 @@ use crate::load::dtype::candle_dtype;
 use crate::load::shared_cache::{CachePlan, SharedCache, SharedRegion};
 use crate::load::{DeviceError, DeviceWeights, FileKey, LoadError, WeightFile};
 use crate::models::layers::decode_graph::{reserve_bytes, GraphMode};
+use crate::models::layers::fused::fused_on;
 use crate::models::FamilyConfig;
 
 /// Loads an inspected checkpoint of any family in the table as a runtime engine, marking the
@@ -200,10 +201,11 @@ fn load_inspected<E>(
             (weights, None)
         }
     };
-    // On CUDA the weights a family reads as one are stored so before anything, parking
+    // With fused layers (CUDA, WC_FUSED=1) the weights a family reads as one are stored so
+    // before anything, parking
     // included, holds them: placed so by the pinned upload, else stacked here (a device copy,
     // queued behind the upload's).
-    if device.device.is_cuda() {
+    if fused_on(&device.device) {
         weights.fuse(&inspected.config.fused_groups())?;
     }
     // On the pinned path the copies are still running: building the model now queues its
@@ -377,7 +379,10 @@ fn upload_pinned(
     let files = &inspected.files;
     let began = std::time::Instant::now();
     // The weights the family reads as one are placed so by the upload (no device copy).
-    let fused = inspected.config.fused_groups();
+    let fused = match fused_on(&device.device) {
+        true => inspected.config.fused_groups(),
+        false => Vec::new(),
+    };
     let uploaded =
         cuda::upload_checkpoint(cuda, pool, files, dtype, &mut read.pinned, shared, &fused)?;
     timeline.mark_at(Anchor::WeightsRead, uploaded.read_done_ns);

@@ -29,9 +29,10 @@ fn fixture_parts<C: worker_controller::models::family::Config + Clone>(
 }
 
 /// A Llama-family fixture's model on `device` in `dtype`, its decode passes run as `mode` says,
-/// its weights fused as an attach fuses them (on CUDA only).
+/// its weights fused as an attach fuses them (on CUDA with `WC_FUSED=1`).
 pub fn llama_model(dir: &Path, device: &Device, dtype: DType, mode: GraphMode) -> LlamaModel {
-    llama_model_fused(dir, device, dtype, mode, device.is_cuda())
+    let fused = worker_controller::models::layers::fused::fused_on(device);
+    llama_model_fused(dir, device, dtype, mode, fused)
 }
 
 /// [`llama_model`], its q/k/v and gate/up weights fused (`DeviceWeights::fuse`) or not.

@@ -5,7 +5,7 @@
 
 use candle_core::{DType, Device, Tensor, D};
 use worker_controller::models::layers::fused::{
-    add_rms_norm, kernels_apply, silu_mul, split_qkv, QkvHeads,
+    add_rms_norm_kernel, silu_mul_kernel, split_qkv_kernel, QkvHeads,
 };
 
 fn numbers(n: usize, seed: usize, device: &Device, dtype: DType, dims: &[usize]) -> Tensor {
@@ -70,10 +70,9 @@ fn the_fused_kernels_compute_what_candles_ops_compute() {
         for rows in [1usize, 5, 64] {
             for dtype in [DType::F32, DType::F16, DType::BF16] {
                 let x = numbers(rows * hidden, 1, &device, dtype, &[rows, hidden]);
-                assert!(kernels_apply(&x), "the kernels run on the GPU");
                 let delta = numbers(rows * hidden, 2, &device, dtype, &[rows, hidden]);
                 let weight = numbers(hidden, 3, &device, dtype, &[hidden]);
-                let (sum, normed) = add_rms_norm(&x, &delta, &weight, 1e-5).unwrap();
+                let (sum, normed) = add_rms_norm_kernel(&x, &delta, &weight, 1e-5).unwrap();
                 let want_sum = (&x + &delta).unwrap();
                 let want_norm = candle_nn::ops::rms_norm(&want_sum, &weight, 1e-5).unwrap();
                 let what = format!("{dtype:?} rows {rows} hidden {hidden}");
@@ -82,7 +81,7 @@ fn the_fused_kernels_compute_what_candles_ops_compute() {
                     failures.push(format!("add_rms_norm {what}: sum {ds}, norm {dn}"));
                 }
                 let gate_up = numbers(rows * 2 * inter, 4, &device, dtype, &[rows, 2 * inter]);
-                let got = silu_mul(&gate_up).unwrap();
+                let got = silu_mul_kernel(&gate_up).unwrap();
                 let gate = candle_nn::ops::silu(&gate_up.narrow(D::Minus1, 0, inter).unwrap());
                 let want =
                     (gate.unwrap() * gate_up.narrow(D::Minus1, inter, inter).unwrap()).unwrap();
@@ -101,7 +100,7 @@ fn the_fused_kernels_compute_what_candles_ops_compute() {
                     kv_heads,
                     head_dim: d,
                 };
-                let (q, k, v) = split_qkv(&qkv, heads_of, None, Some((&cos, &sin))).unwrap();
+                let (q, k, v) = split_qkv_kernel(&qkv, heads_of, &cos, &sin).unwrap();
                 let part = |offset: usize, count: usize| {
                     qkv.narrow(1, offset * d, count * d)
                         .unwrap()
@@ -190,4 +189,47 @@ fn the_pinned_upload_places_fused_groups_with_each_member_where_it_reads_as_befo
         assert_eq!(whole.dim(0).unwrap(), rows);
     }
     assert!(plain.keys().all(|name| placed.contains_key(name)));
+}
+
+#[test]
+fn the_gemv_kernel_computes_what_cublas_computes_for_up_to_eight_rows() {
+    use worker_controller::models::layers::gemv;
+    let _gpu = super::serial();
+    let device = Device::new_cuda(0).unwrap();
+    let mut failures = Vec::new();
+    // (k, n): 8B's q/k/v, gate/up, down and a small head; the fixtures' 128 x 256.
+    for (k, n) in [
+        (4096, 6144),
+        (4096, 28672),
+        (14336, 4096),
+        (4096, 32000),
+        (128, 256),
+    ] {
+        let w32 = numbers(n * k, 7, &device, DType::F32, &[n, k]);
+        let w32 = (w32 * 0.05).unwrap();
+        for rows in [1usize, 3, 8] {
+            let x32 = numbers(rows * k, 8, &device, DType::F32, &[rows, k]);
+            for dtype in [DType::F32, DType::F16, DType::BF16] {
+                let (x, w) = (x32.to_dtype(dtype).unwrap(), w32.to_dtype(dtype).unwrap());
+                let got = gemv::times_transposed(&x, &w).unwrap();
+                // The reference in f32 from the same rounded inputs.
+                let want = x
+                    .to_dtype(DType::F32)
+                    .unwrap()
+                    .matmul(&w.to_dtype(DType::F32).unwrap().t().unwrap())
+                    .unwrap();
+                let scale = (k as f32).sqrt() * 0.05;
+                let tol = match dtype {
+                    DType::F32 => 1e-4 * scale,
+                    DType::F16 => 2e-3 * scale,
+                    _ => 1.6e-2 * scale,
+                };
+                let diff = largest(&got, &want);
+                if got.dims() != [rows, n] || diff > tol {
+                    failures.push(format!("{dtype:?} rows {rows} k {k} n {n}: {diff} > {tol}"));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
 }

@@ -1,6 +1,6 @@
 //! Three fused steps of a Llama-family layer, each one CUDA kernel (`kernels/fused.cu`, compiled
 //! to PTX by build.rs) where candle runs two to seven, and candle's own ops elsewhere (CPU, other
-//! dtypes, `WC_FUSED_KERNELS=0`): the residual add with the RMSNorm after it, SiLU × up over the
+//! dtypes, without `WC_FUSED=1`): the residual add with the RMSNorm after it, SiLU × up over the
 //! fused gate/up projection, and the split of the fused q/k/v projection with the rotary
 //! embedding of q and k. The kernels round where candle's ops round, so outputs do not change.
 // Without the cuda feature the ops are built but never launched.
@@ -8,8 +8,18 @@
 
 use candle_core::{DType, Tensor, D};
 
-/// Whether the kernels run for tensors like `x` (on a CUDA device, a float dtype, not turned off
-/// by `WC_FUSED_KERNELS=0`).
+/// Whether weights are stored fused and the fused kernels run on `device`: on CUDA with
+/// `WC_FUSED=1`. Off by default until they have been measured and checked against transformers
+/// on a GPU (`bench/gpu_graphs.sh`); the CPU never fuses (its matmuls gain nothing from it).
+pub fn fused_on(device: &candle_core::Device) -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let on = *ON.get_or_init(|| std::env::var("WC_FUSED").is_ok_and(|v| v == "1" || v == "on"));
+    on && device.is_cuda()
+}
+
+/// Whether the kernels run for tensors like `x`: [`fused_on`] its device, a float dtype, and
+/// not turned off alone by `WC_FUSED_KERNELS=0` (fused weights with candle's ops, for
+/// comparisons).
 pub fn kernels_apply(x: &Tensor) -> bool {
     // Read once: this is asked several times for every layer of every pass.
     static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -17,7 +27,7 @@ pub fn kernels_apply(x: &Tensor) -> bool {
         .get_or_init(|| std::env::var("WC_FUSED_KERNELS").is_ok_and(|v| v == "0" || v == "off"));
     cfg!(feature = "cuda")
         && !off
-        && x.device().is_cuda()
+        && fused_on(x.device())
         && matches!(x.dtype(), DType::F32 | DType::F16 | DType::BF16)
 }
 
@@ -38,6 +48,16 @@ pub fn add_rms_norm(
         let normed = rms_norm(&sum, weight, eps)?;
         return Ok((sum, normed));
     }
+    add_rms_norm_kernel(x, delta, weight, eps)
+}
+
+/// [`add_rms_norm`] by the kernel, whatever the switches say (CUDA, `[rows, cols]`).
+pub fn add_rms_norm_kernel(
+    x: &Tensor,
+    delta: &Tensor,
+    weight: &Tensor,
+    eps: f64,
+) -> candle_core::Result<(Tensor, Tensor)> {
     let (rows, cols) = x.dims2()?;
     let op = kernel::Fused::AddRmsNorm { eps: eps as f32 };
     let both = x
@@ -55,6 +75,11 @@ pub fn silu_mul(gate_up: &Tensor) -> candle_core::Result<Tensor> {
         let gate = candle_nn::ops::silu(&gate_up.narrow(D::Minus1, 0, inter)?)?;
         return gate * gate_up.narrow(D::Minus1, inter, inter)?;
     }
+    silu_mul_kernel(gate_up)
+}
+
+/// [`silu_mul`] by the kernel, whatever the switches say (CUDA, `[rows, 2 * inter]`).
+pub fn silu_mul_kernel(gate_up: &Tensor) -> candle_core::Result<Tensor> {
     gate_up
         .contiguous()?
         .apply_op1_no_bwd(&kernel::Fused::SiluMul)
@@ -85,17 +110,7 @@ pub fn split_qkv(
         head_dim: d,
     } = shape;
     if let (Some((cos, sin)), None, true) = (rope, norms, kernels_apply(qkv)) {
-        let op = kernel::Fused::RopeSplit { heads, kv_heads };
-        let out =
-            qkv.contiguous()?
-                .apply_op3_no_bwd(&cos.contiguous()?, &sin.contiguous()?, &op)?;
-        let (q_len, kv_len) = (rows * heads * d, rows * kv_heads * d);
-        return Ok((
-            out.narrow(0, 0, q_len)?.reshape((rows, heads, d))?,
-            out.narrow(0, q_len, kv_len)?.reshape((rows, kv_heads, d))?,
-            out.narrow(0, q_len + kv_len, kv_len)?
-                .reshape((rows, kv_heads, d))?,
-        ));
+        return split_qkv_kernel(qkv, shape, cos, sin);
     }
     let part = |offset: usize, count: usize| -> candle_core::Result<Tensor> {
         qkv.narrow(1, offset * d, count * d)?
@@ -117,6 +132,32 @@ pub fn split_qkv(
         k = rotate(&k)?;
     }
     Ok((q, k, v))
+}
+
+/// [`split_qkv`] with rotary embeddings and no norms by the kernel, whatever the switches say.
+pub fn split_qkv_kernel(
+    qkv: &Tensor,
+    shape: QkvHeads,
+    cos: &Tensor,
+    sin: &Tensor,
+) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+    let rows = qkv.dim(0)?;
+    let QkvHeads {
+        heads,
+        kv_heads,
+        head_dim: d,
+    } = shape;
+    let op = kernel::Fused::RopeSplit { heads, kv_heads };
+    let out = qkv
+        .contiguous()?
+        .apply_op3_no_bwd(&cos.contiguous()?, &sin.contiguous()?, &op)?;
+    let (q_len, kv_len) = (rows * heads * d, rows * kv_heads * d);
+    Ok((
+        out.narrow(0, 0, q_len)?.reshape((rows, heads, d))?,
+        out.narrow(0, q_len, kv_len)?.reshape((rows, kv_heads, d))?,
+        out.narrow(0, q_len + kv_len, kv_len)?
+            .reshape((rows, kv_heads, d))?,
+    ))
 }
 
 mod kernel {

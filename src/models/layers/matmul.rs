@@ -1,14 +1,17 @@
 //! The model layer's matmuls against weights, `x Wᵀ (+ b)` for a few rows `x` `[rows, in]` and
 //! a weight `W` `[out, in]`. On the CPU they are computed as `(W xᵀ)ᵀ`: candle's CPU matmul
 //! then packs the few rows of `x` rather than the whole weight on every call, which halves the
-//! cost of a batched step's layers and leaves a single row's as it was. Other devices (and other
-//! ranks) take candle's own path.
+//! cost of a batched step's layers and leaves a single row's as it was. On CUDA a few rows may
+//! take our GEMV kernel (`gemv.rs`); other devices (and other ranks) take candle's own path.
 
 use candle_core::{Module, Tensor};
 use candle_nn::Linear;
 
 /// `x Wᵀ` for `x` `[rows, in]`, `weight` `[out, in]`.
 pub fn times_transposed(x: &Tensor, weight: &Tensor) -> candle_core::Result<Tensor> {
+    if super::gemv::applies(x, weight) {
+        return super::gemv::times_transposed(x, weight);
+    }
     if x.device().is_cpu() && x.rank() == 2 && x.dim(0)? > 1 {
         weight.matmul(&x.t()?)?.t()?.contiguous()
     } else {

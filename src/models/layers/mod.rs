@@ -6,6 +6,7 @@ pub mod attention;
 pub mod decode_attention;
 pub mod decode_graph;
 pub mod fused;
+pub mod gemv;
 pub mod kv_cache;
 pub mod kv_pass;
 pub mod kv_slab;

@@ -30,8 +30,8 @@ pub fn prewarm(device: &Device, dtype: DType) -> Result<(), LoadError> {
     let config = tiny_config();
     let weights = random_weights(&config, device, dtype, 0)?;
     let mut weights = DeviceWeights::from_tensors(weights);
-    // Fused as an attach fuses them on CUDA, so that the fused kernels load here.
-    if device.is_cuda() {
+    // Fused as an attach fuses them, so that the fused kernels load here.
+    if crate::models::layers::fused::fused_on(device) {
         weights.fuse(&super::fused::fused_groups(&config))?;
     }
     let model = LlamaModel::new(config, &weights)?;
