@@ -31,6 +31,7 @@ fn compile_kernels() {
     let cap: String = cap.chars().filter(char::is_ascii_digit).collect();
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let nvcc = nvcc();
+    println!("cargo:rerun-if-changed=kernels/convert.cuh");
     for name in KERNELS {
         let source = format!("kernels/{name}.cu");
         println!("cargo:rerun-if-changed={source}");

@@ -8,6 +8,8 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 
+#include "convert.cuh"
+
 #define MAX_ROWS 8
 #define WARPS_PER_BLOCK 8
 
@@ -16,17 +18,6 @@ template <typename T> struct Piece;
 template <> struct Piece<__nv_bfloat16> { static constexpr int N = 8; };
 template <> struct Piece<__half> { static constexpr int N = 8; };
 template <> struct Piece<float> { static constexpr int N = 4; };
-
-__device__ __forceinline__ float as_float(float x) { return x; }
-__device__ __forceinline__ float as_float(__half x) { return __half2float(x); }
-__device__ __forceinline__ float as_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-
-template <typename T> __device__ __forceinline__ T round_to(float x);
-template <> __device__ __forceinline__ float round_to<float>(float x) { return x; }
-template <> __device__ __forceinline__ __half round_to<__half>(float x) { return __float2half(x); }
-template <> __device__ __forceinline__ __nv_bfloat16 round_to<__nv_bfloat16>(float x) {
-    return __float2bfloat16(x);
-}
 
 template <typename T>
 __device__ void gemv(const T *__restrict__ x, const T *__restrict__ w, T *__restrict__ y,
@@ -50,7 +41,7 @@ __device__ void gemv(const T *__restrict__ x, const T *__restrict__ w, T *__rest
                 const float4 xv = __ldg(reinterpret_cast<const float4 *>(x + (size_t)r * k) + p);
                 const T *xp = reinterpret_cast<const T *>(&xv);
 #pragma unroll
-                for (int i = 0; i < P; i++) acc[r] += as_float(xp[i]) * as_float(wp[i]);
+                for (int i = 0; i < P; i++) acc[r] += to_float(xp[i]) * to_float(wp[i]);
             }
         }
     }
@@ -60,7 +51,7 @@ __device__ void gemv(const T *__restrict__ x, const T *__restrict__ w, T *__rest
             float sum = acc[r];
 #pragma unroll
             for (int mask = 16; mask > 0; mask >>= 1) sum += __shfl_xor_sync(0xffffffff, sum, mask);
-            if (lane == 0) y[(size_t)r * n + col] = round_to<T>(sum);
+            if (lane == 0) y[(size_t)r * n + col] = from_float<T>(sum);
         }
     }
 }

@@ -124,6 +124,7 @@ mod cuda {
     use candle_core::{CudaDevice, CudaStorage, DType, Layout, Shape, Storage, Tensor};
 
     use super::kernel::DecodeAttention;
+    use crate::models::layers::cuda_launch::contiguous_view;
 
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/decode_attention.ptx"));
     const MODULE: &str = "wc_decode_attention";
@@ -134,10 +135,7 @@ mod cuda {
         layout: &Layout,
         what: &str,
     ) -> candle_core::Result<CudaView<'a, T>> {
-        match layout.contiguous_offsets() {
-            Some((start, end)) => Ok(storage.as_cuda_slice::<T>()?.slice(start..end)),
-            None => candle_core::bail!("decode attention: {what} is not contiguous"),
-        }
+        contiguous_view(storage, layout, &format!("decode attention: {what}"))
     }
 
     /// A u32 tensor's storage, for reading while the guard lives.

@@ -7,6 +7,7 @@ use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::{CudaDevice, CudaStorage, DType, Layout, Shape};
 
 use super::kernel::Fused;
+use crate::models::layers::cuda_launch::contiguous_view;
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fused.ptx"));
 const MODULE: &str = "wc_fused";
@@ -18,10 +19,7 @@ fn view<'a, T: CudaDType>(
     storage: &'a CudaStorage,
     layout: &Layout,
 ) -> candle_core::Result<CudaView<'a, T>> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(storage.as_cuda_slice::<T>()?.slice(start..end)),
-        None => candle_core::bail!("fused kernel: an input is not contiguous"),
-    }
+    contiguous_view(storage, layout, "a fused kernel's input")
 }
 
 /// Blocks for `work` items, one per thread, capped (the kernels loop over the rest).

@@ -76,24 +76,16 @@ mod cuda {
     //! Launching the kernel on the device's stream.
     use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::cudarc::driver::{
-        CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
+        CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg,
     };
     use candle_core::cuda_backend::{CudaDType, WrapErr};
     use candle_core::{CudaDevice, CudaStorage, DType, Layout, Shape};
 
+    use crate::models::layers::cuda_launch::contiguous_view;
+
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/gemv.ptx"));
     const MODULE: &str = "wc_gemv";
     const WARPS_PER_BLOCK: usize = 8;
-
-    fn view<'a, T: CudaDType>(
-        storage: &'a CudaStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<CudaView<'a, T>> {
-        match layout.contiguous_offsets() {
-            Some((start, end)) => Ok(storage.as_cuda_slice::<T>()?.slice(start..end)),
-            None => candle_core::bail!("gemv: an input is not contiguous"),
-        }
-    }
 
     pub(super) fn launch(
         (x, x_layout): (&CudaStorage, &Layout),
@@ -112,7 +104,8 @@ mod cuda {
             (w, w_layout): (&CudaStorage, &Layout),
             (rows, k, n): (usize, usize, usize),
         ) -> candle_core::Result<CudaSlice<T>> {
-            let (x, w) = (view::<T>(x, x_layout)?, view::<T>(w, w_layout)?);
+            let x = contiguous_view::<T>(x, x_layout, "gemv's input")?;
+            let w = contiguous_view::<T>(w, w_layout, "gemv's weight")?;
             // SAFETY: every element is written by the kernel before anything reads it.
             let y = unsafe { dev.alloc::<T>(rows * n)? };
             let func = dev.get_or_load_custom_func(name, MODULE, PTX)?;

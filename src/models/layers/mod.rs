@@ -3,6 +3,8 @@
 //! passes replayed as CUDA graphs, and the matmul that picks its kernel.
 
 pub mod attention;
+#[cfg(feature = "cuda")]
+pub mod cuda_launch;
 pub mod decode_attention;
 pub mod decode_graph;
 pub mod fused;
