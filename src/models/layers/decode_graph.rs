@@ -127,7 +127,9 @@ pub fn reserve_bytes(vocab: usize, dtype_bytes: usize) -> u64 {
     let mut shapes: Vec<(usize, usize)> = (0..=MAX_BATCH.trailing_zeros())
         .map(|b| 1usize << b)
         .flat_map(|batch| {
-            let key_buckets = (1..=8).map(|k| k * 128).chain((11..=20).map(|p| 1usize << p));
+            let key_buckets = (1..=8)
+                .map(|k| k * 128)
+                .chain((11..=20).map(|p| 1usize << p));
             key_buckets.filter_map(move |keys| bucket_of(batch, keys))
         })
         .collect();
