@@ -145,6 +145,7 @@ fn cpu_bench(models: Vec<String>, out: &Path) -> BenchOptions {
         decode_tokens: 0,
         modes: Vec::new(),
         worker_cpus: Vec::new(),
+        peer_source: None,
     }
 }
 
@@ -560,6 +561,45 @@ fn modes_limit_the_bench_to_the_paths_asked_for_and_unknown_ones_are_refused() {
         .unwrap_err()
         .to_string();
     assert!(error.contains("unknown bench mode `warp-drive`"), "{error}");
+}
+
+#[test]
+fn the_peer_path_is_timed_only_when_asked_for_and_copies_every_start_from_the_source_worker() {
+    let out = scratch("bench-peer");
+    let options = BenchOptions {
+        runs: 2,
+        decode_tokens: 4,
+        modes: vec!["controller".into(), "controller_peer".into()],
+        ..cpu_bench(vec![fixture(PRENORM).display().to_string()], &out)
+    };
+    let results = worker_controller::bench::run(&options).unwrap();
+    let peer: Vec<&RunRecord> = results
+        .runs
+        .iter()
+        .filter(|r| r.mode == "controller_peer")
+        .collect();
+    assert_eq!(peer.len(), 2, "two runs of the peer path");
+    let host = results
+        .runs
+        .iter()
+        .find(|r| r.mode == "controller")
+        .unwrap();
+    for run in &peer {
+        assert!(run.bytes > 0, "every start copies the weights");
+        assert!(run.decode.is_some(), "and decodes after its attach");
+        let memory = run.memory.as_ref().expect("memory around the run");
+        assert_eq!(memory.after_detach_free_bytes, memory.baseline_free_bytes);
+    }
+    assert_eq!(
+        peer[0].bytes, host.bytes,
+        "the same weights as the host path's"
+    );
+    let default = cpu_bench(vec![fixture(PRENORM).display().to_string()], &out);
+    let all = worker_controller::bench::run(&BenchOptions { runs: 1, ..default }).unwrap();
+    assert!(
+        all.runs.iter().all(|r| r.mode != "controller_peer"),
+        "not by default"
+    );
 }
 
 /// Results of three runs per `(scenario, mode, ms to first token)`.

@@ -25,11 +25,15 @@ fn resident_bytes() -> u64 {
     pages * page.max(0) as u64
 }
 
-/// One prewarmed worker behind the actor runtime, driven from synchronous code.
+/// One prewarmed worker behind the actor runtime, driven from synchronous code (two for the
+/// peer path: the model attached on worker 0 and kept serving, each start attached on worker 1
+/// and copied from worker 0).
 pub struct ControllerPath {
     handle: Handle,
     runtime: tokio::runtime::Runtime,
     dtype: Option<DType>,
+    /// The peer path: the model whose source engine is attached on worker 0.
+    peer: Option<PeerSource>,
     /// The worker's free device memory once prewarmed.
     baseline_free_bytes: u64,
     /// How long the worker's prewarm took (context, kernels, staging), in milliseconds.
@@ -47,12 +51,38 @@ impl ControllerPath {
         prewarm: PrewarmOptions,
         worker_exe: Option<&Path>,
     ) -> anyhow::Result<Self> {
+        Self::start_on(std::slice::from_ref(device), dtype, prewarm, worker_exe)
+    }
+
+    /// The peer path: worker 0 on `source` holds the model (attached once, serving), and each
+    /// start attaches it on worker 1 on `device`, copied from worker 0 (threads of this
+    /// process: a peer copy between worker processes is not built).
+    pub fn start_peer(
+        source: &DeviceSpec,
+        device: &DeviceSpec,
+        dtype: Option<DType>,
+        prewarm: PrewarmOptions,
+    ) -> anyhow::Result<Self> {
+        let mut path = Self::start_on(&[source.clone(), device.clone()], dtype, prewarm, None)?;
+        path.peer = Some(PeerSource::default());
+        Ok(path)
+    }
+
+    fn start_on(
+        devices: &[DeviceSpec],
+        dtype: Option<DType>,
+        prewarm: PrewarmOptions,
+        worker_exe: Option<&Path>,
+    ) -> anyhow::Result<Self> {
         let config = RuntimeConfig {
-            workers: vec![WorkerConfig {
-                device: device.clone(),
-                count: 1,
-                prewarm,
-            }],
+            workers: devices
+                .iter()
+                .map(|device| WorkerConfig {
+                    device: device.clone(),
+                    count: 1,
+                    prewarm: prewarm.clone(),
+                })
+                .collect(),
             ..RuntimeConfig::default()
         };
         let local: Arc<dyn Backend> = Arc::new(CandleBackend::default());
@@ -80,15 +110,16 @@ impl ControllerPath {
             .filter_map(|w| w.prewarm.as_ref())
             .map(|p| p.total_ms)
             .sum();
+        // The worker each start attaches on: the last.
         let baseline_free_bytes = workers
-            .iter()
-            .filter_map(|w| w.memory.as_ref())
-            .map(|m| m.free_bytes)
-            .sum();
+            .last()
+            .and_then(|w| w.memory.as_ref())
+            .map_or(0, |m| m.free_bytes);
         Ok(Self {
             handle,
             runtime,
             dtype,
+            peer: None,
             baseline_free_bytes,
             prewarm_ms,
         })
@@ -108,9 +139,24 @@ impl ControllerPath {
             canonical: false,
             park: None,
         };
-        let report = self
-            .runtime
-            .block_on(self.handle.attach(Attach::new(spec)))?;
+        let target = match self.peer.is_some() {
+            true => Some(self.ensure_source(&spec)?),
+            false => None,
+        };
+        let attach = Attach {
+            worker: target,
+            ..Attach::new(spec)
+        };
+        let report = self.runtime.block_on(self.handle.attach(attach))?;
+        anyhow::ensure!(
+            target.is_none() || report.source.starts_with("peer:"),
+            "the peer path's attach came from `{}`, not a peer: {}",
+            report.source,
+            report
+                .source_fallback
+                .as_deref()
+                .unwrap_or("no reason given")
+        );
         let engine = EngineRef::Id(report.engine_id);
         let decoded = match decode_tokens {
             0 => None,
@@ -129,8 +175,38 @@ impl ControllerPath {
         Ok((report.timeline, report.bytes_moved, decoded, Some(memory)))
     }
 
+    /// The peer path: `spec` attached on worker 0 (the engine before it detached); returns the
+    /// worker each start attaches on.
+    fn ensure_source(&mut self, spec: &ModelSpec) -> anyhow::Result<usize> {
+        let peer = self.peer.as_mut().expect("the peer path");
+        if peer.model.as_deref() == Some(spec.model.as_str()) {
+            return Ok(1);
+        }
+        if let Some(engine) = peer.engine.take() {
+            self.runtime.block_on(self.handle.detach(engine))?;
+        }
+        let attach = Attach {
+            worker: Some(0),
+            ..Attach::new(spec.clone())
+        };
+        let report = self
+            .runtime
+            .block_on(self.handle.attach(attach))
+            .context("attaching the peer path's source engine")?;
+        peer.engine = Some(EngineRef::Id(report.engine_id));
+        peer.model = Some(spec.model.clone());
+        Ok(1)
+    }
+
     /// Detaches everything and stops the worker.
     pub fn stop(&mut self) {
         self.runtime.block_on(self.handle.shutdown());
     }
+}
+
+/// The peer path's source: the model attached on worker 0 and its engine.
+#[derive(Default)]
+struct PeerSource {
+    model: Option<String>,
+    engine: Option<EngineRef>,
 }

@@ -63,8 +63,10 @@ pub struct BenchOptions {
     /// anywhere), the same for every mode so that no mode is timed on a faster CPU.
     pub worker_cpus: Vec<usize>,
     /// Which paths to time, by name (`standard`, `controller`, `controller_nocache`,
-    /// `controller_process`); empty: all of them.
+    /// `controller_process`, `controller_peer`); empty: all but `controller_peer`.
     pub modes: Vec<String>,
+    /// The device of `controller_peer`'s source worker (default: `device`, a copy within it).
+    pub peer_source: Option<DeviceSpec>,
 }
 
 /// One way of starting an engine, timed.
@@ -77,6 +79,9 @@ enum Mode {
     ControllerNoCache,
     /// As `Controller`, with the worker in its own process (the server's default isolation).
     ControllerProcess,
+    /// Attached on a second worker while a first (on `peer_source`) serves the same model:
+    /// copied from the first worker's device. Timed only when asked for by name.
+    ControllerPeer,
     Transformers,
 }
 
@@ -89,12 +94,16 @@ impl Mode {
         Mode::ControllerProcess,
     ];
 
+    /// Paths timed only when named (`controller_peer` holds the model on two workers).
+    const ON_REQUEST: [Mode; 1] = [Mode::ControllerPeer];
+
     fn name(self) -> &'static str {
         match self {
             Mode::Standard => "standard",
             Mode::Controller => "controller",
             Mode::ControllerNoCache => "controller_nocache",
             Mode::ControllerProcess => "controller_process",
+            Mode::ControllerPeer => "controller_peer",
             Mode::Transformers => "transformers",
         }
     }
@@ -112,6 +121,7 @@ struct Bench<'a> {
     controller: Option<ControllerPath>,
     controller_nocache: Option<ControllerPath>,
     controller_process: Option<ControllerPath>,
+    controller_peer: Option<ControllerPath>,
     scratch: PathBuf,
     runs: Vec<RunRecord>,
     /// The paths timed, in order.
@@ -137,6 +147,7 @@ impl Bench<'_> {
             Mode::Controller => self.controller.as_mut(),
             Mode::ControllerNoCache => self.controller_nocache.as_mut(),
             Mode::ControllerProcess => self.controller_process.as_mut(),
+            Mode::ControllerPeer => self.controller_peer.as_mut(),
             Mode::Standard | Mode::Transformers => None,
         };
         let result = match (mode, controller) {
@@ -258,6 +269,20 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<Results> {
     let controller = start(Mode::Controller, cache, None)?;
     let controller_nocache = start(Mode::ControllerNoCache, 0, None)?;
     let controller_process = start(Mode::ControllerProcess, cache, Some(&exe))?;
+    let controller_peer = modes
+        .contains(&Mode::ControllerPeer)
+        .then(|| {
+            let prewarm = PrewarmOptions {
+                dtypes: vec![dtype.unwrap_or(DType::F32)],
+                staging_bytes: options.staging_bytes,
+                host_cache_bytes: cache,
+                cpus: options.worker_cpus.clone(),
+                ..PrewarmOptions::default()
+            };
+            let source = options.peer_source.as_ref().unwrap_or(device);
+            ControllerPath::start_peer(source, device, dtype, prewarm)
+        })
+        .transpose()?;
     let scratch = std::env::temp_dir().join(format!("wc-bench-{}", std::process::id()));
     let mut bench = Bench {
         options,
@@ -266,6 +291,7 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<Results> {
         controller,
         controller_nocache,
         controller_process,
+        controller_peer,
         scratch,
         runs: Vec::new(),
         modes,
@@ -281,6 +307,7 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<Results> {
         &mut bench.controller,
         &mut bench.controller_nocache,
         &mut bench.controller_process,
+        &mut bench.controller_peer,
     ];
     let mut prewarm_ms = 0.0;
     for controller in controllers.into_iter().flatten() {
@@ -335,16 +362,19 @@ pub fn run(options: &BenchOptions) -> anyhow::Result<Results> {
 
 /// The paths named in `names` (all of them when empty), in the order runs take them.
 fn timed_modes(names: &[String]) -> anyhow::Result<Vec<Mode>> {
+    let known = || Mode::TIMED.into_iter().chain(Mode::ON_REQUEST);
     for name in names {
         anyhow::ensure!(
-            Mode::TIMED.iter().any(|m| m.name() == name),
+            known().any(|m| m.name() == name),
             "unknown bench mode `{name}`: expected one of {}",
-            Mode::TIMED.map(Mode::name).join(", ")
+            known().map(Mode::name).collect::<Vec<_>>().join(", ")
         );
     }
-    Ok(Mode::TIMED
-        .into_iter()
-        .filter(|m| names.is_empty() || names.iter().any(|n| n == m.name()))
+    if names.is_empty() {
+        return Ok(Mode::TIMED.to_vec());
+    }
+    Ok(known()
+        .filter(|m| names.iter().any(|n| n == m.name()))
         .collect())
 }
 

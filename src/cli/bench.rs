@@ -67,10 +67,16 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 32)]
     decode_tokens: usize,
     /// Paths to time, comma-separated: standard, controller, controller_nocache,
-    /// controller_process. Default: all. Only the controller paths asked for prewarm a worker
-    /// (each with its own pinned host cache), so leaving some out saves host memory.
+    /// controller_process, controller_peer. Default: all but controller_peer. Only the
+    /// controller paths asked for prewarm a worker (each with its own pinned host cache), so
+    /// leaving some out saves host memory. controller_peer attaches each start on a second
+    /// worker while a first serves the same model (copied from it: see --peer-source).
     #[arg(long, value_delimiter = ',')]
     modes: Vec<String>,
+    /// The device of controller_peer's source worker (e.g. cuda:0 with --device cuda:1).
+    /// Default: --device (a copy within one device).
+    #[arg(long, value_name = "DEVICE")]
+    peer_source: Option<DeviceSpec>,
     /// CPUs the controller workers' device threads are kept on, comma-separated (Linux; the
     /// same for every mode, so that modes compare on the same CPUs). Default: anywhere.
     #[arg(long, value_delimiter = ',', value_name = "CPUS")]
@@ -218,6 +224,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         decode_tokens: args.decode_tokens,
         modes: args.modes,
         worker_cpus: args.worker_cpus,
+        peer_source: args.peer_source,
     };
     let results = run_bench(&options)?;
     for (name, scenario) in &results.scenarios {
