@@ -88,7 +88,13 @@ async fn a_model_attached_on_one_worker_is_copied_to_another_and_answers_the_sam
     assert_eq!(host.source, "host");
     let expected = tokens(&handle, "host").await;
 
-    let copy = attach_on(&handle, model.clone(), 1, "copy").await.unwrap();
+    // The source serves while the copy reads its weights.
+    let (copy, during) = tokio::join!(
+        attach_on(&handle, model.clone(), 1, "copy"),
+        tokens(&handle, "host")
+    );
+    let copy = copy.unwrap();
+    assert_eq!(during, expected);
     assert_eq!(
         (copy.source.as_str(), copy.worker),
         ("peer:0", 1),
@@ -231,4 +237,25 @@ async fn a_peer_that_fails_mid_copy_fails_only_that_attach() {
     assert_eq!(copy.source, "peer:0");
     assert_eq!(tokens(&handle, "copy").await, expected);
     handle.shutdown().await;
+}
+
+#[test]
+fn a_backend_device_loaded_directly_keeps_no_weights_once_the_engine_is_gone() {
+    let backend = CandleBackend::default();
+    let options = PrewarmOptions {
+        kv_cache_tokens: 256,
+        ..PrewarmOptions::default()
+    };
+    let (mut device, report) = backend.open(&DeviceSpec::Cpu, &options).unwrap();
+    assert!(
+        report.peer.is_some(),
+        "a backend's device lends to its peers"
+    );
+    let mut timeline = wc_actors::Timeline::default();
+    let (engine, _) = device
+        .load_engine(&spec(&fixture("tiny-llama")), &mut timeline)
+        .unwrap();
+    drop(engine);
+    let memory = wc_actors::WorkerDevice::memory(&device).unwrap();
+    assert!(memory.resident.is_empty(), "{memory:?}");
 }

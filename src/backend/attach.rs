@@ -235,7 +235,7 @@ fn load_inspected<E>(
     timeline.mark(Anchor::EngineReady);
     // A worker's weights in use are held for peers to copy too, and freed with the engine
     // unless parked.
-    if park || device.peer.is_some() {
+    if park || (device.leased && device.peer.is_some()) {
         let model = inspected.checkpoint.dir.clone();
         lock(&device.parking).record(key.clone(), model, &weights, park);
         device.lent = Some((key, park));

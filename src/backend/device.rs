@@ -16,7 +16,7 @@ use super::host_tier::{self, HostCacheUsage};
 use super::inspect::{inspect, Inspected};
 use super::lease::LeasedEngine;
 use super::parking::{ParkKey, Parking};
-use super::peers::{Membership, PeerRegistry};
+use super::peers::Membership;
 use crate::load::cuda::{self, PinnedPools, SharedPool, UploadCounts};
 use crate::load::device::host_memory;
 use crate::load::dtype::candle_dtype;
@@ -60,9 +60,11 @@ pub struct CandleDevice {
     /// whether they stay parked once it goes.
     pub(super) lent: Option<(ParkKey, bool)>,
     /// This device's place among the backend's devices that copy each other's resident
-    /// weights (a worker's device; `None` opened on its own): its weights in use are then
-    /// held in `parking` too, for peers to copy.
+    /// weights (a worker's device; `None` opened on its own).
     pub(super) peer: Option<Membership>,
+    /// The load in progress lends its engine through a lease, which gives the weights back:
+    /// only then are weights in use held for peers to copy.
+    pub(super) leased: bool,
     /// The source the controller planned for the next load (taken by it).
     pub(super) source: WeightsSource,
     /// Where the last load's weights came from.
@@ -185,21 +187,12 @@ impl CandleDevice {
             park_detached: prewarm.is_some_and(|p| p.park_detached),
             lent: None,
             peer: None,
+            leased: false,
             source: WeightsSource::Host,
             source_report: SourceReport::host(),
         };
         report.total_ms = started.elapsed().as_secs_f64() * 1e3;
         Ok((opened, report))
-    }
-
-    /// Joins `registry`: from now on this device lends its resident weights to the other
-    /// devices of it, and copies theirs (see `peer_copy`). Returns the endpoint for its prewarm
-    /// report and a step per GPU pair whose peer access it enabled.
-    pub(super) fn join_peers(&mut self, registry: &Arc<PeerRegistry>) -> (u64, Vec<String>) {
-        let (membership, steps) = registry.join(&self.device, &self.parking);
-        let endpoint = membership.endpoint;
-        self.peer = Some(membership);
-        (endpoint, steps)
     }
 
     /// Whether `spec`'s weights stay parked once its engine is detached: its own `park`, else
@@ -345,7 +338,10 @@ impl WorkerDevice for CandleDevice {
         };
         self.plan = plan;
         let park = self.parks(spec);
-        let (engine, bytes) = attach::load_engine(self, &inspected, park, timeline)?;
+        self.leased = true;
+        let loaded = attach::load_engine(self, &inspected, park, timeline);
+        self.leased = false;
+        let (engine, bytes) = loaded?;
         self.held.fetch_add(engine.device_bytes(), Ordering::SeqCst);
         let weights = self
             .lent

@@ -86,7 +86,7 @@ impl CandleBackend {
         let (mut opened, mut report) =
             CandleDevice::open_shared(device, Some(options), &self.pools, shared)?;
         let began = std::time::Instant::now();
-        let (endpoint, steps) = opened.join_peers(&self.peers);
+        let (endpoint, steps) = peers::join(&mut opened, &self.peers);
         let ms = began.elapsed().as_secs_f64() * 1e3;
         report
             .steps

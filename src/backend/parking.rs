@@ -164,3 +164,67 @@ impl Parking {
         freed
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use candle_core::{Device, Tensor};
+
+    use super::*;
+
+    fn weights() -> DeviceWeights {
+        let tensor = Tensor::zeros((4, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
+        DeviceWeights::from_tensors(HashMap::from([("w".to_string(), tensor)]))
+    }
+
+    fn key(dtype: DType) -> ParkKey {
+        ParkKey {
+            files: Vec::new(),
+            dtype,
+        }
+    }
+
+    #[test]
+    fn weights_in_use_are_resident_and_go_with_their_engine_unless_parked() {
+        let mut parking = Parking::default();
+        let key = key(DType::F32);
+        parking.record(key.clone(), "m".into(), &weights(), false);
+        assert_eq!(parking.resident(), vec![key.identity()]);
+        assert_eq!(parking.parked_bytes(), 0, "in use, not parked");
+        parking.give_back(&key, false);
+        assert!(parking.resident().is_empty());
+    }
+
+    #[test]
+    fn an_engine_detached_mid_copy_frees_its_weights_once_the_copy_is_done() {
+        let mut parking = Parking::default();
+        let key = key(DType::BF16);
+        parking.record(key.clone(), "m".into(), &weights(), false);
+        assert!(parking.lend(&key).is_some(), "lent to a peer copy");
+        parking.give_back(&key, false);
+        assert_eq!(parking.resident().len(), 1, "held for the copy");
+        parking.copy_done(&key);
+        assert!(parking.resident().is_empty(), "freed as the engine said");
+    }
+
+    #[test]
+    fn parked_weights_copied_by_a_peer_stay_parked() {
+        let mut parking = Parking::default();
+        let key = key(DType::F16);
+        parking.record(key.clone(), "m".into(), &weights(), true);
+        parking.give_back(&key, true);
+        let parked = parking.parked_bytes();
+        assert!(parked > 0);
+        assert!(parking.lend(&key).is_some());
+        assert_eq!(parking.parked_bytes(), 0, "in use while copied");
+        parking.copy_done(&key);
+        assert_eq!(parking.parked_bytes(), parked);
+        let other = super::tests::key(DType::F32);
+        assert_ne!(
+            key.identity(),
+            other.identity(),
+            "another dtype: other weights"
+        );
+    }
+}

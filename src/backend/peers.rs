@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use candle_core::Device;
 
 use super::parking::Parking;
+use super::CandleDevice;
 use crate::load::cuda;
 
 /// One backend's devices, by endpoint.
@@ -120,4 +121,14 @@ impl PeerRegistry {
     pub(super) fn take_copy_fault(&self) -> Option<usize> {
         self.members().fail_next_copy_after.take()
     }
+}
+
+/// Makes `device` one of `registry`'s: from now on it lends its resident weights to the other
+/// devices of it, and copies theirs (see `peer_copy`). Returns its endpoint for its prewarm
+/// report and a step per GPU pair whose peer access it enabled.
+pub(super) fn join(device: &mut CandleDevice, registry: &Arc<PeerRegistry>) -> (u64, Vec<String>) {
+    let (membership, steps) = registry.join(&device.device, &device.parking);
+    let endpoint = membership.endpoint;
+    device.peer = Some(membership);
+    (endpoint, steps)
 }
