@@ -70,6 +70,11 @@ impl SourceReport {
         }
     }
 
+    /// Whether the weights were copied from a peer.
+    pub fn is_peer(&self) -> bool {
+        self.source.starts_with("peer:")
+    }
+
     /// This report, noting why a faster source was passed over (the first reason stands).
     pub fn with_fallback(mut self, reason: impl Into<String>) -> Self {
         self.fallback.get_or_insert_with(|| reason.into());

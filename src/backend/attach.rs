@@ -132,7 +132,8 @@ fn load_with<E>(
     }
     drop(pool);
     if let (Some(cache), Some(plan)) = (&machine_cache, &planned_here) {
-        cache.finish(plan.ticket, loaded.is_ok());
+        let used = loaded.is_ok() && !device.source_report.is_peer(); // a peer copy: no hit
+        cache.finish(plan.ticket, used);
     }
     let loaded = loaded.map_err(|e| e.relative_to(&inspected.checkpoint.dir))?;
     for file in read.files {
@@ -233,8 +234,7 @@ fn load_inspected<E>(
     let engine = built?;
     device.device.synchronize()?;
     timeline.mark(Anchor::EngineReady);
-    // A worker's weights in use are held for peers to copy too, and freed with the engine
-    // unless parked.
+    // A worker's weights in use are held for peers to copy too (freed with it unless parked).
     if park || (device.leased && device.peer.is_some()) {
         let model = inspected.checkpoint.dir.clone();
         lock(&device.parking).record(key.clone(), model, &weights, park);
