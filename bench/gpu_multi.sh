@@ -12,7 +12,10 @@
 #   4. the decode rate of `src` while a clone reads its weights: one long greedy stream on `src`,
 #      tokens timestamped, a clone started 2 s in; tokens/s in the clone's window against the
 #      2 s before it;
-#   5. `bench --modes controller,controller_peer --device cuda:1 --peer-source cuda:0`.
+#   5. `bench --modes controller,controller_peer --device cuda:1 --peer-source cuda:0`;
+#   6. tests/cuda_peer_copy.rs when packed as cuda_peer_copy.xz in $GPU_BIN (build it with
+#      `CARGO_TARGET_DIR=target-cuda cargo test --release --features cuda --no-run --test
+#      cuda_peer_copy`): tiny models copied GPU to GPU, tokens and memory checked.
 # Run from the repo root with wc-cuda.gz in $GPU_BIN (default .gpu/).
 set -u
 GPU_BIN=${GPU_BIN:-.gpu}
@@ -27,6 +30,12 @@ MODEL=${MODEL:-/tmp/llama-8b}
 URL=http://127.0.0.1:$PORT
 log() { echo "== $(date -u +%FT%TZ) $*" | tee -a "$OUT/session.log"; }
 GPUS=$(nvidia-smi -L | wc -l)
+mkdir -p /tmp/wc
+for f in "$GPU_BIN"/cuda_peer_copy.*; do
+  [ -f "$f" ] || continue
+  case "$f" in *.xz) xz -dc "$f" > /tmp/wc/cuda_peer_copy ;; *.gz) gunzip -c "$f" > /tmp/wc/cuda_peer_copy ;; esac
+  chmod +x /tmp/wc/cuda_peer_copy
+done
 [ "$GPUS" -ge 2 ] || { log "gpu_multi: $GPUS GPU(s): needs 2 or more"; exit 1; }
 
 nvidia-smi topo -m > "$D/topo.txt" 2>&1
@@ -127,6 +136,13 @@ for w in load("workers-prewarmed.json")["workers"]:
     print(f"worker {w['worker']} peers: " + ", ".join(f"{p['peer']}:{p['link']}{'' if p['copy'] else ' (no copy)'}" for p in w.get("peers", [])))
 PY
 kill -INT $SERVER; wait $SERVER; trap - EXIT
+
+if [ -x /tmp/wc/cuda_peer_copy ]; then
+  # The test names its fixtures by the path it was built at.
+  [ -d /work/main/tests/fixtures ] || { mkdir -p /work; ln -sfn "$PWD" /work/main; }
+  /tmp/wc/cuda_peer_copy --nocapture > "$D/cuda_peer_copy.log" 2>&1
+  log "tests/cuda_peer_copy.rs: rc $? ($(grep -E 'GB/s|test result' "$D/cuda_peer_copy.log" | tr '\n' ' '))"
+fi
 
 $WC bench --models "$MODEL" --device cuda:1 --peer-source cuda:0 --dtype bf16 --scenario single \
   --runs "$RUNS" --no-peer --modes controller,controller_peer --decode-tokens 0 \
