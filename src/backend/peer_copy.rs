@@ -7,13 +7,14 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use wc_actors::{Anchor, PeerSource, SourceReport, Timeline, WeightsSource};
 
 use super::device::lock;
 use super::inspect::Inspected;
 use super::parking::{ParkKey, Parking};
 use super::CandleDevice;
+use crate::load::weights::FusedGroup;
 use crate::load::{cuda, DeviceWeights, LoadError};
 
 /// Follows the source planned for this load: with a peer, its copy of `key`'s weights on this
@@ -29,10 +30,12 @@ pub(super) fn from_planned_peer(
     let WeightsSource::Peer(peer) = std::mem::take(&mut device.source) else {
         return Ok(None);
     };
-    match lend(device, &peer, key) {
+    let groups = inspected.config.fused_groups();
+    let lent = lend(device, &peer, key)
+        .and_then(|lent| copyable(device, &lent.weights, &groups).map(|()| lent));
+    match lent {
         Ok(lent) => {
             timeline.mark(Anchor::WeightsRead);
-            let groups = inspected.config.fused_groups();
             let copied = copy(device, &lent.weights, &groups, peer.worker)?;
             device
                 .device
@@ -99,23 +102,58 @@ fn lend(device: &CandleDevice, peer: &PeerSource, key: &ParkKey) -> Result<Lent,
     })
 }
 
+/// The fused groups `weights` holds, and the names of their members (views of the groups).
+fn fused_in<'a>(
+    weights: &DeviceWeights,
+    groups: &'a [FusedGroup],
+) -> (Vec<&'a FusedGroup>, HashSet<&'a str>) {
+    let present: Vec<_> = groups
+        .iter()
+        .filter(|g| weights.contains(&g.name))
+        .collect();
+    let members = present
+        .iter()
+        .flat_map(|g| g.members.iter().map(String::as_str))
+        .collect();
+    (present, members)
+}
+
+/// Whether every buffer [`copy`] copies can go device to device (on CUDA: a contiguous tensor
+/// of a float dtype), checked before any byte moves so that the host path can still follow.
+fn copyable(
+    device: &CandleDevice,
+    weights: &DeviceWeights,
+    groups: &[FusedGroup],
+) -> Result<(), String> {
+    if !device.device.is_cuda() {
+        return Ok(());
+    }
+    let (_, members) = fused_in(weights, groups);
+    let floats = [DType::F32, DType::F16, DType::BF16];
+    let odd = weights
+        .tensors()
+        .filter(|(name, _)| !members.contains(name))
+        .find(|(_, t)| !floats.contains(&t.dtype()) || !t.is_contiguous());
+    match odd {
+        Some((name, t)) => Err(format!(
+            "the peer's tensor `{name}` ({:?}, contiguous: {}) cannot be copied device to device",
+            t.dtype(),
+            t.is_contiguous()
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Copies every tensor of `weights` onto `device`; members of a fused group become views of
 /// the group's copy again, as on the peer (no byte copied twice).
 fn copy(
     device: &CandleDevice,
     weights: &DeviceWeights,
-    groups: &[crate::load::weights::FusedGroup],
+    groups: &[FusedGroup],
     worker: usize,
 ) -> Result<DeviceWeights, LoadError> {
     let failed = |reason: String| LoadError::PeerCopy { worker, reason };
-    let present: Vec<_> = groups
-        .iter()
-        .filter(|g| weights.contains(&g.name))
-        .collect();
-    let members: HashSet<&str> = present
-        .iter()
-        .flat_map(|g| g.members.iter().map(String::as_str))
-        .collect();
+    let (present, members) = fused_in(weights, groups);
     let fault_after = device
         .peer
         .as_ref()

@@ -112,6 +112,12 @@ pub(crate) fn copyable(workers: &[Holder<'_>], peer: usize, target: usize) -> Re
         }
         state => return Err(format!("worker {peer} holds the weights but is {state}")),
     }
+    if matches!(from.device, DeviceSpec::Cpu) != matches!(to.device, DeviceSpec::Cpu) {
+        return Err(format!(
+            "worker {peer} holds the weights on {}, another kind of device than {}",
+            from.device, to.device
+        ));
+    }
     reachable(from.endpoint, to.endpoint).map_err(|why| format!("worker {peer}: {why}"))
 }
 

@@ -168,3 +168,17 @@ fn the_fastest_link_wins_among_peers_and_targets() {
     assert!(plan_for(LLAMA, &[2], &workers, &[]).fallback.is_none());
     assert_eq!(plan(LLAMA, &[], &workers, &mixed), None);
 }
+
+#[test]
+fn a_copy_on_another_kind_of_device_is_no_source() {
+    let (cpu, gpu) = (DeviceSpec::Cpu, DeviceSpec::Cuda(0));
+    let held = vec![LLAMA.to_string()];
+    let workers = [
+        holder(&cpu, WorkerState::Serving, &held),
+        holder(&gpu, WorkerState::Idle, &[]),
+    ];
+    let none = links(&[&[LinkKind::None; 2], &[LinkKind::None; 2]]);
+    let plan = plan_for(LLAMA, &[1], &workers, &none);
+    assert_eq!(plan.source, WeightsSource::Host);
+    assert!(plan.fallback.unwrap().contains("another kind of device"));
+}
