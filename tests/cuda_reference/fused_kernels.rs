@@ -18,21 +18,14 @@ fn numbers(n: usize, seed: usize, device: &Device, dtype: DType, dims: &[usize])
         .unwrap()
 }
 
+/// Every element of `t` as f32.
+fn flat(t: &Tensor) -> Vec<f32> {
+    let t = t.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
+    t.to_vec1().unwrap()
+}
+
 fn largest(a: &Tensor, b: &Tensor) -> f32 {
-    let a: Vec<f32> = a
-        .to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let b: Vec<f32> = b
-        .to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    let (a, b) = (flat(a), flat(b));
     assert_eq!(a.len(), b.len());
     a.iter()
         .zip(&b)
@@ -168,7 +161,7 @@ fn the_pinned_upload_places_fused_groups_with_each_member_where_it_reads_as_befo
     };
     let plain = upload(&[]);
     let placed = upload(&groups);
-    let values = |t: &Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
+    let values = flat;
     for group in &groups {
         let whole = placed
             .get(&group.name)
