@@ -30,6 +30,7 @@ pub mod errors;
 mod guard;
 pub mod messages;
 pub mod occupancy;
+pub mod prewarm;
 pub mod process;
 pub mod quantity;
 pub mod reports;
