@@ -3,8 +3,8 @@
 
 use super::*;
 use crate::backend::{
-    DType, DeviceSpec, FinishReason, Footprint, GenerateOutput, Handoff, MemoryInfo, ModelSpec,
-    PrewarmOptions, PrewarmReport,
+    DType, DeviceSpec, FinishReason, Footprint, GenerateOutput, GenerateRequest, Handoff,
+    MemoryInfo, ModelSpec, PrewarmOptions, PrewarmReport, TokenEvent,
 };
 use crate::batch::{BatchEngine, KvUsage, SeqEvent};
 use crate::process::frame::read_frame;
